@@ -1,0 +1,18 @@
+"""Element formats: exact encode/decode classes, rounding conventions and the format registry.
+
+This subpackage depends on nothing else in fmtlab (and never imports torch).
+"""
+
+from fmtlab.formats.base import Format
+from fmtlab.formats.dint import DInt
+from fmtlab.formats.e8m0 import E8M0
+from fmtlab.formats.integer import IntFormat
+from fmtlab.formats.logfmt import LogFormat
+from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.registry import get_format, list_formats
+from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+
+__all__ = [
+    "Format", "IntFormat", "DInt", "LogFormat", "MiniFloat", "E8M0",
+    "get_format", "list_formats", "Rounding", "Overflow", "NanInput",
+]

@@ -1,0 +1,107 @@
+"""Format registry: names parse both ways (``get_format(str(fmt)) == fmt``).
+
+Grammar (case-insensitive):
+  int{2..16} | int{n}_sym | uint{n}              two's complement / narrow / unsigned
+  dint{n}[_d{level}_{level}...][_nz]             dINT with denormal levels (default 0.5)
+  log{n}[_b{base}][_lin][_u{threshold}][_nz]     log-base-b (default base 2, log-domain rounding)
+  e{E}m{M}_{ieee|fn|fnuz|fin}[_b{bias}][_ftz]    any minifloat
+  named: fp8_e4m3, fp8_e5m2, fp8_e4m3fnuz, fp8_e5m2fnuz, fp6_e3m2, fp6_e2m3, fp4_e2m1, e8m0,
+         fp16, bf16 (aliases: fp8_e4m3fn, e4m3, e5m2, float16, bfloat16, mxfp4_e2m1 ...)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from fmtlab.errors import FormatError
+from fmtlab.formats.base import Format
+from fmtlab.formats.dint import DInt
+from fmtlab.formats.e8m0 import E8M0
+from fmtlab.formats.integer import IntFormat
+from fmtlab.formats.logfmt import LogFormat
+from fmtlab.formats.minifloat import MiniFloat
+
+_NAMED: dict[str, Callable[[], Format]] = {
+    # OCP 8-bit Floating Point Specification (OFP8) v1.0: E4M3 (bias 7, no Inf, NaN S.1111.111,
+    # max 448) and E5M2 (IEEE-like, bias 15, max 57344).
+    "fp8_e4m3": lambda: MiniFloat(4, 3, special="fn", label="fp8_e4m3"),
+    "fp8_e5m2": lambda: MiniFloat(5, 2, special="ieee", label="fp8_e5m2"),
+    # Graphcore/AMD "fnuz": bias + 1, no Inf, no -0, 0x80 is NaN (max 240 and 57344).
+    "fp8_e4m3fnuz": lambda: MiniFloat(4, 3, special="fnuz", label="fp8_e4m3fnuz"),
+    "fp8_e5m2fnuz": lambda: MiniFloat(5, 2, special="fnuz", label="fp8_e5m2fnuz"),
+    # OCP Microscaling v1.0 element formats: all codes finite (max 28, 7.5, 6).
+    "fp6_e3m2": lambda: MiniFloat(3, 2, special="fin", label="fp6_e3m2"),
+    "fp6_e2m3": lambda: MiniFloat(2, 3, special="fin", label="fp6_e2m3"),
+    "fp4_e2m1": lambda: MiniFloat(2, 1, special="fin", label="fp4_e2m1"),
+    "e8m0": E8M0,
+    # IEEE 754 binary16 and bfloat16.
+    "fp16": lambda: MiniFloat(5, 10, special="ieee", label="fp16"),
+    "bf16": lambda: MiniFloat(8, 7, special="ieee", label="bf16"),
+    "dint4": lambda: DInt(4),
+    "dint8": lambda: DInt(8),
+}
+
+_ALIASES = {
+    "fp8_e4m3fn": "fp8_e4m3", "e4m3": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3",
+    "e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
+    "float8_e4m3fnuz": "fp8_e4m3fnuz", "float8_e5m2fnuz": "fp8_e5m2fnuz",
+    "fp6_e3m2fn": "fp6_e3m2", "fp6_e2m3fn": "fp6_e2m3", "fp4_e2m1fn": "fp4_e2m1",
+    "fp4": "fp4_e2m1", "e2m1": "fp4_e2m1", "float16": "fp16", "half": "fp16",
+    "bfloat16": "bf16", "e8m0fnu": "e8m0", "float8_e8m0fnu": "e8m0",
+}
+
+_FLOAT = r"([0-9]+(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)"
+_INT_RE = re.compile(r"(u?)int(\d+)(_sym)?")
+_DINT_RE = re.compile(r"dint(\d+)((?:_d" + _FLOAT + r"(?:_" + _FLOAT + r")*)?)(_nz)?")
+_LOG_RE = re.compile(r"log(\d+)(?:_b" + _FLOAT + r")?(_lin)?(?:_u" + _FLOAT + r")?(_nz)?")
+_MF_RE = re.compile(r"e(\d+)m(\d+)_(ieee|fn|fnuz|fin)(?:_b(-?\d+))?(_ftz)?")
+
+#: the formats `list_formats()` shows (generic families accept many more names)
+STANDARD_NAMES = (
+    "int2", "int3", "int4", "int8", "int16", "uint4", "uint8", "int4_sym", "int8_sym",
+    "dint4", "dint8", "log4", "log4_b1.4142135623730951", "log8",
+    "fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1",
+    "e8m0", "fp16", "bf16",
+)
+
+
+def get_format(name: "str | Format") -> Format:
+    """The format called ``name`` (see the module docstring for the grammar).
+
+    A Format passes through unchanged. Raises FormatError naming the problem for an unknown name.
+    """
+    if isinstance(name, Format):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"format name must be a str or Format, got {type(name).__name__}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in _NAMED:
+        return _NAMED[key]()
+    if m := _INT_RE.fullmatch(key):
+        unsigned, bits, sym = m.group(1) == "u", int(m.group(2)), bool(m.group(3))
+        if unsigned and sym:
+            raise FormatError(f"{name!r}: unsigned INT formats have no _sym variant")
+        return IntFormat(bits, unsigned=unsigned, narrow=sym)
+    if m := _DINT_RE.fullmatch(key):
+        levels = (0.5,)
+        if m.group(2):
+            levels = tuple(float(v) for v in m.group(2)[2:].split("_"))
+        return DInt(int(m.group(1)), denormals=levels, negative_zero=bool(m.group(5)))
+    if m := _LOG_RE.fullmatch(key):
+        base = float(m.group(2)) if m.group(2) else 2.0
+        under = float(m.group(4)) if m.group(4) else None
+        return LogFormat(int(m.group(1)), base=base, domain="linear" if m.group(3) else "log",
+                         underflow=under, negative_zero=bool(m.group(5)))
+    if m := _MF_RE.fullmatch(key):
+        e, mant, special = int(m.group(1)), int(m.group(2)), m.group(3)
+        bias = int(m.group(4)) if m.group(4) is not None else None
+        return MiniFloat(e, mant, bias=bias, special=special, subnormals=not m.group(5))
+    raise FormatError(f"unknown format {name!r}; known: {', '.join(STANDARD_NAMES)} "
+                      "(and the families intN, uintN, intN_sym, dintN, logN_bBASE, eEmM_ieee|fn|fnuz|fin)")
+
+
+def list_formats() -> list[str]:
+    """Names of the standard formats (each parses with get_format)."""
+    return list(STANDARD_NAMES)
