@@ -1,0 +1,200 @@
+"""Element-format encode / decode / fake-quant written with torch ops (CPU and CUDA).
+
+Numeric convention (identical to the numpy/numba path, ``fmt.encode``; tests hold it bit-exact):
+- every input is widened to float64 (exact for float16/bfloat16/float32) and rounded once;
+- the generic path is the table algorithm of ``fmtlab.formats._table_kernel``: find the largest
+  grid value L <= x with ``torch.searchsorted`` on the extended grid, pick L or its upper
+  neighbour U by the rounding mode (ties at ``bounds`` by the ``even`` flags, else to the smaller
+  magnitude, NEAREST_AWAY to the larger), then map the virtual ends to the overflow codes and
+  apply the Inf / NaN / -0 rules, in the same order as the numba kernel;
+- STOCHASTIC: x goes up iff draw < (x - L) / (U - L), computed in float64; the draws are
+  ``make_rng(seed).random(x.numel())`` (numpy, float64, C order) so a seed gives the numba result,
+  or an explicit ``draws`` tensor;
+- E8M0 mirrors its own kernel (``fmtlab.formats.e8m0``: frexp, ties up, tiny inputs to codes 0/1).
+Codes come back as torch.uint8 / uint16 (the format's code dtype), decoded values as float64 or
+the requested dtype (rounded to nearest even by torch's cast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fmtlab.errors import FormatError
+from fmtlab.formats import E8M0, Format, NanInput, Overflow, Rounding, get_format
+from fmtlab.formats.base import make_rng
+from fmtlab.pytorch._tables import code_dtype, torch_grid
+
+__all__ = ["encode", "decode", "quantize", "stochastic_draws", "as_format"]
+
+SeedLike = "int | np.random.Generator | None"
+
+
+def as_format(fmt: "Format | str") -> Format:
+    """A Format from a Format or a registry name."""
+    return get_format(fmt)
+
+
+def stochastic_draws(n: int, seed: "int | np.random.Generator | None", draws, device) -> torch.Tensor:
+    """Uniform [0, 1) draws for ``n`` elements as float64 on ``device``.
+
+    ``draws`` (a tensor or array with ``n`` elements, C order) wins; otherwise ``seed`` (an int or
+    a numpy Generator, consumed exactly as ``fmt.encode`` consumes it: ``rng.random(n)``).
+    """
+    if draws is not None:
+        d = torch.as_tensor(draws).to(device=device, dtype=torch.float64).reshape(-1)
+        if d.numel() != n:
+            raise ValueError(f"draws must hold one value per element: got {d.numel()} for {n} elements")
+        return d
+    if isinstance(seed, torch.Generator):
+        raise TypeError("seed must be an int or numpy.random.Generator (the numpy path's draws); "
+                        "for torch-generated randomness pass draws=torch.rand(..., dtype=torch.float64)")
+    r = make_rng(seed).random(n)
+    return torch.from_numpy(r).to(device)
+
+
+def _float64(x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError("complex input cannot be encoded")
+    return x.detach().to(torch.float64).reshape(-1)
+
+
+def _resolve(fmt: Format, rounding, overflow, nan):
+    return fmt._resolve(rounding, overflow, nan)  # same validation and messages as the numpy path
+
+
+def _encode_table(xf: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
+                  sp: list[int], r: torch.Tensor | None) -> torch.Tensor:
+    """The table kernel on flat float64 ``xf`` -> int64 codes (-1 where NaN has no code)."""
+    g = torch_grid(fmt, xf.device)
+    n = g.vals.numel()
+    tz = mode is Rounding.TOWARD_ZERO
+    # lo = largest i with vals[i] <= x, clamped to a valid interval (out-of-range handled below)
+    lo = (torch.searchsorted(g.vals, xf, right=True) - 1).clamp_(0, n - 2)
+    L = g.vals[lo]
+    U = g.vals[lo + 1]
+    if tz:
+        up = xf <= 0                     # j = lo if x > 0 else lo + 1
+    elif mode is Rounding.STOCHASTIC:
+        up = r < (xf - L) / (U - L)
+    else:
+        m = g.bounds[lo]
+        up = xf > m
+        smaller_is_lo = L.abs() < U.abs()
+        if mode is Rounding.NEAREST_EVEN:
+            e_lo, e_hi = g.even[lo], g.even[lo + 1]
+            tie_up = torch.where(e_lo != e_hi, e_hi, ~smaller_is_lo)
+        else:  # NEAREST_AWAY
+            tie_up = smaller_is_lo
+        up = torch.where(xf == m, tie_up, up)
+    up = up & (xf != L)
+    c = g.codes[lo + up.to(torch.int64)]
+    c = torch.where(c == -2, sp[6] if tz else sp[4], c)
+    c = torch.where(c == -1, sp[7] if tz else sp[5], c)
+    if sp[9] >= 0:
+        c = torch.where((c == sp[8]) & (xf < 0), sp[9], c)
+    # out of the extended grid (the numba kernel tests these before searching)
+    c = torch.where(xf < g.lo, sp[5], c)
+    c = torch.where(xf >= g.hi, sp[6] if tz else sp[4], c)
+    c = torch.where(xf == float("inf"), sp[2], c)
+    c = torch.where(xf == float("-inf"), sp[3], c)
+    c = torch.where(torch.isnan(xf), torch.where(neg, sp[1], sp[0]), c)
+    if sp[9] >= 0:
+        c = torch.where((xf == 0) & neg, sp[9], c)
+    return c
+
+
+def _encode_e8m0(xf: torch.Tensor, mode: Rounding, overflow: Overflow,
+                 r: torch.Tensor | None) -> torch.Tensor:
+    """Mirror of ``E8M0._encode_array``: nearest power of two (ties up), tiny inputs to 0/1."""
+    ok = torch.isfinite(xf) & (xf > 0)
+    xs = torch.where(ok, xf, 1.0)
+    mant, exp = torch.frexp(xs)          # xs = mant * 2**exp, mant in [0.5, 1)
+    m2 = 2 * mant
+    e = exp.to(torch.int64) - 1
+    if mode is Rounding.TOWARD_ZERO:
+        up = torch.zeros_like(ok)
+    elif mode is Rounding.STOCHASTIC:
+        up = r < (m2 - 1.0)
+    else:
+        up = m2 >= 1.5
+    code = e + 127 + up.to(torch.int64)
+    tiny = xs < 2.0 ** -126
+    code = torch.where(tiny, (xs > 2.0 ** -127).to(torch.int64), code)
+    code = torch.where(code > 254, 254 if overflow is Overflow.SATURATE else 255, code)
+    code = code.clamp(min=0)
+    return torch.where(ok, code, 255)
+
+
+def encode(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
+           overflow: "Overflow | str | None" = None, *, seed: SeedLike = None, draws=None,
+           nan: "NanInput | str" = NanInput.RAISE) -> torch.Tensor:
+    """Round ``x`` (any real dtype, any device) to ``fmt`` and return its codes.
+
+    Bit-identical to ``fmt.encode(x.numpy(), rounding, overflow, seed, nan)``. Codes have the
+    format's code dtype (torch.uint8 / uint16) and ``x``'s shape and device.
+    rounding / overflow / nan: as :meth:`fmtlab.formats.Format.encode`. STOCHASTIC takes ``seed``
+    (int or numpy Generator; draws made by numpy on the CPU, then moved) or ``draws`` (one float64
+    uniform [0, 1) per element, C order). Not differentiable (see ``fmtlab.pytorch.fake_quantize``).
+    """
+    fmt = as_format(fmt)
+    codes = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan)
+    return codes.to(code_dtype(fmt)).reshape(x.shape)
+
+
+def _encode_int64(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan) -> torch.Tensor:
+    mode, overflow, nan = _resolve(fmt, rounding, overflow, nan)
+    xf = _float64(x)
+    r = None
+    if mode is Rounding.STOCHASTIC:
+        r = stochastic_draws(xf.numel(), seed, draws, xf.device)
+    if isinstance(fmt, E8M0):
+        return _encode_e8m0(xf, mode, overflow, r)
+    if r is not None and r.numel() == 1:
+        # the numba table kernel reads r[i] only when the array has more than one element
+        # (``ri = r[i] if r.shape[0] > 1 else 0.0``): mirrored so single elements agree bit-exactly
+        r = torch.zeros_like(r)
+    sp = [int(v) for v in fmt.special_codes(overflow, nan)]
+    neg = torch.signbit(x.detach().reshape(-1)) if x.is_floating_point() else xf < 0
+    c = _encode_table(xf, neg, fmt, mode, sp, r)
+    if sp[0] < 0 or sp[1] < 0:
+        bad = int((c < 0).sum())
+        if bad:
+            raise FormatError(f"{fmt.name} has no NaN code and the input holds {bad} NaN value(s); "
+                              "clean the input or pass nan='zero'")
+    return c
+
+
+def decode(codes: torch.Tensor, fmt: "Format | str", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Value of each code (float64 by default; other float dtypes by torch's round-to-nearest cast).
+
+    Codes must be integers in [0, 2**bits); out-of-range codes raise FormatError.
+    """
+    fmt = as_format(fmt)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
+    c = codes.to(torch.int64)
+    if c.numel():
+        lo, hi = int(c.min()), int(c.max())
+        if lo < 0 or hi >= (1 << fmt.bits):
+            raise FormatError(f"{fmt.name}: codes must lie in [0, {1 << fmt.bits}); got min {lo}, max {hi}")
+    return torch_grid(fmt, c.device).values[c].to(dtype)
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.is_floating_point() else torch.float64
+
+
+def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
+             overflow: "Overflow | str | None" = None, *, seed: SeedLike = None, draws=None,
+             nan: "NanInput | str" = NanInput.RAISE) -> torch.Tensor:
+    """decode(encode(x)) in x's float dtype (float64 for integer input); no gradient.
+
+    For float32/float64 input this equals ``fmt.quantize(x.numpy(), ...)`` bit for bit.
+    """
+    fmt = as_format(fmt)
+    c = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan)
+    vals = torch_grid(fmt, c.device).values[c]
+    return vals.to(_out_dtype(x)).reshape(x.shape)
