@@ -37,6 +37,8 @@ def _encode_one(x, r, vals, codes, bounds, even, mode, specials):
     n = vals.shape[0]
     # largest i with vals[i] <= x (vals[0] is the virtual low end)
     if x < vals[0]:
+        if mode == TOWARD_ZERO:  # truncation never overflows a finite input
+            return specials[7]
         return specials[5]
     if x >= vals[n - 1]:
         if mode == TOWARD_ZERO:
