@@ -50,3 +50,9 @@ def torch_grid(fmt: Format, device: torch.device) -> TorchGrid:
                      bounds=t(g.bounds, torch.float64), even=t(g.even, torch.bool),
                      values=t(fmt.values(), torch.float64),
                      lo=float(g.vals[0]), hi=float(g.vals[-1]))
+
+
+@functools.lru_cache(maxsize=256)
+def values_table(fmt: Format, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The decode table of ``fmt`` cast to ``dtype`` (torch's round-to-nearest-even cast)."""
+    return torch_grid(fmt, device).values.to(dtype)

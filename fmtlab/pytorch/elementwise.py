@@ -23,7 +23,8 @@ import torch
 from fmtlab.errors import FormatError
 from fmtlab.formats import E8M0, Format, NanInput, Overflow, Rounding, get_format
 from fmtlab.formats.base import make_rng
-from fmtlab.pytorch._tables import code_dtype, torch_grid
+from fmtlab.pytorch import _fastpaths
+from fmtlab.pytorch._tables import code_dtype, torch_grid, values_table
 
 __all__ = ["encode", "decode", "quantize", "stochastic_draws", "as_format"]
 
@@ -54,24 +55,17 @@ def stochastic_draws(n: int, seed: "int | np.random.Generator | None", draws, de
 
 
 def _float64(x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if x.is_complex():
-        raise TypeError("complex input cannot be encoded")
     return x.detach().to(torch.float64).reshape(-1)
 
 
-def _resolve(fmt: Format, rounding, overflow, nan):
-    return fmt._resolve(rounding, overflow, nan)  # same validation and messages as the numpy path
-
-
-def _encode_table(xf: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
-                  sp: list[int], r: torch.Tensor | None) -> torch.Tensor:
-    """The table kernel on flat float64 ``xf`` -> int64 codes (-1 where NaN has no code)."""
+def _table_core(xf: torch.Tensor, fmt: Format, mode: Rounding, sp: list[int],
+                r: torch.Tensor | None) -> torch.Tensor:
+    """The search-and-pick part of the table kernel on flat float64 ``xf`` -> int64 codes, valid
+    for inputs inside the extended grid (the rest is fixed by :func:`_overrides`)."""
     g = torch_grid(fmt, xf.device)
     n = g.vals.numel()
     tz = mode is Rounding.TOWARD_ZERO
-    # lo = largest i with vals[i] <= x, clamped to a valid interval (out-of-range handled below)
+    # lo = largest i with vals[i] <= x, clamped to a valid interval (out-of-range handled later)
     lo = (torch.searchsorted(g.vals, xf, right=True) - 1).clamp_(0, n - 2)
     L = g.vals[lo]
     U = g.vals[lo + 1]
@@ -95,14 +89,21 @@ def _encode_table(xf: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Roundi
     c = torch.where(c == -1, sp[7] if tz else sp[5], c)
     if sp[9] >= 0:
         c = torch.where((c == sp[8]) & (xf < 0), sp[9], c)
-    # out of the extended grid (the numba kernel tests these before searching)
-    c = torch.where(xf < g.lo, sp[5], c)
-    c = torch.where(xf >= g.hi, sp[6] if tz else sp[4], c)
-    c = torch.where(xf == float("inf"), sp[2], c)
-    c = torch.where(xf == float("-inf"), sp[3], c)
-    c = torch.where(torch.isnan(xf), torch.where(neg, sp[1], sp[0]), c)
+    return c
+
+
+def _overrides(c: torch.Tensor, x: torch.Tensor, neg: torch.Tensor, fmt: Format, tz: bool,
+               sp: list[int]) -> torch.Tensor:
+    """Range, Inf, NaN and -0 rules of the numba kernel, in its order (``x`` flat, any float
+    dtype holding the grid ends exactly)."""
+    g = fmt.grid
+    c = torch.where(x < float(g.vals[0]), sp[7] if tz else sp[5], c)
+    c = torch.where(x >= float(g.vals[-1]), sp[6] if tz else sp[4], c)
+    c = torch.where(x == float("inf"), sp[2], c)
+    c = torch.where(x == float("-inf"), sp[3], c)
+    c = torch.where(torch.isnan(x), torch.where(neg, sp[1], sp[0]), c)
     if sp[9] >= 0:
-        c = torch.where((xf == 0) & neg, sp[9], c)
+        c = torch.where((x == 0) & neg, sp[9], c)
     return c
 
 
@@ -130,35 +131,49 @@ def _encode_e8m0(xf: torch.Tensor, mode: Rounding, overflow: Overflow,
 
 def encode(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
            overflow: "Overflow | str | None" = None, *, seed: SeedLike = None, draws=None,
-           nan: "NanInput | str" = NanInput.RAISE) -> torch.Tensor:
+           nan: "NanInput | str" = NanInput.RAISE, method: str = "auto") -> torch.Tensor:
     """Round ``x`` (any real dtype, any device) to ``fmt`` and return its codes.
 
     Bit-identical to ``fmt.encode(x.numpy(), rounding, overflow, seed, nan)``. Codes have the
     format's code dtype (torch.uint8 / uint16) and ``x``'s shape and device.
     rounding / overflow / nan: as :meth:`fmtlab.formats.Format.encode`. STOCHASTIC takes ``seed``
     (int or numpy Generator; draws made by numpy on the CPU, then moved) or ``draws`` (one float64
-    uniform [0, 1) per element, C order). Not differentiable (see ``fmtlab.pytorch.fake_quantize``).
+    uniform [0, 1) per element, C order). ``method="table"`` forces the generic table path (the
+    default "auto" takes the arithmetic minifloat/INT path where one exists; both are exact).
+    Not differentiable (see ``fmtlab.pytorch.fake_quantize``).
     """
     fmt = as_format(fmt)
-    codes = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan)
+    codes = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
     return codes.to(code_dtype(fmt)).reshape(x.shape)
 
 
-def _encode_int64(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan) -> torch.Tensor:
-    mode, overflow, nan = _resolve(fmt, rounding, overflow, nan)
-    xf = _float64(x)
+def _encode_int64(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan,
+                  method: str = "auto") -> torch.Tensor:
+    """Flat int64 codes (-1 never returned: NaN without a code raises)."""
+    if method not in ("auto", "table"):
+        raise ValueError(f"method must be 'auto' or 'table', got method={method!r}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError("complex input cannot be encoded")
+    mode, overflow, nan = fmt._resolve(rounding, overflow, nan)  # same checks/messages as numpy
     r = None
     if mode is Rounding.STOCHASTIC:
-        r = stochastic_draws(xf.numel(), seed, draws, xf.device)
+        r = stochastic_draws(x.numel(), seed, draws, x.device)
     if isinstance(fmt, E8M0):
-        return _encode_e8m0(xf, mode, overflow, r)
-    if r is not None and r.numel() == 1:
-        # the numba table kernel reads r[i] only when the array has more than one element
-        # (``ri = r[i] if r.shape[0] > 1 else 0.0``): mirrored so single elements agree bit-exactly
-        r = torch.zeros_like(r)
+        return _encode_e8m0(_float64(x), mode, overflow, r)
     sp = [int(v) for v in fmt.special_codes(overflow, nan)]
-    neg = torch.signbit(x.detach().reshape(-1)) if x.is_floating_point() else xf < 0
-    c = _encode_table(xf, neg, fmt, mode, sp, r)
+    neg = torch.signbit(x.detach().reshape(-1)) if x.is_floating_point() else x.reshape(-1) < 0
+    if method == "auto" and _fastpaths.eligible(fmt, mode):
+        c, xw = _fastpaths.encode_core(x, neg, fmt, mode, sp)
+    else:
+        xw = _float64(x)
+        if r is not None and r.numel() == 1:
+            # the numba table kernel reads r[i] only when the array has more than one element
+            # (``ri = r[i] if r.shape[0] > 1 else 0.0``): mirrored so single elements agree
+            r = torch.zeros_like(r)
+        c = _table_core(xw, fmt, mode, sp, r)
+    c = _overrides(c, xw, neg, fmt, mode is Rounding.TOWARD_ZERO, sp)
     if sp[0] < 0 or sp[1] < 0:
         bad = int((c < 0).sum())
         if bad:
@@ -189,12 +204,11 @@ def _out_dtype(x: torch.Tensor) -> torch.dtype:
 
 def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
              overflow: "Overflow | str | None" = None, *, seed: SeedLike = None, draws=None,
-             nan: "NanInput | str" = NanInput.RAISE) -> torch.Tensor:
+             nan: "NanInput | str" = NanInput.RAISE, method: str = "auto") -> torch.Tensor:
     """decode(encode(x)) in x's float dtype (float64 for integer input); no gradient.
 
     For float32/float64 input this equals ``fmt.quantize(x.numpy(), ...)`` bit for bit.
     """
     fmt = as_format(fmt)
-    c = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan)
-    vals = torch_grid(fmt, c.device).values[c]
-    return vals.to(_out_dtype(x)).reshape(x.shape)
+    c = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
+    return values_table(fmt, c.device, _out_dtype(x))[c].reshape(x.shape)
