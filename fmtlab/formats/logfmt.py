@@ -49,6 +49,11 @@ class LogFormat(Format):
             raise FormatError(f"log base must be a finite real > 1, got base={self.base!r}")
         if self.domain not in ("log", "linear"):
             raise FormatError(f"log rounding domain must be 'log' or 'linear', got domain={self.domain!r}")
+        mags = self.magnitudes
+        if not (mags[1] >= np.finfo(np.float64).tiny and np.all(np.diff(mags) > 0)):
+            raise FormatError(f"log{self.bits} with base={b!r}: its {self.kmax + 1} levels b**-k are not "
+                              "distinct normal float64 numbers (the smallest underflows); use fewer "
+                              "bits or a base closer to 1")
         if self.underflow is not None:
             u = float(self.underflow)
             object.__setattr__(self, "underflow", u)

@@ -106,7 +106,7 @@ class MiniFloat(Format):
             vals[(E == emax_field) & (M == (1 << m) - 1)] = np.nan
         elif self.special == "fnuz":
             vals[1 << (e + m)] = np.nan
-        return vals
+        return np.where(np.isnan(vals), np.copysign(np.nan, sign), vals)  # NaN keeps its sign bit
 
     def _is_even(self, codes: np.ndarray) -> np.ndarray:
         return (codes & 1) == 0
