@@ -71,7 +71,7 @@ def eligible(fmt: Format, mode: Rounding) -> bool:
 
 def encode_core(x: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
                 sp: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (int64, flat) for in-range finite inputs, and ``x`` in the work dtype (flat).
+    """Codes (int32, flat) for in-range finite inputs, and ``x`` in the work dtype (flat).
 
     Out-of-range, infinite and NaN inputs get arbitrary codes here (the caller overrides them).
     """
@@ -82,7 +82,7 @@ def encode_core(x: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
     if isinstance(fmt, IntFormat):
         lo_v, hi_v = float(g.vals[1]), float(g.vals[-2])
         a = xw.abs()
-        v = torch.copysign(_round(a, mode), xw).clamp(lo_v, hi_v).to(torch.int64)
+        v = torch.copysign(_round(a, mode), xw).clamp(lo_v, hi_v).to(torch.int32)
         return v & ((1 << fmt.bits) - 1), xw
     assert isinstance(fmt, MiniFloat)
     m, b = fmt.man_bits, fmt.bias
@@ -97,15 +97,15 @@ def encode_core(x: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
     e = e.clamp(1 - b, e_top)
     scale = ((m - e + ebias).to(it) << shift).view(wd)  # 2**(m - e), a normal number
     y = a * scale
-    base = (e.to(torch.int64) + (b - 1)) << m
+    base = (e.to(torch.int32) + (b - 1)) << m
     if m == 0 and mode is Rounding.NEAREST_EVEN:
         # no mantissa: the tie between 2**e and 2**(e+1) goes to the even *code* base + k
         t = torch.trunc(y)
         f = y - t
-        k = t.to(torch.int64)
-        k = k + ((f > 0.5) | ((f == 0.5) & (((base + k) & 1) == 1))).to(torch.int64)
+        k = t.to(torch.int32)
+        k = k + ((f > 0.5) | ((f == 0.5) & (((base + k) & 1) == 1))).to(torch.int32)
     else:
-        k = _round(y, mode).to(torch.int64)
+        k = _round(y, mode).to(torch.int32)
     mag = base + k
     max_mag = fmt.max_code(False)
     sign = 1 << (fmt.bits - 1)

@@ -2,7 +2,7 @@
 
 These are the same arrays the numba table kernel reads (``fmtlab.formats._table_kernel``), moved
 to a torch device: the extended grid ``vals`` (float64, with one virtual value at each end), its
-``codes`` (int64, -1 / -2 at the virtual ends), the rounding ``bounds`` (float64) and the tie flags
+``codes`` (int32, -1 / -2 at the virtual ends), the rounding ``bounds`` (float64) and the tie flags
 ``even`` (bool), plus the decode table ``values`` (float64 by code, NaN for NaN/unused codes).
 """
 
@@ -25,7 +25,7 @@ class TorchGrid:
     """A format's table-kernel arrays on one device (read-only by convention)."""
 
     vals: torch.Tensor    # float64 [n], strictly increasing; vals[0], vals[-1] virtual
-    codes: torch.Tensor   # int64 [n]; -1 / -2 at the virtual ends
+    codes: torch.Tensor   # int32 [n]; -1 / -2 at the virtual ends
     bounds: torch.Tensor  # float64 [n - 1]
     even: torch.Tensor    # bool [n]
     values: torch.Tensor  # float64 [2**bits], decode table
@@ -46,7 +46,7 @@ def torch_grid(fmt: Format, device: torch.device) -> TorchGrid:
     def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.array(a)).to(device=device, dtype=dtype)
 
-    return TorchGrid(vals=t(g.vals, torch.float64), codes=t(g.codes, torch.int64),
+    return TorchGrid(vals=t(g.vals, torch.float64), codes=t(g.codes, torch.int32),
                      bounds=t(g.bounds, torch.float64), even=t(g.even, torch.bool),
                      values=t(fmt.values(), torch.float64),
                      lo=float(g.vals[0]), hi=float(g.vals[-1]))

@@ -60,7 +60,7 @@ def _float64(x: torch.Tensor) -> torch.Tensor:
 
 def _table_core(xf: torch.Tensor, fmt: Format, mode: Rounding, sp: list[int],
                 r: torch.Tensor | None) -> torch.Tensor:
-    """The search-and-pick part of the table kernel on flat float64 ``xf`` -> int64 codes, valid
+    """The search-and-pick part of the table kernel on flat float64 ``xf`` -> int32 codes, valid
     for inputs inside the extended grid (the rest is fixed by :func:`_overrides`)."""
     g = torch_grid(fmt, xf.device)
     n = g.vals.numel()
@@ -84,7 +84,7 @@ def _table_core(xf: torch.Tensor, fmt: Format, mode: Rounding, sp: list[int],
             tie_up = smaller_is_lo
         up = torch.where(xf == m, tie_up, up)
     up = up & (xf != L)
-    c = g.codes[lo + up.to(torch.int64)]
+    c = g.codes[lo + up.to(lo.dtype)]
     c = torch.where(c == -2, sp[6] if tz else sp[4], c)
     c = torch.where(c == -1, sp[7] if tz else sp[5], c)
     if sp[9] >= 0:
@@ -114,16 +114,16 @@ def _encode_e8m0(xf: torch.Tensor, mode: Rounding, overflow: Overflow,
     xs = torch.where(ok, xf, 1.0)
     mant, exp = torch.frexp(xs)          # xs = mant * 2**exp, mant in [0.5, 1)
     m2 = 2 * mant
-    e = exp.to(torch.int64) - 1
+    e = exp - 1
     if mode is Rounding.TOWARD_ZERO:
         up = torch.zeros_like(ok)
     elif mode is Rounding.STOCHASTIC:
         up = r < (m2 - 1.0)
     else:
         up = m2 >= 1.5
-    code = e + 127 + up.to(torch.int64)
+    code = e + 127 + up.to(torch.int32)
     tiny = xs < 2.0 ** -126
-    code = torch.where(tiny, (xs > 2.0 ** -127).to(torch.int64), code)
+    code = torch.where(tiny, (xs > 2.0 ** -127).to(torch.int32), code)
     code = torch.where(code > 254, 254 if overflow is Overflow.SATURATE else 255, code)
     code = code.clamp(min=0)
     return torch.where(ok, code, 255)
@@ -143,13 +143,13 @@ def encode(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Ro
     Not differentiable (see ``fmtlab.pytorch.fake_quantize``).
     """
     fmt = as_format(fmt)
-    codes = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
+    codes = _encode_codes(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
     return codes.to(code_dtype(fmt)).reshape(x.shape)
 
 
-def _encode_int64(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan,
+def _encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan,
                   method: str = "auto") -> torch.Tensor:
-    """Flat int64 codes (-1 never returned: NaN without a code raises)."""
+    """Flat int32 codes (-1 never returned: NaN without a code raises)."""
     if method not in ("auto", "table"):
         raise ValueError(f"method must be 'auto' or 'table', got method={method!r}")
     if not isinstance(x, torch.Tensor):
@@ -210,5 +210,5 @@ def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = 
     For float32/float64 input this equals ``fmt.quantize(x.numpy(), ...)`` bit for bit.
     """
     fmt = as_format(fmt)
-    c = _encode_int64(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
-    return values_table(fmt, c.device, _out_dtype(x))[c].reshape(x.shape)
+    c = _encode_codes(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
+    return values_table(fmt, c.device, _out_dtype(x))[c.long()].reshape(x.shape)
