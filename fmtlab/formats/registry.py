@@ -53,7 +53,7 @@ _ALIASES = {
 
 _FLOAT = r"([0-9]+(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)"
 _INT_RE = re.compile(r"(u?)int(\d+)(_sym)?")
-_DINT_RE = re.compile(r"dint(\d+)((?:_d" + _FLOAT + r"(?:_" + _FLOAT + r")*)?)(_nz)?")
+_DINT_RE = re.compile(r"dint(\d+)((?:_d(?:" + _FLOAT + r"(?:_" + _FLOAT + r")*)?)?)(_nz)?")
 _LOG_RE = re.compile(r"log(\d+)(?:_b" + _FLOAT + r")?(_lin)?(?:_u" + _FLOAT + r")?(_nz)?")
 _MF_RE = re.compile(r"e(\d+)m(\d+)_(ieee|fn|fnuz|fin)(?:_b(-?\d+))?(_ftz)?")
 
@@ -87,7 +87,8 @@ def get_format(name: "str | Format") -> Format:
     if m := _DINT_RE.fullmatch(key):
         levels = (0.5,)
         if m.group(2):
-            levels = tuple(float(v) for v in m.group(2)[2:].split("_"))
+            body = m.group(2)[2:]  # "_d" alone: no denormal levels
+            levels = tuple(float(v) for v in body.split("_")) if body else ()
         return DInt(int(m.group(1)), denormals=levels, negative_zero=bool(m.group(5)))
     if m := _LOG_RE.fullmatch(key):
         base = float(m.group(2)) if m.group(2) else 2.0
