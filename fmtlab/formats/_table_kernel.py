@@ -95,7 +95,7 @@ def encode_table(x, neg_sign, r, vals, codes, bounds, even, mode, specials, out)
     bad = 0
     for i in prange(x.shape[0]):
         xi = x[i]
-        ri = r[i] if r.shape[0] > 1 else 0.0
+        ri = r[i] if r.shape[0] == x.shape[0] else 0.0  # r is a 1-element dummy unless stochastic
         c = _encode_one(xi, ri, vals, codes, bounds, even, mode, specials)
         if xi != xi:
             c = specials[1] if neg_sign[i] else specials[0]
