@@ -168,10 +168,6 @@ def _encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, dra
         c, xw = _fastpaths.encode_core(x, neg, fmt, mode, sp)
     else:
         xw = _float64(x)
-        if r is not None and r.numel() == 1:
-            # the numba table kernel reads r[i] only when the array has more than one element
-            # (``ri = r[i] if r.shape[0] > 1 else 0.0``): mirrored so single elements agree
-            r = torch.zeros_like(r)
         c = _table_core(xw, fmt, mode, sp, r)
     c = _overrides(c, xw, neg, fmt, mode is Rounding.TOWARD_ZERO, sp)
     if sp[0] < 0 or sp[1] < 0:

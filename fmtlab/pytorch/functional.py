@@ -1,0 +1,54 @@
+"""``fake_quantize(tensor, format_or_quantizer)``: the functional entry point of the plug-in."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fmtlab.formats import Format, NanInput, Overflow, Rounding
+from fmtlab.pytorch import elementwise
+from fmtlab.pytorch.autograd import apply_fake_quant
+
+__all__ = ["fake_quantize", "in_range_mask"]
+
+
+def in_range_mask(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """True where ``fmt.min <= x <= fmt.max`` (the clipped-STE pass region; False at NaN)."""
+    return (x >= fmt.min) & (x <= fmt.max)
+
+
+def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = None,
+                  overflow: "Overflow | str | None" = None,
+                  seed: "int | np.random.Generator | None" = None, draws=None,
+                  nan: "NanInput | str" = NanInput.RAISE, grad: str = "ste",
+                  method: str = "auto") -> torch.Tensor:
+    """Fake-quantize ``x`` (any float dtype, CPU or CUDA) with a format or a quantizer.
+
+    spec: an element format (``Format`` or registry name such as ``"fp8_e4m3"``; values are
+    unscaled, e.g. INT8 rounds to integers) or a quantizer (a ``fmtlab.formats`` Quantizer, or a
+    :class:`fmtlab.pytorch.TorchQuantizer`), which brings its own scales, rounding and overflow.
+    rounding / overflow / nan / seed / draws: as :func:`fmtlab.pytorch.elementwise.encode`
+    (rounding defaults to NEAREST_EVEN for formats; for quantizers, None keeps theirs).
+    grad: "ste" (straight-through) or "clipped" (zero gradient outside the representable range).
+    The result has x's dtype and is bit-identical to the numpy path for float32/float64 input.
+    """
+    if isinstance(spec, (Format, str)):
+        fmt = elementwise.as_format(spec)
+        rnd = Rounding.NEAREST_EVEN if rounding is None else rounding
+
+        def run(t: torch.Tensor, need_mask: bool):
+            y = elementwise.quantize(t, fmt, rnd, overflow, seed=seed, draws=draws, nan=nan,
+                                     method=method)
+            return y, (in_range_mask(t, fmt) if need_mask else None)
+
+        return apply_fake_quant(x, run, grad)
+    from fmtlab.pytorch.quantizers import as_torch_quantizer
+
+    tq = as_torch_quantizer(spec)
+    if rounding is not None or overflow is not None:
+        tq = tq.replace(rounding=rounding, overflow=overflow)
+
+    def run_q(t: torch.Tensor, need_mask: bool):
+        return tq.fake_quantize_with_mask(t, seed=seed, draws=draws, need_mask=need_mask)
+
+    return apply_fake_quant(x, run_q, grad)
