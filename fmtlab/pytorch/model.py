@@ -1,0 +1,291 @@
+"""One call that rewires a model's Linear layers to weight/activation fake-quant.
+
+``quantize_model(model, weights="int4", activations="fp8_e4m3")`` wraps every ``nn.Linear`` and
+GPT-2 ``Conv1D`` (``transformers.pytorch_utils.Conv1D``) in a :class:`QuantLinear` computing
+
+    y = Q_a(x) @ Q_w(W)^T + b          (W in nn.Linear layout [out_features, in_features])
+
+Axis conventions (shared with fmtlab.formats and fmtlab.sim): activations are seen as a 2-D
+[tokens, in_features] matrix (leading dims flattened), weights as [out_features, in_features];
+per-token / per-channel scales are one per row, groups and blocks run along the last
+(reduction) axis. A Conv1D's weight [in, out] is transposed to that layout first.
+
+Specs (``weights=``, ``activations=``, override values): None (no quantization); a quantizer
+preset name or object (see :func:`fmtlab.pytorch.quantizers.resolve`); a format name / Format,
+which gets a default absmax quantizer (per-channel for weights, per-token for activations).
+Gradients flow by straight-through estimator (``grad="clipped"`` zeroes them outside the
+representable range), so the rewired model also trains (QAT).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fmtlab.errors import FmtlabError
+from fmtlab.pytorch.autograd import check_grad
+from fmtlab.pytorch.quantizers import resolve, spec_name
+
+__all__ = ["LayerConfig", "QuantLinear", "QuantizeSummary", "quantize_model", "linear_kind"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """What one layer gets: weight and activation specs (None = leave in float) and the gradient."""
+
+    weights: Any = None
+    activations: Any = None
+    grad: str = "ste"
+
+
+def _conv1d_class():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # pragma: no cover - transformers absent
+        return None
+    return Conv1D
+
+
+def linear_kind(module: nn.Module) -> str | None:
+    """"linear" for nn.Linear, "conv1d" for GPT-2 Conv1D, else None."""
+    if isinstance(module, QuantLinear):
+        return None
+    if isinstance(module, nn.Linear):
+        return "linear"
+    conv = _conv1d_class()
+    if conv is not None and isinstance(module, conv):
+        return "conv1d"
+    return None
+
+
+class QuantLinear(nn.Module):
+    """A Linear-like layer with fake-quantized weights and inputs (see the module docstring).
+
+    ``inner`` keeps the original module (and its parameters); ``weight_q`` / ``act_q`` are torch
+    quantizers (``TorchQuantizer`` or callables) or None. With ``transform`` (an fmtlab.sim
+    outlier transform) the layer computes the transform's decomposition instead (numpy, no
+    gradient); static transforms fit on the first input the layer sees.
+    In eval mode without autograd the fake-quantized weight is cached until the weight changes.
+    """
+
+    def __init__(self, inner: nn.Module, kind: str, weight_q=None, act_q=None, grad: str = "ste",
+                 transform=None, name: str = "") -> None:
+        super().__init__()
+        self.inner = inner
+        self.kind = kind
+        self.weight_q = weight_q
+        self.act_q = act_q
+        self.grad = check_grad(grad)
+        self.transform = transform
+        self.layer_name = name
+        self._fitted = None
+        self._wcache: tuple[Any, torch.Tensor] | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.inner.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.inner.weight.shape[0 if self.kind == "conv1d" else 1]
+
+    @property
+    def out_features(self) -> int:
+        return self.inner.weight.shape[1 if self.kind == "conv1d" else 0]
+
+    def linear_weight(self) -> torch.Tensor:
+        """The weight in nn.Linear layout [out, in]."""
+        w = self.inner.weight
+        return w.t() if self.kind == "conv1d" else w
+
+    def quantized_weight(self) -> torch.Tensor:
+        """Q_w(W) in [out, in] layout (differentiable by STE)."""
+        w = self.linear_weight()
+        if self.weight_q is None:
+            return w
+        if torch.is_grad_enabled() and w.requires_grad:
+            self._wcache = None
+            return self.weight_q(w, grad=self.grad)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._wcache is None or self._wcache[0] != key:
+            self._wcache = (key, self.weight_q(w, grad=self.grad))
+        return self._wcache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            return self._forward_transform(x)
+        if self.act_q is not None:
+            x = self.act_q(x.reshape(-1, x.shape[-1]), grad=self.grad).reshape(x.shape)
+        return F.linear(x, self.quantized_weight().to(x.dtype), self.bias)
+
+    def _forward_transform(self, x: torch.Tensor) -> torch.Tensor:
+        from fmtlab.sim.transforms import Context
+
+        shape = x.shape
+        x2 = x.detach().reshape(-1, shape[-1]).to(torch.float32).cpu().numpy()
+        w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
+        positions = None
+        if x.dim() >= 2:
+            positions = np.tile(np.arange(shape[-2]), int(np.prod(shape[:-2], dtype=np.int64)))
+        act = _numpy_q(self.act_q)
+        wq = _numpy_q(self.weight_q)
+        ctx = Context(positions=positions, act_q=act, weight_q=wq)
+        if self._fitted is None:
+            self._fitted = self.transform.fit(x2, w, ctx)
+        d = self._fitted.decompose(x2, w, ctx)
+        y = torch.from_numpy(np.ascontiguousarray(d.output(act, wq), dtype=np.float32)).to(x.device)
+        if self.bias is not None:
+            y = y + self.bias.detach().to(torch.float32)
+        return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+
+    def extra_repr(self) -> str:
+        s = (f"{self.kind}, in={self.in_features}, out={self.out_features}, "
+             f"weights={spec_name(self.weight_q)}, activations={spec_name(self.act_q)}")
+        if self.transform is not None:
+            s += f", transform={getattr(self.transform, 'name', self.transform)}"
+        return s
+
+
+def _numpy_q(q):
+    if q is None:
+        return None
+
+    def fn(a: np.ndarray) -> np.ndarray:
+        return q(torch.from_numpy(np.ascontiguousarray(a)), grad="ste").numpy()
+
+    return fn
+
+
+@dataclasses.dataclass
+class QuantizeSummary:
+    """What :func:`quantize_model` changed: one row per rewired layer, plus the skipped names."""
+
+    rows: list[dict[str, Any]]
+    skipped: list[str]
+    transform: str | None = None
+
+    @property
+    def changed(self) -> list[str]:
+        return [r["name"] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"quantize_model: {len(self.rows)} layer(s) rewired, {len(self.skipped)} skipped"
+                 + (f", transform {self.transform}" if self.transform else "")]
+        if self.rows:
+            w = max(len(r["name"]) for r in self.rows)
+            lines.append(f"  {'layer':<{w}}  kind    in x out       weights / activations")
+            for r in self.rows:
+                lines.append(f"  {r['name']:<{w}}  {r['kind']:<6}  {r['in']:>5} x {r['out']:<6}  "
+                             f"{r['weights']} / {r['activations']}")
+        if self.skipped:
+            lines.append("  skipped: " + ", ".join(self.skipped))
+        return "\n".join(lines)
+
+
+def _matches(name: str, pattern: Any) -> bool:
+    if isinstance(pattern, re.Pattern):
+        return pattern.search(name) is not None
+    p = str(pattern)
+    if p.startswith("re:"):
+        return re.search(p[3:], name) is not None
+    return fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p)
+
+
+def _merge(base: LayerConfig, value: Any) -> LayerConfig | None:
+    if value is None:
+        return None
+    if isinstance(value, LayerConfig):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"weights", "activations", "grad"}
+        if unknown:
+            raise FmtlabError(f"override keys must be weights/activations/grad, got {sorted(unknown)}")
+        return dataclasses.replace(base, **dict(value))
+    return LayerConfig(weights=value, activations=value, grad=base.grad)
+
+
+def quantize_model(model: nn.Module, weights: Any = None, activations: Any = None, *,
+                   overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
+                   skip_head: bool = True, transform: Any = None, grad: str = "ste",
+                   inplace: bool = False) -> tuple[nn.Module, QuantizeSummary]:
+    """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
+
+    weights / activations: default specs for every layer (see module docstring).
+    overrides: ``{pattern: config}``; patterns are fnmatch globs on the qualified module name
+    (a bare pattern also matches any ``*.pattern``), ``"re:<regex>"`` or compiled regexes; the
+    config is a :class:`LayerConfig`, a dict with some of weights/activations/grad (the rest
+    from the defaults), a single spec (both weights and activations), or None (leave the layer in
+    float). When several patterns match, the last one in the mapping wins.
+    skip: patterns of layers never rewired (default ``("lm_head",)``); ``skip_head`` also skips
+    the module returned by ``model.get_output_embeddings()``.
+    transform: an fmtlab.sim outlier transform (name such as ``"smoothquant"`` or a Transform);
+    layers then compute its decomposition (numpy; evaluation only, no gradient).
+    inplace: rewire ``model`` itself instead of a deep copy.
+    """
+    check_grad(grad)
+    if not isinstance(model, nn.Module):
+        raise FmtlabError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
+    tr = None
+    if transform is not None:
+        from fmtlab.sim.transforms import get_transform
+
+        tr = get_transform(transform)
+    if not inplace:
+        model = copy.deepcopy(model)
+    head = None
+    if skip_head and hasattr(model, "get_output_embeddings"):
+        try:
+            head = model.get_output_embeddings()
+        except (NotImplementedError, AttributeError):
+            head = None
+    skip = list(skip or ())
+    base = LayerConfig(weights, activations, grad)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    cache: dict[tuple[int, str], Any] = {}
+
+    def res(spec: Any, role: str):
+        key = (id(spec), role) if not isinstance(spec, (str, type(None))) else (spec, role)
+        if key not in cache:
+            cache[key] = resolve(spec, role)
+        return cache[key]
+
+    targets = [(n, m, linear_kind(m)) for n, m in model.named_modules()]
+    targets = [(n, m, k) for n, m, k in targets if k is not None and n]
+    for name, mod, kind in targets:
+        if (head is not None and mod is head) or any(_matches(name, p) for p in skip):
+            skipped.append(name)
+            continue
+        cfg: LayerConfig | None = base
+        for pat, value in (overrides or {}).items():
+            if _matches(name, pat):
+                cfg = _merge(base, value)
+        if cfg is None or (cfg.weights is None and cfg.activations is None and tr is None):
+            skipped.append(name)
+            continue
+        wq, aq = res(cfg.weights, "weights"), res(cfg.activations, "activations")
+        if wq is None and aq is None and tr is None:
+            skipped.append(name)
+            continue
+        ql = QuantLinear(mod, kind, wq, aq, cfg.grad, transform=tr, name=name)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, ql)
+        rows.append({"name": name, "kind": kind, "in": ql.in_features, "out": ql.out_features,
+                     "weights": spec_name(wq), "activations": spec_name(aq)})
+    return model, QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None)
