@@ -1,0 +1,200 @@
+"""Error and outlier metrics of one tensor (numpy; sums accumulate in float64).
+
+Definitions (x: the tensor before quantization, q: after fake quantization, e = q - x):
+
+* ``underflow_rate``: nonzero inputs that became zero / nonzero inputs (NaN when x has no nonzero).
+* ``underflow_energy_frac``: sum of x^2 over underflowed elements / sum of x^2.
+* ``clip_rate``: clipped elements / all elements, where *clipped* means beyond the format's range
+  after scaling (|x / scale| > format max); NaN when the quantizer cannot say (a plain callable).
+* ``clipped_energy_frac``: sum of x^2 over clipped elements / sum of x^2 (the share of the signal
+  that sits in clipped values).
+* ``clip_error_share``: sum of e^2 over clipped elements / sum of e^2 (the share of the error that
+  clipping causes; the rest is rounding and underflow).
+* ``mse``: mean of e^2. ``sqnr_db``: 10 log10(sum x^2 / sum e^2); +inf when e == 0, NaN when x == 0.
+* ``max_abs_err``: max |e|.
+
+Outlier statistics of an activation X [tokens, features] (:func:`outlier_stats`):
+``absmax``, ``median_abs`` (median of |x| over all elements), ``max_over_median`` (their ratio,
+taking the median over nonzero |x| when the plain median is 0), ``kurtosis`` (Pearson's, m4 / m2^2
+about the mean: 3 for a Gaussian), ``channels_ge6`` (feature columns with any |x| >= 6, LLM.int8()'s
+outlier criterion), and the top channels (columns by max |x|) and top tokens (rows by max |x|).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+LLM_INT8_THRESHOLD = 6.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _error_pass(x, q, clipped, has_mask):  # pragma: no cover - compiled
+    """One pass over flat float32 x, q (and bool clipped): float64 sums and counts.
+
+    Returns (signal, noise, n_nonzero, n_under, under_energy, n_clip, clip_energy, clip_noise, max_err).
+    """
+    signal = 0.0
+    noise = 0.0
+    under_e = 0.0
+    clip_e = 0.0
+    clip_n = 0.0
+    max_err = 0.0
+    n_nz = 0
+    n_under = 0
+    n_clip = 0
+    for i in range(x.size):
+        xv = np.float64(x[i])
+        qv = np.float64(q[i])
+        e = qv - xv
+        xx = xv * xv
+        ee = e * e
+        signal += xx
+        noise += ee
+        ae = abs(e)
+        if ae > max_err or ae != ae:
+            max_err = ae
+        if xv != 0.0:
+            n_nz += 1
+            if qv == 0.0:
+                n_under += 1
+                under_e += xx
+        if has_mask and clipped[i]:
+            n_clip += 1
+            clip_e += xx
+            clip_n += ee
+    return signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err
+
+
+@numba.njit(cache=True, nogil=True)
+def _moments(x):  # pragma: no cover - compiled
+    """(mean, m2, m4) of flat x about its mean, in float64 (two passes)."""
+    n = x.size
+    s = 0.0
+    for i in range(n):
+        s += np.float64(x[i])
+    mean = s / n
+    m2 = 0.0
+    m4 = 0.0
+    for i in range(n):
+        d = np.float64(x[i]) - mean
+        d2 = d * d
+        m2 += d2
+        m4 += d2 * d2
+    return mean, m2 / n, m4 / n
+
+
+def _sumsq(a: np.ndarray) -> float:
+    f = a.reshape(-1)
+    if f.dtype != np.float64:
+        f = f.astype(np.float64)
+    return float(np.dot(f, f))
+
+
+def sqnr_db(signal_energy: float, noise_energy: float) -> float:
+    """10 log10(signal / noise): +inf for zero noise, NaN for zero signal."""
+    if signal_energy <= 0.0:
+        return math.nan
+    if noise_energy <= 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal_energy / noise_energy)
+
+
+def error_stats(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
+    """Underflow, clipping and error metrics of ``q`` (quantized) against ``x`` (see module doc).
+
+    ``clipped`` is a boolean mask of x's shape (or None when unknown). ``signal`` and ``noise``
+    (sum x^2, sum e^2) are returned too so that callers can pool them.
+    """
+    x = np.asarray(x)
+    q = np.asarray(q)
+    if x.shape != q.shape:
+        raise ValueError(f"quantized tensor has shape {q.shape}, input {x.shape}")
+    n = x.size
+    has_mask = clipped is not None
+    if has_mask:
+        clipped = np.asarray(clipped, dtype=bool)
+        if clipped.shape != x.shape:
+            raise ValueError(f"clip mask has shape {clipped.shape}, input {x.shape}")
+        mask = np.ascontiguousarray(clipped).reshape(-1)
+    else:
+        mask = np.zeros(1, dtype=np.bool_)
+    xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1) if x.dtype != np.float64 else x.reshape(-1)
+    qf = np.ascontiguousarray(q, dtype=xf.dtype).reshape(-1)
+    signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err = _error_pass(xf, qf, mask, has_mask)
+    out = {
+        "n": float(n),
+        "underflow_rate": n_under / n_nz if n_nz else math.nan,
+        "underflow_energy_frac": under_e / signal if signal > 0 else (0.0 if n_under == 0 else math.nan),
+        "clip_rate": math.nan,
+        "clipped_energy_frac": math.nan,
+        "clip_error_share": math.nan,
+        "mse": noise / n if n else math.nan,
+        "sqnr_db": sqnr_db(signal, noise),
+        "max_abs_err": float(max_err) if n else math.nan,
+        "signal": float(signal),
+        "noise": float(noise),
+    }
+    if has_mask and n:
+        out["clip_rate"] = n_clip / n
+        out["clipped_energy_frac"] = clip_e / signal if signal > 0 else (0.0 if n_clip == 0 else math.nan)
+        out["clip_error_share"] = clip_n / noise if noise > 0 else 0.0
+    return out
+
+
+def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
+    """Error of a layer output ``y_q`` = Q(X) Q(W)^T against ``y_ref`` = X W^T: mse, sqnr_db, max_abs_err, nsr."""
+    if y_ref.shape != y_q.shape:
+        raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
+    s = error_stats(y_ref, y_q)
+    signal, noise = s["signal"], s["noise"]
+    return {"mse": s["mse"], "sqnr_db": s["sqnr_db"], "max_abs_err": s["max_abs_err"],
+            "nsr": noise / signal if signal > 0 else math.nan}
+
+
+def pearson_kurtosis(x: np.ndarray) -> float:
+    """m4 / m2^2 of all elements about their mean (3 for a Gaussian; NaN for a constant tensor)."""
+    f = np.ascontiguousarray(x).reshape(-1)
+    if f.size == 0:
+        return math.nan
+    if f.dtype not in (np.float32, np.float64):
+        f = f.astype(np.float64)
+    _, m2, m4 = _moments(f)
+    if m2 == 0.0:
+        return math.nan
+    return float(m4 / (m2 * m2))
+
+
+def outlier_stats(x: np.ndarray, top_k: int = 3, positions: np.ndarray | None = None,
+                  threshold: float = LLM_INT8_THRESHOLD) -> dict[str, Any]:
+    """Outlier statistics of an activation ``x`` [tokens, features] (see module doc).
+
+    ``positions`` (one per row) turns row indices into token positions in ``top_tokens``.
+    Top lists hold ``[index, max |x|]`` pairs, largest first.
+    """
+    x2 = np.asarray(x).reshape(-1, np.asarray(x).shape[-1]) if np.asarray(x).ndim != 2 else np.asarray(x)
+    a = np.abs(x2)
+    absmax = float(a.max()) if a.size else math.nan
+    med = float(np.median(a)) if a.size else math.nan
+    if med == 0.0:
+        nz = a[a != 0]
+        med = float(np.median(nz)) if nz.size else 0.0
+    ch = a.max(axis=0) if a.size else np.zeros(0)
+    tok = a.max(axis=1) if a.size else np.zeros(0)
+    k = min(top_k, ch.size)
+    top_ch = np.argsort(-ch, kind="stable")[:k]
+    k2 = min(top_k, tok.size)
+    top_tok = np.argsort(-tok, kind="stable")[:k2]
+    tok_ids = positions[top_tok] if positions is not None else top_tok
+    return {
+        "absmax": absmax,
+        "median_abs": med,
+        "max_over_median": absmax / med if med > 0 else math.inf,
+        "kurtosis": pearson_kurtosis(x2),
+        "channels_ge6": int(np.count_nonzero(ch >= threshold)),
+        "top_channels": [[int(i), float(ch[i])] for i in top_ch],
+        "top_tokens": [[int(p), float(tok[i])] for p, i in zip(tok_ids, top_tok)],
+    }

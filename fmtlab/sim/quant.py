@@ -1,0 +1,159 @@
+"""Adapting quantizer specs to the simulator: names, Quantizer objects or plain callables.
+
+A *spec* is one of:
+
+* ``None``, ``"none"`` or ``"fp32"``: no quantization (identity);
+* a preset name for :func:`fmtlab.formats.get_quantizer` (``"int8_per_token"``, ``"mxfp4"``, ...),
+  optionally with keyword overrides as ``"name(key=value, ...)"``;
+* an object with ``fake_quantize(x) -> ndarray`` (an fmtlab ``Quantizer``);
+* any callable ``ndarray -> ndarray`` of the same shape.
+
+Axis conventions (shared with fmtlab.formats): activations X are [tokens, features] and weights W
+are nn.Linear [out_features, in_features]; the reduction axis is last in both; per-token and
+per-channel scales are one per row.
+
+Clipping needs the scale: for an fmtlab Quantizer the clip mask is |x / scale| > format max with
+the scales it reports, with a relative tolerance of 2^-20 for the rounding of x / scale (or its own
+clip mask where it offers one); an object may also offer
+``clip_mask(x) -> bool ndarray``. For a plain callable the clip metrics are NaN (unknown).
+Underflow needs no scale: nonzero inputs that come back as zero.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from fmtlab.errors import FmtlabError
+
+_IDENTITY_NAMES = ("none", "fp32", "float32", "identity")
+#: |x / scale| may exceed the format max by float32 rounding of the scale; beyond this it is clipping
+CLIP_RTOL = 2.0 ** -20
+
+
+def _parse_value(text: str) -> Any:
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t.strip("'\"")
+
+
+def parse_call(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name(a=1, b=x)"`` -> ("name", {"a": 1, "b": "x"}); plain ``"name"`` -> ("name", {})."""
+    m = re.fullmatch(r"\s*([\w.\-]+)\s*(?:\((.*)\))?\s*", text)
+    if not m:
+        raise FmtlabError(f"cannot parse {text!r}; expected name or name(key=value, ...)")
+    kwargs: dict[str, Any] = {}
+    args = (m.group(2) or "").strip()
+    if args:
+        for part in args.split(","):
+            if "=" not in part:
+                raise FmtlabError(f"in {text!r}: argument {part.strip()!r} must be key=value")
+            k, v = part.split("=", 1)
+            kwargs[k.strip()] = _parse_value(v)
+    return m.group(1), kwargs
+
+
+@dataclass
+class QuantFn:
+    """A resolved quantizer: ``fn(x) -> x_q`` plus an optional clip-mask provider."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray] | None  # None = identity
+    obj: Any = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> bool:
+        return self.fn is None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.fn is None:
+            return x
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        q = np.asarray(self.fn(x))
+        if q.shape != x.shape:
+            raise FmtlabError(f"quantizer {self.name!r} returned shape {q.shape} for input {x.shape}")
+        return q.astype(np.float32, copy=False)
+
+    def with_mask(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(x_q, clipped mask or None when the quantizer cannot tell)."""
+        if self.fn is None:
+            return x, np.zeros(x.shape, dtype=bool)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self(x), clip_mask(self.obj, x)
+
+
+def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
+    """Elements of ``x`` beyond ``obj``'s range after scaling, or None when ``obj`` cannot tell."""
+    if obj is None:
+        return None
+    fn = getattr(obj, "clip_mask", None)
+    if callable(fn):
+        return np.asarray(fn(x), dtype=bool)
+    quantize = getattr(obj, "quantize", None)
+    fmt = getattr(obj, "format", None) or getattr(obj, "fmt", None)
+    if callable(quantize) and fmt is not None and hasattr(fmt, "max"):
+        try:
+            qt = quantize(x)
+        except Exception:  # noqa: BLE001 - a quantizer without a scale report: clipping unknown
+            return None
+        scale = _broadcast_scales(qt, x.shape)
+        if scale is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.abs(x.astype(np.float64) / scale)
+        return np.nan_to_num(y, nan=0.0) > float(fmt.max) * (1.0 + CLIP_RTOL)
+    return None
+
+
+def _broadcast_scales(qt: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The per-element scale of a quantized tensor, if it offers one in x's shape or broadcastable."""
+    for attr in ("element_scales", "scale_per_element"):
+        fn = getattr(qt, attr, None)
+        if fn is not None:
+            s = fn() if callable(fn) else fn
+            return np.broadcast_to(np.asarray(s, dtype=np.float64), shape)
+    s = getattr(qt, "scales", getattr(qt, "scale", None))
+    if s is None:
+        return None
+    s = np.asarray(s, dtype=np.float64)
+    try:
+        return np.broadcast_to(s, shape)
+    except ValueError:
+        return None
+
+
+def resolve(spec: Any) -> QuantFn:
+    """Turn a quantizer spec (see module doc) into a :class:`QuantFn`."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in _IDENTITY_NAMES):
+        return QuantFn("fp32", None)
+    if isinstance(spec, QuantFn):
+        return spec
+    if isinstance(spec, str):
+        name, kwargs = parse_call(spec)
+        try:
+            from fmtlab.formats import get_quantizer
+        except ImportError as exc:
+            raise FmtlabError(f"quantizer preset {spec!r} needs fmtlab.formats.get_quantizer, "
+                              "which this installation lacks; pass a callable instead") from exc
+        q = get_quantizer(name, **kwargs)
+        return QuantFn(spec, q.fake_quantize, q)
+    fq = getattr(spec, "fake_quantize", None)
+    if callable(fq):
+        return QuantFn(getattr(spec, "name", None) or str(spec), fq, spec)
+    if callable(spec):
+        return QuantFn(getattr(spec, "__name__", None) or repr(spec), spec, spec)
+    raise FmtlabError(f"a quantizer spec must be None, a preset name, a Quantizer or a callable; got {spec!r}")

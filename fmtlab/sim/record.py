@@ -1,0 +1,359 @@
+"""Record activations of a real model into a trace.
+
+Forward hooks on every Linear-like layer (``torch.nn.Linear`` and GPT-2's ``Conv1D``) store the
+layer input X [tokens, in_features], the output Y [tokens, out_features] and, once, the weight W in
+nn.Linear layout [out_features, in_features] (Conv1D weights are transposed) and bias. Layers fed by
+the same tensor object in one forward pass (q/k/v, gate/up) share one stored input. Options add the
+residual stream after each block, the attention probabilities [sequences, heads, query, key] (the
+model is switched to eager attention while recording) and K/V (the key/value projection outputs,
+before rotary embedding). Token rows are ordered sequence-major: row = sequence * seq_len + position.
+
+Sequences are consecutive windows of exactly ``seq_len`` tokens cut from the texts (no padding),
+optionally each starting with a fixed ``prefix`` (counted in ``seq_len``), e.g. to study attention
+sinks. Data go through a :class:`~fmtlab.sim.trace.TraceWriter` whose RAM buffer is capped at
+``memory_limit`` bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fmtlab.errors import FmtlabError
+from fmtlab.sim.trace import Trace, TraceWriter
+
+LayerFilter = "str | Sequence[str] | Callable[[str, Any], bool] | None"
+_KEY_TYPES = ("k_proj", "key", "k", "wk")
+_VALUE_TYPES = ("v_proj", "value", "v", "wv")
+
+
+def _conv1d_class():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # pragma: no cover - transformers without Conv1D
+        return None
+    return Conv1D
+
+
+def linear_like(module) -> str | None:
+    """``"linear"`` for nn.Linear, ``"conv1d"`` for GPT-2 Conv1D, else None."""
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return "linear"
+    conv = _conv1d_class()
+    if conv is not None and isinstance(module, conv):
+        return "conv1d"
+    return None
+
+
+def find_blocks(model) -> list[tuple[str, Any]]:
+    """The repeated transformer blocks: the longest ModuleList whose children share one class."""
+    import torch
+
+    best: list[tuple[str, Any]] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > len(best):
+            kids = list(mod)
+            if kids and all(type(k) is type(kids[0]) for k in kids):
+                best = [(f"{name}.{i}" if name else str(i), k) for i, k in enumerate(kids)]
+    return best
+
+
+def _block_of(name: str, block_names: Sequence[str]) -> tuple[int | None, str]:
+    """(block index, layer type) of a module name; type = name without the block prefix."""
+    for i, b in enumerate(block_names):
+        if name.startswith(b + "."):
+            return i, name[len(b) + 1:]
+    return None, name
+
+
+def find_linear_layers(model, layers: Any = None, include_head: bool = False) -> list[tuple[str, Any, str]]:
+    """(name, module, op) for each Linear-like layer selected by ``layers``.
+
+    ``layers`` is None (all), a regular expression searched in each name, a sequence of exact
+    names, or a callable ``(name, module) -> bool``. The output head (``get_output_embeddings()``)
+    is skipped unless ``include_head``.
+    """
+    head = None
+    if not include_head and hasattr(model, "get_output_embeddings"):
+        try:
+            head = model.get_output_embeddings()
+        except (NotImplementedError, AttributeError):
+            head = None
+    out = []
+    names = set(layers) if isinstance(layers, (list, tuple, set, frozenset)) else None
+    pattern = re.compile(layers) if isinstance(layers, str) else None
+    for name, mod in model.named_modules():
+        op = linear_like(mod)
+        if op is None or mod is head:
+            continue
+        if names is not None and name not in names:
+            continue
+        if pattern is not None and not pattern.search(name):
+            continue
+        if callable(layers) and not layers(name, mod):
+            continue
+        out.append((name, mod, op))
+    if names is not None:
+        missing = names - {n for n, _, _ in out}
+        if missing:
+            raise FmtlabError(f"no Linear-like layer named {sorted(missing)[:5]}")
+    return out
+
+
+def _weight_linear_layout(module, op: str) -> np.ndarray:
+    w = module.weight.detach().float().cpu().numpy()
+    return np.ascontiguousarray(w.T if op == "conv1d" else w)
+
+
+def _to_rows(t, width: int | None = None) -> np.ndarray:
+    a = t.detach().float().cpu().clone().numpy()
+    return a.reshape(-1, a.shape[-1] if width is None else width)
+
+
+def _set_eager(model) -> Callable[[], None]:
+    cfg = getattr(model, "config", None)
+    old = getattr(cfg, "_attn_implementation", None)
+    if old in (None, "eager"):
+        return lambda: None
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+        return lambda: model.set_attn_implementation(old)
+    cfg._attn_implementation = "eager"
+    return lambda: setattr(cfg, "_attn_implementation", old)
+
+
+def _model_summary(model, tokenizer) -> dict[str, Any]:
+    from fmtlab.sim.models import model_name
+
+    cfg = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "vocab_size", "n_embd", "n_layer")
+    return {"name": model_name(model), "class": type(model).__name__,
+            "config": {k: getattr(cfg, k) for k in keys if isinstance(getattr(cfg, k, None), (int, str))},
+            "tokenizer": type(tokenizer).__name__ if tokenizer is not None else None}
+
+
+def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str | os.PathLike = "trace", *,
+           seq_len: int = 128, n_sequences: int = 8, batch_size: int = 1, prefix: str | None = None,
+           layers: Any = None, include_head: bool = False, inputs: bool = True, outputs: bool = True,
+           weights: bool = True, residual: bool = False, attention: bool = False, kv: bool = False,
+           memory_limit: int = 256 << 20, max_bytes: int | None = None, overwrite: bool = False,
+           progress: bool = True, text_info: dict[str, Any] | None = None) -> Trace:
+    """Run ``model`` on ``n_sequences`` windows of ``seq_len`` tokens from ``texts``; write a trace at ``out``.
+
+    ``model`` may also be a name or path understood by :func:`fmtlab.sim.models.load_model`.
+    ``texts`` defaults to :func:`fmtlab.sim.data.default_texts` ("calib" split). Returns the
+    opened :class:`Trace`. Raises FmtlabError when the texts are too short, no layer matches, or
+    the estimated trace size exceeds ``max_bytes``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from fmtlab.sim.data import default_texts, token_windows
+    from fmtlab.sim.models import load_model
+
+    if not isinstance(model, torch.nn.Module):
+        model, tokenizer = load_model(model, tokenizer)
+    if tokenizer is None:
+        raise FmtlabError("record() needs the model's tokenizer")
+    if batch_size < 1:
+        raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
+    if texts is None:
+        texts = default_texts("calib")
+        text_info = text_info or {"source": "wiki", "split": "calib"}
+    if isinstance(texts, str):
+        texts = [texts]
+    windows, prefix_len = token_windows(tokenizer, texts, seq_len, n_sequences, prefix=prefix)
+    n_sequences = len(windows)
+
+    blocks = find_blocks(model)
+    block_names = [b for b, _ in blocks]
+    lin = find_linear_layers(model, layers, include_head)
+    if not lin and not residual and not attention:
+        raise FmtlabError("no Linear-like layer selected and no residual/attention recording asked for")
+
+    writer = TraceWriter(os.fspath(out), memory_limit=memory_limit, overwrite=overwrite)
+    layer_meta: dict[str, dict[str, Any]] = {}
+    act_meta: dict[str, dict[str, Any]] = {}
+    handles = []
+    state: dict[str, Any] = {"first": True, "seen": {}, "probs_done": set(), "batch_bytes": 0}
+    weight_bytes = 0
+
+    def put(name: str, arr: np.ndarray, **attrs: Any) -> None:
+        state["batch_bytes"] += arr.nbytes
+        writer.add(name, arr, **attrs)
+
+    # ---- Linear-like layers
+    for name, mod, op in lin:
+        blk, ltype = _block_of(name, block_names)
+        w = mod.weight
+        out_f, in_f = (w.shape[1], w.shape[0]) if op == "conv1d" else (w.shape[0], w.shape[1])
+        meta: dict[str, Any] = {"op": op, "type": ltype, "block": blk, "in_features": int(in_f),
+                                "out_features": int(out_f), "input": None, "output": None,
+                                "weight": None, "bias": None}
+        short = ltype.rsplit(".", 1)[-1]
+        if kv and short in _KEY_TYPES + _VALUE_TYPES:
+            meta["kv"] = "key" if short in _KEY_TYPES else "value"
+        layer_meta[name] = meta
+        if weights:
+            meta["weight"] = f"{name}:weight"
+            wt = _weight_linear_layout(mod, op)
+            writer.add(meta["weight"], wt, kind="weight", layer=name)
+            weight_bytes += wt.nbytes
+            if getattr(mod, "bias", None) is not None:
+                meta["bias"] = f"{name}:bias"
+                bias = mod.bias.detach().float().cpu().numpy().reshape(1, -1)
+                writer.add(meta["bias"], bias, kind="bias", layer=name)
+                weight_bytes += bias.nbytes
+
+        def hook(module, args, kwargs, output, _name=name, _meta=meta, _op=op):
+            x = args[0] if args else kwargs.get("input", kwargs.get("x"))
+            if inputs and x is not None:
+                seen = state["seen"]
+                canon = seen.get(id(x))
+                if state["first"]:
+                    if canon is None:
+                        tname = f"{_name}:input"
+                        seen[id(x)] = (x, tname)
+                        _meta["input"] = tname
+                        put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
+                    else:
+                        _meta["input"] = canon[1]
+                else:
+                    tname = _meta["input"]
+                    if tname == f"{_name}:input":
+                        seen[id(x)] = (x, tname)
+                        put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
+                    elif canon is None or canon[1] != tname:
+                        raise FmtlabError(f"layer {_name}: its input was shared with {tname} in the first "
+                                          "batch but not now; record with batch_size matching the model's dataflow")
+            y = output[0] if isinstance(output, tuple) else output
+            if outputs:
+                if state["first"]:
+                    _meta["output"] = f"{_name}:output"
+                put(f"{_name}:output", _to_rows(y, _meta["out_features"]), kind="output", layer=_name)
+            role = _meta.get("kv")
+            if role and not outputs:
+                tname = f"{_name}:{role}"
+                put(tname, _to_rows(y, _meta["out_features"]), kind=role, layer=_name)
+                if state["first"]:
+                    act_meta[tname] = {"kind": role, "block": _meta["block"], "layer": _name, "tensor": tname}
+            elif role and state["first"]:
+                act_meta[f"{_name}:{role}"] = {"kind": role, "block": _meta["block"], "layer": _name,
+                                               "tensor": f"{_name}:output"}
+            if kv and _op == "conv1d" and _meta["type"].rsplit(".", 1)[-1] == "c_attn":
+                rows = _to_rows(y, _meta["out_features"])
+                e = rows.shape[1] // 3
+                for j, role2 in ((1, "key"), (2, "value")):
+                    tname = f"{_name}:{role2}"
+                    put(tname, np.ascontiguousarray(rows[:, j * e:(j + 1) * e]), kind=role2, layer=_name)
+                    if state["first"]:
+                        act_meta[tname] = {"kind": role2, "block": _meta["block"], "layer": _name, "tensor": tname}
+
+        handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+
+    # ---- residual stream after each block
+    if residual:
+        if not blocks:
+            raise FmtlabError("residual=True but no repeated block list was found in the model")
+        for i, (bname, bmod) in enumerate(blocks):
+            def rhook(module, args, output, _i=i, _b=bname):
+                y = output[0] if isinstance(output, tuple) else output
+                tname = f"{_b}:residual"
+                put(tname, _to_rows(y), kind="residual", layer=_b)
+                if state["first"]:
+                    act_meta[tname] = {"kind": "residual", "block": _i, "layer": _b, "tensor": tname}
+            handles.append(bmod.register_forward_hook(rhook))
+
+    # ---- attention probabilities
+    restore_attn = lambda: None  # noqa: E731
+    if attention:
+        if not blocks:
+            raise FmtlabError("attention=True but no repeated block list was found in the model")
+        restore_attn = _set_eager(model)
+        for i, (bname, bmod) in enumerate(blocks):
+            for sub_name, sub in bmod.named_modules():
+                if "Attention" not in type(sub).__name__:
+                    continue
+
+                def ahook(module, args, output, _i=i, _n=f"{bname}.{sub_name}" if sub_name else bname):
+                    if _i in state["probs_done"] or not isinstance(output, tuple):
+                        return
+                    for o in output[1:]:
+                        if isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[-1] == o.shape[-2]:
+                            state["probs_done"].add(_i)
+                            tname = f"{_n}:attn_probs"
+                            put(tname, o.detach().float().cpu().clone().numpy(), kind="attn_probs", layer=_n)
+                            if state["first"]:
+                                act_meta[tname] = {"kind": "attn_probs", "block": _i, "layer": _n, "tensor": tname,
+                                                   "layout": "sequences x heads x query x key"}
+                            return
+                handles.append(sub.register_forward_hook(ahook))
+
+    fwd_kwargs: dict[str, Any] = {}
+    if hasattr(getattr(model, "config", None), "use_cache"):
+        fwd_kwargs["use_cache"] = False
+    if attention:
+        fwd_kwargs["output_attentions"] = True
+    estimate_done = False
+    bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
+    try:
+        with torch.no_grad():
+            for start in range(0, n_sequences, batch_size):
+                ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long)
+                state["seen"] = {}
+                state["probs_done"] = set()
+                state["batch_bytes"] = 0
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd_kwargs)
+                if attention and len(state["probs_done"]) < len(blocks):
+                    raise FmtlabError("attention=True but the model returned no attention probabilities "
+                                      f"for {len(blocks) - len(state['probs_done'])} block(s)")
+                put("tokens:input_ids", ids.numpy().astype(np.int64), kind="tokens")
+                put("tokens:sequence", np.repeat(np.arange(start, start + ids.shape[0], dtype=np.int32), seq_len),
+                    kind="tokens")
+                put("tokens:position", np.tile(np.arange(seq_len, dtype=np.int32), ids.shape[0]), kind="tokens")
+                if not estimate_done and max_bytes is not None:
+                    n_batches = -(-n_sequences // batch_size)
+                    est = weight_bytes + state["batch_bytes"] * n_batches
+                    if est > max_bytes:
+                        raise FmtlabError(
+                            f"the trace would take about {est / 2**20:.0f} MiB, over max_bytes="
+                            f"{max_bytes / 2**20:.0f} MiB; record fewer sequences, a shorter seq_len, "
+                            "fewer layers, or without outputs")
+                    estimate_done = True
+                state["first"] = False
+                state["seen"] = {}
+                bar.update(ids.shape[0])
+                bar.set_postfix_str(f"{(writer.bytes_written + writer.buffered_bytes) / 2**20:.0f} MiB")
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        restore_attn()
+
+    vocab = {}
+    try:
+        uniq = sorted({t for w in windows for t in w})
+        vocab = {str(t): s for t, s in zip(uniq, tokenizer.convert_ids_to_tokens(uniq))}
+    except Exception:  # a tokenizer without convert_ids_to_tokens: token strings are optional
+        vocab = {}
+    manifest = {
+        "model": _model_summary(model, tokenizer),
+        "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix},
+        "seq_len": int(seq_len), "n_sequences": int(n_sequences), "n_tokens": int(seq_len * n_sequences),
+        "prefix_len": int(prefix_len), "batch_size": int(batch_size),
+        "blocks": block_names,
+        "options": {"inputs": inputs, "outputs": outputs, "weights": weights, "residual": residual,
+                    "attention": attention, "kv": kv, "include_head": include_head},
+        "row_order": "row = sequence * seq_len + position",
+        "layers": layer_meta, "activations": act_meta, "vocab": vocab,
+    }
+    return writer.close(manifest)

@@ -1,0 +1,450 @@
+"""Trace files: safetensors shards plus a JSON manifest.
+
+Layout of a trace directory::
+
+    manifest.json              what was recorded (schema below); written last
+    shard-00000.safetensors    tensors, each key "<tensor name>#<piece>"
+    shard-00001.safetensors    ...
+
+A tensor recorded over many batches is stored as *pieces* along its first axis (token rows, or
+sequences for attention probabilities); the manifest lists, per tensor, the pieces in order with
+their shard, key and row range. Readers memory-map the shards (no copy for single-piece tensors)
+and check everything against the manifest before handing data out.
+
+Guarantees:
+* never pickle: only safetensors (parsed here, with bounds checks) and JSON;
+* atomic: a trace is built in a temporary sibling directory and renamed into place when complete,
+  each file inside is written to a temporary name and renamed; an interrupted recording leaves no
+  trace at the target path;
+* clear errors (:class:`fmtlab.errors.TraceError`) for a missing or foreign manifest, a shard from
+  another trace, a truncated or corrupt shard (size, header, offsets, dtype, shape), and (with
+  ``verify=True``) any changed byte (SHA-256 per shard).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from fmtlab import __version__
+from fmtlab.errors import TraceError
+
+TRACE_FORMAT = "fmtlab-trace"
+TRACE_VERSION = 1
+MANIFEST = "manifest.json"
+_META_KEY = "fmtlab_trace_id"
+_MAX_HEADER = 100 << 20
+
+# safetensors dtype names <-> numpy dtypes (little-endian)
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def _sha256(path: str, bufsize: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> int:
+    """Write ``tensors`` as one safetensors file at ``path`` atomically; returns its size in bytes.
+
+    Streams each array to disk (no second in-memory copy of the whole shard). The layout follows
+    the safetensors spec: u64 little-endian header length, JSON header padded with spaces to a
+    multiple of 8, then the raw little-endian data in header order.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    arrays = []
+    for key, arr in tensors.items():
+        a = np.asarray(arr)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        if dt not in _DTYPE_NAMES:
+            raise TraceError(f"tensor {key!r} has dtype {a.dtype}, which a trace cannot store")
+        a = np.ascontiguousarray(a, dtype=dt)
+        header[key] = {"dtype": _DTYPE_NAMES[dt], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for a in arrays:
+            if a.size:
+                fh.write(memoryview(a.reshape(-1)).cast("B"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return 8 + len(raw) + offset
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+class SafetensorsFile:
+    """A validated, memory-mapped safetensors file (read-only). Raises TraceError on any defect."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise TraceError(f"cannot read shard {path}: {exc}") from exc
+        if size < 8:
+            raise TraceError(f"{path} is truncated or not a safetensors file ({size} bytes)")
+        with open(path, "rb") as fh:
+            (hlen,) = struct.unpack("<Q", fh.read(8))
+            if hlen > _MAX_HEADER or 8 + hlen > size:
+                raise TraceError(f"{path} is not a safetensors file or is truncated "
+                                 f"(header length {hlen}, file size {size})")
+            raw = fh.read(hlen)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise TraceError(f"{path} has a corrupt safetensors header: {exc}") from exc
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self.data_start = 8 + hlen
+        self.entries: dict[str, _Entry] = {}
+        data_len = 0
+        for key, info in header.items():
+            try:
+                dtype = _DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise TraceError(f"{path}: corrupt header entry for {key!r}: {info!r}") from exc
+            if any(d < 0 for d in shape) or begin < 0 or end < begin:
+                raise TraceError(f"{path}: impossible shape/offsets for {key!r}: {info!r}")
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                raise TraceError(f"{path}: {key!r} spans {end - begin} bytes but shape {list(shape)} "
+                                 f"of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
+            self.entries[key] = _Entry(dtype, shape, begin, end)
+            data_len = max(data_len, end)
+        expected = self.data_start + data_len
+        if size < expected:
+            raise TraceError(f"{path} is truncated: {size} bytes, its header needs {expected}")
+        if size > expected:
+            raise TraceError(f"{path} is corrupt: {size} bytes, its header accounts for {expected}")
+        self._mm: np.memmap | None = None
+
+    def _map(self) -> np.ndarray:
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return self._mm
+
+    def get(self, key: str) -> np.ndarray:
+        """The tensor ``key`` as a read-only array backed by the memory map."""
+        try:
+            e = self.entries[key]
+        except KeyError:
+            raise TraceError(f"{self.path} has no tensor {key!r}") from None
+        if e.end == e.begin:
+            return np.zeros(e.shape, e.dtype)
+        buf = self._map()[self.data_start + e.begin:self.data_start + e.end]
+        return buf.view(e.dtype).reshape(e.shape)
+
+    def close(self) -> None:
+        mm, self._mm = self._mm, None
+        if mm is not None and hasattr(mm, "_mmap") and mm._mmap is not None:
+            try:
+                mm._mmap.close()
+            except BufferError:  # arrays still reference it; the GC closes it later
+                pass
+
+
+# --------------------------------------------------------------------------------------- writer
+
+class TraceWriter:
+    """Builds a trace directory piece by piece with a bounded in-memory buffer.
+
+    ``add(name, array, rows_axis=0)`` appends a piece of tensor ``name``; pieces accumulate in RAM
+    until ``memory_limit`` bytes are buffered, then go to a new shard. ``close(manifest_extra)``
+    flushes, writes the manifest and renames the temporary directory to ``path``.
+    """
+
+    def __init__(self, path: str, *, memory_limit: int = 256 << 20, overwrite: bool = False):
+        if memory_limit < 1:
+            raise TraceError(f"memory_limit must be positive, got {memory_limit=}")
+        self.path = os.path.abspath(path)
+        if os.path.exists(self.path) and not overwrite:
+            if not os.path.isdir(self.path) or os.listdir(self.path):
+                raise TraceError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self._tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.partial-", dir=parent)
+        os.chmod(self._tmp, 0o755)
+        self.overwrite = overwrite
+        self.memory_limit = int(memory_limit)
+        self.trace_id = uuid.uuid4().hex
+        self._buffer: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0
+        self._tensors: dict[str, dict[str, Any]] = {}
+        self._shards: list[dict[str, Any]] = []
+        self.bytes_written = 0
+        self._closed = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
+
+    def add(self, name: str, array: np.ndarray, **attrs: Any) -> None:
+        """Append ``array`` as the next piece of tensor ``name`` (pieces concatenate along axis 0).
+
+        ``attrs`` (kind, layer, role, ...) are stored in the manifest on the first piece.
+        """
+        if self._closed:
+            raise TraceError("the trace writer is closed")
+        if "#" in name:
+            raise TraceError(f"tensor names may not contain '#': {name!r}")
+        a = np.ascontiguousarray(array)
+        info = self._tensors.get(name)
+        if info is None:
+            info = {"dtype": _DTYPE_NAMES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype),
+                    "shape": [0, *a.shape[1:]], "pieces": [], **attrs}
+            if info["dtype"] is None:
+                raise TraceError(f"tensor {name!r} has dtype {a.dtype}, which a trace cannot store")
+            self._tensors[name] = info
+        elif list(a.shape[1:]) != info["shape"][1:]:
+            raise TraceError(f"piece of {name!r} has shape {list(a.shape)}, earlier pieces "
+                             f"[..., {info['shape'][1:]}]")
+        self._buffer.setdefault(name, []).append(a)
+        self._buffered += a.nbytes
+        if self._buffered >= self.memory_limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write everything buffered to a new shard."""
+        if not self._buffer:
+            return
+        index = len(self._shards)
+        fname = f"shard-{index:05d}.safetensors"
+        payload: dict[str, np.ndarray] = {}
+        for name, parts in self._buffer.items():
+            info = self._tensors[name]
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            key = f"{name}#{len(info['pieces'])}"
+            start = info["shape"][0]
+            info["pieces"].append({"shard": index, "key": key, "rows": [start, start + arr.shape[0]]})
+            info["shape"][0] = start + arr.shape[0]
+            payload[key] = arr
+        fpath = os.path.join(self._tmp, fname)
+        size = write_safetensors(fpath, payload, {_META_KEY: self.trace_id, "shard": str(index)})
+        self._shards.append({"file": fname, "bytes": size, "sha256": _sha256(fpath)})
+        self.bytes_written += size
+        self._buffer.clear()
+        self._buffered = 0
+
+    def close(self, manifest: dict[str, Any]) -> "Trace":
+        """Flush, write ``manifest.json`` (``manifest`` plus the tensor/shard index), move into place."""
+        self.flush()
+        full = {
+            "format": TRACE_FORMAT, "version": TRACE_VERSION, "trace_id": self.trace_id,
+            "fmtlab_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "shards": self._shards, "tensors": self._tensors,
+        }
+        _atomic_write_bytes(os.path.join(self._tmp, MANIFEST),
+                            json.dumps(full, indent=1, allow_nan=False).encode("utf-8"))
+        if os.path.exists(self.path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.old-", dir=os.path.dirname(self.path))
+            os.replace(self.path, os.path.join(old, "t"))
+            os.replace(self._tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self._tmp, self.path)
+        self._closed = True
+        return Trace(self.path)
+
+    def abort(self) -> None:
+        """Drop everything written so far (the target path is left untouched)."""
+        self._closed = True
+        self._buffer.clear()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._closed:
+            self.abort()
+
+
+# --------------------------------------------------------------------------------------- reader
+
+class Trace:
+    """A recorded trace, opened read-only. Tensors are memory-mapped, never loaded eagerly.
+
+    ``Trace(path, verify=False)`` validates the manifest and every shard's header and size;
+    ``verify=True`` also checks each shard's SHA-256 (reads every byte).
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.isfile(self.path):
+            raise TraceError(f"{self.path} is a file; a trace is a directory holding {MANIFEST}")
+        mpath = os.path.join(self.path, MANIFEST)
+        if not os.path.isdir(self.path):
+            raise TraceError(f"no trace at {self.path}")
+        if not os.path.exists(mpath):
+            raise TraceError(f"{self.path} has no {MANIFEST}: not an fmtlab trace, or an interrupted recording")
+        try:
+            with open(mpath, encoding="utf-8") as fh:
+                m = json.load(fh)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise TraceError(f"{mpath} is truncated or corrupt: {exc}") from exc
+        if not isinstance(m, dict) or m.get("format") != TRACE_FORMAT:
+            raise TraceError(f"{mpath} is not an fmtlab trace manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
+        if not isinstance(m.get("version"), int) or m["version"] > TRACE_VERSION:
+            raise TraceError(f"{mpath} has trace version {m.get('version')!r}; this fmtlab reads up to {TRACE_VERSION}")
+        for key in ("trace_id", "shards", "tensors"):
+            if key not in m:
+                raise TraceError(f"{mpath} is corrupt: missing {key!r}")
+        self.manifest: dict[str, Any] = m
+        self.trace_id: str = m["trace_id"]
+        self._files: dict[int, SafetensorsFile] = {}
+        for i, sh in enumerate(m["shards"]):
+            self._open_shard(i, check_hash=verify)
+        self._check_index()
+
+    # -- validation
+    def _open_shard(self, index: int, check_hash: bool = False) -> SafetensorsFile:
+        if index in self._files and not check_hash:
+            return self._files[index]
+        try:
+            info = self.manifest["shards"][index]
+        except (IndexError, TypeError):
+            raise TraceError(f"{self.path}: manifest names shard {index}, which it does not list") from None
+        fpath = os.path.join(self.path, info["file"])
+        if not os.path.exists(fpath):
+            raise TraceError(f"shard {info['file']} of trace {self.path} is missing")
+        size = os.path.getsize(fpath)
+        if size != info["bytes"]:
+            kind = "truncated" if size < info["bytes"] else "corrupt (too long)"
+            raise TraceError(f"shard {fpath} is {kind}: {size} bytes, the manifest says {info['bytes']}")
+        sf = SafetensorsFile(fpath)
+        if sf.metadata.get(_META_KEY) != self.trace_id:
+            raise TraceError(f"shard {fpath} belongs to another trace "
+                             f"({sf.metadata.get(_META_KEY)!r}, manifest {self.trace_id!r})")
+        if check_hash and _sha256(fpath) != info["sha256"]:
+            raise TraceError(f"shard {fpath} is corrupt: its SHA-256 differs from the manifest's")
+        self._files[index] = sf
+        return sf
+
+    def _check_index(self) -> None:
+        for name, info in self.manifest["tensors"].items():
+            rows = 0
+            for p in info["pieces"]:
+                sf = self._open_shard(p["shard"])
+                e = sf.entries.get(p["key"])
+                if e is None:
+                    raise TraceError(f"{sf.path} lacks piece {p['key']!r} of tensor {name!r}")
+                if _DTYPE_NAMES.get(e.dtype) != info["dtype"] or list(e.shape[1:]) != info["shape"][1:] \
+                        or p["rows"] != [rows, rows + e.shape[0]]:
+                    raise TraceError(f"{sf.path}: piece {p['key']!r} does not match the manifest "
+                                     f"({_DTYPE_NAMES.get(e.dtype)} {list(e.shape)} vs {info['dtype']} {info['shape']})")
+                rows += e.shape[0]
+            if rows != info["shape"][0]:
+                raise TraceError(f"tensor {name!r}: pieces hold {rows} rows, the manifest says {info['shape'][0]}")
+
+    def verify(self) -> None:
+        """Check every shard's SHA-256 against the manifest (reads the whole trace)."""
+        for i in range(len(self.manifest["shards"])):
+            self._open_shard(i, check_hash=True)
+
+    # -- access
+    @property
+    def layers(self) -> dict[str, dict[str, Any]]:
+        """Recorded Linear-like layers: name -> {op, type, block, input, weight, output, bias, ...}."""
+        return self.manifest.get("layers", {})
+
+    @property
+    def activations(self) -> dict[str, dict[str, Any]]:
+        """Other recorded tensors (residual stream, attention probabilities, K/V): name -> info."""
+        return self.manifest.get("activations", {})
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return list(self.manifest["tensors"])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s["bytes"] for s in self.manifest["shards"])
+
+    def info(self, name: str) -> dict[str, Any]:
+        try:
+            return self.manifest["tensors"][name]
+        except KeyError:
+            raise TraceError(f"trace {self.path} has no tensor {name!r}") from None
+
+    def pieces(self, name: str) -> Iterator[np.ndarray]:
+        """Stream the pieces of tensor ``name`` in row order (each memory-mapped, read-only)."""
+        for p in self.info(name)["pieces"]:
+            yield self._open_shard(p["shard"]).get(p["key"])
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as one array: a read-only memory map if stored in one piece, else a copy."""
+        parts = list(self.pieces(name))
+        if not parts:
+            info = self.info(name)
+            return np.zeros(info["shape"], _DTYPES[info["dtype"]])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def close(self) -> None:
+        for sf in self._files.values():
+            sf.close()
+        self._files.clear()
+
+    def __enter__(self) -> "Trace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Trace({self.path!r}, model={m.get('model', {}).get('name')!r}, "
+                f"layers={len(self.layers)}, tokens={m.get('n_tokens')}, {self.nbytes / 2**20:.1f} MiB)")
+
+
+def open_trace(trace: "Trace | str | os.PathLike", verify: bool = False) -> Trace:
+    """``trace`` if it is already a :class:`Trace`, else ``Trace(trace, verify)``."""
+    return trace if isinstance(trace, Trace) else Trace(trace, verify=verify)
