@@ -321,7 +321,8 @@ class Format:
                      rand: np.ndarray | None) -> np.ndarray:
         from fmtlab.formats._table_kernel import encode_table
 
-        flat = np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
+            flat = np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
         neg = np.signbit(np.ascontiguousarray(a).reshape(-1))
         out = np.empty(flat.shape, dtype=np.int64)
         g = self.grid

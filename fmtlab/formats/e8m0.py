@@ -64,7 +64,8 @@ class E8M0(Format):
         return 1.0
 
     def _encode_array(self, a, rounding, overflow, nan, rand):
-        x = np.asarray(a, dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
+            x = np.asarray(a, dtype=np.float64).reshape(-1)
         out = np.full(x.shape, NAN_CODE, dtype=np.int64)
         ok = np.isfinite(x) & (x > 0)
         xs = x[ok]

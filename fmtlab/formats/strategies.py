@@ -50,6 +50,7 @@ __all__ = [
     "FAMILIES", "formats", "named_formats", "minifloats", "int_formats", "dint_formats",
     "log_formats", "codes", "canonical_codes", "values", "midpoints", "boundary_floats",
     "float_inputs", "input_arrays", "roundings", "overflows", "seeds", "boundary_points",
+    "bulk_inputs",
 ]
 
 FAMILIES = ("int", "dint", "log", "minifloat", "e8m0")
@@ -326,3 +327,39 @@ def overflows(fmt: Format, *, default: bool = True) -> st.SearchStrategy[Overflo
 def seeds() -> st.SearchStrategy[int]:
     """Seeds for stochastic rounding (explicit, never a global RNG)."""
     return st.integers(0, 2 ** 32 - 1)
+
+
+def bulk_inputs(fmt: Format, n: int = 1_000_000, *, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """At least ``n`` inputs (``dtype``, shuffled) for bulk comparisons with peer libraries:
+    ``boundary_points(fmt, dtype)`` (values, midpoints and both neighbours of each, the
+    under/overflow thresholds, +/-0, +/-Inf, +/-NaN), the value of every float16 and bfloat16
+    code (all 2 x 65536 bit patterns, NaNs and subnormals included), and then random inputs:
+    uniformly random bit patterns of ``dtype`` (every exponent, NaN and Inf included) and
+    log-uniform magnitudes of both signs from a quarter of the smallest positive value to four
+    times ``max``. Deterministic for a given seed."""
+    dt = _dtype_of(dtype)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n=!r}")
+    rng = np.random.default_rng(seed)
+    all16 = np.arange(1 << 16, dtype=np.uint32)
+    fp16 = all16.astype(np.uint16).view(np.float16).astype(np.float32)
+    bf16 = (all16 << 16).view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        parts = [boundary_points(fmt, dt), fp16.astype(dt), bf16.astype(dt)]
+    have = sum(p.size for p in parts)
+    rest = max(0, n - have)
+    n_bits = rest // 2
+    if dt == np.float64:
+        bits = rng.integers(0, 2 ** 64, size=n_bits, dtype=np.uint64).view(np.float64)
+    elif dt == np.float32:
+        bits = rng.integers(0, 2 ** 32, size=n_bits, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    else:
+        bits = rng.integers(0, 2 ** 16, size=n_bits, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    lo = math.log(max(fmt.smallest_positive / 4, 1e-300))
+    hi = math.log(fmt.max * 4)
+    mag = np.exp(rng.uniform(lo, hi, size=rest - n_bits))
+    with np.errstate(over="ignore", under="ignore"):
+        logu = (mag * rng.choice([-1.0, 1.0], size=mag.size)).astype(dt)
+    out = np.concatenate(parts + [bits, logu])
+    rng.shuffle(out)
+    return out
