@@ -1,1 +1,26 @@
-"""fmtlab.pytorch"""
+"""fmtlab.pytorch: any fmtlab format or quantizer as a PyTorch fake-quantizer.
+
+Everything here is built from torch ops (CPU and CUDA, autograd-friendly) and held bit-identical
+to the numpy/numba path of ``fmtlab.formats`` by the tests:
+
+- :func:`encode`, :func:`decode`, :func:`quantize` - element formats on tensors;
+- :func:`fake_quantize` - the functional entry point (format or quantizer, STE gradient);
+- :class:`FormatFakeQuantize` - a ``torch.ao.quantization`` fake-quantize module for QConfigs,
+  and :func:`convert_qat` to freeze a QAT model;
+- :func:`quantize_model` - rewire a model's Linear / Conv1D layers to W/A fake-quant;
+- :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar.
+"""
+
+from fmtlab.pytorch.elementwise import decode, encode, quantize
+from fmtlab.pytorch.fake_quantize import FormatFakeQuantize
+from fmtlab.pytorch.functional import fake_quantize
+from fmtlab.pytorch.model import LayerConfig, QuantLinear, QuantizeSummary, quantize_model
+from fmtlab.pytorch.perplexity import PerplexityResult, evaluate_perplexity
+from fmtlab.pytorch.qat import convert_qat
+from fmtlab.pytorch.quantizers import TorchQuantizer
+
+__all__ = [
+    "encode", "decode", "quantize", "fake_quantize", "FormatFakeQuantize", "convert_qat",
+    "quantize_model", "LayerConfig", "QuantLinear", "QuantizeSummary", "evaluate_perplexity",
+    "PerplexityResult", "TorchQuantizer",
+]
