@@ -50,10 +50,14 @@ class LogFormat(Format):
         if self.domain not in ("log", "linear"):
             raise FormatError(f"log rounding domain must be 'log' or 'linear', got domain={self.domain!r}")
         mags = self.magnitudes
-        if not (mags[1] >= np.finfo(np.float64).tiny and np.all(np.diff(mags) > 0)):
-            raise FormatError(f"log{self.bits} with base={b!r}: its {self.kmax + 1} levels b**-k are not "
-                              "distinct normal float64 numbers (the smallest underflows); use fewer "
-                              "bits or a base closer to 1")
+        tiny = np.finfo(np.float64).tiny
+        # the levels must be distinct normal float64 numbers, and in the log domain so must the
+        # products L*U under the geometric-mean boundaries sqrt(L*U)
+        floor = mags[1] * (mags[1] if self.domain == "log" else 1.0)
+        if not (floor >= tiny and np.all(np.diff(mags) > 0)):
+            raise FormatError(f"log{self.bits} with base={b!r}, domain={self.domain!r}: its "
+                              f"{self.kmax + 1} levels b**-k underflow float64 (the smallest is "
+                              f"{float(mags[1])!r}); use fewer bits or a base closer to 1")
         if self.underflow is not None:
             u = float(self.underflow)
             object.__setattr__(self, "underflow", u)

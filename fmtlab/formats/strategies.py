@@ -147,8 +147,8 @@ def log_formats(draw, *, max_bits: int = 16) -> LogFormat:
     _check_bits(max_bits, 2)
     base = draw(st.one_of(st.sampled_from([2.0, math.sqrt(2.0), 2.0 ** 0.25, 1.5, 4.0]),
                           st.floats(1.01, 16.0)))
-    # levels b**-k for k <= 2**(bits-1) - 2 must stay above float64's smallest normal
-    kmax_ok = int(1000 * math.log(2.0) / math.log(base))
+    # levels b**-k for k <= 2**(bits-1) - 2 must stay above sqrt(float64's smallest normal)
+    kmax_ok = int(500 * math.log(2.0) / math.log(base))
     bits_hi = max(2, min(max_bits, int(math.log2(kmax_ok + 2)) + 1))
     bits = draw(st.integers(2, bits_hi))
     domain = draw(st.sampled_from(["log", "linear"]))
