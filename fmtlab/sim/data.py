@@ -97,6 +97,14 @@ def default_texts(split: str = "calib", source: str | Sequence[str] = "wiki") ->
     return docs
 
 
+def _encode(tokenizer, text: str) -> list[int]:
+    try:  # transformers tokenizers: no "longer than the model's maximum" warning for long documents
+        out = tokenizer(text, add_special_tokens=False, verbose=False)
+    except TypeError:
+        out = tokenizer(text, add_special_tokens=False)
+    return list(out["input_ids"])
+
+
 def token_windows(tokenizer, texts: Sequence[str], seq_len: int, n_sequences: int | None = None,
                   prefix: str | None = None, separator: str = "\n\n") -> tuple[list[list[int]], int]:
     """Cut ``texts`` into consecutive windows of exactly ``seq_len`` token ids.
@@ -112,7 +120,7 @@ def token_windows(tokenizer, texts: Sequence[str], seq_len: int, n_sequences: in
         raise FmtlabError(f"n_sequences must be >= 1, got {n_sequences=}")
     prefix_ids: list[int] = []
     if prefix:
-        prefix_ids = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        prefix_ids = _encode(tokenizer, prefix)
         if len(prefix_ids) >= seq_len:
             raise FmtlabError(f"the prefix has {len(prefix_ids)} tokens, not fewer than {seq_len=}")
     body = seq_len - len(prefix_ids)
@@ -120,7 +128,7 @@ def token_windows(tokenizer, texts: Sequence[str], seq_len: int, n_sequences: in
     need = None if n_sequences is None else n_sequences * body
     for doc in texts:  # tokenize document by document so that a short request stays fast
         chunk = (separator if ids else "") + doc
-        ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        ids.extend(_encode(tokenizer, chunk))
         if need is not None and len(ids) >= need:
             break
     n_avail = len(ids) // body

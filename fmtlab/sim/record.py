@@ -181,7 +181,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     layer_meta: dict[str, dict[str, Any]] = {}
     act_meta: dict[str, dict[str, Any]] = {}
     handles = []
-    state: dict[str, Any] = {"first": True, "seen": {}, "probs_done": set(), "batch_bytes": 0}
+    state: dict[str, Any] = {"first": True, "seen": {}, "probs_done": set(), "batch_bytes": 0, "n_tok": 0}
     weight_bytes = 0
 
     def put(name: str, arr: np.ndarray, **attrs: Any) -> None:
@@ -217,6 +217,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
                 seen = state["seen"]
                 canon = seen.get(id(x))
                 if state["first"]:
+                    _meta["per_token"] = bool(x.numel() // x.shape[-1] == state["n_tok"])
                     if canon is None:
                         tname = f"{_name}:input"
                         seen[id(x)] = (x, tname)
@@ -298,8 +299,6 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     fwd_kwargs: dict[str, Any] = {}
     if hasattr(getattr(model, "config", None), "use_cache"):
         fwd_kwargs["use_cache"] = False
-    if attention:
-        fwd_kwargs["output_attentions"] = True
     estimate_done = False
     bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
     try:
@@ -309,6 +308,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
                 state["seen"] = {}
                 state["probs_done"] = set()
                 state["batch_bytes"] = 0
+                state["n_tok"] = ids.numel()
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd_kwargs)
                 if attention and len(state["probs_done"]) < len(blocks):
                     raise FmtlabError("attention=True but the model returned no attention probabilities "

@@ -44,7 +44,7 @@ _METRICS = ("underflow_rate", "underflow_energy_frac", "clip_rate", "clipped_ene
             "clip_error_share", "mse", "sqnr_db", "max_abs_err")
 _OUT = ("mse", "sqnr_db", "max_abs_err", "nsr")
 _IN = ("absmax", "median_abs", "max_over_median", "kurtosis", "channels_ge6")
-COLUMNS = (["trace", "seq_len", "config", "tensor", "kind", "layer_type", "block", "op", "rows", "cols"]
+COLUMNS = (["trace", "seq_len", "config", "tensor", "kind", "layer_type", "block", "op", "rows", "cols", "note"]
            + [f"in_{k}" for k in _IN] + ["in_top_channels", "in_top_tokens"]
            + [f"a_{k}" for k in _METRICS] + [f"w_{k}" for k in _METRICS] + [f"out_{k}" for k in _OUT])
 
@@ -340,7 +340,10 @@ class _Engine:
     def run_linear(self, task: _Task) -> list[dict[str, Any]]:
         layers = self.trace.layers
         x = self._x(task.tensor)
-        instats = _in_stats(x, self.positions, self.top_k)
+        per_token = layers[task.names[0]].get("per_token", True)
+        positions = self.positions if per_token and self.positions is not None \
+            and len(self.positions) == x.shape[0] else None
+        instats = _in_stats(x, positions, self.top_k)
         xcal = None
         if self.calib is not None:
             cal_name = layers[task.names[0]]["input"]
@@ -348,7 +351,7 @@ class _Engine:
                 xcal = self._x(cal_name, self.calib)
             except Exception as exc:  # noqa: BLE001
                 raise FmtlabError(f"calibration trace lacks {cal_name!r}: record it with the same layers") from exc
-        ctx_base = dict(positions=self.positions, prefix_len=self.prefix_len)
+        ctx_base = dict(positions=positions, prefix_len=self.prefix_len)
         rows: list[dict[str, Any]] = []
         weights = {n: np.ascontiguousarray(self.trace.tensor(layers[n]["weight"]), dtype=np.float32)
                    for n in task.names}
@@ -361,6 +364,9 @@ class _Engine:
                 meta = layers[n]
                 w = weights[n]
                 t = cfg.transform
+                note = ""
+                if t is not None and t.needs_positions and positions is None:
+                    t, note = None, f"{cfg.transform.name} skipped: rows are not tokens"
                 if t is not None:
                     ft = t.fit(xcal if xcal is not None else x, w, ctx)
                     d = ft.decompose(x, w, ctx)
@@ -376,6 +382,7 @@ class _Engine:
                 y = d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype)
                 o = M.output_error_stats(refs[n], y)
                 row = self._base(cfg, n, "linear", meta["type"], meta["block"], meta["op"], x.shape)
+                row["note"] = note
                 row.update(instats)
                 row.update(astats)
                 row.update(_stats("w_", d.w, wq, wmask))
@@ -400,6 +407,7 @@ class _Engine:
         rows = []
         for cfg in self.configs:
             row = self._base(cfg, task.names[0], kind, kind, info.get("block"), kind, x.shape)
+            row["note"] = ""
             row.update(instats)
             t = cfg.transform
             xin = x

@@ -136,6 +136,8 @@ class Transform:
     weight_depends_on_x = False
     #: True when X' depends on W (then X' cannot be shared between layers that share an input)
     x_depends_on_w = False
+    #: True when the transform needs ctx.positions (token positions of X's rows)
+    needs_positions = False
 
     def fit(self, x: np.ndarray, w: np.ndarray, ctx: Context | None = None) -> "Transform":
         return self
@@ -427,6 +429,8 @@ class ExcludeTokens(Transform):
     sink) when there is no prefix. Needs ``ctx.positions``.
     """
 
+    needs_positions = True
+
     def __init__(self, n_first: int | None = None):
         if n_first is not None and n_first < 0:
             raise FmtlabError(f"n_first must be >= 0, got {n_first=}")
@@ -471,6 +475,7 @@ class Compose(Transform):
         self.name = "+".join(t.name for t in self.transforms)
         self.weight_depends_on_x = any(t.weight_depends_on_x for t in self.transforms)
         self.x_depends_on_w = any(t.x_depends_on_w for t in self.transforms)
+        self.needs_positions = any(t.needs_positions for t in self.transforms)
 
     def fit(self, x, w, ctx=None):
         fitted = []

@@ -1,0 +1,226 @@
+"""``fmtlab record``, ``fmtlab replay``, ``fmtlab outliers`` and ``fmtlab e2e``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from fmtlab.errors import FmtlabError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """'256M' -> 268435456 (powers of 1024; plain numbers are bytes)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise FmtlabError(f"cannot read size {text!r}; use e.g. 512M, 4G or a byte count")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+def _texts(args):
+    from fmtlab.sim.data import default_texts
+
+    if args.text_file:
+        with open(args.text_file, encoding="utf-8") as fh:
+            docs = [d for d in fh.read().split("\n\n") if d.strip()]
+        return docs, {"source": os.path.abspath(args.text_file)}
+    src = args.source.split(",") if args.source != "all" else "all"
+    return default_texts(args.split, src), {"source": args.source, "split": args.split}
+
+
+def cmd_record(args) -> int:
+    from fmtlab.sim.models import load_model
+    from fmtlab.sim.record import record
+
+    t0 = time.perf_counter()
+    model, tok = load_model(args.model)
+    t_load = time.perf_counter() - t0
+    texts, info = _texts(args)
+    t1 = time.perf_counter()
+    tr = record(model, tok, texts, args.out, seq_len=args.seq_len, n_sequences=args.n_sequences,
+                batch_size=args.batch_size, prefix=args.prefix, layers=args.layers,
+                include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
+                residual=not args.no_residual, attention=args.attention, kv=args.kv,
+                memory_limit=parse_size(args.memory_limit),
+                max_bytes=parse_size(args.max_bytes) if args.max_bytes else None,
+                overwrite=args.overwrite, progress=not args.quiet, text_info=info)
+    t_rec = time.perf_counter() - t1
+    print(f"{tr}\n  model load {t_load:.1f} s, recording {t_rec:.1f} s, "
+          f"{len(tr.manifest['shards'])} shard(s)")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from fmtlab.sim.replay import E2E_CONFIGS, PRESETS, ReplayResult, replay
+
+    if args.list:
+        for name, c in PRESETS.items():
+            print(f"{name:<26} {c.describe()}")
+        return 0
+    if not args.traces:
+        raise FmtlabError("replay needs a trace directory (or --list)")
+    configs = args.config or list(E2E_CONFIGS)
+    kinds = args.kinds.split(",") if args.kinds else None
+    total: ReplayResult | None = None
+    t0 = time.perf_counter()
+    for path in args.traces:
+        res = replay(path, configs, layers=args.layers, kinds=kinds, calib=args.calib,
+                     max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet)
+        total = res if total is None else total + res
+    dt = time.perf_counter() - t0
+    files = total.write(args.out, args.stem)
+    print(total.summary("linear"))
+    if any(r["kind"] != "linear" for r in total.rows):
+        for kind in sorted({r["kind"] for r in total.rows if r["kind"] != "linear"}):
+            print(f"\n[{kind}]")
+            print(total.summary(kind))
+    print(f"\nreplay: {len(total.rows)} rows in {dt:.1f} s -> " + ", ".join(files))
+    return 0
+
+
+def cmd_outliers(args) -> int:
+    from fmtlab.sim.outliers import massive_activations, summarize_massive
+
+    rows = massive_activations(args.trace, top_k=args.top_k, min_ratio=args.min_ratio, min_abs=args.min_abs)
+    print(f"{'layer':>5} {'pos':>5} {'seq':>4} {'channel':>7} {'value':>12} {'ratio':>10}  token")
+    for r in rows:
+        print(f"{r['layer']!s:>5} {r['token']:>5} {r['sequence']:>4} {r['channel']:>7} {r['value']:>12.2f} "
+              f"{r['ratio']:>10.1f}  {r['token_str']!r}")
+    s = summarize_massive(rows)
+    print(f"\n{s['count']} massive activation(s)" + (
+        f"; channels {s['channels'][:5]}, positions {s['positions'][:5]}; largest {s['max']}" if rows else ""))
+    if args.json:
+        from fmtlab.sim.replay import _atomic_text, _json_safe
+
+        _atomic_text(args.json, json.dumps(_json_safe({"rows": rows, "summary": s}), indent=1))
+        print(f"-> {args.json}")
+    return 0
+
+
+def cmd_e2e(args) -> int:
+    from fmtlab.sim.models import load_model
+    from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
+    from fmtlab.sim.replay import E2E_CONFIGS, _atomic_text, _json_safe, rows_to_csv
+
+    configs = args.config or list(E2E_CONFIGS)
+    model, tok = load_model(args.model)
+    ids = eval_windows(tok, args.seq_len, args.n_sequences)
+    rows = []
+    for c in configs:
+        r = perplexity(model, tok, c, ids=ids, batch_size=args.batch_size, progress=not args.quiet)
+        rows.append(r)
+        print(f"{r['config']:<24} ppl {r['ppl']:>10.3f}   ({r['description']}; {r['seconds']:.1f} s)", flush=True)
+    doc = {"model": args.model, "seq_len": args.seq_len, "n_sequences": args.n_sequences,
+           "tokens": rows[0]["tokens"] if rows else 0, "rows": rows}
+    if args.replay:
+        with open(args.replay, encoding="utf-8") as fh:
+            rep = json.load(fh)
+        metric = {}
+        for r in rep.get("by_model", []):
+            if r.get("kind") == "linear":
+                v = r.get("pooled_out_sqnr_db")
+                metric[r["config"]] = math.inf if v == "inf" else (math.nan if v is None else float(v))
+        agree = rank_agreement({r["config"]: r["ppl"] for r in rows}, metric)
+        doc["rank_agreement"] = agree
+        for r in rows:
+            r["replay_pooled_out_sqnr_db"] = metric.get(r["config"], math.nan)
+        print(f"\nSpearman(ppl, -pooled out SQNR) = {agree['spearman']:.3f}; "
+              f"disagreeing pairs: {agree['disagreements'] or 'none'}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        _atomic_text(os.path.join(args.out, "e2e.json"), json.dumps(_json_safe(doc), indent=1))
+        _atomic_text(os.path.join(args.out, "e2e.csv"), rows_to_csv(rows))
+        print(f"-> {args.out}/e2e.json, e2e.csv")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the simulator's subcommands to the ``fmtlab`` parser."""
+    p = subparsers.add_parser("record", help="record a model's activations on offline text into a trace",
+                              description="Run a model on fixed windows of offline text and store Linear-layer "
+                              "inputs, weights and outputs (and optionally residual stream, attention "
+                              "probabilities, K/V) as a trace: safetensors shards + manifest.json.")
+    p.add_argument("--model", default="smollm2", help="smollm2 (default), minilm, a checkpoint dir or a .gguf file")
+    p.add_argument("--out", default="traces/smollm2", help="trace directory to create (default traces/smollm2)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--n-sequences", type=int, default=8, help="number of sequences (default 8)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--source", default="wiki", help="wiki, lee, all or wiki,lee (gensim's offline texts)")
+    p.add_argument("--split", default="calib", choices=("calib", "eval"))
+    p.add_argument("--text-file", help="use this UTF-8 file instead (documents separated by blank lines)")
+    p.add_argument("--prefix", help="text put before every sequence (attention-sink studies)")
+    p.add_argument("--layers", help="regular expression selecting Linear layers by name")
+    p.add_argument("--include-head", action="store_true", help="also record the output head")
+    p.add_argument("--no-outputs", action="store_true", help="do not store layer outputs")
+    p.add_argument("--no-weights", action="store_true", help="do not store weights (replay then skips layers)")
+    p.add_argument("--no-residual", action="store_true", help="do not store the residual stream")
+    p.add_argument("--attention", action="store_true", help="store attention probabilities")
+    p.add_argument("--kv", action="store_true", help="mark/store K and V projections")
+    p.add_argument("--memory-limit", default="256M", help="RAM buffered before a shard is written (default 256M)")
+    p.add_argument("--max-bytes", help="refuse traces estimated larger than this (e.g. 4G)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_record)
+
+    p = subparsers.add_parser("replay", help="replay a trace through quantizer configs; write CSV and JSON",
+                              description="Measure underflow, clipping, MSE, SQNR and layer-output error of every "
+                              "recorded tensor under each config.")
+    p.add_argument("traces", nargs="*", help="trace directories (several: rows are tagged by trace)")
+    p.add_argument("--config", "-c", action="append",
+                   help="preset name (see --list) or 'name:w=SPEC;a=SPEC;t=TRANSFORM'; repeatable "
+                        "(default: the end-to-end set)")
+    p.add_argument("--list", action="store_true", help="list preset configs and exit")
+    p.add_argument("--out", default="out/replay", help="output directory (default out/replay)")
+    p.add_argument("--stem", default="replay", help="file name stem (default replay)")
+    p.add_argument("--layers", help="regular expression selecting tensors by name")
+    p.add_argument("--kinds", help="comma list of linear,residual,attn_probs,key,value (default all recorded)")
+    p.add_argument("--calib", help="trace to fit static transforms (SmoothQuant, AQAS) on")
+    p.add_argument("--max-tokens", type=int, help="replay only the first N token rows")
+    p.add_argument("--workers", type=int, help="threads (default: CPU count, at most 4)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = subparsers.add_parser("outliers", help="list massive activations of a trace's residual stream")
+    p.add_argument("trace")
+    p.add_argument("--top-k", type=int, default=4, help="values per layer (default 4)")
+    p.add_argument("--min-ratio", type=float, default=100.0, help="minimum |x| / median |x| (default 100)")
+    p.add_argument("--min-abs", type=float, default=0.0, help="minimum |x| (the paper uses 100)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.set_defaults(func=cmd_outliers)
+
+    p = subparsers.add_parser("e2e", help="perplexity per quantization config on held-out text",
+                              description="End-to-end check: W/A fake-quant perplexity of the model for each "
+                              "config; with --replay, compare with the replay's layer-error ranking.")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--config", "-c", action="append", help="config as for replay (default: the end-to-end set)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--n-sequences", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--replay", help="replay.json to compare rankings with")
+    p.add_argument("--out", default="out/e2e", help="output directory (default out/e2e)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_e2e)
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience for python -m fmtlab.sim.cli
+    parser = argparse.ArgumentParser(prog="fmtlab-sim")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FmtlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
