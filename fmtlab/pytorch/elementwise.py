@@ -32,8 +32,15 @@ SeedLike = "int | np.random.Generator | None"
 
 
 def as_format(fmt: "Format | str") -> Format:
-    """A Format from a Format or a registry name."""
-    return get_format(fmt)
+    """A Format from a Format or a registry name (its derived tables computed, see :func:`warm`)."""
+    return warm(get_format(fmt))
+
+
+def warm(fmt: Format) -> Format:
+    """Compute the format's lazily derived facts now (grid, range, specials), so that code traced
+    by ``torch.compile`` reads them as constants instead of tracing their numpy construction."""
+    fmt.grid, fmt.max, fmt.min, fmt.values()  # noqa: B018 - cached_property side effects
+    return fmt
 
 
 def stochastic_draws(n: int, seed: "int | np.random.Generator | None", draws, device) -> torch.Tensor:
@@ -208,3 +215,15 @@ def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = 
     fmt = as_format(fmt)
     c = _encode_codes(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
     return values_table(fmt, c.device, _out_dtype(x))[c.long()].reshape(x.shape)
+
+
+def fake_quant_values(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed=None, draws=None,
+                      nan="raise", method: str = "auto") -> torch.Tensor:
+    """:func:`quantize` routed through the registered custom op where possible (deterministic
+    rounding, default method), so that ``torch.compile`` treats it as one opaque exact op."""
+    mode = Rounding.parse(rounding)
+    if mode is Rounding.STOCHASTIC or method != "auto" or seed is not None or draws is not None:
+        return quantize(x, fmt, mode, overflow, seed=seed, draws=draws, nan=nan, method=method)
+    from fmtlab.pytorch._ops import quantize_op
+
+    return quantize_op(x, fmt, mode, overflow, nan)

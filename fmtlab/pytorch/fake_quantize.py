@@ -35,7 +35,7 @@ def scaled_fake_quant(x: torch.Tensor, fmt: Format, scale: torch.Tensor, *,
     def run(t: torch.Tensor, need_mask: bool):
         s = scale.to(t.dtype) if t.is_floating_point() else scale
         z = t / s
-        y = elementwise.quantize(z, fmt, rounding, overflow, seed=seed, nan="zero") * s
+        y = elementwise.fake_quant_values(z, fmt, rounding, overflow, seed=seed, nan="zero") * s
         mask = ((z >= fmt.min) & (z <= fmt.max)) if need_mask else None
         return y, mask
 
@@ -73,7 +73,7 @@ class FormatFakeQuantize(FakeQuantizeBase):
                 ch_axis = int(axis)
         if fmt is None:
             fmt = "fp8_e4m3"
-        self.fmt = elementwise.as_format(fmt)
+        self.fmt = elementwise.as_format(fmt)  # (warmed: constants under torch.compile)
         self.quantizer = quantizer
         self.rounding = Rounding.parse(rounding)
         if self.rounding is Rounding.STOCHASTIC:

@@ -37,8 +37,8 @@ def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = 
         rnd = Rounding.NEAREST_EVEN if rounding is None else rounding
 
         def run(t: torch.Tensor, need_mask: bool):
-            y = elementwise.quantize(t, fmt, rnd, overflow, seed=seed, draws=draws, nan=nan,
-                                     method=method)
+            y = elementwise.fake_quant_values(t, fmt, rnd, overflow, seed=seed, draws=draws,
+                                              nan=nan, method=method)
             return y, (in_range_mask(t, fmt) if need_mask else None)
 
         return apply_fake_quant(x, run, grad)

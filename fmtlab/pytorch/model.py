@@ -115,7 +115,7 @@ class QuantLinear(nn.Module):
         w = self.linear_weight()
         if self.weight_q is None:
             return w
-        if torch.is_grad_enabled() and w.requires_grad:
+        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
             self._wcache = None
             return self.weight_q(w, grad=self.grad)
         key = (w.data_ptr(), w._version, w.dtype, w.device)

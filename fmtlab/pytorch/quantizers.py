@@ -15,6 +15,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats import Format, Overflow, Rounding
 from fmtlab.pytorch import elementwise
 from fmtlab.pytorch.autograd import apply_fake_quant
+from fmtlab.pytorch.elementwise import warm
 
 __all__ = ["TorchQuantizer", "resolve", "spec_name", "as_torch_quantizer"]
 
@@ -30,6 +31,9 @@ class TorchQuantizer:
     per_row: bool = False
     rounding: Rounding = Rounding.NEAREST_EVEN
     overflow: Overflow | None = Overflow.SATURATE
+
+    def __post_init__(self) -> None:
+        warm(self.fmt)
 
     @property
     def name(self) -> str:
@@ -49,8 +53,8 @@ class TorchQuantizer:
         s = self.scales(x)
         xv = x.reshape(-1, x.shape[-1]) if (self.per_row and x.dim()) else x
         z = xv / s.to(xv.dtype)
-        y = elementwise.quantize(z, self.fmt, self.rounding, self.overflow, seed=seed, draws=draws,
-                                 nan="zero") * s.to(xv.dtype)
+        y = elementwise.fake_quant_values(z, self.fmt, self.rounding, self.overflow, seed=seed,
+                                          draws=draws, nan="zero") * s.to(xv.dtype)
         mask = ((z >= self.fmt.min) & (z <= self.fmt.max)).reshape(x.shape) if need_mask else None
         return y.reshape(x.shape), mask
 
