@@ -187,6 +187,32 @@ def formats(*, families: Iterable[str] | None = None, max_bits: int = 16,
 
 # ---- what a format holds ---------------------------------------------------------------------
 
+@lru_cache(maxsize=64)
+def _canonical_list(fmt: Format) -> tuple[int, ...]:
+    return tuple(int(c) for c in fmt.canonical_codes)
+
+
+@lru_cache(maxsize=64)
+def _value_list(fmt: Format) -> tuple[float, ...]:
+    v = fmt.values()
+    return tuple(float(x) for x in v[np.isfinite(v)])
+
+
+@lru_cache(maxsize=128)
+def _boundary_list(fmt: Format, dtype_str: str) -> tuple[float, ...]:
+    return tuple(_boundary_points(fmt, dtype_str).tolist())
+
+
+@lru_cache(maxsize=256)
+def _sampled(kind: str, fmt: Format, dtype_str: str = "") -> st.SearchStrategy:
+    """Cached sampled_from strategies (hypothesis scans the sequence on construction, which
+    costs ~0.1 s for the 400k boundary points of a 16-bit format)."""
+    seq = {"canonical": lambda: _canonical_list(fmt), "values": lambda: _value_list(fmt),
+           "midpoints": lambda: _midpoints(fmt),
+           "boundary": lambda: _boundary_list(fmt, dtype_str)}[kind]()
+    return st.sampled_from(seq)
+
+
 def codes(fmt: Format) -> st.SearchStrategy[int]:
     """Any code 0 .. 2**bits - 1 (NaN, Inf and unused codes included)."""
     return st.integers(0, (1 << fmt.bits) - 1)
@@ -194,13 +220,12 @@ def codes(fmt: Format) -> st.SearchStrategy[int]:
 
 def canonical_codes(fmt: Format) -> st.SearchStrategy[int]:
     """Codes that encode can produce from finite inputs (one per value, plus -0)."""
-    return st.sampled_from([int(c) for c in fmt.canonical_codes])
+    return _sampled("canonical", fmt)
 
 
 def values(fmt: Format) -> st.SearchStrategy[float]:
     """Every finite value of the format (as a Python float; -0.0 where the format has it)."""
-    v = fmt.values()
-    return st.sampled_from([float(x) for x in v[np.isfinite(v)]])
+    return _sampled("values", fmt)
 
 
 @lru_cache(maxsize=64)
@@ -221,7 +246,7 @@ def _midpoints(fmt: Format) -> tuple[float, ...]:
 
 def midpoints(fmt: Format) -> st.SearchStrategy[float]:
     """Rounding boundaries between adjacent values (float64; see ``boundary_points``)."""
-    return st.sampled_from(_midpoints(fmt))
+    return _sampled("midpoints", fmt)
 
 
 def _dtype_of(width_or_dtype) -> np.dtype:
@@ -273,8 +298,7 @@ def boundary_points(fmt: Format, dtype=np.float32) -> np.ndarray:
 
 def boundary_floats(fmt: Format, width: int = 32) -> st.SearchStrategy[float]:
     """One of ``boundary_points(fmt, width)`` (values, midpoints and their neighbours)."""
-    pts = boundary_points(fmt, width)
-    return st.sampled_from(pts.tolist())
+    return _sampled("boundary", fmt, _dtype_of(width).str)
 
 
 def float_inputs(fmt: Format, width: int = 32, *, allow_nan: bool = True,

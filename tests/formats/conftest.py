@@ -49,3 +49,18 @@ def torch_triple(request):
     """(fmtlab format, torch dtype, overflow policy matching torch's cast)."""
     dt, ovf = TORCH_DTYPES[request.param]
     return get_format(request.param), dt, ovf
+
+
+@pytest.fixture
+def serial_numba():
+    """Run numba kernels on one thread for the duration of a test. The hypothesis tests encode
+    thousands of tiny arrays; waking a parallel thread pool costs ~2-10 ms per call on two busy
+    shared cores against ~15 us serially. Results are identical (tests hold them bit-exact)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
