@@ -34,9 +34,11 @@ is never rounded through float32). Let L <= x < U be adjacent table entries (vir
         int, dint   the value is an even integer (0 included; dINT denormal levels are not even)
         log         zero, or b**-k with even k (1.0 is k = 0; the virtual b is k = -1, odd)
 ``boundaries="format"`` replaces the exact linear midpoint / geometric mean by the float64 number
-``fl(L/2 + U/2)`` / ``fl(sqrt(fl(|L|*|U|)))`` that logfmt.py defines as the boundary (compared
-exactly, ties at that float64 number). It only differs from "exact" for log formats whose
-values are not dyadic or in the log domain, and only for inputs within an ulp of a boundary.
+``fl(L/2 + U/2)`` / ``fl(sqrt(fl(|L|*|U|)))`` that the kernels use as the boundary (logfmt.py
+defines the log ones; compared exactly, ties at that float64 number). It only differs from
+"exact" where the true midpoint is not a float64: log-domain formats, and tables whose values
+need many bits (log bases other than 2, dINT levels such as 0.3), and only for inputs within
+an ulp of such a boundary (for float32 inputs to the standard log formats: never).
 
 Overflow.  x below the lower virtual value, x at or above the upper one, or a result that is a
 virtual value, overflows: the policy (``overflow``, None = the format's ``default_overflow``)

@@ -217,3 +217,17 @@ def test_oracle_input_types_and_shapes():
     np.testing.assert_array_equal(oracle_encode(fmt, np.array([2.5], np.float16)), [2])
     np.testing.assert_array_equal(oracle_encode(fmt, np.array([2.5], ml_dtypes.bfloat16)), [2])
     assert oracle_encode(get_format("fp16"), [1.0]).dtype == np.uint16
+
+
+def test_non_dyadic_linear_boundary_deviation_example():
+    """dINT levels 0.3 and 0.7 (float64 0.29999999999999998890 and 0.69999999999999995559) have
+    the exact midpoint 0.49999999999999997224, but fl(0.3/2 + 0.7/2) == 0.5. So x = 0.5 is
+    nearer to 0.7 (exact oracle) while the kernels see a tie at their float64 boundary and
+    give the smaller magnitude 0.3 (neither level is even). Dyadic levels (0.5, 0.25, ...)
+    never hit this."""
+    fmt = get_format("dint6_d0.3_0.7")
+    x = np.array([0.5], np.float32)
+    assert Fraction(0.3) + Fraction(0.7) < 1
+    assert fmt.decode(oracle_encode(fmt, x, boundaries="exact"))[0] == 0.7
+    assert fmt.decode(oracle_encode(fmt, x, boundaries="format"))[0] == 0.3
+    assert fmt.decode(fmt.encode(x))[0] == 0.3
