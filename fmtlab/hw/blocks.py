@@ -1,0 +1,212 @@
+"""Datapath blocks composed from components: the parts lists MAC units are built from.
+
+Each function returns a list of :class:`Part` (label, component, count). The structures mirror
+the RTL that :mod:`fmtlab.hw.rtl` generates (same widths, same shifters), so the analytical model
+and the synthesised netlists describe the same circuit.
+
+Widths used below (FP path): a product of two minifloats has an ``Np = pa + pb``-bit significand
+(``p = man_bits + 1``); the FP adder works on ``Wm = max(p_acc, Np)`` bits plus 3 guard bits
+(guard, round, sticky) and one carry bit; exponents are carried on ``we`` bits, enough for the
+product's and the accumulator's range with sign.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fmtlab.hw.components import (BarrelShifter, Comparator, Component, Decoder, Gates,
+                                  Incrementer, LeadingZeroCounter, Mux, OrTree, Register,
+                                  XorRow, adder, clog2, multiplier)
+from fmtlab.hw.operands import FixedView, FloatAcc, FloatView
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """``count`` copies of ``component`` playing the role ``label`` in a unit."""
+
+    label: str
+    component: Component
+    count: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Styles:
+    """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth)."""
+
+    adder: str = "ripple"
+    multiplier: str = "array"
+
+
+# ------------------------------------------------------------------------------------------
+# fixed-point (INT, dINT, log2) products
+# ------------------------------------------------------------------------------------------
+
+
+def fixed_product_bits(a: FixedView, b: FixedView) -> int:
+    """Width of the two's-complement product (magnitude bits + sign)."""
+    m = a.max_abs * b.max_abs
+    signed = a.kind != "uint" or b.kind != "uint"
+    return max(m.bit_length(), 1) + (1 if signed else 0)
+
+
+def dint_decode_parts(v: FixedView, other_width: int, label: str) -> list[Part]:
+    """dINT magnitude decode: the integer significand is ``code - nd`` (a decrementer), the
+    denormal levels are selected by a mux after the multiplier (one way per level, the level's
+    product being a shifted copy of the other operand when the level is a power of two), and
+    the zero code gates the product."""
+    nd = len(v.denormal_ivals)
+    parts = [Part(f"{label} decode (code - {nd})", Incrementer(v.mag_bits)),
+             Part(f"{label} zero/denormal detect", Gates.of(OR2=v.mag_bits, AND2=nd + 1, INV=v.mag_bits))]
+    extra = sum(max(bin(d).count("1") - 1, 0) for d in v.denormal_ivals)
+    if extra:
+        parts.append(Part(f"{label} denormal constant adders", adder(other_width), extra))
+    parts.append(Part(f"{label} denormal select", Mux(other_width + v.frac + v.sig_bits, nd + 1)))
+    parts.append(Part(f"{label} zero gating", Gates.of(AND2=other_width + v.frac + v.sig_bits)))
+    return parts
+
+
+def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:
+    """Parts computing the fixed-point product of a weight and an activation code."""
+    parts: list[Part] = []
+    pbits = fixed_product_bits(w, a)
+    logs = [v for v in (w, a) if v.kind == "log"]
+    others = [v for v in (w, a) if v.kind != "log"]
+    if len(logs) == 2:
+        e_bits = w.mag_bits + 1
+        parts.append(Part("exponent adder", adder(w.mag_bits, st.adder)))
+        parts.append(Part("one-hot decoder", Decoder(e_bits, outputs=w.max_shift + a.max_shift + 1)))
+        parts.append(Part("zero detect + gating", Gates.of(OR2=2 * (w.mag_bits - 1), AND2=1)))
+        parts.append(Part("sign", Gates.of(XOR2=1)))
+    elif len(logs) == 1:
+        lg, ot = logs[0], others[0]
+        in_bits = ot.sig_bits if ot.kind != "dint" else ot.sig_bits + ot.frac + ot.mag_bits
+        if ot.kind == "dint":
+            parts += dint_decode_parts(ot, 0, ot.name)
+        parts.append(Part("log shifter", BarrelShifter(in_bits, lg.max_shift, "left")))
+        parts.append(Part("zero detect + gating", Gates.of(OR2=lg.mag_bits - 1, AND2=pbits)))
+    else:
+        wn = w.sig_bits
+        an = a.sig_bits
+        signed = "int" in (w.kind, a.kind)
+        parts.append(Part(f"multiplier {wn}x{an}", multiplier(wn, an, signed, st.multiplier)))
+        for v, other in ((w, a), (a, w)):
+            if v.kind == "dint":
+                parts += dint_decode_parts(v, other.sig_bits, v.name)
+    if w.sign_magnitude or a.sign_magnitude:
+        n_sm = int(w.sign_magnitude) + int(a.sign_magnitude)
+        if n_sm == 2:
+            parts.append(Part("product sign", Gates.of(XOR2=1)))
+        parts.append(Part("conditional negate (XOR row; +1 as carry-in)", XorRow(pbits)))
+    return parts
+
+
+# ------------------------------------------------------------------------------------------
+# floating-point products
+# ------------------------------------------------------------------------------------------
+
+
+def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
+    """Hidden bit (OR of the exponent field), zero / Inf / NaN detection."""
+    e, m = v.exp_bits, v.man_bits
+    g = dict(OR2=(e - 1) + (m - 1) + 1)  # hidden bit; mantissa nonzero; zero
+    special = isinstance(v, FloatAcc) or v.has_inf or v.has_nan
+    if special:
+        g["AND2"] = (e - 1) + 2  # exponent all ones; inf / nan
+        if isinstance(v, FloatView) and v.special == "fn":
+            g["AND2"] += m - 1  # NaN is S.1111.111: mantissa all ones
+    return [Part(f"{label} decode (hidden bit, specials)", Gates.of(**g))]
+
+
+def product_exp_bits(a: FloatView, b: FloatView) -> int:
+    """Bits of a signed exponent that holds the product's LSB and MSB exponents."""
+    lo = a.lsb_min + b.lsb_min
+    hi = a.msb_max + b.msb_max + 2
+    return max(abs(lo), abs(hi)).bit_length() + 1
+
+
+def float_product_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
+    """Decode both operands, multiply significands, add exponents, sign, special flags."""
+    parts = float_decode_parts(a, a.name) + float_decode_parts(b, b.name)
+    parts.append(Part(f"significand multiplier {a.sig_bits}x{b.sig_bits}",
+                      multiplier(a.sig_bits, b.sig_bits, False, st.multiplier)))
+    ew = max(a.exp_bits, b.exp_bits) + 1
+    parts.append(Part("exponent adder", adder(ew, st.adder)))
+    parts.append(Part("product sign + special flags", Gates.of(XOR2=1, AND2=4, OR2=3)))
+    return parts
+
+
+def product_normalise_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> list[Part]:
+    """Bring the product's leading one to the top: a full LZC + shifter when subnormal inputs
+    can leave leading zeros, else a 1-bit normalisation."""
+    np_ = a.sig_bits + b.sig_bits
+    if a.subnormals or b.subnormals:
+        return [Part("product LZC", LeadingZeroCounter(np_)),
+                Part("product normalise shifter", BarrelShifter(np_, np_ - 1, "right")),
+                Part("product exponent - lzc", adder(we, st.adder))]
+    return [Part("product 1-bit normalise", Mux(np_)), Part("product exponent +1", Incrementer(we))]
+
+
+# ------------------------------------------------------------------------------------------
+# floating-point adder (exact operand + accumulator -> rounded accumulator)
+# ------------------------------------------------------------------------------------------
+
+
+def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bool,
+                   label: str = "acc") -> list[Part]:
+    """Single-path FP adder: operand X (normalised ``np_``-bit significand, ``we``-bit exponent)
+    plus accumulator A, rounded once to ``acc``.
+
+    Steps (Muller et al., Handbook of FP arithmetic, ch. 7): decode A; compare (exponent, then
+    significand) and swap; align the smaller by the exponent difference with sticky; add or
+    subtract; LZC and normalising shift (limited at the minimum exponent); optional
+    denormalising right shift when X can lie below the accumulator's normal range; round
+    (sticky, round decision, increment of the packed exponent|fraction); Inf/NaN/overflow select.
+    """
+    pa = acc.man_bits + 1
+    wm = max(pa, np_)
+    wa = wm + 3
+    parts = float_decode_parts(acc, label)
+    parts += [
+        Part("exponent compare", Comparator(we + wm)),
+        Part("exponent difference", adder(we, st.adder)),
+        Part("swap", Mux(wm + we), 2),
+        Part("alignment shifter (sticky)", BarrelShifter(wa, wa, "right", sticky=True)),
+        Part("shift clamp", Gates.of(OR2=we)),
+        Part("effective subtract (XOR row)", XorRow(wa)),
+        Part("significand adder", adder(wa + 1, st.adder, carry_in=True)),
+        Part("leading-zero counter", LeadingZeroCounter(wa + 1)),
+        Part("normalise shifter", BarrelShifter(wa + 1, wa, "right")),
+        Part("normalise limit (min exponent)", Comparator(we)),
+        Part("normalise limit select", Mux(clog2(wa + 2))),
+        Part("exponent update", adder(we, st.adder)),
+    ]
+    if denormalise:
+        parts.append(Part("denormalise shifter (sticky)", BarrelShifter(wa + 1, pa + 2, "right", sticky=True)))
+    parts += [
+        Part("sticky OR", OrTree(max(wa + 1 - pa, 1))),
+        Part("round decision", Gates.of(AND2=2, OR2=1)),
+        Part("round incrementer", Incrementer(acc.exp_bits + acc.man_bits)),
+        Part("overflow / special select", Mux(acc.bits, 3)),
+        Part("overflow detect", Gates.of(AND2=acc.exp_bits, OR2=2)),
+    ]
+    return parts
+
+
+def fp_multiplier_parts(a: FloatView | FloatAcc, out: FloatAcc, st: Styles) -> list[Part]:
+    """A rounding FP multiplier out = round(a * a') (for the energy calibration ops)."""
+    p = a.man_bits + 1
+    we = a.exp_bits + 2
+    parts = float_decode_parts(a, "x") + float_decode_parts(a, "y")
+    parts += [Part(f"significand multiplier {p}x{p}", multiplier(p, p, False, st.multiplier)),
+              Part("exponent adder", adder(we, st.adder)),
+              Part("sign + flags", Gates.of(XOR2=1, AND2=4, OR2=3)),
+              Part("1-bit normalise", Mux(p + 2)),
+              Part("sticky OR", OrTree(p)),
+              Part("round decision", Gates.of(AND2=2, OR2=1)),
+              Part("round incrementer", Incrementer(out.exp_bits + out.man_bits)),
+              Part("overflow / special select", Mux(out.bits, 3))]
+    return parts
+
+
+def accumulator_register(bits: int) -> Part:
+    return Part("accumulator register", Register(bits))

