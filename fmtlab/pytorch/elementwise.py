@@ -108,7 +108,9 @@ def _overrides(c: torch.Tensor, x: torch.Tensor, neg: torch.Tensor, fmt: Format,
     c = torch.where(x >= float(g.vals[-1]), sp[6] if tz else sp[4], c)
     c = torch.where(x == float("inf"), sp[2], c)
     c = torch.where(x == float("-inf"), sp[3], c)
-    c = torch.where(torch.isnan(x), torch.where(neg, sp[1], sp[0]), c)
+    nan = torch.isnan(x)
+    c = torch.where(nan & neg, sp[1], c)
+    c = torch.where(nan & ~neg, sp[0], c)
     if sp[9] >= 0:
         c = torch.where((x == 0) & neg, sp[9], c)
     return c
@@ -176,7 +178,18 @@ def _encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, dra
     else:
         xw = _float64(x)
         c = _table_core(xw, fmt, mode, sp, r)
-    c = _overrides(c, xw, neg, fmt, mode is Rounding.TOWARD_ZERO, sp)
+    tz = mode is Rounding.TOWARD_ZERO
+    if xw.is_cuda or torch.compiler.is_compiling():
+        c = _overrides(c, xw, neg, fmt, tz, sp)  # branch-free: no host sync
+    else:
+        # CPU: only the few special elements (NaN, +/-Inf, out of range, zeros) need the rules
+        g = fmt.grid
+        special = ~((xw > float(g.vals[0])) & (xw < float(g.vals[-1])))
+        if sp[9] >= 0:
+            special |= xw == 0
+        idx = special.nonzero().squeeze(1)
+        if idx.numel():
+            c[idx] = _overrides(c[idx], xw[idx], neg[idx], fmt, tz, sp)
     if sp[0] < 0 or sp[1] < 0:
         bad = int((c < 0).sum())
         if bad:

@@ -265,8 +265,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             cache[key] = resolve(spec, role)
         return cache[key]
 
+    done = tuple(n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear))
     targets = [(n, m, linear_kind(m)) for n, m in model.named_modules()]
-    targets = [(n, m, k) for n, m, k in targets if k is not None and n]
+    # layers already rewired (their inner module) are left alone
+    targets = [(n, m, k) for n, m, k in targets if k is not None and n and not n.startswith(done)]
     for name, mod, kind in targets:
         if (head is not None and mod is head) or any(_matches(name, p) for p in skip):
             skipped.append(name)
