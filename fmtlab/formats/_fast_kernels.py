@@ -1,0 +1,737 @@
+"""Fast numba kernels for element formats: bit-trick rounding cores and the layouts that use them.
+
+Numeric convention (every kernel here; the table kernel ``_table_kernel`` is the reference and
+tests hold each path here to it bit for bit):
+- An element input is taken at its exact value. float32 is widened to float64 where a core works
+  in float64 (exact); float64 input is rounded once, from float64.
+- Rounding: NEAREST_EVEN / NEAREST_AWAY / TOWARD_ZERO by integer arithmetic on the input's bits
+  (minifloats), ``rint``/``trunc`` (INT), or exact comparisons with the format's float64 rounding
+  boundaries (dINT, log). STOCHASTIC goes up iff ``r < (x - L) / (U - L)`` evaluated in float64
+  exactly as the table kernel does (same draws give the same codes).
+- Scaled layouts compute ``y = x / s`` in the input's precision (IEEE division, correctly
+  rounded; for power-of-two scales ``x * (1/s)``, which is the same number) and return
+  ``fl(v * s)`` where v is the element value: float32 product for minifloat/INT values (exact
+  float32 numbers), ``fl32(fl64(v) * s)`` for dINT/log values (float64 table values).
+- Codes never leave the fused fake-quant kernels (``fq_rows``/``fq_cols``/``mx_fq``/``fp8scale_fq``).
+
+Families and their parameter tuples (built once per format by ``kernels.py``):
+  MF  minifloats (any ExMy, bias, ieee/fn/fnuz/fin, subnormals or FTZ)
+  IN  INTn (signed, unsigned, narrow; zero points shift the clamp bounds)
+  TB  sign-symmetric table formats (dINT, log-base-b): integer/log estimate + exact fix-up
+Each family implements ``_code(P, T, x64, r, z)`` (one code from a float64 input) and
+``_fq(P, T, V, y, z)`` (the element value of float32 or float64 y, RNE/RNA/TZ); layouts dispatch
+on the parameter tuple's type at compile time (``numba.extending.overload``), so each
+(family, dtype) pair compiles once and is cached. Keep cores and layouts in this one file: numba's
+cache only notices edits to the file that defines the cached kernel.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from fmtlab.formats._fast_bits import bits_f32, bits_f64, f32_bits, f64_bits
+
+NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, STOCHASTIC = 0, 1, 2, 3  # = rounding.ROUNDING_ID
+
+ABS32 = 0x7FFFFFFF
+INF32 = 0x7F800000
+ABS64 = 0x7FFFFFFFFFFFFFFF
+INF64 = 0x7FF0000000000000
+MAN64 = 0x000FFFFFFFFFFFFF
+MAN32 = 0x007FFFFF
+CHUNK = 8192  # elements per parallel task in row layouts
+
+# Parameter tuples hold scalars only (a tuple holding arrays costs reference counting on every
+# element and stops vectorization); tables travel as the separate arrays T (family table, 2-D
+# float64) and V (the value of every code, float64). SPEC = the table kernel's specials, as fields:
+# codes of NaN input, Inf input, overflow, saturation, zero and negative zero (-1 where none; see
+# base.Format.special_codes); the *_n fields are for negative inputs.
+SPEC = ["nan_p", "nan_n", "inf_p", "inf_n", "ovf_p", "ovf_n", "sat_p", "sat_n", "zero", "nzero"]
+MF = namedtuple("MF", [
+    "mode", "m", "emin32", "emin64", "ftz", "maxmag", "signbit", "sub32", "sub64", *SPEC,
+    "ovf32_pos", "ovf32_neg", "inf32_pos", "inf32_neg", "nan32_pos", "nan32_neg", "negzero",
+    "nan_raise"])
+MF.__doc__ = """Minifloat parameters. emin32/emin64: biased float32/float64 exponent of min_normal;
+maxmag: largest finite magnitude code; sub32/sub64: 2**(emin - m) (value of subnormal code 1);
+*32_pos/neg: float32 patterns of the overflow (for this mode), Inf-input and NaN-input results."""
+MFX = namedtuple("MFX", MF._fields)
+MFX.__doc__ = """Minifloats whose float32 fast path does not apply (min_normal below 2**-126 or max
+at or above 2**128): float32 inputs go through the float64 core."""
+IN = namedtuple("IN", ["mode", "lo32", "hi32", "lo64", "hi64", "mask", *SPEC, "nan32", "nan64",
+                       "nan_raise"])
+IN.__doc__ = """INT parameters: lo/hi = most negative / largest value; mask = 2**bits - 1;
+nan32/nan64 = value of the NaN-input code (0.0 with nan='zero', NaN while raising)."""
+TB = namedtuple("TB", ["mode", "kind", "K", "ndenorm", "inv_log2b", "kmax", "signbit", "negzero",
+                       *SPEC, "nan64", "nan_raise"])
+TB.__doc__ = """Sign-symmetric table parameters; the table T is [3, K+2]: T[0] = mags, ascending
+magnitudes (mags[0] = 0, mags[K] = max, mags[K+1] = the virtual value above); T[1][j] = the
+format's float64 rounding boundary between mags[j] and mags[j+1]; T[2][j] = tie flag (1.0 = even).
+kind 0 = dINT (ndenorm levels below 1, then 1, 2, ...), 1 = log (mags[j] = b**-(kmax+1-j))."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared scalar helpers
+# ---------------------------------------------------------------------------------------------
+@njit
+def _rshift_round(w, sh, mode):
+    """Round the non-negative integer w / 2**sh to an integer (1 <= sh <= 62).
+
+         w = | kept bits | r | sticky... |        r = bit sh-1 (the half), sticky = bits below
+                         ^ bit sh
+    NEAREST_EVEN adds half-minus-one plus the kept LSB (ties go to an even result);
+    NEAREST_AWAY adds half; TOWARD_ZERO drops the bits.
+    """
+    if mode == NEAREST_EVEN:
+        return (w + ((1 << (sh - 1)) - 1) + ((w >> sh) & 1)) >> sh
+    if mode == NEAREST_AWAY:
+        return (w + (1 << (sh - 1))) >> sh
+    return w >> sh
+
+
+@njit
+def _stoch_up(x, lo_mag, hi_mag, r):
+    """True iff stochastic rounding picks the larger magnitude hi_mag for x (lo_mag <= |x| < hi_mag),
+    evaluated exactly as the table kernel: with L <= x < U the signed neighbours, U iff r < (x-L)/(U-L)."""
+    if x >= 0:
+        return r < (x - lo_mag) / (hi_mag - lo_mag)
+    L = -hi_mag
+    U = -lo_mag
+    return not (r < (x - L) / (U - L))
+
+
+# ---------------------------------------------------------------------------------------------
+# Minifloats
+# ---------------------------------------------------------------------------------------------
+@njit
+def _mf_mag64(a, mode, m, emin64, ftz):
+    """Magnitude code of the finite float64 whose |bits| are ``a`` (may exceed maxmag: overflow).
+
+    float64 |0| E (11) | F (52) |   value = (2**52 + F) * 2**(E - 1075)   (E = 0: F * 2**-1074)
+    Normal in the target (E >= emin64): round the pattern itself at bit 52 - m; a mantissa carry
+    ripples into the exponent field, and subtracting (emin64 - 1) << m re-biases:
+        code = round(a >> (52 - m)) - ((emin64 - 1) << m) = (E_target << m) | M.
+    Subnormal in the target: code = round(S / 2**(52 - m + d)), S the significand with its hidden
+    bit and d = emin64 - max(E, 1) binades below min_normal (a carry gives min_normal's code
+    1 << m). FTZ formats round S to 0 or min_normal instead (m treated as 0, code << m).
+    Shifts are capped at 54 (> the 53-bit significand: everything rounds to 0 there).
+    """
+    E = a >> 52
+    if E >= emin64:
+        return _rshift_round(a, 52 - m, mode) - ((emin64 - 1) << m)
+    S = (a & MAN64) | ((1 << 52) if E > 0 else 0)
+    d = emin64 - (E if E > 0 else 1)
+    if ftz:
+        return _rshift_round(S, min(52 + d, 54), mode) << m
+    return _rshift_round(S, min(52 - m + d, 54), mode)
+
+
+@njit
+def _mf_mag32(a, mode, m, emin32, ftz):
+    """The float32 twin of ``_mf_mag64`` (needs emin32 >= 1):
+
+    float32 |0| E (8) | F (23) |   normal: round(a >> (23 - m)) - ((emin32 - 1) << m)
+    subnormal target: round(S / 2**(23 - m + d)), shifts capped at 25 (> 24-bit significand).
+    """
+    E = a >> 23
+    if E >= emin32:
+        return _rshift_round(a, 23 - m, mode) - ((emin32 - 1) << m)
+    S = (a & MAN32) | ((1 << 23) if E > 0 else 0)
+    d = emin32 - (E if E > 0 else 1)
+    if ftz:
+        return _rshift_round(S, min(23 + d, 25), mode) << m
+    return _rshift_round(S, min(23 - m + d, 25), mode)
+
+
+@njit
+def _mf_val64(c, m, emin64, sub64):
+    """float64 value of magnitude code c (c may be maxmag + 1, the virtual value above max):
+    subnormal c < 2**m: c * 2**(emin - m); normal: the float64 pattern
+    ((c + ((emin64 - 1) << m)) << (52 - m)), i.e. exponent field E_target + emin64 - 1, mantissa M."""
+    if c < (1 << m):
+        return np.float64(c) * sub64
+    return bits_f64((c + ((emin64 - 1) << m)) << (52 - m))
+
+
+@njit
+def _mf_code(P, x, r):
+    b = f64_bits(x)
+    neg = b < 0
+    a = b & ABS64
+    if a > INF64:
+        return P.nan_n if neg else P.nan_p
+    if a == INF64:
+        return P.inf_n if neg else P.inf_p
+    if P.mode == STOCHASTIC:
+        c = _mf_mag64(a, TOWARD_ZERO, P.m, P.emin64, P.ftz)
+        if c <= P.maxmag:
+            c1 = (1 << P.m) if (P.ftz and c == 0) else c + 1
+            if _stoch_up(x, _mf_val64(c, P.m, P.emin64, P.sub64), _mf_val64(c1, P.m, P.emin64, P.sub64), r):
+                c = c1
+    else:
+        c = _mf_mag64(a, P.mode, P.m, P.emin64, P.ftz)
+    if c > P.maxmag:
+        if P.mode == TOWARD_ZERO:
+            return P.sat_n if neg else P.sat_p
+        return P.ovf_n if neg else P.ovf_p
+    if c == 0:
+        return P.nzero if (neg and P.nzero >= 0) else P.zero
+    return (c | P.signbit) if neg else c
+
+
+@njit
+def _sel(c, a, b):
+    """a if c else b for int64 a, b, as arithmetic (vectorizes where a branch would not)."""
+    return b ^ ((a ^ b) & -np.int64(c))
+
+
+@njit
+def _mf_fq32(P, y):
+    """Element value (float32) of float32 y, RNE/RNA/TZ, branch-free (``_sel``):
+
+    y |s|E|F| -> a = |y| bits -> magnitude code c (as ``_mf_mag32``) -> value bits:
+      normal    (c + ((emin32 - 1) << m)) << (23 - m)        (the float32 pattern of the value)
+      subnormal float32(c) * 2**(emin - m)                    (exact: c < 2**m)
+    then the sign bit (dropped on zero unless the format has -0) and the overflow / Inf-input /
+    NaN-input patterns.
+    """
+    b = f32_bits(y)
+    a = b & ABS32
+    neg = b >> 31
+    m = P.m
+    emin32 = P.emin32
+    E = a >> 23
+    sub = E < emin32
+    S = (a & MAN32) | _sel(E > 0, 1 << 23, 0)
+    shs = min(23 - _sel(P.ftz, 0, m) + emin32 - max(E, 1), 25)
+    w = _sel(sub, S, a)
+    sh = _sel(sub, shs, 23 - m)
+    half = np.int64(1) << (sh - 1)
+    mode = P.mode
+    inc = _sel(mode == NEAREST_EVEN, half - 1 + ((w >> sh) & 1), _sel(mode == NEAREST_AWAY, half, 0))
+    r = (w + inc) >> sh
+    c = _sel(sub, r << _sel(P.ftz, m, 0), r - ((emin32 - 1) << m))
+    vn = (c + ((emin32 - 1) << m)) << (23 - m)
+    vs = f32_bits(np.float32(c) * P.sub32)
+    vb = _sel(c >= (1 << m), vn, vs)
+    vb = vb | ((neg << 31) & -np.int64((c != 0) | P.negzero))
+    vb = _sel(c > P.maxmag, _sel(neg, P.ovf32_neg, P.ovf32_pos), vb)
+    vb = _sel(a == INF32, _sel(neg, P.inf32_neg, P.inf32_pos), vb)
+    vb = _sel(a > INF32, _sel(neg, P.nan32_neg, P.nan32_pos), vb)
+    return bits_f32(vb)
+
+
+@njit
+def _mf_fq64(P, V, y):
+    c = _mf_code(P, y, 0.0)
+    return V[c] if c >= 0 else np.nan
+
+
+# ---------------------------------------------------------------------------------------------
+# INT
+# ---------------------------------------------------------------------------------------------
+@njit
+def _int_round(y, mode):
+    """Round to an integer in y's precision: rint (ties to even), half away (frac = y - trunc(y)
+    is exact), or trunc."""
+    if mode == NEAREST_EVEN:
+        return np.rint(y)
+    t = np.trunc(y)
+    if mode == NEAREST_AWAY:
+        f = y - t
+        return t + np.sign(y) if abs(f) >= 0.5 else t
+    return t
+
+
+@njit
+def _int_code(P, x, r, z):
+    """Code of float64 x on the integer grid shifted by the zero point z: q = clamp(round(x), lo-z,
+    hi-z) + z, stored as (q & mask) (two's complement for signed formats)."""
+    if x != x:
+        return P.nan_n if np.signbit(x) else P.nan_p
+    if P.mode == STOCHASTIC:
+        L = np.floor(x)
+        q = L + 1.0 if r < (x - L) else L  # U - L = 1
+    else:
+        q = _int_round(x, P.mode)
+    q = min(max(q, P.lo64 - z), P.hi64 - z) + z
+    return np.int64(q) & P.mask
+
+
+@njit
+def _int_fq32(P, y, z):
+    """Element value q - z of float32 y (RNE/RNA/TZ); NaN gives P.nan32 (0.0 with nan='zero').
+    A rounded -0.0 becomes +0.0 (INT has one zero): adding +0.0 does that under IEEE rules."""
+    q = _int_round(y, P.mode)
+    q = min(max(q, P.lo32 - z), P.hi32 - z) + np.float32(0.0)
+    return P.nan32 if y != y else q
+
+
+@njit
+def _int_fq64(P, y, z):
+    q = _int_round(y, P.mode)
+    q = min(max(q, P.lo64 - z), P.hi64 - z) + 0.0
+    return P.nan64 if y != y else q
+
+
+# ---------------------------------------------------------------------------------------------
+# Sign-symmetric tables (dINT, log)
+# ---------------------------------------------------------------------------------------------
+@njit
+def _tb_floor_index(P, T, a):
+    """Largest j with mags[j] <= a (a >= 0 finite; j = K + 1 means at or above the virtual value).
+
+    Estimate, then exact fix-up against the float64 magnitudes:
+      dINT  a >= 1: j = ndenorm + floor(a)           (levels 1, 2, ... after the denormals)
+      log   j = floor(log_b a) + kmax + 1, log2 a ~ (E - 1023) + F / 2**52 (error < 0.09),
+            from the float64 pattern |0|E|F| (mags[j] = b**-(kmax + 1 - j))
+    """
+    K1 = P.K + 1
+    if P.kind == 0:
+        j = P.ndenorm + np.int64(min(a, 1e18)) if a >= 1.0 else 0
+    else:
+        b = f64_bits(a)
+        l2 = np.float64((b >> 52) - 1023) + np.float64(b & MAN64) * (1.0 / 4503599627370496.0)
+        t = l2 * P.inv_log2b
+        t = min(max(t, -1e9), 1e9)
+        j = np.int64(np.floor(t)) + P.kmax + 1
+    j = min(max(j, 0), K1)
+    mags = T[0]
+    while j > 0 and mags[j] > a:
+        j -= 1
+    while j < K1 and mags[j + 1] <= a:
+        j += 1
+    return j
+
+
+@njit
+def _tb_index(P, T, a, mode):
+    """Index of the rounded magnitude a (RNE/RNA/TZ); K + 1 means overflow."""
+    j = _tb_floor_index(P, T, a)
+    if mode == TOWARD_ZERO or j > P.K or a == T[0, j]:
+        return j
+    bnd = T[1, j]
+    if a < bnd:
+        return j
+    if a > bnd:
+        return j + 1
+    if mode == NEAREST_AWAY:
+        return j + 1
+    if T[2, j] != T[2, j + 1]:
+        return j if T[2, j] != 0.0 else j + 1
+    return j
+
+
+@njit
+def _tb_code(P, T, x, r):
+    if x != x:
+        return P.nan_n if np.signbit(x) else P.nan_p
+    neg = np.signbit(x)
+    a = abs(x)
+    if a == np.inf:
+        return P.inf_n if neg else P.inf_p
+    if P.mode == STOCHASTIC:
+        j = _tb_floor_index(P, T, a)
+        if j <= P.K and a != T[0, j] and _stoch_up(x, T[0, j], T[0, j + 1], r):
+            j += 1
+    else:
+        j = _tb_index(P, T, a, P.mode)
+    if j > P.K:
+        return P.sat_n if neg else P.sat_p  # dINT and log formats saturate
+    if j == 0:
+        return P.nzero if (neg and P.nzero >= 0) else P.zero
+    return (j | P.signbit) if neg else j
+
+
+@njit
+def _tb_fq(P, T, y):
+    """Element value (float64) of y; NaN gives P.nan64."""
+    a = abs(np.float64(y))
+    j = _tb_index(P, T, a, P.mode)
+    j = min(j, P.K)
+    v = T[0, j]
+    if np.signbit(y) and (j > 0 or P.negzero):
+        v = -v
+    return P.nan64 if y != y else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile-time dispatch on the parameter tuple's type
+# ---------------------------------------------------------------------------------------------
+def _code(P, T, x, r, z):  # pragma: no cover - replaced by the overload inside numba
+    raise NotImplementedError
+
+
+def _fq(P, T, V, y, z):  # pragma: no cover
+    raise NotImplementedError
+
+
+def _is(P, cls) -> bool:
+    return isinstance(P, types.BaseNamedTuple) and P.instance_class is cls
+
+
+@overload(_code)
+def _ov_code(P, T, x, r, z):
+    if _is(P, MF) or _is(P, MFX):
+        return lambda P, T, x, r, z: _mf_code(P, x, r)
+    if _is(P, IN):
+        return lambda P, T, x, r, z: _int_code(P, x, r, z)
+    if _is(P, TB):
+        return lambda P, T, x, r, z: _tb_code(P, T, x, r)
+
+
+@overload(_fq)
+def _ov_fq(P, T, V, y, z):
+    f32 = y == types.float32
+    if _is(P, MF):
+        if f32:
+            return lambda P, T, V, y, z: _mf_fq32(P, y)
+        return lambda P, T, V, y, z: _mf_fq64(P, V, y)
+    if _is(P, MFX):
+        return lambda P, T, V, y, z: _mf_fq64(P, V, np.float64(y))
+    if _is(P, IN):
+        if f32:
+            return lambda P, T, V, y, z: _int_fq32(P, y, z)
+        return lambda P, T, V, y, z: _int_fq64(P, y, z)
+    if _is(P, TB):
+        return lambda P, T, V, y, z: _tb_fq(P, T, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts. x, out: flat C-contiguous. Row layout: element i belongs to row i // Q, whose scale is
+# scales[(i // Q) % C]; column layout: x is [P, C] and element (p, c) has scales[c].
+# inv = 1 / scales (used instead of division when pow2 is True: identical for powers of two).
+# zps: zero points (x's dtype, integers) per scale slot, or a length-1 zero array.
+# rand: STOCHASTIC draws (float64, one per element) or a length-1 dummy.
+# T, V: the family table and the value of every code (see the parameter tuples).
+# Return: the number of NaN inputs that have no code (the caller raises; nan='raise').
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def encode_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
+    n = x.shape[0]
+    nrows = n // Q
+    per = (Q + CHUNK - 1) // CHUNK
+    nz = zps.shape[0]
+    stoch = P.mode == STOCHASTIC
+    bad = 0
+    for t in prange(nrows * per):
+        row = np.int64(t) // per
+        lo = row * Q + (np.int64(t) - row * per) * CHUNK
+        hi = min(lo + CHUNK, (row + 1) * Q)
+        k = row % C
+        s = scales[k]
+        iv = inv[k]
+        z = np.float64(zps[k] if nz == C else zps[0])
+        xs = x[lo:hi]
+        os = out[lo:hi]
+        rs = rand[lo:hi] if stoch else rand
+        nb = 0
+        for i in range(xs.shape[0]):
+            y = xs[i] * iv if pow2 else xs[i] / s
+            c = _code(P, T, np.float64(y), rs[i] if stoch else 0.0, z)
+            nb += c < 0
+            os[i] = max(c, 0)
+        bad += nb
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def encode_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
+    nr = x.shape[0] // C
+    nz = zps.shape[0]
+    stoch = P.mode == STOCHASTIC
+    bad = 0
+    for p in prange(nr):
+        nb = 0
+        base = np.int64(p) * C
+        xs = x[base:base + C]
+        os = out[base:base + C]
+        rs = rand[base:base + C] if stoch else rand
+        for k in range(C):
+            y = xs[k] * inv[k] if pow2 else xs[k] / scales[k]
+            z = np.float64(zps[k] if nz == C else zps[0])
+            c = _code(P, T, np.float64(y), rs[k] if stoch else 0.0, z)
+            nb += c < 0
+            os[k] = max(c, 0)
+        bad += nb
+    return bad
+
+
+@njit
+def _fq_stoch_one(P, T, V, xi, s, iv, pow2, z, r):
+    """Stochastic fake-quant of one element: the code (float64 core), then (V[code] - z) * s."""
+    y = xi * iv if pow2 else xi / s
+    c = _code(P, T, np.float64(y), r, np.float64(z))
+    if c < 0:
+        return np.nan, 1
+    return (V[c] - z) * s, 0
+
+
+@njit(cache=True, parallel=True)
+def fq_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
+    """Fused fake-quant, row layout: out = fl(v(x / s) * s), codes never stored.
+
+    Each parallel task takes a slice of at most CHUNK elements of one row and loops over it from
+    index 0 (slices keep LLVM's vectorizer happy where offset indices do not)."""
+    n = x.shape[0]
+    nrows = n // Q
+    per = (Q + CHUNK - 1) // CHUNK
+    nz = zps.shape[0]
+    stoch = P.mode == STOCHASTIC
+    count = P.nan_raise or stoch
+    bad = 0
+    for t in prange(nrows * per):
+        row = np.int64(t) // per
+        lo = row * Q + (np.int64(t) - row * per) * CHUNK
+        hi = min(lo + CHUNK, (row + 1) * Q)
+        k = row % C
+        s = scales[k]
+        iv = inv[k]
+        z = zps[k] if nz == C else zps[0]
+        xs = x[lo:hi]
+        os = out[lo:hi]
+        m = xs.shape[0]
+        nb = 0
+        if stoch:
+            rs = rand[lo:hi]
+            for i in range(m):
+                v, b = _fq_stoch_one(P, T, V, xs[i], s, iv, pow2, z, rs[i])
+                os[i] = v
+                nb += b
+        elif pow2:
+            for i in range(m):
+                os[i] = _fq(P, T, V, xs[i] * iv, z) * s
+        else:
+            for i in range(m):
+                os[i] = _fq(P, T, V, xs[i] / s, z) * s
+        if count and not stoch:
+            for i in range(m):
+                nb += xs[i] != xs[i]
+        bad += nb
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def fq_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
+    """Fused fake-quant, column layout ([P, C], one scale per column)."""
+    nr = x.shape[0] // C
+    nz = zps.shape[0]
+    stoch = P.mode == STOCHASTIC
+    count = P.nan_raise or stoch
+    bad = 0
+    for p in prange(nr):
+        nb = 0
+        base = np.int64(p) * C
+        xs = x[base:base + C]
+        os = out[base:base + C]
+        if stoch:
+            rs = rand[base:base + C]
+            for k in range(C):
+                z = zps[k] if nz == C else zps[0]
+                v, b = _fq_stoch_one(P, T, V, xs[k], scales[k], inv[k], pow2, z, rs[k])
+                os[k] = v
+                nb += b
+        elif nz == C:
+            for k in range(C):
+                os[k] = _fq(P, T, V, xs[k] / scales[k], zps[k]) * scales[k]
+        elif pow2:
+            z = zps[0]
+            for k in range(C):
+                os[k] = _fq(P, T, V, xs[k] * inv[k], z) * scales[k]
+        else:
+            z = zps[0]
+            for k in range(C):
+                os[k] = _fq(P, T, V, xs[k] / scales[k], z) * scales[k]
+        if count and not stoch:
+            for k in range(C):
+                nb += xs[k] != xs[k]
+        bad += nb
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Block scales (MX: E8M0 power-of-two; FP8-scaled blocks: NVFP4 and friends)
+# ---------------------------------------------------------------------------------------------
+FLOOR, CEIL, EVEN, RCEIL = 0, 1, 2, 3  # shared-exponent rules (mx.py documents them)
+
+
+@njit
+def _floor_log2_bits(b):
+    """floor(log2 A) of the positive finite float32 with pattern b (subnormals included)."""
+    E = b >> 23
+    if E > 0:
+        return E - 127
+    f = b & MAN32
+    k = 0
+    while (f >> (k + 1)) > 0:
+        k += 1
+    return k - 149
+
+
+@njit
+def _ceil_log2_bits(b):
+    """ceil(log2 A) of the positive finite float32 with pattern b."""
+    fl = _floor_log2_bits(b)
+    E = b >> 23
+    exact = (b & MAN32) == 0 if E > 0 else ((b & MAN32) & ((b & MAN32) - 1)) == 0
+    return fl if exact else fl + 1
+
+
+@njit
+def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
+    """Unbiased E8M0 exponent e (clamped to [-127, 127]) for a block whose finite max |x| has the
+    float32 pattern amax_bits (0 for an all-zero block, which gives -127).
+
+    FLOOR  floor(log2 A) - emax                       (OCP MX v1.0)
+    CEIL   ceil(log2 A) - emax
+    EVEN   floor(log2 A') - emax, A' = A rounded half-up to mbits mantissa bits on its pattern:
+           (amax_bits + 2**(22 - mbits)) >> 23 gives A''s exponent field
+    RCEIL  ceil(log2 D), D = fl32(A / elem_max)
+    """
+    if amax_bits == 0:
+        return -127
+    if rule == FLOOR:
+        e = _floor_log2_bits(amax_bits) - emax
+    elif rule == CEIL:
+        e = _ceil_log2_bits(amax_bits) - emax
+    elif rule == EVEN:
+        rb = amax_bits + (1 << (22 - mbits))
+        rb = rb & ~((1 << 23) - 1) if (rb >> 23) > 0 else rb
+        e = _floor_log2_bits(rb) - emax
+    else:
+        d = bits_f32(amax_bits) / elem_max
+        db = f32_bits(d)
+        e = -127 if db == 0 else _ceil_log2_bits(db)
+    return min(max(e, -127), 127)
+
+
+@njit
+def _absmax_bits(xs):
+    """max |x| of a float32 slice as a float32 pattern compared as an integer (NaN and Inf give
+    patterns >= 0x7F800000, so one comparison flags a non-finite block)."""
+    amax = 0
+    for t in range(xs.shape[0]):
+        amax = max(amax, f32_bits(xs[t]) & ABS32)
+    return amax
+
+
+@njit(cache=True, parallel=True)
+def mx_fq(P, T, V, x, out, K, rule, emax, mbits, elem_max, eoff, want_codes, codes, sexp):
+    """Fused MX fake-quant of flat float32 x in blocks of K: per block the shared exponent e
+    (``mx_shared_exp``), element scale X = 2**(e + eoff) (eoff = -(bits-2) for INT elements, the
+    MXINT8 1.6 fixed point), out = fl32(v(x / X) * X). A block holding NaN or Inf gets the NaN
+    scale: sexp = 255 and every output NaN. sexp receives the biased E8M0 codes (e + 127);
+    with want_codes, codes receives the element codes (0 in NaN blocks).
+    """
+    nb = x.shape[0] // K
+    bpt = max(1, CHUNK // K)  # blocks per parallel task
+    z32 = np.float32(0.0)
+    for t in prange((nb + bpt - 1) // bpt):
+        for blk in range(np.int64(t) * bpt, min(nb, (np.int64(t) + 1) * bpt)):
+            xs = x[blk * K:(blk + 1) * K]
+            os = out[blk * K:(blk + 1) * K]
+            amax = _absmax_bits(xs)
+            if amax >= INF32:
+                sexp[blk] = 255
+                os[:] = np.nan
+                if want_codes:
+                    codes[blk * K:(blk + 1) * K] = 0
+                continue
+            e = mx_shared_exp(amax, rule, emax, mbits, elem_max)
+            sexp[blk] = e + 127
+            ee = e + eoff
+            X = np.float32(2.0 ** ee)
+            if want_codes:
+                cs = codes[blk * K:(blk + 1) * K]
+                for i in range(K):
+                    y = np.float32(np.float64(xs[i]) * 2.0 ** (-ee))
+                    c = _code(P, T, np.float64(y), 0.0, 0.0)
+                    cs[i] = max(c, 0)
+                    os[i] = _fq(P, T, V, y, z32) * X
+            elif ee >= -126:
+                iX = np.float32(2.0 ** (-ee))
+                for i in range(K):
+                    os[i] = _fq(P, T, V, xs[i] * iX, z32) * X
+            else:  # 2**-ee is beyond float32: scale in float64 (exact), round once to float32
+                for i in range(K):
+                    y = np.float32(np.float64(xs[i]) * 2.0 ** (-ee))
+                    os[i] = _fq(P, T, V, y, z32) * X
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def fp8scale_fq(P, T, V, S8, x, out, K, g, elem_max, want_codes, codes, scodes, seff):
+    """Fused fake-quant with an FP8 (E4M3-like, parameters S8: an MF tuple, RNE, saturating) block
+    scale and a float32 tensor scale g (NVFP4: K = 16, E2M1 elements, elem_max = 6):
+
+        A = max |x| of the block (float32); s_rel = fl32(fl32(A / elem_max) / g)
+        scode = min(max(E4M3_RNE(s_rel), 1), max code)  (never the zero scale: 2**-9 at least)
+        S = fl32(g * e4m3(scode)); out = fl32(v(fl32(x / S)) * S)
+    A block holding NaN or Inf: scode = the E4M3 NaN code, S = NaN, outputs NaN.
+    scodes / seff receive the E4M3 codes and the effective float32 scales S.
+    """
+    nb = x.shape[0] // K
+    bpt = max(1, CHUNK // K)
+    z32 = np.float32(0.0)
+    nan_code = S8.nan_p
+    for t in prange((nb + bpt - 1) // bpt):
+        for blk in range(np.int64(t) * bpt, min(nb, (np.int64(t) + 1) * bpt)):
+            xs = x[blk * K:(blk + 1) * K]
+            os = out[blk * K:(blk + 1) * K]
+            amax = _absmax_bits(xs)
+            if amax >= INF32:
+                scodes[blk] = nan_code
+                seff[blk] = np.nan
+                os[:] = np.nan
+                if want_codes:
+                    codes[blk * K:(blk + 1) * K] = 0
+                continue
+            s_rel = (bits_f32(amax) / elem_max) / g
+            c8 = _mf_mag32(f32_bits(s_rel), NEAREST_EVEN, S8.m, S8.emin32, S8.ftz)
+            c8 = min(max(c8, 1), S8.maxmag)
+            scodes[blk] = c8
+            S = g * np.float32(_mf_val64(c8, S8.m, S8.emin64, S8.sub64))
+            seff[blk] = S
+            if want_codes:
+                cs = codes[blk * K:(blk + 1) * K]
+                for i in range(K):
+                    y = xs[i] / S
+                    cs[i] = max(_code(P, T, np.float64(y), 0.0, 0.0), 0)
+                    os[i] = _fq(P, T, V, y, z32) * S
+            else:
+                for i in range(K):
+                    os[i] = _fq(P, T, V, xs[i] / S, z32) * S
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def absmax_rows(x, Q, out):
+    """out[r] = max |x| over row r (Q elements), as the float32 pattern (``_absmax_bits``)."""
+    nrows = x.shape[0] // Q
+    for r in prange(nrows):
+        out[r] = _absmax_bits(x[np.int64(r) * Q:(np.int64(r) + 1) * Q])
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def sse_rows(P, T, V, x, Q, C, scales, inv, zps, pow2, out):
+    """Per-row sum of squared errors (float64) of the fused fake-quant (RNE/RNA/TZ), for MSE
+    clip search: out[r] = sum_i (fq(x_i) - x_i)**2 over row r, with scale slot r % C."""
+    nrows = x.shape[0] // Q
+    nz = zps.shape[0]
+    for row in prange(nrows):
+        k = np.int64(row) % C
+        s = scales[k]
+        iv = inv[k]
+        z = zps[k] if nz == C else zps[0]
+        xs = x[np.int64(row) * Q:(np.int64(row) + 1) * Q]
+        acc = 0.0
+        for i in range(Q):
+            y = xs[i] * iv if pow2 else xs[i] / s
+            d = np.float64(_fq(P, T, V, y, z) * s) - np.float64(xs[i])
+            acc += d * d
+        out[row] = acc
+    return 0

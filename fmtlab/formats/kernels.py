@@ -1,0 +1,221 @@
+"""Python side of the fast element kernels: per-format parameter tuples and layout runners.
+
+Numeric convention: as ``_fast_kernels`` (bit-identical to the table kernel ``encode_table``,
+the reference, for every format and rounding mode; float64 input rounds once from float64).
+``params`` returns None for a format the fast kernels do not cover (E8M0, tables that are not
+sign-symmetric); callers then use the table kernel.
+
+Layouts (how a scaled array maps to its scales), over the flat C-order data:
+  Rows(Q, C)  element i has scale slot (i // Q) % C   (per-tensor: Q = n, C = 1; per-token and
+              per-channel on axis 0: Q = row length; groups along the last axis: Q = group size)
+  Cols(C)     x is [P, C] and column c has scale slot c   (per-channel on the last axis)
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from fmtlab.errors import FormatError
+from fmtlab.formats import _fast_kernels as K
+from fmtlab.formats.base import Format
+from fmtlab.formats.rounding import NanInput, Overflow, Rounding, ROUNDING_ID
+
+__all__ = ["params", "Plan", "Rows", "Cols", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled"]
+
+
+class Rows(NamedTuple):
+    Q: int
+    C: int
+
+
+class Cols(NamedTuple):
+    C: int
+
+
+def _f32_pattern(v: float) -> int:
+    return int(np.array(v, dtype=np.float64).astype(np.float32).view(np.uint32))
+
+
+class Plan(NamedTuple):
+    """What the kernels need for one format under one set of conventions."""
+
+    P: tuple  # the family's scalar parameter tuple (its type selects the family's cores)
+    T: np.ndarray  # family table, 2-D float64 (dINT/log magnitudes, bounds, tie flags)
+    V: np.ndarray  # value of every code, float64
+
+
+_NO_TABLE = np.zeros((1, 1))
+_NO_TABLE.setflags(write=False)
+
+
+@lru_cache(maxsize=256)
+def params(fmt: Format, rounding: Rounding, overflow: Overflow, nan: NanInput) -> Plan | None:
+    """The kernel plan of ``fmt`` under these conventions (None: not covered, use the table)."""
+    fam = fmt.family
+    mode = ROUNDING_ID[rounding]
+    spec = [int(c) for c in fmt.special_codes(overflow, nan)]
+    vals = np.ascontiguousarray(fmt.values(), dtype=np.float64)
+    vals.setflags(write=False)
+    nan_raise = spec[0] < 0
+    if fam == "minifloat":
+        return Plan(_mf_params(fmt, mode, spec, vals, nan_raise), _NO_TABLE, vals)
+    if fam == "int":
+        nanv = np.nan if nan_raise else 0.0
+        P = K.IN(mode, np.float32(fmt.min), np.float32(fmt.max), float(fmt.min), float(fmt.max),
+                 (1 << fmt.bits) - 1, *spec, np.float32(nanv), float(nanv), nan_raise)
+        return Plan(P, _NO_TABLE, vals)
+    if fam in ("dint", "log"):
+        return _tb_params(fmt, mode, spec, vals, nan_raise)
+    return None
+
+
+def _mf_params(fmt, mode, spec, vals, nan_raise):
+    m = fmt.man_bits
+    emin = 1 - fmt.bias
+    ftz = (not fmt.subnormals) and m > 0
+    maxmag = fmt.max_code() & ((1 << (fmt.bits - 1)) - 1)
+    fast32 = emin >= -126 and fmt.max < 2.0 ** 128
+
+    def val32(code: int) -> int:
+        return _f32_pattern(vals[code]) if code >= 0 else 0x7FC00000
+
+    ov = (spec[6], spec[7]) if mode == K.TOWARD_ZERO else (spec[4], spec[5])
+    cls = K.MF if fast32 else K.MFX
+    sub32 = np.float32(math.ldexp(1.0, emin - m)) if emin - m >= -149 else np.float32(0.0)
+    return cls(mode, m, emin + 127, emin + 1023, ftz, maxmag, 1 << (fmt.bits - 1), sub32,
+               math.ldexp(1.0, emin - m), *spec, val32(ov[0]), val32(ov[1]), val32(spec[2]),
+               val32(spec[3]), val32(spec[0]), val32(spec[1]), fmt.negative_zero_code is not None,
+               nan_raise)
+
+
+def _tb_params(fmt, mode, spec, vals, nan_raise):
+    g = fmt.grid
+    i0 = int(np.flatnonzero(g.vals == 0)[0])
+    mags = np.asarray(g.vals[i0:], dtype=np.float64)
+    bounds = np.asarray(g.bounds[i0:], dtype=np.float64)
+    Kn = len(mags) - 2
+    signbit = 1 << (fmt.bits - 1)
+    # the fast path needs a sign-symmetric grid whose magnitude codes are 0..K in value order
+    neg_ok = (i0 == Kn + 1 and np.array_equal(g.vals[:i0], -mags[1:][::-1])
+              and np.array_equal(g.bounds[:i0], -bounds[::-1])
+              and np.array_equal(g.even[:i0], g.even[i0 + 1:][::-1]))
+    codes_ok = (np.array_equal(g.codes[i0:i0 + Kn + 1], np.arange(Kn + 1))
+                and np.array_equal(g.codes[1:i0], signbit | np.arange(Kn, 0, -1)))
+    if not (neg_ok and codes_ok):
+        return None
+    if fmt.family == "dint":
+        kind, nden, inv_log2b, kmax = 0, len(fmt.denormals), 0.0, 0
+    else:
+        kind, nden, inv_log2b, kmax = 1, 0, 1.0 / math.log2(fmt.base), fmt.kmax
+    T = np.zeros((3, Kn + 2))
+    T[0] = mags
+    T[1, :Kn + 1] = bounds
+    T[2] = g.even[i0:]
+    T.setflags(write=False)
+    P = K.TB(mode, kind, Kn, nden, inv_log2b, kmax, signbit, fmt.negative_zero_code is not None,
+             *spec, np.nan if nan_raise else 0.0, nan_raise)
+    return Plan(P, T, vals)
+
+
+def _nan_error(fmt: Format, bad: int) -> FormatError:
+    return FormatError(f"{fmt.name} has no NaN code and the input holds {bad} NaN value(s); "
+                       "clean the input or pass nan='zero'")
+
+
+def _rand_arg(rand, n: int) -> np.ndarray:
+    if rand is None:
+        return np.zeros(1)
+    r = np.ascontiguousarray(rand, dtype=np.float64).reshape(-1)
+    if r.shape[0] != n:
+        raise ValueError(f"stochastic rounding needs one draw per element: {r.shape[0]} draws "
+                         f"for {n} elements")
+    return r
+
+
+def _scale_args(scales, zps, dtype, pow2: bool):
+    s = np.ascontiguousarray(scales, dtype=dtype).reshape(-1)
+    inv = (1.0 / s.astype(np.float64)).astype(dtype) if pow2 else s
+    z = np.zeros(1, dtype=dtype) if zps is None else np.ascontiguousarray(zps, dtype=dtype).reshape(-1)
+    return s, inv, z
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"fast kernels take float32 or float64 arrays, got {x.dtype}")
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
+                  rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
+                  nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
+    """Codes of ``x / scale`` (+ zero point for INT) in x's shape; see the module docstring.
+
+    ``x / s`` is computed in x's precision (float32 or float64); pow2=True promises every scale
+    is a power of two (then x * (1/s) is used, which is the same number).
+    """
+    overflow = fmt.default_overflow if overflow is None else overflow
+    plan = params(fmt, rounding, overflow, nan)
+    if plan is None:
+        raise FormatError(f"no fast kernel for {fmt.name}")
+    flat = _flat(x)
+    n = flat.shape[0]
+    out = np.empty(n, dtype=fmt.code_dtype)
+    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
+    r = _rand_arg(rand, n) if rounding is Rounding.STOCHASTIC else np.zeros(1)
+    if isinstance(layout, Cols):
+        bad = K.encode_cols(*plan, flat, out, layout.C, s, inv, z, pow2, r) if n else 0
+    else:
+        bad = K.encode_rows(*plan, flat, out, max(layout.Q, 1), layout.C, s, inv, z, pow2, r) if n else 0
+    if bad:
+        raise _nan_error(fmt, bad)
+    return out.reshape(x.shape)
+
+
+def fq_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
+              rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
+              nan: NanInput = NanInput.RAISE, rand=None, out: np.ndarray | None = None) -> np.ndarray:
+    """Fused fake-quant ``fl(v(x / s) * s)`` (v the element value, minus the zero point) in x's
+    dtype and shape; codes are never stored. Same conventions as ``encode_scaled``."""
+    overflow = fmt.default_overflow if overflow is None else overflow
+    plan = params(fmt, rounding, overflow, nan)
+    if plan is None:
+        raise FormatError(f"no fast kernel for {fmt.name}")
+    flat = _flat(x)
+    n = flat.shape[0]
+    res = np.empty(n, dtype=flat.dtype) if out is None else out.reshape(-1)
+    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
+    r = _rand_arg(rand, n) if rounding is Rounding.STOCHASTIC else np.zeros(1)
+    if isinstance(layout, Cols):
+        bad = K.fq_cols(*plan, flat, res, layout.C, s, inv, z, pow2, r) if n else 0
+    else:
+        bad = K.fq_rows(*plan, flat, res, max(layout.Q, 1), layout.C, s, inv, z, pow2, r) if n else 0
+    if bad:
+        raise _nan_error(fmt, bad)
+    return res.reshape(x.shape)
+
+
+_ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
+
+
+def encode_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
+                rand) -> np.ndarray:
+    """``fmt.encode`` through the fast kernels (falls back to the table kernel where uncovered)."""
+    if params(fmt, rounding, overflow, nan) is None or a.dtype not in (np.float32, np.float64):
+        return fmt.encode_table(a, rounding, overflow, nan, rand)
+    one = _ONE[a.dtype]
+    return encode_scaled(fmt, a, Rows(a.size, 1), one, pow2=True, rounding=rounding,
+                         overflow=overflow, nan=nan, rand=rand).reshape(-1)
+
+
+def quantize_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
+                  rand) -> np.ndarray | None:
+    """decode(encode(a)) in a's dtype, fused; None where the fast kernels do not apply."""
+    if params(fmt, rounding, overflow, nan) is None or a.dtype not in (np.float32, np.float64):
+        return None
+    one = _ONE[a.dtype]
+    return fq_scaled(fmt, a, Rows(a.size, 1), one, pow2=True, rounding=rounding,
+                     overflow=overflow, nan=nan, rand=rand)
