@@ -1,0 +1,174 @@
+"""``fmtlab formats``: list the element formats, or print one format's code table.
+
+    fmtlab formats [list] [NAME ...] [--json]   name, bits, max, smallest positive, Inf/NaN/-0,
+                                                default overflow, one-line layout
+    fmtlab formats show NAME [--json]           every code in binary and hex with its value
+
+NAME is anything ``get_format`` parses (``fp8_e4m3``, ``e3m4_ieee``, ``log5_b1.5``, ...); an
+unknown name is a FormatError, which the dispatcher prints on stderr with exit status 2.
+JSON values are numbers where finite, else null, with the exact value in ``value_hex``
+(``float.hex``) and a readable ``repr`` ("nan", "inf", "-0.0", ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+
+from fmtlab.formats import Format, get_format, list_formats
+
+
+# ---- what to say about a format -------------------------------------------------------------
+
+def layout(fmt: Format) -> str:
+    """One line: the bit layout and the special-value convention."""
+    fam = fmt.family
+    if fam == "minifloat":
+        e, m = fmt.exp_bits, fmt.man_bits
+        fields = "S." + "E" * e + ("." + "M" * m if m else "")
+        ones, zeros, mones = "1" * e, "0" * e, "1" * m
+        special = {
+            "ieee": f"Inf S.{ones}.{'0' * m}, NaN S.{ones}.(M!=0)" if m else f"Inf S.{ones}, no NaN",
+            "fn": f"no Inf, NaN S.{ones}" + (f".{mones}" if m else ""),
+            "fnuz": f"no Inf, no -0, NaN 1.{zeros}" + (f".{'0' * m}" if m else ""),
+            "fin": "all codes finite (no Inf, no NaN)",
+        }[fmt.special]
+        sub = "" if fmt.subnormals or m == 0 else ", subnormals flushed"
+        return f"{fields}, bias {fmt.bias}; {special}{sub}"
+    if fam == "int":
+        if fmt.unsigned:
+            return f"unsigned integer [0, {fmt.max:g}]"
+        if fmt.narrow:
+            return f"two's complement, narrow [{fmt.min:g}, {fmt.max:g}] (1{'0' * (fmt.bits - 1)} unused)"
+        return f"two's complement [{fmt.min:g}, {fmt.max:g}]"
+    if fam == "dint":
+        levels = ", ".join(f"{d:g}" for d in fmt.denormals)
+        nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
+        lv = f"denormals {{{levels}}}, " if levels else ""
+        return f"sign-magnitude: 0, {lv}integers 1..{fmt.max:g}; {nz}"
+    if fam == "log":
+        nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
+        return (f"sign + magnitude code m: 0 (m=0) or {fmt.base:.6g}**-({fmt.kmax + 1}-m); "
+                f"{fmt.domain}-domain rounding, underflow below {fmt.underflow_threshold:.4g}; {nz}")
+    if fam == "e8m0":
+        return "EEEEEEEE: 2**(E-127), no sign, no zero; NaN 0xFF"
+    return fmt.describe()  # pragma: no cover - a family added later
+
+
+def facts(fmt: Format) -> dict[str, Any]:
+    """The finfo-like facts of a format as plain JSON-able values."""
+    return {
+        "name": fmt.name, "family": fmt.family, "bits": fmt.bits,
+        "max": fmt.max, "min": fmt.min, "min_normal": fmt.min_normal,
+        "smallest_positive": fmt.smallest_subnormal, "eps": fmt.eps,
+        "has_inf": fmt.has_inf, "has_nan": fmt.has_nan, "has_negative_zero": fmt.has_negative_zero,
+        "signed": fmt.signed, "default_overflow": fmt.default_overflow.value, "layout": layout(fmt),
+    }
+
+
+def binary(fmt: Format, code: int) -> str:
+    """The code's bits, with '.' between sign, exponent and mantissa for minifloats."""
+    s = format(code, f"0{fmt.bits}b")
+    if fmt.family == "minifloat":
+        e = fmt.exp_bits
+        s = s[0] + "." + s[1:1 + e] + ("." + s[1 + e:] if fmt.man_bits else "")
+    return s
+
+
+def code_kind(fmt: Format, code: int, value: float) -> str:
+    """A short label for notable codes (zero, -0, NaN, Inf, max, subnormal, unused)."""
+    if math.isnan(value):
+        return "NaN" if fmt.has_nan else "unused"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "+0"
+    if code == fmt.max_code():
+        return "max"
+    if fmt.signed and code == fmt.max_code(negative=True):
+        return "min"
+    if abs(value) < fmt.min_normal:
+        return "subnormal"
+    return ""
+
+
+def _json_value(v: float) -> dict[str, Any]:
+    finite = math.isfinite(v)
+    return {"value": v if finite else None, "value_hex": float(v).hex() if finite else None, "repr": repr(float(v))}
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+def _fmt_num(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def _emit(text: str) -> None:
+    """Write to stdout; a closed pipe (``fmtlab formats show fp16 | head``) ends quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush is silent
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    names = args.names or list_formats()
+    fmts = [get_format(n) for n in names]
+    if args.json:
+        _emit(json.dumps([facts(f) for f in fmts], indent=1) + "\n")
+        return 0
+    yes = {True: "yes", False: "no"}
+    rows = [("name", "bits", "max", "min>0", "Inf", "NaN", "-0", "overflow", "layout")]
+    for f in fmts:
+        rows.append((f.name, str(f.bits), _fmt_num(f.max), _fmt_num(f.smallest_subnormal), yes[f.has_inf],
+                     yes[f.has_nan], yes[f.has_negative_zero], f.default_overflow.value, layout(f)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    _emit("".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] + "\n" for r in rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    fmt = get_format(args.name)
+    values = fmt.values().tolist()
+    hexw = (fmt.bits + 3) // 4
+    if args.json:
+        codes = [{"code": c, "bin": format(c, f"0{fmt.bits}b"), "hex": f"0x{c:0{hexw}X}",
+                  **_json_value(v), "kind": code_kind(fmt, c, v)} for c, v in enumerate(values)]
+        _emit(json.dumps({**facts(fmt), "codes": codes}, indent=1) + "\n")
+        return 0
+    binw = max(len(binary(fmt, 0)), len("binary"))
+    out = [fmt.describe(), f"layout: {layout(fmt)}; default overflow: {fmt.default_overflow.value}",
+           f"{'code':>6}  {'binary':<{binw}}  {'hex':<{hexw + 2}}  {'value':<24}  kind"]
+    for c, v in enumerate(values):
+        out.append(f"{c:>6}  {binary(fmt, c):<{binw}}  0x{c:0{hexw}X}  {repr(float(v)):<24}  "
+                   f"{code_kind(fmt, c, v)}".rstrip())
+    _emit("\n".join(out) + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fmtlab formats`` (and its ``list`` / ``show`` subcommands) to the fmtlab command."""
+    p = subparsers.add_parser("formats", help="list the element formats or show one format's code table",
+                              description="List the element formats (default), or print one format's "
+                              "code table with 'show NAME'. NAME is any name get_format parses: "
+                              "fp8_e4m3, int4_sym, dint4, log4_b1.5, e3m4_ieee, ...")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list, names=[])
+    sub = p.add_subparsers(dest="formats_command", metavar="{list,show}")
+    pl = sub.add_parser("list", help="name, bits, range and special values of each format (default)")
+    pl.add_argument("names", nargs="*", metavar="NAME", help="formats to list (default: the standard set)")
+    pl.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    pl.set_defaults(func=cmd_list)
+    ps = sub.add_parser("show", help="every code of one format in binary and hex, with its value")
+    ps.add_argument("name", metavar="NAME", help="a format name, e.g. fp8_e4m3, int4, log4, e3m4_ieee")
+    ps.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    ps.set_defaults(func=cmd_show)
+
+
