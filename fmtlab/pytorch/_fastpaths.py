@@ -116,3 +116,32 @@ def encode_core(x: torch.Tensor, neg: torch.Tensor, fmt: Format, mode: Rounding,
     zero = sp[9] if sp[9] >= 0 else sp[8]
     c = torch.where((mag == 0) & neg, zero, c)
     return c, xw
+
+
+# ---- torch cast twins -----------------------------------------------------------------------
+# Formats whose torch dtype rounds float32 to nearest-even exactly as the table does for every
+# input strictly inside (-max, max): then x.to(twin) gives the codes (and x.to(twin).float() the
+# values) and only |x| >= max, NaN and +/-Inf need the table rules (CPU, eager; tests hold it).
+_TWIN_NAMES = {"fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2",
+               "fp8_e4m3fnuz": "float8_e4m3fnuz", "fp8_e5m2fnuz": "float8_e5m2fnuz",
+               "fp16": "float16", "bf16": "bfloat16"}
+_TWINS: dict[Format, torch.dtype] | None = None
+
+
+def torch_twin(fmt: Format, mode: Rounding, x: torch.Tensor) -> torch.dtype | None:
+    """The torch dtype that encodes ``fmt`` for ``x`` in-range (see above), or None."""
+    global _TWINS
+    if (mode is not Rounding.NEAREST_EVEN or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+            or torch.compiler.is_compiling()):
+        return None
+    if _TWINS is None:
+        from fmtlab.formats import get_format
+
+        _TWINS = {get_format(n): getattr(torch, t) for n, t in _TWIN_NAMES.items() if hasattr(torch, t)}
+    return _TWINS.get(fmt)
+
+
+def special_index(xw: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Flat indices of the elements a twin cast must not decide: |x| >= max, NaN, +/-Inf."""
+    return (~(xw.abs() < fmt.max)).nonzero().squeeze(1)

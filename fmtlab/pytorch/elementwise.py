@@ -10,6 +10,9 @@ Numeric convention (identical to the numpy/numba path, ``fmt.encode``; tests hol
 - STOCHASTIC: x goes up iff draw < (x - L) / (U - L), computed in float64; the draws are
   ``make_rng(seed).random(x.numel())`` (numpy, float64, C order) so a seed gives the numba result,
   or an explicit ``draws`` tensor;
+- faster exact routes for the same rules: torch's own casts for in-range inputs of formats with
+  a torch twin dtype (fp8 x4, fp16, bf16; CPU, NEAREST_EVEN) and the arithmetic minifloat/INT
+  path (``_fastpaths``), chosen by ``method`` (see :data:`METHODS`);
 - E8M0 mirrors its own kernel (``fmtlab.formats.e8m0``: frexp, ties up, tiny inputs to codes 0/1).
 Codes come back as torch.uint8 / uint16 (the format's code dtype), decoded values as float64 or
 the requested dtype (rounded to nearest even by torch's cast).
@@ -26,7 +29,11 @@ from fmtlab.formats.base import make_rng
 from fmtlab.pytorch import _fastpaths
 from fmtlab.pytorch._tables import code_dtype, torch_grid, values_table
 
-__all__ = ["encode", "decode", "quantize", "stochastic_draws", "as_format"]
+__all__ = ["encode", "decode", "quantize", "stochastic_draws", "as_format", "METHODS"]
+
+#: "auto": torch cast twin (CPU, NEAREST_EVEN, fp8/fp16/bf16) > arithmetic path > table path;
+#: "arith": arithmetic minifloat/INT path where it exists, else table; "table": generic path only.
+METHODS = ("auto", "arith", "table")
 
 SeedLike = "int | np.random.Generator | None"
 
@@ -147,8 +154,8 @@ def encode(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Ro
     format's code dtype (torch.uint8 / uint16) and ``x``'s shape and device.
     rounding / overflow / nan: as :meth:`fmtlab.formats.Format.encode`. STOCHASTIC takes ``seed``
     (int or numpy Generator; draws made by numpy on the CPU, then moved) or ``draws`` (one float64
-    uniform [0, 1) per element, C order). ``method="table"`` forces the generic table path (the
-    default "auto" takes the arithmetic minifloat/INT path where one exists; both are exact).
+    uniform [0, 1) per element, C order). ``method``: see :data:`METHODS` (all are exact; they
+    differ in speed only).
     Not differentiable (see ``fmtlab.pytorch.fake_quantize``).
     """
     fmt = as_format(fmt)
@@ -159,8 +166,8 @@ def encode(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = Ro
 def _encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, draws, nan,
                   method: str = "auto") -> torch.Tensor:
     """Flat int32 codes (-1 never returned: NaN without a code raises)."""
-    if method not in ("auto", "table"):
-        raise ValueError(f"method must be 'auto' or 'table', got method={method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got method={method!r}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.is_complex():
@@ -171,9 +178,19 @@ def _encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed, dra
         r = stochastic_draws(x.numel(), seed, draws, x.device)
     if isinstance(fmt, E8M0):
         return _encode_e8m0(_float64(x), mode, overflow, r)
+    twin = _fastpaths.torch_twin(fmt, mode, x) if method == "auto" else None
+    if twin is not None:
+        xw = x.detach().reshape(-1).to(torch.float32)
+        view = torch.uint8 if fmt.bits <= 8 else torch.int16
+        c = xw.to(twin).view(view).to(torch.int32) & ((1 << fmt.bits) - 1)
+        idx = _fastpaths.special_index(xw, fmt)
+        if idx.numel():
+            c[idx] = _encode_codes(xw[idx], fmt, mode, overflow, seed=None, draws=None, nan=nan,
+                                   method="table")
+        return c
     sp = [int(v) for v in fmt.special_codes(overflow, nan)]
     neg = torch.signbit(x.detach().reshape(-1)) if x.is_floating_point() else x.reshape(-1) < 0
-    if method == "auto" and _fastpaths.eligible(fmt, mode):
+    if method != "table" and _fastpaths.eligible(fmt, mode):
         c, xw = _fastpaths.encode_core(x, neg, fmt, mode, sp)
     else:
         xw = _float64(x)
@@ -226,8 +243,22 @@ def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = 
     For float32/float64 input this equals ``fmt.quantize(x.numpy(), ...)`` bit for bit.
     """
     fmt = as_format(fmt)
+    out = _out_dtype(x)
+    twin = None
+    if method == "auto" and isinstance(x, torch.Tensor) and not isinstance(fmt, E8M0):
+        twin = _fastpaths.torch_twin(fmt, Rounding.parse(rounding), x)
+    if twin is not None:  # fused: values straight from the cast, table rules for the rest
+        fmt._resolve(rounding, overflow, nan)
+        xw = x.detach().reshape(-1).to(torch.float32)
+        y = xw.to(twin).to(out)
+        idx = _fastpaths.special_index(xw, fmt)
+        if idx.numel():
+            c = _encode_codes(xw[idx], fmt, rounding, overflow, seed=None, draws=None, nan=nan,
+                              method="table")
+            y[idx] = values_table(fmt, c.device, out)[c.long()]
+        return y.reshape(x.shape)
     c = _encode_codes(x, fmt, rounding, overflow, seed=seed, draws=draws, nan=nan, method=method)
-    return values_table(fmt, c.device, _out_dtype(x))[c.long()].reshape(x.shape)
+    return values_table(fmt, c.device, out)[c.long()].reshape(x.shape)
 
 
 def fake_quant_values(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed=None, draws=None,

@@ -54,7 +54,7 @@ def test_encode_and_quantize_bit_identical(name, dtype):
     x = _inputs(fmt, dtype)
     nan = NanInput.RAISE if fmt.has_nan else NanInput.ZERO
     xt = torch.from_numpy(x)
-    methods = ["auto", "table"]
+    methods = ["auto", "arith", "table"]
     for rounding in ROUNDINGS:
         for overflow in _overflows(fmt):
             want = fmt.encode(x, rounding, overflow, seed=7, nan=nan)
@@ -172,7 +172,16 @@ def test_shapes_and_noncontiguous():
 
 
 def test_fast_path_coverage():
-    """The arithmetic path is taken for minifloats (subnormals on) and INT, deterministic modes."""
+    """The arithmetic path exists for minifloats (subnormals on) and INT in deterministic modes;
+    the torch-cast twin for fp8/fp16/bf16 with NEAREST_EVEN on CPU for float32/16 inputs."""
+    from fmtlab.pytorch._fastpaths import torch_twin
+
+    x32, x64 = torch.ones(2), torch.ones(2, dtype=torch.float64)
+    for name in ("fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp16", "bf16"):
+        assert torch_twin(get_format(name), Rounding.NEAREST_EVEN, x32) is not None
+    assert torch_twin(get_format("fp8_e4m3"), Rounding.NEAREST_EVEN, x64) is None
+    assert torch_twin(get_format("fp8_e4m3"), Rounding.TOWARD_ZERO, x32) is None
+    assert torch_twin(get_format("fp6_e2m3"), Rounding.NEAREST_EVEN, x32) is None
     assert eligible(get_format("fp8_e4m3"), Rounding.NEAREST_EVEN)
     assert eligible(get_format("int4"), Rounding.TOWARD_ZERO)
     assert not eligible(get_format("fp8_e4m3"), Rounding.STOCHASTIC)
@@ -189,6 +198,6 @@ def test_property_random_formats(fmt, rounding, data):
     nan = NanInput.RAISE if fmt.has_nan else NanInput.ZERO
     seed = data.draw(fst.seeds())
     want = fmt.encode(x, rounding, overflow, seed=seed, nan=nan)
-    for method in ("auto", "table"):
+    for method in ("auto", "arith", "table"):
         got = encode(torch.from_numpy(np.array(x)), fmt, rounding, overflow, seed=seed, nan=nan, method=method)
         np.testing.assert_array_equal(got.numpy(), want)
