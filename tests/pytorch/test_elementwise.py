@@ -51,12 +51,16 @@ def _inputs(fmt, dtype) -> np.ndarray:
 def test_encode_and_quantize_bit_identical(name, dtype):
     """Codes and fake-quant bits equal the numba path, every rounding x overflow x method."""
     fmt = get_format(name)
-    x = _inputs(fmt, dtype)
+    full = _inputs(fmt, dtype)
     nan = NanInput.RAISE if fmt.has_nan else NanInput.ZERO
-    xt = torch.from_numpy(x)
     methods = ["auto", "arith", "table"]
+    # 16-bit formats: every point for the default convention (nearest-even, default overflow),
+    # every 7th point (plus both ends: extremes, Inf, NaN) for the other combinations (time)
+    sub = full if fmt.bits <= 8 else np.concatenate([full[:64], full[64:-64:7], full[-64:]])
     for rounding in ROUNDINGS:
         for overflow in _overflows(fmt):
+            x = full if (rounding is Rounding.NEAREST_EVEN and overflow is None) else sub
+            xt = torch.from_numpy(x)
             want = fmt.encode(x, rounding, overflow, seed=7, nan=nan)
             want_q = fmt.decode(want, dtype=dtype)
             for method in methods:
