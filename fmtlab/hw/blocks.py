@@ -108,7 +108,7 @@ def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:
 def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
     """Hidden bit (OR of the exponent field), zero / Inf / NaN detection."""
     e, m = v.exp_bits, v.man_bits
-    g = dict(OR2=(e - 1) + (m - 1) + 1)  # hidden bit; mantissa nonzero; zero
+    g = dict(OR2=(e - 1) + (m - 1) + 1)  # hidden bit; fraction nonzero; zero = ~(hidden | frac)
     special = isinstance(v, FloatAcc) or v.has_inf or v.has_nan
     if special:
         g["AND2"] = (e - 1) + 2  # exponent all ones; inf / nan
@@ -125,25 +125,35 @@ def product_exp_bits(a: FloatView, b: FloatView) -> int:
 
 
 def float_product_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
-    """Decode both operands, multiply significands, add exponents, sign, special flags."""
+    """Decode both operands (hidden bit, E - 1 for normals, specials), multiply significands,
+    sign and special flags. The exponent sum is added by the caller (its width differs)."""
     parts = float_decode_parts(a, a.name) + float_decode_parts(b, b.name)
+    for v in (a, b):
+        parts.append(Part(f"{v.name} exponent max(E, 1)", Gates.of(OR2=1, INV=1)))
     parts.append(Part(f"significand multiplier {a.sig_bits}x{b.sig_bits}",
                       multiplier(a.sig_bits, b.sig_bits, False, st.multiplier)))
-    ew = max(a.exp_bits, b.exp_bits) + 1
-    parts.append(Part("exponent adder", adder(ew, st.adder)))
     parts.append(Part("product sign + special flags", Gates.of(XOR2=1, AND2=4, OR2=3)))
     return parts
 
 
-def product_normalise_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> list[Part]:
-    """Bring the product's leading one to the top: a full LZC + shifter when subnormal inputs
-    can leave leading zeros, else a 1-bit normalisation."""
+def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> list[Part]:
+    """Exponent of the product's leading bit: (E_a - 1) + (E_b - 1) + constant, then the
+    normalisation (full LZC + shifter when subnormal inputs can leave leading zeros, else a
+    1-bit normalisation)."""
     np_ = a.sig_bits + b.sig_bits
+    ew = max(a.exp_bits, b.exp_bits) + 1
+    parts = [Part("product exponent adder", adder(ew, st.adder)),
+             Part("product exponent bias (constant)", Incrementer(we))]
     if a.subnormals or b.subnormals:
-        return [Part("product LZC", LeadingZeroCounter(np_)),
-                Part("product normalise shifter", BarrelShifter(np_, np_ - 1, "right")),
-                Part("product exponent - lzc", adder(we, st.adder))]
-    return [Part("product 1-bit normalise", Mux(np_)), Part("product exponent +1", Incrementer(we))]
+        lzw = clog2(max(np_, 2))
+        parts += [Part("product LZC", LeadingZeroCounter(np_)),
+                  Part("product normalise shifter", BarrelShifter(np_, np_ - 1, "right")),
+                  Part("product exponent - lzc", adder(lzw, st.adder)),
+                  Part("product exponent - lzc (borrow)", Incrementer(we - lzw))]
+    else:
+        parts += [Part("product 1-bit normalise", Mux(np_)), Part("product exponent - 1", Incrementer(we)),
+                  Part("product exponent select", Mux(we))]
+    return parts
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,48 +162,81 @@ def product_normalise_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> 
 
 
 def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bool,
-                   label: str = "acc") -> list[Part]:
+                   label: str = "acc", acc_zero: bool = False) -> list[Part]:
     """Single-path FP adder: operand X (normalised ``np_``-bit significand, ``we``-bit exponent)
-    plus accumulator A, rounded once to ``acc``.
+    plus accumulator A, rounded once to ``acc`` -- the parts of
+    :func:`fmtlab.hw.rtl.fp_adder_module`, step by step.
 
-    Steps (Muller et al., Handbook of FP arithmetic, ch. 7): decode A; compare (exponent, then
+    Steps (Muller et al., Handbook of FP arithmetic, ch. 7): decode A (pre-normalised with an
+    LZC and a shifter when X can lie below A's normal range); compare (exponent, then
     significand) and swap; align the smaller by the exponent difference with sticky; add or
-    subtract; LZC and normalising shift (limited at the minimum exponent); optional
-    denormalising right shift when X can lie below the accumulator's normal range; round
-    (sticky, round decision, increment of the packed exponent|fraction); Inf/NaN/overflow select.
+    subtract; LZC and normalising shift limited at the minimum exponent; optional
+    denormalising right shift; round (sticky, decision, increment of the packed
+    exponent|fraction); Inf/NaN/overflow select. ``acc_zero``: A is the constant 0 (the MX
+    block-sum conversion), which removes decode, compare, swap, alignment and the adder.
     """
-    pa = acc.man_bits + 1
-    wm = max(pa, np_)
+    pc = acc.man_bits + 1
+    wm = max(pc, np_)
     wa = wm + 3
-    parts = float_decode_parts(acc, label)
+    n = wa + 1
+    lzw = clog2(max(n, 2))
+    parts: list[Part] = []
+    if not acc_zero:
+        parts += float_decode_parts(acc, label)
+        parts.append(Part(f"{label} exponent (E + const)", Incrementer(we)))
+        if denormalise:
+            parts += [Part(f"{label} pre-normalise LZC", LeadingZeroCounter(pc)),
+                      Part(f"{label} pre-normalise shifter", BarrelShifter(pc, pc - 1, "right")),
+                      Part(f"{label} exponent - lzc", adder(we, st.adder))]
+        # X is padded with wm - np_ constant zeros (A with wm - pc): those bits compare with an
+        # OR tree and swap with AND gates instead of muxes
+        live = min(np_, pc)
+        parts += [
+            Part("magnitude compare (exponent, significand)", Comparator(we + live)),
+            Part("magnitude compare (zero-padded bits)", OrTree(wm - live)),
+            Part("exponent equal", Gates.of(XNOR2=we, AND2=we - 1)),
+            Part("swap", Mux(live + we), 2),
+            Part("swap (zero-padded bits)", Gates.of(AND2=2 * (wm - live))),
+            Part("exponent difference", adder(we, st.adder)),
+            Part("shift clamp (compare with a constant)", OrTree(we)),
+            Part("shift clamp select", Mux(clog2(wa + 1))),
+            Part("alignment shifter (sticky)", BarrelShifter(wa, wa, "right", sticky=True)),
+            Part("effective subtract (XOR row)", XorRow(wa + 1)),
+            Part("significand adder", adder(wa + 2, st.adder)),
+        ]
+    # exponent logic: room = bt + (1 - emin) and eb = bt + (1 + bias) - shl fold their constants
     parts += [
-        Part("exponent compare", Comparator(we + wm)),
-        Part("exponent difference", adder(we, st.adder)),
-        Part("swap", Mux(wm + we), 2),
-        Part("alignment shifter (sticky)", BarrelShifter(wa, wa, "right", sticky=True)),
-        Part("shift clamp", Gates.of(OR2=we)),
-        Part("effective subtract (XOR row)", XorRow(wa)),
-        Part("significand adder", adder(wa + 1, st.adder, carry_in=True)),
-        Part("leading-zero counter", LeadingZeroCounter(wa + 1)),
-        Part("normalise shifter", BarrelShifter(wa + 1, wa, "right")),
-        Part("normalise limit (min exponent)", Comparator(we)),
-        Part("normalise limit select", Mux(clog2(wa + 2))),
-        Part("exponent update", adder(we, st.adder)),
+        Part("leading-zero counter", LeadingZeroCounter(n)),
+        Part("room above min exponent (bt + const)", Incrementer(we)),
+        Part("normalise limit compare", Comparator(lzw)),
+        Part("normalise limit compare (high bits)", OrTree(we - lzw)),
+        Part("normalise limit select", Mux(lzw, 3)),
+        Part("normalise shifter", BarrelShifter(n, n - 1, "right")),
+        Part("biased result exponent (bt + const - shl)", adder(we, st.adder)),
+        Part("result exponent select", Mux(acc.exp_bits)),
     ]
     if denormalise:
-        parts.append(Part("denormalise shifter (sticky)", BarrelShifter(wa + 1, pa + 2, "right", sticky=True)))
+        kd = clog2(n + 1)
+        parts += [Part("denormalise amount (-room)", XorRow(we)),
+                  Part("denormalise amount +1", Incrementer(we)),
+                  Part("denormalise clamp", Comparator(we)),
+                  Part("denormalise clamp select", Mux(kd, 3)),
+                  Part("denormalise shifter (sticky)", BarrelShifter(n, n, "right", sticky=True))]
     parts += [
-        Part("sticky OR", OrTree(max(wa + 1 - pa, 1))),
+        Part("sticky OR", OrTree(max(n - pc, 1))),
+        Part("overflow (compare with a constant)", Gates.of(AND2=we)),
+        Part("exponent field select", Gates.of(AND2=acc.exp_bits)),
         Part("round decision", Gates.of(AND2=2, OR2=1)),
         Part("round incrementer", Incrementer(acc.exp_bits + acc.man_bits)),
-        Part("overflow / special select", Mux(acc.bits, 3)),
-        Part("overflow detect", Gates.of(AND2=acc.exp_bits, OR2=2)),
+        Part("sign / Inf / NaN logic", Gates.of(AND2=6, OR2=4, XOR2=2)),
+        Part("Inf / NaN / overflow select (constant patterns)", Gates.of(AND2=acc.bits, OR2=acc.bits)),
     ]
     return parts
 
 
 def fp_multiplier_parts(a: FloatView | FloatAcc, out: FloatAcc, st: Styles) -> list[Part]:
-    """A rounding FP multiplier out = round(a * a') (for the energy calibration ops)."""
+    """A rounding FP multiplier out = round(a * a') (for the energy calibration ops): decode,
+    significand multiplier, exponent adder, 1-bit normalisation, rounding, specials."""
     p = a.man_bits + 1
     we = a.exp_bits + 2
     parts = float_decode_parts(a, "x") + float_decode_parts(a, "y")

@@ -64,6 +64,7 @@ class Calibration:
     """Fitted pJ per GE per operation at 45 nm, 0.9 V, for each energy class."""
 
     library: str
+    fa: str
     adder_style: str
     multiplier_style: str
     e_pj_per_ge: tuple[tuple[str, float], ...]
@@ -86,11 +87,11 @@ class Calibration:
 
 @lru_cache(maxsize=None)
 def calibrate(library: str = "nangate45", adder_style: str = "ripple",
-              multiplier_style: str = "array") -> Calibration:
+              multiplier_style: str = "array", fa: str = "gates") -> Calibration:
     """Fit e[class] to Horowitz's figures (non-negative least squares on relative errors)."""
     from scipy.optimize import nnls
 
-    lib = get_library(library)
+    lib = get_library(library, fa)
     st = Styles(adder_style, multiplier_style)
     ops = reference_ops(st)
     ref = load_data("horowitz2014.json")["ops_pj"]
@@ -108,16 +109,16 @@ def calibrate(library: str = "nangate45", adder_style: str = "ripple",
         e[c] = e[t]
     model = A @ x
     rows = tuple((n, float(y[i]), float(model[i])) for i, n in enumerate(names))
-    return Calibration(library, adder_style, multiplier_style,
+    return Calibration(library, fa, adder_style, multiplier_style,
                        tuple((c, e[c]) for c in ENERGY_CLASSES), rows)
 
 
 def calibration_report(library: str = "nangate45", adder_style: str = "ripple",
-                       multiplier_style: str = "array") -> str:
+                       multiplier_style: str = "array", fa: str = "gates") -> str:
     """Markdown: the fitted pJ/GE per class and each calibration op against Horowitz."""
-    cal = calibrate(library, adder_style, multiplier_style)
+    cal = calibrate(library, adder_style, multiplier_style, fa)
     head = ", ".join(f"{c} {v * 1e3:.3f} fJ/GE" for c, v in cal.e.items() if c in FITTED_CLASSES)
     errs = np.abs(np.array(list(cal.errors().values())))
-    return (f"Energy per GE per operation (45 nm, 0.9 V; {library}, {adder_style} adders, "
+    return (f"Energy per GE per operation (45 nm, 0.9 V; {library}, FA as {fa}, {adder_style} adders, "
             f"{multiplier_style} multipliers): {head}; logic and registers use arith's.\n"
             f"Mean |error| {100 * errs.mean():.0f}%, max {100 * errs.max():.0f}%.\n\n" + cal.table())

@@ -27,8 +27,8 @@ from typing import Any
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
-                              fixed_product_parts, float_product_parts, fp_adder_parts,
-                              product_normalise_parts)
+                              fixed_product_parts, float_decode_parts, float_product_parts,
+                              fp_adder_parts, product_exponent_parts)
 from fmtlab.hw.components import (BarrelShifter, CarrySaveRows, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, OrTree, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
@@ -205,50 +205,58 @@ def build_parts(u: MacUnit) -> list[Part]:
     parts = float_product_parts(w, a, st)
     if isinstance(acc, KulischAcc):
         mag, shift, width = kulisch_geometry(w, a, acc.guard)
-        parts.append(Part("product shift amount adder", adder(max(w.exp_bits, a.exp_bits) + 1, st.adder)))
-        parts.append(Part("product alignment shifter", BarrelShifter(w.sig_bits + a.sig_bits, shift, "left")))
-        parts.append(Part("conditional negate (XOR row; +1 as carry-in)", XorRow(width)))
-        parts.append(Part("Kulisch adder", adder(width, st.adder, carry_in=True)))
+        sw = (shift + 2).bit_length()
+        parts.append(Part("product shift amount adder", adder(sw, st.adder)))
+        parts.append(Part("product alignment shifter", BarrelShifter(w.sig_bits + a.sig_bits, shift + 2, "left")))
+        if w.has_inf or w.has_nan or a.has_inf or a.has_nan:
+            parts.append(Part("Inf/NaN gating", Gates.of(AND2=mag, OR2=1)))
+        parts.append(Part("conditional negate (XOR row; +1 as carry-in)", XorRow(mag)))
+        parts.append(Part("Kulisch adder", adder(width + 1, st.adder)))
         nflags = kulisch_flag_bits(w, a)
         if nflags:
             parts.append(Part("Inf/NaN flags", Gates.of(OR2=2 * nflags, AND2=nflags)))
         parts.append(accumulator_register(width + nflags))
         return parts
     g = fp_acc_geometry(w, a, acc)
-    parts += product_normalise_parts(w, a, g["we"], st)
+    parts += product_exponent_parts(w, a, g["we"], st)
     parts += fp_adder_parts(g["np"], g["we"], acc, st, g["denormalise"])
     parts.append(accumulator_register(acc.bits))
     return parts
 
 
 def mx_parts(u: MacUnit) -> list[Part]:
+    """Parts of an MX block dot-product unit (mirrors :func:`fmtlab.hw.rtl._mx_core`)."""
     st = u.styles
     acc: FloatAcc = u.accumulator  # type: ignore[assignment]
     k = u.weight.block
     ew, ea = view(u.weight.element), view(u.activation.element)
-    mag, shift, _ = kulisch_geometry(ew, ea, 0)
-    sum_bits = mag + clog2(k) + 1
+    geo = mx_geometry(ew, ea, k)
+    mag, shift, sb = geo["mag"], geo["shift"], geo["sum_bits"]
     np_ = ew.sig_bits + ea.sig_bits
+    sw = (shift + 2).bit_length()
     per_elem = float_product_parts(ew, ea, st)
-    per_elem.append(Part("product alignment shifter", BarrelShifter(np_, shift, "left")))
-    per_elem.append(Part("conditional negate (XOR row)", XorRow(mag + 1)))
+    per_elem += [Part("product shift amount adder", adder(sw, st.adder)),
+                 Part("product alignment shifter", BarrelShifter(np_, shift + 2, "left")),
+                 Part("conditional negate (XOR row; +1 as carry-in)", XorRow(mag))]
+    if ew.has_inf or ew.has_nan or ea.has_inf or ea.has_nan:
+        per_elem.append(Part("Inf/NaN gating", Gates.of(AND2=mag)))
     parts = [Part(f"[x{k}] {p.label}", p.component, p.count * k) for p in per_elem]
-    parts.append(Part("block carry-save tree", CarrySaveRows(k + 1, sum_bits)))  # + carry-ins row
-    parts.append(Part("block sum adder", adder(sum_bits, st.adder)))
-    parts.append(Part("E8M0 scale adder", adder(9, st.adder)))
-    parts.append(Part("scale NaN detect", Gates.of(AND2=16, OR2=2)))
-    # block sum -> accumulator format: normalise (LZC + shift) and round (an adder with A = 0)
-    we = fp_exp_bits(-(254 + 2 * 150 + sum_bits), 254 + sum_bits)
-    pa = acc.man_bits + 1
-    parts.append(Part("block |sum| (XOR row + increment)", XorRow(sum_bits)))
-    parts.append(Part("block sum LZC", LeadingZeroCounter(sum_bits)))
-    parts.append(Part("block sum normalise shifter", BarrelShifter(sum_bits, sum_bits - 1, "right")))
-    parts.append(Part("block exponent", adder(we, st.adder)))
-    parts.append(Part("block denormalise shifter (sticky)", BarrelShifter(pa + 3, pa + 2, "right", sticky=True)))
-    parts.append(Part("block sticky OR", OrTree(max(sum_bits - pa, 1))))
-    parts.append(Part("block round incrementer", Incrementer(acc.exp_bits + acc.man_bits)))
-    parts.append(Part("block overflow / special select", Mux(acc.bits, 3)))
-    parts += fp_adder_parts(pa, acc.exp_bits + 3, acc, st, False)
+    parts += [Part("block sum: carry-save rows", CarrySaveRows(k + 1, sb)),
+              Part("block sum: final adder", adder(sb, st.adder)),
+              Part("block |sum| (XOR row + increment)", XorRow(sb)),
+              Part("block |sum| increment", Incrementer(sb)),
+              Part("block sum LZC", LeadingZeroCounter(sb)),
+              Part("block sum normalise shifter", BarrelShifter(sb, sb - 1, "right")),
+              Part("block exponent: scale adder + lzc + bias", adder(10, st.adder), 3),
+              Part("scale / element NaN and Inf detect", Gates.of(AND2=14, OR2=3 * k + 2))]
+    base = ew.lsb_min + ea.lsb_min
+    we1 = fp_adder_we(base - 254 - sb, base + 254 + sb, acc, sb)
+    parts += [Part(f"convert: {p.label}", p.component, p.count)
+              for p in fp_adder_parts(sb, we1, acc, st, True, acc_zero=True)]
+    we2 = fp_adder_we(1 - acc.bias - acc.man_bits, (1 << acc.exp_bits) - 1 - acc.bias, acc, acc.man_bits + 1)
+    parts += float_decode_parts(acc, "block value")
+    parts.append(Part("block value exponent (E + const)", Incrementer(we2)))
+    parts += fp_adder_parts(acc.man_bits + 1, we2, acc, st, False)
     parts.append(accumulator_register(acc.bits))
     return [p for p in parts if p.component.cells()]
 
@@ -322,11 +330,11 @@ class MacCost:
 
 
 def unit_cost(u: MacUnit, node: int = 45, vdd: float | None = None,
-              library: str = "nangate45") -> MacCost:
+              library: str = "nangate45", fa: str = "gates") -> MacCost:
     """Cost of a :class:`MacUnit` (see :func:`mac_cost`)."""
-    lib = get_library(library)
+    lib = get_library(library, fa)
     tech = Technology(node, vdd)
-    cal = calibrate(library, u.styles.adder, u.styles.multiplier).e
+    cal = calibrate(library, u.styles.adder, u.styles.multiplier, fa).e
     ef = tech.energy_factor()
     rows = []
     for p in u.parts():
@@ -346,16 +354,18 @@ def mac_cost(weight: "str | Format | MXFormat", activation: "str | Format | MXFo
              accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
              node: int = 45, vdd: float | None = None, library: str = "nangate45",
              overflow: str | None = None, rounding: str | None = None,
-             adder: str = "ripple", multiplier: str = "array") -> MacCost:
+             adder: str = "ripple", multiplier: str = "array", fa: str = "gates") -> MacCost:
     """Area and energy of the MAC unit for ``weight x activation`` into ``accumulator``.
 
     weight, activation: format names from the registry (``"int8"``, ``"dint4"``, ``"log4"``,
     ``"fp8_e4m3"``, ``"bf16"`` ...), MX names (``"mxfp8"``, ``"mxfp4"``) or format objects.
     accumulator: ``"int32"`` (default for integer-like), ``"fp32"`` (default for float),
     ``"kulisch"``, ``"int24_sat"``, ``"bf16"`` ... node (nm) and vdd (V) scale area and energy
-    from 45 nm / 0.9 V (Stillmaker & Baas 2017); library: ``nangate45`` or ``osu018`` GE.
+    from 45 nm / 0.9 V (Stillmaker & Baas 2017); library: ``nangate45`` or ``osu018`` GE;
+    fa: full adders priced as ``gates`` (2 XOR2 + 3 NAND2, default) or library ``cells``;
+    adder: ``ripple``/``brent_kung``/``kogge_stone``; multiplier: ``array``/``booth``.
     Returns a frozen :class:`MacCost` (area_ge, area_um2, energy_pj per MAC, breakdown).
     """
     u = make_unit(weight, activation, accumulator, overflow=overflow, rounding=rounding,
                   adder_style=adder, multiplier_style=multiplier)
-    return unit_cost(u, node, vdd, library)
+    return unit_cost(u, node, vdd, library, fa)

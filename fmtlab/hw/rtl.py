@@ -130,13 +130,42 @@ def shl_module(name: str, n: int, k: int) -> str:
     return "\n".join(lines)
 
 
+def mult_module(name: str, n: int, m: int, signed: bool) -> str:
+    """Array multiplier with explicit partial products (the reduction is left to synthesis).
+
+    unsigned: rows (a & b[j]) << j. signed (two's complement, Baugh-Wooley): rows j < m-1 have
+    their top bit inverted (~(a[n-1] & b[j])), row m-1 has every bit but the top inverted, plus
+    the constant 2^(n+m-1) + 2^(n-1) + 2^(m-1); the sum mod 2^(n+m) is the product. (Yosys' own ``$mul`` of
+    signed operands sign-extends both to the product width and needs ~1.3x the area.)
+    """
+    P = n + m
+    L = [f"module {name}(input [{n - 1}:0] a, input [{m - 1}:0] b, output [{P - 1}:0] y);"]
+    rows = []
+    for j in range(m):
+        if not signed:
+            row = f"a & {{{n}{{b[{j}]}}}}"
+        elif n == 1:
+            row = f"a[0] & b[{j}]"
+        elif j < m - 1:
+            row = f"{{~(a[{n - 1}] & b[{j}]), a[{n - 2}:0] & {{{n - 1}{{b[{j}]}}}}}}"
+        else:
+            row = f"{{a[{n - 1}] & b[{j}], ~(a[{n - 2}:0] & {{{n - 1}{{b[{j}]}}}})}}"
+        L.append(f"  wire [{P - 1}:0] r{j} = {{{m}'d0, {row}}} << {j};")
+        rows.append(f"r{j}")
+    const = ((1 << (P - 1)) + (1 << (n - 1)) + (1 << (m - 1))) % (1 << P) if signed and n > 1 and m > 1 else 0
+    tail = f" + {P}'d{const}" if const else ""
+    L += [f"  assign y = {' + '.join(rows)}{tail};", "endmodule", ""]
+    return "\n".join(L)
+
+
 # ------------------------------------------------------------------------------------------
 # float operand decode and product
 # ------------------------------------------------------------------------------------------
 
 
 def float_decode(p: str, v: FloatView, src: str) -> list[str]:
-    """Wires {p}_s, {p}_sig [P-1:0], {p}_e1 [E-1:0] (= max(E,1) - 1), {p}_zero/_inf/_nan."""
+    """Wires {p}_s, {p}_sig [P-1:0], {p}_ee [E-1:0] (= max(E, 1): the LSB ORed with ~hidden),
+    {p}_zero/_inf/_nan."""
     e, m = v.exp_bits, v.man_bits
     P = m + 1
     L = [f"  wire {p}_s = {src}[{e + m}];",
@@ -149,7 +178,8 @@ def float_decode(p: str, v: FloatView, src: str) -> list[str]:
         L.append(f"  wire [{P - 1}:0] {p}_sig = {{{p}_h{frac}}};")
     else:
         L.append(f"  wire [{P - 1}:0] {p}_sig = {p}_h ? {{1'b1{frac}}} : {P}'d0;")
-    L.append(f"  wire [{e - 1}:0] {p}_e1 = {p}_h ? {p}_E - {e}'d1 : {e}'d0;")
+    hi = f"{p}_E[{e - 1}:1], " if e > 1 else ""
+    L.append(f"  wire [{e - 1}:0] {p}_ee = {{{hi}{p}_E[0] | ~{p}_h}};")
     fnz = f"(|{p}_F)" if m > 0 else "1'b0"
     fall = f"(&{p}_F)" if m > 0 else "1'b1"
     if v.special == "ieee":
@@ -168,11 +198,13 @@ def float_decode(p: str, v: FloatView, src: str) -> list[str]:
     return L
 
 
-def float_product(a: FloatView, b: FloatView) -> list[str]:
-    """Decode w and a; product significand ``ps`` [NP-1:0], sign ``psn``, flags."""
+def float_product(a: FloatView, b: FloatView, mult: str) -> list[str]:
+    """Decode w and a; product significand ``ps`` [NP-1:0] (via the multiplier module ``mult``,
+    see :func:`mult_module`), sign ``psn``, flags."""
     np_ = a.sig_bits + b.sig_bits
     L = float_decode("da", a, "w") + float_decode("db", b, "a")
-    L += [f"  wire [{np_ - 1}:0] ps = da_sig * db_sig;",
+    L += [f"  wire [{np_ - 1}:0] ps;",
+          f"  {mult} umul(.a(da_sig), .b(db_sig), .y(ps));",
           "  wire psn = da_s ^ db_s;",
           "  wire pnan = da_nan | db_nan | (da_inf & db_zero) | (db_inf & da_zero);",
           "  wire pinf = (da_inf | db_inf) & ~pnan;",
@@ -306,6 +338,7 @@ def _fixed_core(name: str, unit: MacUnit) -> tuple[str, int]:
     from fmtlab.hw.blocks import fixed_product_bits
 
     P = fixed_product_bits(w, a)
+    subs: list[str] = []
     L = [f"module {name}_core(input [{w.bits - 1}:0] w, input [{a.bits - 1}:0] a, "
          f"input [{W - 1}:0] acc_in, output [{W - 1}:0] acc_out);"]
 
@@ -341,24 +374,34 @@ def _fixed_core(name: str, unit: MacUnit) -> tuple[str, int]:
               f"  wire [{P - 1}:0] pm = {lp}_zero ? {P}'d0 : sh[{P}:1];",
               f"  wire neg = {lp}_s;"]
     else:
-        def operand(p: str, v: FixedView, src: str) -> tuple[str, int]:
-            if v.kind == "int":
-                return f"$signed({src})", v.bits
-            if v.kind == "uint":
-                return f"$signed({{1'b0, {src}}})", v.bits + 1
+        def operand(p: str, v: FixedView, src: str) -> tuple[str, int, bool]:
+            """(bits expression, width, two's complement?) of a multiplier input."""
+            if v.kind in ("int", "uint"):
+                return src, v.bits, v.kind == "int"
             sm_decode(p, v, src)
             nd = len(v.denormal_ivals)
             sb = v.sig_bits
             mb = v.bits - 1
             L.append(f"  wire [{mb - 1}:0] {p}_int = {p}_m - {mb}'d{nd};")
             L.append(f"  wire {p}_den = ({p}_m <= {mb}'d{nd}) & ~{p}_zero;")
-            return f"$signed({{1'b0, {p}_int[{sb - 1}:0]}})", sb + 1
+            return f"{p}_int[{sb - 1}:0]", sb, False
 
-        xw, nw = operand("dw", w, "w")
-        xa, na = operand("da", a, "a")
+        if w.kind == "dint" and a.kind == "dint":
+            raise FmtlabError("dINT x dINT units are modelled but have no RTL generator")
+        bw_, nw, sw_ = operand("dw", w, "w")
+        ba_, na, sa_ = operand("da", a, "a")
+        signed = sw_ or sa_
+        if signed and not sw_:
+            bw_, nw = f"{{1'b0, {bw_}}}", nw + 1
+        if signed and not sa_:
+            ba_, na = f"{{1'b0, {ba_}}}", na + 1
+        xw = f"$signed({bw_})" if signed else bw_
+        xa = f"$signed({ba_})" if signed else ba_
         M = nw + na
-        L.append(f"  wire signed [{M - 1}:0] pr = {xw} * {xa};")
-        expr = f"pr"
+        subs.append(mult_module(f"{name}_mul", nw, na, signed))
+        L.append(f"  wire [{M - 1}:0] pr;")
+        L.append(f"  {name}_mul umul(.a({bw_}), .b({ba_}), .y(pr));")
+        expr = "pr"
         width = M
         for p, v, other, ow in (("dw", w, xa, na), ("da", a, xw, nw)):
             if v.kind != "dint":
@@ -389,7 +432,7 @@ def _fixed_core(name: str, unit: MacUnit) -> tuple[str, int]:
     else:
         L.append(f"  assign acc_out = acc_in + {pe};")
     L += ["endmodule", ""]
-    return "\n".join(L), W
+    return "\n".join(subs + L), W
 
 
 def _kulisch_core(name: str, unit: MacUnit) -> tuple[str, int]:
@@ -399,13 +442,16 @@ def _kulisch_core(name: str, unit: MacUnit) -> tuple[str, int]:
     mag, shift, W = kulisch_geometry(a, b, acc.guard)
     nf = kulisch_flag_bits(a, b)
     np_ = a.sig_bits + b.sig_bits
-    sw = max(shift, 1).bit_length()
+    sw = (shift + 2).bit_length()
     T = W + nf
-    L = [f"module {name}_core(input [{a.bits - 1}:0] w, input [{b.bits - 1}:0] a, "
+    L = [mult_module(f"{name}_mul", a.sig_bits, b.sig_bits, False),
+         f"module {name}_core(input [{a.bits - 1}:0] w, input [{b.bits - 1}:0] a, "
          f"input [{T - 1}:0] acc_in, output [{T - 1}:0] acc_out);"]
-    L += float_product(a, b)
-    L += [f"  wire [{sw - 1}:0] sh = {_ext('da_e1', a.exp_bits, sw, False)} + {_ext('db_e1', b.exp_bits, sw, False)};",
-          f"  wire [{mag - 1}:0] pmag = (pnan | pinf) ? {mag}'d0 : ({_ext('ps', np_, mag, False)} << sh);",
+    L += float_product(a, b, f"{name}_mul")
+    # shift = max(Ea,1) + max(Eb,1) - 2: shift by the sum, drop the two LSBs (always zero)
+    L += [f"  wire [{sw - 1}:0] sh = {_ext('da_ee', a.exp_bits, sw, False)} + {_ext('db_ee', b.exp_bits, sw, False)};",
+          f"  wire [{mag + 1}:0] pm2 = {_ext('ps', np_, mag + 2, False)} << sh;",
+          f"  wire [{mag - 1}:0] pmag = (pnan | pinf) ? {mag}'d0 : pm2[{mag + 1}:2];",
           f"  wire [{W - 1}:0] reg0 = acc_in[{W - 1}:0];",
           f"  wire [{W}:0] t = {{reg0, 1'b1}} + {{{_ext('pmag', mag, W, False)} ^ {{{W}{{psn}}}}, psn}};"]
     if nf == 0:
@@ -430,14 +476,14 @@ def _float_core(name: str, unit: MacUnit) -> tuple[str, int]:
     g = fp_acc_geometry(a, b, acc)
     np_, we = g["np"], g["we"]
     accb = acc.bits
-    subs = []
+    subs = [mult_module(f"{name}_mul", a.sig_bits, b.sig_bits, False)]
     L = [f"module {name}_core(input [{a.bits - 1}:0] w, input [{b.bits - 1}:0] a, "
          f"input [{accb - 1}:0] acc_in, output [{accb - 1}:0] acc_out);"]
-    L += float_product(a, b)
-    # exponent of product bit np-1: (e1a + 1 - ba) + (e1b + 1 - bb) + 1
-    off = 3 - a.bias - b.bias
-    L.append(f"  wire signed [{we - 1}:0] pt0 = $signed({_ext('da_e1', a.exp_bits, we, False)}) + "
-             f"$signed({_ext('db_e1', b.exp_bits, we, False)}) + {_const(off, we)};")
+    L += float_product(a, b, f"{name}_mul")
+    # exponent of product bit np-1: (max(Ea,1) - ba) + (max(Eb,1) - bb) + 1
+    off = 1 - a.bias - b.bias
+    L.append(f"  wire signed [{we - 1}:0] pt0 = $signed({_ext('da_ee', a.exp_bits, we, False)}) + "
+             f"$signed({_ext('db_ee', b.exp_bits, we, False)}) + {_const(off, we)};")
     if a.subnormals or b.subnormals:
         lz_txt, lzw = lzc_module(f"{name}_plz", np_)
         subs += [lz_txt, shl_module(f"{name}_pnorm", np_, lzw)]
@@ -465,7 +511,7 @@ def _mx_core(name: str, unit: MacUnit) -> tuple[str, int]:
     geo = mx_geometry(ew, ea, k)
     mag, shift, sb = geo["mag"], geo["shift"], geo["sum_bits"]
     np_ = ew.sig_bits + ea.sig_bits
-    sw = max(shift, 1).bit_length()
+    sw = (shift + 2).bit_length()
     eb, ab = ew.bits, ea.bits
     accb = acc.bits
     base = ew.lsb_min + ea.lsb_min
@@ -474,12 +520,13 @@ def _mx_core(name: str, unit: MacUnit) -> tuple[str, int]:
     t_lo = base - 254 - sb
     we1 = fp_adder_we(t_lo, t_hi, acc, sb)
     we2 = fp_adder_we(1 - acc.bias - acc.man_bits, (1 << acc.exp_bits) - 1 - acc.bias, acc, acc.man_bits + 1)
-    subs = []
+    subs = [mult_module(f"{name}_mul", ew.sig_bits, ea.sig_bits, False)]
     elem = [f"module {name}_elem(input [{eb - 1}:0] w, input [{ab - 1}:0] a, output [{sb - 1}:0] term, "
             "output cin, output enan, output epinf, output eninf);"]
-    elem += float_product(ew, ea)
-    elem += [f"  wire [{sw - 1}:0] sh = {_ext('da_e1', ew.exp_bits, sw, False)} + {_ext('db_e1', ea.exp_bits, sw, False)};",
-             f"  wire [{mag - 1}:0] pmag = (pnan | pinf) ? {mag}'d0 : ({_ext('ps', np_, mag, False)} << sh);",
+    elem += float_product(ew, ea, f"{name}_mul")
+    elem += [f"  wire [{sw - 1}:0] sh = {_ext('da_ee', ew.exp_bits, sw, False)} + {_ext('db_ee', ea.exp_bits, sw, False)};",
+             f"  wire [{mag + 1}:0] pm2 = {_ext('ps', np_, mag + 2, False)} << sh;",
+             f"  wire [{mag - 1}:0] pmag = (pnan | pinf) ? {mag}'d0 : pm2[{mag + 1}:2];",
              f"  assign term = {_ext('pmag', mag, sb, False)} ^ {{{sb}{{psn}}}};",
              "  assign cin = psn;",
              "  assign enan = pnan;",

@@ -192,3 +192,72 @@ def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True
     res = run_yosys(rtl, lib)
     _atomic_write(user_cache_dir() / f"{res.key}.json", json.dumps(res.as_dict(), indent=1))
     return res
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonRow:
+    """Model and synthesis area of one unit, absolute and relative to the baseline unit."""
+
+    unit: str
+    model_ge: float
+    synth_ge: float | None  # Liberty area / NAND2 area
+    synth_transistors: int
+    model_ratio: float
+    synth_ratio: float | None
+    transistor_ratio: float
+
+    @property
+    def ratio_error(self) -> float | None:
+        """model ratio / synthesis ratio - 1."""
+        return None if self.synth_ratio is None else self.model_ratio / self.synth_ratio - 1.0
+
+
+def compare(units, baseline, library: str = "osu018", fa: str = "gates",
+            liberty: str | None = "default", use_cache: bool = True,
+            cache_only: bool = False) -> list[ComparisonRow]:
+    """Model area vs synthesised area for ``units``, each also as a ratio to ``baseline``.
+
+    The model is evaluated with the cell library the synthesis maps to (``osu018``), so both
+    sides price cells alike. ``cache_only``: use cached results only (units without one are
+    skipped) -- never runs Yosys.
+    """
+    from fmtlab.hw.mac import unit_cost
+    from fmtlab.hw.rtl import generate
+
+    lib = liberty_path() if liberty == "default" else liberty
+
+    def get(u):
+        rtl = generate(u)
+        if cache_only:
+            return cached(rtl, lib)
+        return synthesize(rtl, lib, use_cache)
+
+    b = get(baseline)
+    if b is None:
+        raise FmtlabError(f"no cached synthesis result for the baseline {baseline.name}")
+    bm = unit_cost(baseline, library=library, fa=fa).area_ge_per_mac
+    rows = []
+    for u in units:
+        s = get(u)
+        if s is None:
+            continue
+        m = unit_cost(u, library=library, fa=fa).area_ge_per_mac
+        k = u.macs_per_cycle
+        sge = None if s.ge is None else s.ge / k
+        rows.append(ComparisonRow(u.name, m, sge, s.transistors, m / bm,
+                                  None if sge is None or b.ge is None else sge / b.ge,
+                                  (s.transistors / k) / b.transistors))
+    return rows
+
+
+def comparison_table(rows: list[ComparisonRow]) -> str:
+    """Markdown table of :func:`compare` rows (areas per MAC; MX units per element)."""
+    out = ["| unit | model GE | synth GE (osu018) | synth transistors | model ratio | synth ratio "
+           "| transistor ratio | model/synth ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        sge = "-" if r.synth_ge is None else f"{r.synth_ge:.0f}"
+        sr = "-" if r.synth_ratio is None else f"{r.synth_ratio:.2f}"
+        er = "-" if r.ratio_error is None else f"{100 * r.ratio_error:+.0f}%"
+        out.append(f"| {r.unit} | {r.model_ge:.0f} | {sge} | {r.synth_transistors} | "
+                   f"{r.model_ratio:.2f} | {sr} | {r.transistor_ratio:.2f} | {er} |")
+    return "\n".join(out)

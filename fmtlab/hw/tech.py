@@ -30,14 +30,23 @@ def load_data(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
+FA_STYLES = ("gates", "cells")
+
+
 @dataclasses.dataclass(frozen=True)
 class CellLibrary:
-    """A standard-cell library seen as gate equivalents of the primitives components count."""
+    """A standard-cell library seen as gate equivalents of the primitives components count.
+
+    fa: ``gates`` (default) prices a full adder as 2 XOR2 + 3 NAND2 and a half adder as
+    XOR2 + AND2 (``cells.json`` 'composite'), as a synthesis tool without multi-output adder
+    cells builds them; ``cells`` uses the library's FA/HA cells.
+    """
 
     name: str
     node_nm: int
     source: str
     area_um2: Mapping[str, float] = dataclasses.field(repr=False)
+    fa: str = "gates"
 
     @property
     def nand2_um2(self) -> float:
@@ -45,22 +54,27 @@ class CellLibrary:
 
     def ge(self, cell: str) -> float:
         """Gate equivalents of one ``cell`` (NAND2 = 1)."""
+        if self.fa == "gates" and cell in ("FA", "HA"):
+            comp = load_data("cells.json")["composite"][cell]
+            return sum(n * self.ge(c) for c, n in comp.items())
         try:
             return float(self.area_um2[cell]) / self.nand2_um2
         except KeyError:
             raise FmtlabError(f"cell library {self.name!r} has no primitive {cell!r}") from None
 
 
-def get_library(name: str = "nangate45") -> CellLibrary:
-    """The cell library called ``name`` (``nangate45`` or ``osu018``)."""
+def get_library(name: str = "nangate45", fa: str = "gates") -> CellLibrary:
+    """The cell library called ``name`` (``nangate45`` or ``osu018``); ``fa`` see CellLibrary."""
     libs = load_data("cells.json")["libraries"]
     if name not in libs:
         raise FmtlabError(f"unknown cell library {name!r}; known: {', '.join(sorted(libs))}")
+    if fa not in FA_STYLES:
+        raise FmtlabError(f"fa must be one of {FA_STYLES}, got fa={fa!r}")
     d = libs[name]
     missing = [c for c in PRIMITIVES if c not in d["area_um2"]]
     if missing:
         raise FmtlabError(f"cell library {name!r} lacks {missing}")
-    return CellLibrary(name, int(d["node_nm"]), d["source"], dict(d["area_um2"]))
+    return CellLibrary(name, int(d["node_nm"]), d["source"], dict(d["area_um2"]), fa)
 
 
 def list_nodes() -> list[int]:
