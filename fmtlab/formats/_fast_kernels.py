@@ -67,10 +67,26 @@ IN.__doc__ = """INT parameters: lo/hi = most negative / largest value; mask = 2*
 nan32/nan64 = value of the NaN-input code (0.0 with nan='zero', NaN while raising)."""
 TB = namedtuple("TB", ["mode", "kind", "K", "ndenorm", "inv_log2b", "kmax", "signbit", "negzero",
                        *SPEC, "nan64", "nan_raise"])
-TB.__doc__ = """Sign-symmetric table parameters; the table T is [3, K+2]: T[0] = mags, ascending
-magnitudes (mags[0] = 0, mags[K] = max, mags[K+1] = the virtual value above); T[1][j] = the
-format's float64 rounding boundary between mags[j] and mags[j+1]; T[2][j] = tie flag (1.0 = even).
-kind 0 = dINT (ndenorm levels below 1, then 1, 2, ...), 1 = log (mags[j] = b**-(kmax+1-j))."""
+TB.__doc__ = """Sign-symmetric table parameters; the table T is [4, K+2]: T[0] = mags, ascending
+magnitudes (mags[0] = 0, mags[K] = max, mags[K+1] = the virtual value above); T[1][j] = ub[j],
+the format's float64 rounding boundary between mags[j] and mags[j+1] (+inf at K+1); T[2][j] = tie
+flag (1.0 = even); T[3][j] = lb[j] = ub[j-1] (-inf at 0). kind 0 = dINT (ndenorm levels below 1,
+then 1, 2, ...), 1 = log (mags[j] = b**-(kmax+1-j))."""
+TBD = namedtuple("TBD", TB._fields + ("th0", "th1", "th2", "v1", "v2", "strict", "vmax"))
+TBD.__doc__ = """dINT with at most 2 denormal levels (float32 fast path). th_i: the threshold a must
+pass to reach level i+1 (rounding bounds for RNE/RNA, the levels themselves for TZ; +inf where
+unused; th_ndenorm is the threshold into 1.0); strict: '>' (RNE: ties below 1 go down) or '>='.
+v1, v2: the denormal levels; vmax: the largest integer level."""
+_SMALL = 8  # thresholds of the small-table path (formats with K + 1 <= 8: log2..log4, dint4)
+TBS = namedtuple("TBS", TB._fields + tuple(f"{c}{i}" for i in range(_SMALL) for c in "tul"))
+TBS.__doc__ = """Sign-symmetric table with at most 8 rounding thresholds (float32 fast path without
+gathers). Step i: a passes threshold t_i (a > t_i, or a == t_i when u_i) -> the value l_i.
+Nearest modes: t_i = ub[i] and u_i = 'a tie at ub[i] goes up'; TOWARD_ZERO: t_i = mags[i+1],
+u_i = 1. l_i = mags[i+1], except that the virtual level above max is max itself (saturation);
+unused steps have t_i = +inf."""
+TBL = namedtuple("TBL", TB._fields + ("off",))
+TBL.__doc__ = """log-base-b whose estimate is within one index (float32 fast path); off: 1.5 for
+nearest modes (log-domain nearest index), 1.0 for TOWARD_ZERO (floor index)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +374,98 @@ def _tb_fq(P, T, y):
     return P.nan64 if y != y else v
 
 
+@njit
+def _dint_fq32(P, y):
+    """dINT element value (float64) of float32 y, branch-free; ndenorm <= 2.
+
+    a = |y|; integer region (a past th_ndenorm): rint / floor(a + 0.5) / floor, capped at vmax;
+    below: a chain of selects over the denormal thresholds. Ties between levels below 1 go down
+    under NEAREST_EVEN (0 is even, denormal levels and 1 are not: smaller magnitude wins).
+    """
+    a = abs(np.float64(y))
+    mode = P.mode
+    if mode == NEAREST_EVEN:
+        vi = np.rint(a)
+    elif mode == NEAREST_AWAY:
+        vi = np.floor(a + 0.5)
+    else:
+        vi = np.floor(a)
+    vi = min(vi, P.vmax)
+    c0 = (a > P.th0) | ((not P.strict) & (a == P.th0))
+    c1 = (a > P.th1) | ((not P.strict) & (a == P.th1))
+    c2 = (a > P.th2) | ((not P.strict) & (a == P.th2))
+    vd = P.v1 if c0 else 0.0
+    vd = P.v2 if c1 else vd
+    nd = P.ndenorm
+    up = c2 if nd == 2 else (c1 if nd == 1 else c0)
+    v = vi if up else vd
+    neg = np.signbit(y)
+    v = -v if (neg & ((v > 0.0) | P.negzero)) else v
+    return P.nan64 if y != y else v
+
+
+@njit
+def _log_fq32(P, T, y):
+    """log-base-b element value (float64) of float32 y: index estimate, one exact fix-up step each
+    way against the float64 bounds, then the tie rule.
+
+    |y| = (1 + f) * 2**(E - 127):  log2 |y| ~ (E - 127) + f + 0.3466 f (1 - f)   (error < 0.006)
+    j0 = floor(log2|y| / log2 b + kmax + off), clamped to [0, K + 1]; E = 0 (zero, subnormal): j0 = 0.
+    Nearest modes: j = #(ub < a) (ties down) via  j -= a <= lb[j];  j += a > ub[j];  a tie
+    (a == ub[j]) moves up under NEAREST_AWAY, or to an even neighbour under NEAREST_EVEN.
+    TOWARD_ZERO: the floor index via the magnitudes themselves.
+    """
+    b = f32_bits(y) & ABS32
+    a = np.float64(bits_f32(b))
+    E = b >> 23
+    f = np.float64(b & MAN32) * (1.0 / 8388608.0)
+    l2 = np.float64(E - 127) + f + 0.3466 * f * (1.0 - f)
+    t = min(max(l2 * P.inv_log2b + (P.kmax + P.off), 0.0), P.K + 1.0)
+    j = np.int64(t) if E > 0 else 0
+    mags = T[0]
+    ub = T[1]
+    lb = T[3]
+    if P.mode == TOWARD_ZERO:
+        j = j - (a < mags[j])
+        j = j + (a >= mags[min(j + 1, P.K + 1)])
+    else:
+        j = j - (a <= lb[j])
+        j = j + (a > ub[j])
+        tie = a == ub[j]
+        if P.mode == NEAREST_AWAY:
+            j = j + tie
+        else:
+            ev = T[2]
+            j = j + (tie & (ev[j] == 0.0) & (ev[min(j + 1, P.K + 1)] != 0.0))
+    j = min(j, P.K)
+    v = mags[j]
+    v = -v if (np.signbit(y) & ((j > 0) | P.negzero)) else v
+    return P.nan64 if y != y else v
+
+
+@njit
+def _step(a, t, u, lv, v):
+    return lv if ((a > t) | ((a == t) & u)) else v
+
+
+@njit
+def _small_fq(P, y):
+    """Element value (float64) of y for a table with <= 8 thresholds: a chain of selects over
+    thresholds broadcast from scalars (no table gathers; see ``TBS``)."""
+    a = abs(np.float64(y))
+    v = 0.0
+    v = _step(a, P.t0, P.u0, P.l0, v)
+    v = _step(a, P.t1, P.u1, P.l1, v)
+    v = _step(a, P.t2, P.u2, P.l2, v)
+    v = _step(a, P.t3, P.u3, P.l3, v)
+    v = _step(a, P.t4, P.u4, P.l4, v)
+    v = _step(a, P.t5, P.u5, P.l5, v)
+    v = _step(a, P.t6, P.u6, P.l6, v)
+    v = _step(a, P.t7, P.u7, P.l7, v)
+    v = -v if (np.signbit(y) & ((v > 0.0) | P.negzero)) else v
+    return P.nan64 if y != y else v
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile-time dispatch on the parameter tuple's type
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +487,7 @@ def _ov_code(P, T, x, r, z):
         return lambda P, T, x, r, z: _mf_code(P, x, r)
     if _is(P, IN):
         return lambda P, T, x, r, z: _int_code(P, x, r, z)
-    if _is(P, TB):
+    if _is(P, TB) or _is(P, TBD) or _is(P, TBL) or _is(P, TBS):
         return lambda P, T, x, r, z: _tb_code(P, T, x, r)
 
 
@@ -398,6 +506,16 @@ def _ov_fq(P, T, V, y, z):
         return lambda P, T, V, y, z: _int_fq64(P, y, z)
     if _is(P, TB):
         return lambda P, T, V, y, z: _tb_fq(P, T, y)
+    if _is(P, TBD):
+        if f32:
+            return lambda P, T, V, y, z: _dint_fq32(P, y)
+        return lambda P, T, V, y, z: _tb_fq(P, T, y)
+    if _is(P, TBL):
+        if f32:
+            return lambda P, T, V, y, z: _log_fq32(P, T, y)
+        return lambda P, T, V, y, z: _tb_fq(P, T, y)
+    if _is(P, TBS):
+        return lambda P, T, V, y, z: _small_fq(P, y)
 
 
 # ---------------------------------------------------------------------------------------------

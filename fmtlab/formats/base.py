@@ -353,4 +353,15 @@ class Format:
         """decode(encode(x)) in x's float dtype (float64 for non-float input)."""
         a = self._as_float(x)
         out_dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
+        if a.dtype == out_dtype:  # a fused kernel may answer directly (same bits)
+            r, o, n = self._resolve(rounding, overflow, nan)
+            q = self._quantize_array(a, r, o, n, seed)
+            if q is not None:
+                return q.reshape(a.shape)
         return self.decode(self.encode(a, rounding, overflow, seed, nan), dtype=out_dtype)
+
+    def _quantize_array(self, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
+                        seed) -> np.ndarray | None:
+        """Fused decode(encode(a)) in a's dtype (float32/float64), or None to use encode + decode.
+        Families with fast kernels override this (fmtlab.formats.kernels.quantize_fast)."""
+        return None

@@ -66,6 +66,16 @@ class IntFormat(Format):
         low = -(1 << (self.bits - 1)) + (1 if self.narrow else 0)
         return float(low - 1), (low - 1) % 2 == 0
 
+    def _encode_array(self, a, rounding, overflow, nan, rand):
+        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
+
+        return encode_fast(self, a, rounding, overflow, nan, rand)
+
+    def _quantize_array(self, a, rounding, overflow, nan, seed):
+        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
+
+        return quantize_fast(self, a, rounding, overflow, nan, seed)
+
     @property
     def min_normal(self) -> float:
         return 1.0

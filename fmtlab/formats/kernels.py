@@ -111,14 +111,45 @@ def _tb_params(fmt, mode, spec, vals, nan_raise):
         kind, nden, inv_log2b, kmax = 0, len(fmt.denormals), 0.0, 0
     else:
         kind, nden, inv_log2b, kmax = 1, 0, 1.0 / math.log2(fmt.base), fmt.kmax
-    T = np.zeros((3, Kn + 2))
+    T = np.zeros((4, Kn + 2))
     T[0] = mags
     T[1, :Kn + 1] = bounds
+    T[1, Kn + 1] = np.inf
     T[2] = g.even[i0:]
+    T[3, 0] = -np.inf
+    T[3, 1:] = T[1, :Kn + 1]
     T.setflags(write=False)
-    P = K.TB(mode, kind, Kn, nden, inv_log2b, kmax, signbit, fmt.negative_zero_code is not None,
-             *spec, np.nan if nan_raise else 0.0, nan_raise)
+    base = (mode, kind, Kn, nden, inv_log2b, kmax, signbit, fmt.negative_zero_code is not None,
+            *spec, np.nan if nan_raise else 0.0, nan_raise)
+    P = K.TB(*base)
+    ties_down = T[2, 0] == 1.0 and not T[2, 1:nden + 2].any()  # below 1: RNE ties go down
+    if kind == 0 and nden <= 2 and ties_down and mode != K.STOCHASTIC:
+        th = mags[1:nden + 2] if mode == K.TOWARD_ZERO else bounds[:nden + 1]
+        th = list(th) + [np.inf] * (3 - len(th))
+        lev = list(mags[1:nden + 1]) + [0.0] * (2 - nden)
+        P = K.TBD(*base, th[0], th[1], th[2], lev[0], lev[1], mode == K.NEAREST_EVEN,
+                  float(mags[Kn]))
+    elif Kn + 1 <= K._SMALL and mode != K.STOCHASTIC:
+        P = K.TBS(*base, *_small_steps(mode, mags, bounds, T[2], Kn))
+    elif kind == 1 and math.log2(fmt.base) > 0.05 and mags[1] >= 2.0 ** -126 and mode != K.STOCHASTIC:
+        P = K.TBL(*base, 1.0 if mode == K.TOWARD_ZERO else 1.5)
     return Plan(P, T, vals)
+
+
+def _small_steps(mode, mags, bounds, even, Kn) -> list:
+    """(t_i, u_i, l_i) for i < 8 of the TBS small-table path (see _fast_kernels.TBS)."""
+    out = []
+    for i in range(K._SMALL):
+        if i > Kn:
+            out += [np.inf, False, float(mags[Kn])]
+            continue
+        lv = float(mags[min(i + 1, Kn)])  # the virtual level above max saturates to max
+        if mode == K.TOWARD_ZERO:
+            out += [float(mags[i + 1]), True, lv]
+        else:
+            up = mode == K.NEAREST_AWAY or (even[i] == 0.0 and even[i + 1] != 0.0)
+            out += [float(bounds[i]), bool(up), lv]
+    return out
 
 
 def _nan_error(fmt: Format, bad: int) -> FormatError:
@@ -212,10 +243,15 @@ def encode_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overfl
 
 
 def quantize_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
-                  rand) -> np.ndarray | None:
-    """decode(encode(a)) in a's dtype, fused; None where the fast kernels do not apply."""
+                  seed=None) -> np.ndarray | None:
+    """decode(encode(a)) in a's dtype, fused; None where the fast kernels do not apply. For
+    STOCHASTIC the draws are ``make_rng(seed).random(a.size)``, as ``Format.encode`` draws them."""
     if params(fmt, rounding, overflow, nan) is None or a.dtype not in (np.float32, np.float64):
         return None
-    one = _ONE[a.dtype]
-    return fq_scaled(fmt, a, Rows(a.size, 1), one, pow2=True, rounding=rounding,
+    rand = None
+    if rounding is Rounding.STOCHASTIC:
+        from fmtlab.formats.base import make_rng
+
+        rand = make_rng(seed).random(a.size)
+    return fq_scaled(fmt, a, Rows(a.size, 1), _ONE[a.dtype], pow2=True, rounding=rounding,
                      overflow=overflow, nan=nan, rand=rand)

@@ -128,6 +128,16 @@ class LogFormat(Format):
         b = np.where((hi == 0) & (lo < 0), -t, b)
         return b
 
+    def _encode_array(self, a, rounding, overflow, nan, rand):
+        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
+
+        return encode_fast(self, a, rounding, overflow, nan, rand)
+
+    def _quantize_array(self, a, rounding, overflow, nan, seed):
+        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
+
+        return quantize_fast(self, a, rounding, overflow, nan, seed)
+
     @property
     def negative_zero_code(self) -> int | None:
         return (1 << (self.bits - 1)) if self.negative_zero else None

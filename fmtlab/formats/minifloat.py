@@ -157,6 +157,16 @@ class MiniFloat(Format):
     def negative_zero_code(self) -> int | None:
         return None if self.special == "fnuz" else 1 << (self.exp_bits + self.man_bits)
 
+    def _encode_array(self, a, rounding, overflow, nan, rand):
+        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
+
+        return encode_fast(self, a, rounding, overflow, nan, rand)
+
+    def _quantize_array(self, a, rounding, overflow, nan, seed):
+        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
+
+        return quantize_fast(self, a, rounding, overflow, nan, seed)
+
     # ---- facts ----------------------------------------------------------------------------
     @property
     def min_normal(self) -> float:
