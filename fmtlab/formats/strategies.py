@@ -198,12 +198,12 @@ def _value_list(fmt: Format) -> tuple[float, ...]:
     return tuple(float(x) for x in v[np.isfinite(v)])
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=16)  # a 16-bit format's list is ~10 MB
 def _boundary_list(fmt: Format, dtype_str: str) -> tuple[float, ...]:
     return tuple(_boundary_points(fmt, dtype_str).tolist())
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)
 def _sampled(kind: str, fmt: Format, dtype_str: str = "") -> st.SearchStrategy:
     """Cached sampled_from strategies (hypothesis scans the sequence on construction, which
     costs ~0.1 s for the 400k boundary points of a 16-bit format)."""
@@ -260,7 +260,7 @@ def _dtype_of(width_or_dtype) -> np.dtype:
     return dt
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=32)  # a 16-bit format's array is ~3 MB
 def _boundary_points(fmt: Format, dtype_str: str) -> np.ndarray:
     dt = np.dtype(dtype_str)
     v = fmt.values()
