@@ -286,11 +286,14 @@ class Format:
         a = np.asarray(x)
         if a.dtype.kind == "c":
             raise TypeError("complex input cannot be encoded")
+        if a.dtype.kind == "V" and a.dtype.names is None and a.dtype.itemsize <= 2:
+            try:  # ml_dtypes' floats (bfloat16, float8_*) widen exactly to float64
+                return a.astype(np.float64)
+            except (TypeError, ValueError):
+                pass
         if a.dtype.kind not in "fiub":
             raise TypeError(f"cannot encode an array of dtype {a.dtype}")
         if a.dtype == np.float16 or a.dtype.kind in "iub":
-            a = a.astype(np.float64)
-        if a.dtype.kind != "f":  # ml_dtypes and other extension floats
             a = a.astype(np.float64)
         return a
 

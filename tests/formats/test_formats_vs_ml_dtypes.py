@@ -167,3 +167,15 @@ def test_shapes_match(ml_pair, shape):
     c = fmt.encode(x)
     assert c.shape == x.shape and c.dtype == fmt.code_dtype
     np.testing.assert_array_equal(c, peer_codes(x, dt, fmt.bits))
+
+
+def test_ml_dtypes_arrays_are_inputs(ml_pair):
+    """An array of the peer dtype itself is accepted (widened exactly): encoding ml_dtypes'
+    own values gives back their codes (NaNs: a NaN code)."""
+    fmt, dt = ml_pair
+    codes = np.arange(1 << fmt.bits, dtype=np.uint8 if fmt.bits <= 8 else np.uint16)
+    arr = codes.view(dt)
+    got = fmt.encode(arr)
+    nan = np.isnan(arr.astype(np.float32))
+    np.testing.assert_array_equal(got[~nan], codes[~nan])
+    assert np.isnan(fmt.decode(got[nan])).all()
