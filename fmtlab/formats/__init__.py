@@ -11,8 +11,18 @@ from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.minifloat import MiniFloat
 from fmtlab.formats.registry import get_format, list_formats
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+from fmtlab.formats.scaling import (
+    MSE, AbsMax, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
+    SharedExp, Static,
+)
+from fmtlab.formats.quantizer import QTensor, Quantizer, QuantReport
+from fmtlab.formats.presets import get_quantizer, list_quantizers
 
 __all__ = [
     "Format", "IntFormat", "DInt", "LogFormat", "MiniFloat", "E8M0",
     "get_format", "list_formats", "Rounding", "Overflow", "NanInput",
+    # scaling layer (quantizers)
+    "Quantizer", "QTensor", "QuantReport", "get_quantizer", "list_quantizers",
+    "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock",
+    "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp",
 ]

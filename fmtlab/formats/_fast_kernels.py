@@ -853,3 +853,51 @@ def sse_rows(P, T, V, x, Q, C, scales, inv, zps, pow2, out):
             acc += d * d
         out[row] = acc
     return 0
+
+
+@njit(cache=True)
+def mx_exps(amax_bits, rule, emax, mbits, elem_max, out):
+    """out[b] = biased E8M0 code (e + 127) of each block from its max |x| pattern; 255 for
+    non-finite blocks (pattern >= 0x7F800000)."""
+    for b in range(amax_bits.shape[0]):
+        a = amax_bits[b]
+        out[b] = 255 if a >= INF32 else mx_shared_exp(a, rule, emax, mbits, elem_max) + 127
+    return 0
+
+
+@njit(cache=True)
+def fp8_scales(S8, amax_bits, g, elem_max, scodes, seff):
+    """FP8 block scales as ``fp8scale_fq`` computes them: scodes[b] (the FP8 code) and seff[b]
+    (the effective float32 scale g * fp8 value; NaN for non-finite blocks)."""
+    for b in range(amax_bits.shape[0]):
+        a = amax_bits[b]
+        if a >= INF32:
+            scodes[b] = S8.nan_p
+            seff[b] = np.nan
+            continue
+        s_rel = (bits_f32(a) / elem_max) / g
+        c8 = _mf_mag32(f32_bits(s_rel), NEAREST_EVEN, S8.m, S8.emin32, S8.ftz)
+        c8 = min(max(c8, 1), S8.maxmag)
+        scodes[b] = c8
+        seff[b] = g * np.float32(_mf_val64(c8, S8.m, S8.emin64, S8.sub64))
+    return 0
+
+
+@njit(cache=True, parallel=True)
+def finite_absmax_rows(x, Q, amax, flags):
+    """Per row of Q float32 elements: amax[r] = max |x| over finite elements (as the float32 value)
+    and flags[r] = 1 if the row holds NaN, + 2 if it holds Inf."""
+    nrows = x.shape[0] // Q
+    for r in prange(nrows):
+        xs = x[np.int64(r) * Q:(np.int64(r) + 1) * Q]
+        m = 0
+        nan = 0
+        inf = 0
+        for i in range(Q):
+            b = f32_bits(xs[i]) & ABS32
+            nan |= b > INF32
+            inf |= b == INF32
+            m = max(m, b if b < INF32 else 0)
+        amax[r] = bits_f32(m)
+        flags[r] = nan + 2 * inf
+    return 0
