@@ -147,7 +147,8 @@ def mx_blocks(fmt: Format, flat: np.ndarray, K_: int, rule: str, rounding: Round
 def _mx_scale_values(sexp: np.ndarray, eoff: int) -> np.ndarray:
     """float32 2**(code - 127 + eoff), NaN for code 255."""
     e = sexp.astype(np.int64) - 127 + eoff
-    v = np.ldexp(1.0, e).astype(np.float32)
+    with np.errstate(over="ignore"):  # code 255 (2**128) becomes NaN below
+        v = np.ldexp(1.0, e).astype(np.float32)
     v[sexp == 255] = np.nan
     return v
 

@@ -396,8 +396,8 @@ class Quantizer:
         if q.zero_points is not None:
             rows = rows - broadcast_scales(q.zero_points, lay)
         with np.errstate(invalid="ignore", over="ignore"):
-            out = rows * broadcast_scales(q.scales.astype(np.float64), lay)
-        return from_work(out.astype(q.dtype), lay)
+            out = (rows * broadcast_scales(q.scales.astype(np.float64), lay)).astype(q.dtype)
+        return from_work(out, lay)
 
     def _report(self, a, w, out, lay, s, z) -> QuantReport:
         fin = np.isfinite(a)
