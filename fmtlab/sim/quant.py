@@ -12,9 +12,10 @@ Axis conventions (shared with fmtlab.formats): activations X are [tokens, featur
 are nn.Linear [out_features, in_features]; the reduction axis is last in both; per-token and
 per-channel scales are one per row.
 
-Clipping needs the scale: for an fmtlab Quantizer the clip mask is |x / scale| > format max with
-the scales it reports, with a relative tolerance of 2^-20 for the rounding of x / scale (or its own
-clip mask where it offers one); an object may also offer
+Clipping needs the scale: for an fmtlab Quantizer the clip mask follows its QuantReport: x / scale
+(+ zero point) beyond the rounding boundary of the largest (or most negative) grid value, with the
+scales the quantizer picks; other objects exposing ``quantize(x).scales`` and ``format.max`` use
+|x / scale| > max (relative tolerance 2^-20); an object may also offer
 ``clip_mask(x) -> bool ndarray``. For a plain callable the clip metrics are NaN (unknown).
 Underflow needs no scale: nonzero inputs that come back as zero.
 """
@@ -103,6 +104,12 @@ def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
     fn = getattr(obj, "clip_mask", None)
     if callable(fn):
         return np.asarray(fn(x), dtype=bool)
+    try:
+        from fmtlab.formats import Quantizer
+    except ImportError:  # pragma: no cover - formats without the scaling layer
+        Quantizer = None
+    if Quantizer is not None and isinstance(obj, Quantizer):
+        return _fmtlab_clip_mask(obj, x)
     quantize = getattr(obj, "quantize", None)
     fmt = getattr(obj, "format", None) or getattr(obj, "fmt", None)
     if callable(quantize) and fmt is not None and hasattr(fmt, "max"):
@@ -117,6 +124,31 @@ def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
             y = np.abs(x.astype(np.float64) / scale)
         return np.nan_to_num(y, nan=0.0) > float(fmt.max) * (1.0 + CLIP_RTOL)
     return None
+
+
+def _fmtlab_clip_mask(q: Any, x: np.ndarray) -> np.ndarray:
+    """Per-element clip mask of an fmtlab Quantizer, by its own QuantReport's definition.
+
+    y = x / s (+ zero point) with the scales the quantizer picks for x; clipped where y lies
+    beyond the rounding boundary of the largest (or most negative) finite grid value. Block
+    formats (MX, NVFP4) get their scales from ``quantize``; others from ``compute_scales``.
+    """
+    from fmtlab.formats.scaling import broadcast_scales, from_work, to_work, work_rows
+
+    lay = q.layout(x.shape)
+    w = to_work(x, lay)
+    if q.is_block:
+        qt = q.quantize(x)
+        s, z = np.asarray(qt.scales).reshape(-1), None
+    else:
+        s, z = q.compute_scales(x)
+    lo, hi = q.format.grid.bounds[0], q.format.grid.bounds[-1]
+    with np.errstate(all="ignore"):
+        y = work_rows(w, lay) / broadcast_scales(np.asarray(s).astype(w.dtype), lay)
+        if z is not None:
+            y = y + broadcast_scales(z, lay)
+        clipped = (y > hi) | (y < lo)
+    return np.ascontiguousarray(from_work(clipped.reshape(lay.work_shape), lay))
 
 
 def _broadcast_scales(qt: Any, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -143,3 +143,20 @@ def test_config_parsing_and_errors(tiny_traces):
     assert resolve(None).identity and resolve("fp32").identity
     with pytest.raises(FmtlabError, match="spec"):
         resolve(3)
+
+
+@pytest.mark.parametrize("name", ["int8_per_tensor", "int8_per_token", "int4_per_channel", "mxfp8_e4m3", "mxfp4",
+                                  "nvfp4", "dint4_per_channel", "int4_g128_asym"])
+def test_fmtlab_quantizer_masks_agree_with_its_report(name):
+    """Our per-element clip mask and underflow count equal the quantizer's own QuantReport."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    x[:, 3] *= 300.0
+    x[5, 7] = 1e-6
+    q = resolve(name)
+    xq, mask = q.with_mask(x)
+    rep = q.obj.quantize(x).report
+    s = error_stats(x, xq, mask)
+    assert int(mask.sum()) == rep.clipped
+    assert s["underflow_rate"] == pytest.approx(rep.frac_flushed)
+    np.testing.assert_array_equal(xq, q.obj.fake_quantize(x))
