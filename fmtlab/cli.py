@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FmtlabError, ValueError, FileNotFoundError) as exc:
         print(f"fmtlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("fmtlab: interrupted", file=sys.stderr)
         return 130

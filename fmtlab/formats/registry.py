@@ -11,6 +11,7 @@ Grammar (case-insensitive):
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -75,7 +76,13 @@ def get_format(name: "str | Format") -> Format:
         return name
     if not isinstance(name, str):
         raise TypeError(f"format name must be a str or Format, got {type(name).__name__}")
-    key = name.strip().lower()
+    return _parse(name.strip().lower())
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(key: str) -> Format:
+    """Formats are immutable values, so one instance per name is shared (its tables are built once)."""
+    name = key
     key = _ALIASES.get(key, key)
     if key in _NAMED:
         return _NAMED[key]()
