@@ -327,6 +327,26 @@ def dot_float(W, X, val_w, val_x, man_bits, emin, emax, rtz, is_f64, acc0, out_a
 
 
 @nb.njit(cache=True, parallel=True)
+def dot_float32(W, X, val_w, val_x, acc0, out_acc, out_ovf):
+    """Fast path of ``dot_float`` for an fp32 nearest-even accumulator when every product is
+    exact in float32: then round(acc + p) is IEEE float32 addition (no FMA contraction)."""
+    M, K = W.shape
+    bx = X.shape[0] == 1
+    for i in nb.prange(M):
+        xi = np.int64(0) if bx else np.int64(i)
+        acc = np.float32(acc0[i])
+        n_ovf = 0
+        for k in range(K):
+            p = val_w[W[i, k]] * val_x[X[xi, k]]
+            new = acc + p
+            if math.isinf(new) and math.isfinite(acc) and math.isfinite(p):
+                n_ovf += 1
+            acc = new
+        out_acc[i] = acc
+        out_ovf[i] = n_ovf
+
+
+@nb.njit(cache=True, parallel=True)
 def dot_exact_float(W, X, sig_w, sh_w, sig_x, sh_x, val_w, val_x, base_exp, nlimbs, width,
                     out_exact, out_wrapped, out_ovf, out_special):
     """Exact sum of float products with limbs (units 2**base_exp).

@@ -101,6 +101,15 @@ def wrap_int(x, width: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
+def products_exact_in_fp32(vw: FloatView, va: FloatView, acc: FloatAcc) -> bool:
+    """True when ``acc`` is fp32 nearest-even and every finite product of the two formats is a
+    float32 value (significand <= 24 bits, exponents within float32's grid), so that the
+    accumulation is plain float32 addition."""
+    return ((acc.exp_bits, acc.man_bits, acc.rounding) == (8, 23, "nearest_even")
+            and vw.sig_bits + va.sig_bits <= 24 and vw.lsb_min + va.lsb_min >= -149
+            and vw.msb_max + va.msb_max + 1 <= 127)
+
+
 def float_tables(v: FloatView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, significand, shift) per code: |value| = sig * 2^(shift + lsb_min) when finite."""
     n = 1 << v.bits
@@ -262,7 +271,13 @@ def _dot_float(unit: MacUnit, vw: FloatView, va: FloatView, W, X, init, lead) ->
                      for v in init])
     out = np.empty(m)
     ovf = np.empty(m, np.int64)
-    K.dot_float(W, X, valw, valx, man, emin, emax, rtz, f64, acc0, out, ovf)
+    if products_exact_in_fp32(vw, va, acc):
+        out32 = np.empty(m, np.float32)
+        K.dot_float32(W, X, valw.astype(np.float32), valx.astype(np.float32), acc0.astype(np.float32),
+                      out32, ovf)
+        out = out32.astype(np.float64)
+    else:
+        K.dot_float(W, X, valw, valx, man, emin, emax, rtz, f64, acc0, out, ovf)
     exact = _exact_float(vw, va, W, X, valw, sigw, shw, valx, sigx, shx, 0)[0] + acc0
     return DotResult(out.reshape(lead), exact.reshape(lead), ovf.reshape(lead),
                      float_to_bits(out, acc).reshape(lead), 1.0, acc.name)
@@ -388,7 +403,7 @@ def kulisch_product(vw: FloatView, va: FloatView, cw: int, cx: int) -> tuple[str
     """('nan' | 'pinf' | 'ninf' | 'fin', integer product in Kulisch units)."""
     valw, sigw, shw = float_tables(vw)
     valx, sigx, shx = float_tables(va)
-    p = valw[cw] * valx[cx]
+    p = float(valw[cw]) * float(valx[cx])
     if math.isnan(p):
         return "nan", 0
     if math.isinf(p):
@@ -415,7 +430,7 @@ def kulisch_step(unit: MacUnit, vw: FloatView, va: FloatView, acc_in, w, x) -> n
         nan, pinf, ninf = (flags >> 2) & 1, (flags >> 1) & 1, flags & 1
         if nf == 1:
             nan, pinf, ninf = flags & 1, 0, 0
-        p = valw[cw] * valx[cx]
+        p = float(valw[cw]) * float(valx[cx])
         if math.isnan(p):
             nan = 1
         elif math.isinf(p):

@@ -128,6 +128,9 @@ class FixedView:
     @cached_property
     def lut(self) -> np.ndarray:
         """int64 ival of every code, as the hardware decodes it."""
+        if self.max_abs >= 1 << 62:
+            raise FmtlabError(f"{self.name}: fixed-point values up to 2^{self.max_abs.bit_length() - 1} "
+                              "do not fit the 64-bit datapath")
         n = self.bits
         codes = np.arange(1 << n, dtype=np.int64)
         if self.kind == "int":
@@ -148,7 +151,16 @@ class FixedView:
 
     @cached_property
     def max_abs(self) -> int:
-        return int(np.abs(self.lut).max())
+        """Largest |ival| (exact Python int)."""
+        half = 1 << (self.bits - 1)
+        if self.kind == "int":
+            return half
+        if self.kind == "uint":
+            return (1 << self.bits) - 1
+        if self.kind == "log":
+            return 1 << self.max_shift
+        n_int = half - 1 - len(self.denormal_ivals)
+        return max([n_int << self.frac] + list(self.denormal_ivals))
 
     @property
     def name(self) -> str:

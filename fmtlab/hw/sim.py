@@ -114,7 +114,8 @@ def make_vectors(unit: MacUnit, seed: int = 0, n_random: int = 20000) -> Vectors
         accs = [int(v) for v in r]
     elif isinstance(acc, FloatAcc):
         vw, va = view(unit.weight), view(unit.activation)
-        prods = vw.values[w] * va.values[a]
+        with np.errstate(invalid="ignore"):
+            prods = vw.values[w] * va.values[a]
         accs = [int(v) for v in _float_acc_inputs(rng, acc, prods)]
     else:
         vw, va = view(unit.weight), view(unit.activation)

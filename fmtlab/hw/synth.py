@@ -104,23 +104,40 @@ class SynthResult:
         return dataclasses.asdict(self)
 
 
+@lru_cache(maxsize=8)
+def liberty_id(liberty: str | None) -> str | None:
+    """sha256 of a Liberty file (None for None). ``"shipped"`` means the Liberty file the
+    shipped cache was made with (so cached results are usable where that file is absent)."""
+    if liberty is None:
+        return None
+    if liberty == "shipped":
+        return _shipped_doc().get("liberty_sha256")
+    return hashlib.sha256(Path(liberty).read_bytes()).hexdigest()
+
+
 def cache_key(rtl: RTL, liberty: str | None) -> str:
+    """Hash of (script version, Verilog, script, Liberty file contents)."""
+    lid = liberty_id(liberty)
     h = hashlib.sha256()
     h.update(SCRIPT_VERSION.encode())
     h.update(rtl.text.encode())
-    h.update(script(rtl.top, "LIB" if liberty else None).encode())
-    if liberty:
-        h.update(hashlib.sha256(Path(liberty).read_bytes()).hexdigest().encode())
+    h.update(script(rtl.top, "LIB" if lid else None).encode())
+    if lid:
+        h.update(lid.encode())
     return h.hexdigest()[:24]
 
 
 @lru_cache(maxsize=1)
-def _shipped_cache() -> dict[str, Any]:
+def _shipped_doc() -> dict[str, Any]:
     try:
         text = resources.files("fmtlab.hw").joinpath("data", "synth_cache.json").read_text()
     except FileNotFoundError:
         return {}
-    return json.loads(text).get("entries", {})
+    return json.loads(text)
+
+
+def _shipped_cache() -> dict[str, Any]:
+    return _shipped_doc().get("entries", {})
 
 
 def user_cache_dir() -> Path:
@@ -184,6 +201,8 @@ def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True
 
     liberty: a path, None (no Liberty mapping), or "default" (:func:`liberty_path`).
     """
+    if liberty == "shipped":
+        raise FmtlabError("liberty='shipped' only works for cache lookups (cached/compare)")
     lib = liberty_path() if liberty == "default" else liberty
     if use_cache:
         hit = cached(rtl, lib)
@@ -225,6 +244,8 @@ def compare(units, baseline, library: str = "osu018", fa: str = "gates",
     from fmtlab.hw.rtl import generate
 
     lib = liberty_path() if liberty == "default" else liberty
+    if lib is None and liberty == "default" and cache_only:
+        lib = "shipped"
 
     def get(u):
         rtl = generate(u)
@@ -261,3 +282,22 @@ def comparison_table(rows: list[ComparisonRow]) -> str:
         out.append(f"| {r.unit} | {r.model_ge:.0f} | {sge} | {r.synth_transistors} | "
                    f"{r.model_ratio:.2f} | {sr} | {r.transistor_ratio:.2f} | {er} |")
     return "\n".join(out)
+
+
+def write_cache(results: list[SynthResult], path: str | os.PathLike,
+                liberty: str | None = "default", merge: bool = False) -> None:
+    """Write ``results`` as a cache file (the format of ``data/synth_cache.json``); ``merge``
+    keeps the entries already in it."""
+    p = Path(path)
+    lib = liberty_path() if liberty == "default" else liberty
+    entries: dict[str, Any] = {}
+    if merge and p.exists():
+        entries = json.loads(p.read_text()).get("entries", {})
+    for r in results:
+        entries[r.key] = r.as_dict()
+    doc = {"_doc": "Yosys results of the generated RTL, keyed by a hash of (Verilog, script, "
+                   "Liberty file); see fmtlab.hw.synth. Regenerate with `fmtlab hw synth "
+                   "--write-cache fmtlab/hw/data/synth_cache.json`.",
+           "liberty_path": lib, "liberty_sha256": liberty_id(lib),
+           "entries": dict(sorted(entries.items()))}
+    _atomic_write(p, json.dumps(doc, indent=1, sort_keys=False) + "\n")
