@@ -1,0 +1,68 @@
+"""`fmtlab report`: the main job (see fmtlab.analysis.report)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fmtlab.errors import FmtlabError
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    from fmtlab.analysis.report import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
+
+    p = subparsers.add_parser(
+        "report", help="record, replay, price and plot: a format-evaluation report",
+        description="From a model and text to a report folder (report.md, report.html, CSV/JSON tables, PNG "
+                    "plots). With no arguments: the embedded SmolLM2-135M model and the shipped Wikipedia text.")
+    p.add_argument("--out", default="fmtlab-report", help="output folder (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="embedded model name (smollm2, minilm) or a local checkpoint directory / .gguf file")
+    p.add_argument("--configs", type=_csv, default=DEFAULT_CONFIGS,
+                   help="comma-separated replay configs: presets (see `fmtlab replay --list`) or "
+                        "'name:w=SPEC;a=SPEC;t=TRANSFORM' (default: %(default)s)")
+    p.add_argument("--seq-lens", type=_ints, default=(128,), help="calibration sequence lengths (default: 128)")
+    p.add_argument("--sequences", type=int, default=4, help="calibration sequences per length (default: 4)")
+    p.add_argument("--layers", default=None, help="regular expression selecting Linear layers by name")
+    p.add_argument("--trace", default=None, help="reuse this trace instead of recording")
+    p.add_argument("--no-perplexity", action="store_true", help="skip the end-to-end perplexity check")
+    p.add_argument("--ppl-configs", type=_csv, default=DEFAULT_PPL_CONFIGS,
+                   help="configs whose perplexity is measured (default: %(default)s)")
+    p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity sequence length (default: 256)")
+    p.add_argument("--ppl-sequences", type=int, default=8, help="perplexity sequences (default: 8)")
+    p.add_argument("--area-budget", default="int8 x int8",
+                   help="MAC unit whose area bounds the 'best config' finding (default: '%(default)s')")
+    p.add_argument("--max-tokens", type=int, default=None, help="replay only the first N token rows")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from fmtlab.analysis.report import ReportOptions, run_report
+
+    if args.sequences < 1 or args.ppl_sequences < 1 or args.ppl_seq_len < 2:
+        raise FmtlabError("--sequences, --ppl-sequences must be >= 1 and --ppl-seq-len >= 2")
+    opts = ReportOptions(out=args.out, model=args.model, configs=args.configs, seq_lens=args.seq_lens,
+                         n_sequences=args.sequences, layers=args.layers, trace=args.trace,
+                         perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
+                         ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
+                         area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet)
+    summary = run_report(opts)
+    print(f"report: {summary['report_html']}  (markdown: {summary['report_md']})")
+    print("findings:")
+    for i, f in enumerate(summary["findings"][:3], 1):
+        print(f"  {i}. {f.replace('**', '')}")
+    return 0

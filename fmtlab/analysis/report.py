@@ -1,0 +1,557 @@
+"""`fmtlab report`: from a model and text to a format-evaluation report with plots.
+
+Pipeline (each step prints its progress on stderr):
+1. load the model (default: the embedded SmolLM2-135M, offline) and the calibration text;
+2. record a trace per sequence length (or reuse one already in the output folder / given);
+3. replay every config through the trace (layer errors, underflow, clipping, output SQNR);
+4. price every config with the MAC-unit cost model (fmtlab.hw);
+5. optionally measure perplexity for the end-to-end configs (fmtlab.pytorch);
+6. measure accumulation error against accumulator width on a real layer (bit-accurate datapath);
+7. write ``report.md``, ``report.html``, CSV/JSON tables and PNG plots into the output folder.
+
+Pricing notes: a config is priced by the MAC unit of its (weight, activation) element formats;
+MX block quantizers by the MX block-dot unit; NVFP4 by an MX FP4 unit with block 16 (its E4M3
+block-scale multiply is not modelled); per-channel/per-token scale multiplies (once per output,
+not per MAC) and transform overheads (e.g. LLM.int8()'s FP16 outlier path) are not priced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fmtlab.errors import FmtlabError
+
+#: configs replayed by default (names of fmtlab.sim.replay.PRESETS)
+DEFAULT_CONFIGS = (
+    "fp32", "w8a8_int_tensor", "w8a8_int_token", "w8a8_llm_int8", "w8a8_smoothquant", "w8a8_hadamard",
+    "w8a8_int_tensor_nosink", "w4a8_int_channel", "w4a8_dint_channel", "w4a8_dint_aqas", "w4a8_log4",
+    "fp8_e4m3", "mxfp8", "mxfp4", "nvfp4",
+)
+#: configs whose perplexity is measured by default
+DEFAULT_PPL_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "w4a8_dint_channel",
+                       "fp8_e4m3", "mxfp4", "w4a8_log4")
+GRID_FORMATS = ("int8", "int4", "dint4", "log4", "fp8_e4m3", "fp4_e2m1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    """What `fmtlab report` does. Defaults reproduce the README's main job."""
+
+    out: str = "fmtlab-report"
+    model: str | None = None  # None: the embedded default; else an embedded name or a local directory
+    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    seq_lens: tuple[int, ...] = (128,)
+    n_sequences: int = 4
+    layers: str | None = None  # regular expression over layer names
+    trace: str | None = None  # reuse this trace instead of recording (its seq_len is used)
+    perplexity: bool = True
+    ppl_configs: tuple[str, ...] = DEFAULT_PPL_CONFIGS
+    ppl_seq_len: int = 256
+    ppl_sequences: int = 8
+    area_budget: str = "int8 x int8"  # "best config under the area of this MAC unit"
+    max_tokens: int | None = None
+    workers: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.configs:
+            raise FmtlabError("report needs at least one config")
+        if any(int(s) < 2 for s in self.seq_lens) or not self.seq_lens:
+            raise FmtlabError(f"sequence lengths must be >= 2, got {self.seq_lens}")
+        if self.n_sequences < 1:
+            raise FmtlabError(f"n_sequences must be >= 1, got {self.n_sequences}")
+        if len(self.area_budget.split(" x ")) != 2:
+            raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
+
+
+class _Steps:
+    """Prints numbered steps with elapsed time on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------- pricing
+
+def hw_operand(spec: Any) -> tuple[str | None, str]:
+    """(hw operand name, note) of a quantizer spec: element format, or an MX block unit."""
+    from fmtlab.formats import Quantizer, get_quantizer
+    from fmtlab.sim.quant import parse_call
+
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "fp32", "float32", "identity")):
+        return None, "not quantized"
+    if isinstance(spec, Quantizer):
+        q = spec
+    elif isinstance(spec, str):
+        name, kw = parse_call(spec)
+        q = get_quantizer(name, **kw)
+    else:
+        return None, "custom quantizer (not priced)"
+    fmt = q.format
+    g = q.granularity
+    if type(g).__name__ == "PerBlock":
+        if getattr(g, "scale_format", "e8m0") == "e8m0":
+            return (f"mx{fmt.name}" if g.size == 32 else f"mx{fmt.name}_b{g.size}"), "MX block unit"
+        return f"mx{fmt.name}_b{g.size}", (f"priced as an E8M0-scaled block-{g.size} unit "
+                                           f"({g.scale_format} block-scale multiply not modelled)")
+    return fmt.name, "element MAC"
+
+
+def price_config(cfg, node: int = 45) -> dict[str, Any]:
+    """MAC cost of a replay config: area (GE, um^2 per MAC) and energy per MAC, or NaN + a note."""
+    from fmtlab.hw import mac_cost
+
+    w, wn = hw_operand(cfg.weight)
+    a, an = hw_operand(cfg.act)
+    row: dict[str, Any] = {"config": cfg.name, "hw_weight": w, "hw_activation": a, "mac_unit": None,
+                           "area_ge": math.nan, "area_um2": math.nan, "energy_pj": math.nan, "hw_note": ""}
+    if w is None or a is None:
+        row["hw_note"] = "reference (not priced)" if w is None and a is None else f"w: {wn}; a: {an}"
+        return row
+    try:
+        c = mac_cost(w, a, node=node)
+    except Exception as exc:  # noqa: BLE001 - an unpriceable pair is reported, not fatal
+        row["hw_note"] = f"not priced: {exc}"
+        return row
+    notes = {wn, an} - {"element MAC", "MX block unit"}
+    if cfg.transform:
+        notes.add(f"transform {cfg.transform} overhead not priced")
+    row.update(mac_unit=c.unit, area_ge=c.area_ge_per_mac, area_um2=c.area_um2_per_mac,
+               energy_pj=c.energy_pj, hw_note="; ".join(sorted(notes)))
+    return row
+
+
+# ------------------------------------------------------------------------- accumulation study
+
+def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows: int = 256) -> list[dict[str, Any]]:
+    """Dot-product error against accumulator width on a real layer (bit-accurate datapath).
+
+    X [tokens, K] and W [out, K] are quantized (INT8 per-token / per-channel; FP8 E4M3 per-tensor)
+    and their codes multiplied-accumulated as the MAC hardware would. rel_error is
+    ||acc - exact||_2 / ||exact||_2 over the n_tokens x n_rows outputs; overflow_rate is the share
+    of dot products with at least one overflow event.
+    """
+    from fmtlab.formats import get_quantizer
+    from fmtlab.hw.datapath import dot
+
+    x = np.ascontiguousarray(x[:n_tokens], dtype=np.float32)
+    w = np.ascontiguousarray(w[:n_rows], dtype=np.float32)
+    rows: list[dict[str, Any]] = []
+    cases = [
+        ("int8 x int8 (wrap)", "int8_per_channel", "int8_per_token", "int8", "int8",
+         [(b, f"int{b}") for b in (12, 14, 16, 18, 20, 24, 32)]),
+        ("int8 x int8 (saturate)", "int8_per_channel", "int8_per_token", "int8", "int8",
+         [(b, f"int{b}_sat") for b in (12, 14, 16, 18, 20, 24)]),
+        ("fp8_e4m3 x fp8_e4m3", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3", "fp8_e4m3",
+         [(16, "bf16"), (16.5, "fp16"), (32, "fp32")]),
+    ]
+    for label, wq_name, aq_name, wf, af, accs in cases:
+        wc = get_quantizer(wq_name).quantize(w).codes
+        xc = get_quantizer(aq_name).quantize(x).codes
+        W = np.broadcast_to(wc[None, :, :], (xc.shape[0],) + wc.shape)
+        X = np.broadcast_to(xc[:, None, :], (xc.shape[0], wc.shape[0], xc.shape[1]))
+        for bits, acc in accs:
+            try:
+                r = dot(np.ascontiguousarray(W), np.ascontiguousarray(X), wf, af, acc)
+            except Exception as exc:  # noqa: BLE001 - report what the datapath cannot do
+                rows.append({"config": label, "accumulator": acc, "acc_bits": bits, "rel_error": math.nan,
+                             "overflow_rate": math.nan, "note": str(exc)})
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):
+                diff = np.where(np.isfinite(r.value), r.value - r.exact, np.nan)
+                denom = float(np.sqrt(np.sum(r.exact ** 2)))
+                err = float(np.sqrt(np.nansum(diff ** 2)) / denom) if denom > 0 else 0.0
+            rows.append({"config": label, "accumulator": acc, "acc_bits": bits, "rel_error": err,
+                         "overflow_rate": float(np.mean(np.asarray(r.overflows) > 0)),
+                         "non_finite": int(np.sum(~np.isfinite(r.value))), "note": ""})
+    return rows
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+def _layer_label(row: dict[str, Any]) -> str:
+    blk = row.get("block")
+    op = str(row.get("op") or row.get("layer_type") or row.get("tensor"))
+    op = op.rsplit(".", 1)[-1]
+    return f"b{blk}.{op}" if blk is not None else op
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from fmtlab.sim.perplexity import _ranks
+
+    ra, rb = _ranks(a), _ranks(b)
+    if len(ra) < 3 or np.std(ra) == 0 or np.std(rb) == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(float(v))
+
+
+def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, layers: str | None):
+    """The trace at ``path`` if it was recorded with these settings, else None."""
+    from fmtlab.sim.trace import open_trace
+
+    if not (path / "manifest.json").exists():
+        return None
+    try:
+        tr = open_trace(str(path))
+    except Exception:  # noqa: BLE001 - a broken trace is re-recorded
+        return None
+    m = tr.manifest
+    want = {"model": model_name, "seq_len": seq_len, "n_sequences": n_sequences, "layers": layers}
+    got = {"model": (m.get("model") or {}).get("name"), "seq_len": m.get("seq_len"),
+           "n_sequences": m.get("n_sequences"), "layers": (m.get("report") or {}).get("layers")}
+    return tr if got == want else None
+
+
+# -------------------------------------------------------------------------------------- main
+
+def run_report(opts: ReportOptions) -> dict[str, Any]:
+    """Run the whole pipeline; returns a summary dict (paths, headline findings, timings)."""
+    from fmtlab.analysis import plots
+    from fmtlab.analysis.document import Document
+    from fmtlab.analysis.tables import write_csv, write_json
+    from fmtlab.sim.data import default_texts
+    from fmtlab.sim.models import load_default_model, load_model
+    from fmtlab.sim.outliers import massive_activations
+    from fmtlab.sim.record import record
+    from fmtlab.sim.replay import make_config, replay
+    from fmtlab.sim.trace import open_trace
+    from fmtlab.sim.models import model_name
+
+    step = _Steps(opts.progress)
+    t_start = time.perf_counter()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    cfgs = [make_config(c) for c in opts.configs]
+    timings: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    # 1-2. model and traces ---------------------------------------------------------------
+    traces = []
+    model = tok = None
+    mname = None
+    t0 = time.perf_counter()
+    if opts.trace:
+        step(f"using the trace {opts.trace}")
+        traces.append(open_trace(opts.trace))
+        mname = (traces[0].manifest.get("model") or {}).get("name")
+    need_model = not opts.trace or opts.perplexity
+    if need_model:
+        step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
+        model, tok = load_default_model() if opts.model is None else load_model(opts.model)
+        mname = mname or model_name(model)
+    timed("load model", t0)
+    if not opts.trace:
+        texts = default_texts("calib")
+        for L in opts.seq_lens:
+            t0 = time.perf_counter()
+            path = out / "traces" / f"seq{L}"
+            tr = _reuse_trace(path, mname, L, opts.n_sequences, opts.layers)
+            if tr is not None:
+                step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
+            else:
+                step(f"recording {opts.n_sequences} x {L} tokens into {path}")
+                tr = record(model, tok, texts, out=str(path), seq_len=L, n_sequences=opts.n_sequences,
+                            layers=opts.layers, residual=True, overwrite=True, progress=opts.progress,
+                            text_info={"source": "wiki", "split": "calib"})
+                _stamp_report_layers(path, opts.layers)
+                tr = open_trace(str(path))
+            traces.append(tr)
+            timed(f"record seq{L}", t0)
+
+    # 3. replay --------------------------------------------------------------------------
+    results = []
+    for tr in traces:
+        t0 = time.perf_counter()
+        L = tr.manifest.get("seq_len")
+        step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
+        res = replay(tr, cfgs, kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
+                     progress=opts.progress, label=f"seq{L}")
+        res.write(str(out / "tables"), stem=f"replay_seq{L}")
+        results.append(res)
+        timed(f"replay seq{L}", t0)
+    main_res = results[0]
+    lin_rows = [r for r in main_res.rows if r["kind"] == "linear"]
+    if not lin_rows:
+        raise FmtlabError("the trace holds no Linear layer inputs to replay")
+    by_model = {r["config"]: r for r in main_res.by_model if r["kind"] == "linear"}
+
+    # 4. hardware ------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    step("pricing every config with the MAC-unit cost model")
+    prices = [price_config(c) for c in cfgs]
+    from fmtlab.hw import mac_cost
+
+    bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
+    budget = mac_cost(bw, ba)
+    summary_rows = []
+    for c, p in zip(cfgs, prices):
+        m = by_model.get(c.name, {})
+        summary_rows.append({
+            "config": c.name, "weights": c.weight or "fp32", "activations": c.act or "fp32",
+            "transform": c.transform or "",
+            "pooled_out_sqnr_db": m.get("pooled_out_sqnr_db"), "min_out_sqnr_db": m.get("min_out_sqnr_db"),
+            "a_underflow_rate": m.get("mean_a_underflow_rate"), "a_clip_rate": m.get("mean_a_clip_rate"),
+            "w_underflow_rate": m.get("mean_w_underflow_rate"),
+            "mac_unit": p["mac_unit"], "area_um2": p["area_um2"], "area_ge": p["area_ge"], "energy_pj": p["energy_pj"],
+            "area_vs_budget": p["area_ge"] / budget.area_ge_per_mac if _finite(p["area_ge"]) else math.nan,
+            "hw_note": p["hw_note"],
+        })
+    write_csv(summary_rows, out / "tables" / "configs.csv")
+    timed("hardware", t0)
+
+    # 5. perplexity ----------------------------------------------------------------------
+    ppl_rows: list[dict[str, Any]] = []
+    if opts.perplexity and opts.ppl_configs:
+        t0 = time.perf_counter()
+        from fmtlab.sim.perplexity import perplexity_table
+
+        step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
+             f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
+        ppl_rows = perplexity_table(model, tok, list(opts.ppl_configs), seq_len=opts.ppl_seq_len,
+                                    n_sequences=opts.ppl_sequences, progress=opts.progress)
+        for r in ppl_rows:
+            r.pop("description", None)
+        write_csv(ppl_rows, out / "tables" / "perplexity.csv")
+        ppl_by = {r["config"]: r["ppl"] for r in ppl_rows}
+        for s in summary_rows:
+            s["perplexity"] = ppl_by.get(s["config"])
+        timed("perplexity", t0)
+
+    # 6. accumulation study ---------------------------------------------------------------
+    t0 = time.perf_counter()
+    tr0 = traces[0]
+    # the layer whose input has the largest max/median ratio: where accumulators are stressed most
+    worst = max(lin_rows, key=lambda r: r.get("in_max_over_median") or 0)
+    meta = tr0.layers[worst["tensor"]]
+    step(f"accumulation error vs accumulator width on {worst['tensor']}")
+    x_worst = tr0.tensor(meta["input"])
+    x_worst = x_worst.reshape(-1, x_worst.shape[-1])
+    acc_rows = accumulation_study(x_worst, tr0.tensor(meta["weight"]))
+    write_csv(acc_rows, out / "tables" / "accumulation.csv")
+    timed("accumulation", t0)
+
+    # 7. plots ----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    step("rendering plots")
+    P = out / "plots"
+    heat_rows = [dict(r, layer=_layer_label(r)) for r in lin_rows if r["config"] != "fp32"]
+    figs = {}
+    figs["grids"] = plots.plot_format_grids(GRID_FORMATS, x_worst, P / "format_grids.png",
+                                            layer_name=f"input of {worst['tensor']}")
+    figs["sqnr"] = plots.plot_layer_heatmap(heat_rows, "out_sqnr_db", P / "heatmap_output_sqnr.png",
+                                            "Layer output SQNR of Q(X) Q(W) vs X W per layer and config", "dB",
+                                            cmap="viridis")
+    figs["underflow"] = plots.plot_layer_heatmap(heat_rows, "a_underflow_rate", P / "heatmap_underflow.png",
+                                                 "Activation underflow: share of nonzero inputs quantized to 0",
+                                                 "fraction", cmap="magma", log=True)
+    figs["clip"] = plots.plot_layer_heatmap(heat_rows, "a_clip_rate", P / "heatmap_clipping.png",
+                                            "Activation clipping: share of inputs beyond the format's range",
+                                            "fraction", cmap="magma", log=True)
+    res_acts = [(n, i) for n, i in tr0.activations.items() if i["kind"] == "residual"]
+    massive = []
+    if res_acts:
+        massive = massive_activations(tr0, min_ratio=100.0)
+        mx = []
+        names = []
+        for n, info in res_acts:
+            a = tr0.tensor(info["tensor"])
+            mx.append(np.abs(a.reshape(-1, a.shape[-1])).max(axis=0))
+            names.append(f"block {info.get('block')}")
+        figs["outliers"] = plots.plot_outliers(np.stack(mx), names, massive, P / "outliers.png",
+                                               title=f"Residual-stream outliers of {mname}")
+        write_csv(massive, out / "tables" / "massive_activations.csv")
+    trade_pts = [dict(s, output_sqnr_db=s["pooled_out_sqnr_db"]) for s in summary_rows
+                 if _finite(s["area_um2"]) and _finite(s.get("pooled_out_sqnr_db"))]
+    if trade_pts:
+        figs["tradeoff"] = plots.plot_tradeoff(trade_pts, P / "tradeoff.png")
+    if any(_finite(r["rel_error"]) for r in acc_rows):
+        figs["accumulation"] = plots.plot_accumulation([r for r in acc_rows if _finite(r["rel_error"])],
+                                                       P / "accumulation.png")
+    timed("plots", t0)
+
+    # findings ----------------------------------------------------------------------------
+    findings = _findings(summary_rows, massive, budget, opts.area_budget, ppl_rows)
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+
+    # document ----------------------------------------------------------------------------
+    doc = _document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
+                    worst["tensor"], timings, out)
+    md, html = doc.write(out)
+    summary = {"report_md": str(md), "report_html": str(html), "findings": findings, "timings_s": timings,
+               "model": mname, "configs": [c.name for c in cfgs]}
+    write_json({"summary": summary, "configs": summary_rows, "perplexity": ppl_rows, "accumulation": acc_rows,
+                "massive_activations": massive}, out / "tables" / "report.json")
+    step(f"done in {timings['total']:.0f} s")
+    return summary
+
+
+def _stamp_report_layers(path: Path, layers: str | None) -> None:
+    """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
+    from fmtlab.analysis.tables import atomic_write_text
+
+    mpath = path / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["report"] = {"layers": layers}
+    atomic_write_text(mpath, json.dumps(m, indent=1))
+
+
+def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
+    out: list[str] = []
+    priced = [r for r in rows if _finite(r["area_ge"]) and _finite(r.get("pooled_out_sqnr_db"))]
+    under = [r for r in priced if r["area_ge"] <= budget.area_ge_per_mac * (1 + 1e-9)]
+    if under:
+        best = max(under, key=lambda r: r["pooled_out_sqnr_db"])
+        cheapest = min(under, key=lambda r: r["area_ge"])
+        out.append(f"Best config within the area of one {budget_name} MAC ({budget.area_um2_per_mac:.0f} um^2 at "
+                   f"45 nm): **{best['config']}**, pooled layer-output SQNR {best['pooled_out_sqnr_db']:.1f} dB at "
+                   f"{best['area_um2']:.0f} um^2 and {best['energy_pj']:.3f} pJ/MAC; the cheapest, "
+                   f"{cheapest['config']}, reaches {cheapest['pooled_out_sqnr_db']:.1f} dB at "
+                   f"{cheapest['area_um2']:.0f} um^2.")
+    if massive:
+        top = max(massive, key=lambda r: r["ratio"])
+        toks = sorted({r["token"] for r in massive})
+        chans = sorted({r["channel"] for r in massive})
+        out.append(f"Massive activations: {len(massive)} residual values >= 100x the median; the largest is "
+                   f"{top['value']:.0f} ({top['ratio']:.0f}x the median) at block {top['layer']}, token position "
+                   f"{top['token']}, channel {top['channel']}; they sit at token positions {toks[:6]} and "
+                   f"channels {chans[:6]}.")
+    byname = {r["config"]: r for r in rows}
+    a, b = byname.get("w4a8_int_channel"), byname.get("w4a8_dint_channel")
+    if a and b and _finite(a.get("pooled_out_sqnr_db")) and _finite(b.get("pooled_out_sqnr_db")):
+        da = b["pooled_out_sqnr_db"] - a["pooled_out_sqnr_db"]
+        area = (b["area_ge"] / a["area_ge"]) if _finite(a["area_ge"]) and _finite(b["area_ge"]) else math.nan
+        out.append(f"W4A8 dINT4 vs INT4 (per-channel weights): {da:+.2f} dB layer-output SQNR for "
+                   f"{100 * (area - 1):+.0f}% MAC area; weight underflow {a['w_underflow_rate']:.3f} -> "
+                   f"{b['w_underflow_rate']:.3f} (SmolLM2's weights were Q4_1 in the GGUF, so 4-bit weight "
+                   "error is understated: see the note below).")
+    if ppl_rows:
+        base = next((r["ppl"] for r in ppl_rows if r["config"] == "fp32"), None)
+        worst = max(ppl_rows, key=lambda r: r["ppl"] if _finite(r["ppl"]) else math.inf)
+        if base:
+            out.append(f"Perplexity: FP32 {base:.2f}; the worst config, {worst['config']}, reaches {worst['ppl']:.2f}.")
+    return out
+
+
+def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, figs, findings, worst_layer,
+              timings, out: Path):
+    from fmtlab import __version__
+    from fmtlab.analysis.document import Document
+
+    d = Document(f"fmtlab format-evaluation report: {mname}")
+    tr0 = traces[0]
+    m = tr0.manifest
+    d.paragraph(f"fmtlab {__version__}. Model `{mname}`; calibration text: {opts.n_sequences} sequences of "
+                f"{m.get('seq_len')} tokens ({m.get('n_tokens')} tokens, {len(tr0.layers)} Linear layers recorded). "
+                f"Run time {timings['total']:.0f} s. Tables are in `tables/` (CSV and JSON), plots in `plots/`.")
+    d.heading("Headline findings")
+    d.bullets(findings or ["(no findings: too few priced configs)"])
+    d.heading("Configs: accuracy against hardware cost")
+    d.paragraph("Pooled output SQNR = -10 log10(mean over layers of noise/signal energy of Q(X) Q(W) against "
+                "X W). Underflow = share of nonzero inputs quantized to 0; clip = share beyond the format's "
+                "range after scaling. Area and energy are per MAC at 45 nm, 0.9 V (fmtlab.hw; ratios to the "
+                f"{opts.area_budget} unit in `area_vs_budget`).")
+    cols = ["config", "weights", "activations", "transform", "pooled_out_sqnr_db", "min_out_sqnr_db",
+            "a_underflow_rate", "a_clip_rate", "w_underflow_rate", "area_um2", "energy_pj", "area_vs_budget"]
+    if ppl_rows:
+        cols.append("perplexity")
+    d.table(rows, cols, headers={"pooled_out_sqnr_db": "out SQNR [dB]", "min_out_sqnr_db": "min layer SQNR [dB]",
+                                 "a_underflow_rate": "act underflow", "a_clip_rate": "act clip",
+                                 "w_underflow_rate": "weight underflow", "area_um2": "area [um^2/MAC]",
+                                 "energy_pj": "energy [pJ/MAC]", "area_vs_budget": "area / budget"})
+    notes = [f"{r['config']}: {r['hw_note']}" for r in rows if r.get("hw_note")]
+    if notes:
+        d.bullets(notes)
+    d.paragraph("Caveat: SmolLM2-135M ships as a Q4_1 GGUF, so its weights already lie on a 4-bit grid per "
+                "block of 32; weight-quantization error measured on it understates what a full-precision "
+                "checkpoint would show. Use `--model` with a full-precision checkpoint for weight studies.")
+    if "tradeoff" in figs:
+        d.image("plots/tradeoff.png", "Pooled layer-output SQNR against MAC area and energy per config; "
+                "red: Pareto front (no other config is both cheaper and more accurate).")
+    if ppl_rows:
+        d.heading("End-to-end perplexity")
+        d.paragraph(f"W/A fake quantization of every Linear layer (lm_head kept), {opts.ppl_sequences} held-out "
+                    f"sequences of {opts.ppl_seq_len} tokens.")
+        d.table(ppl_rows, ["config", "ppl", "nll", "tokens", "seconds"])
+        byname = {r["config"]: r for r in rows}
+        both = [(r["ppl"], byname[r["config"]]["pooled_out_sqnr_db"]) for r in ppl_rows
+                if r["config"] in byname and _finite(byname[r["config"]].get("pooled_out_sqnr_db"))
+                and _finite(r["ppl"])]
+        if len(both) >= 3:
+            rho = _spearman([-p for p, _ in both], [s for _, s in both])
+            d.paragraph(f"Rank agreement between layer-output SQNR and perplexity (Spearman, higher SQNR should "
+                        f"mean lower perplexity): {rho:.2f} over {len(both)} quantized configs.")
+    d.heading("Where underflow and clipping happen")
+    d.image("plots/format_grids.png", f"Representable magnitudes of each format (blue lines, scaled per tensor "
+            f"to max|x|) over the histogram of |x| of the input of {worst_layer}, the layer with the largest "
+            "max/median ratio; red band: magnitudes that underflow to zero.")
+    d.image("plots/heatmap_output_sqnr.png", "Layer output SQNR per layer (columns, model order) and config (rows).")
+    d.image("plots/heatmap_underflow.png", "Activation underflow rate per layer and config (log10 colour scale).")
+    d.image("plots/heatmap_clipping.png", "Activation clipping rate per layer and config (log10 colour scale; "
+            "white: no clipping).")
+    if "outliers" in figs:
+        d.heading("Outliers and massive activations")
+        d.image("plots/outliers.png", "Left: max |x| of the residual stream per block and channel. Right: the "
+                "largest values relative to the median magnitude, with their token position and channel.")
+        d.table(sorted(massive, key=lambda r: -r["ratio"])[:12],
+                ["layer", "token", "token_str", "channel", "value", "ratio"])
+    if len(results) > 1:
+        d.heading("Calibration sequence length")
+        cmp_rows = []
+        for res in results:
+            for r in res.by_model:
+                if r["kind"] == "linear":
+                    cmp_rows.append({"seq_len": r.get("trace"), "config": r["config"],
+                                     "pooled_out_sqnr_db": r.get("pooled_out_sqnr_db"),
+                                     "a_clip_rate": r.get("mean_a_clip_rate"),
+                                     "a_underflow_rate": r.get("mean_a_underflow_rate")})
+        d.table(cmp_rows)
+    d.heading("Accumulator width")
+    d.paragraph(f"Bit-accurate dot products on the input and weights of {worst_layer} (16 tokens x 256 output "
+                "rows): relative L2 error against the exact dot product, and the share of dot products that "
+                "overflowed.")
+    if "accumulation" in figs:
+        d.image("plots/accumulation.png", "Relative dot-product error against accumulator width.")
+    d.table(acc_rows, ["config", "accumulator", "acc_bits", "rel_error", "overflow_rate", "note"])
+    d.heading("Run")
+    d.table([{"step": k, "seconds": v} for k, v in timings.items()])
+    d.code("fmtlab report " + " ".join(_argv_echo(opts)))
+    return d
+
+
+def _argv_echo(opts: ReportOptions) -> list[str]:
+    a = [f"--out {opts.out}"]
+    if opts.model:
+        a.append(f"--model {opts.model}")
+    if opts.configs != DEFAULT_CONFIGS:
+        a.append("--configs " + ",".join(opts.configs))
+    if opts.seq_lens != (128,):
+        a.append("--seq-lens " + ",".join(map(str, opts.seq_lens)))
+    if opts.n_sequences != 4:
+        a.append(f"--sequences {opts.n_sequences}")
+    if opts.layers:
+        a.append(f"--layers '{opts.layers}'")
+    if not opts.perplexity:
+        a.append("--no-perplexity")
+    return a
