@@ -198,19 +198,36 @@ def plot_accumulation(rows: Sequence[Mapping], out: Path) -> Path:
     """Dot-product error against accumulator width, one line per config.
 
     rows: dicts with "config", "acc_bits", "rel_error" (relative error vs the exact dot product)
-    and optionally "overflow_rate".
+    and optionally "accumulator" (a name shown beside each point). Exact results (error 0) cannot
+    sit on a log axis: they are drawn as hollow triangles on a floor line, labelled as such.
     """
-    rows = list(rows)
+    rows = [r for r in rows if r.get("rel_error") is not None and np.isfinite(float(r["rel_error"]))]
     if not rows:
-        raise ValueError("plot_accumulation needs at least one row")
+        raise ValueError("plot_accumulation needs at least one row with a finite rel_error")
+    nonzero = [float(r["rel_error"]) for r in rows if float(r["rel_error"]) > 0]
+    floor = (min(nonzero) / 100) if nonzero else 1e-12
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    exact_labelled = False
     for cfg in dict.fromkeys(r["config"] for r in rows):
         rs = sorted((r for r in rows if r["config"] == cfg), key=lambda r: r["acc_bits"])
-        err = np.array([max(float(r["rel_error"]), 1e-18) for r in rs])
-        ax.plot([r["acc_bits"] for r in rs], err, marker="o", label=cfg)
+        bits = np.array([float(r["acc_bits"]) for r in rs])
+        err = np.array([float(r["rel_error"]) for r in rs])
+        line, = ax.plot(bits, np.maximum(err, floor), label=cfg, lw=1.2)
+        nz = err > 0
+        ax.scatter(bits[nz], err[nz], color=line.get_color(), zorder=3)
+        if (~nz).any():
+            ax.scatter(bits[~nz], np.full((~nz).sum(), floor), marker="v", facecolors="none",
+                       edgecolors=line.get_color(), zorder=3,
+                       label=None if exact_labelled else "exact (error 0), drawn on the floor")
+            exact_labelled = True
+        for r, b, e in zip(rs, bits, err):
+            if r.get("accumulator") and not str(r["accumulator"]).startswith("int"):
+                ax.annotate(str(r["accumulator"]), (b, max(e, floor)), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+    ax.axhline(floor, color="0.7", lw=0.8, ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("accumulator width [bits]")
-    ax.set_ylabel("relative dot-product error vs exact (log scale)")
+    ax.set_ylabel("relative L2 error of the dot products vs exact")
     ax.set_title("Accumulation error against accumulator width (bit-accurate datapath)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

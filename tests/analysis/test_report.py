@@ -1,0 +1,100 @@
+"""`fmtlab report` end to end on a small slice of the embedded default (2 blocks, short text)."""
+
+import csv
+import json
+import math
+import re
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from fmtlab.analysis.report import ReportOptions, hw_operand, run_report  # noqa: E402
+from fmtlab.cli import main  # noqa: E402
+from fmtlab.errors import FmtlabError  # noqa: E402
+
+CONFIGS = ("fp32", "w8a8_int_token", "w4a8_int_channel", "w4a8_dint_channel", "mxfp4")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    opts = ReportOptions(out=str(out), configs=CONFIGS, seq_lens=(32,), n_sequences=2,
+                         layers=r"layers\.(0|1)\.", ppl_configs=("fp32", "w4a8_dint_channel"),
+                         ppl_seq_len=32, ppl_sequences=1, progress=False)
+    return out, run_report(opts)
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_files_exist(report):
+    out, summary = report
+    for rel in ("report.md", "report.html", "tables/configs.csv", "tables/perplexity.csv",
+                "tables/accumulation.csv", "tables/report.json", "tables/replay_seq32.csv",
+                "plots/format_grids.png", "plots/heatmap_output_sqnr.png", "plots/heatmap_underflow.png",
+                "plots/heatmap_clipping.png", "plots/outliers.png", "plots/tradeoff.png", "plots/accumulation.png"):
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
+    assert len(summary["findings"]) >= 3
+
+
+def test_html_images_resolve(report):
+    out, _ = report
+    html = (out / "report.html").read_text()
+    srcs = re.findall(r"<img src='([^']+)'", html)
+    assert len(srcs) >= 6
+    for s in srcs:
+        assert (out / s).is_file(), s
+    assert "<script" not in html
+
+
+def test_tables_are_sane_and_cross_checked(report):
+    out, _ = report
+    rows = {r["config"]: r for r in _csv(out / "tables/configs.csv")}
+    assert set(rows) == set(CONFIGS)
+    assert rows["fp32"]["pooled_out_sqnr_db"] == "inf"  # no quantization, exact output
+    for c in CONFIGS[1:]:
+        s = float(rows[c]["pooled_out_sqnr_db"])
+        assert 5 < s < 80, (c, s)
+    # 8-bit activations/weights beat 4-bit weights on layer output error
+    assert float(rows["w8a8_int_token"]["pooled_out_sqnr_db"]) > float(rows["w4a8_int_channel"]["pooled_out_sqnr_db"])
+    # the area budget is the INT8 MAC: ratio 1 for W8A8, below 1 for the 4-bit-weight units
+    assert float(rows["w8a8_int_token"]["area_vs_budget"]) == pytest.approx(1.0)
+    assert float(rows["w4a8_dint_channel"]["area_vs_budget"]) < 1.0
+    # replay rows: one per (recorded linear layer, config); 2 blocks x 7 Linear layers in SmolLM2
+    replay = [r for r in _csv(out / "tables/replay_seq32.csv") if r["kind"] == "linear"]
+    assert len(replay) == 2 * 7 * len(CONFIGS)
+    for r in replay:
+        assert 0.0 <= float(r["a_underflow_rate"]) <= 1.0
+    ppl = {r["config"]: float(r["ppl"]) for r in _csv(out / "tables/perplexity.csv")}
+    assert 1.0 < ppl["fp32"] < 1e4 and math.isfinite(ppl["w4a8_dint_channel"])
+    acc = _csv(out / "tables/accumulation.csv")
+    wide = [r for r in acc if r["accumulator"] == "int32"]
+    assert wide and float(wide[0]["rel_error"]) == 0.0  # INT8 x INT8 into 32 bits is exact here
+    doc = json.loads((out / "tables/report.json").read_text())
+    assert doc["summary"]["configs"] == list(CONFIGS)
+
+
+def test_reuses_the_trace(report, capsys):
+    out, _ = report
+    code = main(["report", "--out", str(out), "--configs", "fp32,w8a8_int_token", "--seq-lens", "32",
+                 "--sequences", "2", "--layers", r"layers\.(0|1)\.", "--no-perplexity"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "reusing trace" in err and "recording" not in err
+
+
+def test_hw_operand_mapping():
+    assert hw_operand("int8_per_token") == ("int8", "element MAC")
+    assert hw_operand("mxfp8_e4m3")[0] == "mxfp8_e4m3"
+    assert hw_operand("nvfp4")[0] == "mxfp4_e2m1_b16"
+    assert hw_operand(None)[0] is None
+
+
+def test_bad_options_are_clear(tmp_path, capsys):
+    with pytest.raises(FmtlabError, match="sequence lengths"):
+        ReportOptions(seq_lens=(1,))
+    assert main(["report", "--out", str(tmp_path), "--configs", "nonsense_config", "--no-perplexity"]) == 2
+    assert "unknown config" in capsys.readouterr().err
