@@ -52,11 +52,13 @@ CHUNK = 8192  # elements per parallel task in row layouts
 # base.Format.special_codes); the *_n fields are for negative inputs.
 SPEC = ["nan_p", "nan_n", "inf_p", "inf_n", "ovf_p", "ovf_n", "sat_p", "sat_n", "zero", "nzero"]
 MF = namedtuple("MF", [
-    "mode", "m", "emin32", "emin64", "ftz", "maxmag", "signbit", "sub32", "sub64", *SPEC,
+    "mode", "m", "emin32", "emin64", "ftz", "maxmag", "signbit", "sub32", "sub64", "subthr", *SPEC,
     "ovf32_pos", "ovf32_neg", "inf32_pos", "inf32_neg", "nan32_pos", "nan32_neg", "negzero",
     "nan_raise"])
 MF.__doc__ = """Minifloat parameters. emin32/emin64: biased float32/float64 exponent of min_normal;
 maxmag: largest finite magnitude code; sub32/sub64: 2**(emin - m) (value of subnormal code 1);
+subthr: codes below it take the subnormal product (1 << m; 0 when emin32 = 1, where the normal
+pattern formula also gives float32's subnormal patterns and sub32 would be a slow subnormal operand);
 *32_pos/neg: float32 patterns of the overflow (for this mode), Inf-input and NaN-input results."""
 MFX = namedtuple("MFX", MF._fields)
 MFX.__doc__ = """Minifloats whose float32 fast path does not apply (min_normal below 2**-126 or max
@@ -232,7 +234,7 @@ def _mf_fq32(P, y):
     c = _sel(sub, r << _sel(P.ftz, m, 0), r - ((emin32 - 1) << m))
     vn = (c + ((emin32 - 1) << m)) << (23 - m)
     vs = f32_bits(np.float32(c) * P.sub32)
-    vb = _sel(c >= (1 << m), vn, vs)
+    vb = _sel(c >= P.subthr, vn, vs)
     vb = vb | ((neg << 31) & -np.int64((c != 0) | P.negzero))
     vb = _sel(c > P.maxmag, _sel(neg, P.ovf32_neg, P.ovf32_pos), vb)
     vb = _sel(a == INF32, _sel(neg, P.inf32_neg, P.inf32_pos), vb)
@@ -528,7 +530,10 @@ def _ov_fq(P, T, V, y, z):
 # Return: the number of NaN inputs that have no code (the caller raises; nan='raise').
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def encode_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
+def encode_rows(P, T, V, x, codes, vals, want_codes, want_vals, Q, C, scales, inv, zps, pow2, rand):
+    """Codes of x / s (row layout), any rounding mode (the float64 cores); with want_vals also
+    their values (V[code] - z) * s (the stochastic fake-quant). codes: uint16, vals: x's dtype
+    (length-1 dummies when not wanted)."""
     n = x.shape[0]
     nrows = n // Q
     per = (Q + CHUNK - 1) // CHUNK
@@ -542,22 +547,25 @@ def encode_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
         k = row % C
         s = scales[k]
         iv = inv[k]
-        z = np.float64(zps[k] if nz == C else zps[0])
+        z = zps[k] if nz == C else zps[0]
         xs = x[lo:hi]
-        os = out[lo:hi]
         rs = rand[lo:hi] if stoch else rand
         nb = 0
         for i in range(xs.shape[0]):
             y = xs[i] * iv if pow2 else xs[i] / s
-            c = _code(P, T, np.float64(y), rs[i] if stoch else 0.0, z)
+            c = _code(P, T, np.float64(y), rs[i] if stoch else 0.0, np.float64(z))
             nb += c < 0
-            os[i] = max(c, 0)
+            if want_codes:
+                codes[lo + i] = max(c, 0)
+            if want_vals:
+                vals[lo + i] = (V[c] - z) * s if c >= 0 else np.nan
         bad += nb
     return bad
 
 
 @njit(cache=True, parallel=True)
-def encode_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
+def encode_cols(P, T, V, x, codes, vals, want_codes, want_vals, C, scales, inv, zps, pow2, rand):
+    """``encode_rows`` for the column layout ([P, C], scale per column)."""
     nr = x.shape[0] // C
     nz = zps.shape[0]
     stoch = P.mode == STOCHASTIC
@@ -565,41 +573,31 @@ def encode_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
     for p in prange(nr):
         nb = 0
         base = np.int64(p) * C
-        xs = x[base:base + C]
-        os = out[base:base + C]
-        rs = rand[base:base + C] if stoch else rand
         for k in range(C):
-            y = xs[k] * inv[k] if pow2 else xs[k] / scales[k]
-            z = np.float64(zps[k] if nz == C else zps[0])
-            c = _code(P, T, np.float64(y), rs[k] if stoch else 0.0, z)
+            i = base + k
+            y = x[i] * inv[k] if pow2 else x[i] / scales[k]
+            z = zps[k] if nz == C else zps[0]
+            c = _code(P, T, np.float64(y), rand[i] if stoch else 0.0, np.float64(z))
             nb += c < 0
-            os[k] = max(c, 0)
+            if want_codes:
+                codes[i] = max(c, 0)
+            if want_vals:
+                vals[i] = (V[c] - z) * scales[k] if c >= 0 else np.nan
         bad += nb
     return bad
 
 
-@njit
-def _fq_stoch_one(P, T, V, xi, s, iv, pow2, z, r):
-    """Stochastic fake-quant of one element: the code (float64 core), then (V[code] - z) * s."""
-    y = xi * iv if pow2 else xi / s
-    c = _code(P, T, np.float64(y), r, np.float64(z))
-    if c < 0:
-        return np.nan, 1
-    return (V[c] - z) * s, 0
-
-
 @njit(cache=True, parallel=True)
-def fq_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
-    """Fused fake-quant, row layout: out = fl(v(x / s) * s), codes never stored.
+def fq_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, count):
+    """Fused fake-quant, row layout (RNE/RNA/TZ): out = fl(v(x / s) * s), codes never stored.
 
     Each parallel task takes a slice of at most CHUNK elements of one row and loops over it from
-    index 0 (slices keep LLVM's vectorizer happy where offset indices do not)."""
+    index 0 (slices keep LLVM's vectorizer happy where offset indices do not). With count, returns
+    the number of NaN inputs (for formats without NaN, where the caller raises)."""
     n = x.shape[0]
     nrows = n // Q
     per = (Q + CHUNK - 1) // CHUNK
     nz = zps.shape[0]
-    stoch = P.mode == STOCHASTIC
-    count = P.nan_raise or stoch
     bad = 0
     for t in prange(nrows * per):
         row = np.int64(t) // per
@@ -613,19 +611,13 @@ def fq_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
         os = out[lo:hi]
         m = xs.shape[0]
         nb = 0
-        if stoch:
-            rs = rand[lo:hi]
-            for i in range(m):
-                v, b = _fq_stoch_one(P, T, V, xs[i], s, iv, pow2, z, rs[i])
-                os[i] = v
-                nb += b
-        elif pow2:
+        if pow2:
             for i in range(m):
                 os[i] = _fq(P, T, V, xs[i] * iv, z) * s
         else:
             for i in range(m):
                 os[i] = _fq(P, T, V, xs[i] / s, z) * s
-        if count and not stoch:
+        if count:
             for i in range(m):
                 nb += xs[i] != xs[i]
         bad += nb
@@ -633,26 +625,17 @@ def fq_rows(P, T, V, x, out, Q, C, scales, inv, zps, pow2, rand):
 
 
 @njit(cache=True, parallel=True)
-def fq_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
-    """Fused fake-quant, column layout ([P, C], one scale per column)."""
+def fq_cols(P, T, V, x, out, C, scales, inv, zps, pow2, count):
+    """Fused fake-quant, column layout ([P, C], one scale per column; RNE/RNA/TZ)."""
     nr = x.shape[0] // C
     nz = zps.shape[0]
-    stoch = P.mode == STOCHASTIC
-    count = P.nan_raise or stoch
     bad = 0
     for p in prange(nr):
         nb = 0
         base = np.int64(p) * C
         xs = x[base:base + C]
         os = out[base:base + C]
-        if stoch:
-            rs = rand[base:base + C]
-            for k in range(C):
-                z = zps[k] if nz == C else zps[0]
-                v, b = _fq_stoch_one(P, T, V, xs[k], scales[k], inv[k], pow2, z, rs[k])
-                os[k] = v
-                nb += b
-        elif nz == C:
+        if nz == C:
             for k in range(C):
                 os[k] = _fq(P, T, V, xs[k] / scales[k], zps[k]) * scales[k]
         elif pow2:
@@ -663,7 +646,7 @@ def fq_cols(P, T, V, x, out, C, scales, inv, zps, pow2, rand):
             z = zps[0]
             for k in range(C):
                 os[k] = _fq(P, T, V, xs[k] / scales[k], z) * scales[k]
-        if count and not stoch:
+        if count:
             for k in range(C):
                 nb += xs[k] != xs[k]
         bad += nb
@@ -727,6 +710,13 @@ def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
 
 
 @njit
+def _pow2_f32(k):
+    """2**k as a float32 for -149 <= k <= 127, from its pattern: normal |0|k+127|0..0|, subnormal
+    a single mantissa bit 1 << (k + 149)."""
+    return bits_f32(((k + 127) << 23) if k >= -126 else (1 << (k + 149)))
+
+
+@njit
 def _absmax_bits(xs):
     """max |x| of a float32 slice as a float32 pattern compared as an integer (NaN and Inf give
     patterns >= 0x7F800000, so one comparison flags a non-finite block)."""
@@ -761,21 +751,23 @@ def mx_fq(P, T, V, x, out, K, rule, emax, mbits, elem_max, eoff, want_codes, cod
             e = mx_shared_exp(amax, rule, emax, mbits, elem_max)
             sexp[blk] = e + 127
             ee = e + eoff
-            X = np.float32(2.0 ** ee)
+            X = _pow2_f32(ee)
             if want_codes:
+                iX64 = bits_f64((1023 - ee) << 52)
                 cs = codes[blk * K:(blk + 1) * K]
                 for i in range(K):
-                    y = np.float32(np.float64(xs[i]) * 2.0 ** (-ee))
+                    y = np.float32(np.float64(xs[i]) * iX64)
                     c = _code(P, T, np.float64(y), 0.0, 0.0)
                     cs[i] = max(c, 0)
                     os[i] = _fq(P, T, V, y, z32) * X
             elif ee >= -126:
-                iX = np.float32(2.0 ** (-ee))
+                iX = _pow2_f32(-ee)
                 for i in range(K):
                     os[i] = _fq(P, T, V, xs[i] * iX, z32) * X
             else:  # 2**-ee is beyond float32: scale in float64 (exact), round once to float32
+                iX64 = bits_f64((1023 - ee) << 52)
                 for i in range(K):
-                    y = np.float32(np.float64(xs[i]) * 2.0 ** (-ee))
+                    y = np.float32(np.float64(xs[i]) * iX64)
                     os[i] = _fq(P, T, V, y, z32) * X
     return 0
 
@@ -822,15 +814,6 @@ def fp8scale_fq(P, T, V, S8, x, out, K, g, elem_max, want_codes, codes, scodes, 
             else:
                 for i in range(K):
                     os[i] = _fq(P, T, V, xs[i] / S, z32) * S
-    return 0
-
-
-@njit(cache=True, parallel=True)
-def absmax_rows(x, Q, out):
-    """out[r] = max |x| over row r (Q elements), as the float32 pattern (``_absmax_bits``)."""
-    nrows = x.shape[0] // Q
-    for r in prange(nrows):
-        out[r] = _absmax_bits(x[np.int64(r) * Q:(np.int64(r) + 1) * Q])
     return 0
 
 

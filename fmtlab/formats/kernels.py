@@ -48,6 +48,18 @@ class Plan(NamedTuple):
     V: np.ndarray  # value of every code, float64
 
 
+def generic(plan: Plan) -> Plan:
+    """The plan with its parameter tuple reduced to the family's base type (MF, IN or TB): the
+    float64 cores (codes, STOCHASTIC, float64 fake-quant) read only base fields, so one compiled
+    kernel per family serves every variant (fewer numba specializations to compile)."""
+    P = plan.P
+    if isinstance(P, K.MFX):
+        P = K.MF(*P)
+    elif isinstance(P, (K.TBD, K.TBS, K.TBL)):
+        P = K.TB(*P[:len(K.TB._fields)])
+    return Plan(P, plan.T, plan.V)
+
+
 _NO_TABLE = np.zeros((1, 1))
 _NO_TABLE.setflags(write=False)
 
@@ -85,9 +97,11 @@ def _mf_params(fmt, mode, spec, vals, nan_raise):
 
     ov = (spec[6], spec[7]) if mode == K.TOWARD_ZERO else (spec[4], spec[5])
     cls = K.MF if fast32 else K.MFX
-    sub32 = np.float32(math.ldexp(1.0, emin - m)) if emin - m >= -149 else np.float32(0.0)
+    # 2**(emin - m); unused (0) when emin32 == 1, where it would be a slow subnormal operand
+    sub32 = np.float32(math.ldexp(1.0, emin - m)) if -126 < emin else np.float32(0.0)
+    subthr = 0 if emin + 127 == 1 else 1 << m
     return cls(mode, m, emin + 127, emin + 1023, ftz, maxmag, 1 << (fmt.bits - 1), sub32,
-               math.ldexp(1.0, emin - m), *spec, val32(ov[0]), val32(ov[1]), val32(spec[2]),
+               math.ldexp(1.0, emin - m), subthr, *spec, val32(ov[0]), val32(ov[1]), val32(spec[2]),
                val32(spec[3]), val32(spec[0]), val32(spec[1]), fmt.negative_zero_code is not None,
                nan_raise)
 
@@ -180,6 +194,32 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1)
 
 
+def _run_encode(plan, flat, layout, s, inv, z, pow2, r, want_codes, want_vals):
+    n = flat.shape[0]
+    codes = np.empty(n if want_codes else 1, np.uint16)
+    vals = np.empty(n if want_vals else 1, flat.dtype)
+    if not n:
+        return codes, vals, 0
+    g = generic(plan)
+    if isinstance(layout, Cols):
+        bad = K.encode_cols(*g, flat, codes, vals, want_codes, want_vals, layout.C, s, inv, z, pow2, r)
+    else:
+        bad = K.encode_rows(*g, flat, codes, vals, want_codes, want_vals, max(layout.Q, 1), layout.C,
+                            s, inv, z, pow2, r)
+    return codes, vals, bad
+
+
+def _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand):
+    overflow = fmt.default_overflow if overflow is None else overflow
+    plan = params(fmt, rounding, overflow, nan)
+    if plan is None:
+        raise FormatError(f"no fast kernel for {fmt.name}")
+    flat = _flat(x)
+    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
+    r = _rand_arg(rand, flat.shape[0]) if rounding is Rounding.STOCHASTIC else np.zeros(1)
+    return plan, flat, s, inv, z, r
+
+
 def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
                   rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
                   nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
@@ -188,42 +228,32 @@ def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2:
     ``x / s`` is computed in x's precision (float32 or float64); pow2=True promises every scale
     is a power of two (then x * (1/s) is used, which is the same number).
     """
-    overflow = fmt.default_overflow if overflow is None else overflow
-    plan = params(fmt, rounding, overflow, nan)
-    if plan is None:
-        raise FormatError(f"no fast kernel for {fmt.name}")
-    flat = _flat(x)
-    n = flat.shape[0]
-    out = np.empty(n, dtype=fmt.code_dtype)
-    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
-    r = _rand_arg(rand, n) if rounding is Rounding.STOCHASTIC else np.zeros(1)
-    if isinstance(layout, Cols):
-        bad = K.encode_cols(*plan, flat, out, layout.C, s, inv, z, pow2, r) if n else 0
-    else:
-        bad = K.encode_rows(*plan, flat, out, max(layout.Q, 1), layout.C, s, inv, z, pow2, r) if n else 0
+    plan, flat, s, inv, z, r = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
+    codes, _, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, True, False)
     if bad:
         raise _nan_error(fmt, bad)
-    return out.reshape(x.shape)
+    return codes.astype(fmt.code_dtype, copy=False).reshape(x.shape)
 
 
 def fq_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
               rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
-              nan: NanInput = NanInput.RAISE, rand=None, out: np.ndarray | None = None) -> np.ndarray:
+              nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
     """Fused fake-quant ``fl(v(x / s) * s)`` (v the element value, minus the zero point) in x's
     dtype and shape; codes are never stored. Same conventions as ``encode_scaled``."""
-    overflow = fmt.default_overflow if overflow is None else overflow
-    plan = params(fmt, rounding, overflow, nan)
-    if plan is None:
-        raise FormatError(f"no fast kernel for {fmt.name}")
-    flat = _flat(x)
+    plan, flat, s, inv, z, r = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
     n = flat.shape[0]
-    res = np.empty(n, dtype=flat.dtype) if out is None else out.reshape(-1)
-    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
-    r = _rand_arg(rand, n) if rounding is Rounding.STOCHASTIC else np.zeros(1)
-    if isinstance(layout, Cols):
-        bad = K.fq_cols(*plan, flat, res, layout.C, s, inv, z, pow2, r) if n else 0
+    if rounding is Rounding.STOCHASTIC:
+        _, res, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, False, True)
     else:
-        bad = K.fq_rows(*plan, flat, res, max(layout.Q, 1), layout.C, s, inv, z, pow2, r) if n else 0
+        res = np.empty(n, dtype=flat.dtype)
+        kp = plan if flat.dtype == np.float32 else generic(plan)
+        count = bool(plan.P.nan_raise)
+        if not n:
+            bad = 0
+        elif isinstance(layout, Cols):
+            bad = K.fq_cols(*kp, flat, res, layout.C, s, inv, z, pow2, count)
+        else:
+            bad = K.fq_rows(*kp, flat, res, max(layout.Q, 1), layout.C, s, inv, z, pow2, count)
     if bad:
         raise _nan_error(fmt, bad)
     return res.reshape(x.shape)

@@ -29,7 +29,7 @@ from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, make_rng
-from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, params
+from fmtlab.formats.kernels import encode_scaled, fq_scaled, generic, params
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 from fmtlab.formats.scaling import (
@@ -260,6 +260,8 @@ class Quantizer:
         amax = self._slot_absmax(M)
         rnd = Rounding.NEAREST_EVEN if self.rounding is Rounding.STOCHASTIC else self.rounding
         plan = params(self.format, rnd, self.overflow, NanInput.ZERO if not self.format.has_nan else self.nan)
+        if M.dtype != np.float32:
+            plan = generic(plan)
         Mc = np.ascontiguousarray(M).reshape(-1)
         nslots, L = M.shape
         best = np.full(nslots, np.inf)

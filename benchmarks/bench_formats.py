@@ -1,0 +1,159 @@
+"""Fake-quant throughput of fmtlab's fused kernels beside ml_dtypes and torch casts (same run).
+
+    python benchmarks/bench_formats.py                 # 2**24 float32 values, 1 and 2 threads
+    python benchmarks/bench_formats.py --n 20 --reps 5 --threads 1 2 --json out.json
+
+For each input distribution (normal, sigma 10; heavy tail: normal * exp(2 * normal), sigma-10
+scaled) and each thread count (numba.set_num_threads and torch.set_num_threads), it measures
+elements/s as the median of ``--reps`` timed runs (candidates interleaved round-robin after one
+warm-up each, so machine noise hits all of them alike) of:
+  fmtlab  static   Quantizer(fmt, PerTensor(), Static(amax / fmt.max)).fake_quantize(x): the
+                   fused kernel alone (x / s, round, clamp, * s in one pass)
+  fmtlab  dynamic  the per-tensor absmax quantizer: an amax pass plus the fused pass
+  fmtlab  blocks   MXFP8 (E4M3), MXFP4 and NVFP4 fake-quant (block amax, scale, elements fused)
+  ml_dtypes        x.astype(dtype).astype(float32) (single-threaded by design)
+  torch            torch.from_numpy(x).to(float8).float()
+and prints ratios against torch's FP8 E4M3 round trip (the target: element formats >= 3x,
+block formats >= 2x) and against ml_dtypes' round trip of the same format (E4M3 where ml_dtypes
+has no such format; target >= 5x). The machine may be shared: read the ratios, not the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ELEMENT_FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4",
+                   "dint4", "log4", "bf16", "fp16"]
+BLOCK_PRESETS = ["mxfp8_e4m3", "mxfp4", "nvfp4"]
+
+
+def make_inputs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    normal = (rng.standard_normal(n) * 10).astype(np.float32)
+    heavy = (rng.standard_normal(n) * np.exp(2 * rng.standard_normal(n)) * 10).astype(np.float32)
+    return {"normal(10)": normal, "heavy-tail": heavy}
+
+
+def build_candidates(x: np.ndarray):
+    """name -> (group, zero-argument callable)."""
+    import ml_dtypes
+    import torch
+
+    from fmtlab.formats import PerTensor, Quantizer, Static, get_format, get_quantizer
+
+    cands = {}
+    t = torch.from_numpy(x)
+    cands["torch fp8_e4m3"] = ("torch", lambda: t.to(torch.float8_e4m3fn).float())
+    cands["torch fp8_e5m2"] = ("torch", lambda: t.to(torch.float8_e5m2).float())
+    ml = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2,
+          "fp6_e3m2": ml_dtypes.float6_e3m2fn, "fp6_e2m3": ml_dtypes.float6_e2m3fn,
+          "fp4_e2m1": ml_dtypes.float4_e2m1fn, "bf16": ml_dtypes.bfloat16, "fp16": np.float16}
+    for name, dt in ml.items():
+        cands[f"ml_dtypes {name}"] = ("ml_dtypes", lambda dt=dt: x.astype(dt).astype(np.float32))
+    amax = float(np.max(np.abs(x)))
+    for name in ELEMENT_FORMATS:
+        fmt = get_format(name)
+        qs = Quantizer(fmt, PerTensor(), Static(amax / fmt.max))
+        qd = Quantizer(fmt, PerTensor())
+        cands[f"fmtlab {name} static"] = ("static", lambda q=qs: q.fake_quantize(x))
+        cands[f"fmtlab {name} dynamic"] = ("dynamic", lambda q=qd: q.fake_quantize(x))
+    for name in BLOCK_PRESETS:
+        q = get_quantizer(name)
+        cands[f"fmtlab {name}"] = ("block", lambda q=q: q.fake_quantize(x))
+    return cands
+
+
+def measure(cands: dict, reps: int) -> dict[str, float]:
+    """Median seconds per candidate; candidates interleaved round-robin."""
+    for _, fn in cands.values():  # warm-up (and numba compile / cache load)
+        fn()
+    times = {k: [] for k in cands}
+    for _ in range(reps):
+        for k, (_, fn) in cands.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def table(n: int, med: dict[str, float]) -> list[dict]:
+    rate = {k: n / v for k, v in med.items()}
+    torch_ref = rate["torch fp8_e4m3"]
+    rows = []
+    for name in ELEMENT_FORMATS:
+        ml = rate.get(f"ml_dtypes {name}", rate["ml_dtypes fp8_e4m3"])
+        ml_name = name if f"ml_dtypes {name}" in rate else "fp8_e4m3"
+        for kind in ("static", "dynamic"):
+            r = rate[f"fmtlab {name} {kind}"]
+            rows.append(dict(op=f"{name} ({kind})", rate=r, vs_torch=r / torch_ref, vs_ml=r / ml,
+                             ml_peer=ml_name, target_torch=3.0, target_ml=5.0))
+    for name in BLOCK_PRESETS:
+        r = rate[f"fmtlab {name}"]
+        rows.append(dict(op=name, rate=r, vs_torch=r / torch_ref, vs_ml=r / rate["ml_dtypes fp8_e4m3"],
+                         ml_peer="fp8_e4m3", target_torch=2.0, target_ml=None))
+    for k in ("torch fp8_e4m3", "torch fp8_e5m2", "ml_dtypes fp8_e4m3", "ml_dtypes fp4_e2m1", "ml_dtypes bf16"):
+        rows.append(dict(op=k, rate=rate[k], vs_torch=rate[k] / torch_ref, vs_ml=None, ml_peer=None,
+                         target_torch=None, target_ml=None))
+    return rows
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n### {title}\n")
+    print("| operation | Melem/s | x torch fp8_e4m3 | x ml_dtypes (peer) | target met |")
+    print("|---|---:|---:|---:|:---:|")
+    for r in rows:
+        ml = "" if r["vs_ml"] is None else f"{r['vs_ml']:.1f} ({r['ml_peer']})"
+        ok = ""
+        if r["target_torch"] is not None:
+            good = r["vs_torch"] >= r["target_torch"] and (r["target_ml"] is None or r["vs_ml"] >= r["target_ml"])
+            ok = "yes" if good else "**no**"
+        print(f"| {r['op']} | {r['rate'] / 1e6:,.0f} | {r['vs_torch']:.2f} | {ml} | {ok} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=24, help="log2 of the number of values (default 24)")
+    ap.add_argument("--reps", type=int, default=7, help="timed runs per candidate (median)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--dist", nargs="+", default=None, help="distributions (default: all)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    import numba
+    import torch
+
+    n = 1 << args.n
+    inputs = make_inputs(n)
+    results = {"n": n, "reps": args.reps, "python": sys.version.split()[0], "machine": platform.machine(),
+               "cpus": os.cpu_count(), "numba": numba.__version__, "torch": torch.__version__, "runs": []}
+    print(f"fmtlab fake-quant benchmark: n = 2**{args.n} float32, median of {args.reps} runs, "
+          f"{os.cpu_count()} CPUs, numba {numba.__version__}, torch {torch.__version__}")
+    for dist, x in inputs.items():
+        if args.dist and dist not in args.dist:
+            continue
+        cands = build_candidates(x)
+        for th in args.threads:
+            numba.set_num_threads(th)
+            torch.set_num_threads(th)
+            med = measure(cands, args.reps)
+            rows = table(n, med)
+            print_table(f"{dist}, {th} thread{'s' if th > 1 else ''}", rows)
+            results["runs"].append({"dist": dist, "threads": th, "rows": rows})
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
