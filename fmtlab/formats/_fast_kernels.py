@@ -86,6 +86,14 @@ gathers). Step i: a passes threshold t_i (a > t_i, or a == t_i when u_i) -> the 
 Nearest modes: t_i = ub[i] and u_i = 'a tie at ub[i] goes up'; TOWARD_ZERO: t_i = mags[i+1],
 u_i = 1. l_i = mags[i+1], except that the virtual level above max is max itself (saturation);
 unused steps have t_i = +inf."""
+TBS32 = namedtuple("TBS32", TB._fields + tuple(f"{c}{i}" for i in range(_SMALL) for c in "tul")
+                   + ("nan32",))
+TBS32.__doc__ = """TBS whose levels are float32 numbers: the whole path runs in float32. A threshold t
+that float32 cannot hold becomes the largest float32 below it with a strict test (for a float32
+a: a > t <=> a > down32(t), and a == t cannot happen)."""
+TBD32 = namedtuple("TBD32", TB._fields + ("th0", "th1", "th2", "u0", "u1", "u2", "v1", "v2",
+                                          "vmax", "nan32"))
+TBD32.__doc__ = """TBD in float32 (levels float32 numbers; thresholds as in TBS32, u_i: '>=' test)."""
 TBL = namedtuple("TBL", TB._fields + ("off",))
 TBL.__doc__ = """log-base-b whose estimate is within one index (float32 fast path); off: 1.5 for
 nearest modes (log-domain nearest index), 1.0 for TOWARD_ZERO (floor index)."""
@@ -468,6 +476,49 @@ def _small_fq(P, y):
     return P.nan64 if y != y else v
 
 
+@njit
+def _small_fq32(P, y):
+    """``_small_fq`` entirely in float32 (``TBS32``): 16 lanes per vector instead of 8."""
+    a = abs(y)
+    v = np.float32(0.0)
+    v = _step(a, P.t0, P.u0, P.l0, v)
+    v = _step(a, P.t1, P.u1, P.l1, v)
+    v = _step(a, P.t2, P.u2, P.l2, v)
+    v = _step(a, P.t3, P.u3, P.l3, v)
+    v = _step(a, P.t4, P.u4, P.l4, v)
+    v = _step(a, P.t5, P.u5, P.l5, v)
+    v = _step(a, P.t6, P.u6, P.l6, v)
+    v = _step(a, P.t7, P.u7, P.l7, v)
+    v = -v if (np.signbit(y) & ((v > 0) | P.negzero)) else v
+    return P.nan32 if y != y else v
+
+
+@njit
+def _dint_fq32f(P, y):
+    """``_dint_fq32`` entirely in float32 (``TBD32``). NEAREST_AWAY rounds the integer part as
+    trunc + (frac >= 0.5) (frac = a - trunc(a) is exact; a + 0.5 would round for a >= 2**23)."""
+    a = abs(y)
+    mode = P.mode
+    if mode == NEAREST_EVEN:
+        vi = np.rint(a)
+    elif mode == NEAREST_AWAY:
+        t = np.trunc(a)
+        vi = t + np.float32(1.0) if (a - t) >= 0.5 else t
+    else:
+        vi = np.floor(a)
+    vi = min(vi, P.vmax)
+    c0 = (a > P.th0) | ((a == P.th0) & P.u0)
+    c1 = (a > P.th1) | ((a == P.th1) & P.u1)
+    c2 = (a > P.th2) | ((a == P.th2) & P.u2)
+    vd = P.v1 if c0 else np.float32(0.0)
+    vd = P.v2 if c1 else vd
+    nd = P.ndenorm
+    up = c2 if nd == 2 else (c1 if nd == 1 else c0)
+    v = vi if up else vd
+    v = -v if (np.signbit(y) & ((v > 0) | P.negzero)) else v
+    return P.nan32 if y != y else v
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile-time dispatch on the parameter tuple's type
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +540,7 @@ def _ov_code(P, T, x, r, z):
         return lambda P, T, x, r, z: _mf_code(P, x, r)
     if _is(P, IN):
         return lambda P, T, x, r, z: _int_code(P, x, r, z)
-    if _is(P, TB) or _is(P, TBD) or _is(P, TBL) or _is(P, TBS):
+    if _is(P, TB) or _is(P, TBD) or _is(P, TBL) or _is(P, TBS) or _is(P, TBS32) or _is(P, TBD32):
         return lambda P, T, x, r, z: _tb_code(P, T, x, r)
 
 
@@ -518,6 +569,14 @@ def _ov_fq(P, T, V, y, z):
         return lambda P, T, V, y, z: _tb_fq(P, T, y)
     if _is(P, TBS):
         return lambda P, T, V, y, z: _small_fq(P, y)
+    if _is(P, TBS32):
+        if f32:
+            return lambda P, T, V, y, z: _small_fq32(P, y)
+        return lambda P, T, V, y, z: _tb_fq(P, T, y)
+    if _is(P, TBD32):
+        if f32:
+            return lambda P, T, V, y, z: _dint_fq32f(P, y)
+        return lambda P, T, V, y, z: _tb_fq(P, T, y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,43 +792,73 @@ def mx_fq(P, T, V, x, out, K, rule, emax, mbits, elem_max, eoff, want_codes, cod
     MXINT8 1.6 fixed point), out = fl32(v(x / X) * X). A block holding NaN or Inf gets the NaN
     scale: sexp = 255 and every output NaN. sexp receives the biased E8M0 codes (e + 127);
     with want_codes, codes receives the element codes (0 in NaN blocks).
+
+    K = 32 (and 16) get loops of literal length, which LLVM unrolls and vectorizes; a loop of
+    runtime length per block costs more in bookkeeping than in elements.
     """
     nb = x.shape[0] // K
     bpt = max(1, CHUNK // K)  # blocks per parallel task
     z32 = np.float32(0.0)
     for t in prange((nb + bpt - 1) // bpt):
-        for blk in range(np.int64(t) * bpt, min(nb, (np.int64(t) + 1) * bpt)):
-            xs = x[blk * K:(blk + 1) * K]
-            os = out[blk * K:(blk + 1) * K]
-            amax = _absmax_bits(xs)
+        b0 = np.int64(t) * bpt
+        b1 = min(nb, b0 + bpt)
+        xs = x[b0 * K:b1 * K]
+        os = out[b0 * K:b1 * K]
+        for b in range(b1 - b0):
+            o = b * K
+            amax = 0
+            if K == 32:
+                for u in range(32):
+                    amax = max(amax, f32_bits(xs[o + u]) & ABS32)
+            elif K == 16:
+                for u in range(16):
+                    amax = max(amax, f32_bits(xs[o + u]) & ABS32)
+            else:
+                for u in range(K):
+                    amax = max(amax, f32_bits(xs[o + u]) & ABS32)
+            blk = b0 + b
             if amax >= INF32:
                 sexp[blk] = 255
-                os[:] = np.nan
-                if want_codes:
-                    codes[blk * K:(blk + 1) * K] = 0
+                for u in range(K):
+                    os[o + u] = np.nan
+                    if want_codes:
+                        codes[blk * K + u] = 0
                 continue
             e = mx_shared_exp(amax, rule, emax, mbits, elem_max)
             sexp[blk] = e + 127
             ee = e + eoff
             X = _pow2_f32(ee)
-            if want_codes:
+            if want_codes or ee < -126:
+                # codes, or 2**-ee beyond float32: scale in float64 (exact), round once to float32
                 iX64 = bits_f64((1023 - ee) << 52)
-                cs = codes[blk * K:(blk + 1) * K]
-                for i in range(K):
-                    y = np.float32(np.float64(xs[i]) * iX64)
-                    c = _code(P, T, np.float64(y), 0.0, 0.0)
-                    cs[i] = max(c, 0)
-                    os[i] = _fq(P, T, V, y, z32) * X
-            elif ee >= -126:
-                iX = _pow2_f32(-ee)
-                for i in range(K):
-                    os[i] = _fq(P, T, V, xs[i] * iX, z32) * X
-            else:  # 2**-ee is beyond float32: scale in float64 (exact), round once to float32
-                iX64 = bits_f64((1023 - ee) << 52)
-                for i in range(K):
-                    y = np.float32(np.float64(xs[i]) * iX64)
-                    os[i] = _fq(P, T, V, y, z32) * X
+                for u in range(K):
+                    y = np.float32(np.float64(xs[o + u]) * iX64)
+                    if want_codes:
+                        codes[blk * K + u] = max(_code(P, T, np.float64(y), 0.0, 0.0), 0)
+                    os[o + u] = _fq(P, T, V, y, z32) * X
+                continue
+            iX = _pow2_f32(-ee)
+            if K == 32:
+                for u in range(32):
+                    os[o + u] = _fq(P, T, V, xs[o + u] * iX, z32) * X
+            elif K == 16:
+                for u in range(16):
+                    os[o + u] = _fq(P, T, V, xs[o + u] * iX, z32) * X
+            else:
+                for u in range(K):
+                    os[o + u] = _fq(P, T, V, xs[o + u] * iX, z32) * X
     return 0
+
+
+@njit
+def _fp8_scale(S8, amax, g, elem_max):
+    """(FP8 code, effective float32 scale S) of a finite block whose max |x| has pattern amax:
+    s_rel = fl32(fl32(A / elem_max) / g), code = min(max(RNE(s_rel), 1), max code),
+    S = fl32(g * value(code))."""
+    s_rel = (bits_f32(amax) / elem_max) / g
+    c8 = _mf_mag32(f32_bits(s_rel), NEAREST_EVEN, S8.m, S8.emin32, S8.ftz)
+    c8 = min(max(c8, 1), S8.maxmag)
+    return c8, g * np.float32(_mf_val64(c8, S8.m, S8.emin64, S8.sub64))
 
 
 @njit(cache=True, parallel=True)
@@ -780,40 +869,51 @@ def fp8scale_fq(P, T, V, S8, x, out, K, g, elem_max, want_codes, codes, scodes, 
         A = max |x| of the block (float32); s_rel = fl32(fl32(A / elem_max) / g)
         scode = min(max(E4M3_RNE(s_rel), 1), max code)  (never the zero scale: 2**-9 at least)
         S = fl32(g * e4m3(scode)); out = fl32(v(fl32(x / S)) * S)
-    A block holding NaN or Inf: scode = the E4M3 NaN code, S = NaN, outputs NaN.
+    A block holding NaN or Inf: scode = the E4M3 NaN code, S = NaN, outputs NaN (codes 0).
     scodes / seff receive the E4M3 codes and the effective float32 scales S.
+    K = 16 gets loops of literal length (see ``mx_fq``).
     """
     nb = x.shape[0] // K
     bpt = max(1, CHUNK // K)
     z32 = np.float32(0.0)
     nan_code = S8.nan_p
     for t in prange((nb + bpt - 1) // bpt):
-        for blk in range(np.int64(t) * bpt, min(nb, (np.int64(t) + 1) * bpt)):
-            xs = x[blk * K:(blk + 1) * K]
-            os = out[blk * K:(blk + 1) * K]
-            amax = _absmax_bits(xs)
+        b0 = np.int64(t) * bpt
+        b1 = min(nb, b0 + bpt)
+        xs = x[b0 * K:b1 * K]
+        os = out[b0 * K:b1 * K]
+        for b in range(b1 - b0):
+            o = b * K
+            amax = 0
+            if K == 16:
+                for u in range(16):
+                    amax = max(amax, f32_bits(xs[o + u]) & ABS32)
+            else:
+                for u in range(K):
+                    amax = max(amax, f32_bits(xs[o + u]) & ABS32)
+            blk = b0 + b
             if amax >= INF32:
                 scodes[blk] = nan_code
                 seff[blk] = np.nan
-                os[:] = np.nan
-                if want_codes:
-                    codes[blk * K:(blk + 1) * K] = 0
+                for u in range(K):
+                    os[o + u] = np.nan
+                    if want_codes:
+                        codes[blk * K + u] = 0
                 continue
-            s_rel = (bits_f32(amax) / elem_max) / g
-            c8 = _mf_mag32(f32_bits(s_rel), NEAREST_EVEN, S8.m, S8.emin32, S8.ftz)
-            c8 = min(max(c8, 1), S8.maxmag)
+            c8, S = _fp8_scale(S8, amax, g, elem_max)
             scodes[blk] = c8
-            S = g * np.float32(_mf_val64(c8, S8.m, S8.emin64, S8.sub64))
             seff[blk] = S
             if want_codes:
-                cs = codes[blk * K:(blk + 1) * K]
-                for i in range(K):
-                    y = xs[i] / S
-                    cs[i] = max(_code(P, T, np.float64(y), 0.0, 0.0), 0)
-                    os[i] = _fq(P, T, V, y, z32) * S
+                for u in range(K):
+                    y = xs[o + u] / S
+                    codes[blk * K + u] = max(_code(P, T, np.float64(y), 0.0, 0.0), 0)
+                    os[o + u] = _fq(P, T, V, y, z32) * S
+            elif K == 16:
+                for u in range(16):
+                    os[o + u] = _fq(P, T, V, xs[o + u] / S, z32) * S
             else:
-                for i in range(K):
-                    os[i] = _fq(P, T, V, xs[i] / S, z32) * S
+                for u in range(K):
+                    os[o + u] = _fq(P, T, V, xs[o + u] / S, z32) * S
     return 0
 
 
@@ -850,19 +950,15 @@ def mx_exps(amax_bits, rule, emax, mbits, elem_max, out):
 
 @njit(cache=True)
 def fp8_scales(S8, amax_bits, g, elem_max, scodes, seff):
-    """FP8 block scales as ``fp8scale_fq`` computes them: scodes[b] (the FP8 code) and seff[b]
-    (the effective float32 scale g * fp8 value; NaN for non-finite blocks)."""
+    """FP8 block scales as ``fp8scale_fq`` computes them (``_fp8_scale``): scodes[b] (the FP8 code)
+    and seff[b] (the effective float32 scale; NaN code and NaN for non-finite blocks)."""
     for b in range(amax_bits.shape[0]):
         a = amax_bits[b]
         if a >= INF32:
             scodes[b] = S8.nan_p
             seff[b] = np.nan
-            continue
-        s_rel = (bits_f32(a) / elem_max) / g
-        c8 = _mf_mag32(f32_bits(s_rel), NEAREST_EVEN, S8.m, S8.emin32, S8.ftz)
-        c8 = min(max(c8, 1), S8.maxmag)
-        scodes[b] = c8
-        seff[b] = g * np.float32(_mf_val64(c8, S8.m, S8.emin64, S8.sub64))
+        else:
+            scodes[b], seff[b] = _fp8_scale(S8, a, g, elem_max)
     return 0
 
 

@@ -55,7 +55,7 @@ def generic(plan: Plan) -> Plan:
     P = plan.P
     if isinstance(P, K.MFX):
         P = K.MF(*P)
-    elif isinstance(P, (K.TBD, K.TBS, K.TBL)):
+    elif isinstance(P, (K.TBD, K.TBS, K.TBL, K.TBS32, K.TBD32)):
         P = K.TB(*P[:len(K.TB._fields)])
     return Plan(P, plan.T, plan.V)
 
@@ -143,11 +143,40 @@ def _tb_params(fmt, mode, spec, vals, nan_raise):
         lev = list(mags[1:nden + 1]) + [0.0] * (2 - nden)
         P = K.TBD(*base, th[0], th[1], th[2], lev[0], lev[1], mode == K.NEAREST_EVEN,
                   float(mags[Kn]))
+        if _f32_exact(lev + [mags[Kn]]):
+            t32 = [_f32_threshold(t, mode != K.NEAREST_EVEN) for t in th]
+            P = K.TBD32(*base, *[t for t, _ in t32], *[u for _, u in t32],
+                        *[np.float32(v) for v in lev], np.float32(mags[Kn]), np.float32(base[-2]))
     elif Kn + 1 <= K._SMALL and mode != K.STOCHASTIC:
-        P = K.TBS(*base, *_small_steps(mode, mags, bounds, T[2], Kn))
+        steps = _small_steps(mode, mags, bounds, T[2], Kn)
+        P = K.TBS(*base, *steps)
+        if _f32_exact(steps[2::3]):
+            s32 = []
+            for t, u, lv in zip(steps[0::3], steps[1::3], steps[2::3]):
+                t32, u32 = _f32_threshold(t, u)
+                s32 += [t32, u32, np.float32(lv)]
+            P = K.TBS32(*base, *s32, np.float32(base[-2]))
     elif kind == 1 and math.log2(fmt.base) > 0.05 and mags[1] >= 2.0 ** -126 and mode != K.STOCHASTIC:
         P = K.TBL(*base, 1.0 if mode == K.TOWARD_ZERO else 1.5)
     return Plan(P, T, vals)
+
+
+def _f32_exact(vals) -> bool:
+    """Every value is a float32 number."""
+    v = np.asarray(vals, dtype=np.float64)
+    return bool(np.all(v.astype(np.float32).astype(np.float64) == v))
+
+
+def _f32_threshold(t: float, inclusive: bool) -> tuple[np.float32, bool]:
+    """(t32, inclusive32) with, for every float32 a: (a > t or (a == t and inclusive)) <=>
+    (a > t32 or (a == t32 and inclusive32)). t32 = t when float32 holds t, else the largest
+    float32 below t with a strict test (a float32 a never equals such a t)."""
+    f = np.float32(t)
+    if np.isinf(t) or float(f) == t:
+        return f, bool(inclusive)
+    if float(f) > t:
+        f = np.nextafter(f, np.float32(-np.inf))
+    return f, False
 
 
 def _small_steps(mode, mags, bounds, even, Kn) -> list:
