@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fmtlab.errors import FormatError
 from fmtlab.formats import Format, NanInput, Overflow, Rounding
 from fmtlab.pytorch import elementwise
 from fmtlab.pytorch.autograd import apply_fake_quant
@@ -25,15 +26,23 @@ def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = 
     """Fake-quantize ``x`` (any float dtype, CPU or CUDA) with a format or a quantizer.
 
     spec: an element format (``Format`` or registry name such as ``"fp8_e4m3"``; values are
-    unscaled, e.g. INT8 rounds to integers) or a quantizer (a ``fmtlab.formats`` Quantizer, or a
-    :class:`fmtlab.pytorch.TorchQuantizer`), which brings its own scales, rounding and overflow.
+    unscaled, e.g. INT8 rounds to integers) or a quantizer (a ``fmtlab.formats`` Quantizer, a
+    :class:`fmtlab.pytorch.TorchQuantizer` or a preset name such as ``"mxfp4"``, ``"nvfp4"``,
+    ``"int8_per_token"``), which brings its own scales, rounding and overflow.
     rounding / overflow / nan / seed / draws: as :func:`fmtlab.pytorch.elementwise.encode`
     (rounding defaults to NEAREST_EVEN for formats; for quantizers, None keeps theirs).
     grad: "ste" (straight-through) or "clipped" (zero gradient outside the representable range).
     The result has x's dtype and is bit-identical to the numpy path for float32/float64 input.
     """
-    if isinstance(spec, (Format, str)):
+    fmt = None
+    if isinstance(spec, Format):
         fmt = elementwise.as_format(spec)
+    elif isinstance(spec, str):
+        try:
+            fmt = elementwise.as_format(spec)
+        except FormatError:
+            fmt = None  # not a format name: a quantizer preset ("mxfp4", "int8_per_token", ...)
+    if fmt is not None:
         rnd = Rounding.NEAREST_EVEN if rounding is None else rounding
 
         def run(t: torch.Tensor, need_mask: bool):
@@ -45,8 +54,14 @@ def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = 
     from fmtlab.pytorch.quantizers import as_torch_quantizer
 
     tq = as_torch_quantizer(spec)
-    if rounding is not None or overflow is not None:
-        tq = tq.replace(rounding=rounding, overflow=overflow)
+    if rounding is not None or overflow is not None or nan is not NanInput.RAISE:
+        stoch = rounding is not None and Rounding.parse(rounding) is Rounding.STOCHASTIC
+        if stoch and seed is None and draws is None and tq.seed is None:
+            raise ValueError("stochastic rounding needs seed= (int or numpy Generator) or draws=")
+        # the numpy Quantizer wants an int seed with STOCHASTIC; the call's seed/draws win anyway
+        qseed = (seed if isinstance(seed, int) else (tq.seed if tq.seed is not None else 0)) if stoch else None
+        tq = tq.replace(rounding=rounding, overflow=overflow, seed=qseed,
+                        nan=None if nan is NanInput.RAISE else nan)
 
     def run_q(t: torch.Tensor, need_mask: bool):
         return tq.fake_quantize_with_mask(t, seed=seed, draws=draws, need_mask=need_mask)
