@@ -1,14 +1,17 @@
-"""``FormatFakeQuantize``: any fmtlab format as a ``torch.ao.quantization`` fake-quantize module.
+"""``FormatFakeQuantize``: any fmtlab format or quantizer as a ``torch.ao.quantization`` module.
 
-It drops into a ``QConfig`` (``QConfig(activation=FormatFakeQuantize.with_args(fmt="fp8_e4m3"),
-weight=FormatFakeQuantize.with_args(fmt="int4", ch_axis=0))``) and so into ``prepare_qat``.
+It drops into a ``QConfig`` and so into ``prepare_qat``::
+
+    QConfig(activation=FormatFakeQuantize.with_args(fmt="fp8_e4m3"),
+            weight=FormatFakeQuantize.with_args(fmt="int4", ch_axis=0))
 
 Scale (static, observer-driven): an observer (torch's MinMax family) tracks min/max of what it
-sees; ``scale = amax / fmt.max`` with ``amax = max(|min|, |max|)`` per tensor or per channel,
-computed in float32 (1.0 where amax is 0 or not finite). Forward: ``q(x / scale) * scale`` with the
-element format's exact fake-quant ``q`` (float32 arithmetic for float32 x), gradient by
-straight-through estimator (``grad="ste"``) or its clipped variant (``grad="clipped"``: zero
-where ``x / scale`` lies outside ``[fmt.min, fmt.max]``).
+sees; ``c = max(|min|, |max|)`` per tensor or per channel, and the scale follows the fmtlab
+quantizer convention ``s = fl32(c / fl32(fmt.max))`` (c == 0 -> 1, an underflow -> 2**-149, then
+the quantizer's pow2 rounding). Forward: exactly ``Quantizer(fmt, granularity,
+Static(s)).fake_quantize(x)`` (torch ops, bit-identical to the numpy path for float32/float64),
+gradient by straight-through estimator (``grad="ste"``) or its clipped variant
+(``grad="clipped"``: zero where ``x / s`` lies outside ``[fmt.min, fmt.max]``).
 ``calculate_qparams()`` returns ``(scale, zero_point)`` with zero_point 0 (symmetric).
 :func:`fmtlab.pytorch.convert_qat` turns a trained QAT model into plain modules whose weights hold
 the fake-quantized values.
@@ -19,38 +22,23 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization import FakeQuantizeBase, MovingAverageMinMaxObserver, PerChannelMinMaxObserver
 
-from fmtlab.formats import Format, Overflow, Rounding
-from fmtlab.pytorch import elementwise
+from fmtlab.errors import FmtlabError
+from fmtlab.formats import Format, Overflow, PerChannel, PerTensor, Quantizer, Rounding
 from fmtlab.pytorch.autograd import apply_fake_quant, check_grad
+from fmtlab.pytorch.quantizers import TorchQuantizer
 
-__all__ = ["FormatFakeQuantize", "scaled_fake_quant"]
-
-
-def scaled_fake_quant(x: torch.Tensor, fmt: Format, scale: torch.Tensor, *,
-                      rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
-                      overflow: "Overflow | str | None" = Overflow.SATURATE, grad: str = "ste",
-                      seed=None) -> torch.Tensor:
-    """``q(x / scale) * scale`` (scale broadcast against x) with a straight-through gradient."""
-
-    def run(t: torch.Tensor, need_mask: bool):
-        s = scale.to(t.dtype) if t.is_floating_point() else scale
-        z = t / s
-        y = elementwise.fake_quant_values(z, fmt, rounding, overflow, seed=seed, nan="zero") * s
-        mask = ((z >= fmt.min) & (z <= fmt.max)) if need_mask else None
-        return y, mask
-
-    return apply_fake_quant(x, run, grad)
+__all__ = ["FormatFakeQuantize"]
 
 
 class FormatFakeQuantize(FakeQuantizeBase):
-    """Fake-quantize to an fmtlab element format with an observer-driven static scale.
+    """Fake-quantize to an fmtlab format with an observer-driven static scale.
 
-    fmt: format or name (``"fp8_e4m3"``, ``"int4"``, ``"fp4_e2m1"``, ...), or ``quantizer``: an
-    fmtlab Quantizer whose format and rounding are used (its granularity picks per-tensor or
-    per-channel: a per-channel quantizer's axis becomes ``ch_axis``).
-    ch_axis: None = per-tensor (default observer MovingAverageMinMaxObserver), an int = one
-    scale per slice along that axis (default observer PerChannelMinMaxObserver).
-    rounding / overflow: as ``Format.encode`` (overflow defaults to saturate, as QAT expects).
+    fmt: format or name (``"fp8_e4m3"``, ``"int4"``, ``"fp4_e2m1"``, ...) quantized with
+    ``rounding`` / ``overflow`` (default saturate, as QAT expects); or ``quantizer``: an fmtlab
+    Quantizer, TorchQuantizer or preset name whose format, rounding, overflow, NaN policy and pow2
+    are used; its granularity must be per-tensor or per-channel (the axis becomes ``ch_axis``).
+    ch_axis: None = per-tensor (default observer MovingAverageMinMaxObserver), an int = one scale
+    per slice along that axis (default observer PerChannelMinMaxObserver).
     grad: "ste" or "clipped". observer_kwargs go to the observer (e.g. averaging_constant).
     """
 
@@ -65,22 +53,29 @@ class FormatFakeQuantize(FakeQuantizeBase):
         if quantizer is not None:
             if fmt is not None:
                 raise ValueError("pass either fmt= or quantizer=, not both")
-            fmt = getattr(quantizer, "format", None) or getattr(quantizer, "fmt", None)
-            rounding = getattr(quantizer, "rounding", rounding)
-            gran = getattr(quantizer, "granularity", None)
-            axis = getattr(gran, "axis", None)
-            if ch_axis is None and axis is not None and "channel" in type(gran).__name__.lower():
-                ch_axis = int(axis)
-        if fmt is None:
-            fmt = "fp8_e4m3"
-        self.fmt = elementwise.as_format(fmt)  # (warmed: constants under torch.compile)
-        self.quantizer = quantizer
-        self.rounding = Rounding.parse(rounding)
-        if self.rounding is Rounding.STOCHASTIC:
-            raise ValueError("FormatFakeQuantize needs a deterministic rounding (stochastic "
-                             "rounding needs a seed per call; use fmtlab.pytorch.fake_quantize)")
-        self.overflow = None if overflow is None else Overflow.parse(overflow)
-        self.fmt._resolve(self.rounding, self.overflow, "zero")  # validate once, early
+            base = quantizer.quantizer if isinstance(quantizer, TorchQuantizer) else quantizer
+            base = TorchQuantizer(base).quantizer
+            g = base.granularity
+            if isinstance(g, PerChannel):
+                if ch_axis is not None and ch_axis != g.axis:
+                    raise ValueError(f"ch_axis={ch_axis} contradicts the quantizer's {g}")
+                ch_axis = g.axis
+            elif not isinstance(g, PerTensor):
+                raise FmtlabError(f"FormatFakeQuantize keeps one static scale per tensor or per channel; "
+                                  f"the quantizer's granularity {g} is not one of them")
+        else:
+            if Rounding.parse(rounding) is Rounding.STOCHASTIC:
+                raise ValueError("FormatFakeQuantize needs a deterministic rounding (stochastic "
+                                 "rounding needs a seed per call; use fmtlab.pytorch.fake_quantize)")
+            base = Quantizer(fmt if fmt is not None else "fp8_e4m3",
+                             PerTensor() if ch_axis is None else PerChannel(ch_axis),
+                             rounding=rounding, overflow=overflow, nan="zero")
+        if base.rounding is Rounding.STOCHASTIC:
+            raise ValueError("FormatFakeQuantize needs a deterministic rounding")
+        self.tq = TorchQuantizer(base)
+        self.fmt = self.tq.format
+        self.rounding = self.tq.rounding
+        self.overflow = self.tq.overflow
         self.grad = check_grad(grad)
         self.ch_axis = ch_axis
         if observer is None:
@@ -99,19 +94,17 @@ class FormatFakeQuantize(FakeQuantizeBase):
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float, device=device))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int, device=device))
 
+    @property
+    def quantizer(self) -> Quantizer:
+        """The numpy Quantizer this module mirrors (its scale rule is replaced by the observer)."""
+        return self.tq.quantizer
+
     # ---- scale ------------------------------------------------------------------------------
     def _observed_scale(self) -> torch.Tensor:
         obs = self.activation_post_process
-        amax = torch.maximum(obs.min_val.abs(), obs.max_val.abs()).to(torch.float32)
-        s = amax / torch.tensor(self.fmt.max, dtype=torch.float32)
-        return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s)).reshape(-1)
-
-    def _broadcast_scale(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_per_channel:
-            return self.scale.reshape(())
-        shape = [1] * x.dim()
-        shape[self.ch_axis] = -1
-        return self.scale.reshape(shape)
+        c = torch.maximum(obs.min_val.abs(), obs.max_val.abs()).to(torch.float32).reshape(-1)
+        c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))  # no observation yet: 1
+        return self.tq._finalize(c)
 
     @torch.jit.export
     def calculate_qparams(self):  # type: ignore[override]
@@ -128,8 +121,9 @@ class FormatFakeQuantize(FakeQuantizeBase):
                 self.zero_point.zero_()
             self.scale.copy_(s)
         if self.fake_quant_enabled[0] == 1:
-            x = scaled_fake_quant(x, self.fmt, self._broadcast_scale(x), rounding=self.rounding,
-                                  overflow=self.overflow, grad=self.grad)
+            scale = self.scale
+            x = apply_fake_quant(
+                x, lambda t, m: self.tq.fake_quantize_with_mask(t, need_mask=m, scales=scale), self.grad)
         return x
 
     def extra_repr(self) -> str:

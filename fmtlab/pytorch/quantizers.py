@@ -434,16 +434,28 @@ class TorchQuantizer:
         return a.detach()
 
     def _run(self, x: torch.Tensor, *, seed=None, draws=None, want_codes: bool = False,
-             need_mask: bool = False):
+             need_mask: bool = False, scales: torch.Tensor | None = None,
+             zero_points: torch.Tensor | None = None):
         """(out, codes, scales, zero points, scale codes, tensor scale, in-range mask)."""
         a = self._as_input(x)
         wk = self._work(a)
         if isinstance(self.granularity, PerBlock):
+            if scales is not None:
+                raise FmtlabError("block formats compute their own scales; scales= does not apply")
             return self._run_blocks(a, wk, seed, draws, want_codes, need_mask)
         r = self._draws(a, seed, draws)
         if r is not None and isinstance(self.granularity, (PerGroup, PerBlock)) and wk.moved is not None:
             r = r.movedim(wk.moved, -1).contiguous()
-        s, z = self._scales(wk)
+        if scales is None:
+            s, z = self._scales(wk)
+        else:  # given scales (e.g. an observer's static scale), used as they are
+            nslots = int(np.prod(wk.scale_shape)) if wk.scale_shape else 1
+            s = scales.to(device=a.device, dtype=torch.float32).reshape(-1)
+            if s.numel() not in (1, nslots):
+                raise FmtlabError(f"{s.numel()} scales given; this layout needs 1 or {nslots} "
+                                  f"(scale shape {wk.scale_shape})")
+            s = s.expand(nslots)
+            z = None if zero_points is None else zero_points.to(a.device, torch.int64).reshape(-1).expand(nslots)
         sb = self._broadcast(s, wk)
         zb = None if z is None else self._broadcast(z, wk)
         w = self._grouped(wk.w, wk)
@@ -466,10 +478,15 @@ class TorchQuantizer:
         out = self._run(x, seed=seed, draws=draws)[0]
         return out.to(x.dtype) if x.is_floating_point() else out
 
-    def fake_quantize_with_mask(self, x: torch.Tensor, *, seed=None, draws=None, need_mask: bool = False):
+    def fake_quantize_with_mask(self, x: torch.Tensor, *, seed=None, draws=None, need_mask: bool = False,
+                                scales: torch.Tensor | None = None, zero_points: torch.Tensor | None = None):
         """(fake_quantize(x), in-range mask or None): the mask is True where the scaled value
-        (plus zero point) lies in [fmt.min, fmt.max] (the clipped-STE pass region)."""
-        res = self._run(x, seed=seed, draws=draws, need_mask=need_mask)
+        (plus zero point) lies in [fmt.min, fmt.max] (the clipped-STE pass region).
+
+        ``scales`` (float32, one per slot or one in all) replaces the scale rule and is used as
+        given (the same bits as ``Quantizer(..., scale_rule=Static(scales), pow2=False)``)."""
+        res = self._run(x, seed=seed, draws=draws, need_mask=need_mask, scales=scales,
+                        zero_points=zero_points)
         out = res[0].to(x.dtype) if x.is_floating_point() else res[0]
         return out, res[6]
 

@@ -9,6 +9,7 @@ its per-channel scale.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 from torch.ao.quantization import (DeQuantStub, FakeQuantizeBase, QConfig, QuantStub,
                                    disable_observer, prepare_qat)
 
-from fmtlab.formats import get_format
+from fmtlab.formats import PerTensor, Quantizer, Static, get_quantizer
 from fmtlab.pytorch import FormatFakeQuantize, convert_qat
 
 from torch_helpers import bits_of
@@ -45,16 +46,30 @@ def _qconfig(wfmt="int4", afmt="fp8_e4m3", grad="ste"):
 
 
 def test_is_fake_quantize_base_and_per_tensor_math():
+    """Output == numpy Quantizer(fmt, PerTensor(), Static(s)).fake_quantize(x), s = amax / max."""
     fq = FormatFakeQuantize(fmt="fp8_e4m3")
     assert isinstance(fq, FakeQuantizeBase)
     x = torch.randn(32, 7) * 5
     y = fq(x)
     amax = np.float32(np.abs(x.numpy()).max())
     s = np.float32(amax / np.float32(448.0))
-    want = get_format("fp8_e4m3").quantize(x.numpy() / s, overflow="saturate").astype(np.float32) * s
+    want = Quantizer("fp8_e4m3", PerTensor(), Static(float(s))).fake_quantize(x.numpy())
     np.testing.assert_array_equal(bits_of(y), bits_of(want))
     scale, zp = fq.calculate_qparams()
     assert scale.item() == s and zp.item() == 0
+
+
+def test_with_fmtlab_quantizer():
+    """quantizer= carries format, rounding and granularity (per-channel axis -> ch_axis)."""
+    q = get_quantizer("int8_per_channel", rounding="nearest_away")
+    fq = FormatFakeQuantize(quantizer=q)
+    assert fq.ch_axis == 0 and fq.rounding.value == "nearest_away"
+    w = torch.randn(6, 10)
+    y = fq(w)
+    want = dataclasses.replace(q, scale_rule=Static(tuple(fq.scale.tolist()))).fake_quantize(w.numpy())
+    np.testing.assert_array_equal(bits_of(y), bits_of(want))
+    with pytest.raises(Exception, match="per tensor or per channel"):
+        FormatFakeQuantize(quantizer="mxfp4")
 
 
 def test_per_channel_scales_and_freeze():
