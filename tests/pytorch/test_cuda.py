@@ -55,3 +55,17 @@ def test_cuda_fake_quantize_module_and_model():
     cpu = evaluate_perplexity(qm, ids, progress=False)
     gpu = evaluate_perplexity(qm.cuda(), ids, progress=False)
     assert abs(cpu.nll - gpu.nll) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["int8_per_channel", "int4_g128_asym", "fp8_e4m3_per_token", "mxfp4",
+                                  "mxint8", "nvfp4", "log4_per_channel", "dint4_g128", "int8_per_token_p99.9"])
+def test_cuda_quantizers_bit_identical(name):
+    """Quantizers on CUDA == numpy path (MSE is left out: its sequential float64 SSE sums are not
+    reproduced by CUDA's parallel cumsum, so near-ties may pick another clip value)."""
+    from fmtlab.formats import get_quantizer
+    from fmtlab.pytorch import TorchQuantizer
+
+    q = get_quantizer(name)
+    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    got = TorchQuantizer(q).fake_quantize(torch.from_numpy(x).cuda())
+    np.testing.assert_array_equal(bits_of(got), bits_of(q.fake_quantize(x)))
