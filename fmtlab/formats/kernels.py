@@ -211,10 +211,16 @@ def _rand_arg(rand, n: int) -> np.ndarray:
 
 
 def _scale_args(scales, zps, dtype, pow2: bool):
+    """(scales, reciprocals, zero points) in the data's dtype, and whether to multiply by the
+    reciprocals: only for powers of two whose reciprocal the dtype holds (2**-149 has none)."""
     s = np.ascontiguousarray(scales, dtype=dtype).reshape(-1)
-    inv = (1.0 / s.astype(np.float64)).astype(dtype) if pow2 else s
+    if pow2:
+        with np.errstate(over="ignore", divide="ignore"):
+            inv = (1.0 / s.astype(np.float64)).astype(dtype)
+        pow2 = bool(np.all(np.isfinite(inv)))
+    inv = inv if pow2 else s
     z = np.zeros(1, dtype=dtype) if zps is None else np.ascontiguousarray(zps, dtype=dtype).reshape(-1)
-    return s, inv, z
+    return s, inv, z, pow2
 
 
 def _flat(x: np.ndarray) -> np.ndarray:
@@ -244,9 +250,9 @@ def _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand):
     if plan is None:
         raise FormatError(f"no fast kernel for {fmt.name}")
     flat = _flat(x)
-    s, inv, z = _scale_args(scales, zps, flat.dtype, pow2)
+    s, inv, z, pow2 = _scale_args(scales, zps, flat.dtype, pow2)
     r = _rand_arg(rand, flat.shape[0]) if rounding is Rounding.STOCHASTIC else np.zeros(1)
-    return plan, flat, s, inv, z, r
+    return plan, flat, s, inv, z, r, pow2
 
 
 def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
@@ -257,7 +263,7 @@ def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2:
     ``x / s`` is computed in x's precision (float32 or float64); pow2=True promises every scale
     is a power of two (then x * (1/s) is used, which is the same number).
     """
-    plan, flat, s, inv, z, r = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
+    plan, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
     codes, _, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, True, False)
     if bad:
         raise _nan_error(fmt, bad)
@@ -269,7 +275,7 @@ def fq_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: boo
               nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
     """Fused fake-quant ``fl(v(x / s) * s)`` (v the element value, minus the zero point) in x's
     dtype and shape; codes are never stored. Same conventions as ``encode_scaled``."""
-    plan, flat, s, inv, z, r = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
+    plan, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
     n = flat.shape[0]
     if rounding is Rounding.STOCHASTIC:
         _, res, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, False, True)

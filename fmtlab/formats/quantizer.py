@@ -29,7 +29,7 @@ from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, make_rng
-from fmtlab.formats.kernels import encode_scaled, fq_scaled, generic, params
+from fmtlab.formats.kernels import _scale_args, encode_scaled, fq_scaled, generic, params
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 from fmtlab.formats.scaling import (
@@ -271,9 +271,7 @@ class Quantizer:
         for r in rule.ratios:
             c = (amax * r).astype(np.float32)
             s = self._finalize(c)
-            sd = s.astype(M.dtype)
-            pw = _is_pow2(s)
-            inv = (1.0 / sd.astype(np.float64)).astype(M.dtype) if pw else sd
+            sd, inv, _, pw = _scale_args(s, None, M.dtype, _is_pow2(s))
             K.sse_rows(*plan, Mc, L, nslots, sd, inv, z, pw, sse)
             better = sse < best
             best = np.where(better, sse, best)

@@ -102,6 +102,19 @@ def test_codes_are_the_oracle_of_x_over_s(fmt, gran, rule, shape, dtype):
     assert _same(q.fake_quantize(x), vals.astype(dtype))
 
 
+@pytest.mark.parametrize("scale", [2.0 ** -149, 2.0 ** -130, 3e-45, 2.0 ** 120])
+def test_extreme_static_scales(scale):
+    """I2 where 1/s is beyond float32 (2**-149: no reciprocal) or s is subnormal / huge."""
+    x = np.array([[0.0, 1e-45, -3e-44, 1e-40, 5e-39, -1.0, 2.0 ** 126, 1e38]], np.float32)
+    for name in ("int8", "fp8_e4m3", "log4", "dint4"):
+        q = Quantizer(name, PerTensor(), Static(scale))
+        s = np.float32(scale)
+        want = oracle_encode(q.format, x / s, overflow="saturate", boundaries="format")
+        qt = q.quantize(x)
+        np.testing.assert_array_equal(qt.codes, want)
+        assert _same(q.fake_quantize(x), (q.format.decode(want) * np.float64(s)).astype(np.float32))
+
+
 def test_absmax_scale_formula():
     """I3: s = fl32(fl32(max |x|) / fl32(max)); zero slices get 1; pow2 rounds up exactly."""
     x = _data((6, 50), 1)
