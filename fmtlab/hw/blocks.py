@@ -205,13 +205,16 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
             Part("significand adder", adder(wa + 2, st.adder)),
         ]
     # exponent logic: room = bt + (1 - emin) and eb = bt + (1 + bias) - shl fold their constants
+    # with A = 0 the sum is X: only its np_ top bits can be nonzero and the left shift is
+    # below np_, so the LZC and the normalising shifter see np_ live bits
+    live_n = min(np_, n) if acc_zero else n
     parts += [
-        Part("leading-zero counter", LeadingZeroCounter(n)),
+        Part("leading-zero counter", LeadingZeroCounter(live_n)),
         Part("room above min exponent (bt + const)", Incrementer(we)),
         Part("normalise limit compare", Comparator(lzw)),
         Part("normalise limit compare (high bits)", OrTree(we - lzw)),
         Part("normalise limit select", Mux(lzw, 3)),
-        Part("normalise shifter", BarrelShifter(n, n - 1, "right")),
+        Part("normalise shifter", BarrelShifter(live_n, live_n - 1, "right")),
         Part("biased result exponent (bt + const - shl)", adder(we, st.adder)),
         Part("result exponent select", Mux(acc.exp_bits)),
     ]

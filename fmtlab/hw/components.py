@@ -161,6 +161,20 @@ class CarrySaveRows(Component):
 
 
 @dataclasses.dataclass(frozen=True)
+class CompressorTree(Component):
+    """Carry-save reduction of ``bits_in`` input bits (k operands, carry-ins, constants) to two
+    rows of ``out`` bits: every FA removes one bit, so FA = bits_in - 2 * out (the same rule as
+    :class:`ArrayMultiplier`'s reduction). Class: arith."""
+
+    bits_in: int
+    out: int
+    energy_class: ClassVar[str] = "arith"
+
+    def cells(self) -> Counter:
+        return Counter(FA=max(int(self.bits_in) - 2 * int(self.out), 0))
+
+
+@dataclasses.dataclass(frozen=True)
 class ArrayMultiplier(Component):
     """n x m array (or carry-save tree) multiplier with its final carry-propagate adder.
 

@@ -29,7 +29,7 @@ from fmtlab.formats import Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
                               fixed_product_parts, float_decode_parts, float_product_parts,
                               fp_adder_parts, product_exponent_parts)
-from fmtlab.hw.components import (BarrelShifter, CarrySaveRows, Gates, Incrementer,
+from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, OrTree, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
 from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
@@ -241,7 +241,8 @@ def mx_parts(u: MacUnit) -> list[Part]:
     if ew.has_inf or ew.has_nan or ea.has_inf or ea.has_nan:
         per_elem.append(Part("Inf/NaN gating", Gates.of(AND2=mag)))
     parts = [Part(f"[x{k}] {p.label}", p.component, p.count * k) for p in per_elem]
-    parts += [Part("block sum: carry-save rows", CarrySaveRows(k + 1, sb)),
+    # k terms of mag+1 bits (sign bit inverted), k carry-ins and one constant (see the RTL)
+    parts += [Part("block sum: carry-save tree", CompressorTree(k * (mag + 1) + k + sb - mag, sb)),
               Part("block sum: final adder", adder(sb, st.adder)),
               Part("block |sum| (XOR row + increment)", XorRow(sb)),
               Part("block |sum| increment", Incrementer(sb)),

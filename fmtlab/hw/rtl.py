@@ -521,13 +521,14 @@ def _mx_core(name: str, unit: MacUnit) -> tuple[str, int]:
     we1 = fp_adder_we(t_lo, t_hi, acc, sb)
     we2 = fp_adder_we(1 - acc.bias - acc.man_bits, (1 << acc.exp_bits) - 1 - acc.bias, acc, acc.man_bits + 1)
     subs = [mult_module(f"{name}_mul", ew.sig_bits, ea.sig_bits, False)]
-    elem = [f"module {name}_elem(input [{eb - 1}:0] w, input [{ab - 1}:0] a, output [{sb - 1}:0] term, "
+    tw = mag + 1  # term: (mag+1)-bit two's complement with its sign bit inverted (see below)
+    elem = [f"module {name}_elem(input [{eb - 1}:0] w, input [{ab - 1}:0] a, output [{tw - 1}:0] term, "
             "output cin, output enan, output epinf, output eninf);"]
     elem += float_product(ew, ea, f"{name}_mul")
     elem += [f"  wire [{sw - 1}:0] sh = {_ext('da_ee', ew.exp_bits, sw, False)} + {_ext('db_ee', ea.exp_bits, sw, False)};",
              f"  wire [{mag + 1}:0] pm2 = {_ext('ps', np_, mag + 2, False)} << sh;",
              f"  wire [{mag - 1}:0] pmag = (pnan | pinf) ? {mag}'d0 : pm2[{mag + 1}:2];",
-             f"  assign term = {_ext('pmag', mag, sb, False)} ^ {{{sb}{{psn}}}};",
+             f"  assign term = {{~psn, pmag ^ {{{mag}{{psn}}}}}};",
              "  assign cin = psn;",
              "  assign enan = pnan;",
              "  assign epinf = pinf & ~psn;",
@@ -540,18 +541,21 @@ def _mx_core(name: str, unit: MacUnit) -> tuple[str, int]:
     subs.append(fp_adder_module(f"{name}_fpadd", acc.man_bits + 1, we2, acc, False))
     L = [f"module {name}_core(input [{k * eb - 1}:0] w, input [{k * ab - 1}:0] a, input [7:0] sw, "
          f"input [7:0] sx, input [{accb - 1}:0] acc_in, output [{accb - 1}:0] acc_out);",
-         f"  wire [{k * sb - 1}:0] terms; wire [{k - 1}:0] cins, nans, pinfs, ninfs;",
+         f"  wire [{k * tw - 1}:0] terms; wire [{k - 1}:0] cins, nans, pinfs, ninfs;",
          "  genvar j;",
          f"  generate for (j = 0; j < {k}; j = j + 1) begin : el",
-         f"    {name}_elem ue(.w(w[j*{eb} +: {eb}]), .a(a[j*{ab} +: {ab}]), .term(terms[j*{sb} +: {sb}]), "
+         f"    {name}_elem ue(.w(w[j*{eb} +: {eb}]), .a(a[j*{ab} +: {ab}]), .term(terms[j*{tw} +: {tw}]), "
          ".cin(cins[j]), .enan(nans[j]), .epinf(pinfs[j]), .eninf(ninfs[j]));",
          "  end endgenerate"]
-    # the exact block sum (yosys turns the chain of additions into one multi-operand adder)
+    # the exact block sum (yosys turns the chain of additions into one multi-operand adder).
+    # Sign extension trick: a (mag+1)-bit two's-complement term t sign-extended equals
+    # {~t[mag], t[mag-1:0]} - 2^mag, so the k terms add as short unsigned words plus one
+    # constant -k * 2^mag (mod 2^sb) instead of k sign-extended sb-bit words.
     L += [f"  reg [{sb - 1}:0] s;",
           "  integer q;",
           "  always @* begin",
-          f"    s = {sb}'d0;",
-          f"    for (q = 0; q < {k}; q = q + 1) s = s + terms[q*{sb} +: {sb}] + {{{sb - 1}'d0, cins[q]}};",
+          f"    s = {sb}'d{((1 << sb) - k * (1 << mag)) % (1 << sb)};",
+          f"    for (q = 0; q < {k}; q = q + 1) s = s + {{{sb - tw}'d0, terms[q*{tw} +: {tw}]}} + {{{sb - 1}'d0, cins[q]}};",
           "  end",
           f"  wire sneg = s[{sb - 1}];",
           f"  wire [{sb - 1}:0] sabs = (s ^ {{{sb}{{sneg}}}}) + {{{sb - 1}'d0, sneg}};",
