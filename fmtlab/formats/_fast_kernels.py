@@ -63,6 +63,10 @@ pattern formula also gives float32's subnormal patterns and sub32 would be a slo
 MFX = namedtuple("MFX", MF._fields)
 MFX.__doc__ = """Minifloats whose float32 fast path does not apply (min_normal below 2**-126 or max
 at or above 2**128): float32 inputs go through the float64 core."""
+MF1 = namedtuple("MF1", MF._fields)
+MF1.__doc__ = """Minifloats with float32's exponent range (emin32 = 1, e.g. bf16): the target's
+subnormals sit on float32's own subnormal grid, so one rounding of the float32 pattern at bit
+23 - m serves every finite input (``_mf1_fq32``)."""
 IN = namedtuple("IN", ["mode", "lo32", "hi32", "lo64", "hi64", "mask", *SPEC, "nan32", "nan64",
                        "nan_raise"])
 IN.__doc__ = """INT parameters: lo/hi = most negative / largest value; mask = 2**bits - 1;
@@ -244,6 +248,29 @@ def _mf_fq32(P, y):
     vs = f32_bits(np.float32(c) * P.sub32)
     vb = _sel(c >= P.subthr, vn, vs)
     vb = vb | ((neg << 31) & -np.int64((c != 0) | P.negzero))
+    vb = _sel(c > P.maxmag, _sel(neg, P.ovf32_neg, P.ovf32_pos), vb)
+    vb = _sel(a == INF32, _sel(neg, P.inf32_neg, P.inf32_pos), vb)
+    vb = _sel(a > INF32, _sel(neg, P.nan32_neg, P.nan32_pos), vb)
+    return bits_f32(vb)
+
+
+@njit
+def _mf1_fq32(P, y):
+    """``_mf_fq32`` for emin32 = 1 (``MF1``): round the magnitude pattern at bit 23 - m,
+
+        |0| E (8) | F (23) |  ->  c = round(a >> (23 - m)),  value pattern c << (23 - m)
+
+    (a carry ripples into the exponent; float32 subnormals need no special case), then sign,
+    overflow (c > maxmag, Inf) and NaN patterns."""
+    b = f32_bits(y)
+    a = b & ABS32
+    neg = b >> 31
+    sh = 23 - P.m
+    mode = P.mode
+    half = np.int64(1) << (sh - 1)
+    inc = _sel(mode == NEAREST_EVEN, half - 1 + ((a >> sh) & 1), _sel(mode == NEAREST_AWAY, half, 0))
+    c = (a + inc) >> sh
+    vb = (c << sh) | ((neg << 31) & -np.int64((c != 0) | P.negzero))
     vb = _sel(c > P.maxmag, _sel(neg, P.ovf32_neg, P.ovf32_pos), vb)
     vb = _sel(a == INF32, _sel(neg, P.inf32_neg, P.inf32_pos), vb)
     vb = _sel(a > INF32, _sel(neg, P.nan32_neg, P.nan32_pos), vb)
@@ -536,7 +563,7 @@ def _is(P, cls) -> bool:
 
 @overload(_code)
 def _ov_code(P, T, x, r, z):
-    if _is(P, MF) or _is(P, MFX):
+    if _is(P, MF) or _is(P, MFX) or _is(P, MF1):
         return lambda P, T, x, r, z: _mf_code(P, x, r)
     if _is(P, IN):
         return lambda P, T, x, r, z: _int_code(P, x, r, z)
@@ -553,6 +580,10 @@ def _ov_fq(P, T, V, y, z):
         return lambda P, T, V, y, z: _mf_fq64(P, V, y)
     if _is(P, MFX):
         return lambda P, T, V, y, z: _mf_fq64(P, V, np.float64(y))
+    if _is(P, MF1):
+        if f32:
+            return lambda P, T, V, y, z: _mf1_fq32(P, y)
+        return lambda P, T, V, y, z: _mf_fq64(P, V, y)
     if _is(P, IN):
         if f32:
             return lambda P, T, V, y, z: _int_fq32(P, y, z)

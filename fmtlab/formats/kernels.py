@@ -53,7 +53,7 @@ def generic(plan: Plan) -> Plan:
     float64 cores (codes, STOCHASTIC, float64 fake-quant) read only base fields, so one compiled
     kernel per family serves every variant (fewer numba specializations to compile)."""
     P = plan.P
-    if isinstance(P, K.MFX):
+    if isinstance(P, (K.MFX, K.MF1)):
         P = K.MF(*P)
     elif isinstance(P, (K.TBD, K.TBS, K.TBL, K.TBS32, K.TBD32)):
         P = K.TB(*P[:len(K.TB._fields)])
@@ -96,7 +96,7 @@ def _mf_params(fmt, mode, spec, vals, nan_raise):
         return _f32_pattern(vals[code]) if code >= 0 else 0x7FC00000
 
     ov = (spec[6], spec[7]) if mode == K.TOWARD_ZERO else (spec[4], spec[5])
-    cls = K.MF if fast32 else K.MFX
+    cls = (K.MF1 if emin + 127 == 1 and not ftz else K.MF) if fast32 else K.MFX
     # 2**(emin - m); unused (0) when emin32 == 1, where it would be a slow subnormal operand
     sub32 = np.float32(math.ldexp(1.0, emin - m)) if -126 < emin else np.float32(0.0)
     subthr = 0 if emin + 127 == 1 else 1 << m

@@ -23,7 +23,7 @@ ROUNDINGS = list(Rounding)
 NAMED = ["fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1",
          "fp16", "bf16", "int8", "int4", "int4_sym", "uint8", "int16", "dint4", "dint8", "log4",
          "log4_b1.4142135623730951", "log8", "log4_lin"]
-EXOTIC = ["e4m3_fn_ftz", "e8m7_ieee_b100", "e3m0_ieee", "e5m2_fnuz_b3", "e2m3_fin_ftz",
+EXOTIC = ["e4m3_fn_ftz", "e8m7_ieee_b100", "e8m3_fn", "e8m1_fin", "e8m7_ieee_ftz", "e3m0_ieee", "e5m2_fnuz_b3", "e2m3_fin_ftz",
           "dint4_d0.25_0.5", "dint5_d", "dint6_d0.125_0.25_0.5", "dint4_d0.3", "log5_b1.1",
           "log3_u0.1", "log4_nz", "log4_u0.0123", "log3_b1.3_lin", "dint4_nz", "uint3", "int2"]
 
@@ -200,9 +200,9 @@ def test_kernel_choice_per_family():
     """Which parameter tuple (and so which core) each format gets."""
     pick = {n: type(KK.params(get_format(n), Rounding.NEAREST_EVEN, get_format(n).default_overflow,
                               NanInput.RAISE).P).__name__
-            for n in ("fp8_e4m3", "e8m7_ieee_b100", "int8", "dint4", "dint8", "dint4_d0.3", "log4",
+            for n in ("fp8_e4m3", "bf16", "e8m7_ieee_b100", "int8", "dint4", "dint8", "dint4_d0.3", "log4",
                       "log4_b1.4142135623730951", "log8", "log6_b1.01")}
-    assert pick == {"fp8_e4m3": "MF", "e8m7_ieee_b100": "MFX", "int8": "IN", "dint4": "TBD32",
+    assert pick == {"fp8_e4m3": "MF", "bf16": "MF1", "e8m7_ieee_b100": "MFX", "int8": "IN", "dint4": "TBD32",
                     "dint8": "TBD32", "dint4_d0.3": "TBD", "log4": "TBS32",
                     "log4_b1.4142135623730951": "TBS", "log8": "TBL", "log6_b1.01": "TB"}
     assert KK.params(get_format("e8m0"), Rounding.NEAREST_EVEN, Overflow.NAN, NanInput.RAISE) is None
