@@ -121,17 +121,20 @@ def cmd_e2e(args) -> int:
     if args.replay:
         with open(args.replay, encoding="utf-8") as fh:
             rep = json.load(fh)
-        metric = {}
-        for r in rep.get("by_model", []):
-            if r.get("kind") == "linear":
-                v = r.get("pooled_out_sqnr_db")
-                metric[r["config"]] = math.inf if v == "inf" else (math.nan if v is None else float(v))
-        agree = rank_agreement({r["config"]: r["ppl"] for r in rows}, metric)
-        doc["rank_agreement"] = agree
-        for r in rows:
-            r["replay_pooled_out_sqnr_db"] = metric.get(r["config"], math.nan)
-        print(f"\nSpearman(ppl, -pooled out SQNR) = {agree['spearman']:.3f}; "
-              f"disagreeing pairs: {agree['disagreements'] or 'none'}")
+        ppl = {r["config"]: r["ppl"] for r in rows}
+        doc["rank_agreement"] = {}
+        for key in ("pooled_out_sqnr_db", "mean_out_sqnr_db", "min_out_sqnr_db", "mean_a_sqnr_db", "mean_w_sqnr_db"):
+            metric = {}
+            for r in rep.get("by_model", []):
+                if r.get("kind") == "linear":
+                    v = r.get(key)
+                    metric[r["config"]] = math.inf if v == "inf" else (math.nan if v is None else float(v))
+            agree = rank_agreement(ppl, metric)
+            doc["rank_agreement"][key] = agree
+            for r in rows:
+                r[f"replay_{key}"] = metric.get(r["config"], math.nan)
+            print(f"Spearman(ppl, -{key}) = {agree['spearman']:.3f}; disagreeing pairs: "
+                  f"{agree['disagreements'] or 'none'}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         _atomic_text(os.path.join(args.out, "e2e.json"), json.dumps(_json_safe(doc), indent=1))

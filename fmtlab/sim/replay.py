@@ -270,16 +270,22 @@ class ReplayResult:
                 self.to_json(os.path.join(out_dir, f"{stem}.json"))]
 
     def summary(self, kind: str = "linear") -> str:
-        """A small text table: per config, pooled/mean/min output SQNR and mean activation rates."""
+        """A small text table per config: for Linear layers the pooled/mean/min output SQNR and the
+        mean activation/weight rates; for other kinds the activation SQNR and rates."""
         rows = [r for r in self.by_model if r["kind"] == kind]
-        head = (f"{'config':<26}{'trace':<14}{'pooled out SQNR':>16}{'mean out SQNR':>14}{'min out SQNR':>13}"
-                f"{'a underflow':>12}{'a clip':>10}{'w underflow':>12}")
+        if kind == "linear":
+            cols = [("pooled out SQNR", "pooled_out_sqnr_db"), ("mean out SQNR", "mean_out_sqnr_db"),
+                    ("min out SQNR", "min_out_sqnr_db"), ("a underflow", "mean_a_underflow_rate"),
+                    ("a clip", "mean_a_clip_rate"), ("w underflow", "mean_w_underflow_rate")]
+        else:
+            cols = [("mean a SQNR", "mean_a_sqnr_db"), ("min a SQNR", "min_a_sqnr_db"),
+                    ("a underflow", "mean_a_underflow_rate"), ("a clip", "mean_a_clip_rate"),
+                    ("a clip energy", "mean_a_clipped_energy_frac")]
+        head = f"{'config':<26}{'trace':<14}" + "".join(f"{c:>16}" for c, _ in cols)
         lines = [head, "-" * len(head)]
         for r in rows:
-            lines.append(f"{r['config']:<26}{str(r['trace'])[:13]:<14}{_num(r.get('pooled_out_sqnr_db', math.nan)):>16}"
-                         f"{_num(r.get('mean_out_sqnr_db', math.nan)):>14}{_num(r.get('min_out_sqnr_db', math.nan)):>13}"
-                         f"{_num(r.get('mean_a_underflow_rate', math.nan)):>12}{_num(r.get('mean_a_clip_rate', math.nan)):>10}"
-                         f"{_num(r.get('mean_w_underflow_rate', math.nan)):>12}")
+            lines.append(f"{r['config']:<26}{str(r['trace'])[:13]:<14}"
+                         + "".join(f"{_num(r.get(k, math.nan)):>16}" for _, k in cols))
         return "\n".join(lines)
 
 
