@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     n = args.size
     rng = np.random.default_rng(0)
-    print(f"| unit | size | datapath s | MACs/s | numpy s | ratio (datapath / numpy time) | max rel err |")
+    print("| unit | size | datapath s | MACs/s | numpy s | ratio (datapath / numpy time) | max rel err |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for w, a, acc in UNITS:
         mx = w.startswith("mx")

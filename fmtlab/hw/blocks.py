@@ -117,13 +117,6 @@ def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
     return [Part(f"{label} decode (hidden bit, specials)", Gates.of(**g))]
 
 
-def product_exp_bits(a: FloatView, b: FloatView) -> int:
-    """Bits of a signed exponent that holds the product's LSB and MSB exponents."""
-    lo = a.lsb_min + b.lsb_min
-    hi = a.msb_max + b.msb_max + 2
-    return max(abs(lo), abs(hi)).bit_length() + 1
-
-
 def float_product_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
     """Decode both operands (hidden bit, E - 1 for normals, specials), multiply significands,
     sign and special flags. The exponent sum is added by the caller (its width differs)."""

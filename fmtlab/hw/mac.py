@@ -30,7 +30,7 @@ from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_
                               fixed_product_parts, float_decode_parts, float_product_parts,
                               fp_adder_parts, product_exponent_parts)
 from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
-                                  LeadingZeroCounter, Mux, OrTree, XorRow, adder, clog2, ge_of)
+                                  LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
 from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
                                 parse_accumulator, parse_operand, view)
@@ -56,11 +56,6 @@ def max_exp_field(v: FloatView) -> int:
     """Largest exponent field of a finite value (IEEE-like formats reserve the top one)."""
     top = (1 << v.exp_bits) - 1
     return top - 1 if v.special == "ieee" else top
-
-
-def fp_exp_bits(lo: int, hi: int) -> int:
-    """Signed exponent width for values in [lo, hi] plus one bit for differences."""
-    return max(abs(lo), abs(hi) + 1).bit_length() + 2
 
 
 def fp_adder_we(t_lo: int, t_hi: int, acc: FloatAcc, npx: int) -> int:

@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.hw.datapath import bits_to_float, float_to_bits, mac_step, mx_step
+from fmtlab.hw.datapath import float_to_bits, mac_step, mx_step
 from fmtlab.hw.mac import MacUnit, kulisch_flag_bits, kulisch_geometry
 from fmtlab.hw.operands import FloatAcc, IntAcc, KulischAcc, view
 from fmtlab.hw.rtl import RTL, generate

@@ -65,7 +65,7 @@ def liberty_cell_area(lib: str, cell: str) -> float:
 
 
 def script(top: str, liberty: str | None) -> str:
-    s = [f"read_verilog dut.v", f"synth -flatten -top {top}", "design -save synth",
+    s = ["read_verilog dut.v", f"synth -flatten -top {top}", "design -save synth",
          "dfflegalize -cell $_DFF_P_ 01", "abc -g cmos2", "opt_clean",
          "tee -q -o cmos.json stat -json -tech cmos"]
     if liberty:
