@@ -85,12 +85,28 @@ class Calibration:
         return "\n".join(lines)
 
 
+def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a few unknowns: the best unconstrained solution over
+    every subset of free variables that comes out non-negative (exact for small n)."""
+    n = A.shape[1]
+    best, best_r = np.zeros(n), float(np.sum(b * b))
+    for mask in range(1, 1 << n):
+        cols = [j for j in range(n) if mask >> j & 1]
+        sol, *_ = np.linalg.lstsq(A[:, cols], b, rcond=None)
+        if np.any(sol < 0):
+            continue
+        x = np.zeros(n)
+        x[cols] = sol
+        r = float(np.sum((A @ x - b) ** 2))
+        if r < best_r:
+            best, best_r = x, r
+    return best
+
+
 @lru_cache(maxsize=None)
 def calibrate(library: str = "nangate45", adder_style: str = "ripple",
               multiplier_style: str = "array", fa: str = "gates") -> Calibration:
     """Fit e[class] to Horowitz's figures (non-negative least squares on relative errors)."""
-    from scipy.optimize import nnls
-
     lib = get_library(library, fa)
     st = Styles(adder_style, multiplier_style)
     ops = reference_ops(st)
@@ -103,7 +119,7 @@ def calibrate(library: str = "nangate45", adder_style: str = "ripple",
         for c, t in TIED.items():
             g[t] += g.pop(c)
         A[i] = [g[c] for c in FITTED_CLASSES]
-    x, _ = nnls(A / y[:, None], np.ones(len(names)))
+    x = _nnls(A / y[:, None], np.ones(len(names)))
     e = dict(zip(FITTED_CLASSES, (float(v) for v in x)))
     for c, t in TIED.items():
         e[c] = e[t]
