@@ -12,7 +12,12 @@ bits as the torch cast on the in-range inputs (|x| < max; overflow conventions d
 "auto" uses torch's cast itself for in-range inputs of these twins (CPU, nearest-even), so its
 ratio there measures the cost of fmtlab's range/NaN/overflow rules on top of the cast.
 
+A second table times quantizers (format x granularity x scale rule, MX, NVFP4): the torch
+twin (``TorchQuantizer.fake_quantize``) against the numpy/numba ``Quantizer.fake_quantize`` on a
+[rows, 4096] float32 tensor (ratio = torch time / numba time).
+
     python benchmarks/bench_pytorch.py [--sizes 65536 1048576] [--repeats 7] [--device cpu|cuda]
+                                       [--threads N] [--quantizer-rows 256]
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import time
 import numpy as np
 import torch
 
-from fmtlab.formats import get_format
-from fmtlab.pytorch import quantize
+from fmtlab.formats import get_format, get_quantizer
+from fmtlab.pytorch import TorchQuantizer, quantize
+
+QUANTIZERS = ["int8_per_tensor", "int8_per_channel", "int8_per_token", "int4_g128", "int4_g128_asym",
+              "fp8_e4m3_per_token", "mxfp8_e4m3", "mxfp4", "mxint8", "nvfp4", "log4_per_channel"]
 
 PAIRS = [
     ("fp8_e4m3", "float8_e4m3fn"), ("fp8_e5m2", "float8_e5m2"),
@@ -54,7 +62,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-numba", action="store_true", help="skip the numba reference column")
     ap.add_argument("--method", default="auto", help="fmtlab torch method for the main column")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--quantizer-rows", type=int, default=256, help="rows of the [rows, 4096] quantizer input")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
@@ -96,7 +108,27 @@ def main(argv=None) -> int:
                 cast, ratio, tr, nr, same_s = f"{'-':>10}", f"{'-':>6}", f"{t_t / t_f:>10.1f}*", f"{t_n / t_f:>10.1f}*", "-"
             print(f"{name:<14}{n:>9}  {cast}  {n / t_f / 1e6:>11.1f}  {ratio}  {tr}  {nr}  {same_s}")
     print("* no torch dtype: ratios to the fmtlab torch path instead")
+    _bench_quantizers(args, dev, sync)
     return 0
+
+
+def _bench_quantizers(args, dev, sync) -> None:
+    n_rows = args.quantizer_rows
+    x = torch.randn(n_rows, 4096, generator=torch.Generator().manual_seed(0)).to(dev)
+    xn = x.cpu().numpy()
+    print()
+    head = f"{'quantizer':<22}{'shape':>12}  {'torch Me/s':>10}  {'numba Me/s':>10}  {'torch/numba':>11}  same"
+    print(head)
+    print("-" * len(head))
+    for name in QUANTIZERS:
+        q = get_quantizer(name)
+        tq = TorchQuantizer(q)
+        t_t = _median_time(lambda: tq.fake_quantize(x), args.repeats, sync)
+        t_n = _median_time(lambda: q.fake_quantize(xn), args.repeats, lambda: None)
+        same = np.array_equal(tq.fake_quantize(x).cpu().numpy().view(np.int32), q.fake_quantize(xn).view(np.int32))
+        n = x.numel()
+        print(f"{name:<22}{str(tuple(x.shape)):>12}  {n / t_t / 1e6:>10.1f}  {n / t_n / 1e6:>10.1f}  "
+              f"{t_t / t_n:>11.1f}  {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":

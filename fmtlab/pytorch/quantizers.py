@@ -341,11 +341,14 @@ class TorchQuantizer:
         return bool((m == 0.5).all())
 
     def _divide(self, x: torch.Tensor, s: torch.Tensor, pow2: bool | None = None) -> torch.Tensor:
-        """y = fl(x / s) in x's precision (x * fl(1/s) when every scale is a power of two)."""
+        """y = fl(x / s) in x's precision (x * fl(1/s) when every scale is a power of two whose
+        reciprocal x's dtype holds, as the numba kernels do)."""
         if pow2 is None:
             pow2 = self._is_pow2(s)
-        if pow2:
-            return x * (1.0 / s.to(torch.float64)).to(x.dtype)
+        if pow2:  # only where x's dtype holds every reciprocal (2**-149 has none in float32)
+            inv = (1.0 / s.to(torch.float64)).to(x.dtype)
+            if bool(torch.isfinite(inv).all()):
+                return x * inv
         return x / s.to(x.dtype)
 
     def _codes(self, y: torch.Tensor, rounding: Rounding, *, z: torch.Tensor | None = None,
@@ -402,6 +405,17 @@ class TorchQuantizer:
             if bool(torch.isnan(y).any()) else None  # raises for NaN under nan='raise'
         q = q + 0.0  # -0.0 -> +0.0 (INT has one zero)
         return torch.where(torch.isnan(y), self._int_nan_value(nan), q)
+
+    def _scaled_values(self, y: torch.Tensor, sb: torch.Tensor, zb, draws, nan) -> torch.Tensor:
+        """fl(fl64(v - z) * s) in y's dtype. Shortcut where that equals fl(v * s) computed in y's
+        dtype (float64 y; or float32 y with float32-exact element values, no zero point): the
+        element values then come from ``elementwise.quantize`` (cast / arithmetic fast paths)."""
+        if zb is None and (y.dtype == torch.float64 or self._fast32):
+            v = elementwise.quantize(y, self.format, self.rounding, self.overflow, draws=draws,
+                                     nan=nan)
+            return v * sb.to(y.dtype)
+        v = self._values(y, self.rounding, z=zb, draws=draws, nan=nan)
+        return (v * sb.to(torch.float64)).to(y.dtype)
 
     def _int_nan_value(self, nan) -> float:
         from fmtlab.formats import NanInput
@@ -461,8 +475,7 @@ class TorchQuantizer:
         w = self._grouped(wk.w, wk)
         rg = None if r is None else self._grouped(r, wk)
         y = self._divide(w, sb, self._is_pow2(s))
-        v = self._values(y, self.rounding, z=zb, draws=rg)
-        out = (v * sb.to(torch.float64)).to(a.dtype)
+        out = self._scaled_values(y, sb, zb, rg, self.nan)
         codes = self._codes(y, self.rounding, z=zb, draws=rg) if want_codes else None
         mask = None
         if need_mask:
@@ -537,8 +550,7 @@ class TorchQuantizer:
         s = torch.where(bad, torch.ones_like(scales), scales)
         wz = torch.where(bad[:, None], torch.zeros_like(w), w)
         y = wz / s[:, None].to(w.dtype)
-        v = self._values(y, self.rounding, draws=r, nan="raise")
-        out = (v * s[:, None].to(torch.float64)).to(w.dtype)
+        out = self._scaled_values(y, s[:, None], None, r, "raise")
         out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
         codes = None
         if want_codes:
