@@ -5,6 +5,7 @@ to the numpy/numba path of ``fmtlab.formats`` by the tests:
 
 - :func:`encode`, :func:`decode`, :func:`quantize` - element formats on tensors;
 - :func:`fake_quantize` - the functional entry point (format or quantizer, STE gradient);
+- :class:`TorchQuantizer` - the torch twin of ``fmtlab.formats.Quantizer`` (codes and scales);
 - :class:`FormatFakeQuantize` - a ``torch.ao.quantization`` fake-quantize module for QConfigs,
   and :func:`convert_qat` to freeze a QAT model;
 - :func:`quantize_model` - rewire a model's Linear / Conv1D layers to W/A fake-quant;
@@ -17,10 +18,10 @@ from fmtlab.pytorch.functional import fake_quantize
 from fmtlab.pytorch.model import LayerConfig, QuantLinear, QuantizeSummary, quantize_model
 from fmtlab.pytorch.perplexity import PerplexityResult, evaluate_perplexity
 from fmtlab.pytorch.qat import convert_qat
-from fmtlab.pytorch.quantizers import TorchQuantizer
+from fmtlab.pytorch.quantizers import TorchQTensor, TorchQuantizer
 
 __all__ = [
     "encode", "decode", "quantize", "fake_quantize", "FormatFakeQuantize", "convert_qat",
     "quantize_model", "LayerConfig", "QuantLinear", "QuantizeSummary", "evaluate_perplexity",
-    "PerplexityResult", "TorchQuantizer",
+    "PerplexityResult", "TorchQuantizer", "TorchQTensor",
 ]
