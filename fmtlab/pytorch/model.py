@@ -219,6 +219,18 @@ def _merge(base: LayerConfig, value: Any) -> LayerConfig | None:
     return LayerConfig(weights=value, activations=value, grad=base.grad)
 
 
+def _check_layout(name: str, q: Any, shape: tuple[int, int], role: str) -> None:
+    """Fail at rewiring time (naming the layer) when a quantizer's groups/blocks cannot tile the
+    layer's [out, in] weight or [tokens, in] activations."""
+    work = getattr(q, "_work", None)
+    if work is None:
+        return
+    try:
+        work(torch.empty(shape, device="meta"))
+    except FmtlabError as exc:
+        raise FmtlabError(f"layer {name!r} ({role} {list(shape)}): {exc}") from None
+
+
 def quantize_model(model: nn.Module, weights: Any = None, activations: Any = None, *,
                    overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
@@ -285,6 +297,8 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             skipped.append(name)
             continue
         ql = QuantLinear(mod, kind, wq, aq, cfg.grad, transform=tr, name=name)
+        _check_layout(name, wq, (ql.out_features, ql.in_features), "weights")
+        _check_layout(name, aq, (1, ql.in_features), "activations")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, ql)

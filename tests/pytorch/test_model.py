@@ -113,6 +113,8 @@ def test_inplace_and_errors(llama):
         quantize_model(llama, weights="int8", overrides={"*": {"weight": "int4"}})
     with pytest.raises(Exception, match="unknown format"):
         quantize_model(llama, weights="notaformat")
+    with pytest.raises(FmtlabError, match="mlp.down_proj.*does not divide"):
+        quantize_model(llama, weights="int4_g64", overrides={"*.down_proj": {"weights": "int4_g96"}})
 
 
 def test_callable_specs_and_identity(llama, ids):
