@@ -112,10 +112,10 @@ def main() -> int:
             env = dict(os.environ)
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "fmtlab", "record", "--out", f"{d}/trace", "--quiet"],
-                           check=True, env=env)
+                           check=True, env=env, stdout=subprocess.DEVNULL)
             t1 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "fmtlab", "replay", f"{d}/trace", "--out", f"{d}/rep", "--quiet"],
-                           check=True, env=env)
+                           check=True, env=env, stdout=subprocess.DEVNULL)
             t2 = time.perf_counter()
             print(f"\nfmtlab record (defaults): {t1 - t0:.1f} s; fmtlab replay (default configs): {t2 - t1:.1f} s; "
                   f"total {t2 - t0:.1f} s")
