@@ -12,17 +12,23 @@ tests hold each path here to it bit for bit):
   rounded; for power-of-two scales ``x * (1/s)``, which is the same number) and return
   ``fl(v * s)`` where v is the element value: float32 product for minifloat/INT values (exact
   float32 numbers), ``fl32(fl64(v) * s)`` for dINT/log values (float64 table values).
-- Codes never leave the fused fake-quant kernels (``fq_rows``/``fq_cols``/``mx_fq``/``fp8scale_fq``).
+- Codes never leave the fused fake-quant kernels (``fq_rows``/``fq_cols``/``mx_fq``/``fp8scale_fq``);
+  ``encode_rows``/``encode_cols`` produce codes (and, for STOCHASTIC, values from them).
 
 Families and their parameter tuples (built once per format by ``kernels.py``):
-  MF  minifloats (any ExMy, bias, ieee/fn/fnuz/fin, subnormals or FTZ)
+  MF  minifloats (any ExMy, bias, ieee/fn/fnuz/fin, subnormals or FTZ); variants MF1 (float32's
+      exponent range, e.g. bf16) and MFX (outside float32's range: float64 core only)
   IN  INTn (signed, unsigned, narrow; zero points shift the clamp bounds)
-  TB  sign-symmetric table formats (dINT, log-base-b): integer/log estimate + exact fix-up
-Each family implements ``_code(P, T, x64, r, z)`` (one code from a float64 input) and
-``_fq(P, T, V, y, z)`` (the element value of float32 or float64 y, RNE/RNA/TZ); layouts dispatch
-on the parameter tuple's type at compile time (``numba.extending.overload``), so each
-(family, dtype) pair compiles once and is cached. Keep cores and layouts in this one file: numba's
-cache only notices edits to the file that defines the cached kernel.
+  TB  sign-symmetric table formats (dINT, log-base-b): estimate + exact fix-up against the
+      format's float64 boundaries; variants TBD/TBD32 (dINT, <= 2 denormal levels), TBS/TBS32
+      (<= 8 thresholds: a select chain, no table loads), TBL (log, one-step fix-up)
+Each family implements ``_code(P, T, x64, r, z)`` (one code from a float64 input, any rounding)
+and ``_fq(P, T, V, y, z)`` (the element value of float32 or float64 y, RNE/RNA/TZ); layouts
+dispatch on the parameter tuple's type at compile time (``numba.extending.overload``), so each
+(family, dtype) pair compiles once and is cached. Codes, STOCHASTIC and float64 fake-quant use the
+base types only (``kernels.generic``), which keeps the number of compiled specializations small.
+Keep cores and layouts in this one file: numba's cache only notices edits to the file that
+defines the cached kernel.
 """
 
 from __future__ import annotations
