@@ -145,3 +145,14 @@ def torch_twin(fmt: Format, mode: Rounding, x: torch.Tensor) -> torch.dtype | No
 def special_index(xw: torch.Tensor, fmt: Format) -> torch.Tensor:
     """Flat indices of the elements a twin cast must not decide: |x| >= max, NaN, +/-Inf."""
     return (~(xw.abs() < fmt.max)).nonzero().squeeze(1)
+
+
+def int_values(x: torch.Tensor, fmt: IntFormat, mode: Rounding, nan_zero: bool) -> torch.Tensor:
+    """Fused INT fake-quant values in x's float dtype (float32/float64), no codes:
+    clamp(round(x), min, max) + 0.0 (one zero: -0 -> +0); Inf saturates; NaN -> 0 with
+    nan='zero' (the caller raises for nan='raise'). Equals values[encode(x)] bit for bit."""
+    a = x.abs()
+    v = torch.copysign(_round(a, mode), x).clamp(float(fmt.min), float(fmt.max)) + 0.0
+    if nan_zero:
+        v = torch.nan_to_num(v, nan=0.0, posinf=float(fmt.max), neginf=float(fmt.min))
+    return v

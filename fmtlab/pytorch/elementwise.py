@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fmtlab.errors import FormatError
-from fmtlab.formats import E8M0, Format, NanInput, Overflow, Rounding, get_format
+from fmtlab.formats import E8M0, Format, IntFormat, NanInput, Overflow, Rounding, get_format
 from fmtlab.formats.base import make_rng
 from fmtlab.pytorch import _fastpaths
 from fmtlab.pytorch._tables import code_dtype, torch_grid, values_table
@@ -247,6 +247,15 @@ def quantize(x: torch.Tensor, fmt: "Format | str", rounding: "Rounding | str" = 
     twin = None
     if method == "auto" and isinstance(x, torch.Tensor) and not isinstance(fmt, E8M0):
         twin = _fastpaths.torch_twin(fmt, Rounding.parse(rounding), x)
+    if (method != "table" and isinstance(fmt, IntFormat) and x.dtype in (torch.float32, torch.float64)
+            and Rounding.parse(rounding) is not Rounding.STOCHASTIC):
+        _, _, nan_p = fmt._resolve(rounding, overflow, nan)
+        if nan_p is NanInput.RAISE and not torch.compiler.is_compiling():
+            bad = int(torch.isnan(x).sum())
+            if bad:
+                raise FormatError(f"{fmt.name} has no NaN code and the input holds {bad} NaN "
+                                  "value(s); clean the input or pass nan='zero'")
+        return _fastpaths.int_values(x.detach(), fmt, Rounding.parse(rounding), nan_p is NanInput.ZERO)
     if twin is not None:  # fused: values straight from the cast, table rules for the rest
         fmt._resolve(rounding, overflow, nan)
         xw = x.detach().reshape(-1).to(torch.float32)
