@@ -21,11 +21,10 @@ that does not divide the axis, an axis out of range) raises FmtlabError/FormatEr
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
-from fmtlab.errors import FmtlabError, FormatError
+from fmtlab.errors import FmtlabError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, make_rng

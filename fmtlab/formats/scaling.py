@@ -339,7 +339,6 @@ def plan_layout(g: Granularity, shape: tuple) -> Layout:
         raise FmtlabError(f"{g} needs an array with at least one axis; got a 0-d array")
     if isinstance(g, PerChannel):
         a = _norm_axis(g.axis, nd, str(g))
-        P = int(np.prod(shape[:a]))
         C = shape[a]
         Q = int(np.prod(shape[a + 1:]))
         bshape = tuple(C if i == a else 1 for i in range(nd))

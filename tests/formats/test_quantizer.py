@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import (
     MSE, AbsMax, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer,
-    QTensor, Static, get_format, get_quantizer, list_quantizers,
+    QTensor, Static, get_quantizer, list_quantizers,
 )
 from fmtlab.formats.oracle import oracle_encode
 from fmtlab.formats.scaling import parse_granularity, parse_scale_rule, pow2_ceil
