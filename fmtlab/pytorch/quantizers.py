@@ -27,7 +27,6 @@ Inputs: float32 and float64 keep their precision; float16 / bfloat16 are compute
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np

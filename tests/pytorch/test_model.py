@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch import LayerConfig, QuantLinear, evaluate_perplexity, fake_quantize, quantize_model
+from fmtlab.pytorch import LayerConfig, QuantLinear, evaluate_perplexity, quantize_model
 from fmtlab.pytorch.quantizers import resolve
 
 transformers = pytest.importorskip("transformers")
