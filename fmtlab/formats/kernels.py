@@ -37,7 +37,9 @@ class Cols(NamedTuple):
 
 
 def _f32_pattern(v: float) -> int:
-    return int(np.array(v, dtype=np.float64).astype(np.float32).view(np.uint32))
+    """float32 pattern of v (Inf where v is beyond float32: only MFX formats, which do not use it)."""
+    with np.errstate(over="ignore"):
+        return int(np.array(v, dtype=np.float64).astype(np.float32).view(np.uint32))
 
 
 class Plan(NamedTuple):
