@@ -123,7 +123,8 @@ def cmd_e2e(args) -> int:
             rep = json.load(fh)
         ppl = {r["config"]: r["ppl"] for r in rows}
         doc["rank_agreement"] = {}
-        for key in ("pooled_out_sqnr_db", "mean_out_sqnr_db", "min_out_sqnr_db", "mean_a_sqnr_db", "mean_w_sqnr_db"):
+        for key in ("pooled_out_sqnr_db", "mean_out_tok_sqnr_db", "mean_out_sqnr_db", "min_out_sqnr_db",
+                    "mean_a_sqnr_db", "mean_w_sqnr_db"):
             metric = {}
             for r in rep.get("by_model", []):
                 if r.get("kind") == "linear":

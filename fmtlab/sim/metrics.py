@@ -146,13 +146,26 @@ def error_stats(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None)
 
 
 def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
-    """Error of a layer output ``y_q`` = Q(X) Q(W)^T against ``y_ref`` = X W^T: mse, sqnr_db, max_abs_err, nsr."""
+    """Error of a layer output ``y_q`` = Q(X) Q(W)^T against ``y_ref`` = X W^T.
+
+    mse, sqnr_db (energy-weighted over the whole tensor, so dominated by the tokens of largest
+    norm, e.g. attention sinks), max_abs_err, nsr (noise / signal), and tok_sqnr_db: the median
+    over rows (tokens) of each row's SQNR, which weighs every token equally.
+    """
     if y_ref.shape != y_q.shape:
         raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
     s = error_stats(y_ref, y_q)
     signal, noise = s["signal"], s["noise"]
+    r = np.asarray(y_ref, dtype=np.float64).reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
+    e = np.asarray(y_q, dtype=np.float64).reshape(r.shape) - r
+    rs = np.einsum("ij,ij->i", r, r)
+    rn = np.einsum("ij,ij->i", e, e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tok = np.where(rs > 0, 10.0 * np.log10(rs / rn), np.nan)
+    tok = tok[~np.isnan(tok)]
     return {"mse": s["mse"], "sqnr_db": s["sqnr_db"], "max_abs_err": s["max_abs_err"],
-            "nsr": noise / signal if signal > 0 else math.nan}
+            "nsr": noise / signal if signal > 0 else math.nan,
+            "tok_sqnr_db": float(np.median(tok)) if tok.size else math.nan}
 
 
 def pearson_kurtosis(x: np.ndarray) -> float:

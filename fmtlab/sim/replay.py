@@ -5,7 +5,8 @@ specs are described in :mod:`fmtlab.sim.quant`, transforms in :mod:`fmtlab.sim.t
 :func:`replay` returns a :class:`ReplayResult` with one row per (tensor, config):
 
 * Linear-like layers (kind ``"linear"``): activation metrics ``a_*`` of the quantized input part
-  X' (after the transform), weight metrics ``w_*`` of W', the layer output error ``out_*`` of
+  X' (after the transform), weight metrics ``w_*`` of W', the layer output error ``out_*`` (``out_sqnr_db``
+  energy-weighted, ``out_tok_sqnr_db`` the median per-token SQNR) of
   r * Q_a(X') Q_w(W')^T + hp terms against X W^T (no bias; float32 GEMMs), and outlier statistics
   ``in_*`` of the recorded input X;
 * other recorded activations (``"residual"``, ``"attn_probs"``, ``"key"``, ``"value"``): ``a_*`` of
@@ -42,7 +43,7 @@ from fmtlab.sim.transforms import Context, Decomposition, Transform, get_transfo
 
 _METRICS = ("underflow_rate", "underflow_energy_frac", "clip_rate", "clipped_energy_frac",
             "clip_error_share", "mse", "sqnr_db", "max_abs_err")
-_OUT = ("mse", "sqnr_db", "max_abs_err", "nsr")
+_OUT = ("mse", "sqnr_db", "tok_sqnr_db", "max_abs_err", "nsr")
 _IN = ("absmax", "median_abs", "max_over_median", "kurtosis", "channels_ge6")
 COLUMNS = (["trace", "seq_len", "config", "tensor", "kind", "layer_type", "block", "op", "rows", "cols", "note"]
            + [f"in_{k}" for k in _IN] + ["in_top_channels", "in_top_tokens"]

@@ -89,3 +89,12 @@ def test_outlier_stats_zero_median_uses_nonzero():
     x[0, 0], x[1, 1] = 2.0, 1.0
     o = outlier_stats(x)
     assert o["median_abs"] == 1.5 and o["max_over_median"] == pytest.approx(2 / 1.5)
+
+
+def test_per_token_output_sqnr_median():
+    """Row SQNRs: 10 log10(25 / 1) and 10 log10(1 / 0.01) = 20; their median is the mean of the two."""
+    y = np.float32([[3, 4], [1, 0]])
+    yq = np.float32([[3, 5], [1, 0.1]])
+    o = output_error_stats(y, yq)
+    assert o["tok_sqnr_db"] == pytest.approx((10 * math.log10(25) + 20.0) / 2, rel=1e-6)
+    assert o["sqnr_db"] == pytest.approx(10 * math.log10(26 / 1.01), rel=1e-6)
