@@ -35,9 +35,10 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(mod), name)
 
 
-# ``record`` and ``perplexity`` are also submodule names: once a submodule is imported, Python sets
+# ``record``, ``replay`` and ``perplexity`` are also submodule names: once a submodule is imported, Python sets
 # the package attribute to the module, which would shadow the lazy function export above. Binding
 # the functions eagerly (their modules import only numpy and fmtlab) keeps
 # ``from fmtlab.sim import record`` the function in every import order.
 from fmtlab.sim.perplexity import perplexity, perplexity_table  # noqa: E402
 from fmtlab.sim.record import record  # noqa: E402
+from fmtlab.sim.replay import replay  # noqa: E402
