@@ -37,8 +37,8 @@ DEFAULT_CONFIGS = (
     "fp8_e4m3", "mxfp8", "mxfp4", "nvfp4",
 )
 #: configs whose perplexity is measured by default
-DEFAULT_PPL_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "w4a8_dint_channel",
-                       "fp8_e4m3", "mxfp4", "w4a8_log4")
+DEFAULT_PPL_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_int_token", "w8a8_llm_int8", "w8a8_hadamard",
+                       "w4a8_int_channel", "w4a8_dint_channel", "fp8_e4m3", "mxfp8", "mxfp4", "w4a8_log4")
 GRID_FORMATS = ("int8", "int4", "dint4", "log4", "fp8_e4m3", "fp4_e2m1")
 
 
@@ -430,7 +430,14 @@ def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
         best = max(under, key=lambda r: r["pooled_out_sqnr_db"])
         cheapest = min(under, key=lambda r: r["area_ge"])
         caveat = " (its transform's overhead is not priced)" if best.get("transform") else ""
-        out.append(f"Best config within the area of one {budget_name} MAC ({budget.area_um2_per_mac:.0f} um^2 at "
+        by_ppl = [r for r in under if _finite(r.get("perplexity"))]
+        if by_ppl:
+            bp = min(by_ppl, key=lambda r: r["perplexity"])
+            out.append(f"Best measured perplexity within the area of one {budget_name} MAC: **{bp['config']}** "
+                       f"(perplexity {bp['perplexity']:.2f}, layer-output SQNR {bp['pooled_out_sqnr_db']:.1f} dB, "
+                       f"{bp['area_um2']:.0f} um^2/MAC). Layer-output SQNR alone would pick {best['config']} "
+                       f"({best['pooled_out_sqnr_db']:.1f} dB): averaged layer SQNR can hide one destroyed layer.")
+        out.append(f"Best layer-output SQNR within the area of one {budget_name} MAC ({budget.area_um2_per_mac:.0f} um^2 at "
                    f"45 nm): **{best['config']}**, pooled layer-output SQNR {best['pooled_out_sqnr_db']:.1f} dB at "
                    f"{best['area_um2']:.0f} um^2 and {best['energy_pj']:.3f} pJ/MAC{caveat}; the cheapest, "
                    f"{cheapest['config']}, reaches {cheapest['pooled_out_sqnr_db']:.1f} dB at "
