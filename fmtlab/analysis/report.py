@@ -185,8 +185,8 @@ def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows:
 
 def _layer_label(row: dict[str, Any]) -> str:
     blk = row.get("block")
-    op = str(row.get("op") or row.get("layer_type") or row.get("tensor"))
-    op = op.rsplit(".", 1)[-1]
+    op = str(row.get("layer_type") or row.get("tensor") or row.get("op"))
+    op = op.rsplit(".", 1)[-1]  # "self_attn.q_proj" -> "q_proj"
     return f"b{blk}.{op}" if blk is not None else op
 
 

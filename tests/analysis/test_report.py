@@ -98,3 +98,11 @@ def test_bad_options_are_clear(tmp_path, capsys):
         ReportOptions(seq_lens=(1,))
     assert main(["report", "--out", str(tmp_path), "--configs", "nonsense_config", "--no-perplexity"]) == 2
     assert "unknown config" in capsys.readouterr().err
+
+
+def test_layer_labels_are_unique_per_tensor():
+    from fmtlab.analysis.report import _layer_label
+
+    rows = [{"block": 0, "op": "linear", "layer_type": t, "tensor": f"model.layers.0.{t}"}
+            for t in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj")]
+    assert [_layer_label(r) for r in rows] == ["b0.q_proj", "b0.k_proj", "b0.down_proj"]
