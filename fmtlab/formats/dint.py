@@ -23,11 +23,11 @@ import dataclasses
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import Format
+from fmtlab.formats.base import FastKernelRouting, Format
 
 
 @dataclasses.dataclass(frozen=True)
-class DInt(Format):
+class DInt(FastKernelRouting, Format):
     """Hybrid integer + denormal grid (see module docstring for the layout and our reading)."""
 
     nbits: int
@@ -80,16 +80,6 @@ class DInt(Format):
     def _virtual_above(self) -> tuple[float, bool]:
         top = float(self.magnitudes[-1]) + 1.0
         return top, top % 2 == 0
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
-
-        return encode_fast(self, a, rounding, overflow, nan, rand)
-
-    def _quantize_array(self, a, rounding, overflow, nan, seed):
-        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
-
-        return quantize_fast(self, a, rounding, overflow, nan, seed)
 
     @property
     def negative_zero_code(self) -> int | None:

@@ -13,11 +13,11 @@ import dataclasses
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import Format
+from fmtlab.formats.base import FastKernelRouting, Format
 
 
 @dataclasses.dataclass(frozen=True)
-class IntFormat(Format):
+class IntFormat(FastKernelRouting, Format):
     """Integer grid. ``IntFormat(8)`` = int8 [-128, 127]; ``narrow=True`` = int8_sym [-127, 127];
     ``unsigned=True`` = uint8 [0, 255]."""
 
@@ -65,16 +65,6 @@ class IntFormat(Format):
             return -1.0, False
         low = -(1 << (self.bits - 1)) + (1 if self.narrow else 0)
         return float(low - 1), (low - 1) % 2 == 0
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
-
-        return encode_fast(self, a, rounding, overflow, nan, rand)
-
-    def _quantize_array(self, a, rounding, overflow, nan, seed):
-        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
-
-        return quantize_fast(self, a, rounding, overflow, nan, seed)
 
     @property
     def min_normal(self) -> float:

@@ -25,11 +25,11 @@ import math
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import Format
+from fmtlab.formats.base import FastKernelRouting, Format
 
 
 @dataclasses.dataclass(frozen=True)
-class LogFormat(Format):
+class LogFormat(FastKernelRouting, Format):
     """Signed logarithmic grid {0, +/- b**-k}. See the module docstring for layout and rounding."""
 
     nbits: int
@@ -127,16 +127,6 @@ class LogFormat(Format):
         b = np.where((lo == 0) & (hi > 0), t, b)
         b = np.where((hi == 0) & (lo < 0), -t, b)
         return b
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
-
-        return encode_fast(self, a, rounding, overflow, nan, rand)
-
-    def _quantize_array(self, a, rounding, overflow, nan, seed):
-        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
-
-        return quantize_fast(self, a, rounding, overflow, nan, seed)
 
     @property
     def negative_zero_code(self) -> int | None:

@@ -24,14 +24,14 @@ import dataclasses
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import Format
+from fmtlab.formats.base import FastKernelRouting, Format
 from fmtlab.formats.rounding import Overflow
 
 SPECIALS = ("ieee", "fn", "fnuz", "fin")
 
 
 @dataclasses.dataclass(frozen=True)
-class MiniFloat(Format):
+class MiniFloat(FastKernelRouting, Format):
     """Binary floating point with ``exp_bits`` in 1..8 and ``man_bits`` in 0..10 (plus FP16/BF16
     sizes) and a sign bit; see the module docstring for the conventions."""
 
@@ -156,16 +156,6 @@ class MiniFloat(Format):
     @property
     def negative_zero_code(self) -> int | None:
         return None if self.special == "fnuz" else 1 << (self.exp_bits + self.man_bits)
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        from fmtlab.formats.kernels import encode_fast  # bit-identical to encode_table
-
-        return encode_fast(self, a, rounding, overflow, nan, rand)
-
-    def _quantize_array(self, a, rounding, overflow, nan, seed):
-        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
-
-        return quantize_fast(self, a, rounding, overflow, nan, seed)
 
     # ---- facts ----------------------------------------------------------------------------
     @property

@@ -9,6 +9,17 @@ from __future__ import annotations
 import enum
 
 
+def _parse_enum(cls, value, what: str):
+    """An enum member from itself or its value string (case-insensitive, '-' read as '_')."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(value).lower().replace("-", "_"))
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {choices}") from None
+
+
 class Rounding(enum.Enum):
     """How an inexact input is rounded to one of its two neighbours on the format's grid."""
 
@@ -24,13 +35,7 @@ class Rounding(enum.Enum):
 
     @classmethod
     def parse(cls, value: "Rounding | str") -> "Rounding":
-        if isinstance(value, Rounding):
-            return value
-        try:
-            return cls(str(value).lower().replace("-", "_"))
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown rounding {value!r}; choose one of: {choices}") from None
+        return _parse_enum(cls, value, "rounding")
 
 
 class Overflow(enum.Enum):
@@ -45,13 +50,7 @@ class Overflow(enum.Enum):
 
     @classmethod
     def parse(cls, value: "Overflow | str") -> "Overflow":
-        if isinstance(value, Overflow):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown overflow policy {value!r}; choose one of: {choices}") from None
+        return _parse_enum(cls, value, "overflow policy")
 
 
 class NanInput(enum.Enum):
@@ -64,13 +63,7 @@ class NanInput(enum.Enum):
 
     @classmethod
     def parse(cls, value: "NanInput | str") -> "NanInput":
-        if isinstance(value, NanInput):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            choices = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown NaN-input policy {value!r}; choose one of: {choices}") from None
+        return _parse_enum(cls, value, "NaN-input policy")
 
 
 # Integer ids used by the numba kernels (kept in one place so kernels and Python agree).
