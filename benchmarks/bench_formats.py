@@ -143,6 +143,9 @@ def main(argv=None) -> int:
 
     n = 1 << args.n
     inputs = make_inputs(n)
+    unknown = sorted(set(args.dist or ()) - set(inputs))
+    if unknown:
+        ap.error(f"unknown --dist {unknown}; choose from {sorted(inputs)}")
     results = {"n": n, "reps": args.reps, "python": sys.version.split()[0], "machine": platform.machine(),
                "cpus": os.cpu_count(), "numba": numba.__version__, "torch": torch.__version__, "runs": []}
     print(f"fmtlab fake-quant benchmark: n = 2**{args.n} float32, median of {args.reps} runs, "
