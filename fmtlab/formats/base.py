@@ -288,11 +288,14 @@ class Format:
             raise TypeError("complex input cannot be encoded")
         if a.dtype.kind == "V" and a.dtype.names is None and a.dtype.itemsize <= 2:
             try:  # ml_dtypes' floats (bfloat16, float8_*) widen exactly to float64
-                return a.astype(np.float64)
+                with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
+                    return a.astype(np.float64)
             except (TypeError, ValueError):
                 pass
         if a.dtype.kind not in "fiub":
             raise TypeError(f"cannot encode an array of dtype {a.dtype}")
+        if a.dtype.kind in "iu" and a.dtype.itemsize == 8:
+            check_exact_in_float64(a)
         if a.dtype == np.float16 or a.dtype.kind in "iub":
             a = a.astype(np.float64)
         return a
@@ -386,3 +389,15 @@ class FastKernelRouting:
         from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
 
         return quantize_fast(self, a, rounding, overflow, nan, seed)
+
+
+def check_exact_in_float64(a: np.ndarray) -> None:
+    """Raise FormatError if a 64-bit integer array holds a value float64 cannot hold exactly.
+
+    Such an integer (|v| > 2**53 and not a multiple of its float64 spacing) would be rounded twice:
+    once to float64, then to the format."""
+    big = a[(a > (1 << 53)) | (a < -(1 << 53))] if a.dtype.kind == "i" else a[a > (1 << 53)]
+    for v in big.reshape(-1).tolist():
+        if int(float(v)) != v:
+            raise FormatError(f"integer input {v} is not exactly representable in float64 "
+                              "(|v| > 2**53): convert it to float yourself to accept a double rounding")

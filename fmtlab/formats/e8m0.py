@@ -1,12 +1,17 @@
 """E8M0: the OCP MX shared-scale format, 8 exponent bits, no sign, no mantissa, no zero.
 
 Value of code E (0..254): 2**(E - 127); code 255 is NaN. There is no zero and no negative value.
-Encoding (bit-identical to ml_dtypes' float8_e8m0fnu for float32 inputs):
-- positive x >= 2**-126: nearest power of two, a tie (x = 1.5 * 2**e) goes up (NEAREST_EVEN and
-  NEAREST_AWAY agree here: ml_dtypes rounds these ties up); TOWARD_ZERO truncates to 2**floor(log2 x);
-- 0 < x < 2**-126 (float32 subnormal range): code 1 (2**-126) if x > 2**-127, else code 0
-  (for every rounding mode);
-- zero, negative, NaN, Inf, and x beyond the largest finite code's rounding range give NaN (255).
+Encoding (bit-identical to ml_dtypes >= 0.7's float8_e8m0fnu for float32 and float64 inputs):
+- positive x >= 2**-127: nearest power of two, a tie (x = 1.5 * 2**e) goes up (NEAREST_EVEN and
+  NEAREST_AWAY agree here: ml_dtypes rounds these ties up); TOWARD_ZERO truncates to
+  2**floor(log2 x); STOCHASTIC goes up with probability (x - 2**e) / 2**e. The float32 subnormal
+  range follows the same rule: 8.2e-39 lies between 2**-127 and 2**-126, below their tie
+  1.5 * 2**-127, so it encodes to code 0 (ml_dtypes 0.6 gave code 1 to every x > 2**-127 there);
+- 0 < x < 2**-127: code 0 (2**-127) for every rounding mode (there is no zero to round to);
+- zero, negative, NaN, Inf, and x beyond the largest finite code's rounding range give NaN (255),
+  or 254 for x beyond the range with ``overflow="saturate"``.
+Inputs are processed in bounded chunks (``CHUNK`` elements), so memory stays O(chunk) beyond the
+input and output arrays.
 Quantizers usually compute E8M0 scales from exponents directly (MX rules); this class is for
 bit-level inspection and the registry.
 """
@@ -21,6 +26,7 @@ from fmtlab.formats.base import Format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
 NAN_CODE = 255
+CHUNK = 1 << 20  #: elements per encoding chunk (bounds the temporaries to a few MiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +70,33 @@ class E8M0(Format):
         return 1.0
 
     def _encode_array(self, a, rounding, overflow, nan, rand):
-        with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
-            x = np.asarray(a, dtype=np.float64).reshape(-1)
-        out = np.full(x.shape, NAN_CODE, dtype=np.int64)
-        ok = np.isfinite(x) & (x > 0)
-        xs = x[ok]
-        mant, exp = np.frexp(xs)  # xs = mant * 2**exp, mant in [0.5, 1)
-        e = exp - 1  # xs = (2*mant) * 2**e, 2*mant in [1, 2)
-        if rounding is Rounding.TOWARD_ZERO:
-            up = np.zeros(xs.shape, dtype=bool)
-        elif rounding is Rounding.STOCHASTIC:
-            r = np.asarray(rand).reshape(-1)[ok]
-            up = r < (2 * mant - 1.0)
-        else:
-            up = 2 * mant >= 1.5
-        code = e + 127 + up
-        tiny = xs < 2.0 ** -126
-        code = np.where(tiny, np.where(xs > 2.0 ** -127, 1, 0), code)
-        code = np.where(code > 254, 254 if overflow is Overflow.SATURATE else NAN_CODE, code)
-        code = np.where(code < 0, 0, code)
-        out[ok] = code
-        return out.astype(np.uint8)
+        x = np.asarray(a).reshape(-1)
+        r = None if rand is None else np.asarray(rand).reshape(-1)
+        out = np.empty(x.shape, dtype=np.uint8)
+        for start in range(0, x.size, CHUNK):
+            stop = start + CHUNK
+            out[start:stop] = _encode_chunk(x[start:stop], rounding, overflow,
+                                            None if r is None else r[start:stop])
+        return out
+
+
+def _encode_chunk(x, rounding: Rounding, overflow: Overflow, rand) -> np.ndarray:
+    """E8M0 codes (uint8) of one flat chunk; see the module docstring for the rules."""
+    with np.errstate(invalid="ignore"):  # signalling NaNs widen quietly
+        x = np.asarray(x, dtype=np.float64)
+    out = np.full(x.shape, NAN_CODE, dtype=np.int64)
+    ok = np.isfinite(x) & (x > 0)
+    xs = x[ok]
+    mant, exp = np.frexp(xs)  # xs = mant * 2**exp, mant in [0.5, 1) (float32 subnormals are
+    e = exp - 1               # normal in float64); xs = (2*mant) * 2**e, 2*mant in [1, 2)
+    if rounding is Rounding.TOWARD_ZERO:
+        up = np.zeros(xs.shape, dtype=bool)
+    elif rounding is Rounding.STOCHASTIC:
+        up = np.asarray(rand)[ok] < (2 * mant - 1.0)
+    else:
+        up = 2 * mant >= 1.5
+    code = e + 127 + up
+    code = np.where(code > 254, 254 if overflow is Overflow.SATURATE else NAN_CODE, code)
+    code = np.where(e < -127, 0, code)  # below 2**-127: the smallest code, whatever the mode
+    out[ok] = code
+    return out.astype(np.uint8)

@@ -52,10 +52,10 @@ code where the format has one, else the zero code. INF/NAN policies the format c
 raise FormatError.
 
 E8M0 (no zero, no sign) follows its own documented rules (e8m0.py), restated here: NaN, Inf,
-zero and negative inputs give NaN (255); 0 < x < 2**-126 gives code 1 if x > 2**-127 else code 0
-for every rounding mode (ml_dtypes' treatment of float32 subnormals); otherwise the table rule
-above with the upper virtual value 2**128 and every tie going to the larger magnitude (under
-NEAREST_EVEN too, as ml_dtypes); overflow per policy (NAN by default, or SATURATE to 254).
+zero and negative inputs give NaN (255); 0 < x < 2**-127 gives code 0 (2**-127, there is no zero)
+for every rounding mode; otherwise the table rule above (float32 subnormals included) with the
+upper virtual value 2**128 and every tie going to the larger magnitude (under NEAREST_EVEN too, as
+ml_dtypes); overflow per policy (NAN by default, or SATURATE to 254).
 """
 
 from __future__ import annotations
@@ -291,8 +291,8 @@ def _e8m0_one(fmt, t: OracleTable, x: float, rounding: Rounding, overflow: Overf
     nan_code = fmt.canonical_nan_code()
     if math.isnan(x) or math.isinf(x) or x <= 0.0:
         return nan_code
-    if x < 2.0 ** -126:
-        return 1 if x > 2.0 ** -127 else 0
+    if x < 2.0 ** -127:
+        return t.codes[1]  # code 0 = 2**-127: nothing smaller to round to
     j = _round_one(fmt, t, x, rounding, r, boundaries, True)
     if j >= len(t.vals) - 1:
         return t.codes[-2] if overflow is Overflow.SATURATE else nan_code

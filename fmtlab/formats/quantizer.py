@@ -27,7 +27,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
-from fmtlab.formats.base import Format, make_rng
+from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
 from fmtlab.formats.kernels import _scale_args, encode_scaled, fq_scaled, generic, params
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
@@ -105,6 +105,8 @@ def _as_input(x) -> np.ndarray:
         raise FmtlabError("cannot quantize complex input")
     if a.dtype.kind not in "fiub":
         raise FmtlabError(f"cannot quantize an array of dtype {a.dtype}")
+    if a.dtype.kind in "iu" and a.dtype.itemsize == 8:
+        check_exact_in_float64(a)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float32 if a.dtype.kind == "f" and a.dtype.itemsize <= 4 else np.float64)
     if a.size == 0:

@@ -13,7 +13,7 @@ Numeric convention (identical to the numpy/numba path, ``fmt.encode``; tests hol
 - faster exact routes for the same rules: torch's own casts for in-range inputs of formats with
   a torch twin dtype (fp8 x4, fp16, bf16; CPU, NEAREST_EVEN) and the arithmetic minifloat/INT
   path (``_fastpaths``), chosen by ``method`` (see :data:`METHODS`);
-- E8M0 mirrors its own kernel (``fmtlab.formats.e8m0``: frexp, ties up, tiny inputs to codes 0/1).
+- E8M0 mirrors its own kernel (``fmtlab.formats.e8m0``: frexp, ties up, below 2**-127 to code 0).
 Codes come back as torch.uint8 / uint16 (the format's code dtype), decoded values as float64 or
 the requested dtype (rounded to nearest even by torch's cast).
 """
@@ -125,7 +125,8 @@ def _overrides(c: torch.Tensor, x: torch.Tensor, neg: torch.Tensor, fmt: Format,
 
 def _encode_e8m0(xf: torch.Tensor, mode: Rounding, overflow: Overflow,
                  r: torch.Tensor | None) -> torch.Tensor:
-    """Mirror of ``E8M0._encode_array``: nearest power of two (ties up), tiny inputs to 0/1."""
+    """Mirror of ``E8M0._encode_array``: nearest power of two (ties up; the float32 subnormal range
+    too), inputs below 2**-127 to code 0."""
     ok = torch.isfinite(xf) & (xf > 0)
     xs = torch.where(ok, xf, 1.0)
     mant, exp = torch.frexp(xs)          # xs = mant * 2**exp, mant in [0.5, 1)
@@ -138,8 +139,6 @@ def _encode_e8m0(xf: torch.Tensor, mode: Rounding, overflow: Overflow,
     else:
         up = m2 >= 1.5
     code = e + 127 + up.to(torch.int32)
-    tiny = xs < 2.0 ** -126
-    code = torch.where(tiny, (xs > 2.0 ** -127).to(torch.int32), code)
     code = torch.where(code > 254, 254 if overflow is Overflow.SATURATE else 255, code)
     code = code.clamp(min=0)
     return torch.where(ok, code, 255)

@@ -108,3 +108,19 @@ def test_integer_input_dtypes():
 def test_invalid(kwargs, match):
     with pytest.raises(FormatError, match=match):
         IntFormat(**kwargs)
+
+
+def test_int64_inputs_round_once_or_raise():
+    """64-bit integer inputs are converted to float64 only when that is exact (|v| <= 2**53 or a
+    multiple of its float64 spacing); otherwise they would be rounded twice (to float64, then to
+    the format), so FormatError names the value. 2**53 + 1 would become 2**53 in float64."""
+    from fmtlab.errors import FormatError
+
+    fmt = get_format("bf16")
+    ok = np.array([2 ** 60, -(2 ** 53), 12345, 2 ** 53], dtype=np.int64)
+    np.testing.assert_array_equal(fmt.encode(ok), fmt.encode(ok.astype(np.float64)))
+    for bad in (np.array([1, 2 ** 53 + 1], np.int64), np.array([-(2 ** 62) - 1], np.int64),
+                np.array([2 ** 64 - 1], np.uint64)):
+        with pytest.raises(FormatError, match="not exactly representable in float64"):
+            fmt.encode(bad)
+    assert get_format("int8").encode(np.array([100, -100], np.int32)).tolist() == [100, 156]

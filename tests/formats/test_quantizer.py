@@ -293,3 +293,14 @@ def test_float64_and_other_dtypes():
     assert q.fake_quantize(x.astype(np.float16)).dtype == np.float32
     assert q.fake_quantize(np.arange(8).reshape(2, 4)).dtype == np.float64
     assert Quantizer("int8").fake_quantize(np.float32(3.0)).shape == ()
+
+
+def test_int64_input_beyond_float64_precision_raises():
+    """A quantizer rounds an int64 input once: values float64 cannot hold exactly raise."""
+    from fmtlab.errors import FormatError
+
+    q = Quantizer("int8")
+    with pytest.raises(FormatError, match="2**53|float64"):
+        q.fake_quantize(np.array([1, 2 ** 53 + 1], np.int64))
+    np.testing.assert_array_equal(q.fake_quantize(np.array([1, 2 ** 53], np.int64)),
+                                  q.fake_quantize(np.array([1.0, 2.0 ** 53])))
