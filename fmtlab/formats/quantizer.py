@@ -350,7 +350,24 @@ class Quantizer:
             return from_work(res.out, lay)
         s, z = self._scales(w, lay)
         out = fq_scaled(self.format, flat, lay.kl, s, z, pow2=_is_pow2(s), **self._kw(self._rand(a, lay)))
+        self._check_range(flat, out, s)
         return from_work(out, lay)
+
+    def _check_range(self, x: np.ndarray, out: np.ndarray, s: np.ndarray) -> None:
+        """Raise if a finite input's result left the float range of its dtype. Only power-of-two
+        scales can do this (s = 2**ceil(log2(amax / qmax)) puts the grid's end up to 2x beyond
+        amax: x = 3.4e38 rounds to 2**128 in int8 with s = 2**122), so the pass runs only when
+        the scaled grid reaches beyond the dtype's max."""
+        reach = float(np.max(s, initial=0.0)) * (abs(self.format.max) + abs(self.format.min))
+        if reach < float(np.finfo(out.dtype).max):
+            return
+        with np.errstate(invalid="ignore"):
+            bad = np.isinf(out) & np.isfinite(x)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise FmtlabError(f"{int(bad.sum())} finite input(s) (e.g. {float(x[i])!r}) round beyond the "
+                              f"{out.dtype} range on the power-of-two grid (pow2=True near the dtype's max): "
+                              "use pow2=False or float64 input")
 
     def fake_quantize_report(self, x) -> tuple[np.ndarray, QuantReport]:
         """fake_quantize(x) and the QuantReport of what it did."""
@@ -398,6 +415,9 @@ class Quantizer:
             rows = rows - broadcast_scales(q.zero_points, lay)
         with np.errstate(invalid="ignore", over="ignore"):
             out = (rows * broadcast_scales(q.scales.astype(np.float64), lay)).astype(q.dtype)
+        if self.pow2:
+            finite_codes = np.isfinite(rows).reshape(-1)
+            self._check_range(np.where(finite_codes, 0.0, np.inf), out.reshape(-1), q.scales)
         return from_work(out, lay)
 
     def _report(self, a, w, out, lay, s, z) -> QuantReport:

@@ -304,3 +304,21 @@ def test_int64_input_beyond_float64_precision_raises():
         q.fake_quantize(np.array([1, 2 ** 53 + 1], np.int64))
     np.testing.assert_array_equal(q.fake_quantize(np.array([1, 2 ** 53], np.int64)),
                                   q.fake_quantize(np.array([1.0, 2.0 ** 53])))
+
+
+@pytest.mark.parametrize("name", ["int8", "fp8_e4m3", "int4", "dint4", "fp4_e2m1"])
+@pytest.mark.parametrize("gran", ["tensor", "token"])
+def test_pow2_scale_near_float32_max_raises_instead_of_inf(name, gran):
+    """x = 3.4e38 with pow2 scales: s = 2**ceil(log2(x / qmax)) makes the nearest grid point
+    2**128, beyond float32: a clear error, never a silent +-Inf (the same check catches
+    x = float32 max under absmax, where 127 * fl(max / 127) rounds beyond max). Without pow2 the
+    first row is finite, and with pow2 moderately large inputs still work."""
+    x = np.float32([[3.4e38, -3.4e38, 1.0, 3.3e38], [np.finfo(np.float32).max, 2e38, -1, 0]])
+    q = Quantizer(name, gran, pow2=True)
+    with pytest.raises(FmtlabError, match="beyond the float32 range"):
+        q.fake_quantize(x)
+    with pytest.raises(FmtlabError, match="beyond the float32 range"):
+        q.quantize(x)
+    assert np.isfinite(Quantizer(name, gran).fake_quantize(x[:1])).all()
+    y = np.float32([[3e30, -1.0], [2.0, 5.0]])
+    assert np.isfinite(q.fake_quantize(y)).all() and np.isfinite(q.dequantize(q.quantize(y))).all()
