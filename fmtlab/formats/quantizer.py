@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
@@ -128,7 +128,9 @@ class Quantizer:
     name; scale_rule: AbsMax() (default; SharedExp("floor") for E8M0 blocks), Percentile(p), MSE(),
     Static(scale[, zero_point]), MinMax() (asymmetric INT), SharedExp(mode), or a name/number;
     rounding: any Rounding (STOCHASTIC needs ``seed``); overflow: element overflow (default
-    saturate, the MX/NVFP4 rule); nan: what NaN inputs do in a format without NaN;
+    saturate, the MX/NVFP4 rule); nan: what NaN inputs do in a format without NaN (None, the
+    default: raise; for block formats None is OCP MX's rule, a NaN makes its whole block NaN with
+    scale code 0xFF, while an explicit "raise" raises FormatError and "zero" reads NaN as 0);
     pow2: round scales up to powers of two; name: the preset name, if any.
     """
 
@@ -137,7 +139,7 @@ class Quantizer:
     scale_rule: ScaleRule | str | float | None = None
     rounding: Rounding | str = Rounding.NEAREST_EVEN
     overflow: Overflow | str = Overflow.SATURATE
-    nan: NanInput | str = NanInput.RAISE
+    nan: NanInput | str | None = None
     pow2: bool = False
     seed: int | None = None
     name: str | None = dataclasses.field(default=None, compare=False)
@@ -150,13 +152,16 @@ class Quantizer:
             rule = SharedExp("floor") if block and g.scale_format == "e8m0" else AbsMax()
         else:
             rule = parse_scale_rule(self.scale_rule)
-        rounding, overflow, nan = fmt._resolve(self.rounding, self.overflow, self.nan)
+        rounding, overflow, nan = fmt._resolve(self.rounding, self.overflow,
+                                               NanInput.RAISE if self.nan is None else self.nan)
+        if self.nan is None and block:
+            nan = None  # OCP MX: a NaN element makes its block NaN (see _blocks)
         for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule),
                      ("rounding", rounding), ("overflow", overflow), ("nan", nan)):
             object.__setattr__(self, k, v)
         if fmt.family == "e8m0":
             raise FmtlabError("e8m0 is a scale format, not an element format")
-        if params(fmt, rounding, overflow, nan) is None:
+        if params(fmt, rounding, overflow, nan or NanInput.RAISE) is None:
             raise FmtlabError(f"{fmt.name} has no fast kernel; quantizers need one")
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
@@ -376,6 +381,14 @@ class Quantizer:
 
     def _blocks(self, flat: np.ndarray, lay: Layout, want_out: bool, want_codes: bool):
         g = self.granularity
+        if self.nan is not None:
+            with np.errstate(invalid="ignore"):
+                nan = np.isnan(flat)
+            if nan.any():
+                if self.nan is NanInput.RAISE:
+                    raise FormatError(f"{self}: the input holds {int(nan.sum())} NaN value(s) and nan='raise' "
+                                      "(the default nan=None makes their MX blocks NaN; nan='zero' reads them as 0)")
+                flat = np.where(nan, flat.dtype.type(0), flat)
         if g.scale_format == "e8m0":
             return _mx.mx_blocks(self.format, flat, g.size, self.scale_rule.mode, self.rounding,
                                  self.overflow, self.seed, want_out, want_codes)

@@ -322,3 +322,24 @@ def test_pow2_scale_near_float32_max_raises_instead_of_inf(name, gran):
     assert np.isfinite(Quantizer(name, gran).fake_quantize(x[:1])).all()
     y = np.float32([[3e30, -1.0], [2.0, 5.0]])
     assert np.isfinite(q.fake_quantize(y)).all() and np.isfinite(q.dequantize(q.quantize(y))).all()
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "mxint8", "nvfp4"])
+def test_block_nan_policy(name):
+    """Block quantizers: by default (nan=None) a NaN makes its whole block NaN (OCP MX: scale code
+    0xFF); nan='raise' raises FormatError (it used to be ignored); nan='zero' reads NaN as 0, so
+    the block equals the same block with a 0 in the NaN's place."""
+    x = np.ones((2, 32), np.float32)
+    x[0, 3] = np.nan
+    base = get_quantizer(name)
+    k = base.granularity.size  # 32 (MX) or 16 (NVFP4)
+    y = base.fake_quantize(x)
+    assert np.isnan(y[0, :k]).all() and np.isfinite(y[0, k:]).all() and np.isfinite(y[1]).all()
+    with pytest.raises(FormatError, match="NaN"):
+        get_quantizer(name, nan="raise").fake_quantize(x)
+    with pytest.raises(FormatError, match="NaN"):
+        get_quantizer(name, nan="raise").quantize(x)
+    z = get_quantizer(name, nan="zero")
+    x0 = np.nan_to_num(x, nan=0.0)
+    np.testing.assert_array_equal(z.fake_quantize(x).view(np.uint32), base.fake_quantize(x0).view(np.uint32))
+    np.testing.assert_array_equal(z.quantize(x).codes, base.quantize(x0).codes)
