@@ -29,6 +29,7 @@ from fmtlab.hw import _dp_kernels as K
 from fmtlab.hw.mac import kulisch_geometry, make_unit, MacUnit
 from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
                                 view)
+from fmtlab.hw.promotion import parse_promoted, promoted_dot
 
 # ------------------------------------------------------------------------------------------
 # accumulator bit patterns
@@ -216,7 +217,14 @@ def dot(w_codes, a_codes, weight: "str | Format", activation: "str | Format",
 
     Codes are the formats' bit patterns (``fmt.encode(x)``). ``init``: initial accumulator
     value(s) (float; default 0). Returns a :class:`DotResult` shaped like the leading axes.
+    ``accumulator`` may also be a two-level accumulator of a real accelerator (a
+    :class:`fmtlab.hw.promotion.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
     """
+    if parse_promoted(accumulator) is not None:
+        if overflow is not None or rounding is not None:
+            raise FmtlabError("overflow/rounding overrides do not apply to a promoted accumulator; "
+                              "set them in its inner/outer FloatAcc")
+        return promoted_dot(w_codes, a_codes, weight, activation, accumulator, init=init)
     unit = make_unit(weight, activation, accumulator, overflow=overflow, rounding=rounding)
     if unit.is_mx:
         raise FmtlabError("use mx_dot() for MX block formats (it needs the E8M0 scales)")
