@@ -30,7 +30,7 @@ from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, make_rng
 from fmtlab.formats.kernels import _scale_args, encode_scaled, fq_scaled, generic, params
 from fmtlab.formats.registry import get_format
-from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
 from fmtlab.formats.scaling import (
     MSE, AbsMax, Granularity, Layout, MinMax, Percentile, PerBlock, PerTensor, ScaleRule, SharedExp,
     Static, broadcast_scales, from_work, parse_granularity, parse_scale_rule, plan_layout,
@@ -127,7 +127,8 @@ class Quantizer:
     Static(scale[, zero_point]), MinMax() (asymmetric INT), SharedExp(mode), or a name/number;
     rounding: any Rounding (STOCHASTIC needs ``seed``); overflow: element overflow (default
     saturate, the MX/NVFP4 rule); nan: what NaN inputs do in a format without NaN;
-    pow2: round scales up to powers of two; name: the preset name, if any.
+    pow2: round scales up to powers of two (a bool; config strings true/false/1/0/yes/no/on/off, any
+    other value raises); name: the preset name, if any.
     """
 
     format: Format | str
@@ -149,7 +150,11 @@ class Quantizer:
         else:
             rule = parse_scale_rule(self.scale_rule)
         rounding, overflow, nan = fmt._resolve(self.rounding, self.overflow, self.nan)
-        for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule),
+        try:  # config strings hand over "no" / "off": a non-empty str must not read as True
+            pow2 = parse_bool(self.pow2, "pow2")
+        except ValueError as exc:
+            raise FmtlabError(str(exc)) from None
+        for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule), ("pow2", pow2),
                      ("rounding", rounding), ("overflow", overflow), ("nan", nan)):
             object.__setattr__(self, k, v)
         if fmt.family == "e8m0":
