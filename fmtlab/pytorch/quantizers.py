@@ -117,6 +117,9 @@ class TorchQuantizer:
         self.seed = q.seed
         self._fmax32 = float(np.float32(self.format.max))
         self._fmin32 = float(np.float32(self.format.min))
+        # rounding boundaries beyond the extreme finite values: the clip test of QuantReport
+        self._clip_lo = float(self.format.grid.bounds[0])
+        self._clip_hi = float(self.format.grid.bounds[-1])
         self._int = self.format.family == "int"
         self._fast32 = self._fq32_rounds_product()
         if isinstance(self.granularity, PerBlock):
@@ -479,10 +482,19 @@ class TorchQuantizer:
         mask = None
         if need_mask:
             yz = y if zb is None else y + zb.to(y.dtype)
-            mask = self._unwork((yz >= self._fmin32) & (yz <= self._fmax32), wk)
+            mask = self._unwork(self._in_range(yz), wk)
         return (self._unwork(out, wk), None if codes is None else self._unwork(codes, wk),
                 s.reshape(wk.scale_shape), None if z is None else z.reshape(wk.scale_shape),
                 None, None, mask)
+
+    def _in_range(self, y: torch.Tensor) -> torch.Tensor:
+        """The clipped-STE pass region: ``y`` (= x / s + z, in x's precision) not clipped by the
+        very comparison of ``Quantizer.quantize(...).report.clipped`` (y beyond the rounding
+        boundary of the largest / most negative finite value, compared in float64), False at NaN.
+        Comparing with fmt.max instead would zero the gradient of a row's largest element, whose
+        x / s is 127.000004 in float32 for INT8 absmax."""
+        y64 = y.to(torch.float64)
+        return (y64 >= self._clip_lo) & (y64 <= self._clip_hi)
 
     def fake_quantize(self, x: torch.Tensor, *, seed=None, draws=None) -> torch.Tensor:
         """Fused quantize-dequantize; bit-identical to ``Quantizer.fake_quantize`` for float32 /
@@ -558,7 +570,7 @@ class TorchQuantizer:
             codes = self._unwork(codes, wk)
         mask = None
         if need_mask:
-            mask = self._unwork((y >= self._fmin32) & (y <= self._fmax32) & ~bad[:, None], wk)
+            mask = self._unwork(self._in_range(y) & ~bad[:, None], wk)
         shape = wk.scale_shape
         return (self._unwork(out, wk), codes, scales.reshape(shape), None,
                 scale_codes.reshape(shape), ts, mask)
