@@ -336,6 +336,25 @@ class TorchQuantizer:
             raise FmtlabError("block formats compute their scales inside quantize/fake_quantize")
         return self._scales(self._work(self._as_input(x)))
 
+    def statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip value c per slot (flat, float32) that the scale rule (absmax, percentile, MSE)
+        picks for ``x``, before the scale conversion: ``compute_scales(x)[0]`` equals
+        ``scales_from_statistic(statistic(x))`` bit for bit. Min/max, static and block rules raise."""
+        rule = self.scale_rule
+        if isinstance(self.granularity, PerBlock) or not isinstance(rule, (AbsMax, Percentile, MSE)):
+            raise FmtlabError(f"{self.name}: no single clip statistic for scale rule {rule} / {self.granularity}")
+        M = self._slot_matrix(self._work(self._as_input(x)))
+        if isinstance(rule, AbsMax):
+            return self._slot_absmax(M)
+        if isinstance(rule, Percentile):
+            return self._percentile(M, rule.p)
+        return self._mse(M, rule)
+
+    def scales_from_statistic(self, c: torch.Tensor) -> torch.Tensor:
+        """Scales from clip values: ``fl32(c / fl32(fmt.max))`` (c == 0 -> 1, underflow ->
+        2**-149), then the quantizer's pow2 rounding."""
+        return self._finalize(c)
+
     # ---- elements ---------------------------------------------------------------------------
     @staticmethod
     def _is_pow2(s: torch.Tensor) -> bool:
@@ -658,16 +677,19 @@ def as_torch_quantizer(spec: Any) -> TorchQuantizer:
 
 def default_quantizer(fmt: Format, role: str) -> TorchQuantizer:
     """The quantizer a bare format gets in ``quantize_model``: absmax, per output channel for
-    weights ([out, in] rows), per token for activations."""
-    g = PerChannel(0) if role == "weights" else PerToken()
-    return TorchQuantizer(Quantizer(fmt, g, name=f"{fmt.name}_{'per_channel' if role == 'weights' else 'per_token'}"))
+    weights ([out, in] rows), per token for (dynamic) activations, per tensor for
+    ``role="static_activations"``."""
+    g, tag = {"weights": (PerChannel(0), "per_channel"),
+              "static_activations": (PerTensor(), "per_tensor")}.get(role, (PerToken(), "per_token"))
+    return TorchQuantizer(Quantizer(fmt, g, name=f"{fmt.name}_{tag}"))
 
 
 def resolve(spec: Any, role: str = "weights") -> Callable | None:
     """A torch quantizer ``q(x, grad=...)`` for a spec, or None for no quantization.
 
     spec: None / "none" / "fp32"; a TorchQuantizer; a numpy Quantizer; a preset name
-    (``get_quantizer``: "mxfp4", "nvfp4", "int8_per_channel", "int4_g128", ...); a format name or
+    (``get_quantizer``: "mxfp4", "nvfp4", "int8_per_channel", "int4_g128", ..., with overrides as
+    ``"int8_per_token(pow2=yes)"``); a format name or
     Format (absmax per output channel for weights, per token for activations, see
     :func:`default_quantizer`); or any callable ``q(x, grad="ste") -> tensor`` used as is.
     """
@@ -680,6 +702,11 @@ def resolve(spec: Any, role: str = "weights") -> Callable | None:
     if isinstance(spec, Format):
         return default_quantizer(spec, role)
     if isinstance(spec, str):
+        if "(" in spec:  # "name(key=value, ...)": preset keyword overrides, as fmtlab.sim parses them
+            from fmtlab.sim.quant import parse_call
+
+            name, kwargs = parse_call(spec)
+            return TorchQuantizer(get_quantizer(name, **kwargs))
         try:
             return TorchQuantizer(get_quantizer(spec))
         except FmtlabError:

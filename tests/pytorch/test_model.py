@@ -105,8 +105,9 @@ def test_inplace_and_errors(llama):
     m = copy.deepcopy(llama)
     out, summary = quantize_model(m, weights="int8", inplace=True)
     assert out is m and len(summary) == 14
-    again, s2 = quantize_model(m, weights="int8")  # already rewired layers are not wrapped twice
-    assert len(s2) == 0
+    again, s2 = quantize_model(m, weights="int8")  # re-quantized, not wrapped twice
+    assert len(s2) == 14 and len(s2.requantized) == 14 and "previous fake-quant replaced" in str(s2)
+    assert not any(isinstance(q.inner, QuantLinear) for q in _qlayers(again).values())
     with pytest.raises(FmtlabError, match="nn.Module"):
         quantize_model("model", weights="int8")
     with pytest.raises(FmtlabError, match="override keys"):
@@ -115,6 +116,43 @@ def test_inplace_and_errors(llama):
         quantize_model(llama, weights="notaformat")
     with pytest.raises(FmtlabError, match="mlp.down_proj.*does not divide"):
         quantize_model(llama, weights="int4_g64", overrides={"*.down_proj": {"weights": "int4_g96"}})
+
+
+def test_requantize_replaces_config(llama, ids):
+    """Issue 15 item 7: quantize_model over a quantized model replaces the fake-quant config
+    (before: 0 layers rewired, mxfp4 over int4 silently stayed int4). The result is bit-identical
+    to quantizing the float model directly; layers the new call leaves in float are unwrapped."""
+    q4, _ = quantize_model(llama, weights="int4")
+    qmx, s = quantize_model(q4, weights="mxfp4", activations="mxfp4")
+    direct, _ = quantize_model(llama, weights="mxfp4", activations="mxfp4")
+    assert len(s) == 14 and sorted(s.requantized) == sorted(s.changed)
+    assert all(r["weights"] == "mxfp4" for r in s.rows)
+    with torch.no_grad():
+        assert torch.equal(qmx(ids).logits, direct(ids).logits)
+    back, s2 = quantize_model(qmx, weights="int8", overrides={"*.mlp.*": None})
+    assert len(s2.restored) == 6 and set(s2.restored) <= set(s2.skipped)
+    assert isinstance(back.model.layers[0].mlp.up_proj, nn.Linear)
+    assert isinstance(back.model.layers[0].self_attn.q_proj, QuantLinear)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, quantize_model(llama, weights="int8", overrides={"*.mlp.*": None})[0](ids).logits)
+
+
+def test_root_linear_is_rewired():
+    """A bare nn.Linear root: the result is a new QuantLinear around (a copy of) it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    x = torch.randn(2, 3, 32)
+    q, s = quantize_model(lin, weights="int4", activations="int8_per_tensor")
+    assert isinstance(q, QuantLinear) and s.changed == [""] and "<root>" in str(s)
+    assert q.inner is not lin and isinstance(lin, nn.Linear)  # a copy unless inplace
+    wq, aq = resolve("int4", "weights"), resolve("int8_per_tensor", "activations")
+    with torch.no_grad():
+        want = F.linear(torch.stack([aq(x[0]), aq(x[1])]), wq(lin.weight), lin.bias)
+        assert torch.equal(q(x), want)
+    q2, s2 = quantize_model(q, weights="fp8_e4m3", inplace=True)  # a QuantLinear root re-quantizes
+    assert isinstance(q2, QuantLinear) and q2.inner is q.inner and s2.requantized == [""]
+    qi, _ = quantize_model(lin, weights="int4", inplace=True)
+    assert qi.inner is lin
 
 
 def test_callable_specs_and_identity(llama, ids):
