@@ -518,8 +518,7 @@ class TorchQuantizer:
     def fake_quantize(self, x: torch.Tensor, *, seed=None, draws=None) -> torch.Tensor:
         """Fused quantize-dequantize; bit-identical to ``Quantizer.fake_quantize`` for float32 /
         float64 input (other floats: computed in float32, returned in x's dtype)."""
-        out = self._run(x, seed=seed, draws=draws)[0]
-        return out.to(x.dtype) if x.is_floating_point() else out
+        return self.fake_quantize_with_mask(x, seed=seed, draws=draws)[0]
 
     def fake_quantize_with_mask(self, x: torch.Tensor, *, seed=None, draws=None, need_mask: bool = False,
                                 scales: torch.Tensor | None = None, zero_points: torch.Tensor | None = None):
@@ -527,7 +526,15 @@ class TorchQuantizer:
         (plus zero point) lies in [fmt.min, fmt.max] (the clipped-STE pass region).
 
         ``scales`` (float32, one per slot or one in all) replaces the scale rule and is used as
-        given (the same bits as ``Quantizer(..., scale_rule=Static(scales), pow2=False)``)."""
+        given (the same bits as ``Quantizer(..., scale_rule=Static(scales), pow2=False)``).
+        Under ``torch.compile`` (deterministic rounding, no seed / draws) it runs as the opaque
+        custom op ``torch.ops.fmtlab.quantizer_fake_quant``: the same eager code, bit for bit, for
+        every family (MX and NVFP4 included)."""
+        if (torch.compiler.is_compiling() and self.rounding is not Rounding.STOCHASTIC
+                and seed is None and draws is None):
+            from fmtlab.pytorch._ops import quantizer_op
+
+            return quantizer_op(self, x, need_mask, scales, zero_points)
         res = self._run(x, seed=seed, draws=draws, need_mask=need_mask, scales=scales,
                         zero_points=zero_points)
         out = res[0].to(x.dtype) if x.is_floating_point() else res[0]
