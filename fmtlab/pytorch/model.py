@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence
+from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.quantizers import resolve, spec_name
 
@@ -77,7 +77,8 @@ class QuantLinear(nn.Module):
     quantizers (``TorchQuantizer`` or callables; ``act_q`` may be a :class:`StaticActivation`)
     or None; dynamic ``act_q`` runs per sequence. With ``transform`` (an fmtlab.sim
     outlier transform) the layer computes the transform's decomposition instead (numpy, no
-    gradient); static transforms fit on the first input the layer sees.
+    gradient, one sequence at a time); a transform that fits statistics is fitted by
+    :func:`fmtlab.pytorch.calibrate` (else on the first input the layer sees).
     In eval mode without autograd the fake-quantized weight is cached until the weight changes.
     """
 
@@ -92,6 +93,7 @@ class QuantLinear(nn.Module):
         self.transform = transform
         self.layer_name = name
         self._fitted = None
+        self.collect: list[np.ndarray] | None = None  # set by calibrate() to gather inputs
         self._wcache: tuple[Any, torch.Tensor] | None = None
 
     @property
@@ -138,24 +140,41 @@ class QuantLinear(nn.Module):
         return F.linear(x, self.quantized_weight().to(x.dtype), self.bias)
 
     def _forward_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform's decomposition, one sequence at a time (its dynamic activation scales
+        are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
+        calibration split; without calibration, on the first input the layer sees."""
         from fmtlab.sim.transforms import Context
 
         shape = x.shape
-        x2 = x.detach().reshape(-1, shape[-1]).to(torch.float32).cpu().numpy()
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
-        positions = None
-        if x.dim() >= 2:
-            positions = np.tile(np.arange(shape[-2]), int(np.prod(shape[:-2], dtype=np.int64)))
-        act = _numpy_q(self.act_q)
-        wq = _numpy_q(self.weight_q)
+        seqs = sequences_of(x.detach()).to(torch.float32).cpu().numpy()
+        act, wq = _numpy_q(self.act_q), _numpy_q(self.weight_q)
+        positions = np.arange(seqs.shape[1])
+        if self.collect is not None:  # calibration: gather float inputs, compute in float
+            self.collect.append(seqs.reshape(-1, seqs.shape[-1]))
+            return F.linear(x, self.linear_weight(), self.bias)
         ctx = Context(positions=positions, act_q=act, weight_q=wq)
         if self._fitted is None:
-            self._fitted = self.transform.fit(x2, w, ctx)
-        d = self._fitted.decompose(x2, w, ctx)
-        y = torch.from_numpy(np.ascontiguousarray(d.output(act, wq), dtype=np.float32)).to(x.device)
+            flat = seqs.reshape(-1, seqs.shape[-1])
+            self._fitted = self.transform.fit(
+                flat, w, Context(positions=np.tile(positions, seqs.shape[0]), act_q=act, weight_q=wq))
+        ys = [np.ascontiguousarray(self._fitted.decompose(s, w, ctx).output(act, wq), dtype=np.float32)
+              for s in seqs]
+        y = torch.from_numpy(np.stack(ys)).to(x.device)
         if self.bias is not None:
             y = y + self.bias.detach().to(torch.float32)
         return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+
+    def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
+        """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
+        sequences), replacing any earlier fit."""
+        from fmtlab.sim.transforms import Context
+
+        x2 = np.concatenate(rows, axis=0)
+        w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
+        act, wq = _numpy_q(self.act_q), _numpy_q(self.weight_q)
+        pos = np.tile(np.arange(seq_len), x2.shape[0] // seq_len)
+        self._fitted = self.transform.fit(x2, w, Context(positions=pos, act_q=act, weight_q=wq))
 
     def extra_repr(self) -> str:
         s = (f"{self.kind}, in={self.in_features}, out={self.out_features}, "

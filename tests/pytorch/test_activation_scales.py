@@ -150,3 +150,18 @@ def test_static_errors(llama, ids):
         calibrate(quantize_model(llama, activations="int8")[0], ids)
     with pytest.raises(FmtlabError, match="absmax, percentile or MSE"):
         quantize_model(llama, activations="int8_per_tensor_asym", activation_scales="static")
+
+
+def test_transform_per_sequence_and_fitted_on_calibration(llama, ids):
+    """A fitted transform (SmoothQuant, per-tensor INT8 activations): calibrate fits it on the
+    calibration split; then logits are batch-independent (the decomposition runs per sequence)
+    and the fit does not depend on the calibration batch size."""
+    pytest.importorskip("fmtlab.sim.transforms")
+    qm, _ = quantize_model(llama, weights="int8_per_channel", activations="int8_per_tensor",
+                           transform="smoothquant(alpha=0.5)")
+    res = calibrate(qm, ids[:2], batch_size=1)
+    assert res.transforms == 14 and res.layers == 0
+    one = _logits_by_batch(qm, ids, 1)
+    assert torch.equal(_logits_by_batch(qm, ids, 4), one)
+    calibrate(qm, ids[:2], batch_size=2)
+    assert torch.equal(_logits_by_batch(qm, ids, 2), one)
