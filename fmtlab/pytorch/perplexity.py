@@ -94,8 +94,8 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     model.eval()
     total, count = 0.0, 0
     parts: list[torch.Tensor] = []
+    bar = tqdm(total=ids.shape[0], desc=desc, unit="seq", disable=not progress, leave=False)
     try:
-        bar = tqdm(total=ids.shape[0], desc=desc, unit="seq", disable=not progress, leave=False)
         for start in range(0, ids.shape[0], batch_size):
             batch = ids[start:start + batch_size].to(device)
             out = model(batch)  # token ids positionally (transformers: input_ids)
@@ -108,8 +108,8 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
             count += nll.numel()
             bar.update(batch.shape[0])
             bar.set_postfix(ppl=f"{math.exp(total / count):.3f}")
-        bar.close()
     finally:
+        bar.close()
         model.train(was_training)
     nll_mean = math.fsum(torch.cat(parts).tolist()) / count  # exact sum: order-independent
     return PerplexityResult(math.exp(nll_mean), nll_mean, count, int(ids.shape[0]), int(ids.shape[1]))

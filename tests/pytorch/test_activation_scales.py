@@ -116,6 +116,10 @@ def test_static_needs_calibration_then_is_frozen(llama, ids):
     calibrate(qm, calib, batch_size=3)
     assert all(torch.equal(qm.state_dict()[k], v) for k, v in state.items())
     assert evaluate_perplexity(qm, held_out, progress=False).ppl > 1
+    # the frozen scales live in the state dict: a fresh static model loads them and is calibrated
+    fresh, _ = quantize_model(llama, weights="int8_per_channel", activations="int8", activation_scales="static")
+    fresh.load_state_dict(qm.state_dict())
+    assert torch.equal(_logits_by_batch(fresh, ids, 4), one)
 
 
 @pytest.mark.parametrize("rule", ["int8_per_tensor_p99", MSE10])
