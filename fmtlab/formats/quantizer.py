@@ -30,7 +30,7 @@ from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
 from fmtlab.formats.kernels import _scale_args, encode_scaled, fq_scaled, generic, params
 from fmtlab.formats.registry import get_format
-from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
 from fmtlab.formats.scaling import (
     MSE, AbsMax, Granularity, Layout, MinMax, Percentile, PerBlock, PerTensor, ScaleRule, SharedExp,
     Static, broadcast_scales, from_work, parse_granularity, parse_scale_rule, plan_layout,
@@ -131,7 +131,8 @@ class Quantizer:
     saturate, the MX/NVFP4 rule); nan: what NaN inputs do in a format without NaN (None, the
     default: raise; for block formats None is OCP MX's rule, a NaN makes its whole block NaN with
     scale code 0xFF, while an explicit "raise" raises FormatError and "zero" reads NaN as 0);
-    pow2: round scales up to powers of two; name: the preset name, if any.
+    pow2: round scales up to powers of two (a bool; config strings true/false/1/0/yes/no/on/off, any
+    other value raises); name: the preset name, if any.
     """
 
     format: Format | str
@@ -156,7 +157,11 @@ class Quantizer:
                                                NanInput.RAISE if self.nan is None else self.nan)
         if self.nan is None and block:
             nan = None  # OCP MX: a NaN element makes its block NaN (see _blocks)
-        for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule),
+        try:  # config strings hand over "no" / "off": a non-empty str must not read as True
+            pow2 = parse_bool(self.pow2, "pow2")
+        except ValueError as exc:
+            raise FmtlabError(str(exc)) from None
+        for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule), ("pow2", pow2),
                      ("rounding", rounding), ("overflow", overflow), ("nan", nan)):
             object.__setattr__(self, k, v)
         if fmt.family == "e8m0":

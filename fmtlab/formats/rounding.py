@@ -8,6 +8,30 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def parse_bool(value, key: str) -> bool:
+    """A boolean option from a bool, the ints 0 / 1, or one of the strings true/false/1/0/yes/no/
+    on/off (case-insensitive, surrounding blanks ignored); anything else raises ValueError naming
+    ``key`` and the value (a non-empty string such as "no" is *not* read as truthy)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise ValueError(f"{key} must be a boolean (true/false, 1/0, yes/no, on/off), got {key}={value!r}")
+
 
 def _parse_enum(cls, value, what: str):
     """An enum member from itself or its value string (case-insensitive, '-' read as '_')."""

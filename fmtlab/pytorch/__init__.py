@@ -9,9 +9,14 @@ to the numpy/numba path of ``fmtlab.formats`` by the tests:
 - :class:`FormatFakeQuantize` - a ``torch.ao.quantization`` fake-quantize module for QConfigs,
   and :func:`convert_qat` to freeze a QAT model;
 - :func:`quantize_model` - rewire a model's Linear / Conv1D layers to W/A fake-quant;
+- :func:`calibrate` - observe and freeze the static activation scales of a model rewired with
+  ``quantize_model(..., activation_scales=ActivationScales.STATIC)`` (dynamic scales, the
+  default, are computed per sequence);
 - :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar.
 """
 
+from fmtlab.pytorch.activations import ActivationScales, StaticActivation
+from fmtlab.pytorch.calibrate import CalibrationResult, calibrate
 from fmtlab.pytorch.elementwise import decode, encode, quantize
 from fmtlab.pytorch.fake_quantize import FormatFakeQuantize
 from fmtlab.pytorch.functional import fake_quantize
@@ -23,5 +28,6 @@ from fmtlab.pytorch.quantizers import TorchQTensor, TorchQuantizer
 __all__ = [
     "encode", "decode", "quantize", "fake_quantize", "FormatFakeQuantize", "convert_qat",
     "quantize_model", "LayerConfig", "QuantLinear", "QuantizeSummary", "evaluate_perplexity",
-    "PerplexityResult", "TorchQuantizer", "TorchQTensor",
+    "PerplexityResult", "TorchQuantizer", "TorchQTensor", "ActivationScales", "StaticActivation",
+    "calibrate", "CalibrationResult",
 ]

@@ -1,19 +1,28 @@
-"""The element fake-quant as a registered torch custom op (``torch.ops.fmtlab.quantize``).
+"""The element and quantizer fake-quants as registered torch custom ops
+(``torch.ops.fmtlab.quantize``, ``torch.ops.fmtlab.quantizer_fake_quant``).
 
 Why: ``torch.compile`` then sees one opaque op with a known output (same shape and dtype as x)
 instead of tracing the table lookups and caches of ``elementwise`` (graph breaks, long compile),
 and the compiled model runs the very same eager kernel, so fake-quant stays bit-exact under
 compile. Deterministic roundings only (stochastic rounding takes a numpy seed; it runs eagerly).
-The format travels by name (``get_format(str(fmt)) == fmt``).
+The format travels by name (``get_format(str(fmt)) == fmt``); a quantizer by a key into a
+registry of live TorchQuantizers (weak references; the compiled caller keeps its quantizer
+alive). The quantizer op is what makes MX / NVFP4 compile: their block-scale code (bit views,
+int64 exponent arithmetic, the tensor scale's host-side branches) crashed inductor's C++ codegen
+and raised data-dependent guards when traced.
 """
 
 from __future__ import annotations
+
+import itertools
+import weakref
+from typing import Any
 
 import torch
 
 from fmtlab.formats import Format, get_format
 
-__all__ = ["quantize_op"]
+__all__ = ["quantize_op", "quantizer_op"]
 
 
 _FORMATS: dict[str, Format] = {}
@@ -62,3 +71,43 @@ def quantize_op(x: torch.Tensor, fmt: Format, rounding, overflow, nan) -> torch.
     o = "default" if overflow is None else getattr(overflow, "value", overflow)
     n = getattr(nan, "value", nan)
     return _quantize(x, fmt.name, str(r), str(o), str(n))
+
+
+_QUANTIZERS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_KEYS = itertools.count()
+
+
+def _quantizer_key(tq: Any) -> str:
+    key = getattr(tq, "_op_key", None)
+    if key is None or _QUANTIZERS.get(key) is not tq:
+        key = f"tq{next(_KEYS)}"
+        tq._op_key = key
+        _QUANTIZERS[key] = tq
+    return key
+
+
+@torch.library.custom_op("fmtlab::quantizer_fake_quant", mutates_args=())
+def _quantizer_fq(x: torch.Tensor, key: str, need_mask: bool, scales: torch.Tensor | None,
+                  zero_points: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    tq = _QUANTIZERS.get(key)
+    if tq is None:
+        raise RuntimeError(f"fmtlab quantizer {key!r} is gone (compiled after its TorchQuantizer died)")
+    out, mask = tq.fake_quantize_with_mask(x, need_mask=need_mask, scales=scales, zero_points=zero_points)
+    if mask is None:
+        mask = torch.zeros(0, dtype=torch.bool, device=x.device)
+    return out.clone() if out.data_ptr() == x.data_ptr() else out, mask
+
+
+@_quantizer_fq.register_fake
+def _(x, key, need_mask, scales, zero_points):
+    out = x.new_empty(x.shape, dtype=x.dtype if x.is_floating_point() else torch.float64)
+    mask = x.new_empty(x.shape if need_mask else (0,), dtype=torch.bool)
+    return out, mask
+
+
+def quantizer_op(tq: Any, x: torch.Tensor, need_mask: bool, scales: torch.Tensor | None = None,
+                 zero_points: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``tq.fake_quantize_with_mask(x, ...)`` (deterministic rounding, no seed/draws) as one
+    opaque op: (values, in-range mask or None)."""
+    out, mask = _quantizer_fq(x, _quantizer_key(tq), need_mask, scales, zero_points)
+    return out, (mask if need_mask else None)

@@ -2,8 +2,11 @@
 
 Forward: the exact fmtlab fake-quant (bit-identical to the numpy/numba path). Backward:
 - ``grad="ste"``: the incoming gradient passes unchanged (d fq(x)/dx := 1 everywhere);
-- ``grad="clipped"``: the incoming gradient where x lies inside the representable range
-  (``[fmt.min, fmt.max]`` times the element's scale, bounds included), 0 outside and at NaN.
+- ``grad="clipped"``: the incoming gradient where x is not clipped, 0 where it is and at NaN.
+  Clipped is decided exactly as ``Quantizer.quantize(x).report.clipped`` counts it: the scaled
+  value y = x / s (+ zero point) lies beyond the rounding boundary of the largest (or most
+  negative) finite value (``fmt.grid.bounds[-1]`` / ``bounds[0]``; INT8: y > 127.5 or
+  y < -128.5), so a row's absmax element (y = 127.000004 in float32) keeps its gradient.
 The gradient has x's dtype; no gradient flows into scales (they are statistics, not parameters).
 """
 

@@ -11,7 +11,7 @@ quantizer convention ``s = fl32(c / fl32(fmt.max))`` (c == 0 -> 1, an underflow 
 the quantizer's pow2 rounding). Forward: exactly ``Quantizer(fmt, granularity,
 Static(s)).fake_quantize(x)`` (torch ops, bit-identical to the numpy path for float32/float64),
 gradient by straight-through estimator (``grad="ste"``) or its clipped variant
-(``grad="clipped"``: zero where ``x / s`` lies outside ``[fmt.min, fmt.max]``).
+(``grad="clipped"``: zero where ``x / s`` is clipped, the comparison of ``QuantReport.clipped``).
 ``calculate_qparams()`` returns ``(scale, zero_point)`` with zero_point 0 (symmetric).
 :func:`fmtlab.pytorch.convert_qat` turns a trained QAT model into plain modules whose weights hold
 the fake-quantized values.

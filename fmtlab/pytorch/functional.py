@@ -14,8 +14,13 @@ __all__ = ["fake_quantize", "in_range_mask"]
 
 
 def in_range_mask(x: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """True where ``fmt.min <= x <= fmt.max`` (the clipped-STE pass region; False at NaN)."""
-    return (x >= fmt.min) & (x <= fmt.max)
+    """The clipped-STE pass region of an unscaled format: True where x lies within the rounding
+    boundaries beyond the extreme finite values (``fmt.grid.bounds[0] <= x <= bounds[-1]``,
+    compared in float64; INT8: [-128.5, 127.5]), i.e. where x is not clipped by the comparison
+    of ``QuantReport.clipped``; False at NaN."""
+    x64 = x.to(torch.float64)
+    b = fmt.grid.bounds
+    return (x64 >= float(b[0])) & (x64 <= float(b[-1]))
 
 
 def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = None,
@@ -31,7 +36,8 @@ def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = 
     ``"int8_per_token"``), which brings its own scales, rounding and overflow.
     rounding / overflow / nan / seed / draws: as :func:`fmtlab.pytorch.elementwise.encode`
     (rounding defaults to NEAREST_EVEN for formats; for quantizers, None keeps theirs).
-    grad: "ste" (straight-through) or "clipped" (zero gradient outside the representable range).
+    grad: "ste" (straight-through) or "clipped" (zero gradient where the quantizer clips,
+    the comparison of ``QuantReport.clipped``; see fmtlab.pytorch.autograd).
     The result has x's dtype and is bit-identical to the numpy path for float32/float64 input.
     """
     fmt = None

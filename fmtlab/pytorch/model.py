@@ -5,10 +5,13 @@ GPT-2 ``Conv1D`` (``transformers.pytorch_utils.Conv1D``) in a :class:`QuantLinea
 
     y = Q_a(x) @ Q_w(W)^T + b          (W in nn.Linear layout [out_features, in_features])
 
-Axis conventions (shared with fmtlab.formats and fmtlab.sim): activations are seen as a 2-D
-[tokens, in_features] matrix (leading dims flattened), weights as [out_features, in_features];
-per-token / per-channel scales are one per row, groups and blocks run along the last
-(reduction) axis. A Conv1D's weight [in, out] is transposed to that layout first.
+Axis conventions (shared with fmtlab.formats and fmtlab.sim): activations are quantized as 2-D
+[tokens, in_features] matrices, weights as [out_features, in_features]; per-token / per-channel
+scales are one per row, groups and blocks run along the last (reduction) axis. A Conv1D's weight
+[in, out] is transposed to that layout first. Batch: an input [..., tokens, in_features] holds
+one sequence per leading index (a 2-D input is one sequence) and dynamic activation scales are
+computed per sequence, never over the batch (see :mod:`fmtlab.pytorch.activations`); with
+``activation_scales="static"`` they are calibrated once (:func:`fmtlab.pytorch.calibrate`).
 
 Specs (``weights=``, ``activations=``, override values): None (no quantization); a quantizer
 preset name or object (see :func:`fmtlab.pytorch.quantizers.resolve`); a format name / Format,
@@ -31,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
+from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.quantizers import resolve, spec_name
 
@@ -70,9 +74,11 @@ class QuantLinear(nn.Module):
     """A Linear-like layer with fake-quantized weights and inputs (see the module docstring).
 
     ``inner`` keeps the original module (and its parameters); ``weight_q`` / ``act_q`` are torch
-    quantizers (``TorchQuantizer`` or callables) or None. With ``transform`` (an fmtlab.sim
+    quantizers (``TorchQuantizer`` or callables; ``act_q`` may be a :class:`StaticActivation`)
+    or None; dynamic ``act_q`` runs per sequence. With ``transform`` (an fmtlab.sim
     outlier transform) the layer computes the transform's decomposition instead (numpy, no
-    gradient); static transforms fit on the first input the layer sees.
+    gradient, one sequence at a time); a transform that fits statistics is fitted by
+    :func:`fmtlab.pytorch.calibrate` (else on the first input the layer sees).
     In eval mode without autograd the fake-quantized weight is cached until the weight changes.
     """
 
@@ -87,6 +93,7 @@ class QuantLinear(nn.Module):
         self.transform = transform
         self.layer_name = name
         self._fitted = None
+        self.collect: list[np.ndarray] | None = None  # set by calibrate() to gather inputs
         self._wcache: tuple[Any, torch.Tensor] | None = None
 
     @property
@@ -126,29 +133,48 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             return self._forward_transform(x)
-        if self.act_q is not None:
-            x = self.act_q(x.reshape(-1, x.shape[-1]), grad=self.grad).reshape(x.shape)
+        if isinstance(self.act_q, StaticActivation):
+            x = self.act_q(x, grad=self.grad)
+        elif self.act_q is not None:
+            x = quantize_per_sequence(self.act_q, x, self.grad)
         return F.linear(x, self.quantized_weight().to(x.dtype), self.bias)
 
     def _forward_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform's decomposition, one sequence at a time (its dynamic activation scales
+        are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
+        calibration split; without calibration, on the first input the layer sees."""
         from fmtlab.sim.transforms import Context
 
         shape = x.shape
-        x2 = x.detach().reshape(-1, shape[-1]).to(torch.float32).cpu().numpy()
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
-        positions = None
-        if x.dim() >= 2:
-            positions = np.tile(np.arange(shape[-2]), int(np.prod(shape[:-2], dtype=np.int64)))
-        act = _numpy_q(self.act_q)
-        wq = _numpy_q(self.weight_q)
+        seqs = sequences_of(x.detach()).to(torch.float32).cpu().numpy()
+        act, wq = _numpy_q(self.act_q), _numpy_q(self.weight_q)
+        positions = np.arange(seqs.shape[1])
+        if self.collect is not None:  # calibration: gather float inputs, compute in float
+            self.collect.append(seqs.reshape(-1, seqs.shape[-1]))
+            return F.linear(x, self.linear_weight(), self.bias)
         ctx = Context(positions=positions, act_q=act, weight_q=wq)
         if self._fitted is None:
-            self._fitted = self.transform.fit(x2, w, ctx)
-        d = self._fitted.decompose(x2, w, ctx)
-        y = torch.from_numpy(np.ascontiguousarray(d.output(act, wq), dtype=np.float32)).to(x.device)
+            flat = seqs.reshape(-1, seqs.shape[-1])
+            self._fitted = self.transform.fit(
+                flat, w, Context(positions=np.tile(positions, seqs.shape[0]), act_q=act, weight_q=wq))
+        ys = [np.ascontiguousarray(self._fitted.decompose(s, w, ctx).output(act, wq), dtype=np.float32)
+              for s in seqs]
+        y = torch.from_numpy(np.stack(ys)).to(x.device)
         if self.bias is not None:
             y = y + self.bias.detach().to(torch.float32)
         return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+
+    def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
+        """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
+        sequences), replacing any earlier fit."""
+        from fmtlab.sim.transforms import Context
+
+        x2 = np.concatenate(rows, axis=0)
+        w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
+        act, wq = _numpy_q(self.act_q), _numpy_q(self.weight_q)
+        pos = np.tile(np.arange(seq_len), x2.shape[0] // seq_len)
+        self._fitted = self.transform.fit(x2, w, Context(positions=pos, act_q=act, weight_q=wq))
 
     def extra_repr(self) -> str:
         s = (f"{self.kind}, in={self.in_features}, out={self.out_features}, "
@@ -170,11 +196,17 @@ def _numpy_q(q):
 
 @dataclasses.dataclass
 class QuantizeSummary:
-    """What :func:`quantize_model` changed: one row per rewired layer, plus the skipped names."""
+    """What :func:`quantize_model` changed: one row per rewired layer, plus the skipped names.
+
+    ``requantized``: layers that were already fake-quantized and got the new configuration
+    instead (``restored``: those of them the new call leaves in float, unwrapped again)."""
 
     rows: list[dict[str, Any]]
     skipped: list[str]
     transform: str | None = None
+    requantized: list[str] = dataclasses.field(default_factory=list)
+    restored: list[str] = dataclasses.field(default_factory=list)
+    activation_scales: ActivationScales = ActivationScales.DYNAMIC
 
     @property
     def changed(self) -> list[str]:
@@ -185,15 +217,20 @@ class QuantizeSummary:
 
     def __str__(self) -> str:
         lines = [f"quantize_model: {len(self.rows)} layer(s) rewired, {len(self.skipped)} skipped"
-                 + (f", transform {self.transform}" if self.transform else "")]
+                 + (f", {len(self.requantized)} already quantized: previous fake-quant replaced"
+                    if self.requantized else "")
+                 + (f", transform {self.transform}" if self.transform else "")
+                 + f", {self.activation_scales.value} activation scales"]
         if self.rows:
-            w = max(len(r["name"]) for r in self.rows)
+            w = max(len(r["name"] or "<root>") for r in self.rows)
             lines.append(f"  {'layer':<{w}}  kind    in x out       weights / activations")
             for r in self.rows:
-                lines.append(f"  {r['name']:<{w}}  {r['kind']:<6}  {r['in']:>5} x {r['out']:<6}  "
+                lines.append(f"  {r['name'] or '<root>':<{w}}  {r['kind']:<6}  {r['in']:>5} x {r['out']:<6}  "
                              f"{r['weights']} / {r['activations']}")
         if self.skipped:
-            lines.append("  skipped: " + ", ".join(self.skipped))
+            lines.append("  skipped: " + ", ".join(n or "<root>" for n in self.skipped))
+        if self.restored:
+            lines.append("  restored to float (were quantized): " + ", ".join(n or "<root>" for n in self.restored))
         return "\n".join(lines)
 
 
@@ -234,6 +271,7 @@ def _check_layout(name: str, q: Any, shape: tuple[int, int], role: str) -> None:
 def quantize_model(model: nn.Module, weights: Any = None, activations: Any = None, *,
                    overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
+                   activation_scales: "ActivationScales | str" = ActivationScales.DYNAMIC,
                    inplace: bool = False) -> tuple[nn.Module, QuantizeSummary]:
     """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
 
@@ -247,9 +285,19 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     the module returned by ``model.get_output_embeddings()``.
     transform: an fmtlab.sim outlier transform (name such as ``"smoothquant"`` or a Transform);
     layers then compute its decomposition (numpy; evaluation only, no gradient).
+    activation_scales: ``ActivationScales.DYNAMIC`` (default: scales per sequence at run time) or
+    ``STATIC`` (per-tensor or per-feature scales, frozen by :func:`fmtlab.pytorch.calibrate`; a
+    bare format name then means its per-tensor absmax quantizer).
     inplace: rewire ``model`` itself instead of a deep copy.
+
+    A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
+    gets this call's configuration instead of its old one (listed in ``summary.requantized``; a
+    layer this call leaves in float is unwrapped, ``summary.restored``). A bare ``nn.Linear`` /
+    Conv1D (or QuantLinear) root is rewired too: the returned model is then a new QuantLinear
+    around it (around the given module itself with ``inplace=True``), named ``""`` in the summary.
     """
     check_grad(grad)
+    mode = ActivationScales.parse(activation_scales)
     if not isinstance(model, nn.Module):
         raise FmtlabError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
     tr = None
@@ -257,6 +305,9 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         from fmtlab.sim.transforms import get_transform
 
         tr = get_transform(transform)
+        if tr is not None and mode is ActivationScales.STATIC:
+            raise FmtlabError("activation_scales='static' does not combine with transform= (the "
+                              "transform fits and applies its own decomposition)")
     if not inplace:
         model = copy.deepcopy(model)
     head = None
@@ -265,11 +316,16 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             head = model.get_output_embeddings()
         except (NotImplementedError, AttributeError):
             head = None
+    if isinstance(head, QuantLinear):
+        head = head.inner
     skip = list(skip or ())
     base = LayerConfig(weights, activations, grad)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
-    cache: dict[tuple[int, str], Any] = {}
+    requantized: list[str] = []
+    restored: list[str] = []
+    cache: dict[tuple[Any, str], Any] = {}
+    act_role = "static_activations" if mode is ActivationScales.STATIC else "activations"
 
     def res(spec: Any, role: str):
         key = (id(spec), role) if not isinstance(spec, (str, type(None))) else (spec, role)
@@ -277,31 +333,69 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             cache[key] = resolve(spec, role)
         return cache[key]
 
-    done = tuple(n + "." for n, m in model.named_modules() if isinstance(m, QuantLinear))
-    targets = [(n, m, linear_kind(m)) for n, m in model.named_modules()]
-    # layers already rewired (their inner module) are left alone
-    targets = [(n, m, k) for n, m, k in targets if k is not None and n and not n.startswith(done)]
-    for name, mod, kind in targets:
-        if (head is not None and mod is head) or any(_matches(name, p) for p in skip):
-            skipped.append(name)
-            continue
+    targets = _targets(model)
+    new_root = model
+    for name, mod, kind, old in targets:
         cfg: LayerConfig | None = base
-        for pat, value in (overrides or {}).items():
-            if _matches(name, pat):
-                cfg = _merge(base, value)
-        if cfg is None or (cfg.weights is None and cfg.activations is None and tr is None):
+        if (head is not None and mod is head) or any(_matches(name, p) for p in skip):
+            cfg = None
+        else:
+            for pat, value in (overrides or {}).items():
+                if _matches(name, pat):
+                    cfg = _merge(base, value)
+        wq = aq = None
+        if cfg is not None:
+            wq, aq = res(cfg.weights, "weights"), res(cfg.activations, act_role)
+        if cfg is None or (wq is None and aq is None and tr is None):
             skipped.append(name)
-            continue
-        wq, aq = res(cfg.weights, "weights"), res(cfg.activations, "activations")
-        if wq is None and aq is None and tr is None:
-            skipped.append(name)
+            if old is not None:  # quantized before, float now: unwrap
+                restored.append(name)
+                requantized.append(name)
+                new_root = _replace(model, name, mod, new_root)
             continue
         ql = QuantLinear(mod, kind, wq, aq, cfg.grad, transform=tr, name=name)
         _check_layout(name, wq, (ql.out_features, ql.in_features), "weights")
+        if aq is not None and mode is ActivationScales.STATIC:
+            ql.act_q = StaticActivation(aq, ql.in_features, name)
         _check_layout(name, aq, (1, ql.in_features), "activations")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, ql)
+        new_root = _replace(model, name, ql, new_root)
+        if old is not None:
+            requantized.append(name)
         rows.append({"name": name, "kind": kind, "in": ql.in_features, "out": ql.out_features,
-                     "weights": spec_name(wq), "activations": spec_name(aq)})
-    return model, QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None)
+                     "weights": spec_name(wq), "activations": spec_name(ql.act_q)})
+    summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
+                              requantized, restored, mode)
+    return new_root, summary
+
+
+def _targets(model: nn.Module) -> list[tuple[str, nn.Module, str, QuantLinear | None]]:
+    """(name, float module, kind, existing QuantLinear or None) of every rewirable layer; the
+    inner module of an existing QuantLinear is reached through it (named as the QuantLinear)."""
+    if isinstance(model, QuantLinear):
+        return [("", model.inner, model.kind, model)]
+    kind = linear_kind(model)
+    if kind is not None:
+        return [("", model, kind, None)]
+    out = []
+    wrapped: list[str] = []
+    for n, m in model.named_modules():
+        if not n or any(n.startswith(w + ".") for w in wrapped):
+            continue
+        if isinstance(m, QuantLinear):
+            wrapped.append(n)
+            out.append((n, m.inner, m.kind, m))
+            continue
+        k = linear_kind(m)
+        if k is not None:
+            out.append((n, m, k, None))
+    return out
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module, root: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` (the root when name is ""); returns the (possibly new) root."""
+    if not name:
+        return new
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    return root

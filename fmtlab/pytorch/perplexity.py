@@ -16,7 +16,7 @@ import torch
 
 from fmtlab.errors import FmtlabError
 
-__all__ = ["PerplexityResult", "evaluate_perplexity"]
+__all__ = ["PerplexityResult", "evaluate_perplexity", "token_windows_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,10 @@ class PerplexityResult:
         return self.ppl
 
 
-def _windows(data: Any, tokenizer, seq_len: int | None, n_sequences: int | None) -> torch.Tensor:
+def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int | None) -> torch.Tensor:
+    """[sequences, tokens] int64 ids from texts (cut by ``fmtlab.sim.data.token_windows`` into
+    ``seq_len``-token windows, default 128) or token ids (tensor / list of equal-length lists);
+    the first ``n_sequences`` windows (all when None)."""
     if isinstance(data, str):
         data = [data]
     if isinstance(data, torch.Tensor):
@@ -75,10 +78,13 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     windows, ``n_sequences`` of them or all) or token ids ([sequences, tokens] tensor or list).
     device: where to run (default: the model's parameters' device). A tqdm bar shows progress.
     The model is put in eval mode for the evaluation and restored afterwards.
+    batch_size only groups sequences into forward passes: with per-sequence activation scales
+    (``quantize_model``) the logits of a sequence do not depend on it, and the NLL is summed
+    exactly (``math.fsum`` over every predicted token), so neither does the perplexity.
     """
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
-    ids = _windows(data, tokenizer, seq_len, n_sequences)
+    ids = token_windows_of(data, tokenizer, seq_len, n_sequences)
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -87,21 +93,24 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    parts: list[torch.Tensor] = []
+    bar = tqdm(total=ids.shape[0], desc=desc, unit="seq", disable=not progress, leave=False)
     try:
-        bar = tqdm(total=ids.shape[0], desc=desc, unit="seq", disable=not progress, leave=False)
         for start in range(0, ids.shape[0], batch_size):
             batch = ids[start:start + batch_size].to(device)
             out = model(batch)  # token ids positionally (transformers: input_ids)
             logits = out.logits if hasattr(out, "logits") else out
             logp = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1)
             nll = -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)
-            total += float(nll.to(torch.float64).sum())
+            nll64 = nll.to(torch.float64).reshape(-1).cpu()
+            parts.append(nll64)
+            total += float(nll64.sum())  # running value for the progress bar only
             count += nll.numel()
             bar.update(batch.shape[0])
             bar.set_postfix(ppl=f"{math.exp(total / count):.3f}")
-        bar.close()
     finally:
+        bar.close()
         model.train(was_training)
-    nll_mean = total / count
+    nll_mean = math.fsum(torch.cat(parts).tolist()) / count  # exact sum: order-independent
     return PerplexityResult(math.exp(nll_mean), nll_mean, count, int(ids.shape[0]), int(ids.shape[1]))
 

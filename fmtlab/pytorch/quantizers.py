@@ -117,6 +117,9 @@ class TorchQuantizer:
         self.seed = q.seed
         self._fmax32 = float(np.float32(self.format.max))
         self._fmin32 = float(np.float32(self.format.min))
+        # rounding boundaries beyond the extreme finite values: the clip test of QuantReport
+        self._clip_lo = float(self.format.grid.bounds[0])
+        self._clip_hi = float(self.format.grid.bounds[-1])
         self._int = self.format.family == "int"
         self._fast32 = self._fq32_rounds_product()
         if isinstance(self.granularity, PerBlock):
@@ -333,6 +336,25 @@ class TorchQuantizer:
             raise FmtlabError("block formats compute their scales inside quantize/fake_quantize")
         return self._scales(self._work(self._as_input(x)))
 
+    def statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """The clip value c per slot (flat, float32) that the scale rule (absmax, percentile, MSE)
+        picks for ``x``, before the scale conversion: ``compute_scales(x)[0]`` equals
+        ``scales_from_statistic(statistic(x))`` bit for bit. Min/max, static and block rules raise."""
+        rule = self.scale_rule
+        if isinstance(self.granularity, PerBlock) or not isinstance(rule, (AbsMax, Percentile, MSE)):
+            raise FmtlabError(f"{self.name}: no single clip statistic for scale rule {rule} / {self.granularity}")
+        M = self._slot_matrix(self._work(self._as_input(x)))
+        if isinstance(rule, AbsMax):
+            return self._slot_absmax(M)
+        if isinstance(rule, Percentile):
+            return self._percentile(M, rule.p)
+        return self._mse(M, rule)
+
+    def scales_from_statistic(self, c: torch.Tensor) -> torch.Tensor:
+        """Scales from clip values: ``fl32(c / fl32(fmt.max))`` (c == 0 -> 1, underflow ->
+        2**-149), then the quantizer's pow2 rounding."""
+        return self._finalize(c)
+
     # ---- elements ---------------------------------------------------------------------------
     @staticmethod
     def _is_pow2(s: torch.Tensor) -> bool:
@@ -479,16 +501,24 @@ class TorchQuantizer:
         mask = None
         if need_mask:
             yz = y if zb is None else y + zb.to(y.dtype)
-            mask = self._unwork((yz >= self._fmin32) & (yz <= self._fmax32), wk)
+            mask = self._unwork(self._in_range(yz), wk)
         return (self._unwork(out, wk), None if codes is None else self._unwork(codes, wk),
                 s.reshape(wk.scale_shape), None if z is None else z.reshape(wk.scale_shape),
                 None, None, mask)
 
+    def _in_range(self, y: torch.Tensor) -> torch.Tensor:
+        """The clipped-STE pass region: ``y`` (= x / s + z, in x's precision) not clipped by the
+        very comparison of ``Quantizer.quantize(...).report.clipped`` (y beyond the rounding
+        boundary of the largest / most negative finite value, compared in float64), False at NaN.
+        Comparing with fmt.max instead would zero the gradient of a row's largest element, whose
+        x / s is 127.000004 in float32 for INT8 absmax."""
+        y64 = y.to(torch.float64)
+        return (y64 >= self._clip_lo) & (y64 <= self._clip_hi)
+
     def fake_quantize(self, x: torch.Tensor, *, seed=None, draws=None) -> torch.Tensor:
         """Fused quantize-dequantize; bit-identical to ``Quantizer.fake_quantize`` for float32 /
         float64 input (other floats: computed in float32, returned in x's dtype)."""
-        out = self._run(x, seed=seed, draws=draws)[0]
-        return out.to(x.dtype) if x.is_floating_point() else out
+        return self.fake_quantize_with_mask(x, seed=seed, draws=draws)[0]
 
     def fake_quantize_with_mask(self, x: torch.Tensor, *, seed=None, draws=None, need_mask: bool = False,
                                 scales: torch.Tensor | None = None, zero_points: torch.Tensor | None = None):
@@ -496,7 +526,15 @@ class TorchQuantizer:
         (plus zero point) lies in [fmt.min, fmt.max] (the clipped-STE pass region).
 
         ``scales`` (float32, one per slot or one in all) replaces the scale rule and is used as
-        given (the same bits as ``Quantizer(..., scale_rule=Static(scales), pow2=False)``)."""
+        given (the same bits as ``Quantizer(..., scale_rule=Static(scales), pow2=False)``).
+        Under ``torch.compile`` (deterministic rounding, no seed / draws) it runs as the opaque
+        custom op ``torch.ops.fmtlab.quantizer_fake_quant``: the same eager code, bit for bit, for
+        every family (MX and NVFP4 included)."""
+        if (torch.compiler.is_compiling() and self.rounding is not Rounding.STOCHASTIC
+                and seed is None and draws is None):
+            from fmtlab.pytorch._ops import quantizer_op
+
+            return quantizer_op(self, x, need_mask, scales, zero_points)
         res = self._run(x, seed=seed, draws=draws, need_mask=need_mask, scales=scales,
                         zero_points=zero_points)
         out = res[0].to(x.dtype) if x.is_floating_point() else res[0]
@@ -558,7 +596,7 @@ class TorchQuantizer:
             codes = self._unwork(codes, wk)
         mask = None
         if need_mask:
-            mask = self._unwork((y >= self._fmin32) & (y <= self._fmax32) & ~bad[:, None], wk)
+            mask = self._unwork(self._in_range(y) & ~bad[:, None], wk)
         shape = wk.scale_shape
         return (self._unwork(out, wk), codes, scales.reshape(shape), None,
                 scale_codes.reshape(shape), ts, mask)
@@ -646,16 +684,19 @@ def as_torch_quantizer(spec: Any) -> TorchQuantizer:
 
 def default_quantizer(fmt: Format, role: str) -> TorchQuantizer:
     """The quantizer a bare format gets in ``quantize_model``: absmax, per output channel for
-    weights ([out, in] rows), per token for activations."""
-    g = PerChannel(0) if role == "weights" else PerToken()
-    return TorchQuantizer(Quantizer(fmt, g, name=f"{fmt.name}_{'per_channel' if role == 'weights' else 'per_token'}"))
+    weights ([out, in] rows), per token for (dynamic) activations, per tensor for
+    ``role="static_activations"``."""
+    g, tag = {"weights": (PerChannel(0), "per_channel"),
+              "static_activations": (PerTensor(), "per_tensor")}.get(role, (PerToken(), "per_token"))
+    return TorchQuantizer(Quantizer(fmt, g, name=f"{fmt.name}_{tag}"))
 
 
 def resolve(spec: Any, role: str = "weights") -> Callable | None:
     """A torch quantizer ``q(x, grad=...)`` for a spec, or None for no quantization.
 
     spec: None / "none" / "fp32"; a TorchQuantizer; a numpy Quantizer; a preset name
-    (``get_quantizer``: "mxfp4", "nvfp4", "int8_per_channel", "int4_g128", ...); a format name or
+    (``get_quantizer``: "mxfp4", "nvfp4", "int8_per_channel", "int4_g128", ..., with overrides as
+    ``"int8_per_token(pow2=yes)"``); a format name or
     Format (absmax per output channel for weights, per token for activations, see
     :func:`default_quantizer`); or any callable ``q(x, grad="ste") -> tensor`` used as is.
     """
@@ -668,6 +709,11 @@ def resolve(spec: Any, role: str = "weights") -> Callable | None:
     if isinstance(spec, Format):
         return default_quantizer(spec, role)
     if isinstance(spec, str):
+        if "(" in spec:  # "name(key=value, ...)": preset keyword overrides, as fmtlab.sim parses them
+            from fmtlab.sim.quant import parse_call
+
+            name, kwargs = parse_call(spec)
+            return TorchQuantizer(get_quantizer(name, **kwargs))
         try:
             return TorchQuantizer(get_quantizer(spec))
         except FmtlabError:

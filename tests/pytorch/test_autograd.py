@@ -2,7 +2,9 @@
 
 Invariants: the forward value equals the exact fake-quant (bit for bit); with grad="ste" the
 input gradient equals the upstream gradient exactly; with grad="clipped" it equals the upstream
-gradient where fmt.min <= x <= fmt.max and 0 elsewhere (NaN included).
+gradient where x is not clipped and 0 where it is (NaN included), "clipped" being the very
+comparison that ``QuantReport.clipped`` counts: y = x / s (+ z) beyond the rounding boundary of the
+extreme finite values (``fmt.grid.bounds[0]`` / ``bounds[-1]``).
 """
 
 from __future__ import annotations
@@ -32,13 +34,52 @@ def test_forward_is_exact_and_ste_passes_gradient(name):
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int4", "uint4", "fp6_e3m2"])
 def test_clipped_ste_zeroes_outside_range(name):
     fmt = get_format(name)
-    x = torch.tensor([fmt.min - 1, fmt.min, 0.3, fmt.max, fmt.max * 1.01, float("inf"), -float("inf")],
+    lo, hi = float(fmt.grid.bounds[0]), float(fmt.grid.bounds[-1])
+    x = torch.tensor([fmt.min - 1, lo, fmt.min, 0.3, fmt.max, hi, np.nextafter(hi, np.inf),
+                      np.nextafter(lo, -np.inf), float("inf"), -float("inf")],
                      dtype=torch.float64, requires_grad=True)
     y = fake_quantize(x, fmt, grad="clipped")
     y.backward(torch.full_like(y, 3.0))
-    inside = (x.detach() >= fmt.min) & (x.detach() <= fmt.max)
+    inside = (x.detach() >= lo) & (x.detach() <= hi)
     assert torch.equal(x.grad, torch.where(inside, 3.0, 0.0).to(torch.float64))
-    assert x.grad[1] == 3.0 and x.grad[3] == 3.0  # the range ends are inside
+    assert x.grad[1:6].tolist() == [3.0] * 5  # range ends and rounding boundaries are inside
+    assert x.grad[6:].tolist() == [0.0] * 4
+
+
+def _grad_and_clip_mask(spec: str, x: np.ndarray):
+    """(clipped-STE input gradient for an all-ones upstream, ~clip mask of the numpy quantizer)."""
+    from fmtlab.formats import get_quantizer
+    from fmtlab.sim.quant import clip_mask
+
+    t = torch.from_numpy(x).requires_grad_()
+    fake_quantize(t, spec, grad="clipped").sum().backward()
+    q = get_quantizer(spec)
+    clipped = clip_mask(q, x)
+    assert int(clipped.sum()) == q.quantize(x).report.clipped
+    return t.grad.numpy(), ~clipped
+
+
+def test_clipped_ste_keeps_row_max_gradient_over_seeds():
+    """Issue 15 item 6: with int8_per_token absmax scales the largest |x| of a row has
+    y = x / s = 127.000004 in float32 for many seeds; it is not clipped, so its gradient is 1 in
+    every one of 300 seeds (before the fix: 0 in 91 of them). The mask equals the quantizer's own
+    clip mask element for element."""
+    for seed in range(300):
+        x = np.random.default_rng(seed).standard_normal((4, 64)).astype(np.float32)
+        g, keep = _grad_and_clip_mask("int8_per_token", x)
+        assert keep.all(), seed  # absmax scales clip nothing
+        assert np.array_equal(g, np.ones_like(x)), seed
+
+
+@pytest.mark.parametrize("spec", ["int8_per_tensor", "int8_per_token_asym", "int4_g32", "fp8_e4m3_per_token",
+                                  "int8_per_token_p99", "int4_per_channel_mse", "mxfp4", "nvfp4",
+                                  "mxint8"])
+def test_clipped_ste_mask_is_the_quantizers_clip_mask(spec):
+    """Every quantizer family: gradient 1 exactly where the numpy quantizer reports no clip."""
+    x = np.random.default_rng(7).standard_normal((64, 64)).astype(np.float32)
+    x[3, 5] = 40.0  # an outlier that percentile / MSE rules clip
+    g, keep = _grad_and_clip_mask(spec, x)
+    assert np.array_equal(g, keep.astype(np.float32))
 
 
 def test_clipped_nan_gets_zero_gradient():

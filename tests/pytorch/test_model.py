@@ -105,8 +105,9 @@ def test_inplace_and_errors(llama):
     m = copy.deepcopy(llama)
     out, summary = quantize_model(m, weights="int8", inplace=True)
     assert out is m and len(summary) == 14
-    again, s2 = quantize_model(m, weights="int8")  # already rewired layers are not wrapped twice
-    assert len(s2) == 0
+    again, s2 = quantize_model(m, weights="int8")  # re-quantized, not wrapped twice
+    assert len(s2) == 14 and len(s2.requantized) == 14 and "previous fake-quant replaced" in str(s2)
+    assert not any(isinstance(q.inner, QuantLinear) for q in _qlayers(again).values())
     with pytest.raises(FmtlabError, match="nn.Module"):
         quantize_model("model", weights="int8")
     with pytest.raises(FmtlabError, match="override keys"):
@@ -115,6 +116,43 @@ def test_inplace_and_errors(llama):
         quantize_model(llama, weights="notaformat")
     with pytest.raises(FmtlabError, match="mlp.down_proj.*does not divide"):
         quantize_model(llama, weights="int4_g64", overrides={"*.down_proj": {"weights": "int4_g96"}})
+
+
+def test_requantize_replaces_config(llama, ids):
+    """Issue 15 item 7: quantize_model over a quantized model replaces the fake-quant config
+    (before: 0 layers rewired, mxfp4 over int4 silently stayed int4). The result is bit-identical
+    to quantizing the float model directly; layers the new call leaves in float are unwrapped."""
+    q4, _ = quantize_model(llama, weights="int4")
+    qmx, s = quantize_model(q4, weights="mxfp4", activations="mxfp4")
+    direct, _ = quantize_model(llama, weights="mxfp4", activations="mxfp4")
+    assert len(s) == 14 and sorted(s.requantized) == sorted(s.changed)
+    assert all(r["weights"] == "mxfp4" for r in s.rows)
+    with torch.no_grad():
+        assert torch.equal(qmx(ids).logits, direct(ids).logits)
+    back, s2 = quantize_model(qmx, weights="int8", overrides={"*.mlp.*": None})
+    assert len(s2.restored) == 6 and set(s2.restored) <= set(s2.skipped)
+    assert isinstance(back.model.layers[0].mlp.up_proj, nn.Linear)
+    assert isinstance(back.model.layers[0].self_attn.q_proj, QuantLinear)
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, quantize_model(llama, weights="int8", overrides={"*.mlp.*": None})[0](ids).logits)
+
+
+def test_root_linear_is_rewired():
+    """A bare nn.Linear root: the result is a new QuantLinear around (a copy of) it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    x = torch.randn(2, 3, 32)
+    q, s = quantize_model(lin, weights="int4", activations="int8_per_tensor")
+    assert isinstance(q, QuantLinear) and s.changed == [""] and "<root>" in str(s)
+    assert q.inner is not lin and isinstance(lin, nn.Linear)  # a copy unless inplace
+    wq, aq = resolve("int4", "weights"), resolve("int8_per_tensor", "activations")
+    with torch.no_grad():
+        want = F.linear(torch.stack([aq(x[0]), aq(x[1])]), wq(lin.weight), lin.bias)
+        assert torch.equal(q(x), want)
+    q2, s2 = quantize_model(q, weights="fp8_e4m3", inplace=True)  # a QuantLinear root re-quantizes
+    assert isinstance(q2, QuantLinear) and q2.inner is q.inner and s2.requantized == [""]
+    qi, _ = quantize_model(lin, weights="int4", inplace=True)
+    assert qi.inner is lin
 
 
 def test_callable_specs_and_identity(llama, ids):
@@ -191,23 +229,54 @@ def _have_compiler() -> str | None:
     return None
 
 
+# one quantizer of every family: INT per-channel / per-token / per-tensor / groups / asym,
+# percentile, FP8, log, dINT, MX (FP and INT elements) and NVFP4 (block + FP32 tensor scale)
+COMPILE_FAMILIES = ("int4_per_channel", "int8_per_token", "int8_per_tensor", "int4_g32", "int8_per_token_asym",
+                    "int8_per_tensor_p99", "fp8_e4m3_per_token", "log4_per_channel", "dint4_g32", "mxfp4",
+                    "mxint8", "nvfp4")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_have_compiler() is not None, reason=str(_have_compiler()))
-def test_torch_compile_smoke():
-    """torch.compile (inductor, CPU) of a rewired model runs; the fake-quant op is bit-exact
-    under compile (it is a registered custom op); the output equals eager up to float fusion."""
+def test_torch_compile_every_family_fwd_and_bwd():
+    """Issue 15 item 9: torch.compile (inductor, CPU) of fake-quant for every quantizer family,
+    forward and clipped-STE backward, is bit-identical to eager (the quantizer runs as one opaque
+    custom op; before, MX / NVFP4 crashed with InductorError). A rewired model mixing the
+    families compiles and trains; its output equals eager up to inductor's float fusion."""
+    from fmtlab.pytorch import TorchQuantizer
+
+    qs = [TorchQuantizer(n) for n in COMPILE_FAMILIES]
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 3
+    up = torch.randn(len(qs), 4, 64, generator=torch.Generator().manual_seed(1))
+
+    def fwd_bwd(t):
+        t = t.detach().requires_grad_()
+        ys = [q(t, grad="clipped") for q in qs]
+        sum((y * u).sum() for y, u in zip(ys, up)).backward()
+        return [y.detach() for y in ys], t.grad
+
+    ys, g = fwd_bwd(x)
+    cys, cg = torch.compile(fwd_bwd)(x)
+    for name, a, b in zip(COMPILE_FAMILIES, cys, ys):
+        assert torch.equal(a, b), name
+    assert torch.equal(cg, g)
+
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
-    qm, _ = quantize_model(m, weights="int4", activations="fp8_e4m3")
-    x = torch.randn(4, 16)
-    layer = qm[0]
+    m = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+    fams = {"0": ("int4_per_channel", "int8_per_tensor"), "1": ("mxfp4", "mxfp4"),
+            "2": ("nvfp4", "nvfp4"), "3": ("int8_per_channel", "fp8_e4m3")}
+    qm, _ = quantize_model(m, overrides={k: {"weights": w, "activations": a} for k, (w, a) in fams.items()},
+                           grad="clipped")
+    xb = torch.randn(2, 3, 64)
     compiled = torch.compile(qm)
-    fq = torch.compile(lambda t: (layer.act_q(t), layer.weight_q(layer.inner.weight)))
-    with torch.no_grad():
-        out, ref = compiled(x), qm(x)
-        a, w = fq(x)
-        assert torch.equal(a, layer.act_q(x)) and torch.equal(w, layer.weight_q(layer.inner.weight))
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    out = compiled(xb)
+    out.square().sum().backward()
+    gc = qm[1].inner.weight.grad.clone()
+    qm.zero_grad()
+    ref = qm(xb)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gc, qm[1].inner.weight.grad, rtol=1e-4, atol=1e-5)
 
 
 def _smollm2_cached() -> bool:
