@@ -34,7 +34,7 @@ import torch
 
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import (
-    MSE, AbsMax, Format, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
+    MSE, AbsMax, Format, MinMax, NanInput, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
     Quantizer, Rounding, Static, get_format, get_quantizer,
 )
 from fmtlab.pytorch import elementwise
@@ -497,6 +497,7 @@ class TorchQuantizer:
         rg = None if r is None else self._grouped(r, wk)
         y = self._divide(w, sb, self._is_pow2(s))
         out = self._scaled_values(y, sb, zb, rg, self.nan)
+        self._check_range(w, out, s)
         codes = self._codes(y, self.rounding, z=zb, draws=rg) if want_codes else None
         mask = None
         if need_mask:
@@ -505,6 +506,21 @@ class TorchQuantizer:
         return (self._unwork(out, wk), None if codes is None else self._unwork(codes, wk),
                 s.reshape(wk.scale_shape), None if z is None else z.reshape(wk.scale_shape),
                 None, None, mask)
+
+    def _check_range(self, x: torch.Tensor, out: torch.Tensor, s: torch.Tensor) -> None:
+        """Mirror of ``Quantizer._check_range``: a finite input whose result left the float range
+        of its dtype (power-of-two scales near the dtype's max) raises instead of giving +-Inf."""
+        if s.numel() == 0 or not out.is_floating_point():
+            return
+        reach = float(s.max()) * (abs(self.format.max) + abs(self.format.min))
+        if reach < float(torch.finfo(out.dtype).max):
+            return
+        bad = torch.isinf(out) & torch.isfinite(x)
+        if bool(bad.any()):
+            first = float(x[bad].reshape(-1)[0])
+            raise FmtlabError(f"{int(bad.sum())} finite input(s) (e.g. {first!r}) round beyond the "
+                              f"{str(out.dtype).replace('torch.', '')} range on the power-of-two grid "
+                              "(pow2=True near the dtype's max): use pow2=False or float64 input")
 
     def _in_range(self, y: torch.Tensor) -> torch.Tensor:
         """The clipped-STE pass region: ``y`` (= x / s + z, in x's precision) not clipped by the
@@ -556,6 +572,8 @@ class TorchQuantizer:
         if q.zero_points is not None:
             v = v - self._broadcast(q.zero_points, wk).to(torch.float64)
         out = (v * self._broadcast(q.scales, wk).to(torch.float64)).to(dtype)
+        if self.pow2:
+            self._check_range(torch.where(torch.isfinite(v), 0.0, float("inf")), out, q.scales)
         return self._unwork(out, wk)
 
     def __call__(self, x: torch.Tensor, grad: str = "ste", *, seed=None, draws=None) -> torch.Tensor:
@@ -568,6 +586,14 @@ class TorchQuantizer:
         g = self.granularity
         K_ = g.size
         w = wk.w.reshape(-1, K_)  # [nblocks, K] in the working layout
+        if self.nan is not None:  # explicit policy; None is OCP MX's NaN block (as Quantizer._blocks)
+            nanm = torch.isnan(w)
+            if bool(nanm.any()):
+                if NanInput.parse(self.nan) is NanInput.RAISE:
+                    raise FormatError(f"{self.name}: the input holds {int(nanm.sum())} NaN value(s) and "
+                                      "nan='raise' (the default nan=None makes their MX blocks NaN; "
+                                      "nan='zero' reads them as 0)")
+                w = torch.where(nanm, torch.zeros_like(w), w)
         r = None
         if self.rounding is Rounding.STOCHASTIC:
             if draws is None and seed is None:

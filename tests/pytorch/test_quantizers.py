@@ -186,3 +186,38 @@ def test_bad_input_errors():
         TorchQuantizer("int8_per_tensor").fake_quantize(torch.tensor([1.0, float("inf")]))
     with pytest.raises(FmtlabError, match="block formats"):
         TorchQuantizer("mxfp4").compute_scales(torch.ones(32))
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8_e4m3", "nvfp4"])
+def test_block_nan_policy_matches_numpy(name):
+    """nan=None (default): NaN blocks, bit-identical to numpy; nan='raise' raises FormatError in
+    both paths; nan='zero' reads NaN as 0 in both, bit-identical."""
+    from fmtlab.errors import FormatError
+    from fmtlab.formats import get_quantizer
+    from fmtlab.pytorch.quantizers import TorchQuantizer
+
+    x = np.ones((2, 32), np.float32)
+    x[0, 3] = np.nan
+    for nan in (None, "zero"):
+        q = get_quantizer(name, nan=nan)
+        ours = TorchQuantizer(q).fake_quantize(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(ours.view(np.uint32), q.fake_quantize(x).view(np.uint32))
+    with pytest.raises(FormatError, match="NaN"):
+        TorchQuantizer(get_quantizer(name, nan="raise")).fake_quantize(torch.from_numpy(x))
+
+
+def test_pow2_overflow_raises_like_numpy():
+    """pow2 scales near float32's max: the torch path raises as the numpy path does (no +-Inf)."""
+    from fmtlab.errors import FmtlabError
+    from fmtlab.formats import Quantizer
+    from fmtlab.pytorch.quantizers import TorchQuantizer
+
+    x = np.float32([[3.4e38, -3.4e38, 1.0, 3.3e38]])
+    q = Quantizer("int8", "tensor", pow2=True)
+    with pytest.raises(FmtlabError, match="beyond the float32 range"):
+        q.fake_quantize(x)
+    with pytest.raises(FmtlabError, match="beyond the float32 range"):
+        TorchQuantizer(q).fake_quantize(torch.from_numpy(x))
+    with pytest.raises(FmtlabError, match="beyond the float32 range"):
+        tq = TorchQuantizer(q)
+        tq.dequantize(tq.quantize(torch.from_numpy(x)))
