@@ -25,22 +25,13 @@ from fmtlab.pytorch import (
 )
 
 transformers = pytest.importorskip("transformers")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-VOCAB = 97
+
+from torch_helpers import VOCAB
 # a coarse MSE search (10 clip candidates) keeps the test fast; the rule is the same
 MSE10 = Quantizer("int8", PerTensor(), MSE(grid=10, min_ratio=0.5), name="int8_per_tensor_mse10")
 FAMILIES = ["int8_per_tensor", "int8_per_token", "int4_g32", "fp8_e4m3_per_tensor", "int8_per_tensor_p99",
             MSE10, "mxfp4", "nvfp4", "int8_per_token_asym"]
-
-
-@pytest.fixture(scope="module")
-def llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")

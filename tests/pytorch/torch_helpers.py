@@ -35,3 +35,5 @@ def bits_of(a) -> np.ndarray:
 
 def fmt_id(name: str) -> str:
     return str(get_format(name))
+
+VOCAB = 97  #: vocabulary of the tiny test models
