@@ -288,25 +288,30 @@ def clean_stale(parent: str | os.PathLike, pattern: str, *, quiet: bool = False)
 
 # ------------------------------------------------------------------------------------ locks
 
-_HELD: dict[str, list] = {}  # lock path -> [fd, count]
+_HELD: dict[str, list] = {}  # lock path -> [fd, count, reentrant]
 _HELD_GUARD = threading.Lock()
 
 
 class DirLock:
-    """Advisory exclusive lock on ``lock_path`` (``fcntl.flock``), re-entrant within a process.
+    """Advisory exclusive lock on ``lock_path`` (``fcntl.flock``).
 
-    ``acquire()`` fails at once with FmtlabError if another process holds it, and with FmtlabError
-    if the lock file cannot be created (read-only folder). ``release()`` removes the lock file.
+    ``acquire()`` fails at once with FmtlabError if another holder has it (another process, or in
+    this process a second DirLock unless both are ``reentrant``), and with FmtlabError if the lock
+    file cannot be created (read-only folder). ``release()`` removes the lock file.
     """
 
-    def __init__(self, lock_path: str | os.PathLike, what: str):
+    def __init__(self, lock_path: str | os.PathLike, what: str, *, reentrant: bool = False):
         self.path = os.path.abspath(os.fspath(lock_path))
         self.what = what
+        self.reentrant = reentrant
         self._held = False
 
     def acquire(self) -> "DirLock":
         with _HELD_GUARD:
             if self.path in _HELD:
+                if not (self.reentrant and _HELD[self.path][2]):
+                    raise FmtlabError(f"{self.what} is being written by another fmtlab run (this process, "
+                                      f"pid {os.getpid()}); wait for it to finish or choose another output")
                 _HELD[self.path][1] += 1
                 self._held = True
                 return self
@@ -332,7 +337,7 @@ class DirLock:
                     continue
                 os.ftruncate(fd, 0)
                 os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-                _HELD[self.path] = [fd, 1]
+                _HELD[self.path] = [fd, 1, self.reentrant]
                 self._held = True
                 return self
             raise FmtlabError(f"cannot take the lock {self.path}")  # pragma: no cover
@@ -375,10 +380,11 @@ def check_output_dir(path: str | os.PathLike) -> str:
 def locked_dir(path: str | os.PathLike, *, quiet: bool = False) -> Iterator[Path]:
     """Create (if needed) and lock output folder ``path``; clean stale staging folders inside it.
 
-    Fails at once (FmtlabError) if ``path`` is a file, cannot be written, or is locked by another run.
+    Fails at once (FmtlabError) if ``path`` is a file, cannot be written, or is locked by another
+    run. Re-entrant within a process (a command may lock ``path`` early and stage into it later).
     """
     p = check_output_dir(path)
-    with DirLock(os.path.join(p, LOCK_FILE), f"output directory {p}"):
+    with DirLock(os.path.join(p, LOCK_FILE), f"output directory {p}", reentrant=True):
         clean_stale(p, re.escape(STAGING_PREFIX) + r".*", quiet=quiet)
         yield Path(p)
 
