@@ -258,6 +258,21 @@ def test_full_disk_during_replay_keeps_the_old_result_set(tmp_path, capsys, monk
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
 
 
+def test_full_disk_while_recording_leaves_nothing(tmp_path, monkeypatch):
+    """Invariant: a full disk while a shard is written removes the partial trace folder and lock."""
+    tr_mod = importlib.import_module("fmtlab.sim.trace")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    wr = TraceWriter(str(tmp_path / "t"))
+    wr.add("a", np.ones((4, 4), np.float32))
+    monkeypatch.setattr(tr_mod, "write_safetensors", full)
+    with pytest.raises(OSError, match="No space"):
+        wr.close({})
+    assert os.listdir(tmp_path) == []
+
+
 def test_weight_phase_error_leaves_no_partial(tmp_path, monkeypatch):
     """Invariant: an interrupt while record() stores weights removes the partial trace folder."""
     from sim_helpers import TEXTS, CharTokenizer, tiny_llama
