@@ -43,6 +43,17 @@ def _layers_regex(args) -> None:
         compile_layers(args.layers, "--layers")
 
 
+def _check_writable_parent(path: str) -> None:
+    """FmtlabError unless ``path`` could be created: its nearest existing ancestor is a writable folder."""
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FmtlabError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FmtlabError(f"cannot create {path}: {parent} is not writable")
+
+
 def cmd_record(args) -> int:
     from fmtlab.sim.models import load_model
     from fmtlab.sim.record import check_seq_len, record
@@ -50,6 +61,7 @@ def cmd_record(args) -> int:
 
     _layers_regex(args)
     check_trace_target(os.path.abspath(args.out), args.overwrite)  # fail before loading the model
+    _check_writable_parent(os.path.abspath(args.out))
     memory_limit = parse_size(args.memory_limit)
     max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
     t0 = time.perf_counter()

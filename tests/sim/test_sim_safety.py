@@ -404,6 +404,12 @@ def test_read_only_out_fails_before_computing(tmp_path, capsys):
         ro.chmod(0o755)
 
 
+def test_record_out_under_a_file_fails_before_loading(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["record", "--model", "no-such-model", "--out", str(tmp_path / "f" / "t"), "--quiet"]) == 2
+    assert "is not a directory" in _err_line(capsys)
+
+
 def test_argparse_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["replay", "--workers", "many"])
