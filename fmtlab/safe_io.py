@@ -151,9 +151,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(fh.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno:  # name the file (full disk)
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
     _fsync_dir(parent)
 
