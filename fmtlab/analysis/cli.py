@@ -46,20 +46,25 @@ def register(subparsers) -> None:
     p.add_argument("--area-budget", default="int8 x int8",
                    help="MAC unit whose area bounds the 'best config' finding (default: '%(default)s')")
     p.add_argument("--max-tokens", type=int, default=None, help="replay only the first N token rows")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of trace shards")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from fmtlab.analysis.report import ReportOptions, run_report
+    from fmtlab.sim.record import compile_layers
 
+    if args.layers:
+        compile_layers(args.layers, "--layers")
     if args.sequences < 1 or args.ppl_sequences < 1 or args.ppl_seq_len < 2:
         raise FmtlabError("--sequences, --ppl-sequences must be >= 1 and --ppl-seq-len >= 2")
     opts = ReportOptions(out=args.out, model=args.model, configs=args.configs, seq_lens=args.seq_lens,
                          n_sequences=args.sequences, layers=args.layers, trace=args.trace,
                          perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
                          ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
-                         area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet)
+                         area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet,
+                         verify=not args.no_verify)
     summary = run_report(opts)
     print(f"report: {summary['report_html']}  (markdown: {summary['report_md']})")
     print("findings:")

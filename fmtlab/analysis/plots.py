@@ -16,17 +16,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmtlab.formats import Format, get_format  # noqa: E402
+from fmtlab.safe_io import atomic_open  # noqa: E402
 
 _DPI = 110
 
 
 def _save(fig, out: Path) -> Path:
+    """Write ``fig`` as PNG to ``out`` atomically (exclusive temporary file, umask mode)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_open(out, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -61,6 +61,7 @@ class ReportOptions:
     max_tokens: int | None = None
     workers: int | None = None
     progress: bool = True
+    verify: bool = True  # check trace shards' SHA-256 on open (--no-verify: False)
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -203,14 +204,15 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
-def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, layers: str | None):
-    """The trace at ``path`` if it was recorded with these settings, else None."""
+def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, layers: str | None,
+                 verify: bool = True):
+    """The trace at ``path`` if it was recorded with these settings (and is intact), else None."""
     from fmtlab.sim.trace import open_trace
 
     if not (path / "manifest.json").exists():
         return None
     try:
-        tr = open_trace(str(path))
+        tr = open_trace(str(path), verify=verify)
     except Exception:  # noqa: BLE001 - a broken trace is re-recorded
         return None
     m = tr.manifest
@@ -223,7 +225,20 @@ def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, la
 # -------------------------------------------------------------------------------------- main
 
 def run_report(opts: ReportOptions) -> dict[str, Any]:
-    """Run the whole pipeline; returns a summary dict (paths, headline findings, timings)."""
+    """Run the whole pipeline; returns a summary dict (paths, headline findings, timings).
+
+    The output folder is locked for the run (a second run on it fails at once); tables, plots and
+    report.md/html are built in a staging folder and moved into place together at the end, so an
+    interrupted or failed run leaves the previous report intact. Traces go to ``<out>/traces``.
+    """
+    from fmtlab.safe_io import staged_dir
+
+    with staged_dir(opts.out, quiet=not opts.progress) as stage:
+        return _run_report(opts, stage)
+
+
+def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
+    """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     from fmtlab.analysis import plots
     from fmtlab.analysis.document import Document
     from fmtlab.analysis.tables import write_csv, write_json
@@ -237,8 +252,6 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
 
     step = _Steps(opts.progress)
     t_start = time.perf_counter()
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     cfgs = [make_config(c) for c in opts.configs]
@@ -254,7 +267,7 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
     t0 = time.perf_counter()
     if opts.trace:
         step(f"using the trace {opts.trace}")
-        traces.append(open_trace(opts.trace))
+        traces.append(open_trace(opts.trace, verify=opts.verify))
         mname = (traces[0].manifest.get("model") or {}).get("name")
     need_model = not opts.trace or opts.perplexity
     if need_model:
@@ -266,8 +279,8 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
         texts = default_texts("calib")
         for L in opts.seq_lens:
             t0 = time.perf_counter()
-            path = out / "traces" / f"seq{L}"
-            tr = _reuse_trace(path, mname, L, opts.n_sequences, opts.layers)
+            path = Path(opts.out) / "traces" / f"seq{L}"
+            tr = _reuse_trace(path, mname, L, opts.n_sequences, opts.layers, opts.verify)
             if tr is not None:
                 step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
             else:
@@ -276,7 +289,7 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
                             layers=opts.layers, residual=True, overwrite=True, progress=opts.progress,
                             text_info={"source": "wiki", "split": "calib"})
                 _stamp_report_layers(path, opts.layers)
-                tr = open_trace(str(path))
+                tr = open_trace(str(path), verify=False)  # just written
             traces.append(tr)
             timed(f"record seq{L}", t0)
 
@@ -404,7 +417,8 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
     doc = _document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
                     worst["tensor"], timings, out)
     md, html = doc.write(out)
-    summary = {"report_md": str(md), "report_html": str(html), "findings": findings, "timings_s": timings,
+    final = Path(opts.out)  # where the staged files land
+    summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings, "timings_s": timings,
                "model": mname, "configs": [c.name for c in cfgs]}
     write_json({"summary": summary, "configs": summary_rows, "perplexity": ppl_rows, "accumulation": acc_rows,
                 "massive_activations": massive}, out / "tables" / "report.json")
@@ -475,7 +489,7 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
     d = Document(f"fmtlab format-evaluation report: {mname}")
     tr0 = traces[0]
     m = tr0.manifest
-    d.paragraph(f"fmtlab {__version__}. Model `{mname}`; calibration text: {opts.n_sequences} sequences of "
+    d.paragraph(f"fmtlab {__version__}. Model `{mname}`; calibration text: {m.get('n_sequences', opts.n_sequences)} sequences of "
                 f"{m.get('seq_len')} tokens ({m.get('n_tokens')} tokens, {len(tr0.layers)} Linear layers recorded). "
                 f"Run time {timings['total']:.0f} s. Tables are in `tables/` (CSV and JSON), plots in `plots/`.")
     d.heading("Headline findings")

@@ -31,6 +31,7 @@ from typing import Any
 
 from fmtlab.errors import FmtlabError
 from fmtlab.hw.rtl import RTL
+from fmtlab.safe_io import atomic_write_text
 
 DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
 LIBERTY_NAND2 = "NAND2X1"
@@ -146,11 +147,8 @@ def user_cache_dir() -> Path:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Kept for fmtlab.hw.cli: :func:`fmtlab.safe_io.atomic_write_text` (fsync, umask mode)."""
+    atomic_write_text(path, text)
 
 
 def cached(rtl: RTL, liberty: str | None = None) -> SynthResult | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,12 +35,38 @@ def _texts(args):
     return default_texts(args.split, src), {"source": args.source, "split": args.split}
 
 
+def _layers_regex(args) -> None:
+    """Check ``--layers`` before any work (a bad regular expression is a one-line error)."""
+    from fmtlab.sim.record import compile_layers
+
+    if getattr(args, "layers", None):
+        compile_layers(args.layers, "--layers")
+
+
+def _check_writable_parent(path: str) -> None:
+    """FmtlabError unless ``path`` could be created: its nearest existing ancestor is a writable folder."""
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FmtlabError(f"cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FmtlabError(f"cannot create {path}: {parent} is not writable")
+
+
 def cmd_record(args) -> int:
     from fmtlab.sim.models import load_model
-    from fmtlab.sim.record import record
+    from fmtlab.sim.record import check_seq_len, record
+    from fmtlab.sim.trace import check_trace_target
 
+    _layers_regex(args)
+    check_trace_target(os.path.abspath(args.out), args.overwrite)  # fail before loading the model
+    _check_writable_parent(os.path.abspath(args.out))
+    memory_limit = parse_size(args.memory_limit)
+    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
     t0 = time.perf_counter()
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    check_seq_len(model, args.seq_len)
     t_load = time.perf_counter() - t0
     texts, info = _texts(args)
     t1 = time.perf_counter()
@@ -47,8 +74,7 @@ def cmd_record(args) -> int:
                 batch_size=args.batch_size, prefix=args.prefix, layers=args.layers,
                 include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
                 residual=not args.no_residual, attention=args.attention, kv=args.kv,
-                memory_limit=parse_size(args.memory_limit),
-                max_bytes=parse_size(args.max_bytes) if args.max_bytes else None,
+                memory_limit=memory_limit, max_bytes=max_bytes,
                 overwrite=args.overwrite, progress=not args.quiet, text_info=info)
     t_rec = time.perf_counter() - t1
     print(f"{tr}\n  model load {t_load:.1f} s, recording {t_rec:.1f} s, "
@@ -57,7 +83,9 @@ def cmd_record(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from fmtlab.safe_io import locked_dir
     from fmtlab.sim.replay import E2E_CONFIGS, PRESETS, ReplayResult, replay
+    from fmtlab.sim.trace import open_trace
 
     if args.list:
         for name, c in PRESETS.items():
@@ -65,16 +93,20 @@ def cmd_replay(args) -> int:
         return 0
     if not args.traces:
         raise FmtlabError("replay needs a trace directory (or --list)")
+    _layers_regex(args)
     configs = args.config or list(E2E_CONFIGS)
     kinds = args.kinds.split(",") if args.kinds else None
+    verify = not args.no_verify
     total: ReplayResult | None = None
-    t0 = time.perf_counter()
-    for path in args.traces:
-        res = replay(path, configs, layers=args.layers, kinds=kinds, calib=args.calib,
-                     max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet)
-        total = res if total is None else total + res
-    dt = time.perf_counter() - t0
-    files = total.write(args.out, args.stem)
+    with locked_dir(args.out):  # checked and locked before any work; a second run fails at once
+        t0 = time.perf_counter()
+        calib = open_trace(args.calib, verify=verify) if args.calib else None
+        for path in args.traces:
+            res = replay(open_trace(path, verify=verify), configs, layers=args.layers, kinds=kinds, calib=calib,
+                         max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet)
+            total = res if total is None else total + res
+        dt = time.perf_counter() - t0
+        files = total.write(args.out, args.stem)
     print(total.summary("linear"))
     if any(r["kind"] != "linear" for r in total.rows):
         for kind in sorted({r["kind"] for r in total.rows if r["kind"] != "linear"}):
@@ -85,9 +117,13 @@ def cmd_replay(args) -> int:
 
 
 def cmd_outliers(args) -> int:
+    from fmtlab.safe_io import atomic_write_text, dumps_json
     from fmtlab.sim.outliers import massive_activations, summarize_massive
+    from fmtlab.sim.trace import open_trace
 
-    rows = massive_activations(args.trace, top_k=args.top_k, min_ratio=args.min_ratio, min_abs=args.min_abs)
+    if args.json and os.path.isdir(args.json):
+        raise FmtlabError(f"--json {args.json} is a directory; give a file name")
+    rows = massive_activations(open_trace(args.trace, verify=not args.no_verify), top_k=args.top_k, min_ratio=args.min_ratio, min_abs=args.min_abs)
     print(f"{'layer':>5} {'pos':>5} {'seq':>4} {'channel':>7} {'value':>12} {'ratio':>10}  token")
     for r in rows:
         print(f"{r['layer']!s:>5} {r['token']:>5} {r['sequence']:>4} {r['channel']:>7} {r['value']:>12.2f} "
@@ -96,20 +132,31 @@ def cmd_outliers(args) -> int:
     print(f"\n{s['count']} massive activation(s)" + (
         f"; channels {s['channels'][:5]}, positions {s['positions'][:5]}; largest {s['max']}" if rows else ""))
     if args.json:
-        from fmtlab.sim.replay import _atomic_text, _json_safe
-
-        _atomic_text(args.json, json.dumps(_json_safe({"rows": rows, "summary": s}), indent=1))
+        atomic_write_text(args.json, dumps_json({"rows": rows, "summary": s}))
         print(f"-> {args.json}")
     return 0
 
 
 def cmd_e2e(args) -> int:
+    from fmtlab.safe_io import locked_dir
     from fmtlab.sim.models import load_model
-    from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
-    from fmtlab.sim.replay import E2E_CONFIGS, _atomic_text, _json_safe, rows_to_csv
+    from fmtlab.sim.record import check_seq_len
+    from fmtlab.sim.replay import E2E_CONFIGS
 
-    configs = args.config or list(E2E_CONFIGS)
-    model, tok = load_model(args.model)
+    with contextlib.ExitStack() as stack:
+        if args.out:  # checked and locked before any work; a second run fails at once
+            stack.enter_context(locked_dir(args.out))
+        configs = args.config or list(E2E_CONFIGS)
+        model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        check_seq_len(model, args.seq_len)
+        return _e2e(args, model, tok, configs)
+
+
+def _e2e(args, model, tok, configs) -> int:
+    from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+    from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
+    from fmtlab.sim.replay import rows_to_csv
+
     ids = eval_windows(tok, args.seq_len, args.n_sequences)
     rows = []
     for c in configs:
@@ -137,9 +184,9 @@ def cmd_e2e(args) -> int:
             print(f"Spearman(ppl, -{key}) = {agree['spearman']:.3f}; disagreeing pairs: "
                   f"{agree['disagreements'] or 'none'}")
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        _atomic_text(os.path.join(args.out, "e2e.json"), json.dumps(_json_safe(doc), indent=1))
-        _atomic_text(os.path.join(args.out, "e2e.csv"), rows_to_csv(rows))
+        with staged_dir(args.out) as stage:  # e2e.json and e2e.csv appear together
+            atomic_write_text(os.path.join(stage, "e2e.json"), dumps_json(doc))
+            atomic_write_text(os.path.join(stage, "e2e.csv"), rows_to_csv(rows))
         print(f"-> {args.out}/e2e.json, e2e.csv")
     return 0
 
@@ -168,7 +215,10 @@ def register(subparsers) -> None:
     p.add_argument("--kv", action="store_true", help="mark/store K and V projections")
     p.add_argument("--memory-limit", default="256M", help="RAM buffered before a shard is written (default 256M)")
     p.add_argument("--max-bytes", help="refuse traces estimated larger than this (e.g. 4G)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is an fmtlab trace (anything else is refused)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a checkpoint's own Python code (config auto_map) to run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_record)
 
@@ -187,6 +237,7 @@ def register(subparsers) -> None:
     p.add_argument("--calib", help="trace to fit static transforms (SmoothQuant, AQAS) on")
     p.add_argument("--max-tokens", type=int, help="replay only the first N token rows")
     p.add_argument("--workers", type=int, help="threads (default: CPU count, at most 4)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the trace shards")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay)
 
@@ -196,6 +247,7 @@ def register(subparsers) -> None:
     p.add_argument("--min-ratio", type=float, default=100.0, help="minimum |x| / median |x| (default 100)")
     p.add_argument("--min-abs", type=float, default=0.0, help="minimum |x| (the paper uses 100)")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the trace shards")
     p.set_defaults(func=cmd_outliers)
 
     p = subparsers.add_parser("e2e", help="perplexity per quantization config on held-out text",
@@ -208,6 +260,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--replay", help="replay.json to compare rankings with")
     p.add_argument("--out", default="out/e2e", help="output directory (default out/e2e)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a checkpoint's own Python code (config auto_map) to run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_e2e)
 

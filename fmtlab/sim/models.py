@@ -25,6 +25,7 @@ import tempfile
 from typing import Any
 
 from fmtlab.errors import FmtlabError
+from fmtlab.safe_io import dir_mode, rename_exchange
 
 DEFAULT_MODEL = "smollm2"
 EMBEDDED_MODELS = ("smollm2", "minilm")
@@ -98,7 +99,7 @@ def save_fp32_checkpoint(model, tokenizer, directory: str, stamp: dict[str, Any]
     parent = os.path.dirname(os.path.abspath(directory)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    os.chmod(tmp, 0o755)
+    os.chmod(tmp, dir_mode())
     try:
         state: dict[str, torch.Tensor] = {}
         seen: dict[int, str] = {}
@@ -117,24 +118,21 @@ def save_fp32_checkpoint(model, tokenizer, directory: str, stamp: dict[str, Any]
             tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, _CACHE_STAMP), "w", encoding="utf-8") as fh:
             json.dump(stamp or {}, fh)
-        if os.path.exists(directory):
-            old = directory + f".old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            rename_exchange(tmp, directory)  # tmp now holds the old cache, removed below
         else:
             os.replace(tmp, directory)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def _load_dir(directory: str, causal: bool = True, gguf_file: str | None = None):
+def _load_dir(directory: str, causal: bool = True, gguf_file: str | None = None, trust_remote_code: bool = False):
     _offline()
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    kw: dict[str, Any] = {"local_files_only": True}
+    # never run a checkpoint's own code (config auto_map) unless asked: no interactive prompt either
+    kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": bool(trust_remote_code)}
     if gguf_file:
         kw["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(directory, **kw)
@@ -173,23 +171,25 @@ def load_default_model(name: str = DEFAULT_MODEL, *, refresh: bool = False):
                       "a checkpoint directory or a .gguf file")
 
 
-def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None):
+def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None, *, trust_remote_code: bool = False):
     """Resolve ``spec`` to ``(model, tokenizer)``.
 
     ``spec`` is an embedded name, a local checkpoint directory (causal LM if its config allows,
     else a bare encoder), a ``.gguf`` file, or a ``torch.nn.Module`` (then ``tokenizer`` must be
     given, or the model's ``name_or_path`` must be a local directory with a tokenizer).
+    A checkpoint's own Python code (``auto_map`` in its config) runs only with ``trust_remote_code``.
     """
     if isinstance(spec, str):
         if spec in EMBEDDED_MODELS:
             return load_default_model(spec)
         path = os.path.expanduser(spec)
         if os.path.isfile(path) and path.endswith(".gguf"):
-            return _load_dir(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+            return _load_dir(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),
+                             trust_remote_code=trust_remote_code)
         if os.path.isdir(path):
             if not os.path.exists(os.path.join(path, "config.json")):
                 raise FmtlabError(f"{path} has no config.json: not a transformers checkpoint directory")
-            return _load_dir(path, causal=True)
+            return _load_dir(path, causal=True, trust_remote_code=trust_remote_code)
         raise FmtlabError(f"model {spec!r} is neither an embedded name {EMBEDDED_MODELS}, "
                           "a checkpoint directory nor a .gguf file")
     import torch
@@ -202,7 +202,8 @@ def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None):
             _offline()
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True,
+                                                      trust_remote_code=bool(trust_remote_code))
         else:
             raise FmtlabError("pass the tokenizer with a model object (its config names no local directory)")
     return spec, tokenizer

@@ -86,7 +86,7 @@ def find_linear_layers(model, layers: Any = None, include_head: bool = False) ->
             head = None
     out = []
     names = set(layers) if isinstance(layers, (list, tuple, set, frozenset)) else None
-    pattern = re.compile(layers) if isinstance(layers, str) else None
+    pattern = compile_layers(layers) if isinstance(layers, str) else None
     for name, mod in model.named_modules():
         op = linear_like(mod)
         if op is None or mod is head:
@@ -103,6 +103,32 @@ def find_linear_layers(model, layers: Any = None, include_head: bool = False) ->
         if missing:
             raise FmtlabError(f"no Linear-like layer named {sorted(missing)[:5]}")
     return out
+
+
+def compile_layers(pattern: str, option: str = "layers") -> "re.Pattern[str]":
+    """``re.compile(pattern)``; FmtlabError naming ``option`` if it is not a valid regular expression."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise FmtlabError(f"{option} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length from its config (max_position_embeddings, n_positions, ...)."""
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_seq_len(model, seq_len: int) -> None:
+    """FmtlabError if ``seq_len`` exceeds the model's context length (positions beyond it are
+    out of range for learned position tables and out of distribution for rotary ones)."""
+    n = context_length(model)
+    if n is not None and seq_len > n:
+        raise FmtlabError(f"seq_len {seq_len} exceeds the model's context length {n}; use --seq-len <= {n}")
 
 
 def _weight_linear_layout(module, op: str) -> np.ndarray:
@@ -163,6 +189,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
         raise FmtlabError("record() needs the model's tokenizer")
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
+    check_seq_len(model, seq_len)
     if texts is None:
         texts = default_texts("calib")
         text_info = text_info or {"source": "wiki", "split": "calib"}
@@ -178,182 +205,185 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
         raise FmtlabError("no Linear-like layer selected and no residual/attention recording asked for")
 
     writer = TraceWriter(os.fspath(out), memory_limit=memory_limit, overwrite=overwrite)
-    layer_meta: dict[str, dict[str, Any]] = {}
-    act_meta: dict[str, dict[str, Any]] = {}
-    handles = []
-    state: dict[str, Any] = {"first": True, "seen": {}, "probs_done": set(), "batch_bytes": 0, "n_tok": 0}
-    weight_bytes = 0
+    try:  # any exception or interrupt from here on (weights, forward passes, close) drops the partial
+        layer_meta: dict[str, dict[str, Any]] = {}
+        act_meta: dict[str, dict[str, Any]] = {}
+        handles = []
+        state: dict[str, Any] = {"first": True, "seen": {}, "probs_done": set(), "batch_bytes": 0, "n_tok": 0}
+        weight_bytes = 0
 
-    def put(name: str, arr: np.ndarray, **attrs: Any) -> None:
-        state["batch_bytes"] += arr.nbytes
-        writer.add(name, arr, **attrs)
+        def put(name: str, arr: np.ndarray, **attrs: Any) -> None:
+            state["batch_bytes"] += arr.nbytes
+            writer.add(name, arr, **attrs)
 
-    # ---- Linear-like layers
-    for name, mod, op in lin:
-        blk, ltype = _block_of(name, block_names)
-        w = mod.weight
-        out_f, in_f = (w.shape[1], w.shape[0]) if op == "conv1d" else (w.shape[0], w.shape[1])
-        meta: dict[str, Any] = {"op": op, "type": ltype, "block": blk, "in_features": int(in_f),
-                                "out_features": int(out_f), "input": None, "output": None,
-                                "weight": None, "bias": None}
-        short = ltype.rsplit(".", 1)[-1]
-        if kv and short in _KEY_TYPES + _VALUE_TYPES:
-            meta["kv"] = "key" if short in _KEY_TYPES else "value"
-        layer_meta[name] = meta
-        if weights:
-            meta["weight"] = f"{name}:weight"
-            wt = _weight_linear_layout(mod, op)
-            writer.add(meta["weight"], wt, kind="weight", layer=name)
-            weight_bytes += wt.nbytes
-            if getattr(mod, "bias", None) is not None:
-                meta["bias"] = f"{name}:bias"
-                bias = mod.bias.detach().float().cpu().numpy().reshape(1, -1)
-                writer.add(meta["bias"], bias, kind="bias", layer=name)
-                weight_bytes += bias.nbytes
+        # ---- Linear-like layers
+        for name, mod, op in lin:
+            blk, ltype = _block_of(name, block_names)
+            w = mod.weight
+            out_f, in_f = (w.shape[1], w.shape[0]) if op == "conv1d" else (w.shape[0], w.shape[1])
+            meta: dict[str, Any] = {"op": op, "type": ltype, "block": blk, "in_features": int(in_f),
+                                    "out_features": int(out_f), "input": None, "output": None,
+                                    "weight": None, "bias": None}
+            short = ltype.rsplit(".", 1)[-1]
+            if kv and short in _KEY_TYPES + _VALUE_TYPES:
+                meta["kv"] = "key" if short in _KEY_TYPES else "value"
+            layer_meta[name] = meta
+            if weights:
+                meta["weight"] = f"{name}:weight"
+                wt = _weight_linear_layout(mod, op)
+                writer.add(meta["weight"], wt, kind="weight", layer=name)
+                weight_bytes += wt.nbytes
+                if getattr(mod, "bias", None) is not None:
+                    meta["bias"] = f"{name}:bias"
+                    bias = mod.bias.detach().float().cpu().numpy().reshape(1, -1)
+                    writer.add(meta["bias"], bias, kind="bias", layer=name)
+                    weight_bytes += bias.nbytes
 
-        def hook(module, args, kwargs, output, _name=name, _meta=meta, _op=op):
-            x = args[0] if args else kwargs.get("input", kwargs.get("x"))
-            if inputs and x is not None:
-                seen = state["seen"]
-                canon = seen.get(id(x))
-                if state["first"]:
-                    _meta["per_token"] = bool(x.numel() // x.shape[-1] == state["n_tok"])
-                    if canon is None:
-                        tname = f"{_name}:input"
-                        seen[id(x)] = (x, tname)
-                        _meta["input"] = tname
-                        put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
-                    else:
-                        _meta["input"] = canon[1]
-                else:
-                    tname = _meta["input"]
-                    if tname == f"{_name}:input":
-                        seen[id(x)] = (x, tname)
-                        put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
-                    elif canon is None or canon[1] != tname:
-                        raise FmtlabError(f"layer {_name}: its input was shared with {tname} in the first "
-                                          "batch but not now; record with batch_size matching the model's dataflow")
-            y = output[0] if isinstance(output, tuple) else output
-            if outputs:
-                if state["first"]:
-                    _meta["output"] = f"{_name}:output"
-                put(f"{_name}:output", _to_rows(y, _meta["out_features"]), kind="output", layer=_name)
-            role = _meta.get("kv")
-            if role and not outputs:
-                tname = f"{_name}:{role}"
-                put(tname, _to_rows(y, _meta["out_features"]), kind=role, layer=_name)
-                if state["first"]:
-                    act_meta[tname] = {"kind": role, "block": _meta["block"], "layer": _name, "tensor": tname}
-            elif role and state["first"]:
-                act_meta[f"{_name}:{role}"] = {"kind": role, "block": _meta["block"], "layer": _name,
-                                               "tensor": f"{_name}:output"}
-            if kv and _op == "conv1d" and _meta["type"].rsplit(".", 1)[-1] == "c_attn":
-                rows = _to_rows(y, _meta["out_features"])
-                e = rows.shape[1] // 3
-                for j, role2 in ((1, "key"), (2, "value")):
-                    tname = f"{_name}:{role2}"
-                    put(tname, np.ascontiguousarray(rows[:, j * e:(j + 1) * e]), kind=role2, layer=_name)
+            def hook(module, args, kwargs, output, _name=name, _meta=meta, _op=op):
+                x = args[0] if args else kwargs.get("input", kwargs.get("x"))
+                if inputs and x is not None:
+                    seen = state["seen"]
+                    canon = seen.get(id(x))
                     if state["first"]:
-                        act_meta[tname] = {"kind": role2, "block": _meta["block"], "layer": _name, "tensor": tname}
-
-        handles.append(mod.register_forward_hook(hook, with_kwargs=True))
-
-    # ---- residual stream after each block
-    if residual:
-        if not blocks:
-            raise FmtlabError("residual=True but no repeated block list was found in the model")
-        for i, (bname, bmod) in enumerate(blocks):
-            def rhook(module, args, output, _i=i, _b=bname):
+                        _meta["per_token"] = bool(x.numel() // x.shape[-1] == state["n_tok"])
+                        if canon is None:
+                            tname = f"{_name}:input"
+                            seen[id(x)] = (x, tname)
+                            _meta["input"] = tname
+                            put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
+                        else:
+                            _meta["input"] = canon[1]
+                    else:
+                        tname = _meta["input"]
+                        if tname == f"{_name}:input":
+                            seen[id(x)] = (x, tname)
+                            put(tname, _to_rows(x, _meta["in_features"]), kind="input", layer=_name)
+                        elif canon is None or canon[1] != tname:
+                            raise FmtlabError(f"layer {_name}: its input was shared with {tname} in the first "
+                                              "batch but not now; record with batch_size matching the model's dataflow")
                 y = output[0] if isinstance(output, tuple) else output
-                tname = f"{_b}:residual"
-                put(tname, _to_rows(y), kind="residual", layer=_b)
-                if state["first"]:
-                    act_meta[tname] = {"kind": "residual", "block": _i, "layer": _b, "tensor": tname}
-            handles.append(bmod.register_forward_hook(rhook))
+                if outputs:
+                    if state["first"]:
+                        _meta["output"] = f"{_name}:output"
+                    put(f"{_name}:output", _to_rows(y, _meta["out_features"]), kind="output", layer=_name)
+                role = _meta.get("kv")
+                if role and not outputs:
+                    tname = f"{_name}:{role}"
+                    put(tname, _to_rows(y, _meta["out_features"]), kind=role, layer=_name)
+                    if state["first"]:
+                        act_meta[tname] = {"kind": role, "block": _meta["block"], "layer": _name, "tensor": tname}
+                elif role and state["first"]:
+                    act_meta[f"{_name}:{role}"] = {"kind": role, "block": _meta["block"], "layer": _name,
+                                                   "tensor": f"{_name}:output"}
+                if kv and _op == "conv1d" and _meta["type"].rsplit(".", 1)[-1] == "c_attn":
+                    rows = _to_rows(y, _meta["out_features"])
+                    e = rows.shape[1] // 3
+                    for j, role2 in ((1, "key"), (2, "value")):
+                        tname = f"{_name}:{role2}"
+                        put(tname, np.ascontiguousarray(rows[:, j * e:(j + 1) * e]), kind=role2, layer=_name)
+                        if state["first"]:
+                            act_meta[tname] = {"kind": role2, "block": _meta["block"], "layer": _name, "tensor": tname}
 
-    # ---- attention probabilities
-    restore_attn = lambda: None  # noqa: E731
-    if attention:
-        if not blocks:
-            raise FmtlabError("attention=True but no repeated block list was found in the model")
-        restore_attn = _set_eager(model)
-        for i, (bname, bmod) in enumerate(blocks):
-            for sub_name, sub in bmod.named_modules():
-                if "Attention" not in type(sub).__name__:
-                    continue
+            handles.append(mod.register_forward_hook(hook, with_kwargs=True))
 
-                def ahook(module, args, output, _i=i, _n=f"{bname}.{sub_name}" if sub_name else bname):
-                    if _i in state["probs_done"] or not isinstance(output, tuple):
-                        return
-                    for o in output[1:]:
-                        if isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[-1] == o.shape[-2]:
-                            state["probs_done"].add(_i)
-                            tname = f"{_n}:attn_probs"
-                            put(tname, o.detach().float().cpu().clone().numpy(), kind="attn_probs", layer=_n)
-                            if state["first"]:
-                                act_meta[tname] = {"kind": "attn_probs", "block": _i, "layer": _n, "tensor": tname,
-                                                   "layout": "sequences x heads x query x key"}
+        # ---- residual stream after each block
+        if residual:
+            if not blocks:
+                raise FmtlabError("residual=True but no repeated block list was found in the model")
+            for i, (bname, bmod) in enumerate(blocks):
+                def rhook(module, args, output, _i=i, _b=bname):
+                    y = output[0] if isinstance(output, tuple) else output
+                    tname = f"{_b}:residual"
+                    put(tname, _to_rows(y), kind="residual", layer=_b)
+                    if state["first"]:
+                        act_meta[tname] = {"kind": "residual", "block": _i, "layer": _b, "tensor": tname}
+                handles.append(bmod.register_forward_hook(rhook))
+
+        # ---- attention probabilities
+        restore_attn = lambda: None  # noqa: E731
+        if attention:
+            if not blocks:
+                raise FmtlabError("attention=True but no repeated block list was found in the model")
+            restore_attn = _set_eager(model)
+            for i, (bname, bmod) in enumerate(blocks):
+                for sub_name, sub in bmod.named_modules():
+                    if "Attention" not in type(sub).__name__:
+                        continue
+
+                    def ahook(module, args, output, _i=i, _n=f"{bname}.{sub_name}" if sub_name else bname):
+                        if _i in state["probs_done"] or not isinstance(output, tuple):
                             return
-                handles.append(sub.register_forward_hook(ahook))
+                        for o in output[1:]:
+                            if isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[-1] == o.shape[-2]:
+                                state["probs_done"].add(_i)
+                                tname = f"{_n}:attn_probs"
+                                put(tname, o.detach().float().cpu().clone().numpy(), kind="attn_probs", layer=_n)
+                                if state["first"]:
+                                    act_meta[tname] = {"kind": "attn_probs", "block": _i, "layer": _n, "tensor": tname,
+                                                       "layout": "sequences x heads x query x key"}
+                                return
+                    handles.append(sub.register_forward_hook(ahook))
 
-    fwd_kwargs: dict[str, Any] = {}
-    if hasattr(getattr(model, "config", None), "use_cache"):
-        fwd_kwargs["use_cache"] = False
-    estimate_done = False
-    bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
-    try:
-        with torch.no_grad():
-            for start in range(0, n_sequences, batch_size):
-                ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long)
-                state["seen"] = {}
-                state["probs_done"] = set()
-                state["batch_bytes"] = 0
-                state["n_tok"] = ids.numel()
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd_kwargs)
-                if attention and len(state["probs_done"]) < len(blocks):
-                    raise FmtlabError("attention=True but the model returned no attention probabilities "
-                                      f"for {len(blocks) - len(state['probs_done'])} block(s)")
-                put("tokens:input_ids", ids.numpy().astype(np.int64), kind="tokens")
-                put("tokens:sequence", np.repeat(np.arange(start, start + ids.shape[0], dtype=np.int32), seq_len),
-                    kind="tokens")
-                put("tokens:position", np.tile(np.arange(seq_len, dtype=np.int32), ids.shape[0]), kind="tokens")
-                if not estimate_done and max_bytes is not None:
-                    n_batches = -(-n_sequences // batch_size)
-                    est = weight_bytes + state["batch_bytes"] * n_batches
-                    if est > max_bytes:
-                        raise FmtlabError(
-                            f"the trace would take about {est / 2**20:.0f} MiB, over max_bytes="
-                            f"{max_bytes / 2**20:.0f} MiB; record fewer sequences, a shorter seq_len, "
-                            "fewer layers, or without outputs")
-                    estimate_done = True
-                state["first"] = False
-                state["seen"] = {}
-                bar.update(ids.shape[0])
-                bar.set_postfix_str(f"{(writer.bytes_written + writer.buffered_bytes) / 2**20:.0f} MiB")
+        fwd_kwargs: dict[str, Any] = {}
+        if hasattr(getattr(model, "config", None), "use_cache"):
+            fwd_kwargs["use_cache"] = False
+        estimate_done = False
+        bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
+        try:
+            with torch.no_grad():
+                for start in range(0, n_sequences, batch_size):
+                    ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long)
+                    state["seen"] = {}
+                    state["probs_done"] = set()
+                    state["batch_bytes"] = 0
+                    state["n_tok"] = ids.numel()
+                    model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd_kwargs)
+                    if attention and len(state["probs_done"]) < len(blocks):
+                        raise FmtlabError("attention=True but the model returned no attention probabilities "
+                                          f"for {len(blocks) - len(state['probs_done'])} block(s)")
+                    put("tokens:input_ids", ids.numpy().astype(np.int64), kind="tokens")
+                    put("tokens:sequence", np.repeat(np.arange(start, start + ids.shape[0], dtype=np.int32), seq_len),
+                        kind="tokens")
+                    put("tokens:position", np.tile(np.arange(seq_len, dtype=np.int32), ids.shape[0]), kind="tokens")
+                    if not estimate_done and max_bytes is not None:
+                        n_batches = -(-n_sequences // batch_size)
+                        est = weight_bytes + state["batch_bytes"] * n_batches
+                        if est > max_bytes:
+                            raise FmtlabError(
+                                f"the trace would take about {est / 2**20:.0f} MiB, over max_bytes="
+                                f"{max_bytes / 2**20:.0f} MiB; record fewer sequences, a shorter seq_len, "
+                                "fewer layers, or without outputs")
+                        estimate_done = True
+                    state["first"] = False
+                    state["seen"] = {}
+                    bar.update(ids.shape[0])
+                    bar.set_postfix_str(f"{(writer.bytes_written + writer.buffered_bytes) / 2**20:.0f} MiB")
+        finally:
+            bar.close()
+            for h in handles:
+                h.remove()
+            restore_attn()
+
+        vocab = {}
+        try:
+            uniq = sorted({t for w in windows for t in w})
+            vocab = {str(t): s for t, s in zip(uniq, tokenizer.convert_ids_to_tokens(uniq))}
+        except Exception:  # a tokenizer without convert_ids_to_tokens: token strings are optional
+            vocab = {}
+        manifest = {
+            "model": _model_summary(model, tokenizer),
+            "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix},
+            "seq_len": int(seq_len), "n_sequences": int(n_sequences), "n_tokens": int(seq_len * n_sequences),
+            "prefix_len": int(prefix_len), "batch_size": int(batch_size),
+            "blocks": block_names,
+            "options": {"inputs": inputs, "outputs": outputs, "weights": weights, "residual": residual,
+                        "attention": attention, "kv": kv, "include_head": include_head},
+            "row_order": "row = sequence * seq_len + position",
+            "layers": layer_meta, "activations": act_meta, "vocab": vocab,
+        }
+        return writer.close(manifest)
     except BaseException:
         writer.abort()
-        raise
-    finally:
-        bar.close()
-        for h in handles:
+        for h in handles:  # hooks registered before an error in the weight phase
             h.remove()
-        restore_attn()
-
-    vocab = {}
-    try:
-        uniq = sorted({t for w in windows for t in w})
-        vocab = {str(t): s for t, s in zip(uniq, tokenizer.convert_ids_to_tokens(uniq))}
-    except Exception:  # a tokenizer without convert_ids_to_tokens: token strings are optional
-        vocab = {}
-    manifest = {
-        "model": _model_summary(model, tokenizer),
-        "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix},
-        "seq_len": int(seq_len), "n_sequences": int(n_sequences), "n_tokens": int(seq_len * n_sequences),
-        "prefix_len": int(prefix_len), "batch_size": int(batch_size),
-        "blocks": block_names,
-        "options": {"inputs": inputs, "outputs": outputs, "weights": weights, "residual": residual,
-                    "attention": attention, "kv": kv, "include_head": include_head},
-        "row_order": "row = sequence * seq_len + position",
-        "layers": layer_meta, "activations": act_meta, "vocab": vocab,
-    }
-    return writer.close(manifest)
+        raise

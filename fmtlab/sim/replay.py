@@ -26,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.sim import metrics as M
 from fmtlab.sim.quant import QuantFn, resolve
+from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
 from fmtlab.sim.trace import Trace, open_trace
 from fmtlab.sim.transforms import Context, Decomposition, Transform, get_transform
 
@@ -192,30 +192,6 @@ def _num(x: Any) -> str:
     return str(x)
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return _json_safe(v.item())
-    return v
-
-
-def _atomic_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def rows_to_csv(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """CSV text of ``rows`` (lists as 'idx:value;...', NaN as 'nan', infinities as 'inf')."""
     if columns is None:
@@ -252,23 +228,29 @@ class ReplayResult:
 
     def to_csv(self, path: str, which: str = "rows") -> str:
         rows = {"rows": self.rows, "by_layer_type": self.by_layer_type, "by_model": self.by_model}[which]
-        _atomic_text(path, rows_to_csv(rows, COLUMNS if which == "rows" else None))
+        atomic_write_text(path, rows_to_csv(rows, COLUMNS if which == "rows" else None))
         return path
 
     def to_json(self, path: str) -> str:
         doc = {"meta": self.meta, "columns": list(COLUMNS), "rows": self.rows,
                "by_layer_type": self.by_layer_type, "by_model": self.by_model,
                "notes": "null = NaN or not applicable; 'inf' = infinite (e.g. SQNR of an exact result)"}
-        _atomic_text(path, json.dumps(_json_safe(doc), indent=1))
+        atomic_write_text(path, dumps_json(doc))
         return path
 
     def write(self, out_dir: str, stem: str = "replay") -> list[str]:
-        """Write ``<stem>.csv``, ``<stem>_by_layer_type.csv``, ``<stem>_by_model.csv`` and ``<stem>.json``."""
-        os.makedirs(out_dir, exist_ok=True)
-        return [self.to_csv(os.path.join(out_dir, f"{stem}.csv")),
-                self.to_csv(os.path.join(out_dir, f"{stem}_by_layer_type.csv"), "by_layer_type"),
-                self.to_csv(os.path.join(out_dir, f"{stem}_by_model.csv"), "by_model"),
-                self.to_json(os.path.join(out_dir, f"{stem}.json"))]
+        """Write ``<stem>.csv``, ``<stem>_by_layer_type.csv``, ``<stem>_by_model.csv`` and ``<stem>.json``.
+
+        All four appear together or not at all: they are built in a staging folder inside the
+        locked ``out_dir`` (see :func:`fmtlab.safe_io.staged_dir`) and moved into place at the end.
+        """
+        names = [f"{stem}.csv", f"{stem}_by_layer_type.csv", f"{stem}_by_model.csv", f"{stem}.json"]
+        with staged_dir(out_dir) as stage:
+            self.to_csv(os.path.join(stage, names[0]))
+            self.to_csv(os.path.join(stage, names[1]), "by_layer_type")
+            self.to_csv(os.path.join(stage, names[2]), "by_model")
+            self.to_json(os.path.join(stage, names[3]))
+        return [os.path.join(out_dir, n) for n in names]
 
     def summary(self, kind: str = "linear") -> str:
         """A small text table per config: for Linear layers the pooled/mean/min output SQNR and the

@@ -40,6 +40,38 @@ def test_report_files_exist(report):
     assert len(summary["findings"]) >= 3
 
 
+def test_report_dir_is_published_whole_with_umask_modes(report):
+    """Invariant: after a run the output folder holds no staging folder or lock file, and report
+    files have the umask's mode like every other output (they were 0600 through mkstemp)."""
+    import os
+
+    out, _ = report
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    mode = 0o666 & ~_umask()
+    for rel in ("report.md", "report.html", "tables/configs.csv", "tables/report.json", "plots/tradeoff.png",
+                "tables/replay_seq32.csv"):
+        assert (out / rel).stat().st_mode & 0o777 == mode, rel
+
+
+def _umask() -> int:
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def test_report_on_a_given_trace_states_its_sequence_count(report, tmp_path):
+    """Invariant: `report --trace` describes the trace it read (2 sequences), not the default
+    --sequences (4)."""
+    out, _ = report
+    opts = ReportOptions(out=str(tmp_path / "r"), configs=("fp32", "w8a8_int_token"), trace=str(out / "traces" / "seq32"),
+                         perplexity=False, progress=False)
+    assert opts.n_sequences == 4
+    md = (tmp_path / "r" / "report.md").read_text() if run_report(opts) else ""
+    assert "calibration text: 2 sequences of 32 tokens" in md and "4 sequences" not in md
+
+
 def test_html_images_resolve(report):
     out, _ = report
     html = (out / "report.html").read_text()

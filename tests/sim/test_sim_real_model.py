@@ -87,7 +87,7 @@ def test_minilm_records(tmp_path):
 def test_cli_record_replay_outliers_e2e(smollm2, tmp_path, monkeypatch, capsys):
     import fmtlab.sim.models as models
 
-    monkeypatch.setattr(models, "load_model", lambda spec, tokenizer=None: smollm2)
+    monkeypatch.setattr(models, "load_model", lambda spec, tokenizer=None, **kw: smollm2)
     t = str(tmp_path / "trace")
     assert main(["record", "--out", t, "--layers", r"layers\.0\.", "--seq-len", "16", "--n-sequences", "2",
                  "--quiet"]) == 0
