@@ -195,10 +195,10 @@ def cmd_rtl(args) -> int:
 
     r = generate(make_unit(*args.unit))
     if args.output:
-        from fmtlab.hw.synth import _atomic_write
+        from fmtlab.safe_io import atomic_write_text
         from pathlib import Path
 
-        _atomic_write(Path(args.output), r.text)
+        atomic_write_text(Path(args.output), r.text)
     else:
         sys.stdout.write(r.text)
     return 0

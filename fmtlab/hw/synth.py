@@ -146,11 +146,6 @@ def user_cache_dir() -> Path:
     return Path(base) / "synth"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Kept for fmtlab.hw.cli: :func:`fmtlab.safe_io.atomic_write_text` (fsync, umask mode)."""
-    atomic_write_text(path, text)
-
-
 def cached(rtl: RTL, liberty: str | None = None) -> SynthResult | None:
     """A cached result for ``rtl`` (shipped cache first, then the user cache), or None."""
     key = cache_key(rtl, liberty)
@@ -207,7 +202,7 @@ def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True
         if hit is not None:
             return hit
     res = run_yosys(rtl, lib)
-    _atomic_write(user_cache_dir() / f"{res.key}.json", json.dumps(res.as_dict(), indent=1))
+    atomic_write_text(user_cache_dir() / f"{res.key}.json", json.dumps(res.as_dict(), indent=1))
     return res
 
 
@@ -298,4 +293,4 @@ def write_cache(results: list[SynthResult], path: str | os.PathLike,
                    "--write-cache fmtlab/hw/data/synth_cache.json`.",
            "liberty_path": lib, "liberty_sha256": liberty_id(lib),
            "entries": dict(sorted(entries.items()))}
-    _atomic_write(p, json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    atomic_write_text(p, json.dumps(doc, indent=1, sort_keys=False) + "\n")
