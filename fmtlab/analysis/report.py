@@ -331,7 +331,9 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
             "config": c.name, "weights": c.weight or "fp32", "activations": c.act or "fp32",
             "transform": c.transform or "",
             "act_scales": ("fp32" if c.act is None else f"static ({c.act_calib}, calib)" if c.act_calib
-                           else "dynamic, per sequence"),
+                           else "dynamic, per sequence")
+                          + ("; transform fitted on calib" if needs_calibration(resolve_config(c))
+                             and not c.act_calib else ""),
             "pooled_out_sqnr_db": m.get("pooled_out_sqnr_db"), "min_out_sqnr_db": m.get("min_out_sqnr_db"),
             "a_underflow_rate": m.get("mean_a_underflow_rate"), "a_clip_rate": m.get("mean_a_clip_rate"),
             "w_underflow_rate": m.get("mean_w_underflow_rate"),
