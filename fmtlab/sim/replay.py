@@ -102,7 +102,7 @@ PRESETS: dict[str, ReplayConfig] = {c.name: c for c in [
     ReplayConfig("w4a8_log4", "log4_per_channel", "int8_per_token"),
 ]}
 #: the configs of the end-to-end perplexity check
-E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_int_tensor_static", "w8a8_llm_int8", "w4a8_int_channel", "w4a8_dint_channel",
+E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "w4a8_dint_channel",
                "fp8_e4m3", "mxfp4", "w4a8_log4")
 
 
