@@ -102,3 +102,24 @@ def claim(label: str, iv: S.Interval | None, unit: str, digits: int = 2) -> str:
     verdict = "interval excludes zero" if iv.excludes_zero else "interval includes zero: not resolved"
     return (f"{label}: {iv.value:+.{digits}f}{unit} [{iv.lo:+.{digits}f}, {iv.hi:+.{digits}f}] "
             f"({verdict}; paired bootstrap over {iv.n_sequences} sequences)")
+
+
+def sqnr_text(r: dict[str, Any]) -> str:
+    """Pooled out SQNR of a summary row with its interval, in dB."""
+    return with_ci(r["pooled_out_sqnr_db"], r.get("pooled_out_sqnr_lo"), r.get("pooled_out_sqnr_hi"), 1) + " dB"
+
+
+def comparisons(res, ppl_rows) -> list[str]:
+    """Paired comparisons the report draws: dINT4 vs INT4 weights, static vs dynamic per-tensor W8A8."""
+    out = []
+    pairs = [("w4a8_dint_channel", "w4a8_int_channel", "W4A8 dINT4 minus INT4 weights (per channel)"),
+             ("w8a8_int_tensor_static", "w8a8_int_tensor", "per-tensor W8A8, static minus dynamic scales")]
+    ppl_by = {r["config"]: r for r in ppl_rows}
+    for a, b, label in pairs:
+        sa, sb = sqnr_args(res, a), sqnr_args(res, b)
+        if sa is not None and sb is not None:
+            out.append(claim(f"{label}, pooled layer-output SQNR", difference(S.pooled_sqnr_db, sa, sb), " dB"))
+        if a in ppl_by and b in ppl_by:
+            d = difference(S.perplexity_of, ppl_args(ppl_by[a]), ppl_args(ppl_by[b]))
+            out.append(claim(f"{label}, perplexity", d, ""))
+    return out

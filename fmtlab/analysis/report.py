@@ -452,32 +452,9 @@ def _stamp_report_layers(path: Path, layers: str | None) -> None:
     atomic_write_text(mpath, json.dumps(m, indent=1))
 
 
-def _sqnr_ci(r: dict[str, Any]) -> str:
-    from fmtlab.analysis.protocol import with_ci
-
-    return with_ci(r["pooled_out_sqnr_db"], r.get("pooled_out_sqnr_lo"), r.get("pooled_out_sqnr_hi"), 1) + " dB"
-
-
-def _comparisons(res, ppl_rows) -> list[str]:
-    """Paired comparisons the report draws: dINT4 vs INT4 weights, static vs dynamic per-tensor W8A8."""
-    from fmtlab.analysis import protocol as P
-    from fmtlab.sim import stats as S
-
-    out = []
-    pairs = [("w4a8_dint_channel", "w4a8_int_channel", "W4A8 dINT4 minus INT4 weights (per channel)"),
-             ("w8a8_int_tensor_static", "w8a8_int_tensor", "per-tensor W8A8, static minus dynamic scales")]
-    ppl_by = {r["config"]: r for r in ppl_rows}
-    for a, b, label in pairs:
-        sa, sb = P.sqnr_args(res, a), P.sqnr_args(res, b)
-        if sa is not None and sb is not None:
-            out.append(P.claim(f"{label}, pooled layer-output SQNR", P.difference(S.pooled_sqnr_db, sa, sb), " dB"))
-        if a in ppl_by and b in ppl_by:
-            d = P.difference(S.perplexity_of, P.ppl_args(ppl_by[a]), P.ppl_args(ppl_by[b]))
-            out.append(P.claim(f"{label}, perplexity", d, ""))
-    return out
-
-
 def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[str]:
+    from fmtlab.analysis.protocol import comparisons, sqnr_text
+
     out: list[str] = []
     priced = [r for r in rows if _finite(r["area_ge"]) and _finite(r.get("pooled_out_sqnr_db"))]
     under = [r for r in priced if r["area_ge"] <= budget.area_ge_per_mac * (1 + 1e-9)]
@@ -492,12 +469,12 @@ def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[st
 
             out.append(f"Best measured perplexity within the area of one {budget_name} MAC: **{bp['config']}** "
                        f"(perplexity {with_ci(bp['perplexity'], bp.get('ppl_lo'), bp.get('ppl_hi'))}, layer-output "
-                       f"SQNR {_sqnr_ci(bp)}, {bp['area_um2']:.0f} um^2/MAC). Layer-output SQNR alone would pick "
-                       f"{best['config']} ({_sqnr_ci(best)}): averaged layer SQNR can hide one destroyed layer.")
+                       f"SQNR {sqnr_text(bp)}, {bp['area_um2']:.0f} um^2/MAC). Layer-output SQNR alone would pick "
+                       f"{best['config']} ({sqnr_text(best)}): averaged layer SQNR can hide one destroyed layer.")
         out.append(f"Best layer-output SQNR within the area of one {budget_name} MAC ({budget.area_um2_per_mac:.0f} um^2 at "
-                   f"45 nm): **{best['config']}**, pooled layer-output SQNR {_sqnr_ci(best)} at "
+                   f"45 nm): **{best['config']}**, pooled layer-output SQNR {sqnr_text(best)} at "
                    f"{best['area_um2']:.0f} um^2 and {best['energy_pj']:.3f} pJ/MAC{caveat}; the cheapest, "
-                   f"{cheapest['config']}, reaches {_sqnr_ci(cheapest)} at "
+                   f"{cheapest['config']}, reaches {sqnr_text(cheapest)} at "
                    f"{cheapest['area_um2']:.0f} um^2.")
     if massive:
         top = max(massive, key=lambda r: r["ratio"])
@@ -526,7 +503,7 @@ def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[st
             out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
                        f"{worst['config']}, reaches {with_ci(worst['ppl'], worst.get('ppl_lo'), worst.get('ppl_hi'))}.")
     if res is not None:
-        out.extend(_comparisons(res, ppl_rows))
+        out.extend(comparisons(res, ppl_rows))
     return out
 
 
