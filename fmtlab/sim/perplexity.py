@@ -53,11 +53,13 @@ class SimLinear(_torch_module_base()):
         self.bias_t = None if bias is None else bias.detach().to("cpu", copy=True)
         self.ft, self.aq, self.wq, self.hp_dtype, self.layer_name = ft, aq, wq, hp_dtype, name
         self.wq_fixed = None if ft is not None else wq(self.w)  # W' of a row-wise transform: see _seq
+        # without a transform the GEMM runs in torch (float32, one sequence at a time)
+        self.wq_torch = None if ft is not None else torch_from(np.ascontiguousarray(self.wq_fixed.T))
 
-    def _seq(self, xs: np.ndarray) -> np.ndarray:
-        """Layer output [S, N] of one sequence's rows xs [S, K]."""
+    def _seq(self, xs: np.ndarray):
+        """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
         if self.ft is None:
-            return self.aq(xs) @ self.wq_fixed.T
+            return torch_from(self.aq(xs)) @ self.wq_torch
         ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
                       weight_q=None if self.wq.identity else self.wq)
         d: Decomposition = self.ft.decompose(xs, self.w, ctx)
@@ -75,11 +77,18 @@ class SimLinear(_torch_module_base()):
         shape = x.shape
         a = x.detach().to(torch.float32).cpu().numpy()
         a = a.reshape(1, *a.shape) if a.ndim == 2 else a.reshape(-1, shape[-2], shape[-1])
-        y = np.stack([self._seq(np.ascontiguousarray(a[b])) for b in range(a.shape[0])])
-        out = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+        out = torch.stack([torch_from(y) if isinstance(y, np.ndarray) else y
+                           for y in (self._seq(np.ascontiguousarray(a[b])) for b in range(a.shape[0]))])
         if self.bias_t is not None:
             out = out + self.bias_t.to(torch.float32)
         return out.reshape(*shape[:-1], out.shape[-1]).to(x.device, x.dtype)
+
+
+def torch_from(a: np.ndarray):
+    """A float32 torch tensor sharing (or copying) ``a``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 def _calib_inputs(calib, name: str) -> tuple[np.ndarray, np.ndarray | None]:
