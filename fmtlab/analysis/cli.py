@@ -37,7 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--seq-lens", type=_ints, default=(128,), help="calibration sequence lengths (default: 128)")
     p.add_argument("--sequences", type=int, default=4, help="calibration sequences per length (default: 4)")
     p.add_argument("--layers", default=None, help="regular expression selecting Linear layers by name")
-    p.add_argument("--trace", default=None, help="reuse this trace instead of recording")
+    p.add_argument("--trace", default=None, help="reuse this (evaluation) trace instead of recording")
+    p.add_argument("--calib-trace", default=None,
+                   help="calibration trace for static scales and fitted transforms (default: record one "
+                        "from the calibration texts)")
     p.add_argument("--no-perplexity", action="store_true", help="skip the end-to-end perplexity check")
     p.add_argument("--ppl-configs", type=_csv, default=DEFAULT_PPL_CONFIGS,
                    help="configs whose perplexity is measured (default: %(default)s)")
@@ -60,7 +63,7 @@ def _run(args) -> int:
     if args.sequences < 1 or args.ppl_sequences < 1 or args.ppl_seq_len < 2:
         raise FmtlabError("--sequences, --ppl-sequences must be >= 1 and --ppl-seq-len >= 2")
     opts = ReportOptions(out=args.out, model=args.model, configs=args.configs, seq_lens=args.seq_lens,
-                         n_sequences=args.sequences, layers=args.layers, trace=args.trace,
+                         n_sequences=args.sequences, layers=args.layers, trace=args.trace, calib_trace=args.calib_trace,
                          perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
                          ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
                          area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet,

@@ -1,13 +1,19 @@
 """`fmtlab report`: from a model and text to a format-evaluation report with plots.
 
 Pipeline (each step prints its progress on stderr):
-1. load the model (default: the embedded SmolLM2-135M, offline) and the calibration text;
-2. record a trace per sequence length (or reuse one already in the output folder / given);
-3. replay every config through the trace (layer errors, underflow, clipping, output SQNR);
+1. load the model (default: the embedded SmolLM2-135M, offline) and the texts;
+2. record, per sequence length, a calibration trace (the "calib" texts) and an evaluation trace (the
+   disjoint "eval" texts), or reuse ones already in the output folder / given;
+3. replay every config through the evaluation trace, static scales and fitted transforms fitted on
+   the calibration trace (layer errors, underflow, clipping, output SQNR, per-sequence sums);
 4. price every config with the MAC-unit cost model (fmtlab.hw);
-5. optionally measure perplexity for the end-to-end configs (fmtlab.pytorch);
+5. optionally measure perplexity for the end-to-end configs on eval windows (fmtlab.sim.perplexity,
+   calibrated on the calibration trace);
 6. measure accumulation error against accumulator width on a real layer (bit-accurate datapath);
 7. write ``report.md``, ``report.html``, CSV/JSON tables and PNG plots into the output folder.
+
+The protocol (fmtlab.analysis.protocol.PROTOCOL) is stated in the report; headline metrics carry
+seeded 95% bootstrap intervals over sequences and comparisons a paired-bootstrap interval.
 
 Pricing notes: a config is priced by the MAC unit of its (weight, activation) element formats;
 MX block quantizers by the MX block-dot unit; NVFP4 by an MX FP4 unit with block 16 (its E4M3
@@ -32,12 +38,12 @@ from fmtlab.errors import FmtlabError
 
 #: configs replayed by default (names of fmtlab.sim.replay.PRESETS)
 DEFAULT_CONFIGS = (
-    "fp32", "w8a8_int_tensor", "w8a8_int_token", "w8a8_llm_int8", "w8a8_smoothquant", "w8a8_hadamard",
+    "fp32", "w8a8_int_tensor", "w8a8_int_tensor_static", "w8a8_int_token", "w8a8_llm_int8", "w8a8_smoothquant", "w8a8_hadamard",
     "w8a8_int_tensor_nosink", "w4a8_int_channel", "w4a8_dint_channel", "w4a8_dint_aqas", "w4a8_log4",
     "fp8_e4m3", "mxfp8", "mxfp4", "nvfp4",
 )
 #: configs whose perplexity is measured by default
-DEFAULT_PPL_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_int_token", "w8a8_llm_int8", "w8a8_hadamard",
+DEFAULT_PPL_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_int_tensor_static", "w8a8_int_token", "w8a8_llm_int8", "w8a8_hadamard",
                        "w4a8_int_channel", "w4a8_dint_channel", "fp8_e4m3", "mxfp8", "mxfp4", "w4a8_log4")
 GRID_FORMATS = ("int8", "int4", "dint4", "log4", "fp8_e4m3", "fp4_e2m1")
 
@@ -52,7 +58,8 @@ class ReportOptions:
     seq_lens: tuple[int, ...] = (128,)
     n_sequences: int = 4
     layers: str | None = None  # regular expression over layer names
-    trace: str | None = None  # reuse this trace instead of recording (its seq_len is used)
+    trace: str | None = None  # reuse this (evaluation) trace instead of recording (its seq_len is used)
+    calib_trace: str | None = None  # calibration trace for static scales / fitted transforms
     perplexity: bool = True
     ppl_configs: tuple[str, ...] = DEFAULT_PPL_CONFIGS
     ppl_seq_len: int = 256
@@ -205,8 +212,9 @@ def _finite(v: Any) -> bool:
 
 
 def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, layers: str | None,
-                 verify: bool = True):
-    """The trace at ``path`` if it was recorded with these settings (and is intact), else None."""
+                 split: str = "eval", verify: bool = True):
+    """The trace at ``path`` if it was recorded with these settings (and text split) and is
+    intact, else None."""
     from fmtlab.sim.trace import open_trace
 
     if not (path / "manifest.json").exists():
@@ -216,9 +224,10 @@ def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, la
     except Exception:  # noqa: BLE001 - a broken trace is re-recorded
         return None
     m = tr.manifest
-    want = {"model": model_name, "seq_len": seq_len, "n_sequences": n_sequences, "layers": layers}
+    want = {"model": model_name, "seq_len": seq_len, "n_sequences": n_sequences, "layers": layers, "split": split}
     got = {"model": (m.get("model") or {}).get("name"), "seq_len": m.get("seq_len"),
-           "n_sequences": m.get("n_sequences"), "layers": (m.get("report") or {}).get("layers")}
+           "n_sequences": m.get("n_sequences"), "layers": (m.get("report") or {}).get("layers"),
+           "split": (m.get("text") or {}).get("split")}
     return tr if got == want else None
 
 
@@ -239,7 +248,7 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
 
 def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
-    from fmtlab.analysis import plots
+    from fmtlab.analysis import plots, protocol
     from fmtlab.analysis.document import Document
     from fmtlab.analysis.tables import write_csv, write_json
     from fmtlab.sim.data import default_texts
@@ -247,6 +256,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     from fmtlab.sim.outliers import massive_activations
     from fmtlab.sim.record import record
     from fmtlab.sim.replay import make_config, replay
+    from fmtlab.sim.replay_engine import needs_calibration, resolve_config
     from fmtlab.sim.trace import open_trace
     from fmtlab.sim.models import model_name
 
@@ -261,7 +271,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         timings[name] = round(time.perf_counter() - t0, 1)
 
     # 1-2. model and traces ---------------------------------------------------------------
-    traces = []
+    traces, calibs = [], []
     model = tok = None
     mname = None
     t0 = time.perf_counter()
@@ -269,29 +279,39 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         step(f"using the trace {opts.trace}")
         traces.append(open_trace(opts.trace, verify=opts.verify))
         mname = (traces[0].manifest.get("model") or {}).get("name")
-    need_model = not opts.trace or opts.perplexity
+        if opts.calib_trace:
+            calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
+    need_model = not opts.trace or opts.perplexity or not opts.calib_trace
     if need_model:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
         mname = mname or model_name(model)
     timed("load model", t0)
-    if not opts.trace:
-        texts = default_texts("calib")
-        for L in opts.seq_lens:
-            t0 = time.perf_counter()
-            path = Path(opts.out) / "traces" / f"seq{L}"
-            tr = _reuse_trace(path, mname, L, opts.n_sequences, opts.layers, opts.verify)
-            if tr is not None:
-                step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
-            else:
-                step(f"recording {opts.n_sequences} x {L} tokens into {path}")
-                tr = record(model, tok, texts, out=str(path), seq_len=L, n_sequences=opts.n_sequences,
-                            layers=opts.layers, residual=True, overwrite=True, progress=opts.progress,
-                            text_info={"source": "wiki", "split": "calib"})
-                _stamp_report_layers(path, opts.layers)
-                tr = open_trace(str(path), verify=False)  # just written
-            traces.append(tr)
-            timed(f"record seq{L}", t0)
+    # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
+    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(make_config(c))) for c in opts.ppl_configs)
+    cal_layers = None if ppl_cal else opts.layers
+    trace_dir = Path(opts.out) / "traces"  # kept across runs for reuse (not staged)
+
+    def get_trace(path: Path, split: str, L: int, layers: str | None):
+        tr = _reuse_trace(path, mname, L, opts.n_sequences, layers, split, opts.verify)
+        if tr is not None:
+            step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
+            return tr
+        step(f"recording {opts.n_sequences} x {L} tokens of the {split} texts into {path}")
+        record(model, tok, default_texts(split), out=str(path), seq_len=L, n_sequences=opts.n_sequences,
+               layers=layers, residual=True, overwrite=True, progress=opts.progress,
+               text_info={"source": "wiki", "split": split})
+        _stamp_report_layers(path, layers)
+        return open_trace(str(path), verify=False)  # just written
+
+    lens = [t.manifest.get("seq_len") for t in traces] if opts.trace else list(opts.seq_lens)
+    for L in lens:
+        t0 = time.perf_counter()
+        if not opts.trace:
+            traces.append(get_trace(trace_dir / f"seq{L}", "eval", L, opts.layers))
+        if not calibs or not opts.trace:
+            calibs.append(get_trace(trace_dir / f"calib_seq{L}", "calib", L, cal_layers))
+        timed(f"record seq{L}", t0)
 
     # 3. replay --------------------------------------------------------------------------
     results = []
@@ -300,7 +320,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         L = tr.manifest.get("seq_len")
         step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
         res = replay(tr, cfgs, kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
-                     progress=opts.progress, label=f"seq{L}")
+                     progress=opts.progress, label=f"seq{L}", calib=calibs[len(results)])
         res.write(str(out / "tables"), stem=f"replay_seq{L}")
         results.append(res)
         timed(f"replay seq{L}", t0)
@@ -324,6 +344,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         summary_rows.append({
             "config": c.name, "weights": c.weight or "fp32", "activations": c.act or "fp32",
             "transform": c.transform or "",
+            "act_scales": ("fp32" if c.act is None else f"static ({c.act_calib}, calib)" if c.act_calib
+                           else "dynamic, per sequence")
+                          + ("; transform fitted on calib" if needs_calibration(resolve_config(c))
+                             and not c.act_calib else ""),
             "pooled_out_sqnr_db": m.get("pooled_out_sqnr_db"), "min_out_sqnr_db": m.get("min_out_sqnr_db"),
             "a_underflow_rate": m.get("mean_a_underflow_rate"), "a_clip_rate": m.get("mean_a_clip_rate"),
             "w_underflow_rate": m.get("mean_w_underflow_rate"),
@@ -343,14 +367,21 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
              f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
         ppl_rows = perplexity_table(model, tok, list(opts.ppl_configs), seq_len=opts.ppl_seq_len,
-                                    n_sequences=opts.ppl_sequences, progress=opts.progress)
+                                    n_sequences=opts.ppl_sequences, progress=opts.progress, calib=calibs[0])
         for r in ppl_rows:
             r.pop("description", None)
-        write_csv(ppl_rows, out / "tables" / "perplexity.csv")
+        protocol.add_intervals([], main_res, ppl_rows)
+        write_csv(ppl_rows, out / "tables" / "perplexity.csv",
+                  ["config", "ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "seconds"])
+        write_csv([{"config": r["config"], "sequence": i, "nll_sum": n, "tokens": t} for r in ppl_rows
+                   for i, (n, t) in enumerate(zip(r["seq_nll"], r["seq_tokens"]))],
+                  out / "tables" / "perplexity_per_sequence.csv")
         ppl_by = {r["config"]: r["ppl"] for r in ppl_rows}
         for s in summary_rows:
             s["perplexity"] = ppl_by.get(s["config"])
         timed("perplexity", t0)
+    protocol.add_intervals(summary_rows, main_res, ppl_rows)
+    write_csv(summary_rows, out / "tables" / "configs.csv")
 
     # 6. accumulation study ---------------------------------------------------------------
     t0 = time.perf_counter()
@@ -410,7 +441,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     timed("plots", t0)
 
     # findings ----------------------------------------------------------------------------
-    findings = _findings(summary_rows, massive, budget, opts.area_budget, ppl_rows)
+    findings = _findings(summary_rows, massive, budget, opts.area_budget, ppl_rows, main_res)
     timings["total"] = round(time.perf_counter() - t_start, 1)
 
     # document ----------------------------------------------------------------------------
@@ -436,7 +467,9 @@ def _stamp_report_layers(path: Path, layers: str | None) -> None:
     atomic_write_text(mpath, json.dumps(m, indent=1))
 
 
-def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
+def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[str]:
+    from fmtlab.analysis.protocol import comparisons, sqnr_text
+
     out: list[str] = []
     priced = [r for r in rows if _finite(r["area_ge"]) and _finite(r.get("pooled_out_sqnr_db"))]
     under = [r for r in priced if r["area_ge"] <= budget.area_ge_per_mac * (1 + 1e-9)]
@@ -447,14 +480,16 @@ def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
         by_ppl = [r for r in under if _finite(r.get("perplexity"))]
         if by_ppl:
             bp = min(by_ppl, key=lambda r: r["perplexity"])
+            from fmtlab.analysis.protocol import with_ci
+
             out.append(f"Best measured perplexity within the area of one {budget_name} MAC: **{bp['config']}** "
-                       f"(perplexity {bp['perplexity']:.2f}, layer-output SQNR {bp['pooled_out_sqnr_db']:.1f} dB, "
-                       f"{bp['area_um2']:.0f} um^2/MAC). Layer-output SQNR alone would pick {best['config']} "
-                       f"({best['pooled_out_sqnr_db']:.1f} dB): averaged layer SQNR can hide one destroyed layer.")
+                       f"(perplexity {with_ci(bp['perplexity'], bp.get('ppl_lo'), bp.get('ppl_hi'))}, layer-output "
+                       f"SQNR {sqnr_text(bp)}, {bp['area_um2']:.0f} um^2/MAC). Layer-output SQNR alone would pick "
+                       f"{best['config']} ({sqnr_text(best)}): averaged layer SQNR can hide one destroyed layer.")
         out.append(f"Best layer-output SQNR within the area of one {budget_name} MAC ({budget.area_um2_per_mac:.0f} um^2 at "
-                   f"45 nm): **{best['config']}**, pooled layer-output SQNR {best['pooled_out_sqnr_db']:.1f} dB at "
+                   f"45 nm): **{best['config']}**, pooled layer-output SQNR {sqnr_text(best)} at "
                    f"{best['area_um2']:.0f} um^2 and {best['energy_pj']:.3f} pJ/MAC{caveat}; the cheapest, "
-                   f"{cheapest['config']}, reaches {cheapest['pooled_out_sqnr_db']:.1f} dB at "
+                   f"{cheapest['config']}, reaches {sqnr_text(cheapest)} at "
                    f"{cheapest['area_um2']:.0f} um^2.")
     if massive:
         top = max(massive, key=lambda r: r["ratio"])
@@ -469,7 +504,7 @@ def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
     if a and b and _finite(a.get("pooled_out_sqnr_db")) and _finite(b.get("pooled_out_sqnr_db")):
         da = b["pooled_out_sqnr_db"] - a["pooled_out_sqnr_db"]
         area = (b["area_ge"] / a["area_ge"]) if _finite(a["area_ge"]) and _finite(b["area_ge"]) else math.nan
-        out.append(f"W4A8 dINT4 vs INT4 (per-channel weights): {da:+.2f} dB layer-output SQNR for "
+        out.append(f"W4A8 dINT4 vs INT4 (per-channel weights): {da:+.2f} dB pooled layer-output SQNR for "
                    f"{100 * (area - 1):+.0f}% MAC area; weight underflow {a['w_underflow_rate']:.3f} -> "
                    f"{b['w_underflow_rate']:.3f} (SmolLM2's weights were Q4_1 in the GGUF, so 4-bit weight "
                    "error is understated: see the note below).")
@@ -477,7 +512,13 @@ def _findings(rows, massive, budget, budget_name, ppl_rows) -> list[str]:
         base = next((r["ppl"] for r in ppl_rows if r["config"] == "fp32"), None)
         worst = max(ppl_rows, key=lambda r: r["ppl"] if _finite(r["ppl"]) else math.inf)
         if base:
-            out.append(f"Perplexity: FP32 {base:.2f}; the worst config, {worst['config']}, reaches {worst['ppl']:.2f}.")
+            from fmtlab.analysis.protocol import with_ci
+
+            b = next(r for r in ppl_rows if r["config"] == "fp32")
+            out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
+                       f"{worst['config']}, reaches {with_ci(worst['ppl'], worst.get('ppl_lo'), worst.get('ppl_hi'))}.")
+    if res is not None:
+        out.extend(comparisons(res, ppl_rows))
     return out
 
 
@@ -486,12 +527,21 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
     from fmtlab import __version__
     from fmtlab.analysis.document import Document
 
+    from fmtlab.analysis.protocol import PROTOCOL, with_ci
+
     d = Document(f"fmtlab format-evaluation report: {mname}")
     tr0 = traces[0]
     m = tr0.manifest
-    d.paragraph(f"fmtlab {__version__}. Model `{mname}`; calibration text: {m.get('n_sequences', opts.n_sequences)} sequences of "
-                f"{m.get('seq_len')} tokens ({m.get('n_tokens')} tokens, {len(tr0.layers)} Linear layers recorded). "
-                f"Run time {timings['total']:.0f} s. Tables are in `tables/` (CSV and JSON), plots in `plots/`.")
+    split = (m.get("text") or {}).get("split", "unknown")
+    d.paragraph(f"fmtlab {__version__}. Model `{mname}`; scored (evaluation) trace: {m.get('n_sequences', opts.n_sequences)} "
+                f"sequences of {m.get('seq_len')} tokens of the `{split}` texts ({m.get('n_tokens')} tokens, {len(tr0.layers)} "
+                f"Linear layers recorded); static scales and fitted transforms come from a calibration trace of the "
+                f"disjoint `calib` texts. Run time {timings['total']:.0f} s. Tables are in `tables/` (CSV and "
+                "JSON), plots in `plots/`.")
+    d.heading("Measurement protocol")
+    d.bullets(list(PROTOCOL) + ["Intervals: seeded (seed 0, 1000 resamples) percentile bootstrap over the "
+                                f"{m.get('n_sequences', opts.n_sequences)} evaluation sequences (perplexity: over its "
+                                f"{opts.ppl_sequences} windows); with few sequences they are wide and approximate."])
     d.heading("Headline findings")
     d.bullets(findings or ["(no findings: too few priced configs)"])
     d.heading("Configs: accuracy against hardware cost")
@@ -499,14 +549,22 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
                 "X W). Underflow = share of nonzero inputs quantized to 0; clip = share beyond the format's "
                 "range after scaling. Area and energy are per MAC at 45 nm, 0.9 V (fmtlab.hw; ratios to the "
                 f"{opts.area_budget} unit in `area_vs_budget`).")
-    cols = ["config", "weights", "activations", "transform", "pooled_out_sqnr_db", "min_out_sqnr_db",
-            "a_underflow_rate", "a_clip_rate", "w_underflow_rate", "area_um2", "energy_pj", "area_vs_budget"]
+    shown = []
+    for r in rows:
+        v = dict(r)
+        v["sqnr_ci"] = with_ci(r["pooled_out_sqnr_db"], r.get("pooled_out_sqnr_lo"), r.get("pooled_out_sqnr_hi"))
+        v["underflow_ci"] = with_ci(r["a_underflow_rate"], r.get("a_underflow_lo"), r.get("a_underflow_hi"), 4)
+        v["ppl_ci"] = with_ci(r.get("perplexity"), r.get("ppl_lo"), r.get("ppl_hi"))
+        shown.append(v)
+    cols = ["config", "weights", "activations", "transform", "act_scales", "sqnr_ci", "min_out_sqnr_db",
+            "underflow_ci", "a_clip_rate", "w_underflow_rate", "area_um2", "energy_pj", "area_vs_budget"]
     if ppl_rows:
-        cols.append("perplexity")
-    d.table(rows, cols, headers={"pooled_out_sqnr_db": "out SQNR [dB]", "min_out_sqnr_db": "min layer SQNR [dB]",
-                                 "a_underflow_rate": "act underflow", "a_clip_rate": "act clip",
-                                 "w_underflow_rate": "weight underflow", "area_um2": "area [um^2/MAC]",
-                                 "energy_pj": "energy [pJ/MAC]", "area_vs_budget": "area / budget"})
+        cols.append("ppl_ci")
+    d.table(shown, cols, headers={"sqnr_ci": "out SQNR [dB] (95% CI)", "min_out_sqnr_db": "min layer SQNR [dB]",
+                                  "underflow_ci": "act underflow (95% CI)", "ppl_ci": "perplexity (95% CI)",
+                                  "act_scales": "act scales", "a_clip_rate": "act clip",
+                                  "w_underflow_rate": "weight underflow", "area_um2": "area [um^2/MAC]",
+                                  "energy_pj": "energy [pJ/MAC]", "area_vs_budget": "area / budget"})
     notes = [f"{r['config']}: {r['hw_note']}" for r in rows if r.get("hw_note")]
     if notes:
         d.bullets(notes)
@@ -519,8 +577,10 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
     if ppl_rows:
         d.heading("End-to-end perplexity")
         d.paragraph(f"W/A fake quantization of every Linear layer (lm_head kept), {opts.ppl_sequences} held-out "
-                    f"sequences of {opts.ppl_seq_len} tokens.")
-        d.table(ppl_rows, ["config", "ppl", "nll", "tokens", "seconds"])
+                    f"sequences of {opts.ppl_seq_len} tokens of the `eval` texts; each sequence is quantized on its "
+                    "own (batch-independent), static scales and fitted transforms come from the calibration trace.")
+        d.table([dict(r, ppl_ci=with_ci(r["ppl"], r.get("ppl_lo"), r.get("ppl_hi"))) for r in ppl_rows],
+                ["config", "ppl_ci", "nll", "tokens", "seconds"], headers={"ppl_ci": "perplexity (95% CI)"})
         byname = {r["config"]: r for r in rows}
         both = [(r["ppl"], byname[r["config"]]["pooled_out_sqnr_db"]) for r in ppl_rows
                 if r["config"] in byname and _finite(byname[r["config"]].get("pooled_out_sqnr_db"))

@@ -103,17 +103,20 @@ def sqnr_db(signal_energy: float, noise_energy: float) -> float:
     return 10.0 * math.log10(signal_energy / noise_energy)
 
 
-def error_stats(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
-    """Underflow, clipping and error metrics of ``q`` (quantized) against ``x`` (see module doc).
+_SUM_KEYS = ("n", "signal", "noise", "n_nonzero", "n_under", "under_energy", "n_clip", "clip_energy",
+             "clip_noise", "max_err", "has_mask")
 
-    ``clipped`` is a boolean mask of x's shape (or None when unknown). ``signal`` and ``noise``
-    (sum x^2, sum e^2) are returned too so that callers can pool them.
+
+def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
+    """The additive sums behind :func:`error_stats` (float64 energies, integer counts, max |e|).
+
+    Sums of disjoint parts (e.g. the sequences of a trace) merge with :func:`merge_sums`; the merged
+    sums give the metrics of the whole with :func:`stats_from_sums`.
     """
     x = np.asarray(x)
     q = np.asarray(q)
     if x.shape != q.shape:
         raise ValueError(f"quantized tensor has shape {q.shape}, input {x.shape}")
-    n = x.size
     has_mask = clipped is not None
     if has_mask:
         clipped = np.asarray(clipped, dtype=bool)
@@ -124,25 +127,52 @@ def error_stats(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None)
         mask = np.zeros(1, dtype=np.bool_)
     xf = np.ascontiguousarray(x, dtype=np.float32).reshape(-1) if x.dtype != np.float64 else x.reshape(-1)
     qf = np.ascontiguousarray(q, dtype=xf.dtype).reshape(-1)
-    signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err = _error_pass(xf, qf, mask, has_mask)
+    vals = _error_pass(xf, qf, mask, has_mask)
+    return dict(zip(_SUM_KEYS, (float(x.size),) + tuple(float(v) for v in vals) + (float(has_mask),)))
+
+
+def merge_sums(parts: "list[dict[str, float]]") -> dict[str, float]:
+    """Sums of the union of disjoint parts (max |e| is the max; a clip mask must be known for all)."""
+    if not parts:
+        raise ValueError("merge_sums needs at least one part")
+    out = {k: float(sum(p[k] for p in parts)) for k in _SUM_KEYS if k not in ("max_err", "has_mask")}
+    errs = [p["max_err"] for p in parts]
+    out["max_err"] = math.nan if any(e != e for e in errs) else max(errs)
+    out["has_mask"] = float(all(p["has_mask"] for p in parts))
+    return out
+
+
+def stats_from_sums(s: dict[str, float]) -> dict[str, float]:
+    """The metrics of :func:`error_stats` from (merged) sums."""
+    n, signal, noise = s["n"], s["signal"], s["noise"]
+    n_nz, n_under, n_clip = s["n_nonzero"], s["n_under"], s["n_clip"]
     out = {
         "n": float(n),
         "underflow_rate": n_under / n_nz if n_nz else math.nan,
-        "underflow_energy_frac": under_e / signal if signal > 0 else (0.0 if n_under == 0 else math.nan),
+        "underflow_energy_frac": s["under_energy"] / signal if signal > 0 else (0.0 if n_under == 0 else math.nan),
         "clip_rate": math.nan,
         "clipped_energy_frac": math.nan,
         "clip_error_share": math.nan,
         "mse": noise / n if n else math.nan,
         "sqnr_db": sqnr_db(signal, noise),
-        "max_abs_err": float(max_err) if n else math.nan,
+        "max_abs_err": float(s["max_err"]) if n else math.nan,
         "signal": float(signal),
         "noise": float(noise),
     }
-    if has_mask and n:
+    if s["has_mask"] and n:
         out["clip_rate"] = n_clip / n
-        out["clipped_energy_frac"] = clip_e / signal if signal > 0 else (0.0 if n_clip == 0 else math.nan)
-        out["clip_error_share"] = clip_n / noise if noise > 0 else 0.0
+        out["clipped_energy_frac"] = s["clip_energy"] / signal if signal > 0 else (0.0 if n_clip == 0 else math.nan)
+        out["clip_error_share"] = s["clip_noise"] / noise if noise > 0 else 0.0
     return out
+
+
+def error_stats(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
+    """Underflow, clipping and error metrics of ``q`` (quantized) against ``x`` (see module doc).
+
+    ``clipped`` is a boolean mask of x's shape (or None when unknown). ``signal`` and ``noise``
+    (sum x^2, sum e^2) are returned too so that callers can pool them.
+    """
+    return stats_from_sums(error_sums(x, q, clipped))
 
 
 def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:

@@ -1,10 +1,18 @@
 """End-to-end check: perplexity of a causal LM under W/A fake quantization, per replay config.
 
-The model is rewired with :func:`fmtlab.pytorch.quantize_model` (every Linear-like layer except
-the output head; embeddings and norms stay fp32) using the *same* numpy quantizers and transforms
-as :func:`fmtlab.sim.replay.replay`, wrapped as torch callables, so replay and perplexity measure the
-same arithmetic. Perplexity comes from :func:`fmtlab.pytorch.evaluate_perplexity` on fixed windows
-of the held-out ``"eval"`` texts (disjoint from the ``"calib"`` texts that traces record).
+Every Linear-like layer except the output head (embeddings and norms stay fp32) is swapped, for
+the duration of the evaluation, for a :class:`SimLinear` that computes the layer with the *same*
+numpy quantizers and transforms as :func:`fmtlab.sim.replay.replay`, under the same protocol:
+
+* dynamic scales and dynamic transforms see one sequence (one batch element) at a time, so the
+  logits of a sequence do not depend on the batch it is evaluated in (the layer's GEMM, and the
+  output head's, run per sequence too);
+* static activation scales (``act_calib``) and fitted transforms (SmoothQuant, AQAS) are fitted
+  per layer on the inputs recorded in a *calibration* trace (``calib=``, recorded on the "calib"
+  texts, disjoint from the "eval" texts scored here); such configs without ``calib`` raise.
+
+Perplexity is exp(total NLL / predicted tokens) over fixed windows of the held-out ``"eval"``
+texts; the per-sequence NLL sums are returned too, for bootstrap intervals (:mod:`fmtlab.sim.stats`).
 
 :func:`rank_agreement` compares the configs' perplexity order with the order of a replay metric
 (by default the pooled layer-output SQNR over all Linear layers) and lists the disagreeing pairs.
@@ -12,33 +20,161 @@ of the held-out ``"eval"`` texts (disjoint from the ``"calib"`` texts that trace
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.sim.quant import QuantFn
-from fmtlab.sim.replay import ReplayConfig, _resolve_config, make_config
+from fmtlab.sim.replay import make_config
+from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
+from fmtlab.sim.transforms import Context, Decomposition
 
 
-class _TorchQ:
-    """A numpy quantizer as a torch callable ``q(x, grad=...)`` (straight-through, no autograd use)."""
+def _torch_module_base():
+    import torch
 
-    def __init__(self, q: QuantFn):
-        self.q = q
-        self.name = q.name
+    return torch.nn.Module
 
-    def __call__(self, x, grad: str = "ste"):
+
+class SimLinear(_torch_module_base()):
+    """A Linear-like layer computed per sequence with numpy quantizers (see the module doc).
+
+    ``w`` is the weight in nn.Linear layout [out, in]; ``bias`` a torch tensor or None. ``ft`` is
+    the (already fitted) transform, ``aq``/``wq`` the activation/weight quantizers.
+    """
+
+    def __init__(self, w: np.ndarray, bias, ft, aq: QuantFn, wq: QuantFn, hp_dtype: Any, name: str = ""):
+        super().__init__()
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        self.bias_t = None if bias is None else bias.detach().to("cpu", copy=True)
+        self.ft, self.aq, self.wq, self.hp_dtype, self.layer_name = ft, aq, wq, hp_dtype, name
+        self.wq_fixed = None if ft is not None else wq(self.w)  # W' of a row-wise transform: see _seq
+        # without a transform the GEMM runs in torch (float32, one sequence at a time)
+        self.wq_torch = None if ft is not None else torch_from(np.ascontiguousarray(self.wq_fixed.T))
+
+    def _seq(self, xs: np.ndarray):
+        """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
+        if self.ft is None:
+            return torch_from(self.aq(xs)) @ self.wq_torch
+        ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
+                      weight_q=None if self.wq.identity else self.wq)
+        d: Decomposition = self.ft.decompose(xs, self.w, ctx)
+        if self.ft.weight_depends_on_x:
+            wq = self.wq(d.w)
+        else:  # W' = f(W) only (SmoothQuant, AQAS, Hadamard, ...): quantize once
+            if self.wq_fixed is None:
+                self.wq_fixed = self.wq(d.w)
+            wq = self.wq_fixed
+        return d.output(xq=self.aq(d.x), wq=wq, hp_dtype=self.hp_dtype)
+
+    def forward(self, x):
         import torch
 
+        shape = x.shape
         a = x.detach().to(torch.float32).cpu().numpy()
-        y = torch.from_numpy(np.ascontiguousarray(self.q(a), dtype=np.float32)).to(x.device, x.dtype)
-        return y
+        a = a.reshape(1, *a.shape) if a.ndim == 2 else a.reshape(-1, shape[-2], shape[-1])
+        out = torch.stack([torch_from(y) if isinstance(y, np.ndarray) else y
+                           for y in (self._seq(np.ascontiguousarray(a[b])) for b in range(a.shape[0]))])
+        if self.bias_t is not None:
+            out = out + self.bias_t.to(torch.float32)
+        return out.reshape(*shape[:-1], out.shape[-1]).to(x.device, x.dtype)
 
-    def __repr__(self) -> str:
-        return self.name
+
+def torch_from(a: np.ndarray):
+    """A float32 torch tensor sharing (or copying) ``a``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _calib_inputs(calib, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    layers = calib.layers
+    if name not in layers or not layers[name].get("input"):
+        raise FmtlabError(f"the calibration trace {calib.path} has no input of layer {name!r}; record it "
+                          "with all Linear layers")
+    x = np.ascontiguousarray(calib.tensor(layers[name]["input"]), dtype=np.float32)
+    pos = calib.tensor("tokens:position") if "tokens:position" in calib.manifest["tensors"] else None
+    pos = None if pos is None or len(pos) != x.shape[0] else np.asarray(pos, dtype=np.int64)
+    return x, pos
+
+
+@contextlib.contextmanager
+def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True) -> Iterator[Any]:
+    """Within the block, ``model``'s Linear-like layers are :class:`SimLinear` layers of ``config``.
+
+    ``calib``: a trace (or path) recorded from this model on calibration text; required when the
+    config has static scales or a fitted transform. The output head is kept in fp32 (computed per
+    sequence when ``per_sequence_head``). The original modules are restored on exit.
+    """
+    from fmtlab.sim.record import find_linear_layers
+    from fmtlab.sim.trace import open_trace
+
+    r: Resolved = resolve_config(make_config(config))
+    cal = open_trace(calib) if calib is not None else None
+    why = needs_calibration(r)
+    if why and cal is None:
+        raise FmtlabError(f"config {r.cfg.name!r} uses {why}: the perplexity check needs a calibration "
+                          "trace (calib=...) recorded on calibration text")
+    identity = r.wq.identity and r.aq.identity and r.transform is None
+    chosen = [] if identity else find_linear_layers(model)
+    if per_sequence_head:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        names = {id(m): n for n, m in model.named_modules()}
+        if head is not None and id(head) in names and type(head).__name__ == "Linear":
+            chosen = chosen + [(names[id(head)], head, "head")]
+    swapped = []
+    try:
+        for name, mod, op in chosen:
+            w = mod.weight.detach().to("cpu").float().numpy()
+            w = np.ascontiguousarray(w.T if op == "conv1d" else w)
+            if op == "head":
+                new = SimLinear(w, mod.bias, None, QuantFn("fp32", None), QuantFn("fp32", None), None, name)
+            else:
+                xcal = cpos = None
+                if why:
+                    xcal, cpos = _calib_inputs(cal, name)
+                ctx = Context(positions=cpos, act_q=None if r.aq.identity else r.aq,
+                              weight_q=None if r.wq.identity else r.wq)
+                ft, aq = fit_layer(r, w, xcal, ctx, f" (layer {name})")
+                new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name)
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, new)
+            swapped.append((parent, attr, mod))
+        yield model
+    finally:
+        for parent, attr, mod in reversed(swapped):
+            setattr(parent, attr, mod)
+
+
+def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: str = "perplexity"):
+    """(per-sequence NLL sums [n] float64, predicted tokens per sequence [n]) of token ids [n, T]."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
+    if ids.ndim != 2 or ids.shape[1] < 2:
+        raise FmtlabError(f"token ids must be [sequences, >= 2 tokens], got shape {tuple(ids.shape)}")
+    was_training = model.training
+    model.eval()
+    out = np.zeros(ids.shape[0], dtype=np.float64)
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
+                batch = ids[start:start + batch_size]
+                res = model(batch)
+                logits = res.logits if hasattr(res, "logits") else res
+                logp = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1)
+                nll = -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)
+                out[start:start + batch.shape[0]] = nll.to(torch.float64).sum(dim=1).numpy()
+    finally:
+        model.train(was_training)
+    return out, np.full(ids.shape[0], ids.shape[1] - 1, dtype=np.int64)
 
 
 def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Sequence[str] | None = None):
@@ -54,29 +190,23 @@ def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Se
 
 def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] | None = None,
                seq_len: int = 256, n_sequences: int = 16, batch_size: int = 4, progress: bool = True,
-               ids=None) -> dict[str, Any]:
+               ids=None, calib=None) -> dict[str, Any]:
     """Perplexity of ``model`` with ``config`` (a replay config / preset name) on held-out text.
 
-    Returns a dict: config, description, ppl, nll, tokens, seconds.
+    ``calib``: calibration trace for static scales / fitted transforms (see :func:`sim_quantized`).
+    Returns a dict: config, description, ppl, nll, tokens, seconds, seq_nll and seq_tokens (per
+    sequence, for bootstrap intervals).
     """
-    try:
-        from fmtlab.pytorch import evaluate_perplexity, quantize_model
-    except ImportError as exc:  # pragma: no cover - the plug-in ships with fmtlab
-        raise FmtlabError("the perplexity check needs fmtlab.pytorch (quantize_model, evaluate_perplexity)") from exc
     cfg = make_config(config)
-    r = _resolve_config(cfg)
     if ids is None:
         ids = eval_windows(tokenizer, seq_len, n_sequences, texts)
     t0 = time.perf_counter()
-    if r.wq.identity and r.aq.identity and r.transform is None:
-        qmodel = model
-    else:
-        qmodel, _summary = quantize_model(model, weights=None if r.wq.identity else _TorchQ(r.wq),
-                                          activations=None if r.aq.identity else _TorchQ(r.aq),
-                                          transform=r.transform)
-    res = evaluate_perplexity(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name)
-    return {"config": cfg.name, "description": cfg.describe(), "ppl": float(res.ppl), "nll": float(res.nll),
-            "tokens": int(res.tokens), "seconds": time.perf_counter() - t0}
+    with sim_quantized(model, cfg, calib) as qmodel:
+        nll, tok = sequence_nll(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name)
+    total, count = float(nll.sum()), int(tok.sum())
+    return {"config": cfg.name, "description": cfg.describe(), "ppl": math.exp(total / count),
+            "nll": total / count, "tokens": count, "seconds": time.perf_counter() - t0,
+            "seq_nll": nll.tolist(), "seq_tokens": tok.tolist()}
 
 
 def perplexity_table(model, tokenizer, configs: Sequence[Any], **kw: Any) -> list[dict[str, Any]]:

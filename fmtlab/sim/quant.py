@@ -189,3 +189,36 @@ def resolve(spec: Any) -> QuantFn:
     if callable(spec):
         return QuantFn(getattr(spec, "__name__", None) or repr(spec), spec, spec)
     raise FmtlabError(f"a quantizer spec must be None, a preset name, a Quantizer or a callable; got {spec!r}")
+
+
+#: scale rules a static activation quantizer may be calibrated with
+STATIC_RULES = ("absmax", "percentile", "mse")
+
+
+def calibrate_static(q: QuantFn, x_calib: np.ndarray, rule: str = "absmax") -> QuantFn:
+    """A frozen per-tensor quantizer: ``q``'s format with the one scale that ``rule`` picks on
+    ``x_calib`` (calibration activations), applied unchanged to whatever it is given later.
+
+    ``rule`` is "absmax", "percentile(P)" (e.g. "percentile(99.99)") or "mse" (see
+    fmtlab.formats.scaling). ``q`` must be an fmtlab per-tensor Quantizer preset (e.g.
+    "int8_per_tensor"); anything else raises FmtlabError, as does empty calibration data.
+    """
+    import dataclasses
+
+    from fmtlab.formats import Quantizer
+    from fmtlab.formats.scaling import PerTensor, Static, parse_scale_rule
+
+    if not isinstance(q.obj, Quantizer) or q.obj.is_block or not isinstance(q.obj.granularity, PerTensor):
+        raise FmtlabError(f"static activation scales need an fmtlab per-tensor quantizer, got {q.name!r}")
+    if not str(rule).split("(")[0].strip().lower() in STATIC_RULES:
+        raise FmtlabError(f"static calibration rule must be one of {STATIC_RULES} (percentile(P) allowed), "
+                          f"got {rule!r}")
+    x_calib = np.ascontiguousarray(x_calib, dtype=np.float32)
+    if x_calib.size == 0 or not np.any(x_calib):
+        raise FmtlabError(f"static calibration of {q.name!r} got no nonzero calibration data")
+    qc = dataclasses.replace(q.obj, scale_rule=parse_scale_rule(rule))
+    s, z = qc.compute_scales(x_calib)
+    s0 = float(np.asarray(s).reshape(-1)[0])
+    z0 = None if z is None else int(np.asarray(z).reshape(-1)[0])
+    frozen = dataclasses.replace(q.obj, scale_rule=Static(s0, z0))
+    return QuantFn(f"{q.name}[static {rule}: scale={s0:.6g}]", frozen.fake_quantize, frozen)

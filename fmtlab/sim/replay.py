@@ -16,9 +16,11 @@ Metric definitions are in :mod:`fmtlab.sim.metrics`. Aggregates per layer type a
 (:attr:`ReplayResult.by_layer_type`, :attr:`ReplayResult.by_model`) average each metric over
 tensors and add the pooled output SQNR, -10 log10(mean over layers of noise/signal).
 
-Static transforms (SmoothQuant, AQAS) are fitted on the same tensor unless ``calib=`` names
-another trace of the same model (then they are fitted on its activations: honest calibration,
-and the way to compare calibration sequence lengths).
+Protocol (see :mod:`fmtlab.sim.replay_engine`): dynamic scales and transforms see one recorded
+sequence at a time; static activation scales (``act_calib``) and fitted transforms (SmoothQuant,
+AQAS) are fitted on ``calib=``, another trace of the same model (never on the scored trace; without
+it they raise FmtlabError). :attr:`ReplayResult.per_sequence` holds per-sequence sums for
+bootstrap intervals (:mod:`fmtlab.sim.stats`).
 """
 
 from __future__ import annotations
@@ -36,15 +38,11 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.sim import metrics as M
-from fmtlab.sim.quant import QuantFn, resolve
 from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+from fmtlab.sim.quant import STATIC_RULES
+from fmtlab.sim.replay_engine import IN as _IN, METRICS as _METRICS, OUT as _OUT
+from fmtlab.sim.replay_engine import Engine, Resolved, Task, resolve_config
 from fmtlab.sim.trace import Trace, open_trace
-from fmtlab.sim.transforms import Context, Decomposition, Transform, get_transform
-
-_METRICS = ("underflow_rate", "underflow_energy_frac", "clip_rate", "clipped_energy_frac",
-            "clip_error_share", "mse", "sqnr_db", "max_abs_err")
-_OUT = ("mse", "sqnr_db", "tok_sqnr_db", "max_abs_err", "nsr")
-_IN = ("absmax", "median_abs", "max_over_median", "kurtosis", "channels_ge6")
 COLUMNS = (["trace", "seq_len", "config", "tensor", "kind", "layer_type", "block", "op", "rows", "cols", "note"]
            + [f"in_{k}" for k in _IN] + ["in_top_channels", "in_top_tokens"]
            + [f"a_{k}" for k in _METRICS] + [f"w_{k}" for k in _METRICS] + [f"out_{k}" for k in _OUT])
@@ -55,6 +53,9 @@ class ReplayConfig:
     """One quantization setting: weight and activation quantizer specs and an optional transform.
 
     ``hp_dtype`` is the precision of a transform's high-precision terms ("float16" or "float32").
+    ``act_calib``: None for dynamic activation scales (computed per sequence), or the rule of a
+    *static* per-tensor activation scale ("absmax", "percentile(P)", "mse") calibrated on the
+    calibration data and frozen.
     """
 
     name: str
@@ -62,13 +63,20 @@ class ReplayConfig:
     act: Any = None
     transform: Any = None
     hp_dtype: str = "float16"
+    act_calib: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.act_calib is not None and str(self.act_calib).split("(")[0].strip().lower() not in STATIC_RULES:
+            raise FmtlabError(f"config {self.name!r}: act_calib must be one of {STATIC_RULES} "
+                              f"(percentile(P) allowed) or None, got {self.act_calib!r}")
 
     def describe(self) -> str:
         def nm(s):
             return "fp32" if s is None else (s if isinstance(s, str) else getattr(s, "name", None) or repr(s))
         t = self.transform
         tn = "" if t is None else f", t={t if isinstance(t, str) else getattr(t, 'name', repr(t))}"
-        return f"w={nm(self.weight)}, a={nm(self.act)}{tn}"
+        st = "" if self.act_calib is None else f" (static {self.act_calib})"
+        return f"w={nm(self.weight)}, a={nm(self.act)}{st}{tn}"
 
 
 # The end-to-end set of the issue plus outlier-fighting variants. Names of quantizer presets are
@@ -76,6 +84,8 @@ class ReplayConfig:
 PRESETS: dict[str, ReplayConfig] = {c.name: c for c in [
     ReplayConfig("fp32"),
     ReplayConfig("w8a8_int_tensor", "int8_per_tensor", "int8_per_tensor"),
+    # per-tensor static W8A8: the attention-sink (CushionCache) setting; scales from calibration data
+    ReplayConfig("w8a8_int_tensor_static", "int8_per_tensor", "int8_per_tensor", act_calib="absmax"),
     ReplayConfig("w8a8_int_token", "int8_per_channel", "int8_per_token"),
     ReplayConfig("w8a8_llm_int8", "int8_per_channel", "int8_per_token", "llm_int8(threshold=6.0)"),
     ReplayConfig("w8a8_muxq", "int8_per_tensor", "int8_per_tensor", "muxq(threshold=6.0)"),
@@ -98,7 +108,8 @@ E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "
 
 def make_config(spec: Any) -> ReplayConfig:
     """A ReplayConfig from a ReplayConfig, a preset name, a dict, a (name, w, a[, t]) tuple, or a
-    string ``"name:w=SPEC;a=SPEC;t=TRANSFORM"`` (fields separated by ';', each optional)."""
+    string ``"name:w=SPEC;a=SPEC;t=TRANSFORM;c=RULE"`` (fields separated by ';', each optional;
+    ``c`` is the static activation calibration rule, ``act_calib``)."""
     if isinstance(spec, ReplayConfig):
         return spec
     if isinstance(spec, dict):
@@ -121,28 +132,17 @@ def make_config(spec: Any) -> ReplayConfig:
                 raise FmtlabError(f"in config {s!r}: {part!r} is not key=value")
             k, v = part.split("=", 1)
             key = {"w": "weight", "weight": "weight", "a": "act", "act": "act", "t": "transform",
-                   "transform": "transform", "hp": "hp_dtype"}.get(k.strip())
+                   "transform": "transform", "hp": "hp_dtype", "c": "act_calib",
+                   "act_calib": "act_calib"}.get(k.strip())
             if key is None:
-                raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp)")
+                raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c)")
             fields[key] = v.strip() or None
         return ReplayConfig(name.strip(), **fields)
     raise FmtlabError(f"cannot make a replay config from {spec!r}")
 
 
-@dataclass
-class _Resolved:
-    cfg: ReplayConfig
-    wq: QuantFn
-    aq: QuantFn
-    transform: Transform | None
-    hp_dtype: Any
-
-
-def _resolve_config(cfg: ReplayConfig) -> _Resolved:
-    hp = {"float16": np.float16, "fp16": np.float16, "float32": None, "fp32": None, None: None}
-    if cfg.hp_dtype not in hp:
-        raise FmtlabError(f"config {cfg.name!r}: hp_dtype must be float16 or float32, got {cfg.hp_dtype!r}")
-    return _Resolved(cfg, resolve(cfg.weight), resolve(cfg.act), get_transform(cfg.transform), hp[cfg.hp_dtype])
+_Resolved = Resolved
+_resolve_config = resolve_config  # kept for callers of the old private name
 
 
 # ------------------------------------------------------------------------------------ results
@@ -210,6 +210,17 @@ class ReplayResult:
 
     rows: list[dict[str, Any]]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: one entry per (tensor, config): per-sequence lists a_nonzero, a_under, a_signal, a_noise and,
+    #: for Linear layers, out_signal, out_noise (see fmtlab.sim.replay_engine)
+    per_sequence: list[dict[str, Any]] = field(default_factory=list)
+
+    def sequence_arrays(self, config: str, kind: str = "linear") -> dict[str, np.ndarray]:
+        """Per-sequence sums of ``config`` as [sequences, tensors] arrays (keys as in per_sequence)."""
+        ent = [e for e in self.per_sequence if e["config"] == config and e["kind"] == kind]
+        if not ent:
+            raise FmtlabError(f"no per-sequence data for config {config!r}, kind {kind!r}")
+        keys = [k for k in ent[0] if k not in ("config", "tensor", "kind")]
+        return {k: np.asarray([e[k] for e in ent], dtype=np.float64).T for k in keys}
 
     @property
     def by_layer_type(self) -> list[dict[str, Any]]:
@@ -224,7 +235,7 @@ class ReplayResult:
 
     def __add__(self, other: "ReplayResult") -> "ReplayResult":
         meta = {"runs": [self.meta.get("runs", [self.meta]), other.meta.get("runs", [other.meta])]}
-        return ReplayResult(self.rows + other.rows, meta)
+        return ReplayResult(self.rows + other.rows, meta, self.per_sequence + other.per_sequence)
 
     def to_csv(self, path: str, which: str = "rows") -> str:
         rows = {"rows": self.rows, "by_layer_type": self.by_layer_type, "by_model": self.by_model}[which]
@@ -272,144 +283,6 @@ class ReplayResult:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ engine
-
-def _stats(prefix: str, x: np.ndarray, q: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
-    s = M.error_stats(x, q, mask)
-    return {f"{prefix}{k}": s[k] for k in _METRICS}
-
-
-def _nan_stats(prefix: str, keys: Iterable[str]) -> dict[str, float]:
-    return {f"{prefix}{k}": math.nan for k in keys}
-
-
-def _in_stats(x: np.ndarray, positions: np.ndarray | None, top_k: int) -> dict[str, Any]:
-    o = M.outlier_stats(x, top_k=top_k, positions=positions)
-    d = {f"in_{k}": o[k] for k in _IN}
-    d["in_top_channels"] = o["top_channels"]
-    d["in_top_tokens"] = o["top_tokens"]
-    return d
-
-
-@dataclass
-class _Task:
-    kind: str
-    names: list[str]  # layer names (linear) or one activation name
-    tensor: str  # the input / activation tensor name
-
-
-class _Engine:
-    def __init__(self, trace: Trace, configs: list[_Resolved], calib: Trace | None, max_tokens: int | None,
-                 top_k: int, trace_label: str):
-        self.trace = trace
-        self.configs = configs
-        self.calib = calib
-        self.max_tokens = max_tokens
-        self.top_k = top_k
-        self.label = trace_label
-        m = trace.manifest
-        self.seq_len = m.get("seq_len")
-        self.prefix_len = int(m.get("prefix_len", 0) or 0)
-        pos = trace.tensor("tokens:position") if "tokens:position" in m["tensors"] else None
-        self.positions = None if pos is None else np.asarray(pos[: self._rows(len(pos))], dtype=np.int64)
-
-    def _rows(self, n: int) -> int:
-        return n if self.max_tokens is None else min(n, self.max_tokens)
-
-    def _x(self, name: str, trace: Trace | None = None) -> np.ndarray:
-        a = (trace or self.trace).tensor(name)
-        a = a[: self._rows(a.shape[0])]
-        return np.ascontiguousarray(a, dtype=np.float32)
-
-    def _base(self, cfg: _Resolved, tensor: str, kind: str, ltype: str, block: Any, op: str,
-              shape: tuple[int, int]) -> dict[str, Any]:
-        return {"trace": self.label, "seq_len": self.seq_len, "config": cfg.cfg.name, "tensor": tensor,
-                "kind": kind, "layer_type": ltype, "block": block, "op": op, "rows": shape[0], "cols": shape[1]}
-
-    def run_linear(self, task: _Task) -> list[dict[str, Any]]:
-        layers = self.trace.layers
-        x = self._x(task.tensor)
-        per_token = layers[task.names[0]].get("per_token", True)
-        positions = self.positions if per_token and self.positions is not None \
-            and len(self.positions) == x.shape[0] else None
-        instats = _in_stats(x, positions, self.top_k)
-        xcal = None
-        if self.calib is not None:
-            cal_name = layers[task.names[0]]["input"]
-            try:
-                xcal = self._x(cal_name, self.calib)
-            except Exception as exc:  # noqa: BLE001
-                raise FmtlabError(f"calibration trace lacks {cal_name!r}: record it with the same layers") from exc
-        ctx_base = dict(positions=positions, prefix_len=self.prefix_len)
-        rows: list[dict[str, Any]] = []
-        weights = {n: np.ascontiguousarray(self.trace.tensor(layers[n]["weight"]), dtype=np.float32)
-                   for n in task.names}
-        refs = {n: x @ weights[n].T for n in task.names}
-        for cfg in self.configs:
-            shared_x: dict[str, Any] | None = None
-            ctx = Context(act_q=None if cfg.aq.identity else cfg.aq, weight_q=None if cfg.wq.identity else cfg.wq,
-                          **ctx_base)
-            for n in task.names:
-                meta = layers[n]
-                w = weights[n]
-                t = cfg.transform
-                note = ""
-                if t is not None and t.needs_positions and positions is None:
-                    t, note = None, f"{cfg.transform.name} skipped: rows are not tokens"
-                if t is not None:
-                    ft = t.fit(xcal if xcal is not None else x, w, ctx)
-                    d = ft.decompose(x, w, ctx)
-                else:
-                    d = Decomposition(x, w)
-                if shared_x is not None and not (t is not None and t.x_depends_on_w):
-                    xq, astats = shared_x["xq"], shared_x["stats"]
-                else:
-                    xq, amask = cfg.aq.with_mask(d.x)
-                    astats = _stats("a_", d.x, xq, amask)
-                    shared_x = {"xq": xq, "stats": astats}
-                wq, wmask = cfg.wq.with_mask(d.w)
-                y = d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype)
-                o = M.output_error_stats(refs[n], y)
-                row = self._base(cfg, n, "linear", meta["type"], meta["block"], meta["op"], x.shape)
-                row["note"] = note
-                row.update(instats)
-                row.update(astats)
-                row.update(_stats("w_", d.w, wq, wmask))
-                row.update({f"out_{k}": o[k] for k in _OUT})
-                rows.append(row)
-        return rows
-
-    def run_activation(self, task: _Task) -> list[dict[str, Any]]:
-        info = self.trace.activations[task.names[0]]
-        a = self.trace.tensor(task.tensor)
-        kind = info["kind"]
-        if kind == "attn_probs":
-            n_seq, heads, s, _ = a.shape
-            n_keep = n_seq if self.max_tokens is None else max(1, min(n_seq, self.max_tokens // s))
-            x = np.ascontiguousarray(a[:n_keep].reshape(-1, s), dtype=np.float32)
-            positions = np.tile(np.arange(s), n_keep * heads)
-        else:
-            x = np.ascontiguousarray(a[: self._rows(a.shape[0])], dtype=np.float32)
-            x = x.reshape(-1, x.shape[-1])
-            positions = self.positions
-        instats = _in_stats(x, positions, self.top_k)
-        rows = []
-        for cfg in self.configs:
-            row = self._base(cfg, task.names[0], kind, kind, info.get("block"), kind, x.shape)
-            row["note"] = ""
-            row.update(instats)
-            t = cfg.transform
-            xin = x
-            if t is not None:
-                xin = t.transform_activation(x, Context(positions=positions, prefix_len=self.prefix_len))
-            xq, mask = cfg.aq.with_mask(xin)
-            row.update(_stats("a_", xin, xq, mask))
-            row.update(_nan_stats("w_", _METRICS))
-            row.update(_nan_stats("out_", _OUT))
-            rows.append(row)
-        return rows
-
-
 def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None = None,
            kinds: Sequence[str] | None = None, calib: Trace | str | None = None,
            max_tokens: int | None = None, workers: int | None = None, progress: bool = True,
@@ -419,7 +292,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     ``configs``: one config or a sequence of configs (ReplayConfig, preset name, "name:w=..;a=..;t=..",
     dict or tuple). ``layers``: regular expression selecting tensors by name. ``kinds``: subset of
     ("linear", "residual", "attn_probs", "key", "value"); default all recorded. ``calib``: trace to
-    fit static transforms on. ``max_tokens``: replay only the first rows. ``workers``: threads
+    fit static scales and fitted transforms on (required by such configs). ``max_tokens``: replay only the first rows. ``workers``: threads
     (default: CPU count, at most 4). Rows come back in trace order, config-major within a tensor.
     """
     from tqdm.auto import tqdm
@@ -444,7 +317,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
         raise FmtlabError(f"unknown kinds {bad}; expected some of {known}")
     pat = re.compile(layers) if layers else None
 
-    tasks: list[_Task] = []
+    tasks: list[Task] = []
     if "linear" in kinds:
         groups: dict[str, list[str]] = {}
         for n, meta in tr.layers.items():
@@ -453,19 +326,19 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
             if not meta.get("input") or not meta.get("weight"):
                 continue
             groups.setdefault(meta["input"], []).append(n)
-        tasks += [_Task("linear", ns, inp) for inp, ns in groups.items()]
+        tasks += [Task("linear", ns, inp) for inp, ns in groups.items()]
     for n, info in tr.activations.items():
         if info["kind"] in kinds and info["kind"] != "linear" and (not pat or pat.search(n)):
-            tasks.append(_Task("activation", [n], info["tensor"]))
+            tasks.append(Task("activation", [n], info["tensor"]))
     if not tasks:
         raise FmtlabError(f"nothing to replay in {tr.path} (layers={layers!r}, kinds={list(kinds)}); "
                           "was the trace recorded with inputs and weights?")
 
     label = label or os.path.basename(tr.path.rstrip(os.sep))
-    eng = _Engine(tr, resolved, cal, max_tokens, top_k, label)
+    eng = Engine(tr, resolved, cal, max_tokens, top_k, label)
     workers = workers or min(4, os.cpu_count() or 1)
     results: dict[int, list[dict[str, Any]]] = {}
-    run = lambda t: eng.run_linear(t) if t.kind == "linear" else eng.run_activation(t)  # noqa: E731
+    run = eng.run
     bar = tqdm(total=len(tasks), unit="tensor", desc="replay", disable=not progress)
     try:
         if workers == 1:
@@ -482,11 +355,15 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
         bar.close()
     order = {n: i for i, n in enumerate(names)}
     rows: list[dict[str, Any]] = []
+    seqs: list[dict[str, Any]] = []
     for i, t in enumerate(tasks):
         pos = {n: j for j, n in enumerate(t.names)}
-        rows.extend(sorted(results[i], key=lambda r: (pos[r["tensor"]], order[r["config"]])))
+        key = lambda r: (pos[r["tensor"]], order[r["config"]])  # noqa: E731
+        rows.extend(sorted(results[i][0], key=key))
+        seqs.extend(sorted(results[i][1], key=key))
     meta = {"trace": tr.path, "trace_id": tr.trace_id, "model": tr.manifest.get("model", {}).get("name"),
             "seq_len": tr.manifest.get("seq_len"), "n_tokens": tr.manifest.get("n_tokens"),
             "max_tokens": max_tokens, "calib": cal.path if cal is not None else None,
-            "configs": {c.name: c.describe() for c in cfgs}}
-    return ReplayResult(rows, meta)
+            "configs": {c.name: c.describe() for c in cfgs},
+            "protocol": "dynamic scales per sequence; static scales and fitted transforms from calib"}
+    return ReplayResult(rows, meta, seqs)

@@ -10,9 +10,11 @@ precision (fp16 by default, as LLM.int8() keeps its outliers). Before quantizati
 reproduces X W^T to float tolerance (tests check this).
 
 Transforms are fitted, then applied: ``t.fit(x_calib, w, ctx)`` returns a fitted object whose
-``decompose(x, w, ctx)`` returns a :class:`Decomposition`. Static transforms (SmoothQuant, AQAS)
-choose their scales at fit time from calibration activations; dynamic ones (LLM.int8(), per-token
-scale, Hadamard, sink exclusion) work on whatever X they are given.
+``decompose(x, w, ctx)`` returns a :class:`Decomposition`. Static transforms (SmoothQuant, AQAS,
+AuxChannels with a ``ratio``; ``fits_data = True``) choose their scales at fit time from
+calibration activations, and replay / the perplexity check fit them on calibration data only;
+dynamic ones (LLM.int8() with its fixed threshold, per-token scale, Hadamard, sink exclusion) work
+on whatever X they are given, one sequence at a time.
 
 Costs (stated for an [T, K] x [K, N] layer):
 
@@ -138,6 +140,9 @@ class Transform:
     x_depends_on_w = False
     #: True when the transform needs ctx.positions (token positions of X's rows)
     needs_positions = False
+    #: True when ``fit`` learns statistics from X (static scales): the protocol fits it on
+    #: calibration data only, never on the data it is scored on
+    fits_data = False
 
     def fit(self, x: np.ndarray, w: np.ndarray, ctx: Context | None = None) -> "Transform":
         return self
@@ -218,6 +223,7 @@ class AuxChannels(Transform):
         self.max_split = int(max_split)
         self.name = f"aux_channels({threshold if ratio is None else f'ratio={ratio}'})"
         self._fitted_threshold: float | None = None
+        self.fits_data = ratio is not None
 
     def fit(self, x, w, ctx=None):
         t = AuxChannels(self.threshold, self.ratio, self.max_split)
@@ -262,6 +268,7 @@ class SmoothQuant(Transform):
     """
 
     x_depends_on_w = True
+    fits_data = True
 
     def __init__(self, alpha: float = 0.5):
         if not 0.0 <= alpha <= 1.0:
@@ -296,6 +303,7 @@ class AQAS(Transform):
     """
 
     x_depends_on_w = True
+    fits_data = True
 
     def __init__(self, alphas: Sequence[float] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)),
                  refine_rounds: int = 1, refine_channels: int = 8,
@@ -476,6 +484,7 @@ class Compose(Transform):
         self.weight_depends_on_x = any(t.weight_depends_on_x for t in self.transforms)
         self.x_depends_on_w = any(t.x_depends_on_w for t in self.transforms)
         self.needs_positions = any(t.needs_positions for t in self.transforms)
+        self.fits_data = any(t.fits_data for t in self.transforms)
 
     def fit(self, x, w, ctx=None):
         fitted = []

@@ -13,7 +13,8 @@ from fmtlab.analysis.report import ReportOptions, hw_operand, run_report  # noqa
 from fmtlab.cli import main  # noqa: E402
 from fmtlab.errors import FmtlabError  # noqa: E402
 
-CONFIGS = ("fp32", "w8a8_int_token", "w4a8_int_channel", "w4a8_dint_channel", "mxfp4")
+CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_int_tensor_static", "w8a8_int_token", "w4a8_int_channel",
+           "w4a8_dint_channel", "mxfp4")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     opts = ReportOptions(out=str(out), configs=CONFIGS, seq_lens=(32,), n_sequences=2,
                          layers=r"layers\.(0|1)\.", ppl_configs=("fp32", "w4a8_dint_channel"),
-                         ppl_seq_len=32, ppl_sequences=1, progress=False)
+                         ppl_seq_len=32, ppl_sequences=2, progress=False)
     return out, run_report(opts)
 
 
@@ -107,6 +108,31 @@ def test_tables_are_sane_and_cross_checked(report):
     assert wide and float(wide[0]["rel_error"]) == 0.0  # INT8 x INT8 into 32 bits is exact here
     doc = json.loads((out / "tables/report.json").read_text())
     assert doc["summary"]["configs"] == list(CONFIGS)
+
+
+def test_protocol_is_stated_and_numbers_carry_intervals(report):
+    """The report states the protocol, scores a trace of the eval texts with a calibration trace of
+    the calib texts, shows static and dynamic per-tensor W8A8 separately, gives every headline
+    number a bootstrap interval that contains it, and says whether each claimed difference's
+    paired interval excludes zero."""
+    out, summary = report
+    md = (out / "report.md").read_text()
+    assert "## Measurement protocol" in md and "per sequence" in md
+    assert "static (absmax, calib)" in md and "dynamic, per sequence" in md
+    man = {s: json.loads((out / "traces" / d / "manifest.json").read_text())["text"]["split"]
+           for s, d in (("eval", "seq32"), ("calib", "calib_seq32"))}
+    assert man == {"eval": "eval", "calib": "calib"}
+    rows = {r["config"]: r for r in _csv(out / "tables/configs.csv")}
+    for c in CONFIGS[1:]:
+        v, lo, hi = (float(rows[c][k]) for k in ("pooled_out_sqnr_db", "pooled_out_sqnr_lo", "pooled_out_sqnr_hi"))
+        assert lo <= v <= hi, c
+        u, ulo, uhi = (float(rows[c][k]) for k in ("a_underflow_rate", "a_underflow_lo", "a_underflow_hi"))
+        assert ulo <= u <= uhi, c
+    ppl = {r["config"]: r for r in _csv(out / "tables/perplexity.csv")}
+    assert float(ppl["fp32"]["ppl_lo"]) <= float(ppl["fp32"]["ppl"]) <= float(ppl["fp32"]["ppl_hi"])
+    claims = [f for f in summary["findings"] if "paired bootstrap" in f]
+    assert any("dINT4 minus INT4" in f for f in claims) and any("static minus dynamic" in f for f in claims)
+    assert all(("excludes zero" in f) or ("includes zero" in f) for f in claims)
 
 
 def test_reuses_the_trace(report, capsys):

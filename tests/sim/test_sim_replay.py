@@ -34,7 +34,14 @@ def _hand_trace(path):
     return wr.close(manifest), x, w
 
 
+def _per_seq(q, x, seq_len=2):
+    """Reference: a dynamic quantizer applied to each recorded sequence's rows separately."""
+    return np.concatenate([q.fake_quantize(x[i:i + seq_len]) for i in range(0, len(x), seq_len)])
+
+
 def test_rows_match_direct_computation(tmp_path):
+    """Rows equal a direct computation in which dynamic activation scales are taken per sequence
+    (the hand trace holds 2 sequences of 2 tokens); weights are quantized once."""
     tr, x, w = _hand_trace(tmp_path / "h")
     aq, wq = IntQ(4), IntQ(4, per_row=True)
     res = replay(tr, [ReplayConfig("fp32"), ReplayConfig("q", wq, aq)], progress=False, workers=1)
@@ -42,10 +49,10 @@ def test_rows_match_direct_computation(tmp_path):
                                                               ("B:residual", "fp32"), ("B:residual", "q")]
     fp, q = res.rows[0], res.rows[1]
     assert fp["out_sqnr_db"] == math.inf and fp["a_underflow_rate"] == 0 and fp["a_clip_rate"] == 0
-    xq, wqv = aq.fake_quantize(x), wq.fake_quantize(w)
-    ea = error_stats(x, xq, aq.clip_mask(x))
+    xq, wqv = _per_seq(aq, x), wq.fake_quantize(w)
+    ea = error_stats(x, xq, np.concatenate([aq.clip_mask(x[:2]), aq.clip_mask(x[2:])]))
     assert q["a_sqnr_db"] == pytest.approx(ea["sqnr_db"]) and q["a_underflow_rate"] == ea["underflow_rate"]
-    # by hand: scale 8/7; 0.01 and 0.5 flush to zero -> 2 of 6 nonzero inputs underflow
+    # by hand: scales 2/7 and 8/7; 0.01 and 0.5 flush to zero -> 2 of 6 nonzero inputs underflow
     assert q["a_underflow_rate"] == pytest.approx(2 / 6)
     y, yq = x @ w.T, xq @ wqv.T
     assert q["out_sqnr_db"] == pytest.approx(10 * math.log10(np.sum(y.astype(np.float64) ** 2)
@@ -53,7 +60,10 @@ def test_rows_match_direct_computation(tmp_path):
     assert q["in_absmax"] == 8 and q["in_top_channels"][0] == [1, 8.0] and q["in_top_tokens"][0] == [1, 8.0]
     r = res.rows[3]
     assert r["kind"] == "residual" and math.isnan(r["out_sqnr_db"]) and math.isnan(r["w_mse"])
-    assert r["a_sqnr_db"] == pytest.approx(error_stats(x * 10, aq.fake_quantize(x * 10))["sqnr_db"])
+    assert r["a_sqnr_db"] == pytest.approx(error_stats(x * 10, _per_seq(aq, x * 10))["sqnr_db"])
+    ps = res.sequence_arrays("q")
+    assert ps["a_nonzero"].tolist() == [[3.0], [3.0]] and ps["a_under"].tolist() == [[1.0], [1.0]]
+    assert ps["out_noise"].sum() == pytest.approx(np.sum((yq - y).astype(np.float64) ** 2), rel=1e-6)
 
 
 def test_plain_callable_has_unknown_clipping(tmp_path):
@@ -67,10 +77,11 @@ def test_plain_callable_has_unknown_clipping(tmp_path):
 def test_clipping_reported(tmp_path):
     tr, x, w = _hand_trace(tmp_path / "h")
     row = replay(tr, ReplayConfig("c", None, IntQ(8, clip_ratio=0.4)), progress=False, kinds=["linear"]).rows[0]
-    # range 0.4 * 8 = 3.2: |-4| and |8| clip -> 2 of 8 elements, energy (16 + 64) / total
-    assert row["a_clip_rate"] == pytest.approx(2 / 8)
+    # per sequence: range 0.4 * 2 = 0.8 clips 1 and 2; range 0.4 * 8 = 3.2 clips |-4| and |8|
+    # -> 4 of 8 elements, energy (1 + 4 + 16 + 64) / total
+    assert row["a_clip_rate"] == pytest.approx(4 / 8)
     total = float(np.sum(x.astype(np.float64) ** 2))
-    assert row["a_clipped_energy_frac"] == pytest.approx(80 / total, rel=1e-6)
+    assert row["a_clipped_energy_frac"] == pytest.approx(85 / total, rel=1e-6)
     assert 0 < row["a_clip_error_share"] <= 1
 
 
@@ -90,9 +101,9 @@ CONFIGS = [ReplayConfig("fp32"), ReplayConfig("int8", IntQ(8, True), IntQ(8)),
 
 
 def test_replay_model_threads_equal_serial(tiny_traces, tmp_path):
-    a, _ = tiny_traces
-    r1 = replay(a, CONFIGS, progress=False, workers=1)
-    r2 = replay(a.path, CONFIGS, progress=False, workers=3)
+    a, b = tiny_traces
+    r1 = replay(a, CONFIGS, progress=False, workers=1, calib=b)
+    r2 = replay(a.path, CONFIGS, progress=False, workers=3, calib=b.path)
     assert len(r1.rows) == (14 + 2) * len(CONFIGS)
     for x, y in zip(r1.rows, r2.rows):
         assert x["tensor"] == y["tensor"] and x["config"] == y["config"]
@@ -113,12 +124,16 @@ def test_replay_model_threads_equal_serial(tiny_traces, tmp_path):
 
 def test_layer_filter_max_tokens_and_calibration(tiny_traces):
     a, b = tiny_traces
-    r = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], max_tokens=5, progress=False)
+    """A fitted transform (SmoothQuant) needs a calibration trace: without one it raises instead
+    of fitting on the scored data; fitted on another trace it differs from self-calibration."""
+    r = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], max_tokens=5, progress=False, calib=b)
     assert [row["tensor"] for row in r.rows] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
     assert all(row["rows"] == 5 for row in r.rows)
     rc = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], calib=b, progress=False)
-    rs = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], progress=False)
+    rs = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], calib=a, progress=False)
     assert rc.rows[0]["out_sqnr_db"] != rs.rows[0]["out_sqnr_db"]  # scales fitted elsewhere
+    with pytest.raises(FmtlabError, match="needs calibration data"):
+        replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], progress=False)
     both = rc + rs
     assert len(both.rows) == 4
 
@@ -160,3 +175,48 @@ def test_fmtlab_quantizer_masks_agree_with_its_report(name):
     assert int(mask.sum()) == rep.clipped
     assert s["underflow_rate"] == pytest.approx(rep.frac_flushed)
     np.testing.assert_array_equal(xq, q.obj.fake_quantize(x))
+
+
+def test_one_sequence_alone_equals_its_rows_in_a_multi_sequence_replay(tiny_traces, tmp_path):
+    """Dynamic scales are per sequence: replaying the first recorded sequence alone
+    (max_tokens = seq_len) gives bit-identical per-sequence activation sums (quantized codes do
+    not depend on the other sequences) to its part of the full replay, for per-tensor, per-token,
+    LLM.int8() and MX configs; output energies agree to float32 GEMM blocking (BLAS sums a
+    [16, K] and a [32, K] product in different orders)."""
+    a, _ = tiny_traces
+    cfgs = [CONFIGS[1], CONFIGS[2], ReplayConfig("mx", "mxfp4", "mxfp4")]
+    full = replay(a, cfgs, kinds=["linear", "residual"], progress=False)
+    one = replay(a, cfgs, kinds=["linear", "residual"], progress=False, max_tokens=16)
+    assert len(full.per_sequence) == len(one.per_sequence) > 0
+    for ef, eo in zip(full.per_sequence, one.per_sequence):
+        assert (ef["config"], ef["tensor"]) == (eo["config"], eo["tensor"])
+        assert len(ef["a_noise"]) == 2 and len(eo["a_noise"]) == 1
+        for k in ("a_noise", "a_under", "a_nonzero", "a_signal"):
+            assert ef[k][0] == eo[k][0], (k, ef["tensor"], ef["config"])
+        if "out_signal" in ef:
+            sig = eo["out_signal"][0]
+            assert ef["out_signal"][0] == pytest.approx(sig, rel=1e-5)
+            nz = eo["out_noise"][0]
+            assert abs(ef["out_noise"][0] - nz) <= 1e-5 * nz + 1e-9 * sig, (ef["tensor"], ef["config"])
+
+
+def test_static_per_tensor_config_needs_and_uses_calibration(tiny_traces):
+    """w8a8_int_tensor_static: without a calibration trace it raises; with one, the activation
+    scale is frozen from the calibration trace (absmax), so its result differs from the dynamic
+    per-tensor config and from calibrating on a different trace."""
+    a, b = tiny_traces
+    st = PRESETS["w8a8_int_tensor_static"]
+    assert st.act_calib == "absmax" and "static" in st.describe()
+    with pytest.raises(FmtlabError, match="static activation scales"):
+        replay(a, st, kinds=["linear"], progress=False)
+    rb = replay(a, [st, "w8a8_int_tensor"], kinds=["linear"], layers="q_proj", calib=b, progress=False)
+    ra = replay(a, st, kinds=["linear"], layers="q_proj", calib=a, progress=False)
+    sb, dyn = rb.rows[0], rb.rows[1]
+    assert sb["config"] == "w8a8_int_tensor_static" and dyn["config"] == "w8a8_int_tensor"
+    assert sb["a_mse"] != dyn["a_mse"] and sb["a_mse"] != ra.rows[0]["a_mse"]
+    assert make_config("s:w=int8_per_tensor;a=int8_per_tensor;c=percentile(99.9)").act_calib == "percentile(99.9)"
+    with pytest.raises(FmtlabError, match="act_calib"):
+        ReplayConfig("bad", None, "int8_per_tensor", act_calib="median")
+    with pytest.raises(FmtlabError, match="per-tensor"):
+        replay(a, ReplayConfig("tok", None, "int8_per_token", act_calib="absmax"), kinds=["linear"],
+               layers="q_proj", calib=b, progress=False)
