@@ -157,10 +157,14 @@ def _e2e(args, model, tok, configs) -> int:
     from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
     from fmtlab.sim.replay import rows_to_csv
 
+    from fmtlab.sim.trace import open_trace
+
+    calib = open_trace(args.calib, verify=not args.no_verify) if args.calib else None
     ids = eval_windows(tok, args.seq_len, args.n_sequences)
     rows = []
     for c in configs:
-        r = perplexity(model, tok, c, ids=ids, batch_size=args.batch_size, progress=not args.quiet)
+        r = perplexity(model, tok, c, ids=ids, batch_size=args.batch_size, progress=not args.quiet,
+                       calib=calib)
         rows.append(r)
         print(f"{r['config']:<24} ppl {r['ppl']:>10.3f}   ({r['description']}; {r['seconds']:.1f} s)", flush=True)
     doc = {"model": args.model, "seq_len": args.seq_len, "n_sequences": args.n_sequences,
@@ -259,6 +263,9 @@ def register(subparsers) -> None:
     p.add_argument("--n-sequences", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--replay", help="replay.json to compare rankings with")
+    p.add_argument("--calib", help="calibration trace (fmtlab record of the calib texts) for static scales "
+                   "and fitted transforms (w8a8_int_tensor_static, SmoothQuant, AQAS)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the --calib trace")
     p.add_argument("--out", default="out/e2e", help="output directory (default out/e2e)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow a checkpoint's own Python code (config auto_map) to run")

@@ -100,6 +100,15 @@ def test_cli_record_replay_outliers_e2e(smollm2, tmp_path, monkeypatch, capsys):
                  "--replay", os.path.join(out, "replay.json"), "--quiet"]) == 0
     doc = json.load(open(tmp_path / "e" / "e2e.json"))
     assert doc["rows"][0]["config"] == "fp32" and doc["rows"][0]["ppl"] > 1
+    # a static config needs a calibration trace (one line, exit 2) and uses --calib when given
+    assert main(["e2e", "-c", "w8a8_int_tensor_static", "--seq-len", "24", "--n-sequences", "1",
+                 "--out", str(tmp_path / "s0"), "--quiet"]) == 2
+    assert "calib" in capsys.readouterr().err
+    cal = str(tmp_path / "cal")
+    assert main(["record", "--out", cal, "--seq-len", "16", "--n-sequences", "2", "--quiet"]) == 0
+    assert main(["e2e", "-c", "w8a8_int_tensor_static", "--seq-len", "24", "--n-sequences", "1",
+                 "--calib", cal, "--out", str(tmp_path / "s1"), "--quiet"]) == 0
+    assert json.load(open(tmp_path / "s1" / "e2e.json"))["rows"][0]["ppl"] > 1
     assert main(["replay", t, "-c", "nope", "--quiet"]) == 2
     assert main(["record", "--out", t, "--quiet"]) == 2  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
