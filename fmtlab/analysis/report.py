@@ -149,7 +149,9 @@ def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows:
     """Dot-product error against accumulator width on a real layer (bit-accurate datapath).
 
     X [tokens, K] and W [out, K] are quantized (INT8 per-token / per-channel; FP8 E4M3 per-tensor)
-    and their codes multiplied-accumulated as the MAC hardware would. rel_error is
+    and their codes multiplied-accumulated as the MAC hardware would (FP8 also through the
+    Hopper-style 1/8/13 accumulator with and without fp32 promotion every 128 products, see
+    :mod:`fmtlab.hw.promotion`; acc_bits 22 is the inner accumulator's width). rel_error is
     ||acc - exact||_2 / ||exact||_2 over the n_tokens x n_rows outputs; overflow_rate is the share
     of dot products with at least one overflow event.
     """
@@ -166,6 +168,10 @@ def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows:
          [(b, f"int{b}_sat") for b in (16, 17, 18, 19, 20, 24, 32)]),
         ("fp8_e4m3 x fp8_e4m3", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3", "fp8_e4m3",
          [(16, "bf16"), (16, "fp16"), (32, "fp32")]),
+        ("fp8_e4m3 (Hopper MMA, no promotion)", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3",
+         "fp8_e4m3", [(22, "hopper_fp8_mma_nopromo")]),
+        ("fp8_e4m3 (Hopper MMA, fp32 every 128)", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3",
+         "fp8_e4m3", [(22, "hopper_fp8_mma")]),
     ]
     for label, wq_name, aq_name, wf, af, accs in cases:
         wc = get_quantizer(wq_name).quantize(w).codes
