@@ -70,7 +70,7 @@ def test_report_on_a_given_trace_states_its_sequence_count(report, tmp_path):
                          perplexity=False, progress=False)
     assert opts.n_sequences == 4
     md = (tmp_path / "r" / "report.md").read_text() if run_report(opts) else ""
-    assert "calibration text: 2 sequences of 32 tokens" in md and "4 sequences" not in md
+    assert "trace: 2 sequences of 32 tokens" in md and "4 sequences" not in md
 
 
 def test_html_images_resolve(report):
