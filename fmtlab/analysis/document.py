@@ -18,7 +18,11 @@ margin:2em auto;padding:0 1em;color:#222;line-height:1.45}table{border-collapse:
 margin:1em 0;font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
 border:1px solid #ddd}figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}
-code{background:#f5f5f5;padding:0 3px}"""
+code{background:#f5f5f5;padding:0 3px}.tbl{overflow-x:auto;max-width:100%;margin:1em 0}
+.tbl table{margin:0}pre{overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}
+p,li,figcaption{overflow-wrap:anywhere}figure{margin:1em 0}"""
+# Wide tables scroll inside their own box (.tbl) and long lines wrap, so the page never grows wider
+# than the window (checked in headless Chromium at 1280 px by tests/analysis/test_report.py).
 
 
 @dataclasses.dataclass
@@ -85,11 +89,11 @@ class Document:
                     out.append("<p><em>(no rows)</em></p>")
                     continue
                 cols = cols or list(dict.fromkeys(k for r in rows for k in r))
-                out.append("<table><thead><tr>" + "".join(f"<th>{e(headers.get(c, c))}</th>" for c in cols)
+                out.append("<div class='tbl'><table><thead><tr>" + "".join(f"<th>{e(headers.get(c, c))}</th>" for c in cols)
                            + "</tr></thead><tbody>")
                 for r in rows:
                     out.append("<tr>" + "".join(f"<td>{e(fmt_value(r.get(c), digits))}</td>" for c in cols) + "</tr>")
-                out.append("</tbody></table>")
+                out.append("</tbody></table></div>")
             elif kind == "image":
                 rel, caption = data
                 out.append(f"<figure><img src='{e(rel)}' alt='{e(caption)}'><figcaption>{e(caption)}"

@@ -164,3 +164,63 @@ def test_layer_labels_are_unique_per_tensor():
     rows = [{"block": 0, "op": "linear", "layer_type": t, "tensor": f"model.layers.0.{t}"}
             for t in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj")]
     assert [_layer_label(r) for r in rows] == ["b0.q_proj", "b0.k_proj", "b0.down_proj"]
+
+
+_BROWSER_CHECK = """<script>
+window.addEventListener('load', function () {
+  var vw = document.documentElement.clientWidth;
+  var imgs = Array.prototype.map.call(document.images, function (i) {
+    return {src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}; });
+  var tables = Array.prototype.map.call(document.querySelectorAll('table'), function (t) {
+    var box = t.parentElement, cs = getComputedStyle(box);
+    return {right: t.getBoundingClientRect().right, width: t.scrollWidth,
+            scrolls: cs.overflowX === 'auto' || cs.overflowX === 'scroll',
+            box_right: box.getBoundingClientRect().right}; });
+  document.body.setAttribute('data-fmtlab-check', JSON.stringify(
+    {vw: vw, page_width: document.documentElement.scrollWidth, imgs: imgs, tables: tables}));
+});
+</script>"""
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_report_html_in_a_real_browser(report, tmp_path):
+    """report.html rendered by headless Chromium at 1280 px: every image loads, the page is no
+    wider than the window (a wide table scrolls inside its own box instead of pushing the page),
+    and a screenshot is written. Skips where Chromium is missing (.ci/run installs Debian's)."""
+    import shutil
+    import subprocess
+
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
+    out, _ = report
+    shutil.copytree(out / "plots", tmp_path / "plots")
+    html = (out / "report.html").read_text()
+    page = tmp_path / "check.html"
+    page.write_text(html.replace("</body>", _BROWSER_CHECK + "</body>"))
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--window-size=1280,2000", "--virtual-time-budget=10000", "--hide-scrollbars"]
+    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    m = re.search(r"data-fmtlab-check=\"([^\"]*)\"", dom)
+    assert m, f"the check script did not run; chromium printed {dom[:300]!r}"
+    import html as html_mod
+
+    check = json.loads(html_mod.unescape(m.group(1)))
+    assert check["imgs"] and all(i["ok"] for i in check["imgs"]), [i for i in check["imgs"] if not i["ok"]]
+    assert len(check["imgs"]) == len(re.findall(r"<img ", html))
+    assert check["page_width"] <= check["vw"] <= 1280, check["page_width"]
+    for t in check["tables"]:
+        assert t["right"] <= check["vw"] + 1 or (t["scrolls"] and t["box_right"] <= check["vw"] + 1), t
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True,
+                   timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
