@@ -292,6 +292,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
         mname = mname or model_name(model)
+        from fmtlab.sim.record import check_seq_len
+
+        for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
+            check_seq_len(model, L)  # before any recording or scoring
     timed("load model", t0)
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
     ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(make_config(c))) for c in opts.ppl_configs)

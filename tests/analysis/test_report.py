@@ -224,3 +224,14 @@ def test_report_html_in_a_real_browser(report, tmp_path):
     subprocess.run(flags + [f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True,
                    timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_perplexity_seq_len_beyond_context_is_refused_before_work(tmp_path):
+    """--ppl-seq-len (and --seq-lens) longer than the model's context fail at once with a clear
+    error, before anything is recorded (SmolLM2-135M: 8192 positions)."""
+    opts = ReportOptions(out=str(tmp_path / "r"), configs=("fp32",), seq_lens=(16,), n_sequences=1,
+                         layers=r"layers\.0\.", ppl_configs=("fp32",), ppl_seq_len=100_000,
+                         ppl_sequences=2, progress=False)
+    with pytest.raises(FmtlabError, match="context length"):
+        run_report(opts)
+    assert not (tmp_path / "r" / "traces").exists()
