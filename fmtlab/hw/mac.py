@@ -28,7 +28,8 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats import Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
                               fixed_product_parts, float_decode_parts, float_product_parts,
-                              fp_adder_parts, product_exponent_parts)
+                              fp_adder_parts, product_exponent_parts,
+                              product_exponent_width)
 from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
@@ -214,7 +215,9 @@ def build_parts(u: MacUnit) -> list[Part]:
         return parts
     g = fp_acc_geometry(w, a, acc)
     parts += product_exponent_parts(w, a, g["we"], st)
-    parts += fp_adder_parts(g["np"], g["we"], acc, st, g["denormalise"])
+    x_special = w.has_inf or w.has_nan or a.has_inf or a.has_nan
+    parts += fp_adder_parts(g["np"], g["we"], acc, st, g["denormalise"],
+                            wx=product_exponent_width(w, a, g["we"]), x_special=x_special)
     parts.append(accumulator_register(acc.bits))
     return parts
 
