@@ -211,7 +211,9 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     parts: list[Part] = []
     if not acc_zero:
         parts += float_decode_parts(acc, label)
-        parts.append(Part(f"{label} exponent (E + const)", Incrementer(we)))
+        # E (exp_bits wide, zero-extended) + a constant: above bit exp_bits each sum bit is the
+        # constant's bit, the carry or its complement -- wiring and inverters, not half adders
+        parts.append(Part(f"{label} exponent (E + const)", Incrementer(min(we, acc.exp_bits))))
         if denormalise:
             parts += [Part(f"{label} pre-normalise LZC", LeadingZeroCounter(pc)),
                       Part(f"{label} pre-normalise shifter", BarrelShifter(pc, pc - 1, "right")),
