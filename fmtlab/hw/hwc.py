@@ -23,7 +23,8 @@ from fmtlab.hw.mac import mac_cost
 ACCURACY = (
     "Area: analytical gate-level model; its area ratios to an int8 x int8 -> int32 MAC are "
     "within 15% of Yosys synthesis of fmtlab's own RTL (OSU 0.18 um cells) for all 16 units of "
-    "`fmtlab hw synth` (mean |error| 7%, max 14.7%); absolute GE lie between -5% and +20% of synthesis. Energy: per-class fJ/GE fitted to Horowitz (ISSCC 2014) 45 nm add/mult "
+    "`fmtlab hw synth` (mean |error| 7%, max 14.7%); absolute GE lie within -5%..+20% of "
+    "synthesis. Energy: per-class fJ/GE fitted to Horowitz (ISSCC 2014) 45 nm add/mult "
     "energies (mean |error| 20%, max 49% over the 8 calibration ops). Node scaling: Stillmaker "
     "& Baas 2017. Leakage and latency are not modelled (0)."
 )
