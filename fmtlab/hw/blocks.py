@@ -173,7 +173,8 @@ def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> l
                   Part("product exponent - lzc", adder(lzw, st.adder)),
                   Part("product exponent - lzc (borrow)", Incrementer(max(wx - lzw, 1)))]
     else:
-        parts += [Part("product 1-bit normalise", Mux(np_)), Part("product exponent - 1", Incrementer(wx)),
+        parts += [Part("product 1-bit normalise", Mux(np_)),
+                  Part("product exponent - 1", Incrementer(wx)),
                   Part("product exponent select", Mux(wx))]
     return parts
 

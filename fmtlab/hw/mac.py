@@ -62,7 +62,8 @@ def product_shift_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
     largest finite shift; those products are gated to zero after the shifter)."""
     reach = (1 << a.exp_bits) - 2 + (1 << b.exp_bits) - 2
     return [Part("product shift amount adder", adder(max(a.exp_bits, b.exp_bits), st.adder)),
-            Part("product alignment shifter", BarrelShifter(a.sig_bits + b.sig_bits, reach, "left"))]
+            Part("product alignment shifter",
+                 BarrelShifter(a.sig_bits + b.sig_bits, reach, "left"))]
 
 
 def max_exp_field(v: FloatView) -> int:
