@@ -125,27 +125,57 @@ def float_product_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
         parts.append(Part(f"{v.name} exponent max(E, 1)", Gates.of(OR2=1, INV=1)))
     parts.append(Part(f"significand multiplier {a.sig_bits}x{b.sig_bits}",
                       multiplier(a.sig_bits, b.sig_bits, False, st.multiplier)))
-    parts.append(Part("product sign + special flags", Gates.of(XOR2=1, AND2=4, OR2=3)))
+    parts.append(Part("product sign + special flags", Gates.of(XOR2=1, **product_flag_gates(a, b))))
     return parts
+
+
+def product_flag_gates(a: FloatView, b: FloatView) -> dict[str, int]:
+    """Gates of the product's zero / Inf / NaN flags (the RTL's pnan, pinf, pzero). Inputs a
+    format cannot produce are constant 0, so: with Inf, nan = nan_a | nan_b | inf_a & zero_b |
+    inf_b & zero_a, inf and zero gated by it; NaN only (e.g. E4M3): nan = nan_a | nan_b and
+    zero gated by it; neither (e.g. E2M1): zero = zero_a | zero_b."""
+    if a.has_inf or b.has_inf:
+        return dict(AND2=4, OR2=3)
+    if a.has_nan or b.has_nan:
+        return dict(AND2=1, OR2=2)
+    return dict(OR2=1)
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Bits of the smallest two's-complement word holding every integer in [lo, hi]."""
+    w = 1
+    while not (-(1 << (w - 1)) <= lo and hi <= (1 << (w - 1)) - 1):
+        w += 1
+    return w
+
+
+def product_exponent_width(a: FloatView, b: FloatView, we: int) -> int:
+    """Live bits of the product's leading-bit exponent: it lies in [t_lo, t_hi] (t_lo = lsb_min_a
+    + lsb_min_b, t_hi = msb_max_a + msb_max_b + 1), so on a ``we``-bit bus every bit above this
+    signed width is a copy of its sign -- wiring, which synthesis does not build."""
+    return min(we, signed_width(a.lsb_min + b.lsb_min, a.msb_max + b.msb_max + 1))
 
 
 def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> list[Part]:
     """Exponent of the product's leading bit: (E_a - 1) + (E_b - 1) + constant, then the
     normalisation (full LZC + shifter when subnormal inputs can leave leading zeros, else a
-    1-bit normalisation)."""
+    1-bit normalisation). Every intermediate exponent lies in the product's range, so the
+    constant additions and the select work on :func:`product_exponent_width` bits, not ``we``."""
     np_ = a.sig_bits + b.sig_bits
     ew = max(a.exp_bits, b.exp_bits) + 1
+    wx = product_exponent_width(a, b, we)
     parts = [Part("product exponent adder", adder(ew, st.adder)),
-             Part("product exponent bias (constant)", Incrementer(we))]
+             Part("product exponent bias (constant)", Incrementer(max(wx, ew)))]
     if a.subnormals or b.subnormals:
         lzw = clog2(max(np_, 2))
         parts += [Part("product LZC", LeadingZeroCounter(np_)),
                   Part("product normalise shifter", BarrelShifter(np_, np_ - 1, "right")),
                   Part("product exponent - lzc", adder(lzw, st.adder)),
-                  Part("product exponent - lzc (borrow)", Incrementer(we - lzw))]
+                  Part("product exponent - lzc (borrow)", Incrementer(max(wx - lzw, 1)))]
     else:
-        parts += [Part("product 1-bit normalise", Mux(np_)), Part("product exponent - 1", Incrementer(we)),
-                  Part("product exponent select", Mux(we))]
+        parts += [Part("product 1-bit normalise", Mux(np_)),
+                  Part("product exponent - 1", Incrementer(wx)),
+                  Part("product exponent select", Mux(wx))]
     return parts
 
 
@@ -155,7 +185,8 @@ def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> l
 
 
 def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bool,
-                   label: str = "acc", acc_zero: bool = False) -> list[Part]:
+                   label: str = "acc", acc_zero: bool = False, wx: int | None = None,
+                   x_special: bool = True) -> list[Part]:
     """Single-path FP adder: operand X (normalised ``np_``-bit significand, ``we``-bit exponent)
     plus accumulator A, rounded once to ``acc`` -- the parts of
     :func:`fmtlab.hw.rtl.fp_adder_module`, step by step.
@@ -167,7 +198,12 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     denormalising right shift; round (sticky, decision, increment of the packed
     exponent|fraction); Inf/NaN/overflow select. ``acc_zero``: A is the constant 0 (the MX
     block-sum conversion), which removes decode, compare, swap, alignment and the adder.
+    ``wx``: live signed width of X's exponent (None: ``we``; see :func:`product_exponent_width`):
+    comparing it with A's exponent takes a ``wx``-bit comparator plus a check that A's high bits
+    are all 0 or all 1 (A within X's range), not a ``we``-bit one. ``x_special``: X can be
+    Inf/NaN (False when neither product operand has Inf or NaN: those inputs are constant 0).
     """
+    wx = we if wx is None else min(wx, we)
     pc = acc.man_bits + 1
     wm = max(pc, np_)
     wa = wm + 3
@@ -176,7 +212,9 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     parts: list[Part] = []
     if not acc_zero:
         parts += float_decode_parts(acc, label)
-        parts.append(Part(f"{label} exponent (E + const)", Incrementer(we)))
+        # E (exp_bits wide, zero-extended) + a constant: above bit exp_bits each sum bit is the
+        # constant's bit, the carry or its complement -- wiring and inverters, not half adders
+        parts.append(Part(f"{label} exponent (E + const)", Incrementer(min(we, acc.exp_bits))))
         if denormalise:
             parts += [Part(f"{label} pre-normalise LZC", LeadingZeroCounter(pc)),
                       Part(f"{label} pre-normalise shifter", BarrelShifter(pc, pc - 1, "right")),
@@ -185,9 +223,11 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
         # OR tree and swap with AND gates instead of muxes
         live = min(np_, pc)
         parts += [
-            Part("magnitude compare (exponent, significand)", Comparator(we + live)),
+            Part("magnitude compare (exponent, significand)", Comparator(wx + live)),
             Part("magnitude compare (zero-padded bits)", OrTree(wm - live)),
-            Part("exponent equal", Gates.of(XNOR2=we, AND2=we - 1)),
+            Part("exponent equal", Gates.of(XNOR2=wx, AND2=wx - 1 + (wx < we))),
+            Part("A exponent within X's range (high bits all 0 / all 1)",
+                 Gates.of(AND2=we - wx, OR2=we - wx)),
             Part("swap", Mux(live + we), 2),
             Part("swap (zero-padded bits)", Gates.of(AND2=2 * (wm - live))),
             Part("exponent difference", adder(we, st.adder)),
@@ -224,7 +264,8 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
         Part("exponent field select", Gates.of(AND2=acc.exp_bits)),
         Part("round decision", Gates.of(AND2=2, OR2=1)),
         Part("round incrementer", Incrementer(acc.exp_bits + acc.man_bits)),
-        Part("sign / Inf / NaN logic", Gates.of(AND2=6, OR2=4, XOR2=2)),
+        Part("sign / Inf / NaN logic",
+             Gates.of(AND2=6, OR2=4, XOR2=2) if x_special else Gates.of(AND2=2, OR2=1)),
         Part("Inf / NaN / overflow select (constant patterns)", Gates.of(AND2=acc.bits, OR2=acc.bits)),
     ]
     return parts

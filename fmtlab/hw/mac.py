@@ -28,7 +28,8 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats import Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
                               fixed_product_parts, float_decode_parts, float_product_parts,
-                              fp_adder_parts, product_exponent_parts)
+                              fp_adder_parts, product_exponent_parts,
+                              product_exponent_width)
 from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
@@ -50,6 +51,19 @@ def kulisch_geometry(a: FloatView, b: FloatView, guard: int) -> tuple[int, int, 
     mag = (a.msb_max + b.msb_max + 1) - (a.lsb_min + b.lsb_min) + 1
     shift = max_exp_field(a) - 1 + max_exp_field(b) - 1
     return mag, shift, mag + 1 + guard
+
+
+def product_shift_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
+    """Shift amount sh = (max(E_a,1) - 1) + (max(E_b,1) - 1) and the widening left shift of the
+    product by it (Kulisch and MX paths). The adder is as wide as the wider exponent field (its
+    carry is the top bit: the RTL zero-extends both fields to the sum's width). The shifter is
+    sized for the largest sh any code gives, (2^e_a - 2) + (2^e_b - 2): output bits above it are
+    constant zero, which synthesis removes (an IEEE-like all-ones exponent reaches 2 beyond the
+    largest finite shift; those products are gated to zero after the shifter)."""
+    reach = (1 << a.exp_bits) - 2 + (1 << b.exp_bits) - 2
+    return [Part("product shift amount adder", adder(max(a.exp_bits, b.exp_bits), st.adder)),
+            Part("product alignment shifter",
+                 BarrelShifter(a.sig_bits + b.sig_bits, reach, "left"))]
 
 
 def max_exp_field(v: FloatView) -> int:
@@ -199,10 +213,8 @@ def build_parts(u: MacUnit) -> list[Part]:
         return parts
     parts = float_product_parts(w, a, st)
     if isinstance(acc, KulischAcc):
-        mag, shift, width = kulisch_geometry(w, a, acc.guard)
-        sw = (shift + 2).bit_length()
-        parts.append(Part("product shift amount adder", adder(sw, st.adder)))
-        parts.append(Part("product alignment shifter", BarrelShifter(w.sig_bits + a.sig_bits, shift + 2, "left")))
+        mag, _, width = kulisch_geometry(w, a, acc.guard)
+        parts += product_shift_parts(w, a, st)
         if w.has_inf or w.has_nan or a.has_inf or a.has_nan:
             parts.append(Part("Inf/NaN gating", Gates.of(AND2=mag, OR2=1)))
         parts.append(Part("conditional negate (XOR row; +1 as carry-in)", XorRow(mag)))
@@ -214,7 +226,9 @@ def build_parts(u: MacUnit) -> list[Part]:
         return parts
     g = fp_acc_geometry(w, a, acc)
     parts += product_exponent_parts(w, a, g["we"], st)
-    parts += fp_adder_parts(g["np"], g["we"], acc, st, g["denormalise"])
+    x_special = w.has_inf or w.has_nan or a.has_inf or a.has_nan
+    parts += fp_adder_parts(g["np"], g["we"], acc, st, g["denormalise"],
+                            wx=product_exponent_width(w, a, g["we"]), x_special=x_special)
     parts.append(accumulator_register(acc.bits))
     return parts
 
@@ -226,13 +240,10 @@ def mx_parts(u: MacUnit) -> list[Part]:
     k = u.weight.block
     ew, ea = view(u.weight.element), view(u.activation.element)
     geo = mx_geometry(ew, ea, k)
-    mag, shift, sb = geo["mag"], geo["shift"], geo["sum_bits"]
-    np_ = ew.sig_bits + ea.sig_bits
-    sw = (shift + 2).bit_length()
+    mag, sb = geo["mag"], geo["sum_bits"]
     per_elem = float_product_parts(ew, ea, st)
-    per_elem += [Part("product shift amount adder", adder(sw, st.adder)),
-                 Part("product alignment shifter", BarrelShifter(np_, shift + 2, "left")),
-                 Part("conditional negate (XOR row; +1 as carry-in)", XorRow(mag))]
+    per_elem += product_shift_parts(ew, ea, st)
+    per_elem += [Part("conditional negate (XOR row; +1 as carry-in)", XorRow(mag))]
     if ew.has_inf or ew.has_nan or ea.has_inf or ea.has_nan:
         per_elem.append(Part("Inf/NaN gating", Gates.of(AND2=mag)))
     parts = [Part(f"[x{k}] {p.label}", p.component, p.count * k) for p in per_elem]
@@ -251,7 +262,7 @@ def mx_parts(u: MacUnit) -> list[Part]:
               for p in fp_adder_parts(sb, we1, acc, st, True, acc_zero=True)]
     we2 = fp_adder_we(1 - acc.bias - acc.man_bits, (1 << acc.exp_bits) - 1 - acc.bias, acc, acc.man_bits + 1)
     parts += float_decode_parts(acc, "block value")
-    parts.append(Part("block value exponent (E + const)", Incrementer(we2)))
+    parts.append(Part("block value exponent (E + const)", Incrementer(min(we2, acc.exp_bits))))
     parts += fp_adder_parts(acc.man_bits + 1, we2, acc, st, False)
     parts.append(accumulator_register(acc.bits))
     return [p for p in parts if p.component.cells()]

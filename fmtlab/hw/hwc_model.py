@@ -1,0 +1,45 @@
+"""``FmtlabMAC``: an hwcomponents ``ComponentModel`` for a MAC of any fmtlab format pair.
+
+Needs ``hwcomponents`` (Python >= 3.12). Discovered by hwcomponents through the top-level
+package ``hwcomponents_fmtlab``; look it up with hwcomponents' own API, e.g.::
+
+    import hwcomponents as hwc
+    attrs = dict(weight_format="mxfp4", activation_format="mxfp4", tech_node=7e-9)
+    area_m2 = hwc.get_area("fmtlab_mac", attrs)
+    energy_j = hwc.get_action_cost("fmtlab_mac", attrs, "compute", {}).energy
+
+Numbers come from :func:`fmtlab.hw.hwc.mac_si`; their accuracy is :data:`fmtlab.hw.hwc.ACCURACY`.
+"""
+
+from __future__ import annotations
+
+from hwcomponents import ActionCost, ComponentModel, action
+
+from fmtlab.hw.hwc import ACCURACY, mac_si
+
+
+class FmtlabMAC(ComponentModel):
+    """One MAC lane for ``weight_format x activation_format -> accumulator`` (fmtlab names,
+    e.g. ``"fp8_e4m3"``, ``"mxfp4"``, accumulator ``"fp32"``, ``"int32"``, ``"kulisch"``; None:
+    int32 for integer-like operands, fp32 for floats) at ``tech_node`` (metres) and ``vdd`` (V;
+    None: the node's nominal supply). Area in m^2 per MAC (an MX block unit's area over its
+    block size), ``compute``: energy in J of one multiply-accumulate. Leakage 0 and latency 0
+    (not modelled); throughput: one MAC per action.
+    """
+
+    component_name = ["fmtlab_mac", "FmtlabMAC"]
+    priority = 0.5
+
+    def __init__(self, weight_format: str, activation_format: str, accumulator: str | None = None,
+                 tech_node: float = 45e-9, vdd: float | None = None, library: str = "nangate45"):
+        si = mac_si(weight_format, activation_format, accumulator, tech_node=tech_node, vdd=vdd,
+                    library=library)
+        self.unit = si.unit
+        self.energy_per_mac_j = si.energy_j
+        self.accuracy = ACCURACY
+        super().__init__(area=si.area_m2, leak_power=0.0)
+
+    @action
+    def compute(self) -> ActionCost:
+        """One multiply-accumulate: energy in J; latency 0 (not modelled)."""
+        return ActionCost(energy=self.energy_per_mac_j, latency=0.0, throughput=float("inf"))
