@@ -12,7 +12,10 @@ to the numpy/numba path of ``fmtlab.formats`` by the tests:
 - :func:`calibrate` - observe and freeze the static activation scales of a model rewired with
   ``quantize_model(..., activation_scales=ActivationScales.STATIC)`` (dynamic scales, the
   default, are computed per sequence);
-- :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar.
+- :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar;
+- :class:`FmtlabConfig` / :func:`fmtlab_filter` - the same rewiring through torchao's
+  ``quantize_`` (needs torchao; imported on first use), and :mod:`fmtlab.pytorch.pt2e` for the
+  PT2E ``prepare_pt2e`` / ``convert_pt2e`` flow.
 """
 
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
@@ -29,5 +32,16 @@ __all__ = [
     "encode", "decode", "quantize", "fake_quantize", "FormatFakeQuantize", "convert_qat",
     "quantize_model", "LayerConfig", "QuantLinear", "QuantizeSummary", "evaluate_perplexity",
     "PerplexityResult", "TorchQuantizer", "TorchQTensor", "ActivationScales", "StaticActivation",
-    "calibrate", "CalibrationResult",
+    "calibrate", "CalibrationResult", "FmtlabConfig", "fmtlab_filter",
 ]
+
+_TORCHAO = {"FmtlabConfig", "fmtlab_filter"}
+
+
+def __getattr__(name: str):
+    """torchao is optional: its integration is imported on first use."""
+    if name in _TORCHAO:
+        from fmtlab.pytorch import torchao_config
+
+        return getattr(torchao_config, name)
+    raise AttributeError(f"module 'fmtlab.pytorch' has no attribute {name!r}")

@@ -1,0 +1,120 @@
+"""torchao ``quantize_`` with :class:`fmtlab.pytorch.torchao_config.FmtlabConfig` (issue 14, item 1).
+
+Invariants (exercised through torchao's own ``quantize_`` and handler registry, no mock):
+- ``quantize_(model, FmtlabConfig(w, a), filter_fn=fmtlab_filter(model))`` rewires the same
+  layers, with the same quantizers, as ``quantize_model(model, w, a)``: identical logits
+  (torch.equal), dynamic and static (after ``calibrate``) activation scales alike;
+- with torchao's default filter every nn.Linear is rewired (lm_head too), which equals
+  ``quantize_model(..., skip=(), skip_head=False)``;
+- a custom ``filter_fn`` is honoured: exactly the layers it selects become QuantLinear, and the
+  logits equal ``quantize_model`` with the complementary layers skipped;
+- ``fmtlab_filter`` selects exactly the layers ``quantize_model`` rewires for the same skip rules,
+  and re-quantizes an already rewired model instead of nesting QuantLinears;
+- bad specs fail at config construction; a filter that selects a non-Linear module fails with a
+  FmtlabError naming its type.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("torchao", reason="torchao is not installed (pip install torchao)")
+pytest.importorskip("transformers", reason="the tiny Llama fixture needs transformers")
+
+from torchao.quantization import quantize_  # noqa: E402
+
+from fmtlab.errors import FmtlabError  # noqa: E402
+from fmtlab.pytorch import QuantLinear, calibrate, quantize_model  # noqa: E402
+from fmtlab.pytorch import FmtlabConfig, fmtlab_filter  # noqa: E402  (lazy torchao export)
+from torch_helpers import VOCAB  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(14))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _quantized_names(model):
+    return sorted(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
+
+
+def test_quantize_matches_quantize_model(llama, ids):
+    ref, summary = quantize_model(llama, "mxfp4", "fp8_e4m3_per_token")
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("mxfp4", "fp8_e4m3_per_token"), filter_fn=fmtlab_filter(m))
+    assert _quantized_names(m) == sorted(summary.changed) and len(summary.changed) == 14
+    for name in summary.changed:
+        a, b = m.get_submodule(name), ref.get_submodule(name)
+        assert (a.weight_q.name, a.act_q.name) == (b.weight_q.name, b.act_q.name) == ("mxfp4", "fp8_e4m3_per_token")
+    out = _logits(m, ids)
+    assert torch.equal(out, _logits(ref, ids))
+    assert not torch.equal(out, _logits(llama, ids))  # the rewiring did change the model
+
+
+def test_default_filter_is_every_linear(llama, ids):
+    ref, summary = quantize_model(llama, "int4_g32", "int8_per_token", skip=(), skip_head=False)
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("int4_g32", "int8_per_token"))
+    assert "lm_head" in _quantized_names(m) and _quantized_names(m) == sorted(summary.changed)
+    assert torch.equal(_logits(m, ids), _logits(ref, ids))
+
+
+def test_custom_filter_fn_is_honoured(llama, ids):
+    seen = []
+
+    def only_mlp(module, fqn):
+        seen.append(fqn)
+        return isinstance(module, torch.nn.Linear) and ".mlp." in fqn
+
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("nvfp4", "nvfp4"), filter_fn=only_mlp)
+    names = _quantized_names(m)
+    assert len(names) == 6 and all(".mlp." in n for n in names)
+    assert "model.layers.0.self_attn.q_proj" in seen  # torchao asked about the others and skipped them
+    ref, _ = quantize_model(llama, "nvfp4", "nvfp4", skip=("self_attn.*", "lm_head"))
+    assert torch.equal(_logits(m, ids), _logits(ref, ids))
+
+
+@pytest.mark.parametrize("skip", [("lm_head",), ("q_proj", "re:layers\\.1\\.mlp"), ()])
+def test_fmtlab_filter_selects_what_quantize_model_rewires(llama, skip):
+    _, summary = quantize_model(llama, "int8", "int8", skip=skip)
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("int8", "int8"), filter_fn=fmtlab_filter(m, skip=skip))
+    assert _quantized_names(m) == sorted(summary.changed)
+
+
+def test_requantize_replaces_instead_of_nesting(llama, ids):
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("int8", "int8"), filter_fn=fmtlab_filter(m))
+    quantize_(m, FmtlabConfig("mxfp4", "fp8_e4m3_per_token"), filter_fn=fmtlab_filter(m))
+    assert not any(isinstance(q.inner, QuantLinear) for q in m.modules() if isinstance(q, QuantLinear))
+    ref, _ = quantize_model(llama, "mxfp4", "fp8_e4m3_per_token")
+    assert torch.equal(_logits(m, ids), _logits(ref, ids))
+
+
+def test_static_scales_calibrate_the_same(llama, ids):
+    ref, _ = quantize_model(llama, "int8_per_channel", "int8_per_tensor", activation_scales="static")
+    m = copy.deepcopy(llama)
+    quantize_(m, FmtlabConfig("int8_per_channel", "int8_per_tensor", activation_scales="static"),
+              filter_fn=fmtlab_filter(m))
+    calib, held_out = ids[:2], ids[2:]
+    assert calibrate(ref, calib).layers == calibrate(m, calib).layers == 14
+    assert torch.equal(_logits(m, held_out), _logits(ref, held_out))
+
+
+def test_errors(llama):
+    with pytest.raises(FmtlabError):
+        FmtlabConfig("no_such_format_xyz", None)
+    with pytest.raises(ValueError, match="grad"):  # check_grad's existing type
+        FmtlabConfig("int8", grad="nope")
+    m = copy.deepcopy(llama)
+    with pytest.raises(FmtlabError, match="LlamaMLP"):
+        quantize_(m, FmtlabConfig("int8"), filter_fn=lambda mod, fqn: fqn.endswith("layers.0.mlp"))
