@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torchao
     raise ImportError("fmtlab.pytorch.torchao_config needs torchao (pip install torchao)") from exc
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch.activations import ActivationScales
+from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.model import QuantLinear, linear_kind, quantize_model
 from fmtlab.pytorch.quantizers import resolve
@@ -61,7 +61,9 @@ class FmtlabConfig(AOBaseConfig):
         self.activation_scales = ActivationScales.parse(self.activation_scales)
         role = "static_activations" if self.activation_scales is ActivationScales.STATIC else "activations"
         resolve(self.weights, "weights")
-        resolve(self.activations, role)
+        aq = resolve(self.activations, role)
+        if aq is not None and self.activation_scales is ActivationScales.STATIC:
+            StaticActivation(aq, 1, "<FmtlabConfig>")  # fails now if aq cannot be static
 
 
 @register_quantize_module_handler(FmtlabConfig)

@@ -10,7 +10,8 @@ Invariants (exercised through torchao's own ``quantize_`` and handler registry, 
   logits equal ``quantize_model`` with the complementary layers skipped;
 - ``fmtlab_filter`` selects exactly the layers ``quantize_model`` rewires for the same skip rules,
   and re-quantizes an already rewired model instead of nesting QuantLinears;
-- bad specs fail at config construction; a filter that selects a non-Linear module fails with a
+- bad specs (unknown names, activations that cannot take static scales) fail at config
+  construction; a filter that selects a non-Linear module fails with a
   FmtlabError naming its type.
 """
 
@@ -115,6 +116,8 @@ def test_errors(llama):
         FmtlabConfig("no_such_format_xyz", None)
     with pytest.raises(ValueError, match="grad"):  # check_grad's existing type
         FmtlabConfig("int8", grad="nope")
+    with pytest.raises(FmtlabError, match="per tensor or per input"):
+        FmtlabConfig("int8", "int8_per_token", activation_scales="static")
     m = copy.deepcopy(llama)
     with pytest.raises(FmtlabError, match="LlamaMLP"):
         quantize_(m, FmtlabConfig("int8"), filter_fn=lambda mod, fqn: fqn.endswith("layers.0.mlp"))
