@@ -15,6 +15,10 @@ which are then re-quantized instead of wrapped twice). With torchao's default fi
 ``quantize_`` call on a rewired model would wrap the inner Linear again; use
 :func:`fmtlab_filter` for that.
 
+Per-layer configs: torchao's ``FqnToConfig({"re:<module regex>": FmtlabConfig(...), ...})``
+(module names; keys must name Linear modules only) plays the role of ``quantize_model``'s
+``overrides``.
+
 torchao is optional: importing this module raises ImportError (naming the package) without it.
 """
 
@@ -67,8 +71,10 @@ class FmtlabConfig(AOBaseConfig):
 
 
 @register_quantize_module_handler(FmtlabConfig)
-def _fmtlab_module_handler(module: nn.Module, config: FmtlabConfig, **_: Any) -> nn.Module:
-    """torchao's per-module transform: ``quantize_model`` on this one module."""
+def _fmtlab_module_handler(module: nn.Module, config: FmtlabConfig) -> nn.Module:
+    """torchao's per-module transform: ``quantize_model`` on this one module. (No
+    ``parameter_name`` keyword: torchao then refuses parameter-level FqnToConfig keys such as
+    ``"layer.weight"``, since the config quantizes a layer's weight *and* its input.)"""
     if not isinstance(module, QuantLinear) and linear_kind(module) is None:
         raise FmtlabError(f"FmtlabConfig rewires nn.Linear / Conv1D (or QuantLinear) modules; the "
                           f"filter_fn selected a {type(module).__name__}")

@@ -8,6 +8,7 @@ Invariants (exercised through torchao's own ``quantize_`` and handler registry, 
   ``quantize_model(..., skip=(), skip_head=False)``;
 - a custom ``filter_fn`` is honoured: exactly the layers it selects become QuantLinear, and the
   logits equal ``quantize_model`` with the complementary layers skipped;
+- torchao's FqnToConfig with FmtlabConfig values equals ``quantize_model``'s ``overrides``;
 - ``fmtlab_filter`` selects exactly the layers ``quantize_model`` rewires for the same skip rules,
   and re-quantizes an already rewired model instead of nesting QuantLinears;
 - bad specs (unknown names, activations that cannot take static scales) fail at config
@@ -111,6 +112,21 @@ def test_static_scales_calibrate_the_same(llama, ids):
     assert torch.equal(_logits(m, held_out), _logits(ref, held_out))
 
 
+def test_fqn_to_config_is_per_layer_overrides(llama, ids):
+    """torchao's FqnToConfig (module-name regexes) gives what quantize_model's overrides give."""
+    from torchao.quantization import FqnToConfig
+
+    cfg = FqnToConfig({r"re:.*\.mlp\.\w+_proj": FmtlabConfig("int4_g32", "int8_per_token"),
+                       r"re:.*\.self_attn\.\w+_proj": FmtlabConfig("mxfp4", "mxfp4")})
+    m = copy.deepcopy(llama)
+    quantize_(m, cfg, filter_fn=None)
+    ref, summary = quantize_model(llama, "mxfp4", "mxfp4",
+                                  overrides={"mlp.*": {"weights": "int4_g32", "activations": "int8_per_token"}})
+    assert _quantized_names(m) == sorted(summary.changed)
+    assert m.get_submodule("model.layers.1.mlp.up_proj").weight_q.name == "int4_g32"
+    assert torch.equal(_logits(m, ids), _logits(ref, ids))
+
+
 def test_errors(llama):
     with pytest.raises(FmtlabError):
         FmtlabConfig("no_such_format_xyz", None)
@@ -121,3 +137,13 @@ def test_errors(llama):
     m = copy.deepcopy(llama)
     with pytest.raises(FmtlabError, match="LlamaMLP"):
         quantize_(m, FmtlabConfig("int8"), filter_fn=lambda mod, fqn: fqn.endswith("layers.0.mlp"))
+
+
+def test_parameter_level_keys_are_refused(llama):
+    """A FmtlabConfig quantizes a layer (weight and input), so torchao's parameter-name keys
+    are refused by torchao itself (the handler takes no ``parameter_name``)."""
+    from torchao.quantization import FqnToConfig
+
+    m = copy.deepcopy(llama)
+    with pytest.raises(NotImplementedError, match="parameter quantization"):
+        quantize_(m, FqnToConfig({"model.layers.0.mlp.up_proj.weight": FmtlabConfig("int8")}), filter_fn=None)
