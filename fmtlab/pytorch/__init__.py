@@ -18,6 +18,8 @@ to the numpy/numba path of ``fmtlab.formats`` by the tests:
   PT2E ``prepare_pt2e`` / ``convert_pt2e`` flow.
 """
 
+import importlib.util
+
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.calibrate import CalibrationResult, calibrate
 from fmtlab.pytorch.elementwise import decode, encode, quantize
@@ -32,10 +34,12 @@ __all__ = [
     "encode", "decode", "quantize", "fake_quantize", "FormatFakeQuantize", "convert_qat",
     "quantize_model", "LayerConfig", "QuantLinear", "QuantizeSummary", "evaluate_perplexity",
     "PerplexityResult", "TorchQuantizer", "TorchQTensor", "ActivationScales", "StaticActivation",
-    "calibrate", "CalibrationResult", "FmtlabConfig", "fmtlab_filter",
+    "calibrate", "CalibrationResult",
 ]
 
 _TORCHAO = {"FmtlabConfig", "fmtlab_filter"}
+if importlib.util.find_spec("torchao") is not None:  # star-import them only where they import
+    __all__ += sorted(_TORCHAO)
 
 
 def __getattr__(name: str):
