@@ -44,7 +44,7 @@ from fmtlab.pytorch.quantizers import resolve
 __all__ = ["FmtlabConfig", "fmtlab_filter"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FmtlabConfig(AOBaseConfig):
     """W/A fake-quant of fmtlab formats as a torchao workflow config.
 
@@ -52,7 +52,7 @@ class FmtlabConfig(AOBaseConfig):
     quantizer preset such as ``"mxfp4"`` / ``"fp8_e4m3_per_token"``, a format name, a Format or
     Quantizer). grad: ``"ste"`` or ``"clipped"``. activation_scales: ``"dynamic"`` (per sequence,
     default) or ``"static"`` (calibrate afterwards with :func:`fmtlab.pytorch.calibrate`).
-    The specs are resolved once here, so a bad name fails at construction (FmtlabError).
+    Frozen; the specs are checked here, so a bad name fails at construction (FmtlabError).
     """
 
     weights: Any = None
@@ -62,7 +62,7 @@ class FmtlabConfig(AOBaseConfig):
 
     def __post_init__(self) -> None:
         check_grad(self.grad)
-        self.activation_scales = ActivationScales.parse(self.activation_scales)
+        object.__setattr__(self, "activation_scales", ActivationScales.parse(self.activation_scales))
         role = "static_activations" if self.activation_scales is ActivationScales.STATIC else "activations"
         resolve(self.weights, "weights")
         aq = resolve(self.activations, role)
