@@ -22,7 +22,8 @@ W as [out, in], activations [..., in] with dynamic scales per sequence or static
 Skip patterns (default ``("lm_head",)``) use ``quantize_model``'s rule on the module name; the
 exported graph has no ``get_output_embeddings``, so the head is skipped by name only (a ``skip``
 argument replaces the default: keep ``"lm_head"`` in it).
-Only ``aten.linear`` is annotated (not ``matmul`` / ``bmm`` between activations). torchao is
+Only ``aten.linear`` is annotated (not ``matmul`` / ``bmm`` between activations); GPT-2's
+Conv1D, which exports as ``addmm`` on a flattened batch, is refused with an FmtlabError. torchao is
 optional: importing this module without it raises ImportError naming the package.
 """
 
@@ -132,6 +133,15 @@ def node_module_name(node: fx.Node) -> str:
     return path.removeprefix("L['self'].").removeprefix("L['self']")
 
 
+def _module_type(node: fx.Node) -> str:
+    """The qualified type name of the innermost module a graph node came from ("" at the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    kind = list(stack.values())[-1][1]
+    return kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+
+
 class FmtlabQuantizer(Quantizer):
     """Annotate every Linear (``aten.linear``) of an exported model with fmtlab W/A fake-quant.
 
@@ -162,6 +172,13 @@ class FmtlabQuantizer(Quantizer):
 
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         self.annotated = []
+        conv1d = sorted({node_module_name(n) for n in model.graph.nodes if n.op == "call_function"
+                         and _module_type(n).endswith(".Conv1D")
+                         and not any(matches_name(node_module_name(n), p) for p in self.skip)})
+        if conv1d:
+            raise FmtlabError(f"GPT-2 Conv1D layers ({', '.join(conv1d[:3])}, ...) export as addmm on a "
+                              "flattened batch, which FmtlabQuantizer does not annotate; rewire such "
+                              "models with quantize_model or FmtlabConfig instead")
         for node in model.graph.nodes:
             if node.op != "call_function" or node.target not in _LINEAR_OPS:
                 continue

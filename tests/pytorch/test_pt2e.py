@@ -10,7 +10,7 @@ Invariants (torch.export + torchao's own prepare_pt2e / convert_pt2e, no mock):
   ``fmtlab.pytorch.calibrate`` itself;
 - the annotated layers are the ones ``quantize_model`` rewires (``lm_head`` skipped by default);
 - converting a static model that saw no calibration data raises FmtlabError; bad specs fail at
-  construction.
+  construction; GPT-2 Conv1D layers (exported as addmm) are refused, not silently left in float.
 """
 
 from __future__ import annotations
@@ -147,3 +147,13 @@ def test_errors(tiny, ids):
     q = FmtlabQuantizer("int8", "int8_per_tensor", activation_scales="static")
     with pytest.raises(FmtlabError, match="saw no activations"):
         _pt2e(tiny, ids[:2], q)  # no calibration batch
+
+
+def test_gpt2_conv1d_is_refused(ids):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0)).eval()
+    exported = torch.export.export(Logits(gpt2), (ids[:2],)).module()
+    with pytest.raises(FmtlabError, match="Conv1D.*quantize_model or FmtlabConfig"):
+        prepare_pt2e(exported, FmtlabQuantizer("int8", "int8"))

@@ -8,6 +8,7 @@ Invariants (exercised through torchao's own ``quantize_`` and handler registry, 
   ``quantize_model(..., skip=(), skip_head=False)``;
 - a custom ``filter_fn`` is honoured: exactly the layers it selects become QuantLinear, and the
   logits equal ``quantize_model`` with the complementary layers skipped;
+- GPT-2 Conv1D layers are rewired through ``fmtlab_filter`` as ``quantize_model`` does;
 - torchao's FqnToConfig with FmtlabConfig values equals ``quantize_model``'s ``overrides``;
 - ``fmtlab_filter`` selects exactly the layers ``quantize_model`` rewires for the same skip rules,
   and re-quantizes an already rewired model instead of nesting QuantLinears;
@@ -147,3 +148,19 @@ def test_parameter_level_keys_are_refused(llama):
     m = copy.deepcopy(llama)
     with pytest.raises(NotImplementedError, match="parameter quantization"):
         quantize_(m, FqnToConfig({"model.layers.0.mlp.up_proj.weight": FmtlabConfig("int8")}), filter_fn=None)
+
+
+def test_gpt2_conv1d_through_fmtlab_filter(ids):
+    """GPT-2's Conv1D layers (not nn.Linear, so torchao's default filter misses them) are
+    rewired through fmtlab_filter exactly as quantize_model rewires them; the tied head is skipped."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+    ref, summary = quantize_model(gpt2, "int4_g32", "fp8_e4m3_per_token")
+    m = copy.deepcopy(gpt2)
+    quantize_(m, FmtlabConfig("int4_g32", "fp8_e4m3_per_token"), filter_fn=fmtlab_filter(m))
+    assert _quantized_names(m) == sorted(summary.changed) and len(summary.changed) == 8
+    assert {m.get_submodule(n).kind for n in summary.changed} == {"conv1d"}
+    assert torch.equal(_logits(m, ids), _logits(ref, ids))
