@@ -121,7 +121,7 @@ class FmtlabObserver(ObserverBase):
         model.graph.erase_node(observer_node)
 
     def extra_repr(self) -> str:
-        return f"{self.layer or '<root>'}: {self.role} {spec_name(self.static or self.q)}"
+        return f"{self.layer or '<root>'}: {self.role} {spec_name(self.static if self.static is not None else self.q)}"
 
 
 def node_module_name(node: fx.Node) -> str:
