@@ -12,8 +12,13 @@ to the numpy/numba path of ``fmtlab.formats`` by the tests:
 - :func:`calibrate` - observe and freeze the static activation scales of a model rewired with
   ``quantize_model(..., activation_scales=ActivationScales.STATIC)`` (dynamic scales, the
   default, are computed per sequence);
-- :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar.
+- :func:`evaluate_perplexity` - perplexity of a causal LM with a progress bar;
+- :class:`FmtlabConfig` / :func:`fmtlab_filter` - the same rewiring through torchao's
+  ``quantize_`` (needs torchao; imported on first use), and :mod:`fmtlab.pytorch.pt2e` for the
+  PT2E ``prepare_pt2e`` / ``convert_pt2e`` flow.
 """
+
+import importlib.util
 
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.calibrate import CalibrationResult, calibrate
@@ -31,3 +36,16 @@ __all__ = [
     "PerplexityResult", "TorchQuantizer", "TorchQTensor", "ActivationScales", "StaticActivation",
     "calibrate", "CalibrationResult",
 ]
+
+_TORCHAO = {"FmtlabConfig", "fmtlab_filter"}
+if importlib.util.find_spec("torchao") is not None:  # star-import them only where they import
+    __all__ += sorted(_TORCHAO)
+
+
+def __getattr__(name: str):
+    """torchao is optional: its integration is imported on first use."""
+    if name in _TORCHAO:
+        from fmtlab.pytorch import torchao_config
+
+        return getattr(torchao_config, name)
+    raise AttributeError(f"module 'fmtlab.pytorch' has no attribute {name!r}")
