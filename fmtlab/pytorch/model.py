@@ -234,7 +234,9 @@ class QuantizeSummary:
         return "\n".join(lines)
 
 
-def _matches(name: str, pattern: Any) -> bool:
+def matches_name(name: str, pattern: Any) -> bool:
+    """``quantize_model``'s layer-name pattern rule: fnmatch glob (a bare pattern also matches
+    ``*.pattern``), ``"re:<regex>"`` or a compiled regex (search)."""
     if isinstance(pattern, re.Pattern):
         return pattern.search(name) is not None
     p = str(pattern)
@@ -337,11 +339,11 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     new_root = model
     for name, mod, kind, old in targets:
         cfg: LayerConfig | None = base
-        if (head is not None and mod is head) or any(_matches(name, p) for p in skip):
+        if (head is not None and mod is head) or any(matches_name(name, p) for p in skip):
             cfg = None
         else:
             for pat, value in (overrides or {}).items():
-                if _matches(name, pat):
+                if matches_name(name, pat):
                     cfg = _merge(base, value)
         wq = aq = None
         if cfg is not None:

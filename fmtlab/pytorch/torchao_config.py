@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torchao
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import check_grad
-from fmtlab.pytorch.model import QuantLinear, linear_kind, quantize_model
+from fmtlab.pytorch.model import QuantLinear, linear_kind, matches_name, quantize_model
 from fmtlab.pytorch.quantizers import resolve
 
 __all__ = ["FmtlabConfig", "fmtlab_filter"]
@@ -110,18 +110,3 @@ def fmtlab_filter(model: nn.Module, skip: Iterable[Any] | None = ("lm_head",),
         return not any(matches_name(fqn, p) for p in patterns)
 
     return filter_fn
-
-
-def matches_name(name: str, pattern: Any) -> bool:
-    """``quantize_model``'s pattern rule: fnmatch glob (a bare pattern also matches
-    ``*.pattern``), ``"re:<regex>"`` or a compiled regex (search). Kept in step with
-    fmtlab.pytorch.model by tests/pytorch/test_torchao.py (same layers selected)."""
-    import fnmatch
-    import re
-
-    if isinstance(pattern, re.Pattern):
-        return pattern.search(name) is not None
-    p = str(pattern)
-    if p.startswith("re:"):
-        return re.search(p[3:], name) is not None
-    return fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p)
