@@ -19,7 +19,7 @@ from torch import nn
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import StaticActivation
 from fmtlab.pytorch.model import QuantLinear
-from fmtlab.pytorch.perplexity import token_windows_of
+from fmtlab.pytorch.perplexity import model_device, token_windows_of
 
 __all__ = ["CalibrationResult", "calibrate", "static_activations"]
 
@@ -62,9 +62,7 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
     ids = token_windows_of(calib_data, tokenizer, seq_len, n_sequences)
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
+    device = model_device(model) if device is None else device
     was_training = model.training
     model.eval()
     for a in acts.values():

@@ -234,6 +234,18 @@ class QuantizeSummary:
         return "\n".join(lines)
 
 
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The float module ``model.get_output_embeddings()`` returns (unwrapped from a QuantLinear),
+    or None where the model has no such method or no head."""
+    head = None
+    if hasattr(model, "get_output_embeddings"):
+        try:
+            head = model.get_output_embeddings()
+        except (NotImplementedError, AttributeError):
+            head = None
+    return head.inner if isinstance(head, QuantLinear) else head
+
+
 def matches_name(name: str, pattern: Any) -> bool:
     """``quantize_model``'s layer-name pattern rule: fnmatch glob (a bare pattern also matches
     ``*.pattern``), ``"re:<regex>"`` or a compiled regex (search)."""
@@ -312,14 +324,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                               "transform fits and applies its own decomposition)")
     if not inplace:
         model = copy.deepcopy(model)
-    head = None
-    if skip_head and hasattr(model, "get_output_embeddings"):
-        try:
-            head = model.get_output_embeddings()
-        except (NotImplementedError, AttributeError):
-            head = None
-    if isinstance(head, QuantLinear):
-        head = head.inner
+    head = output_head(model) if skip_head else None
     skip = list(skip or ())
     base = LayerConfig(weights, activations, grad)
     rows: list[dict[str, Any]] = []

@@ -33,6 +33,12 @@ class PerplexityResult:
         return self.ppl
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int | None) -> torch.Tensor:
     """[sequences, tokens] int64 ids from texts (cut by ``fmtlab.sim.data.token_windows`` into
     ``seq_len``-token windows, default 128) or token ids (tensor / list of equal-length lists);
@@ -85,9 +91,7 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
     ids = token_windows_of(data, tokenizer, seq_len, n_sequences)
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
+    device = model_device(model) if device is None else device
     from tqdm.auto import tqdm
 
     was_training = model.training

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torchao
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import check_grad
-from fmtlab.pytorch.model import QuantLinear, linear_kind, matches_name, quantize_model
+from fmtlab.pytorch.model import QuantLinear, linear_kind, matches_name, output_head, quantize_model
 from fmtlab.pytorch.quantizers import resolve
 
 __all__ = ["FmtlabConfig", "fmtlab_filter"]
@@ -91,14 +91,7 @@ def fmtlab_filter(model: nn.Module, skip: Iterable[Any] | None = ("lm_head",),
     minus ``skip`` patterns (fnmatch / ``"re:"`` as in ``quantize_model``) and, with
     ``skip_head``, the module ``model.get_output_embeddings()`` returns.
     Build it from the model you then pass to ``quantize_`` (the head is found by identity)."""
-    head = None
-    if skip_head and hasattr(model, "get_output_embeddings"):
-        try:
-            head = model.get_output_embeddings()
-        except (NotImplementedError, AttributeError):
-            head = None
-    if isinstance(head, QuantLinear):
-        head = head.inner
+    head = output_head(model) if skip_head else None
     patterns = list(skip or ())
 
     def filter_fn(module: nn.Module, fqn: str) -> bool:
