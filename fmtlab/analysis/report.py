@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fmtlab.analysis.studies import accumulation_study, hw_operand, price_config  # noqa: F401 - re-exported
 from fmtlab.errors import FmtlabError
 
 #: configs replayed by default (names of fmtlab.sim.replay.PRESETS)
@@ -91,108 +91,6 @@ class _Steps:
     def __call__(self, msg: str) -> None:
         if self.enabled:
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------- pricing
-
-def hw_operand(spec: Any) -> tuple[str | None, str]:
-    """(hw operand name, note) of a quantizer spec: element format, or an MX block unit."""
-    from fmtlab.formats import Quantizer, get_quantizer
-    from fmtlab.sim.quant import parse_call
-
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "fp32", "float32", "identity")):
-        return None, "not quantized"
-    if isinstance(spec, Quantizer):
-        q = spec
-    elif isinstance(spec, str):
-        name, kw = parse_call(spec)
-        q = get_quantizer(name, **kw)
-    else:
-        return None, "custom quantizer (not priced)"
-    fmt = q.format
-    g = q.granularity
-    if type(g).__name__ == "PerBlock":
-        if getattr(g, "scale_format", "e8m0") == "e8m0":
-            return (f"mx{fmt.name}" if g.size == 32 else f"mx{fmt.name}_b{g.size}"), "MX block unit"
-        return f"mx{fmt.name}_b{g.size}", (f"priced as an E8M0-scaled block-{g.size} unit "
-                                           f"({g.scale_format} block-scale multiply not modelled)")
-    return fmt.name, "element MAC"
-
-
-def price_config(cfg, node: int = 45) -> dict[str, Any]:
-    """MAC cost of a replay config: area (GE, um^2 per MAC) and energy per MAC, or NaN + a note."""
-    from fmtlab.hw import mac_cost
-
-    w, wn = hw_operand(cfg.weight)
-    a, an = hw_operand(cfg.act)
-    row: dict[str, Any] = {"config": cfg.name, "hw_weight": w, "hw_activation": a, "mac_unit": None,
-                           "area_ge": math.nan, "area_um2": math.nan, "energy_pj": math.nan, "hw_note": ""}
-    if w is None or a is None:
-        row["hw_note"] = "reference (not priced)" if w is None and a is None else f"w: {wn}; a: {an}"
-        return row
-    try:
-        c = mac_cost(w, a, node=node)
-    except Exception as exc:  # noqa: BLE001 - an unpriceable pair is reported, not fatal
-        row["hw_note"] = f"not priced: {exc}"
-        return row
-    notes = {wn, an} - {"element MAC", "MX block unit"}
-    if cfg.transform:
-        notes.add(f"transform {cfg.transform} overhead not priced")
-    row.update(mac_unit=c.unit, area_ge=c.area_ge_per_mac, area_um2=c.area_um2_per_mac,
-               energy_pj=c.energy_pj, hw_note="; ".join(sorted(notes)))
-    return row
-
-
-# ------------------------------------------------------------------------- accumulation study
-
-def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows: int = 256) -> list[dict[str, Any]]:
-    """Dot-product error against accumulator width on a real layer (bit-accurate datapath).
-
-    X [tokens, K] and W [out, K] are quantized (INT8 per-token / per-channel; FP8 E4M3 per-tensor)
-    and their codes multiplied-accumulated as the MAC hardware would (FP8 also through the
-    Hopper-style 1/8/13 accumulator with and without fp32 promotion every 128 products, see
-    :mod:`fmtlab.hw.promotion`; acc_bits 22 is the inner accumulator's width). rel_error is
-    ||acc - exact||_2 / ||exact||_2 over the n_tokens x n_rows outputs; overflow_rate is the share
-    of dot products with at least one overflow event.
-    """
-    from fmtlab.formats import get_quantizer
-    from fmtlab.hw.datapath import dot
-
-    x = np.ascontiguousarray(x[:n_tokens], dtype=np.float32)
-    w = np.ascontiguousarray(w[:n_rows], dtype=np.float32)
-    rows: list[dict[str, Any]] = []
-    cases = [
-        ("int8 x int8 (wrap)", "int8_per_channel", "int8_per_token", "int8", "int8",
-         [(b, f"int{b}") for b in (16, 17, 18, 19, 20, 24, 32)]),
-        ("int8 x int8 (saturate)", "int8_per_channel", "int8_per_token", "int8", "int8",
-         [(b, f"int{b}_sat") for b in (16, 17, 18, 19, 20, 24, 32)]),
-        ("fp8_e4m3 x fp8_e4m3", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3", "fp8_e4m3",
-         [(16, "bf16"), (16, "fp16"), (32, "fp32")]),
-        ("fp8_e4m3 (Hopper MMA, no promotion)", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3",
-         "fp8_e4m3", [(22, "hopper_fp8_mma_nopromo")]),
-        ("fp8_e4m3 (Hopper MMA, fp32 every 128)", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor", "fp8_e4m3",
-         "fp8_e4m3", [(22, "hopper_fp8_mma")]),
-    ]
-    for label, wq_name, aq_name, wf, af, accs in cases:
-        wc = get_quantizer(wq_name).quantize(w).codes
-        xc = get_quantizer(aq_name).quantize(x).codes
-        W = np.broadcast_to(wc[None, :, :], (xc.shape[0],) + wc.shape)
-        X = np.broadcast_to(xc[:, None, :], (xc.shape[0], wc.shape[0], xc.shape[1]))
-        for bits, acc in accs:
-            try:
-                r = dot(np.ascontiguousarray(W), np.ascontiguousarray(X), wf, af, acc)
-            except Exception as exc:  # noqa: BLE001 - report what the datapath cannot do
-                rows.append({"config": label, "accumulator": acc, "acc_bits": bits, "rel_error": math.nan,
-                             "overflow_rate": math.nan, "note": str(exc)})
-                continue
-            with np.errstate(invalid="ignore", over="ignore"):
-                diff = np.where(np.isfinite(r.value), r.value - r.exact, np.nan)
-                denom = float(np.sqrt(np.sum(r.exact ** 2)))
-                err = float(np.sqrt(np.nansum(diff ** 2)) / denom) if denom > 0 else 0.0
-            rows.append({"config": label, "accumulator": acc, "acc_bits": bits, "rel_error": err,
-                         "overflow_rate": float(np.mean(np.asarray(r.overflows) > 0)),
-                         "non_finite": int(np.sum(~np.isfinite(r.value))), "note": ""})
-    return rows
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -255,7 +153,6 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
 def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     from fmtlab.analysis import plots, protocol
-    from fmtlab.analysis.document import Document
     from fmtlab.analysis.tables import write_csv, write_json
     from fmtlab.sim.data import default_texts
     from fmtlab.sim.models import load_default_model, load_model

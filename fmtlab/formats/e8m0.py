@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from fmtlab.formats.base import Format
-from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+from fmtlab.formats.rounding import Overflow, Rounding
 
 NAN_CODE = 255
 CHUNK = 1 << 20  #: elements per encoding chunk (bounds the temporaries to a few MiB)

@@ -46,7 +46,7 @@ from fmtlab.errors import FmtlabError, TraceError
 from fmtlab.safe_io import (DirLock, atomic_open, atomic_write_bytes, clean_stale, dir_mode, rename_exchange,
                             rename_noreplace, write_owner_marker, OWNER_FILE)
 from fmtlab.sim.trace_checks import (MANIFEST, TRACE_FORMAT, check_trace_target, confined_shard_path,  # noqa: F401
-                                     is_int, is_trace_dir, validate_manifest)
+                                     is_int, validate_manifest)
 
 TRACE_VERSION = 1
 _META_KEY = "fmtlab_trace_id"
