@@ -103,9 +103,9 @@ def _layer_label(row: dict[str, Any]) -> str:
 
 
 def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    from fmtlab.sim.perplexity import _ranks
+    from fmtlab.sim.perplexity import ranks
 
-    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ranks(a), ranks(b)
     if len(ra) < 3 or np.std(ra) == 0 or np.std(rb) == 0:
         return math.nan
     return float(np.corrcoef(ra, rb)[0, 1])

@@ -220,18 +220,19 @@ def perplexity_table(model, tokenizer, configs: Sequence[Any], **kw: Any) -> lis
     return [perplexity(model, tokenizer, c, ids=ids, **kw) for c in configs]
 
 
-def _ranks(values: Sequence[float]) -> np.ndarray:
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """0-based ranks of ``values`` (float64), ties given the average of their ranks."""
     v = np.asarray(values, dtype=np.float64)
     order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v))
+    out = np.empty(len(v))
     i = 0
     while i < len(v):  # average ranks over ties
         j = i
         while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0
+        out[order[i:j + 1]] = (i + j) / 2.0
         i = j + 1
-    return ranks
+    return out
 
 
 def rank_agreement(ppl: dict[str, float], metric: dict[str, float], higher_is_better: bool = True) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def rank_agreement(ppl: dict[str, float], metric: dict[str, float], higher_is_be
     bad = -np.asarray(m, dtype=np.float64) if higher_is_better else np.asarray(m, dtype=np.float64)
     if len(names) < 2:
         return {"configs": names, "spearman": math.nan, "disagreements": []}
-    rp, rm = _ranks([ppl[n] for n in names]), _ranks(bad)
+    rp, rm = ranks([ppl[n] for n in names]), ranks(bad)
     rho = float(np.corrcoef(rp, rm)[0, 1]) if np.std(rp) > 0 and np.std(rm) > 0 else math.nan
     dis = []
     for i in range(len(names)):
