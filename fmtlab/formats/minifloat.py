@@ -111,6 +111,12 @@ class MiniFloat(FastKernelRouting, Format):
     def _is_even(self, codes: np.ndarray) -> np.ndarray:
         return (codes & 1) == 0
 
+    def _unused_code_mask(self) -> np.ndarray:
+        codes = np.arange(1 << self.bits, dtype=np.int64)
+        flushed = ((codes >> self.man_bits) & ((1 << self.exp_bits) - 1) == 0) & \
+            (codes & ((1 << self.man_bits) - 1) != 0)
+        return flushed if not self.subnormals else np.zeros(codes.shape, dtype=bool)
+
     def _virtual_above(self) -> tuple[float, bool]:
         # the top binade's spacing continued one step: max + ulp(max)
         mx = float(self.grid_max_raw)
