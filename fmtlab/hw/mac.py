@@ -33,7 +33,7 @@ from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_
 from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
-from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
+from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
                                 parse_accumulator, parse_operand, view)
 from fmtlab.hw.tech import Technology, get_library
 
@@ -49,7 +49,7 @@ def kulisch_geometry(a: FloatView, b: FloatView, guard: int) -> tuple[int, int, 
     ``pa + pb``-bit significand product and s = (max(Ea,1) - 1) + (max(Eb,1) - 1).
     """
     mag = (a.msb_max + b.msb_max + 1) - (a.lsb_min + b.lsb_min) + 1
-    shift = max_exp_field(a) - 1 + max_exp_field(b) - 1
+    shift = a.max_exp_field - 1 + b.max_exp_field - 1
     return mag, shift, mag + 1 + guard
 
 
@@ -64,12 +64,6 @@ def product_shift_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
     return [Part("product shift amount adder", adder(max(a.exp_bits, b.exp_bits), st.adder)),
             Part("product alignment shifter",
                  BarrelShifter(a.sig_bits + b.sig_bits, reach, "left"))]
-
-
-def max_exp_field(v: FloatView) -> int:
-    """Largest exponent field of a finite value (IEEE-like formats reserve the top one)."""
-    top = (1 << v.exp_bits) - 1
-    return top - 1 if v.special == "ieee" else top
 
 
 def fp_adder_we(t_lo: int, t_hi: int, acc: FloatAcc, npx: int) -> int:
@@ -161,8 +155,9 @@ def kulisch_flag_bits(a: FloatView, b: FloatView) -> int:
 
 def make_unit(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
               accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
-              overflow: str | None = None, rounding: str | None = None,
-              adder_style: str = "ripple", multiplier_style: str = "array") -> MacUnit:
+              overflow: "AccOverflow | str | None" = None,
+              rounding: "AccRounding | str | None" = None, adder_style: str = "ripple",
+              multiplier_style: str = "array") -> MacUnit:
     """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`."""
     w, a = parse_operand(weight), parse_operand(activation)
     if isinstance(w, MXFormat) != isinstance(a, MXFormat):
@@ -206,7 +201,7 @@ def build_parts(u: MacUnit) -> list[Part]:
         parts = fixed_product_parts(w, a, st)
         carry_in = w.sign_magnitude or a.sign_magnitude
         parts.append(Part("accumulator adder", adder(acc.width, st.adder, carry_in=carry_in)))
-        if acc.overflow == "saturate":
+        if acc.saturates:
             parts.append(Part("saturation detect + select", Mux(acc.width)))
             parts.append(Part("overflow detect", Gates.of(XOR2=2, AND2=2)))
         parts.append(accumulator_register(acc.width))
@@ -234,7 +229,7 @@ def build_parts(u: MacUnit) -> list[Part]:
 
 
 def mx_parts(u: MacUnit) -> list[Part]:
-    """Parts of an MX block dot-product unit (mirrors :func:`fmtlab.hw.rtl._mx_core`)."""
+    """Parts of an MX block dot-product unit (mirrors the RTL's MX core, :mod:`fmtlab.hw.rtl`)."""
     st = u.styles
     acc: FloatAcc = u.accumulator  # type: ignore[assignment]
     k = u.weight.block
@@ -360,8 +355,9 @@ def unit_cost(u: MacUnit, node: int = 45, vdd: float | None = None,
 def mac_cost(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
              accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
              node: int = 45, vdd: float | None = None, library: str = "nangate45",
-             overflow: str | None = None, rounding: str | None = None,
-             adder: str = "ripple", multiplier: str = "array", fa: str = "gates") -> MacCost:
+             overflow: "AccOverflow | str | None" = None,
+             rounding: "AccRounding | str | None" = None, adder: str = "ripple",
+             multiplier: str = "array", fa: str = "gates") -> MacCost:
     """Area and energy of the MAC unit for ``weight x activation`` into ``accumulator``.
 
     weight, activation: format names from the registry (``"int8"``, ``"dint4"``, ``"log4"``,

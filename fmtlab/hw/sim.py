@@ -88,7 +88,7 @@ def _round_to(x: np.ndarray, acc: FloatAcc) -> np.ndarray:
     from fmtlab.hw.datapath import float_params
 
     man, emin, emax, rtz, _ = float_params(acc)
-    return np.array([K._round_fmt(float(v), man, emin, emax, rtz) for v in np.ravel(x)])
+    return np.array([K.round_fmt(float(v), man, emin, emax, rtz) for v in np.ravel(x)])
 
 
 def make_vectors(unit: MacUnit, seed: int = 0, n_random: int = 20000) -> Vectors:
