@@ -1,0 +1,289 @@
+"""Hardware operand views through the capability protocol, the generic decode-LUT view, and the
+accumulator enums.
+
+Invariants:
+- every built-in family has a HW_OPERAND handler; a family without one is seen through a decode
+  LUT whose words are the EXACT fixed-point images of the format's values: lut[c] * 2**-frac ==
+  values()[c] for every finite code (compared as integers / exact floats, no tolerance);
+- the LUT is the narrowest such operand: frac is the smallest exponent making every value an
+  integer, and the width is the smallest two's-complement width holding them;
+- mac_cost names the LUT in its breakdown and prices it as w * (2**bits - 1) MUX2;
+- a dot product through the LUT operand equals the exact integer dot product (Python ints);
+- formats with NaN / Inf codes, or wider than 32 bits, are refused with errors naming them;
+- rounding / overflow strings are parsed once into enums; bad strings list the choices;
+- the RTL recognises NaN / Inf by the format's code sets (``nan_codes``, ``inf_codes``), never
+  by a rule's name: a minifloat with a NaN rule no built-in structure knows is decoded by
+  compares and simulates bit for bit like the datapath (before: treated as all-finite); the
+  built-in rules keep their compact structures (the generated RTL is unchanged);
+- a family with a hardware view but no RTL handler, and a code set too large to compare, raise
+  NotSupportedError naming what to register; the decode LUT's RTL (a case ROM) matches the
+  datapath exhaustively.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from fmtlab.errors import FmtlabError, FormatError
+from fmtlab.formats import get_format
+from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import (NotSupportedError, Subsystem, handled_families,
+                                         register_handler)
+from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.hw import mac_cost
+from fmtlab.hw.accumulators import AccOverflow, AccRounding, FloatAcc, IntAcc, parse_accumulator
+from fmtlab.hw.datapath import dot
+from fmtlab.hw.mac import make_unit
+from fmtlab.hw.operands import (FixedKind, FixedView, FloatView, MAX_LUT_WIDTH, SpecialDecode,
+                                decode_lut_view, int_view, view)
+from fmtlab.hw.rtl import generate
+from fmtlab.hw.sim import check_unit, iverilog_available
+
+needs_iverilog = pytest.mark.skipif(not iverilog_available(),
+                                    reason="iverilog not installed (Debian: apt-get install iverilog)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFormat(Format):
+    """A table-only format of a family no subsystem knows: code i has value ``table[i]``
+    (codes beyond the table are unused and decode to NaN)."""
+
+    table: tuple[float, ...]
+    label: str = "tbl"
+    family: ClassVar[str] = "test_table_only"
+
+    @property
+    def bits(self) -> int:
+        return max(1, (len(self.table) - 1).bit_length())
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def _build_values(self) -> np.ndarray:
+        v = np.full(1 << self.bits, np.nan)
+        v[:len(self.table)] = self.table
+        return v
+
+    def _virtual_above(self) -> tuple[float, bool]:
+        return 2 * self.table[-1] - self.table[-2], False
+
+
+# hand-picked: 0.375 = 3/8 needs 3 fractional bits; ivals -24 .. 48 need 7 bits with sign
+TBL = TableFormat((-3.0, -1.5, -0.25, 0.0, 0.375, 1.0, 2.5, 6.0), label="tbl3")
+TBL_IVALS = (-24, -12, -2, 0, 3, 8, 20, 48)
+
+
+def test_builtin_families_have_hw_operand_handlers():
+    fams = set(handled_families(Subsystem.HW_OPERAND))
+    assert {"int", "dint", "log", "minifloat", "e8m0"} <= fams
+    assert TableFormat.family not in fams
+
+
+def test_table_only_family_gets_the_narrowest_exact_fixed_point_lut():
+    v = view(TBL)
+    assert isinstance(v, FixedView) and v.kind is FixedKind.LUT
+    assert v.frac == 3 and v.sig_bits == 7
+    assert tuple(int(x) for x in v.lut) == TBL_IVALS
+    # exact: every finite value is lut * 2**-frac
+    assert all(Fraction(int(i), 1 << v.frac) == Fraction(x) for i, x in zip(v.lut, TBL.values()))
+    # narrowest: frac - 1 leaves 0.375 fractional; 6 bits cannot hold 48
+    assert any(Fraction(x) * (1 << (v.frac - 1)) % 1 for x in TBL.table)
+    assert max(TBL_IVALS) >= 1 << (v.sig_bits - 2)
+
+
+def test_unused_codes_decode_to_zero():
+    f = TableFormat((-1.0, 0.0, 0.5, 1.0, 2.0), label="tbl5")  # 3 bits, codes 5..7 unused
+    v = view(f)
+    assert f.unused_codes == frozenset({5, 6, 7})
+    assert tuple(int(x) for x in v.lut) == (-2, 0, 1, 2, 4, 0, 0, 0)
+    assert (v.frac, v.sig_bits) == (1, 4)
+
+
+def test_mac_cost_prices_a_decode_lut_into_the_multiplier():
+    c = mac_cost(TBL, "int8", "int32")
+    labels = [p.label for p in c.breakdown]
+    assert "decode LUT (2**3 x 7 bits)" in labels
+    lut = c.breakdown[labels.index("decode LUT (2**3 x 7 bits)")]
+    assert dict(lut.cells) == {"MUX2": 7 * (2 ** 3 - 1)}
+    assert any(lbl == "multiplier 7x8" for lbl in labels)
+    # the LUT operand costs more than a plain int4 x int8 MAC and less than int8 x int8
+    assert mac_cost("int4", "int8", "int32").area_ge < c.area_ge
+
+
+def test_dot_through_the_lut_operand_is_the_exact_integer_dot_product():
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 8, (5, 64))
+    x = rng.integers(0, 256, 64)
+    r = dot(w, x, TBL, "int8", "int32")
+    xi = np.where(x >= 128, x - 256, x)
+    exact = [sum(Fraction(TBL_IVALS[a], 8) * int(b) for a, b in zip(row, xi)) for row in w]
+    assert [Fraction(float(v)) for v in r.value] == exact
+    assert [int(v) for v in r.raw] == [int(e * 8) for e in exact]
+
+
+def test_lut_wider_than_32_bits_names_the_format_and_the_width():
+    f = TableFormat((-1.0, 0.0, 0.1, 1.0), label="tenth")  # 0.1 is not a short binary fraction
+    with pytest.raises(FormatError, match=r"tenth.*<= 32 bits.*need 55 fractional bits and 57 bits"):
+        view(f)
+    assert MAX_LUT_WIDTH == 32
+    with pytest.raises(FormatError, match="tenth"):
+        mac_cost(f, "int8", "int32")
+
+
+def test_lut_refuses_formats_with_nan_codes():
+    @dataclasses.dataclass(frozen=True)
+    class WithNaN(TableFormat):
+        def canonical_nan_code(self, negative: bool = False):
+            return 3
+
+        def _build_values(self):
+            v = super()._build_values()
+            v[3] = np.nan
+            return v
+
+    f = WithNaN((-1.0, 0.0, 1.0, 2.0), label="nanny")
+    assert f.nan_codes == frozenset({3})
+    with pytest.raises(NotSupportedError, match=r"'test_table_only' \(nanny\).*1 NaN"):
+        decode_lut_view(f)
+
+
+def test_a_wide_product_needs_a_wide_accumulator():
+    f = TableFormat((-1.0, 0.0, 2.0 ** -20, 1.0), label="deep")  # 20 fractional bits, 22 bits
+    assert (view(f).frac, view(f).sig_bits) == (20, 22)
+    # |ival| <= 2**20, |int8| <= 2**7: |product| <= 2**27, 28 magnitude bits + sign
+    with pytest.raises(FmtlabError, match="products need 29 bits; int24 is narrower"):
+        make_unit(f, "int8", "int24")
+    assert mac_cost(f, "int8", "int32").acc_bits == 32
+
+
+# ------------------------------------------------------------------------------------------
+# enums
+# ------------------------------------------------------------------------------------------
+
+
+def test_accumulator_strings_become_enums_once():
+    assert IntAcc(32, "saturate").overflow is AccOverflow.SATURATE
+    assert IntAcc(32).overflow is AccOverflow.WRAP
+    assert FloatAcc(8, 13, "Toward-Zero").rounding is AccRounding.TOWARD_ZERO
+    assert parse_accumulator("int24_sat").overflow is AccOverflow.SATURATE
+    assert parse_accumulator("fp32", rounding="toward_zero").rounding is AccRounding.TOWARD_ZERO
+    assert parse_accumulator("e8m13_rtz").name == "e8m13_rtz"
+    assert make_unit("int8", "int8", "int32", overflow=AccOverflow.SATURATE).accumulator.name == "int32_sat"
+    assert mac_cost("int8", "int8", "int32", overflow="saturate").accumulator == "int32_sat"
+
+
+@pytest.mark.parametrize("make, choices", [
+    (lambda: IntAcc(32, "clamp"), "'wrap', 'saturate'"),
+    (lambda: FloatAcc(8, 23, "up"), "'nearest_even', 'toward_zero'"),
+    (lambda: mac_cost("int8", "int8", "int32", overflow="bogus"), "'wrap', 'saturate'"),
+    (lambda: mac_cost("fp8_e4m3", "fp8_e4m3", "fp32", rounding=1), "'nearest_even', 'toward_zero'"),
+])
+def test_bad_modes_list_the_choices(make, choices):
+    with pytest.raises(FmtlabError, match=choices):
+        make()
+
+
+def test_existing_families_keep_their_views():
+    assert view(get_format("int8")).kind is FixedKind.INT
+    assert view(get_format("uint4")).kind is FixedKind.UINT
+    assert view(get_format("dint4")).kind is FixedKind.DINT
+    assert view(get_format("log4")).kind is FixedKind.LOG
+    with pytest.raises(FmtlabError, match="block-scale"):
+        view(get_format("e8m0"))
+
+
+# ------------------------------------------------------------------------------------------
+# RTL: special values from data facts, handlers per family, the LUT operand
+# ------------------------------------------------------------------------------------------
+
+TWO_NAN_CODES = (0b0111110, 0b0111111, 0b1111110, 0b1111111)
+
+
+@dataclasses.dataclass(frozen=True)
+class E3M3TwoNaN(MiniFloat):
+    """E3M3 whose NaNs are S.111.110 and S.111.111, no Inf: a rule none of ieee/fn/fnuz/fin is."""
+
+    def _build_values(self) -> np.ndarray:
+        v = super()._build_values()
+        for c in TWO_NAN_CODES:
+            v[c] = np.copysign(np.nan, -1.0 if c >> 6 else 1.0)
+        return v
+
+    def canonical_nan_code(self, negative: bool = False) -> int:
+        return 0b1111111 if negative else 0b0111111
+
+
+E3M3X = E3M3TwoNaN(3, 3, special="fin", label="e3m3_2nan")
+
+
+def test_builtin_rules_map_to_their_structures():
+    want = {"fp8_e5m2": SpecialDecode.IEEE, "bf16": SpecialDecode.IEEE,
+            "fp8_e4m3": SpecialDecode.ALL_ONES, "fp8_e4m3fnuz": SpecialDecode.NEG_ZERO,
+            "fp8_e5m2fnuz": SpecialDecode.NEG_ZERO, "fp4_e2m1": SpecialDecode.NONE,
+            "fp6_e2m3": SpecialDecode.NONE}
+    assert {n: view(get_format(n)).special_decode for n in want} == want
+
+
+def test_a_new_nan_rule_is_decoded_from_its_code_set():
+    v = view(E3M3X)
+    assert isinstance(v, FloatView) and v.nan_codes == frozenset(TWO_NAN_CODES)
+    assert v.special_decode is SpecialDecode.CODES
+    text = generate(make_unit(E3M3X, E3M3X, "fp32")).text
+    assert "wire da_nan = (w == 7'd62) | (w == 7'd63) | (w == 7'd126) | (w == 7'd127);" in text
+    assert mac_cost(E3M3X, E3M3X, "fp32").area_ge > mac_cost("fp6_e3m2", "fp6_e3m2", "fp32").area_ge
+
+
+@needs_iverilog
+@pytest.mark.parametrize("acc", ["fp32", "kulisch"])
+def test_rtl_of_a_new_nan_rule_matches_the_datapath(acc):
+    """Regression: the RTL used to treat an unknown rule as all-finite (NaN codes multiplied as
+    numbers), which this exhaustive check catches."""
+    r = check_unit(make_unit(E3M3X, E3M3X, acc))
+    assert r.vectors == 1 << 14
+    assert r.ok, r.first
+
+
+def test_too_many_unstructured_special_codes_are_refused():
+    @dataclasses.dataclass(frozen=True)
+    class ManyNaN(MiniFloat):
+        def _build_values(self):
+            v = super()._build_values()
+            v[1:200:2] = np.nan  # 100 NaN codes, no structure
+            return v
+
+        def canonical_nan_code(self, negative=False):
+            return 1
+
+    f = ManyNaN(4, 3, special="fin", label="manynan")
+    with pytest.raises(NotSupportedError, match=r"manynan.*100 NaN.*register RTL"):
+        generate(make_unit(f, "fp8_e4m3", "fp32"))
+
+
+def test_family_without_rtl_handler_raises_not_supported():
+    @dataclasses.dataclass(frozen=True)
+    class NoRtl(TableFormat):
+        family = "test_hw_view_without_rtl"
+        unsigned = False
+
+    register_handler(Subsystem.HW_OPERAND, NoRtl.family, int_view, replace=True)
+    f = NoRtl(tuple(float(i) for i in range(-8, 8)), label="nortl4")
+    assert mac_cost(f, "int8", "int32").area_ge > 0  # the view exists ...
+    with pytest.raises(NotSupportedError, match=r"RTL generator not supported for family "
+                                                r"'test_hw_view_without_rtl'"):
+        generate(make_unit(f, "int8", "int32"))  # ... the RTL does not
+
+
+@needs_iverilog
+def test_rtl_of_a_decode_lut_operand_matches_the_datapath():
+    u = make_unit(TBL, "int8", "int32")
+    text = generate(u).text
+    assert "always @* case (w)" in text and "3'd7: dw_lut = 7'd48;" in text and "3'd0: dw_lut = 7'd104;" in text
+    r = check_unit(u)
+    assert r.vectors == 1 << 11  # every (w, a) pair
+    assert r.ok, r.first
