@@ -35,6 +35,8 @@ from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import (NotSupportedError, Subsystem, handled_families,
                                          register_handler)
 from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.special import (CodePattern, Field, SpecialRule, register_special_rule,
+                                    unregister_special_rule)
 from fmtlab.hw import mac_cost
 from fmtlab.hw.accumulators import AccOverflow, AccRounding, FloatAcc, IntAcc, parse_accumulator
 from fmtlab.hw.datapath import dot
@@ -205,21 +207,19 @@ def test_existing_families_keep_their_views():
 TWO_NAN_CODES = (0b0111110, 0b0111111, 0b1111110, 0b1111111)
 
 
-@dataclasses.dataclass(frozen=True)
-class E3M3TwoNaN(MiniFloat):
-    """E3M3 whose NaNs are S.111.110 and S.111.111, no Inf: a rule none of ieee/fn/fnuz/fin is."""
-
-    def _build_values(self) -> np.ndarray:
-        v = super()._build_values()
-        for c in TWO_NAN_CODES:
-            v[c] = np.copysign(np.nan, -1.0 if c >> 6 else 1.0)
-        return v
-
-    def canonical_nan_code(self, negative: bool = False) -> int:
-        return 0b1111111 if negative else 0b0111111
+#: a NaN rule none of ieee/fn/fnuz/fin is: S.111.110 and S.111.111 are NaN, no Inf
+TWO_NAN = SpecialRule("twonan", nan=(CodePattern(Field.ALL_ONES, Field.ALL_ONES),
+                                     CodePattern(Field.ALL_ONES, 0b110)),
+                      overflow="nan", doc="no Inf; S.1..1.1..1 and S.1..1.1..10 are NaN")
 
 
-E3M3X = E3M3TwoNaN(3, 3, special="fin", label="e3m3_2nan")
+@pytest.fixture(scope="module")
+def e3m3x():
+    register_special_rule(TWO_NAN, replace=True)
+    try:
+        yield get_format("e3m3_twonan")
+    finally:
+        unregister_special_rule("twonan")
 
 
 def test_builtin_rules_map_to_their_structures():
@@ -230,38 +230,30 @@ def test_builtin_rules_map_to_their_structures():
     assert {n: view(get_format(n)).special_decode for n in want} == want
 
 
-def test_a_new_nan_rule_is_decoded_from_its_code_set():
-    v = view(E3M3X)
+def test_a_new_nan_rule_is_decoded_from_its_code_set(e3m3x):
+    v = view(e3m3x)
     assert isinstance(v, FloatView) and v.nan_codes == frozenset(TWO_NAN_CODES)
     assert v.special_decode is SpecialDecode.CODES
-    text = generate(make_unit(E3M3X, E3M3X, "fp32")).text
+    text = generate(make_unit(e3m3x, e3m3x, "fp32")).text
     assert "wire da_nan = (w == 7'd62) | (w == 7'd63) | (w == 7'd126) | (w == 7'd127);" in text
-    assert mac_cost(E3M3X, E3M3X, "fp32").area_ge > mac_cost("fp6_e3m2", "fp6_e3m2", "fp32").area_ge
+    assert mac_cost(e3m3x, e3m3x, "fp32").area_ge > mac_cost("fp6_e3m2", "fp6_e3m2", "fp32").area_ge
 
 
 @needs_iverilog
 @pytest.mark.parametrize("acc", ["fp32", "kulisch"])
-def test_rtl_of_a_new_nan_rule_matches_the_datapath(acc):
+def test_rtl_of_a_new_nan_rule_matches_the_datapath(e3m3x, acc):
     """Regression: the RTL used to treat an unknown rule as all-finite (NaN codes multiplied as
     numbers), which this exhaustive check catches."""
-    r = check_unit(make_unit(E3M3X, E3M3X, acc))
+    r = check_unit(make_unit(e3m3x, e3m3x, acc))
     assert r.vectors == 1 << 14
     assert r.ok, r.first
 
 
 def test_too_many_unstructured_special_codes_are_refused():
-    @dataclasses.dataclass(frozen=True)
-    class ManyNaN(MiniFloat):
-        def _build_values(self):
-            v = super()._build_values()
-            v[1:200:2] = np.nan  # 100 NaN codes, no structure
-            return v
-
-        def canonical_nan_code(self, negative=False):
-            return 1
-
-    f = ManyNaN(4, 3, special="fin", label="manynan")
-    with pytest.raises(NotSupportedError, match=r"manynan.*100 NaN.*register RTL"):
+    many = SpecialRule("manynan", nan=tuple(CodePattern(Field.ANY, k) for k in (1, 3, 5)))
+    f = MiniFloat(4, 3, special=many)  # 16 exponents x 3 mantissas x 2 signs = 96 NaN codes
+    assert len(f.nan_codes) == 96
+    with pytest.raises(NotSupportedError, match=r"e4m3_manynan.*96 NaN.*register RTL"):
         generate(make_unit(f, "fp8_e4m3", "fp32"))
 
 
