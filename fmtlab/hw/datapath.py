@@ -24,11 +24,11 @@ import math
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import Format
+from fmtlab.formats import BlockFormat, Format
 from fmtlab.hw import _dp_kernels as K
 from fmtlab.hw.mac import kulisch_geometry, make_unit, MacUnit
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
-                                KulischAcc, MXFormat, view)
+                                KulischAcc, view)
 from fmtlab.hw.promotion import parse_promoted, promoted_dot
 
 # ------------------------------------------------------------------------------------------
@@ -323,8 +323,8 @@ def _dot_kulisch(unit: MacUnit, vw: FloatView, va: FloatView, W, X, init, lead) 
                      (wrapped / unit_).reshape(lead), unit_, acc.name)
 
 
-def mx_dot(w_codes, a_codes, w_scales, a_scales, weight: "str | MXFormat" = "mxfp8",
-           activation: "str | MXFormat" = "mxfp8", accumulator: "str | FloatAcc" = "fp32", *,
+def mx_dot(w_codes, a_codes, w_scales, a_scales, weight: "str | BlockFormat" = "mxfp8",
+           activation: "str | BlockFormat" = "mxfp8", accumulator: "str | FloatAcc" = "fp32", *,
            rounding: "AccRounding | str | None" = None, init=None) -> DotResult:
     """MX block dot products over the last axis: element codes (..., K) and E8M0 scale codes
     (..., K / block) for both operands (255 = NaN scale)."""

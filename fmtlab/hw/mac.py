@@ -25,7 +25,7 @@ import dataclasses
 from typing import Any
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import Format
+from fmtlab.formats import BlockFormat, Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
                               fixed_product_parts, float_decode_parts, float_product_parts,
                               fp_adder_parts, product_exponent_parts,
@@ -33,8 +33,8 @@ from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_
 from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
                                   LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
 from fmtlab.hw.energy import calibrate
-from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
-                                parse_accumulator, parse_operand, view)
+from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
+                                KulischAcc, parse_accumulator, parse_operand, view)
 from fmtlab.hw.tech import Technology, get_library
 
 # ------------------------------------------------------------------------------------------
@@ -107,8 +107,8 @@ def mx_geometry(ew: FloatView, ea: FloatView, block: int) -> dict[str, int]:
 class MacUnit:
     """A MAC unit: weight and activation formats and an accumulator (plus circuit styles)."""
 
-    weight: "Format | MXFormat"
-    activation: "Format | MXFormat"
+    weight: "Format | BlockFormat"
+    activation: "Format | BlockFormat"
     accumulator: "IntAcc | FloatAcc | KulischAcc"
     styles: Styles = Styles()
 
@@ -118,7 +118,7 @@ class MacUnit:
 
     @property
     def is_mx(self) -> bool:
-        return isinstance(self.weight, MXFormat)
+        return isinstance(self.weight, BlockFormat)
 
     @property
     def macs_per_cycle(self) -> int:
@@ -153,19 +153,19 @@ def kulisch_flag_bits(a: FloatView, b: FloatView) -> int:
     return 3 if (a.has_inf or b.has_inf) else 1
 
 
-def make_unit(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
+def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | BlockFormat",
               accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
               overflow: "AccOverflow | str | None" = None,
               rounding: "AccRounding | str | None" = None, adder_style: str = "ripple",
               multiplier_style: str = "array") -> MacUnit:
     """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`."""
     w, a = parse_operand(weight), parse_operand(activation)
-    if isinstance(w, MXFormat) != isinstance(a, MXFormat):
+    if isinstance(w, BlockFormat) != isinstance(a, BlockFormat):
         raise FmtlabError(f"MX and non-MX operands cannot share a MAC unit ({w} x {a})")
-    if isinstance(w, MXFormat) and w.block != a.block:
+    if isinstance(w, BlockFormat) and w.block != a.block:
         raise FmtlabError(f"MX operands need the same block size ({w.block} vs {a.block})")
-    vw = view(w.element if isinstance(w, MXFormat) else w)
-    va = view(a.element if isinstance(a, MXFormat) else a)
+    vw = view(w.element if isinstance(w, BlockFormat) else w)
+    va = view(a.element if isinstance(a, BlockFormat) else a)
     fixed = isinstance(vw, FixedView)
     if isinstance(vw, FixedView) != isinstance(va, FixedView):
         raise FmtlabError(f"mixed integer-like and floating-point operands ({w} x {a}) are not "
@@ -177,7 +177,7 @@ def make_unit(weight: "str | Format | MXFormat", activation: "str | Format | MXF
         raise FmtlabError(f"integer-like products accumulate in int<W>, not {acc.name}")
     if not fixed and isinstance(acc, IntAcc):
         raise FmtlabError(f"floating-point products need an fp or kulisch accumulator, not {acc.name}")
-    if isinstance(w, MXFormat) and not isinstance(acc, FloatAcc):
+    if isinstance(w, BlockFormat) and not isinstance(acc, FloatAcc):
         raise FmtlabError("MX dot-product units accumulate in a float accumulator (e.g. fp32)")
     if fixed:
         pbits = fixed_product_bits(vw, va)
@@ -352,7 +352,7 @@ def unit_cost(u: MacUnit, node: int = 45, vdd: float | None = None,
                    float(tech.vdd), library, u.acc_bits())
 
 
-def mac_cost(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
+def mac_cost(weight: "str | Format | BlockFormat", activation: "str | Format | BlockFormat",
              accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
              node: int = 45, vdd: float | None = None, library: str = "nangate45",
              overflow: "AccOverflow | str | None" = None,

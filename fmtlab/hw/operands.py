@@ -1,5 +1,9 @@
 """How the MAC hardware sees element formats and MX block formats.
 
+MX block formats are :class:`fmtlab.formats.BlockFormat` values (defined once, shared with the
+quantizers); :func:`parse_operand` accepts them by name and :func:`check_mx_operand` states
+which ones the MAC model covers.
+
 Operand views, looked up per format family through the capability protocol
 (:data:`fmtlab.formats.capabilities.Subsystem.HW_OPERAND`; this module registers the handlers of
 the built-in families):
@@ -28,87 +32,52 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import re
 from functools import cached_property
 
 import numpy as np
 
 from fmtlab.errors import FmtlabError, FormatError
-from fmtlab.formats import Format, get_format
+from fmtlab.formats import BlockFormat, Format, ScaleFormat, get_block_format, get_format
 from fmtlab.formats.capabilities import NotSupportedError, Subsystem, find_handler, register_handler
 from fmtlab.hw.accumulators import (AccOverflow, AccRounding, Accumulator, FloatAcc, IntAcc,
                                     KulischAcc, parse_accumulator)
 
 __all__ = ["FixedKind", "FixedView", "FloatView", "SpecialDecode", "special_decode", "view",
-           "fixed_view", "decode_lut_view", "parse_operand", "MXFormat", "parse_mx",
+           "fixed_view", "decode_lut_view", "parse_operand", "check_mx_operand",
            "AccOverflow", "AccRounding", "Accumulator", "FloatAcc", "IntAcc", "KulischAcc",
            "parse_accumulator", "MAX_LUT_WIDTH", "MAX_SPECIAL_COMPARES"]
 
 # ------------------------------------------------------------------------------------------
-# MX block formats
+# operands: element formats and MX block formats
 # ------------------------------------------------------------------------------------------
 
-_MX_ALIASES = {"mxfp8": "fp8_e4m3", "mxfp6": "fp6_e3m2", "mxfp4": "fp4_e2m1"}
+
+def check_mx_operand(bf: BlockFormat) -> BlockFormat:
+    """``bf`` if the MX hardware model covers it: E8M0 block scales (OCP MX v1.0), minifloat
+    elements, 2..1024 elements per block. The shared-exponent rule only changes which scale the
+    quantizer picks, not the MAC, so every rule is accepted. Otherwise NotSupportedError."""
+    if bf.scale_format is not ScaleFormat.E8M0 or bf.tensor_scale:
+        raise NotSupportedError(f"{bf.name}: the MAC model covers E8M0-scaled (OCP MX) blocks only, "
+                                f"not {bf.scale_format} block scales")
+    if not isinstance(view(bf.element), FloatView):
+        raise NotSupportedError(f"{bf.name}: the MX MAC model needs minifloat elements, got "
+                                f"{bf.element.name} ({bf.element.family})")
+    if not 2 <= bf.block <= 1024:
+        raise FormatError(f"{bf.name}: MX units need 2..1024 elements per block, got block={bf.block}")
+    return bf
 
 
-@dataclasses.dataclass(frozen=True)
-class MXFormat:
-    """An OCP MX block format: ``block`` elements of ``element`` sharing one E8M0 scale.
-
-    Source: OCP Microscaling Formats (MX) Specification v1.0 (block 32, E8M0 scale, elements
-    FP8 E4M3/E5M2, FP6 E3M2/E2M3, FP4 E2M1). Names: ``mxfp8`` (= E4M3), ``mxfp8_e5m2``,
-    ``mxfp6_e3m2``, ``mxfp6_e2m3``, ``mxfp4`` (= ``mxfp4_e2m1``), optional ``_b<block>``.
-    """
-
-    element: Format
-    block: int = 32
-
-    def __post_init__(self) -> None:
-        if self.element.family != "minifloat":
-            raise FormatError(f"MX elements must be minifloats, got {self.element.name}")
-        if not isinstance(self.block, int) or not 2 <= self.block <= 1024:
-            raise FormatError(f"MX block must be an int in 2..1024, got block={self.block!r}")
-
-    @property
-    def name(self) -> str:
-        el = self.element.name
-        short = {"fp8_e4m3": "mxfp8", "fp6_e3m2": "mxfp6", "fp4_e2m1": "mxfp4"}.get(el)
-        base = short if short else "mx" + el
-        return base if self.block == 32 else f"{base}_b{self.block}"
-
-    @property
-    def bits(self) -> int:
-        return self.element.bits
-
-    def __str__(self) -> str:
-        return self.name
-
-
-_MX_RE = re.compile(r"mx(fp\d+(?:_e\d+m\d+)?)(?:_b(\d+))?")
-
-
-def parse_mx(name: str) -> MXFormat | None:
-    """The MX format called ``name``, or None when the name is not an MX name."""
-    m = _MX_RE.fullmatch(name.strip().lower())
-    if not m:
-        return None
-    el = m.group(1)
-    el = _MX_ALIASES.get("mx" + el, el)
-    try:
-        fmt = get_format(el)
-    except FormatError:
-        raise FormatError(f"unknown MX element format in {name!r}") from None
-    return MXFormat(fmt, int(m.group(2)) if m.group(2) else 32)
-
-
-def parse_operand(x: "str | Format | MXFormat") -> "Format | MXFormat":
-    """A format (registry name or object) or an MX block format."""
-    if isinstance(x, (Format, MXFormat)):
+def parse_operand(x: "str | Format | BlockFormat") -> "Format | BlockFormat":
+    """A format (registry name or object) or an MX block format
+    (:func:`fmtlab.formats.get_block_format`: ``mxfp8``, ``mxfp6_e2m3``, ``mxfp4_b16`` ...)."""
+    if isinstance(x, Format):
         return x
+    if isinstance(x, BlockFormat):
+        return check_mx_operand(x)
     if not isinstance(x, str):
         raise TypeError(f"operand format must be a name or a format object, got {type(x).__name__}")
-    mx = parse_mx(x)
-    return mx if mx is not None else get_format(x)
+    bf = get_block_format(x)
+    return check_mx_operand(bf) if bf is not None else get_format(x)
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ Invariants:
   built-in rules keep their compact structures (the generated RTL is unchanged);
 - a family with a hardware view but no RTL handler, and a code set too large to compare, raise
   NotSupportedError naming what to register; the decode LUT's RTL (a case ROM) matches the
-  datapath exhaustively.
+  datapath exhaustively;
+- MX operands are the shared ``fmtlab.formats.BlockFormat`` values (the same names as before);
+  block formats outside the MX MAC model (FP8 block scales, integer elements) are refused.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import pytest
 
 from fmtlab.errors import FmtlabError, FormatError
-from fmtlab.formats import get_format
+from fmtlab.formats import BlockFormat, get_block_format, get_format
 from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import (NotSupportedError, Subsystem, handled_families,
                                          register_handler)
@@ -279,3 +281,32 @@ def test_rtl_of_a_decode_lut_operand_matches_the_datapath():
     r = check_unit(u)
     assert r.vectors == 1 << 11  # every (w, a) pair
     assert r.ok, r.first
+
+
+# ------------------------------------------------------------------------------------------
+# MX defined once: fmtlab.formats.BlockFormat
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, element, block", [
+    ("mxfp8", "fp8_e4m3", 32), ("mxfp8_e5m2", "fp8_e5m2", 32), ("mxfp6", "fp6_e3m2", 32),
+    ("mxfp6_e3m2", "fp6_e3m2", 32), ("mxfp6_e2m3", "fp6_e2m3", 32), ("mxfp4", "fp4_e2m1", 32),
+    ("mxfp4_b16", "fp4_e2m1", 16), ("MXFP8_B64", "fp8_e4m3", 64)])
+def test_hw_reads_mx_names_as_the_shared_block_formats(name, element, block):
+    u = make_unit(name, name, "fp32")
+    assert isinstance(u.weight, BlockFormat) and u.weight == get_block_format(name)
+    assert (u.weight.element.name, u.weight.block, u.macs_per_cycle) == (element, block, block)
+
+
+def test_block_format_objects_and_rules():
+    bf = BlockFormat("fp8_e4m3", 32)
+    assert mac_cost(bf, bf, "fp32") == mac_cost("mxfp8", "mxfp8", "fp32")
+    # the shared-exponent rule picks the scale; the MAC that consumes it is the same circuit
+    assert mac_cost("mxfp8_ceil", "mxfp8_ceil").area_ge == mac_cost("mxfp8", "mxfp8").area_ge
+
+
+@pytest.mark.parametrize("name, match", [
+    ("nvfp4", "E8M0-scaled"), ("mxint8", "minifloat elements"), ("mxfp8_b1", "2..1024")])
+def test_block_formats_the_mac_model_does_not_cover(name, match):
+    with pytest.raises(FmtlabError, match=match):
+        mac_cost(name, name, "fp32")
