@@ -13,7 +13,7 @@
 
 Every result comes with the exact dot product (rounded once to float64) and overflow counts.
 Accumulation is sequential over k = 0 .. K-1, as a single MAC unit would do it. See
-:mod:`fmtlab.hw._dp_kernels` for the numeric conventions of the kernels.
+:mod:`fmtlab.hw.dp_kernels` for the numeric conventions of the kernels.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import BlockFormat, Format
-from fmtlab.hw import _dp_kernels as K
+from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.mac import kulisch_geometry, make_unit, MacUnit
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
                                 KulischAcc, view)

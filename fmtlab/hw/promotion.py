@@ -32,7 +32,7 @@ import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.hw import _dp_kernels as K
+from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.accumulators import AccRounding, FloatAcc, parse_accumulator
 
 

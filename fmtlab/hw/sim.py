@@ -84,7 +84,7 @@ def _float_acc_inputs(rng: np.random.Generator, acc: FloatAcc, prods: np.ndarray
 
 
 def _round_to(x: np.ndarray, acc: FloatAcc) -> np.ndarray:
-    from fmtlab.hw import _dp_kernels as K
+    from fmtlab.hw import dp_kernels as K
     from fmtlab.hw.datapath import float_params
 
     man, emin, emax, rtz, _ = float_params(acc)

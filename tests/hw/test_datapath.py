@@ -322,7 +322,7 @@ def test_init_accumulator():
 
 def test_fp32_fast_path_equals_the_general_kernel():
     """dot_float32 (plain float32 adds) is held bit-identical to the round-to-odd path."""
-    from fmtlab.hw import _dp_kernels as K
+    from fmtlab.hw import dp_kernels as K
     from fmtlab.hw.datapath import float_tables, products_exact_in_fp32
     from fmtlab.hw.operands import view
 

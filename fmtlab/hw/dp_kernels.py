@@ -1,4 +1,4 @@
-"""numba kernels of the bit-accurate MAC datapath (private; see :mod:`fmtlab.hw.datapath`).
+"""numba kernels of the bit-accurate MAC datapath (used through :mod:`fmtlab.hw.datapath`).
 
 Numeric conventions
 -------------------
