@@ -182,7 +182,8 @@ def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | 
     if fixed:
         pbits = fixed_product_bits(vw, va)
         if pbits > acc.width:
-            raise FmtlabError(f"{w} x {a} products need {pbits} bits; {acc.name} is narrower")
+            hint = f" (use int{pbits} or wider)" if pbits <= 64 else ""
+            raise FmtlabError(f"{w} x {a} products need {pbits} bits; {acc.name} is narrower{hint}")
     return MacUnit(w, a, acc, Styles(adder_style, multiplier_style))
 
 

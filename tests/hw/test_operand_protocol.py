@@ -161,7 +161,7 @@ def test_a_wide_product_needs_a_wide_accumulator():
     f = TableFormat((-1.0, 0.0, 2.0 ** -20, 1.0), label="deep")  # 20 fractional bits, 22 bits
     assert (view(f).frac, view(f).sig_bits) == (20, 22)
     # |ival| <= 2**20, |int8| <= 2**7: |product| <= 2**27, 28 magnitude bits + sign
-    with pytest.raises(FmtlabError, match="products need 29 bits; int24 is narrower"):
+    with pytest.raises(FmtlabError, match=r"products need 29 bits; int24 is narrower \(use int29 or wider\)"):
         make_unit(f, "int8", "int24")
     assert mac_cost(f, "int8", "int32").acc_bits == 32
 
