@@ -22,6 +22,7 @@ Composition (each unit is the list of parts below; area and energy add up over p
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 from fmtlab.errors import FmtlabError
@@ -103,6 +104,14 @@ def mx_geometry(ew: FloatView, ea: FloatView, block: int) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------
 
 
+class UnitKind(enum.Enum):
+    """Which datapath a MAC unit has (see the module docstring)."""
+
+    FIXED = "fixed"  # integer-like products into an int<W> accumulator
+    FLOAT = "float"  # minifloat products into a float or Kulisch accumulator
+    MX = "mx"        # MX block dot products into a float accumulator
+
+
 @dataclasses.dataclass(frozen=True)
 class MacUnit:
     """A MAC unit: weight and activation formats and an accumulator (plus circuit styles)."""
@@ -125,11 +134,11 @@ class MacUnit:
         return self.weight.block if self.is_mx else 1
 
     @property
-    def kind(self) -> str:
-        """``fixed``, ``float`` or ``mx``."""
+    def kind(self) -> "UnitKind":
+        """Integer-like products, floating-point products, or an MX block dot product."""
         if self.is_mx:
-            return "mx"
-        return "float" if isinstance(view(self.weight), FloatView) else "fixed"
+            return UnitKind.MX
+        return UnitKind.FLOAT if isinstance(view(self.weight), FloatView) else UnitKind.FIXED
 
     def parts(self) -> list[Part]:
         return build_parts(self)

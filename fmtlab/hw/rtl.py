@@ -26,7 +26,7 @@ import dataclasses
 import re
 
 from fmtlab.hw.accumulators import KulischAcc
-from fmtlab.hw.mac import MacUnit
+from fmtlab.hw.mac import MacUnit, UnitKind
 from fmtlab.hw.rtl_cores import fixed_core, float_core, kulisch_core, mx_core
 
 __all__ = ["RTL", "module_name", "generate"]
@@ -63,8 +63,7 @@ def generate(unit: MacUnit) -> RTL:
                f"  wire [{accb - 1}:0] nxt;",
                f"  {name}_core core(.w(w), .a(a), .sw(sw), .sx(sx), .acc_in(acc), .acc_out(nxt));"]
     else:
-        kind = unit.kind
-        if kind == "fixed":
+        if unit.kind is UnitKind.FIXED:
             core, accb = fixed_core(name, unit)
         elif isinstance(unit.accumulator, KulischAcc):
             core, accb = kulisch_core(name, unit)
