@@ -72,7 +72,8 @@ class IntAcc:
     overflow: AccOverflow = AccOverflow.WRAP
 
     def __post_init__(self) -> None:
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or not 2 <= self.width <= 64:
+        w = self.width
+        if isinstance(w, bool) or not isinstance(w, int) or not 2 <= w <= 64:
             raise FmtlabError(f"integer accumulator width must be 2..64, got width={self.width!r}")
         object.__setattr__(self, "overflow", AccOverflow.parse(self.overflow))
 
@@ -130,7 +131,8 @@ class KulischAcc:
     guard: int = 12
 
     def __post_init__(self) -> None:
-        if isinstance(self.guard, bool) or not isinstance(self.guard, int) or not 0 <= self.guard <= 64:
+        g = self.guard
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= 64:
             raise FmtlabError(f"Kulisch guard bits must be 0..64, got guard={self.guard!r}")
 
     @property
@@ -146,7 +148,8 @@ _FLOAT_ACC = {"fp32": (8, 23), "float32": (8, 23), "fp16": (5, 10), "bf16": (8, 
 
 def parse_accumulator(spec: "str | IntAcc | FloatAcc | KulischAcc",
                       overflow: "AccOverflow | str | None" = None,
-                      rounding: "AccRounding | str | None" = None) -> "IntAcc | FloatAcc | KulischAcc":
+                      rounding: "AccRounding | str | None" = None
+                      ) -> "IntAcc | FloatAcc | KulischAcc":
     """``int32``/``int<W>``, ``fp32``/``fp16``/``bf16``/``tf32``/``e<E>m<M>``, ``kulisch[<G>]``.
 
     A ``_sat`` suffix on int names means saturate; ``_rtz`` on float names round toward zero.
@@ -162,7 +165,8 @@ def parse_accumulator(spec: "str | IntAcc | FloatAcc | KulischAcc",
             acc = dataclasses.replace(acc, rounding=rnd)
         return acc
     if not isinstance(spec, str):
-        raise TypeError(f"accumulator must be a name or an accumulator object, got {type(spec).__name__}")
+        raise TypeError("accumulator must be a name or an accumulator object, got "
+                        f"{type(spec).__name__}")
     s = spec.strip().lower()
     if m := re.fullmatch(r"int(\d+)(_sat)?", s):
         return IntAcc(int(m.group(1)),

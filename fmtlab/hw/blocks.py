@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fmtlab.hw.components import (BarrelShifter, Comparator, Component, Decoder, Gates,
+from fmtlab.hw.components import (BarrelShifter, Comparator, Component, ConstRom, Decoder, Gates,
                                   Incrementer, LeadingZeroCounter, Mux, OrTree, Register,
                                   XorRow, adder, clog2, multiplier)
 from fmtlab.hw.operands import FixedKind, FixedView, FloatAcc, FloatView, SpecialDecode
@@ -67,11 +67,10 @@ def dint_decode_parts(v: FixedView, other_width: int, label: str) -> list[Part]:
 
 def decode_lut_part(v: FixedView) -> Part:
     """The decode LUT of a table-only operand (:func:`fmtlab.hw.operands.decode_lut_view`):
-    2**bits words of w = ``sig_bits`` bits, priced as a ROM built from a 2**bits:1 multiplexer
-    tree per output bit whose data inputs are constants, i.e. ``w * (2**bits - 1)`` MUX2
-    (:class:`fmtlab.hw.components.Mux`). An upper bound: synthesis folds the constant inputs
-    (a column of equal bits costs nothing)."""
-    return Part(f"decode LUT (2**{v.bits} x {v.sig_bits} bits)", Mux(v.sig_bits, 1 << v.bits))
+    2**bits constant words of w = ``sig_bits`` bits (two's complement), priced as a
+    :class:`fmtlab.hw.components.ConstRom`: a 2**bits:1 multiplexer tree per output bit with
+    constant folding and shared sub-trees (at most ``w * (2**bits - 1)`` MUX2)."""
+    return Part(f"decode LUT (2**{v.bits} x {v.sig_bits} bits)", ConstRom(v.ivals, v.sig_bits))
 
 
 def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:

@@ -306,6 +306,51 @@ class Mux(Component):
 
 
 @dataclasses.dataclass(frozen=True)
+class ConstRom(Component):
+    """A read-only table of constant ``width``-bit words addressed by a code: a multiplexer tree
+    on the address bits per output bit, reduced as a shared reduced ordered BDD (Bryant, "Graph-
+    based algorithms for Boolean function manipulation", IEEE TC 1986; address MSB at the root):
+    equal sub-tables are built once, a node whose two inputs are equal disappears, a node
+    selecting 0/1 by an address bit is that bit (free) or its inverse (INV); every other node is
+    one MUX2. Upper bound: ``width * (len(words) - 1)`` MUX2 (no folding). Class: shift."""
+
+    words: tuple[int, ...]
+    width: int
+    energy_class: ClassVar[str] = "shift"
+
+    def cells(self) -> Counter:
+        n = len(self.words)
+        if n & (n - 1) or n < 2:
+            raise ValueError(f"ConstRom needs a power-of-two number of words, got {n}")
+        mask = (1 << self.width) - 1
+        nodes: dict[tuple, int] = {}  # (lo, hi) -> node id; ids 0 and 1 are the constants
+        c = Counter()
+        for bit in range(self.width):
+            level = [((w & mask) >> bit) & 1 for w in self.words]
+            depth = 0
+            while len(level) > 1:
+                nxt = []
+                for lo, hi in zip(level[0::2], level[1::2]):
+                    if lo == hi:
+                        nxt.append(lo)
+                        continue
+                    key = (depth, lo, hi)
+                    if key not in nodes:
+                        nodes[key] = len(nodes) + 2
+                        if (lo, hi) == (1, 0):
+                            c["INV"] += 1
+                        elif (lo, hi) != (0, 1):
+                            c["MUX2"] += 1
+                    nxt.append(nodes[key])
+                level = nxt
+                depth += 1
+        return c
+
+    def describe(self) -> str:
+        return f"ConstRom(words={len(self.words)}, width={self.width})"
+
+
+@dataclasses.dataclass(frozen=True)
 class Decoder(Component):
     """n-to-2^n one-hot decoder: n INV and one n-input AND (n - 1 AND2) per used output."""
 

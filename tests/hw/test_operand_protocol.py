@@ -7,7 +7,8 @@ Invariants:
   values()[c] for every finite code (compared as integers / exact floats, no tolerance);
 - the LUT is the narrowest such operand: frac is the smallest exponent making every value an
   integer, and the width is the smallest two's-complement width holding them;
-- mac_cost names the LUT in its breakdown and prices it as w * (2**bits - 1) MUX2;
+- mac_cost names the LUT in its breakdown and prices it as a constant-folded, shared mux tree
+  (a reduced ordered BDD: never more than the plain w * (2**bits - 1) MUX2);
 - a dot product through the LUT operand equals the exact integer dot product (Python ints);
 - formats with NaN / Inf codes, or wider than 32 bits, are refused with errors naming them;
 - rounding / overflow strings are parsed once into enums; bad strings list the choices;
@@ -41,6 +42,7 @@ from fmtlab.formats.special import (CodePattern, Field, SpecialRule, register_sp
                                     unregister_special_rule)
 from fmtlab.hw import mac_cost
 from fmtlab.hw.accumulators import AccOverflow, AccRounding, FloatAcc, IntAcc, parse_accumulator
+from fmtlab.hw.components import ConstRom
 from fmtlab.hw.datapath import dot
 from fmtlab.hw.mac import make_unit
 from fmtlab.hw.operands import (FixedKind, FixedView, FloatView, MAX_LUT_WIDTH, SpecialDecode,
@@ -114,10 +116,31 @@ def test_mac_cost_prices_a_decode_lut_into_the_multiplier():
     labels = [p.label for p in c.breakdown]
     assert "decode LUT (2**3 x 7 bits)" in labels
     lut = c.breakdown[labels.index("decode LUT (2**3 x 7 bits)")]
-    assert dict(lut.cells) == {"MUX2": 7 * (2 ** 3 - 1)}
+    assert dict(lut.cells) == dict(ConstRom(TBL_IVALS, 7).cells())
+    assert 0 < sum(dict(lut.cells).values()) <= 7 * (2 ** 3 - 1)
     assert any(lbl == "multiplier 7x8" for lbl in labels)
     # the LUT operand costs more than a plain int4 x int8 MAC and less than int8 x int8
     assert mac_cost("int4", "int8", "int32").area_ge < c.area_ge
+
+
+@pytest.mark.parametrize("words, width, cells", [
+    ((5, 5, 5, 5), 3, {}),                  # constant table: wires only
+    ((0, 1), 1, {}),                        # the address bit itself
+    ((1, 0), 1, {"INV": 1}),                # its inverse
+    ((0, 1, 1, 0), 1, {"INV": 1, "MUX2": 1}),  # XOR: a0 / ~a0 selected by a1
+    ((0, 3, 3, 0), 2, {"INV": 1, "MUX2": 1}),  # two equal output bits share one tree
+    ((0, 1, 2, 3), 2, {}),                  # the address is the word
+])
+def test_const_rom_folds_constants_and_shares_subtrees(words, width, cells):
+    assert dict(ConstRom(words, width).cells()) == cells
+
+
+def test_const_rom_never_exceeds_the_plain_mux_tree():
+    rng = np.random.default_rng(1)
+    for bits, width in ((2, 3), (4, 8), (6, 12)):
+        words = tuple(int(x) for x in rng.integers(0, 1 << width, 1 << bits))
+        n = sum(ConstRom(words, width).cells().values())
+        assert n <= width * ((1 << bits) - 1)
 
 
 def test_dot_through_the_lut_operand_is_the_exact_integer_dot_product():
