@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from fmtlab.hw.components import (BarrelShifter, Comparator, Component, ConstRom, Decoder, Gates,
-                                  Incrementer, LeadingZeroCounter, Mux, OrTree, Register,
-                                  XorRow, adder, clog2, multiplier)
+from fmtlab.hw.components import (AdderStyle, BarrelShifter, Comparator, Component, ConstRom,
+                                  Decoder, Gates, Incrementer, LeadingZeroCounter, MultiplierStyle,
+                                  Mux, OrTree, Register, XorRow, adder, clog2, multiplier)
 from fmtlab.hw.operands import FixedKind, FixedView, FloatAcc, FloatView, SpecialDecode
 
 
@@ -31,10 +31,15 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class Styles:
-    """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth)."""
+    """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth);
+    strings are parsed into the enums."""
 
-    adder: str = "ripple"
-    multiplier: str = "array"
+    adder: AdderStyle = AdderStyle.RIPPLE
+    multiplier: MultiplierStyle = MultiplierStyle.ARRAY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adder", AdderStyle.parse(self.adder))
+        object.__setattr__(self, "multiplier", MultiplierStyle.parse(self.multiplier))
 
 
 # ------------------------------------------------------------------------------------------

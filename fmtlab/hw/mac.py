@@ -31,8 +31,9 @@ from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_
                               fixed_product_parts, float_decode_parts, float_product_parts,
                               fp_adder_parts, product_exponent_parts,
                               product_exponent_width)
-from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
-                                  LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
+from fmtlab.hw.components import (AdderStyle, BarrelShifter, CompressorTree, Gates, Incrementer,
+                                  LeadingZeroCounter, MultiplierStyle, Mux, XorRow, adder, clog2,
+                                  ge_of)
 from fmtlab.hw.energy import calibrate
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
                                 KulischAcc, parse_accumulator, parse_operand, view)
@@ -165,8 +166,9 @@ def kulisch_flag_bits(a: FloatView, b: FloatView) -> int:
 def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | BlockFormat",
               accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
               overflow: "AccOverflow | str | None" = None,
-              rounding: "AccRounding | str | None" = None, adder_style: str = "ripple",
-              multiplier_style: str = "array") -> MacUnit:
+              rounding: "AccRounding | str | None" = None,
+              adder_style: "AdderStyle | str" = AdderStyle.RIPPLE,
+              multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY) -> MacUnit:
     """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`."""
     w, a = parse_operand(weight), parse_operand(activation)
     if isinstance(w, BlockFormat) != isinstance(a, BlockFormat):
@@ -366,8 +368,10 @@ def mac_cost(weight: "str | Format | BlockFormat", activation: "str | Format | B
              accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
              node: int = 45, vdd: float | None = None, library: str = "nangate45",
              overflow: "AccOverflow | str | None" = None,
-             rounding: "AccRounding | str | None" = None, adder: str = "ripple",
-             multiplier: str = "array", fa: str = "gates") -> MacCost:
+             rounding: "AccRounding | str | None" = None,
+             adder: "AdderStyle | str" = AdderStyle.RIPPLE,
+             multiplier: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
+             fa: str = "gates") -> MacCost:
     """Area and energy of the MAC unit for ``weight x activation`` into ``accumulator``.
 
     weight, activation: format names from the registry (``"int8"``, ``"dint4"``, ``"log4"``,

@@ -333,3 +333,15 @@ def test_block_format_objects_and_rules():
 def test_block_formats_the_mac_model_does_not_cover(name, match):
     with pytest.raises(FmtlabError, match=match):
         mac_cost(name, name, "fp32")
+
+
+def test_circuit_styles_are_enums_parsed_once():
+    from fmtlab.hw.blocks import Styles
+    from fmtlab.hw.components import AdderStyle, MultiplierStyle, PrefixAdder
+
+    st = Styles("kogge_stone", "Booth")
+    assert (st.adder, st.multiplier) == (AdderStyle.KOGGE_STONE, MultiplierStyle.BOOTH)
+    assert PrefixAdder(8, "brent_kung").describe() == "PrefixAdder(n=8, kind=brent_kung)"
+    assert mac_cost("int8", "int8", adder=AdderStyle.BRENT_KUNG) == mac_cost("int8", "int8", adder="brent_kung")
+    with pytest.raises(ValueError, match="ripple, brent_kung, kogge_stone"):
+        mac_cost("int8", "int8", adder="carry_magic")
