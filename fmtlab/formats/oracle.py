@@ -19,6 +19,9 @@ end, the value the format would have next if its range went on:
   log         +/-base (the level b**+1)
 Choosing a virtual value means overflow.
 
+Tables without zero (lookup formats such as iq4nl) have one interval L < 0 < U; there the
+nearest value is found by signed distances, and TOWARD_ZERO takes the smaller magnitude.
+
 Input.  Each element is taken at its exact value (float32 widened to float64 is exact; float64
 is never rounded through float32). Let L <= x < U be adjacent table entries (virtual included).
   x == L                    -> L
@@ -188,6 +191,16 @@ def _tie(t: OracleTable, i: int, rounding: Rounding) -> int:
 def _compare_to_boundary(t: OracleTable, x: float, lo: float, hi: float, boundaries: str) -> int:
     """Where |x| lies between the magnitudes a < b of the same-signed neighbours lo, hi:
     -1 nearer to a (the smaller magnitude), +1 nearer to b, 0 a tie."""
+    if lo < 0.0 < hi:  # a table without zero (lookup formats): compare signed distances
+        if boundaries == "format":
+            m = lo / 2 + hi / 2
+            d = (x > m) - (x < m)
+        else:
+            e = (Fraction(x) - Fraction(lo)) - (Fraction(hi) - Fraction(x))
+            d = (e > 0) - (e < 0)
+        if d == 0:
+            return 0
+        return 1 if (d > 0) == (abs(hi) > abs(lo)) else -1  # +1: nearer the larger magnitude
     ax, a, b = abs(x), min(abs(lo), abs(hi)), max(abs(lo), abs(hi))
     r = t.rule
     if r.zero_threshold is not None and a == 0.0:
@@ -288,7 +301,9 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             if c is None:
                 if nan is NanInput.RAISE:
                     raise FormatError(f"{fmt} has no NaN code and the input holds NaN")
-                c = t.zero_code
+                c = t.zero_code  # nan="zero": NaN reads as 0.0 (the nearest value if 0 is absent)
+                if c is None:
+                    c = t.codes[_round_one(t, 0.0, Rounding.NEAREST_EVEN, 0.0, boundaries)]
             out.append(c)
             continue
         if math.isinf(xv):
