@@ -33,7 +33,8 @@ import numpy as np
 import pytest
 
 from fmtlab.errors import FmtlabError, FormatError
-from fmtlab.formats import BlockFormat, get_block_format, get_format
+from fmtlab.formats import (BlockFormat, LookupFormat, get_block_format, get_format,
+                            register_format, unregister_format)
 from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import (NotSupportedError, Subsystem, handled_families,
                                          register_handler)
@@ -345,3 +346,48 @@ def test_circuit_styles_are_enums_parsed_once():
     assert mac_cost("int8", "int8", adder=AdderStyle.BRENT_KUNG) == mac_cost("int8", "int8", adder="brent_kung")
     with pytest.raises(ValueError, match="ripple, brent_kung, kogge_stone"):
         mac_cost("int8", "int8", adder="carry_magic")
+
+
+# ------------------------------------------------------------------------------------------
+# bring-your-own formats (LookupFormat + register_format) and the built-in lookup formats
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_registered_lookup_format_is_priced_and_computed_by_name():
+    f = LookupFormat([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], name="hwtest_lut7")
+    register_format(f)
+    try:
+        c = mac_cost("hwtest_lut7", "int8", "int32")
+        assert c.weight == "hwtest_lut7"
+        assert "decode LUT (2**3 x 4 bits)" in [p.label for p in c.breakdown]
+        # code 7 is unused (7 values in 3 bits): it decodes to 0
+        assert tuple(int(x) for x in view(f).lut) == (-4, -2, -1, 0, 1, 2, 4, 0)
+        w = np.arange(7)
+        x = np.array([-128, -1, 3, 127, 5, -7, 100]) % 256
+        r = dot(w, x, "hwtest_lut7", "int8", "int32")
+        assert Fraction(float(r.value)) == sum(Fraction(v) * int(a) for v, a in
+                                               zip(f.values()[:7], [-128, -1, 3, 127, 5, -7, 100]))
+    finally:
+        unregister_format("hwtest_lut7")
+
+
+def test_nf4_needs_a_29_bit_exact_operand_and_iq4nl_an_8_bit_one():
+    """NF4's 16 values are float32 numbers down to 0.0796 (2**-4 <= v < 2**-3): 27 fractional
+    bits, 29 bits with sign; IQ4_NL's are integers in [-127, 113]: 8 bits."""
+    nf4, iq4 = view(get_format("nf4")), view(get_format("iq4nl"))
+    assert (nf4.frac, nf4.sig_bits) == (27, 29) and (iq4.frac, iq4.sig_bits) == (0, 8)
+    assert [Fraction(int(i), 1 << 27) for i in nf4.lut] == [Fraction(v) for v in get_format("nf4").values()]
+    assert [int(i) for i in iq4.lut] == [int(v) for v in get_format("iq4nl").values()]
+    with pytest.raises(FmtlabError, match=r"nf4 x int8 products need 36 bits; int32 is narrower "
+                                          r"\(use int36 or wider\)"):
+        mac_cost("nf4", "int8", "int32")
+    base = mac_cost("int4", "int8", "int32")
+    assert mac_cost("nf4", "int8", "int36").area_ge > 3 * base.area_ge
+    assert base.area_ge < mac_cost("iq4nl", "int8", "int32").area_ge < 1.2 * mac_cost("int8", "int8").area_ge
+
+
+@needs_iverilog
+@pytest.mark.parametrize("name, acc", [("nf4", "int36"), ("iq4nl", "int32")])
+def test_rtl_of_the_builtin_lookup_formats_matches_the_datapath(name, acc):
+    r = check_unit(make_unit(name, "int8", acc))
+    assert r.vectors == 1 << 12 and r.ok, r.first
