@@ -358,7 +358,7 @@ def decode_lut_view(fmt: Format) -> FixedView:
     ratios = [float(v).as_integer_ratio() if ok else (0, 1) for v, ok in zip(vals, fin)]
     frac = max(d.bit_length() - 1 for _, d in ratios)  # denominators are powers of two
     ivals = tuple(n << (frac - (d.bit_length() - 1)) for n, d in ratios)
-    width = max(max(iv.bit_length() for iv in ivals if iv >= 0),
+    width = max(max((iv.bit_length() for iv in ivals if iv >= 0), default=0),
                 max(((-iv - 1).bit_length() for iv in ivals if iv < 0), default=0)) + 1
     if width > MAX_LUT_WIDTH:
         raise FormatError(

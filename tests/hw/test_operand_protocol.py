@@ -155,6 +155,12 @@ def test_dot_through_the_lut_operand_is_the_exact_integer_dot_product():
     assert [int(v) for v in r.raw] == [int(e * 8) for e in exact]
 
 
+def test_an_all_negative_table_gets_a_sign_bit():
+    f = TableFormat((-4.0, -3.0, -2.0, -1.0), label="neg2")
+    v = view(f)
+    assert tuple(int(x) for x in v.lut) == (-4, -3, -2, -1) and (v.frac, v.sig_bits) == (0, 3)
+
+
 def test_lut_wider_than_32_bits_names_the_format_and_the_width():
     f = TableFormat((-1.0, 0.0, 0.1, 1.0), label="tenth")  # 0.1 is not a short binary fraction
     with pytest.raises(FormatError, match=r"tenth.*<= 32 bits.*need 55 fractional bits and 57 bits"):
