@@ -6,6 +6,9 @@ Composition (each unit is the list of parts below; area and energy add up over p
   denormal levels by a mux after the multiplier, the integer levels' ``<< frac`` is wiring),
   conditional negate for sign-magnitude operands (XOR row, +1 into the accumulator's carry-in),
   W-bit adder, W-bit register.
+- a table-only format (a family without a hardware view, e.g. ``LookupFormat``): its decode LUT
+  (a constant ROM, :class:`fmtlab.hw.components.ConstRom`) into the narrowest exact w-bit
+  two's-complement operand, then the INT path above with a w-bit multiplier input.
 - log2 x INT/dINT: a barrel shifter of the other operand by the log code (no multiplier).
   log2 x log2: an exponent adder and a one-hot decoder (the product is a power of two).
 - minifloat x minifloat: significand multiplier, exponent adder, sign, specials; then
