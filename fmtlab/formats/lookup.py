@@ -170,7 +170,7 @@ def cli_layout(fmt: LookupFormat) -> str:
     n = len(fmt.levels)
     unused = (1 << fmt.bits) - n
     return (f"lookup table: code i = i-th smallest of {n} values in [{fmt.min:g}, {fmt.max:g}]"
-            + (f"; codes {n}..{(1 << fmt.bits) - 1} unused" if unused else "") + "; no Inf, NaN, -0")
+            + (f"; codes {n}..{(1 << fmt.bits) - 1} unused" if unused else "") + "; no Inf, no NaN, no -0")
 
 
 register_handler(Subsystem.ORACLE, LookupFormat.family, oracle_rule)

@@ -46,7 +46,8 @@ an ulp of such a boundary (for float32 inputs to the standard log formats: never
 
 Overflow.  x below the lower virtual value, x at or above the upper one, or a result that is a
 virtual value, overflows: the policy (``overflow``, None = the format's ``default_overflow``)
-gives the largest finite value of x's sign (SATURATE), +/-Inf (INF) or the NaN of x's sign (NAN).
+gives the finite value at that end (SATURATE: max above, min below), +/-Inf (INF) or the NaN of
+that end's sign (NAN). (The lower end is the negative one except for positive-only tables.)
 TOWARD_ZERO never overflows a finite input: it saturates.
 
 Specials.  +/-Inf give the format's +/-Inf code, else the overflow code of the policy. NaN gives
@@ -312,11 +313,12 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             continue
         j = _round_one(t, xv, rounding, r, boundaries)
         n = len(t.vals)
-        if j <= 0 or j >= n - 1:  # a virtual value or beyond: overflow
+        if j <= 0 or j >= n - 1:  # a virtual value or beyond: overflow at that end
+            low = j <= 0  # (the negative end, except for tables of positive values only)
             if rounding is Rounding.TOWARD_ZERO and t.rule.toward_zero_saturates:
-                out.append(t.codes[1] if neg else t.codes[-2])
+                out.append(t.codes[1] if low else t.codes[-2])
             else:
-                out.append(_overflow_code(fmt, t, neg, overflow))
+                out.append(_overflow_code(fmt, t, low, overflow))
             continue
         c = t.codes[j]
         if t.vals[j] == 0.0 and neg and t.neg_zero_code is not None:

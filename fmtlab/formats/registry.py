@@ -24,6 +24,7 @@ from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.lookup import IQ4NL_VALUES, NF4_VALUES, LookupFormat
 from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.names import Grammar
 from fmtlab.formats.special import get_special_rule, on_rules_changed, special_rule_names
 
 _NAMED: dict[str, Callable[[], Format]] = {
@@ -128,40 +129,53 @@ def registered_formats() -> list[str]:
     return list(_USER)
 
 
+def _int(m: re.Match, name: str) -> Format:
+    unsigned, bits, sym = m.group(1) == "u", int(m.group(2)), bool(m.group(3))
+    if unsigned and sym:
+        raise FormatError(f"{name!r}: unsigned INT formats have no _sym variant")
+    return IntFormat(bits, unsigned=unsigned, narrow=sym)
+
+
+def _dint(m: re.Match, name: str) -> Format:
+    levels = (0.5,)
+    if m.group(2):
+        body = m.group(2)[2:]  # "_d" alone: no denormal levels
+        levels = tuple(float(v) for v in body.split("_")) if body else ()
+    return DInt(int(m.group(1)), denormals=levels, negative_zero=bool(m.group(5)))
+
+
+def _log(m: re.Match, name: str) -> Format:
+    base = float(m.group(2)) if m.group(2) else 2.0
+    under = float(m.group(4)) if m.group(4) else None
+    return LogFormat(int(m.group(1)), base=base, domain="linear" if m.group(3) else "log",
+                     underflow=under, negative_zero=bool(m.group(5)))
+
+
+def _minifloat(m: re.Match, name: str) -> Format:
+    try:
+        special = get_special_rule(m.group(3))
+    except FormatError as exc:
+        raise FormatError(f"unknown format {name!r}: {exc}") from None
+    bias = int(m.group(4)) if m.group(4) is not None else None
+    return MiniFloat(int(m.group(1)), int(m.group(2)), bias=bias, special=special,
+                     subnormals=not m.group(5))
+
+
+GRAMMAR: Grammar[Format] = Grammar("format", FormatError)
+for _n, _f in _NAMED.items():
+    GRAMMAR.exact(_n, _f)
+for _a, _t in _ALIASES.items():
+    GRAMMAR.alias(_a, _t)
+GRAMMAR.kind("int", _INT_RE, "the families intN, uintN, intN_sym", _int)
+GRAMMAR.kind("dint", _DINT_RE, "dintN", _dint)
+GRAMMAR.kind("log", _LOG_RE, "logN_bBASE", _log)
+GRAMMAR.kind("minifloat", _MF_RE, lambda: f"eEmM_{'|'.join(special_rule_names())}", _minifloat)
+
+
 @functools.lru_cache(maxsize=512)
 def _parse(key: str) -> Format:
     """Formats are immutable values, so one instance per name is shared (its tables are built once)."""
-    name = key
-    key = _ALIASES.get(key, key)
-    if key in _NAMED:
-        return _NAMED[key]()
-    if m := _INT_RE.fullmatch(key):
-        unsigned, bits, sym = m.group(1) == "u", int(m.group(2)), bool(m.group(3))
-        if unsigned and sym:
-            raise FormatError(f"{name!r}: unsigned INT formats have no _sym variant")
-        return IntFormat(bits, unsigned=unsigned, narrow=sym)
-    if m := _DINT_RE.fullmatch(key):
-        levels = (0.5,)
-        if m.group(2):
-            body = m.group(2)[2:]  # "_d" alone: no denormal levels
-            levels = tuple(float(v) for v in body.split("_")) if body else ()
-        return DInt(int(m.group(1)), denormals=levels, negative_zero=bool(m.group(5)))
-    if m := _LOG_RE.fullmatch(key):
-        base = float(m.group(2)) if m.group(2) else 2.0
-        under = float(m.group(4)) if m.group(4) else None
-        return LogFormat(int(m.group(1)), base=base, domain="linear" if m.group(3) else "log",
-                         underflow=under, negative_zero=bool(m.group(5)))
-    if m := _MF_RE.fullmatch(key):
-        try:
-            special = get_special_rule(m.group(3))
-        except FormatError as exc:
-            raise FormatError(f"unknown format {name!r}: {exc}") from None
-        e, mant = int(m.group(1)), int(m.group(2))
-        bias = int(m.group(4)) if m.group(4) is not None else None
-        return MiniFloat(e, mant, bias=bias, special=special, subnormals=not m.group(5))
-    raise FormatError(f"unknown format {name!r}; known: {', '.join(STANDARD_NAMES)} "
-                      "(and the families intN, uintN, intN_sym, dintN, logN_bBASE, "
-                      f"eEmM_{'|'.join(special_rule_names())})")
+    return GRAMMAR.resolve(key, known=STANDARD_NAMES)
 
 
 on_rules_changed(_parse.cache_clear)

@@ -207,3 +207,16 @@ def test_per_group_quantizer():
     s = (np.abs(x).reshape(4, 2, 32).max(axis=2) / np.float32(1.0)).astype(np.float32)
     y = (x.reshape(4, 2, 32) / s[..., None]).astype(np.float32).reshape(4, 64)
     np.testing.assert_array_equal(qt.codes, NF4.encode(y))
+
+
+TWO = LookupFormat([1.0, 2.0], name="two12")  # virtual ends 0.0 (code -1) and 3.0 (code 2)
+
+
+@pytest.mark.parametrize("x,code", [(0.0, 0), (-3.0, 0), (-np.inf, 0), (0.5, 0), (2.5, 1),
+                                    (3.0, 1), (np.inf, 1)])
+@pytest.mark.parametrize("rounding", DET)
+def test_positive_only_table_saturates_at_each_end(x, code, rounding):
+    """Regression: x = 0.0 is the lower virtual value of {1, 2}; overflow there saturates to
+    min (code 0), never to max (the oracle once chose the end by the input's sign)."""
+    assert int(TWO.encode(np.array([x]), rounding)[0]) == code
+    assert int(oracle_encode(TWO, np.array([x]), rounding)[0]) == code
