@@ -112,7 +112,12 @@ def products_exact_in_fp32(vw: FloatView, va: FloatView, acc: FloatAcc) -> bool:
 
 
 def float_tables(v: FloatView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, significand, shift) per code: |value| = sig * 2^(shift + lsb_min) when finite."""
+    """(value, significand, shift) per code: |value| = sig * 2^(shift + lsb_min) when finite.
+
+    Codes the format leaves unused (``fmt.unused_codes``: flushed subnormals, the -0 slot of a
+    rule without -0) take the value the decoder's structure gives them, as in the RTL: the
+    significand and exponent of their fields (flushed subnormals: the hidden bit 0, so +/-0).
+    """
     n = 1 << v.bits
     codes = np.arange(n, dtype=np.int64)
     E = (codes >> v.man_bits) & ((1 << v.exp_bits) - 1)
@@ -122,7 +127,11 @@ def float_tables(v: FloatView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     val = v.values.astype(np.float64)
     if not v.subnormals:  # flushed codes: the hardware sees the hidden bit as 0 -> value 0
         sig = np.where(E == 0, 0, sig)
-        val = np.where((E == 0), np.copysign(0.0, np.where(codes >> (v.bits - 1), -1.0, 1.0)), val)
+    unused = np.zeros(n, dtype=bool)
+    unused[sorted(v.fmt.unused_codes)] = True
+    if unused.any():
+        sign = np.where(codes >> (v.bits - 1), -1.0, 1.0)
+        val = np.where(unused, sign * np.ldexp(sig.astype(np.float64), sh + v.lsb_min), val)
     bad = ~np.isfinite(val)
     sig = np.where(bad, 0, sig)
     return val, sig, sh

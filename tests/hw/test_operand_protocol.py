@@ -281,6 +281,19 @@ def test_rtl_of_a_new_nan_rule_matches_the_datapath(e3m3x, acc):
     assert r.ok, r.first
 
 
+@needs_iverilog
+def test_an_unused_code_decodes_as_the_structure_computes_it():
+    """A rule without -0 leaves the code 1.000.000 unused (NaN in values(), never produced):
+    the datapath must give it the value the decoder's structure gives it (-0), as the RTL does
+    (before: the datapath multiplied it as NaN, the RTL as -0, and the exhaustive check failed)."""
+    rule = SpecialRule("hwnoneg0", nan=(CodePattern(Field.ALL_ONES, Field.ZERO),),
+                       negative_zero=False)
+    f = MiniFloat(3, 3, special=rule)
+    assert f.unused_codes == frozenset({0b1000000}) and f.nan_codes == frozenset({56, 120})
+    r = check_unit(make_unit(f, f, "fp32"))
+    assert r.vectors == 1 << 14 and r.ok, r.first
+
+
 def test_too_many_unstructured_special_codes_are_refused():
     many = SpecialRule("manynan", nan=tuple(CodePattern(Field.ANY, k) for k in (1, 3, 5)))
     f = MiniFloat(4, 3, special=many)  # 16 exponents x 3 mantissas x 2 signs = 96 NaN codes
