@@ -21,6 +21,7 @@ Numeric convention (all families):
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import cached_property
 from typing import ClassVar, NamedTuple
 
@@ -119,6 +120,13 @@ class Format:
         """The code of -0 where the format has a usable negative zero."""
         return None
 
+    def _unused_code_mask(self) -> np.ndarray:
+        """bool by code: codes that decode to NaN but are not NaN codes of the format (never
+        produced, e.g. int8_sym's 0x80, dINT's -0 slot, flushed subnormals). Default: every
+        NaN-valued code of a format without NaN, none of a format with NaN."""
+        v = self._values
+        return np.isnan(v) if not self.has_nan else np.zeros(v.shape, dtype=bool)
+
     # ---- derived tables -------------------------------------------------------------------
     def __str__(self) -> str:
         return self.name
@@ -173,6 +181,23 @@ class Format:
             arr.setflags(write=False)
         return Grid(vals, codes, bounds, even)
 
+    # ---- special-value facts as data (both signs) -------------------------------------------
+    @cached_property
+    def unused_codes(self) -> frozenset[int]:
+        """Codes that decode to NaN in ``values()`` but are neither NaN codes nor produced."""
+        return frozenset(np.flatnonzero(self._unused_code_mask()).tolist())
+
+    @cached_property
+    def nan_codes(self) -> frozenset[int]:
+        """Every code that is NaN (both signs); empty for formats without NaN."""
+        v = self._values
+        return frozenset(np.flatnonzero(np.isnan(v) & ~self._unused_code_mask()).tolist())
+
+    @cached_property
+    def inf_codes(self) -> frozenset[int]:
+        """Every code that is +Inf or -Inf; empty for formats without Inf."""
+        return frozenset(np.flatnonzero(np.isinf(self._values)).tolist())
+
     # ---- finfo-like facts -----------------------------------------------------------------
     @cached_property
     def max(self) -> float:
@@ -186,8 +211,10 @@ class Format:
 
     @cached_property
     def smallest_positive(self) -> float:
+        """Smallest positive value (smallest nonzero magnitude if no value is positive)."""
         v = self.grid.vals[1:-1]
-        return float(v[v > 0].min())
+        pos = v[v > 0]
+        return float(pos.min()) if pos.size else float(np.abs(v[v != 0]).min())
 
     @property
     def min_normal(self) -> float:
@@ -204,7 +231,7 @@ class Format:
         """Distance from 1.0 to the next larger value of the grid (extended past max if needed)."""
         g = self.grid.vals
         i = int(np.searchsorted(g, 1.0, side="right"))
-        return float(g[i] - 1.0)
+        return float(g[i] - 1.0) if 0 < i < len(g) else math.nan
 
     @property
     def has_inf(self) -> bool:
@@ -227,9 +254,23 @@ class Format:
         z = np.flatnonzero(self.grid.vals == 0)
         return int(self.grid.codes[z[0]]) if z.size else None
 
+    @cached_property
+    def zero_input_code(self) -> int:
+        """The code the input 0.0 becomes (NEAREST_EVEN): the +0 code where the format has
+        zero, else the nearest value's (what ``nan="zero"`` gives a NaN input)."""
+        if self.zero_code is not None:
+            return self.zero_code
+        z = self.encode_table(np.zeros(1), Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE, None)
+        return int(z[0])
+
     def max_code(self, negative: bool = False) -> int:
         """Code of the largest finite value (of the most negative one with negative=True)."""
         return int(self.grid.codes[1 if negative else -2])
+
+    @property
+    def bit_fields(self) -> tuple[int, ...]:
+        """Widths of the code's fields, most significant first (minifloat: sign, E, M)."""
+        return (self.bits,)
 
     @property
     def code_dtype(self) -> np.dtype:
@@ -268,7 +309,7 @@ class Format:
         def nan_code(neg: bool) -> int:
             c = self.canonical_nan_code(neg)
             if c is None:
-                return self.zero_code if nan is NanInput.ZERO else -1
+                return self.zero_input_code if nan is NanInput.ZERO else -1
             return c
 
         def inf_in(neg: bool) -> int:

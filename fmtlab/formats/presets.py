@@ -22,22 +22,24 @@ import dataclasses
 import re
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.blockfmt import BlockFormat, ScaleFormat, get_block_format
+from fmtlab.formats.names import Grammar
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.scaling import (
-    MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
-    parse_granularity,
+    MSE, MinMax, Percentile, PerChannel, PerGroup, PerTensor, PerToken, parse_granularity,
 )
 
-__all__ = ["get_quantizer", "list_quantizers", "BLOCK_PRESETS"]
+__all__ = ["get_quantizer", "list_quantizers", "BLOCK_PRESETS", "quantizer_from_spec"]
 
-BLOCK_PRESETS = {
-    "mxfp8_e4m3": dict(format="fp8_e4m3", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp8_e5m2": dict(format="fp8_e5m2", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp6_e3m2": dict(format="fp6_e3m2", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp6_e2m3": dict(format="fp6_e2m3", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp4": dict(format="fp4_e2m1", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxint8": dict(format="int8_sym", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "nvfp4": dict(format="fp4_e2m1", granularity=PerBlock(16, scale_format="fp8_e4m3", tensor_scale=True)),
+#: the named block formats (OCP MX v1.0 and NVFP4), one BlockFormat each
+BLOCK_PRESETS: dict[str, BlockFormat] = {
+    "mxfp8_e4m3": BlockFormat("fp8_e4m3"),
+    "mxfp8_e5m2": BlockFormat("fp8_e5m2"),
+    "mxfp6_e3m2": BlockFormat("fp6_e3m2"),
+    "mxfp6_e2m3": BlockFormat("fp6_e2m3"),
+    "mxfp4": BlockFormat("fp4_e2m1"),
+    "mxint8": BlockFormat("int8_sym"),
+    "nvfp4": BlockFormat("fp4_e2m1", 16, ScaleFormat.FP8_E4M3, tensor_scale=True),
 }
 _ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4"}
 
@@ -57,14 +59,7 @@ def list_quantizers() -> list[str]:
     return list(BLOCK_PRESETS) + list(_STANDARD)
 
 
-def _parse(name: str) -> dict:
-    key = _ALIASES.get(name, name)
-    if key in BLOCK_PRESETS:
-        return dict(BLOCK_PRESETS[key])
-    m = _GRAN_RE.fullmatch(key)
-    if not m:
-        raise FmtlabError(f"unknown quantizer {name!r}; known: {', '.join(list_quantizers())} "
-                          "(or <format>_per_tensor|per_token|per_channel|g<N>[_asym|_mse|_pow2|_p<P>])")
+def _scaled(m: re.Match, name: str) -> dict:
     fmt, gran, size, rule, pct = m.groups()
     g = {"per_tensor": PerTensor(), "per_token": PerToken(), "per_channel": PerChannel(0)}.get(gran)
     if g is None:
@@ -81,6 +76,25 @@ def _parse(name: str) -> dict:
     return out
 
 
+def _block(key: str) -> dict | None:
+    bf = get_block_format(key)
+    return None if bf is None else bf.quantizer_spec()
+
+
+GRAMMAR: Grammar[dict] = Grammar("quantizer", FmtlabError)
+for _k, _bf in BLOCK_PRESETS.items():
+    GRAMMAR.exact(_k, _bf.quantizer_spec)
+for _a, _t in _ALIASES.items():
+    GRAMMAR.alias(_a, _t)
+GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>]")
+GRAMMAR.kind("scaled", _GRAN_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
+             "[_asym|_mse|_pow2|_p<P>]", _scaled)
+
+
+def _parse(name: str) -> dict:
+    return GRAMMAR.resolve(name, known=list_quantizers())
+
+
 def get_quantizer(name: str, **overrides) -> Quantizer:
     """The preset ``name`` (see the module docstring) with keyword overrides.
 
@@ -90,7 +104,12 @@ def get_quantizer(name: str, **overrides) -> Quantizer:
     if not isinstance(name, str):
         raise FmtlabError(f"quantizer name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
-    spec = _parse(key)
+    return quantizer_from_spec(key, _parse(key), overrides)
+
+
+def quantizer_from_spec(key: str, spec: dict, overrides: dict) -> Quantizer:
+    """A Quantizer from preset fields ``spec`` named ``key``, with get_quantizer's overrides."""
+    spec, overrides = dict(spec), dict(overrides)
     axis = overrides.pop("axis", None)
     size = overrides.pop("group_size", None)
     bsize = overrides.pop("block_size", None)
@@ -106,11 +125,11 @@ def get_quantizer(name: str, **overrides) -> Quantizer:
     g = parse_granularity(spec["granularity"])
     if axis is not None:
         if not hasattr(g, "axis"):
-            raise FmtlabError(f"{name}: granularity {g} has no axis to override")
+            raise FmtlabError(f"{key}: granularity {g} has no axis to override")
         g = dataclasses.replace(g, axis=axis)
     if size is not None:
         if not hasattr(g, "size"):
-            raise FmtlabError(f"{name}: granularity {g} has no size to override")
+            raise FmtlabError(f"{key}: granularity {g} has no size to override")
         g = dataclasses.replace(g, size=size)
     spec["granularity"] = g
     spec.setdefault("name", key if not overrides and axis is None and size is None else None)

@@ -8,10 +8,11 @@
 """
 
 from fmtlab.hw.mac import MacCost, MacUnit, PartCost, mac_cost, make_unit, unit_cost
-from fmtlab.hw.operands import FloatAcc, IntAcc, KulischAcc, MXFormat
+from fmtlab.hw.accumulators import AccOverflow, AccRounding, FloatAcc, IntAcc, KulischAcc
 
 __all__ = ["mac_cost", "make_unit", "unit_cost", "MacCost", "MacUnit", "PartCost",
-           "IntAcc", "FloatAcc", "KulischAcc", "MXFormat", "dot", "matvec", "mx_dot", "DotResult"]
+           "IntAcc", "FloatAcc", "KulischAcc", "AccOverflow", "AccRounding", "dot", "matvec",
+           "mx_dot", "DotResult"]
 
 
 def __getattr__(name):  # the datapath pulls in numba; import it on first use

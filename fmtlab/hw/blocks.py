@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from fmtlab.hw.components import (BarrelShifter, Comparator, Component, Decoder, Gates,
-                                  Incrementer, LeadingZeroCounter, Mux, OrTree, Register,
-                                  XorRow, adder, clog2, multiplier)
-from fmtlab.hw.operands import FixedView, FloatAcc, FloatView
+from fmtlab.hw.components import (AdderStyle, BarrelShifter, Comparator, Component, ConstRom,
+                                  Decoder, Gates, Incrementer, LeadingZeroCounter, MultiplierStyle,
+                                  Mux, OrTree, Register, XorRow, adder, clog2, multiplier)
+from fmtlab.hw.operands import FixedKind, FixedView, FloatAcc, FloatView, SpecialDecode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +31,15 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class Styles:
-    """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth)."""
+    """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth);
+    strings are parsed into the enums."""
 
-    adder: str = "ripple"
-    multiplier: str = "array"
+    adder: AdderStyle = AdderStyle.RIPPLE
+    multiplier: MultiplierStyle = MultiplierStyle.ARRAY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adder", AdderStyle.parse(self.adder))
+        object.__setattr__(self, "multiplier", MultiplierStyle.parse(self.multiplier))
 
 
 # ------------------------------------------------------------------------------------------
@@ -45,7 +50,7 @@ class Styles:
 def fixed_product_bits(a: FixedView, b: FixedView) -> int:
     """Width of the two's-complement product (magnitude bits + sign)."""
     m = a.max_abs * b.max_abs
-    signed = a.kind != "uint" or b.kind != "uint"
+    signed = a.kind is not FixedKind.UINT or b.kind is not FixedKind.UINT
     return max(m.bit_length(), 1) + (1 if signed else 0)
 
 
@@ -65,12 +70,20 @@ def dint_decode_parts(v: FixedView, other_width: int, label: str) -> list[Part]:
     return parts
 
 
+def decode_lut_part(v: FixedView) -> Part:
+    """The decode LUT of a table-only operand (:func:`fmtlab.hw.operands.decode_lut_view`):
+    2**bits constant words of w = ``sig_bits`` bits (two's complement), priced as a
+    :class:`fmtlab.hw.components.ConstRom`: a 2**bits:1 multiplexer tree per output bit with
+    constant folding and shared sub-trees (at most ``w * (2**bits - 1)`` MUX2)."""
+    return Part(f"decode LUT (2**{v.bits} x {v.sig_bits} bits)", ConstRom(v.ivals, v.sig_bits))
+
+
 def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:
     """Parts computing the fixed-point product of a weight and an activation code."""
     parts: list[Part] = []
     pbits = fixed_product_bits(w, a)
-    logs = [v for v in (w, a) if v.kind == "log"]
-    others = [v for v in (w, a) if v.kind != "log"]
+    logs = [v for v in (w, a) if v.kind is FixedKind.LOG]
+    others = [v for v in (w, a) if v.kind is not FixedKind.LOG]
     if len(logs) == 2:
         e_bits = w.mag_bits + 1
         parts.append(Part("exponent adder", adder(w.mag_bits, st.adder)))
@@ -79,19 +92,22 @@ def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:
         parts.append(Part("sign", Gates.of(XOR2=1)))
     elif len(logs) == 1:
         lg, ot = logs[0], others[0]
-        in_bits = ot.sig_bits if ot.kind != "dint" else ot.sig_bits + ot.frac + ot.mag_bits
-        if ot.kind == "dint":
+        in_bits = ot.sig_bits if ot.kind is not FixedKind.DINT else ot.sig_bits + ot.frac + ot.mag_bits
+        if ot.kind is FixedKind.DINT:
             parts += dint_decode_parts(ot, 0, ot.name)
         parts.append(Part("log shifter", BarrelShifter(in_bits, lg.max_shift, "left")))
         parts.append(Part("zero detect + gating", Gates.of(OR2=lg.mag_bits - 1, AND2=pbits)))
     else:
         wn = w.sig_bits
         an = a.sig_bits
-        signed = "int" in (w.kind, a.kind)
+        signed = w.twos_complement or a.twos_complement
         parts.append(Part(f"multiplier {wn}x{an}", multiplier(wn, an, signed, st.multiplier)))
         for v, other in ((w, a), (a, w)):
-            if v.kind == "dint":
+            if v.kind is FixedKind.DINT:
                 parts += dint_decode_parts(v, other.sig_bits, v.name)
+    for v in (w, a):
+        if v.kind is FixedKind.LUT:
+            parts.insert(0, decode_lut_part(v))
     if w.sign_magnitude or a.sign_magnitude:
         n_sm = int(w.sign_magnitude) + int(a.sign_magnitude)
         if n_sm == 2:
@@ -109,10 +125,15 @@ def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
     """Hidden bit (OR of the exponent field), zero / Inf / NaN detection."""
     e, m = v.exp_bits, v.man_bits
     g = dict(OR2=(e - 1) + (m - 1) + 1)  # hidden bit; fraction nonzero; zero = ~(hidden | frac)
-    special = isinstance(v, FloatAcc) or v.has_inf or v.has_nan
-    if special:
+    how = SpecialDecode.IEEE if isinstance(v, FloatAcc) else v.special_decode
+    if how is SpecialDecode.CODES:  # one (bits - 1)-AND2 compare per code (literals: INV), OR
+        n = len(v.nan_codes) + len(v.inf_codes)
+        g["AND2"] = n * (v.bits - 1)
+        g["INV"] = v.bits
+        g["OR2"] += max(len(v.nan_codes) - 1, 0) + max(len(v.inf_codes) - 1, 0)
+    elif how is not SpecialDecode.NONE:
         g["AND2"] = (e - 1) + 2  # exponent all ones; inf / nan
-        if isinstance(v, FloatView) and v.special == "fn":
+        if how is SpecialDecode.ALL_ONES:
             g["AND2"] += m - 1  # NaN is S.1111.111: mantissa all ones
     return [Part(f"{label} decode (hidden bit, specials)", Gates.of(**g))]
 

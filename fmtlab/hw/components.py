@@ -19,12 +19,48 @@ J.-M. Muller et al., "Handbook of Floating-Point Arithmetic", 2nd ed., ch. 7 (FP
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections import Counter
 from typing import ClassVar, Mapping
 
 from fmtlab.hw.tech import CellLibrary
 
 ENERGY_CLASSES = ("arith", "mult", "shift", "logic", "reg")
+
+
+def _parse_style(cls, value, what: str):
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return cls(value.strip().lower().replace("-", "_"))
+        except ValueError:
+            pass
+    raise ValueError(f"unknown {what} style {value!r}; choose one of: "
+                     + ", ".join(m.value for m in cls))
+
+
+class AdderStyle(enum.Enum):
+    """How an adder propagates carries (cell counts: :class:`RippleAdder`, :class:`PrefixAdder`)."""
+
+    RIPPLE = "ripple"
+    BRENT_KUNG = "brent_kung"
+    KOGGE_STONE = "kogge_stone"
+
+    @classmethod
+    def parse(cls, value: "AdderStyle | str") -> "AdderStyle":
+        return _parse_style(cls, value, "adder")
+
+
+class MultiplierStyle(enum.Enum):
+    """How a multiplier forms partial products (:class:`ArrayMultiplier`, :class:`BoothMultiplier`)."""
+
+    ARRAY = "array"
+    BOOTH = "booth"
+
+    @classmethod
+    def parse(cls, value: "MultiplierStyle | str") -> "MultiplierStyle":
+        return _parse_style(cls, value, "multiplier")
 
 
 def clog2(n: int) -> int:
@@ -50,7 +86,10 @@ class Component:
         return ge_of(self.cells(), lib)
 
     def describe(self) -> str:
-        fields = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        def show(v):
+            return v.value if isinstance(v, enum.Enum) else v
+
+        fields = ", ".join(f"{f.name}={show(getattr(self, f.name))}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
 
 
@@ -90,28 +129,30 @@ class PrefixAdder(Component):
     Brent-Kung 2n - 2 - log2(n), Kogge-Stone n log2(n) - n + 1. Class: arith."""
 
     n: int
-    kind: str = "brent_kung"
+    kind: AdderStyle = AdderStyle.BRENT_KUNG
     energy_class: ClassVar[str] = "arith"
+
+    def __post_init__(self) -> None:
+        kind = AdderStyle.parse(self.kind)
+        if kind is AdderStyle.RIPPLE:
+            raise ValueError("a PrefixAdder is brent_kung or kogge_stone (ripple: RippleAdder)")
+        object.__setattr__(self, "kind", kind)
 
     def cells(self) -> Counter:
         n = int(self.n)
         if n <= 1:
             return Counter(HA=n)
         lg = clog2(n)
-        nodes = 2 * n - 2 - lg if self.kind == "brent_kung" else n * lg - n + 1
+        nodes = 2 * n - 2 - lg if self.kind is AdderStyle.BRENT_KUNG else n * lg - n + 1
         return Counter(AND2=n + nodes, XOR2=2 * n, AOI21=nodes)
 
 
-ADDER_STYLES = ("ripple", "brent_kung", "kogge_stone")
-
-
-def adder(n: int, style: str = "ripple", carry_in: bool = False) -> Component:
+def adder(n: int, style: "AdderStyle | str" = AdderStyle.RIPPLE, carry_in: bool = False) -> Component:
     """An n-bit adder of the given style: ``ripple``, ``brent_kung`` or ``kogge_stone``."""
-    if style == "ripple":
+    style = AdderStyle.parse(style)
+    if style is AdderStyle.RIPPLE:
         return RippleAdder(n, carry_in)
-    if style in ("brent_kung", "kogge_stone"):
-        return PrefixAdder(n, style)
-    raise ValueError(f"unknown adder style {style!r} (ripple, brent_kung, kogge_stone)")
+    return PrefixAdder(n, style)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,16 +264,12 @@ class BoothMultiplier(Component):
         return c
 
 
-MULTIPLIER_STYLES = ("array", "booth")
-
-
-def multiplier(n: int, m: int, signed: bool = False, style: str = "array") -> Component:
+def multiplier(n: int, m: int, signed: bool = False,
+               style: "MultiplierStyle | str" = MultiplierStyle.ARRAY) -> Component:
     """An n x m multiplier: ``array`` (default) or ``booth`` (radix 4)."""
-    if style == "array":
+    if MultiplierStyle.parse(style) is MultiplierStyle.ARRAY:
         return ArrayMultiplier(n, m, signed)
-    if style == "booth":
-        return BoothMultiplier(n, m)
-    raise ValueError(f"unknown multiplier style {style!r} (array, booth)")
+    return BoothMultiplier(n, m)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +340,51 @@ class Mux(Component):
 
     def cells(self) -> Counter:
         return Counter(MUX2=max(int(self.ways) - 1, 0) * max(int(self.n), 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstRom(Component):
+    """A read-only table of constant ``width``-bit words addressed by a code: a multiplexer tree
+    on the address bits per output bit, reduced as a shared reduced ordered BDD (Bryant, "Graph-
+    based algorithms for Boolean function manipulation", IEEE TC 1986; address MSB at the root):
+    equal sub-tables are built once, a node whose two inputs are equal disappears, a node
+    selecting 0/1 by an address bit is that bit (free) or its inverse (INV); every other node is
+    one MUX2. Upper bound: ``width * (len(words) - 1)`` MUX2 (no folding). Class: shift."""
+
+    words: tuple[int, ...]
+    width: int
+    energy_class: ClassVar[str] = "shift"
+
+    def cells(self) -> Counter:
+        n = len(self.words)
+        if n & (n - 1) or n < 2:
+            raise ValueError(f"ConstRom needs a power-of-two number of words, got {n}")
+        mask = (1 << self.width) - 1
+        nodes: dict[tuple, int] = {}  # (lo, hi) -> node id; ids 0 and 1 are the constants
+        c = Counter()
+        for bit in range(self.width):
+            level = [((w & mask) >> bit) & 1 for w in self.words]
+            depth = 0
+            while len(level) > 1:
+                nxt = []
+                for lo, hi in zip(level[0::2], level[1::2]):
+                    if lo == hi:
+                        nxt.append(lo)
+                        continue
+                    key = (depth, lo, hi)
+                    if key not in nodes:
+                        nodes[key] = len(nodes) + 2
+                        if (lo, hi) == (1, 0):
+                            c["INV"] += 1
+                        elif (lo, hi) != (0, 1):
+                            c["MUX2"] += 1
+                    nxt.append(nodes[key])
+                level = nxt
+                depth += 1
+        return c
+
+    def describe(self) -> str:
+        return f"ConstRom(words={len(self.words)}, width={self.width})"
 
 
 @dataclasses.dataclass(frozen=True)

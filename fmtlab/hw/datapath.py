@@ -13,7 +13,7 @@
 
 Every result comes with the exact dot product (rounded once to float64) and overflow counts.
 Accumulation is sequential over k = 0 .. K-1, as a single MAC unit would do it. See
-:mod:`fmtlab.hw._dp_kernels` for the numeric conventions of the kernels.
+:mod:`fmtlab.hw.dp_kernels` for the numeric conventions of the kernels.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import math
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import Format
-from fmtlab.hw import _dp_kernels as K
+from fmtlab.formats import BlockFormat, Format
+from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.mac import kulisch_geometry, make_unit, MacUnit
-from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
-                                view)
+from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
+                                KulischAcc, view)
 from fmtlab.hw.promotion import parse_promoted, promoted_dot
 
 # ------------------------------------------------------------------------------------------
@@ -41,11 +41,11 @@ def float_params(acc: FloatAcc) -> tuple[int, int, int, bool, bool]:
     if acc.man_bits > 50 and not (acc.exp_bits, acc.man_bits) == (11, 52):
         raise FmtlabError(f"float accumulators up to 50 fraction bits (or fp64) are supported, "
                           f"got {acc.name}")
-    if (acc.exp_bits, acc.man_bits) == (11, 52) and acc.rounding != "nearest_even":
+    if (acc.exp_bits, acc.man_bits) == (11, 52) and acc.rounding is not AccRounding.NEAREST_EVEN:
         raise FmtlabError("an fp64 accumulator supports nearest-even rounding only")
     emin = 1 - acc.bias
     emax = (1 << acc.exp_bits) - 2 - acc.bias
-    return acc.man_bits, emin, emax, acc.rounding == "toward_zero", (acc.exp_bits, acc.man_bits) == (11, 52)
+    return acc.man_bits, emin, emax, acc.toward_zero, (acc.exp_bits, acc.man_bits) == (11, 52)
 
 
 def float_to_bits(values, acc: FloatAcc) -> np.ndarray:
@@ -106,13 +106,18 @@ def products_exact_in_fp32(vw: FloatView, va: FloatView, acc: FloatAcc) -> bool:
     """True when ``acc`` is fp32 nearest-even and every finite product of the two formats is a
     float32 value (significand <= 24 bits, exponents within float32's grid), so that the
     accumulation is plain float32 addition."""
-    return ((acc.exp_bits, acc.man_bits, acc.rounding) == (8, 23, "nearest_even")
+    return ((acc.exp_bits, acc.man_bits, acc.rounding) == (8, 23, AccRounding.NEAREST_EVEN)
             and vw.sig_bits + va.sig_bits <= 24 and vw.lsb_min + va.lsb_min >= -149
             and vw.msb_max + va.msb_max + 1 <= 127)
 
 
 def float_tables(v: FloatView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, significand, shift) per code: |value| = sig * 2^(shift + lsb_min) when finite."""
+    """(value, significand, shift) per code: |value| = sig * 2^(shift + lsb_min) when finite.
+
+    Codes the format leaves unused (``fmt.unused_codes``: flushed subnormals, the -0 slot of a
+    rule without -0) take the value the decoder's structure gives them, as in the RTL: the
+    significand and exponent of their fields (flushed subnormals: the hidden bit 0, so +/-0).
+    """
     n = 1 << v.bits
     codes = np.arange(n, dtype=np.int64)
     E = (codes >> v.man_bits) & ((1 << v.exp_bits) - 1)
@@ -122,9 +127,11 @@ def float_tables(v: FloatView) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     val = v.values.astype(np.float64)
     if not v.subnormals:  # flushed codes: the hardware sees the hidden bit as 0 -> value 0
         sig = np.where(E == 0, 0, sig)
-        val = np.where((E == 0), np.copysign(0.0, np.where(codes >> (v.bits - 1), -1.0, 1.0)), val)
-    if v.special == "fnuz":  # 0x80 is NaN, there is no -0
-        pass
+    unused = np.zeros(n, dtype=bool)
+    unused[sorted(v.fmt.unused_codes)] = True
+    if unused.any():
+        sign = np.where(codes >> (v.bits - 1), -1.0, 1.0)
+        val = np.where(unused, sign * np.ldexp(sig.astype(np.float64), sh + v.lsb_min), val)
     bad = ~np.isfinite(val)
     sig = np.where(bad, 0, sig)
     return val, sig, sh
@@ -211,7 +218,8 @@ class DotResult:
 
 def dot(w_codes, a_codes, weight: "str | Format", activation: "str | Format",
         accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
-        overflow: str | None = None, rounding: str | None = None, init=None) -> DotResult:
+        overflow: "AccOverflow | str | None" = None, rounding: "AccRounding | str | None" = None,
+        init=None) -> DotResult:
     """Dot products over the last axis of ``w_codes`` and ``a_codes`` (broadcast over the
     leading axes) as the (weight x activation -> accumulator) MAC unit computes them.
 
@@ -263,7 +271,7 @@ def _dot_fixed(unit: MacUnit, vw: FixedView, va: FixedView, W, X, init, lead) ->
     out = np.empty(m, np.int64)
     ex = np.empty(m, np.int64)
     ovf = np.empty(m, np.int64)
-    K.dot_fixed(W, X, vw.lut, va.lut, acc.width, acc.overflow == "saturate", acc0, out, ex, ovf)
+    K.dot_fixed(W, X, vw.lut, va.lut, acc.width, acc.saturates, acc0, out, ex, ovf)
     exact = (ex.astype(np.float64) + init / scale) * scale
     return DotResult((out * scale).reshape(lead), exact.reshape(lead), ovf.reshape(lead),
                      out.reshape(lead), scale, acc.name)
@@ -275,7 +283,7 @@ def _dot_float(unit: MacUnit, vw: FloatView, va: FloatView, W, X, init, lead) ->
     valw, sigw, shw = float_tables(vw)
     valx, sigx, shx = float_tables(va)
     m = W.shape[0]
-    acc0 = np.array([K._round_fmt(float(v), man, emin, emax, rtz) if not f64 else float(v)
+    acc0 = np.array([K.round_fmt(float(v), man, emin, emax, rtz) if not f64 else float(v)
                      for v in init])
     out = np.empty(m)
     ovf = np.empty(m, np.int64)
@@ -324,9 +332,9 @@ def _dot_kulisch(unit: MacUnit, vw: FloatView, va: FloatView, W, X, init, lead) 
                      (wrapped / unit_).reshape(lead), unit_, acc.name)
 
 
-def mx_dot(w_codes, a_codes, w_scales, a_scales, weight: "str | MXFormat" = "mxfp8",
-           activation: "str | MXFormat" = "mxfp8", accumulator: "str | FloatAcc" = "fp32", *,
-           rounding: str | None = None, init=None) -> DotResult:
+def mx_dot(w_codes, a_codes, w_scales, a_scales, weight: "str | BlockFormat" = "mxfp8",
+           activation: "str | BlockFormat" = "mxfp8", accumulator: "str | FloatAcc" = "fp32", *,
+           rounding: "AccRounding | str | None" = None, init=None) -> DotResult:
     """MX block dot products over the last axis: element codes (..., K) and E8M0 scale codes
     (..., K / block) for both operands (255 = NaN scale)."""
     unit = make_unit(weight, activation, accumulator, rounding=rounding)
@@ -355,7 +363,7 @@ def mx_dot(w_codes, a_codes, w_scales, a_scales, weight: "str | MXFormat" = "mxf
     valx, sigx, shx = float_tables(ea)
     m = W.shape[0]
     init_arr = np.zeros(m) if init is None else np.broadcast_to(np.asarray(init, np.float64), lead).reshape(-1)
-    acc0 = np.array([K._round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
+    acc0 = np.array([K.round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
     nl = _nlimbs(ew, ea, blk)
     nl_all = (K.MX_OFFSET + 254 + 30 * nl + max(W.shape[1], 1).bit_length()) // K.LIMB + 3
     out = np.empty(m)
@@ -393,7 +401,7 @@ def mac_step(unit: MacUnit, acc_in, w_codes, a_codes) -> np.ndarray:
         out = np.empty(n, np.int64)
         ex = np.empty(n, np.int64)
         ovf = np.empty(n, np.int64)
-        K.dot_fixed(w, x, vw.lut, va.lut, acc.width, acc.overflow == "saturate", acc0, out, ex, ovf)
+        K.dot_fixed(w, x, vw.lut, va.lut, acc.width, acc.saturates, acc0, out, ex, ovf)
         return out.astype(np.uint64) & mask
     if isinstance(acc, FloatAcc):
         man, emin, emax, rtz, f64 = float_params(acc)

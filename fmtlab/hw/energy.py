@@ -20,7 +20,8 @@ from functools import lru_cache
 import numpy as np
 
 from fmtlab.hw.blocks import Part, Styles, float_decode_parts, fp_adder_parts, fp_multiplier_parts
-from fmtlab.hw.components import ENERGY_CLASSES, multiplier, adder
+from fmtlab.hw.components import (ENERGY_CLASSES, AdderStyle, MultiplierStyle, adder,
+                                  multiplier)
 from fmtlab.hw.operands import FloatAcc
 from fmtlab.hw.tech import CellLibrary, get_library, load_data
 
@@ -65,8 +66,8 @@ class Calibration:
 
     library: str
     fa: str
-    adder_style: str
-    multiplier_style: str
+    adder_style: AdderStyle
+    multiplier_style: MultiplierStyle
     e_pj_per_ge: tuple[tuple[str, float], ...]
     rows: tuple[tuple[str, float, float], ...]  # (op, Horowitz pJ, model pJ)
 
@@ -103,10 +104,16 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return best
 
 
-@lru_cache(maxsize=None)
-def calibrate(library: str = "nangate45", adder_style: str = "ripple",
-              multiplier_style: str = "array", fa: str = "gates") -> Calibration:
+def calibrate(library: str = "nangate45", adder_style: "AdderStyle | str" = AdderStyle.RIPPLE,
+              multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
+              fa: str = "gates") -> Calibration:
     """Fit e[class] to Horowitz's figures (non-negative least squares on relative errors)."""
+    return _fit(library, AdderStyle.parse(adder_style), MultiplierStyle.parse(multiplier_style), fa)
+
+
+@lru_cache(maxsize=None)
+def _fit(library: str, adder_style: AdderStyle, multiplier_style: MultiplierStyle,
+         fa: str) -> Calibration:
     lib = get_library(library, fa)
     st = Styles(adder_style, multiplier_style)
     ops = reference_ops(st)
@@ -129,12 +136,14 @@ def calibrate(library: str = "nangate45", adder_style: str = "ripple",
                        tuple((c, e[c]) for c in ENERGY_CLASSES), rows)
 
 
-def calibration_report(library: str = "nangate45", adder_style: str = "ripple",
-                       multiplier_style: str = "array", fa: str = "gates") -> str:
+def calibration_report(library: str = "nangate45", adder_style: "AdderStyle | str" = AdderStyle.RIPPLE,
+                       multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
+                       fa: str = "gates") -> str:
     """Markdown: the fitted pJ/GE per class and each calibration op against Horowitz."""
     cal = calibrate(library, adder_style, multiplier_style, fa)
     head = ", ".join(f"{c} {v * 1e3:.3f} fJ/GE" for c, v in cal.e.items() if c in FITTED_CLASSES)
     errs = np.abs(np.array(list(cal.errors().values())))
-    return (f"Energy per GE per operation (45 nm, 0.9 V; {library}, FA as {fa}, {adder_style} adders, "
-            f"{multiplier_style} multipliers): {head}; logic and registers use arith's.\n"
+    return (f"Energy per GE per operation (45 nm, 0.9 V; {library}, FA as {fa}, "
+            f"{cal.adder_style.value} adders, {cal.multiplier_style.value} multipliers): {head}; "
+            "logic and registers use arith's.\n"
             f"Mean |error| {100 * errs.mean():.0f}%, max {100 * errs.max():.0f}%.\n\n" + cal.table())

@@ -6,6 +6,9 @@ Composition (each unit is the list of parts below; area and energy add up over p
   denormal levels by a mux after the multiplier, the integer levels' ``<< frac`` is wiring),
   conditional negate for sign-magnitude operands (XOR row, +1 into the accumulator's carry-in),
   W-bit adder, W-bit register.
+- a table-only format (a family without a hardware view, e.g. ``LookupFormat``): its decode LUT
+  (a constant ROM, :class:`fmtlab.hw.components.ConstRom`) into the narrowest exact w-bit
+  two's-complement operand, then the INT path above with a w-bit multiplier input.
 - log2 x INT/dINT: a barrel shifter of the other operand by the log code (no multiplier).
   log2 x log2: an exponent adder and a one-hot decoder (the product is a power of two).
 - minifloat x minifloat: significand multiplier, exponent adder, sign, specials; then
@@ -22,19 +25,21 @@ Composition (each unit is the list of parts below; area and energy add up over p
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import Format
+from fmtlab.formats import BlockFormat, Format
 from fmtlab.hw.blocks import (Part, Styles, accumulator_register, fixed_product_bits,
                               fixed_product_parts, float_decode_parts, float_product_parts,
                               fp_adder_parts, product_exponent_parts,
                               product_exponent_width)
-from fmtlab.hw.components import (BarrelShifter, CompressorTree, Gates, Incrementer,
-                                  LeadingZeroCounter, Mux, XorRow, adder, clog2, ge_of)
+from fmtlab.hw.components import (AdderStyle, BarrelShifter, CompressorTree, Gates, Incrementer,
+                                  LeadingZeroCounter, MultiplierStyle, Mux, XorRow, adder, clog2,
+                                  ge_of)
 from fmtlab.hw.energy import calibrate
-from fmtlab.hw.operands import (FixedView, FloatAcc, FloatView, IntAcc, KulischAcc, MXFormat,
-                                parse_accumulator, parse_operand, view)
+from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
+                                KulischAcc, parse_accumulator, parse_operand, view)
 from fmtlab.hw.tech import Technology, get_library
 
 # ------------------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def kulisch_geometry(a: FloatView, b: FloatView, guard: int) -> tuple[int, int, 
     ``pa + pb``-bit significand product and s = (max(Ea,1) - 1) + (max(Eb,1) - 1).
     """
     mag = (a.msb_max + b.msb_max + 1) - (a.lsb_min + b.lsb_min) + 1
-    shift = max_exp_field(a) - 1 + max_exp_field(b) - 1
+    shift = a.max_exp_field - 1 + b.max_exp_field - 1
     return mag, shift, mag + 1 + guard
 
 
@@ -64,12 +69,6 @@ def product_shift_parts(a: FloatView, b: FloatView, st: Styles) -> list[Part]:
     return [Part("product shift amount adder", adder(max(a.exp_bits, b.exp_bits), st.adder)),
             Part("product alignment shifter",
                  BarrelShifter(a.sig_bits + b.sig_bits, reach, "left"))]
-
-
-def max_exp_field(v: FloatView) -> int:
-    """Largest exponent field of a finite value (IEEE-like formats reserve the top one)."""
-    top = (1 << v.exp_bits) - 1
-    return top - 1 if v.special == "ieee" else top
 
 
 def fp_adder_we(t_lo: int, t_hi: int, acc: FloatAcc, npx: int) -> int:
@@ -109,12 +108,20 @@ def mx_geometry(ew: FloatView, ea: FloatView, block: int) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------
 
 
+class UnitKind(enum.Enum):
+    """Which datapath a MAC unit has (see the module docstring)."""
+
+    FIXED = "fixed"  # integer-like products into an int<W> accumulator
+    FLOAT = "float"  # minifloat products into a float or Kulisch accumulator
+    MX = "mx"        # MX block dot products into a float accumulator
+
+
 @dataclasses.dataclass(frozen=True)
 class MacUnit:
     """A MAC unit: weight and activation formats and an accumulator (plus circuit styles)."""
 
-    weight: "Format | MXFormat"
-    activation: "Format | MXFormat"
+    weight: "Format | BlockFormat"
+    activation: "Format | BlockFormat"
     accumulator: "IntAcc | FloatAcc | KulischAcc"
     styles: Styles = Styles()
 
@@ -124,18 +131,18 @@ class MacUnit:
 
     @property
     def is_mx(self) -> bool:
-        return isinstance(self.weight, MXFormat)
+        return isinstance(self.weight, BlockFormat)
 
     @property
     def macs_per_cycle(self) -> int:
         return self.weight.block if self.is_mx else 1
 
     @property
-    def kind(self) -> str:
-        """``fixed``, ``float`` or ``mx``."""
+    def kind(self) -> "UnitKind":
+        """Integer-like products, floating-point products, or an MX block dot product."""
         if self.is_mx:
-            return "mx"
-        return "float" if isinstance(view(self.weight), FloatView) else "fixed"
+            return UnitKind.MX
+        return UnitKind.FLOAT if isinstance(view(self.weight), FloatView) else UnitKind.FIXED
 
     def parts(self) -> list[Part]:
         return build_parts(self)
@@ -159,18 +166,20 @@ def kulisch_flag_bits(a: FloatView, b: FloatView) -> int:
     return 3 if (a.has_inf or b.has_inf) else 1
 
 
-def make_unit(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
+def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | BlockFormat",
               accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
-              overflow: str | None = None, rounding: str | None = None,
-              adder_style: str = "ripple", multiplier_style: str = "array") -> MacUnit:
+              overflow: "AccOverflow | str | None" = None,
+              rounding: "AccRounding | str | None" = None,
+              adder_style: "AdderStyle | str" = AdderStyle.RIPPLE,
+              multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY) -> MacUnit:
     """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`."""
     w, a = parse_operand(weight), parse_operand(activation)
-    if isinstance(w, MXFormat) != isinstance(a, MXFormat):
+    if isinstance(w, BlockFormat) != isinstance(a, BlockFormat):
         raise FmtlabError(f"MX and non-MX operands cannot share a MAC unit ({w} x {a})")
-    if isinstance(w, MXFormat) and w.block != a.block:
+    if isinstance(w, BlockFormat) and w.block != a.block:
         raise FmtlabError(f"MX operands need the same block size ({w.block} vs {a.block})")
-    vw = view(w.element if isinstance(w, MXFormat) else w)
-    va = view(a.element if isinstance(a, MXFormat) else a)
+    vw = view(w.element if isinstance(w, BlockFormat) else w)
+    va = view(a.element if isinstance(a, BlockFormat) else a)
     fixed = isinstance(vw, FixedView)
     if isinstance(vw, FixedView) != isinstance(va, FixedView):
         raise FmtlabError(f"mixed integer-like and floating-point operands ({w} x {a}) are not "
@@ -182,12 +191,13 @@ def make_unit(weight: "str | Format | MXFormat", activation: "str | Format | MXF
         raise FmtlabError(f"integer-like products accumulate in int<W>, not {acc.name}")
     if not fixed and isinstance(acc, IntAcc):
         raise FmtlabError(f"floating-point products need an fp or kulisch accumulator, not {acc.name}")
-    if isinstance(w, MXFormat) and not isinstance(acc, FloatAcc):
+    if isinstance(w, BlockFormat) and not isinstance(acc, FloatAcc):
         raise FmtlabError("MX dot-product units accumulate in a float accumulator (e.g. fp32)")
     if fixed:
         pbits = fixed_product_bits(vw, va)
         if pbits > acc.width:
-            raise FmtlabError(f"{w} x {a} products need {pbits} bits; {acc.name} is narrower")
+            hint = f" (use int{pbits} or wider)" if pbits <= 64 else ""
+            raise FmtlabError(f"{w} x {a} products need {pbits} bits; {acc.name} is narrower{hint}")
     return MacUnit(w, a, acc, Styles(adder_style, multiplier_style))
 
 
@@ -206,7 +216,7 @@ def build_parts(u: MacUnit) -> list[Part]:
         parts = fixed_product_parts(w, a, st)
         carry_in = w.sign_magnitude or a.sign_magnitude
         parts.append(Part("accumulator adder", adder(acc.width, st.adder, carry_in=carry_in)))
-        if acc.overflow == "saturate":
+        if acc.saturates:
             parts.append(Part("saturation detect + select", Mux(acc.width)))
             parts.append(Part("overflow detect", Gates.of(XOR2=2, AND2=2)))
         parts.append(accumulator_register(acc.width))
@@ -234,7 +244,7 @@ def build_parts(u: MacUnit) -> list[Part]:
 
 
 def mx_parts(u: MacUnit) -> list[Part]:
-    """Parts of an MX block dot-product unit (mirrors :func:`fmtlab.hw.rtl._mx_core`)."""
+    """Parts of an MX block dot-product unit (mirrors the RTL's MX core, :mod:`fmtlab.hw.rtl`)."""
     st = u.styles
     acc: FloatAcc = u.accumulator  # type: ignore[assignment]
     k = u.weight.block
@@ -357,11 +367,14 @@ def unit_cost(u: MacUnit, node: int = 45, vdd: float | None = None,
                    float(tech.vdd), library, u.acc_bits())
 
 
-def mac_cost(weight: "str | Format | MXFormat", activation: "str | Format | MXFormat",
+def mac_cost(weight: "str | Format | BlockFormat", activation: "str | Format | BlockFormat",
              accumulator: "str | IntAcc | FloatAcc | KulischAcc | None" = None, *,
              node: int = 45, vdd: float | None = None, library: str = "nangate45",
-             overflow: str | None = None, rounding: str | None = None,
-             adder: str = "ripple", multiplier: str = "array", fa: str = "gates") -> MacCost:
+             overflow: "AccOverflow | str | None" = None,
+             rounding: "AccRounding | str | None" = None,
+             adder: "AdderStyle | str" = AdderStyle.RIPPLE,
+             multiplier: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
+             fa: str = "gates") -> MacCost:
     """Area and energy of the MAC unit for ``weight x activation`` into ``accumulator``.
 
     weight, activation: format names from the registry (``"int8"``, ``"dint4"``, ``"log4"``,

@@ -32,8 +32,8 @@ import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.hw import _dp_kernels as K
-from fmtlab.hw.operands import FloatAcc, parse_accumulator
+from fmtlab.hw import dp_kernels as K
+from fmtlab.hw.accumulators import AccRounding, FloatAcc, parse_accumulator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +64,9 @@ class PromotedAcc:
 
 #: named accumulator presets of real accelerators (see the module docstring for the sources)
 PRESETS: dict[str, PromotedAcc] = {
-    "hopper_fp8_mma": PromotedAcc(FloatAcc(8, 13, "toward_zero"), FloatAcc(8, 23), 128,
+    "hopper_fp8_mma": PromotedAcc(FloatAcc(8, 13, AccRounding.TOWARD_ZERO), FloatAcc(8, 23), 128,
                                   label="hopper_fp8_mma"),
-    "hopper_fp8_mma_nopromo": PromotedAcc(FloatAcc(8, 13, "toward_zero"), FloatAcc(8, 23), 1 << 62,
+    "hopper_fp8_mma_nopromo": PromotedAcc(FloatAcc(8, 13, AccRounding.TOWARD_ZERO), FloatAcc(8, 23), 1 << 62,
                                           label="hopper_fp8_mma_nopromo"),
 }
 
@@ -89,7 +89,7 @@ def _promote(partials, acc0, man_bits, emin, emax, rtz, is_f64, out_acc, out_ovf
         n = 0
         for c in range(C):
             p = partials[i, c]
-            new = K._fp_step(acc, p, man_bits, emin, emax, rtz, is_f64)
+            new = K.fp_step(acc, p, man_bits, emin, emax, rtz, is_f64)
             if np.isinf(new) and np.isfinite(acc) and np.isfinite(p):
                 n += 1
             acc = new
@@ -131,7 +131,7 @@ def promoted_dot(w_codes, a_codes, weight, activation, accumulator: "str | Promo
     man, emin, emax, rtz, f64 = float_params(acc.outer)
     init_arr = np.zeros(partials.shape[0]) if init is None else \
         np.broadcast_to(np.asarray(init, np.float64), lead).reshape(-1)
-    acc0 = np.array([v if f64 else K._round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
+    acc0 = np.array([v if f64 else K.round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
     out = np.empty(partials.shape[0])
     out_ovf = np.empty(partials.shape[0], np.int64)
     _promote(partials, acc0, man, emin, emax, rtz, f64, out, out_ovf)

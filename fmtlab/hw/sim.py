@@ -84,11 +84,11 @@ def _float_acc_inputs(rng: np.random.Generator, acc: FloatAcc, prods: np.ndarray
 
 
 def _round_to(x: np.ndarray, acc: FloatAcc) -> np.ndarray:
-    from fmtlab.hw import _dp_kernels as K
+    from fmtlab.hw import dp_kernels as K
     from fmtlab.hw.datapath import float_params
 
     man, emin, emax, rtz, _ = float_params(acc)
-    return np.array([K._round_fmt(float(v), man, emin, emax, rtz) for v in np.ravel(x)])
+    return np.array([K.round_fmt(float(v), man, emin, emax, rtz) for v in np.ravel(x)])
 
 
 def make_vectors(unit: MacUnit, seed: int = 0, n_random: int = 20000) -> Vectors:

@@ -21,6 +21,7 @@ from fmtlab.formats import get_format
 from fmtlab.hw.datapath import (bits_to_float, dot, float_to_bits, mac_step, matvec, mx_dot,
                                 wrap_int)
 from fmtlab.hw.mac import make_unit
+from fmtlab.hw.accumulators import AccRounding
 from fmtlab.hw.operands import FloatAcc, fixed_view
 
 # ------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def ref_fp_dot(wv, av, acc: FloatAcc, init: float = 0.0) -> float:
             s = s + p
         else:
             s = ref_round(Fraction(s) + Fraction(x) * Fraction(y), acc.man_bits, acc.exp_bits,
-                          acc.rounding == "toward_zero")
+                          acc.rounding is AccRounding.TOWARD_ZERO)
     return s
 
 
@@ -321,7 +322,7 @@ def test_init_accumulator():
 
 def test_fp32_fast_path_equals_the_general_kernel():
     """dot_float32 (plain float32 adds) is held bit-identical to the round-to-odd path."""
-    from fmtlab.hw import _dp_kernels as K
+    from fmtlab.hw import dp_kernels as K
     from fmtlab.hw.datapath import float_tables, products_exact_in_fp32
     from fmtlab.hw.operands import view
 

@@ -46,3 +46,11 @@ def test_hw_bad_input_exits_2(capsys):
     assert "mixed" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["hw", "--units", "int8"])
+
+
+def test_hw_prices_lookup_formats_and_names_the_lut(capsys):
+    assert main(["hw", "--units", "iq4nl,int8", "--format", "markdown", "--breakdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| iq4nl x int8 -> int32 |" in out and "decode LUT (2**4 x 8 bits)" in out
+    assert main(["hw", "--units", "nf4,int8"]) == 2
+    assert "nf4 x int8 products need 36 bits; int32 is narrower (use int36 or wider)" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from fmtlab.hw import mac_cost
 from fmtlab.hw.catalogue import BASELINE, STANDARD_UNITS, standard_units
 from fmtlab.hw.energy import calibrate, calibration_report
 from fmtlab.hw.mac import MacCost, kulisch_geometry, make_unit
-from fmtlab.hw.operands import (FloatAcc, IntAcc, KulischAcc, MXFormat, fixed_view,
+from fmtlab.formats import BlockFormat
+from fmtlab.hw.operands import (FloatAcc, IntAcc, KulischAcc, fixed_view,
                                 parse_accumulator, parse_operand, view)
 
 
@@ -49,7 +50,7 @@ def test_mx_units_report_per_mac_figures():
     c = mac_cost("mxfp8", "mxfp8", "fp32")
     assert c.macs_per_cycle == 32
     assert c.area_ge_per_mac == pytest.approx(c.area_ge / 32)
-    assert isinstance(parse_operand("mxfp4"), MXFormat)
+    assert isinstance(parse_operand("mxfp4"), BlockFormat)
     assert parse_operand("mxfp8_e5m2").element.name == "fp8_e5m2"
     assert parse_operand("mxfp4_b16").block == 16
 

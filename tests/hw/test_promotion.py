@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import get_format
 from fmtlab.hw.datapath import dot, matvec
+from fmtlab.hw.accumulators import AccRounding
 from fmtlab.hw.operands import FloatAcc
 from fmtlab.hw.promotion import PRESETS, PromotedAcc, promoted_dot
 
@@ -48,7 +49,7 @@ def round_ref(x: Fraction, man: int, emin: int, emax: int, rtz: bool) -> Fractio
 def ref_promoted(pw: list[Fraction], acc: PromotedAcc) -> float:
     def params(f: FloatAcc):
         bias = (1 << (f.exp_bits - 1)) - 1
-        return f.man_bits, 1 - bias, (1 << f.exp_bits) - 2 - bias, f.rounding == "toward_zero"
+        return f.man_bits, 1 - bias, (1 << f.exp_bits) - 2 - bias, f.rounding is AccRounding.TOWARD_ZERO
 
     outer = Fraction(0)
     for s in range(0, len(pw), acc.interval):

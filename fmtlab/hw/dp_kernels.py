@@ -1,4 +1,4 @@
-"""numba kernels of the bit-accurate MAC datapath (private; see :mod:`fmtlab.hw.datapath`).
+"""numba kernels of the bit-accurate MAC datapath (used through :mod:`fmtlab.hw.datapath`).
 
 Numeric conventions
 -------------------
@@ -7,7 +7,7 @@ Numeric conventions
   [-2^(W-1), 2^(W-1)), counts one overflow and wraps (mod 2^W) or saturates.
 - Float products (minifloat x minifloat) are exact in float64 (<= 11-bit significands).
   A float accumulator computes round(acc + p) with ONE rounding (an FMA when p is exact):
-  ``_ro_add`` returns acc + p rounded to odd at 53 bits, and ``_round_fmt`` rounds that to the
+  ``_ro_add`` returns acc + p rounded to odd at 53 bits, and ``round_fmt`` rounds that to the
   target (p_t = man_bits + 1 <= 51 bits, so round-to-odd then round is exact:
   Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
   rounding to odd", IEEE TC 2008). Subnormals are kept; overflow gives Inf (nearest-even) or
@@ -54,7 +54,7 @@ def _ro_add(a: float, b: float) -> float:
 
 
 @nb.njit(cache=True)
-def _round_fmt(x: float, man_bits: int, emin: int, emax: int, rtz: bool) -> float:
+def round_fmt(x: float, man_bits: int, emin: int, emax: int, rtz: bool) -> float:
     """Round finite float64 ``x`` to binary with ``man_bits`` fraction bits, normal exponents
     [emin, emax], subnormals; nearest-even (overflow -> Inf) or toward zero (-> max finite)."""
     if x == 0.0 or not math.isfinite(x):
@@ -73,7 +73,7 @@ def _round_fmt(x: float, man_bits: int, emin: int, emax: int, rtz: bool) -> floa
 
 
 @nb.njit(cache=True)
-def _fp_step(acc: float, p: float, man_bits: int, emin: int, emax: int, rtz: bool,
+def fp_step(acc: float, p: float, man_bits: int, emin: int, emax: int, rtz: bool,
              is_f64: bool) -> float:
     """One accumulation acc <- round(acc + p) (see module doc)."""
     if math.isnan(acc) or math.isnan(p):
@@ -82,7 +82,7 @@ def _fp_step(acc: float, p: float, man_bits: int, emin: int, emax: int, rtz: boo
         return acc + p  # Inf - Inf -> NaN
     if is_f64:
         return acc + p
-    return _round_fmt(_ro_add(acc, p), man_bits, emin, emax, rtz)
+    return round_fmt(_ro_add(acc, p), man_bits, emin, emax, rtz)
 
 
 @nb.njit(cache=True)
@@ -318,7 +318,7 @@ def dot_float(W, X, val_w, val_x, man_bits, emin, emax, rtz, is_f64, acc0, out_a
         n_ovf = 0
         for k in range(K):
             p = val_w[W[i, k]] * val_x[X[xi, k]]
-            new = _fp_step(acc, p, man_bits, emin, emax, rtz, is_f64)
+            new = fp_step(acc, p, man_bits, emin, emax, rtz, is_f64)
             if math.isinf(new) and math.isfinite(acc) and math.isfinite(p):
                 n_ovf += 1
             acc = new
@@ -458,7 +458,7 @@ def dot_mx(W, X, SW, SX, block, sig_w, sh_w, sig_x, sh_x, val_w, val_x, base_exp
                 bv = -np.inf
             else:
                 sc = np.int64(sw) + np.int64(sx) - 254
-                bv = _round_fmt(_limbs_to_ro53(L, base_exp + sc), man_bits, emin, emax, rtz)
+                bv = round_fmt(_limbs_to_ro53(L, base_exp + sc), man_bits, emin, emax, rtz)
                 # exact reference: add the block's limbs shifted by the scale
                 off = sc + MX_OFFSET  # keep shifts non-negative (scale >= -254)
                 for q in range(nlimbs):
@@ -480,7 +480,7 @@ def dot_mx(W, X, SW, SX, block, sig_w, sh_w, sig_x, sh_x, val_w, val_x, base_exp
                     ex_pinf = True
                 else:
                     ex_ninf = True
-            new = _fp_step(acc, bv, man_bits, emin, emax, rtz, False)
+            new = fp_step(acc, bv, man_bits, emin, emax, rtz, False)
             if math.isinf(new) and math.isfinite(acc) and math.isfinite(bv):
                 n_ovf += 1
             acc = new
