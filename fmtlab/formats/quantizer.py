@@ -164,7 +164,7 @@ class Quantizer:
         for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule), ("pow2", pow2),
                      ("rounding", rounding), ("overflow", overflow), ("nan", nan)):
             object.__setattr__(self, k, v)
-        if fmt.zero_code is None:  # E8M0: zeros could not survive any scale
+        if not np.any(fmt.values() == 0):  # E8M0: zeros could not survive any scale
             raise FmtlabError(f"{fmt.name} has no zero: it is a scale format, not an element format")
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
