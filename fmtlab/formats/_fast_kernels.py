@@ -15,7 +15,8 @@ tests hold each path here to it bit for bit):
 - Codes never leave the fused fake-quant kernels (``fq_rows``/``fq_cols``/``mx_fq``/``fp8scale_fq``);
   ``encode_rows``/``encode_cols`` produce codes (and, for STOCHASTIC, values from them).
 
-Families and their parameter tuples (built once per format by ``kernels.py``):
+Families and their parameter tuples (``_kernel_params``; built once per format by the KERNEL
+handlers of ``kernel_plans``):
   MF  minifloats (any ExMy, bias, ieee/fn/fnuz/fin, subnormals or FTZ); variants MF1 (float32's
       exponent range, e.g. bf16) and MFX (outside float32's range: float64 core only)
   IN  INTn (signed, unsigned, narrow; zero points shift the clamp bounds)
@@ -26,7 +27,7 @@ Each family implements a code core (one code from a float64 input, any rounding)
 core (the element value of float32 or float64 y, RNE/RNA/TZ); ``elem_code(P, T, x64, r, z)`` and
 ``elem_fq(P, T, V, y, z)`` dispatch on the parameter tuple's type at compile time
 (``numba.extending.overload``), so each (family, dtype) pair compiles once and is cached. Codes,
-STOCHASTIC and float64 fake-quant use the base types only (``kernels.generic``), which keeps the
+STOCHASTIC and float64 fake-quant use the base types only (``kernel_plans.generic``), which keeps the
 number of compiled specializations small.
 
 Where things live (this module is the facade; importing it does not import numba, the kernels

@@ -62,8 +62,12 @@ def _f32_pattern(v: float) -> int:
         return int(np.array(v, dtype=np.float64).astype(np.float32).view(np.uint32))
 
 
-def minifloat_plan(fmt, inp: PlanInputs) -> Plan:
-    """MF / MF1 / MFX plan of a MiniFloat (reads bits, man_bits, bias, subnormals, max)."""
+def minifloat_plan(fmt, inp: PlanInputs) -> Plan | None:
+    """MF / MF1 / MFX plan of a MiniFloat (reads bits, man_bits, bias, subnormals, max); None
+    where a special-value rule leaves holes among the finite magnitude codes (``bit_layout``
+    False: the bit tricks assume codes 0 .. max magnitude are all finite)."""
+    if not getattr(fmt, "bit_layout", True):
+        return None
     mode, spec, vals = inp.mode, inp.spec, inp.vals
     m = fmt.man_bits
     emin = 1 - fmt.bias
