@@ -37,11 +37,13 @@ from hypothesis.extra import numpy as hnp
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import Subsystem, get_handler, handled_families
 from fmtlab.formats.dint import DInt
 from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
-from fmtlab.formats.minifloat import SPECIALS, MiniFloat
+from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.special import SpecialRule, get_special_rule, special_rule_names
 from fmtlab.formats.oracle import oracle_table
 from fmtlab.formats.registry import get_format, list_formats
 from fmtlab.formats.rounding import Overflow, Rounding
@@ -50,22 +52,32 @@ __all__ = [
     "FAMILIES", "formats", "named_formats", "minifloats", "int_formats", "dint_formats",
     "log_formats", "codes", "canonical_codes", "values", "midpoints", "boundary_floats",
     "float_inputs", "input_arrays", "roundings", "overflows", "seeds", "boundary_points",
-    "bulk_inputs",
+    "bulk_inputs", "registered_families", "int_family", "dint_family", "log_family", "minifloat_family",
+    "e8m0_family",
 ]
 
+#: the built-in families (``families()`` also lists families registered later)
 FAMILIES = ("int", "dint", "log", "minifloat", "e8m0")
+
+
+def registered_families() -> tuple[str, ...]:
+    """Every family with a registered STRATEGY handler (built-in ones first); ``families=None``
+    in the strategies below means the built-in FAMILIES, others are drawn when named."""
+    extra = [f for f in handled_families(Subsystem.STRATEGY) if f not in FAMILIES]
+    return FAMILIES + tuple(extra)
 _WIDTH_DTYPE = {16: np.float16, 32: np.float32, 64: np.float64}
 
 
 def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
+    known = registered_families()
     if families is None:
         return FAMILIES
     if isinstance(families, str):
         families = (families,)
     fams = tuple(families)
-    bad = [f for f in fams if f not in FAMILIES]
+    bad = [f for f in fams if f not in known]
     if bad or not fams:
-        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {fams!r}")
+        raise ValueError(f"families must be a non-empty subset of {known}, got {fams!r}")
     return fams
 
 
@@ -84,36 +96,42 @@ def named_formats(*, families: Iterable[str] | None = None, max_bits: int = 16) 
     return st.sampled_from(fmts)
 
 
-def _minifloat_layouts(max_bits: int, specials: Sequence[str]) -> list[tuple[str, int, int]]:
+def _minifloat_layouts(max_bits: int, specials: Sequence[SpecialRule]) -> list[tuple[SpecialRule, int, int]]:
     out = []
-    for special in specials:
+    for rule in specials:
         for e in range(1, 9):
             for m in range(0, 11):
-                if 1 + e + m > max_bits or (special == "ieee" and e < 2) or (special == "fn" and e + m < 2):
+                if 1 + e + m > max_bits:
                     continue
-                out.append((special, e, m))
+                try:
+                    rule.check(e, m)
+                except FormatError:
+                    continue
+                out.append((rule, e, m))
     return out
 
 
 @st.composite
-def minifloats(draw, *, max_bits: int = 16, specials: Sequence[str] = SPECIALS,
+def minifloats(draw, *, max_bits: int = 16, specials: "Sequence[str | SpecialRule] | None" = None,
                vary_bias: bool = True, flush_subnormals: bool = True) -> MiniFloat:
     """Random ``MiniFloat(exp_bits, man_bits, bias, special, subnormals)`` of at most max_bits
-    bits; the bias is the default or, with ``vary_bias``, up to 3 away from it."""
+    bits; the bias is the default or, with ``vary_bias``, up to 3 away from it. ``specials``:
+    rules or rule names (default: every registered rule, ``special_rule_names()``)."""
     _check_bits(max_bits, 2)
-    bad = [x for x in specials if x not in SPECIALS]
-    if bad:
-        raise ValueError(f"specials must be among {SPECIALS}, got {bad!r}")
-    layouts = _minifloat_layouts(max_bits, specials)
+    names = special_rule_names() if specials is None else tuple(specials)
+    try:
+        rules = [get_special_rule(x) for x in names]
+    except FormatError as exc:
+        raise ValueError(f"specials must be among {special_rule_names()}, got {names!r}") from exc
+    layouts = _minifloat_layouts(max_bits, rules)
     if not layouts:
-        raise ValueError(f"no minifloat with specials {tuple(specials)} fits in {max_bits} bits")
-    special, e, m = draw(st.sampled_from(layouts))
+        raise ValueError(f"no minifloat with specials {names} fits in {max_bits} bits")
+    rule, e, m = draw(st.sampled_from(layouts))
     bias = None
     if vary_bias and draw(st.booleans()):
-        default = (1 << (e - 1)) - 1 + (1 if special == "fnuz" else 0)
-        bias = default + draw(st.integers(-3, 3))
+        bias = rule.default_bias(e) + draw(st.integers(-3, 3))
     sub = draw(st.booleans()) if flush_subnormals else True
-    return MiniFloat(e, m, bias=bias, special=special, subnormals=sub)
+    return MiniFloat(e, m, bias=bias, special=rule, subnormals=sub)
 
 
 @st.composite
@@ -174,15 +192,36 @@ def formats(*, families: Iterable[str] | None = None, max_bits: int = 16,
     if named:
         parts.append(st.sampled_from(named))
     if generic:
-        builders = {"int": lambda: int_formats(max_bits=max_bits),
-                    "dint": lambda: dint_formats(max_bits=max_bits) if max_bits >= 3 else None,
-                    "log": lambda: log_formats(max_bits=max_bits),
-                    "minifloat": lambda: minifloats(max_bits=max_bits) if max_bits >= 2 else None,
-                    "e8m0": lambda: st.just(E8M0()) if max_bits >= 8 else None}
-        parts += [s for s in (builders[f]() for f in fams) if s is not None]
+        for f in fams:
+            s = get_handler(Subsystem.STRATEGY, f, "register a STRATEGY handler "
+                            "(max_bits) -> hypothesis strategy | None in the family's module")(max_bits)
+            if s is not None:
+                parts.append(s)
     if not parts:
         raise ValueError(f"no format of families {fams} has at most {max_bits} bits")
     return st.one_of(parts)
+
+
+# ---- STRATEGY handlers of the built-in families: (max_bits) -> strategy | None ------------
+
+def int_family(max_bits: int):
+    return int_formats(max_bits=max_bits)
+
+
+def dint_family(max_bits: int):
+    return dint_formats(max_bits=max_bits) if max_bits >= 3 else None
+
+
+def log_family(max_bits: int):
+    return log_formats(max_bits=max_bits)
+
+
+def minifloat_family(max_bits: int):
+    return minifloats(max_bits=max_bits)
+
+
+def e8m0_family(max_bits: int):
+    return st.just(E8M0()) if max_bits >= 8 else None
 
 
 # ---- what a format holds ---------------------------------------------------------------------
@@ -236,10 +275,11 @@ def _midpoints(fmt: Format) -> tuple[float, ...]:
     lo = np.array(t.vals[:-1])
     hi = np.array(t.vals[1:])
     mids = [lo / 2 + hi / 2]
-    if fmt.family == "log":
+    if t.rule.log_domain:
         same = (lo * hi) > 0
         mids.append((np.sign(hi) * np.sqrt(np.abs(lo * hi)))[same])
-        mids.append(np.array([fmt.underflow_threshold, -fmt.underflow_threshold]))
+    if t.rule.zero_threshold is not None:
+        mids.append(np.array([t.rule.zero_threshold, -t.rule.zero_threshold]))
     m = np.unique(np.concatenate(mids))
     return tuple(float(x) for x in m[np.isfinite(m)])
 
