@@ -292,3 +292,28 @@ def test_kernel_modules_are_small():
                 "_layout_kernels", "_block_kernels", "kernels", "kernel_plans", "quantizer"):
         with open(os.path.join(here, mod + ".py")) as f:
             assert sum(1 for _ in f) <= 500, mod
+
+
+def test_minifloat_with_a_hole_goes_through_the_table_path():
+    """A minifloat whose NaN rule leaves a hole among the finite magnitudes (bit_layout False) has
+    no kernel plan; a per-group Quantizer encodes it by the table kernel of x / s, bit-exactly."""
+    from fmtlab.formats.minifloat import MiniFloat
+    from fmtlab.formats.special import (
+        CodePattern, Field, SpecialRule, register_special_rule, unregister_special_rule,
+    )
+
+    register_special_rule(SpecialRule("kerngap", nan=(CodePattern(Field.ALL_ONES, Field.ZERO),)))
+    try:
+        fmt = MiniFloat(2, 2, special="kerngap")
+        assert not fmt.bit_layout
+        assert KK.params(fmt, Rounding.NEAREST_EVEN, fmt.default_overflow, NanInput.RAISE) is None
+        x = _data(fmt, np.float32)[:, :32]
+        q = Quantizer(fmt, PerGroup(16))
+        qt = q.quantize(x)
+        sb = np.repeat(qt.scales, 16, axis=-1)
+        ref = fmt.encode_table((x / sb).astype(np.float32), Rounding.NEAREST_EVEN,
+                               fmt.default_overflow, NanInput.RAISE, None).reshape(x.shape)
+        np.testing.assert_array_equal(qt.codes, ref)
+        assert _same(q.fake_quantize(x), q.dequantize(qt))
+    finally:
+        unregister_special_rule("kerngap")
