@@ -6,7 +6,8 @@ fresh process, with an empty numba cache (first process) and with the cache it l
 
 The first process compiles every kernel it touches and writes the cache; a second process loads
 machine code from the cache (cache=True) and must not recompile: its first-call times are the
-cache-load times. Prints one line per process: import ms, first-call ms per format, total.
+cache-load times. Prints one line per process: import ms, first-call ms per format, total, and
+the numba dispatchers' cache statistics (hits: loaded from the cache; misses: compiled).
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ for name in json.loads(sys.argv[1]):
         fmt.encode(x)
         F.Quantizer(fmt, F.PerGroup(32)).fake_quantize(x)
     out[name] = (time.perf_counter() - t) * 1e3
+hits = misses = 0  # numba dispatchers' cache statistics: a miss is a compilation
+for mod in [m for n, m in list(sys.modules.items()) if n.startswith("fmtlab.formats.")]:
+    for obj in list(vars(mod).values()):
+        st = getattr(obj, "stats", None)
+        if st is not None and hasattr(st, "cache_hits") and getattr(obj, "__module__", "") == mod.__name__:
+            hits += sum(st.cache_hits.values())
+            misses += sum(st.cache_misses.values())
+out["cache_hits"], out["cache_misses"] = hits, misses
 print(json.dumps(out))
 """
 
@@ -59,12 +68,13 @@ def main(argv=None) -> int:
         for i in range(args.runs):
             rows.append((f"warm cache, process {i + 2}", run_child(d)))
     cols = ["import_fmtlab_formats_ms", *FORMATS]
-    print("| process | numba after import | " + " | ".join(cols) + " | first calls total ms |")
-    print("|---|:---:|" + "---:|" * (len(cols) + 1))
+    print("| process | numba after import | " + " | ".join(cols) + " | first calls total ms "
+          "| kernels loaded from cache / compiled |")
+    print("|---|:---:|" + "---:|" * (len(cols) + 2))
     for label, r in rows:
         tot = sum(r[f] for f in FORMATS)
         print(f"| {label} | {r['numba_after_import']} | " + " | ".join(f"{r[c]:.0f}" for c in cols)
-              + f" | {tot:.0f} |")
+              + f" | {tot:.0f} | {r['cache_hits']} / {r['cache_misses']} |")
     return 0
 
 
