@@ -429,7 +429,7 @@ class FastKernelRouting:
     def _quantize_array(self, a, rounding, overflow, nan, seed):
         from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
 
-        return quantize_fast(self, a, rounding, overflow, nan, seed)
+        return quantize_fast(self, a, rounding, overflow, nan, lambda n: make_rng(seed).random(n))
 
 
 def check_exact_in_float64(a: np.ndarray) -> None:

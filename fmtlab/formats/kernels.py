@@ -1,9 +1,18 @@
-"""Python side of the fast element kernels: per-format parameter tuples and layout runners.
+"""Element kernels of scaled arrays: the fast numba path where a format has a kernel plan, the exact
+table path for every format, bit-identical where both exist.
 
-Numeric convention: as ``_fast_kernels`` (bit-identical to the table kernel ``encode_table``,
-the reference, for every format and rounding mode; float64 input rounds once from float64).
-``params`` returns None for a format the fast kernels do not cover (E8M0, tables that are not
-sign-symmetric); callers then use the table kernel.
+Numeric convention (both paths): ``y = x / s`` in x's precision (float32 or float64; for
+power-of-two scales ``x * (1/s)``, the same number), the code of y (float64(y) rounded once, by
+the format's rounding; for INT zero points the grid shifted by -z, ties to an even y-integer), and
+for fake-quant ``fl(fl64(v - z) * s)`` with v the element value (float64 product, then x's dtype;
+exact before the final rounding wherever v is a float32 number). NaN inputs of a format without
+NaN raise (nan='raise') or read as 0 (nan='zero'). The fast kernels are held to the table kernel
+``_table_kernel.encode_table`` (the reference) by the tests.
+
+Kernel choice: ``params`` asks the capability registry for the family's ``Subsystem.KERNEL``
+handler (``kernel_plans``); no handler, or a handler that answers None, means the table path.
+``reference_path()`` forces the table path everywhere (tests, debugging). Importing this module
+does not import numba: the kernels load on first use.
 
 Layouts (how a scaled array maps to its scales), over the flat C-order data:
   Rows(Q, C)  element i has scale slot (i // Q) % C   (per-tensor: Q = n, C = 1; per-token and
@@ -13,18 +22,24 @@ Layouts (how a scaled array maps to its scales), over the flat C-order data:
 
 from __future__ import annotations
 
-import math
+import contextlib
+import contextvars
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats import _fast_kernels as K
-from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import Subsystem, find_handler
+from fmtlab.formats.kernel_plans import Plan, PlanInputs, generic
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, ROUNDING_ID
 
-__all__ = ["params", "Plan", "Rows", "Cols", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled"]
+if TYPE_CHECKING:  # no runtime import: base.py imports this module lazily
+    from fmtlab.formats.base import Format
+
+__all__ = ["params", "kernel_plan", "reference_path", "Plan", "Rows", "Cols", "generic",
+           "scale_args", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled"]
 
 
 class Rows(NamedTuple):
@@ -36,168 +51,46 @@ class Cols(NamedTuple):
     C: int
 
 
-def _f32_pattern(v: float) -> int:
-    """float32 pattern of v (Inf where v is beyond float32: only MFX formats, which do not use it)."""
-    with np.errstate(over="ignore"):
-        return int(np.array(v, dtype=np.float64).astype(np.float32).view(np.uint32))
+_REFERENCE = contextvars.ContextVar("fmtlab_kernels_reference", default=False)
 
 
-class Plan(NamedTuple):
-    """What the kernels need for one format under one set of conventions."""
-
-    P: tuple  # the family's scalar parameter tuple (its type selects the family's cores)
-    T: np.ndarray  # family table, 2-D float64 (dINT/log magnitudes, bounds, tie flags)
-    V: np.ndarray  # value of every code, float64
-
-
-def generic(plan: Plan) -> Plan:
-    """The plan with its parameter tuple reduced to the family's base type (MF, IN or TB): the
-    float64 cores (codes, STOCHASTIC, float64 fake-quant) read only base fields, so one compiled
-    kernel per family serves every variant (fewer numba specializations to compile)."""
-    P = plan.P
-    if isinstance(P, (K.MFX, K.MF1)):
-        P = K.MF(*P)
-    elif isinstance(P, (K.TBD, K.TBS, K.TBL, K.TBS32, K.TBD32)):
-        P = K.TB(*P[:len(K.TB._fields)])
-    return Plan(P, plan.T, plan.V)
+@contextlib.contextmanager
+def reference_path():
+    """Within the block, every element kernel choice (``params``) answers None: encode,
+    fake-quant and every Quantizer granularity run on the exact table path (block scales are
+    computed as usual). The named slow reference the fast kernels are held to."""
+    token = _REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
 
 
-_NO_TABLE = np.zeros((1, 1))
-_NO_TABLE.setflags(write=False)
+def kernel_plan(fmt: "Format", rounding: Rounding, overflow: Overflow, nan: NanInput) -> Plan | None:
+    """The fast-kernel plan of ``fmt`` under these conventions from its family's KERNEL handler
+    (None: no handler, or the handler does not cover them); ignores ``reference_path``."""
+    handler = find_handler(Subsystem.KERNEL, fmt)
+    if handler is None:
+        return None
+    return _plan(handler, fmt, rounding, overflow, nan)
+
+
+def params(fmt: "Format", rounding: Rounding, overflow: Overflow, nan: NanInput) -> Plan | None:
+    """The element kernel plan to use (None: the table path; always None in ``reference_path``)."""
+    if _REFERENCE.get():
+        return None
+    return kernel_plan(fmt, rounding, overflow, nan)
 
 
 @lru_cache(maxsize=256)
-def params(fmt: Format, rounding: Rounding, overflow: Overflow, nan: NanInput) -> Plan | None:
-    """The kernel plan of ``fmt`` under these conventions (None: not covered, use the table)."""
-    fam = fmt.family
-    mode = ROUNDING_ID[rounding]
+def _plan(handler, fmt, rounding, overflow, nan) -> Plan | None:
     spec = [int(c) for c in fmt.special_codes(overflow, nan)]
     vals = np.ascontiguousarray(fmt.values(), dtype=np.float64)
     vals.setflags(write=False)
-    nan_raise = spec[0] < 0
-    if fam == "minifloat":
-        return Plan(_mf_params(fmt, mode, spec, vals, nan_raise), _NO_TABLE, vals)
-    if fam == "int":
-        nanv = np.nan if nan_raise else 0.0
-        P = K.IN(mode, np.float32(fmt.min), np.float32(fmt.max), float(fmt.min), float(fmt.max),
-                 (1 << fmt.bits) - 1, *spec, np.float32(nanv), float(nanv), nan_raise)
-        return Plan(P, _NO_TABLE, vals)
-    if fam in ("dint", "log"):
-        return _tb_params(fmt, mode, spec, vals, nan_raise)
-    return None
+    return handler(fmt, PlanInputs(ROUNDING_ID[rounding], spec, vals, spec[0] < 0))
 
 
-def _mf_params(fmt, mode, spec, vals, nan_raise):
-    m = fmt.man_bits
-    emin = 1 - fmt.bias
-    ftz = (not fmt.subnormals) and m > 0
-    maxmag = fmt.max_code() & ((1 << (fmt.bits - 1)) - 1)
-    fast32 = emin >= -126 and fmt.max < 2.0 ** 128
-
-    def val32(code: int) -> int:
-        return _f32_pattern(vals[code]) if code >= 0 else 0x7FC00000
-
-    ov = (spec[6], spec[7]) if mode == K.TOWARD_ZERO else (spec[4], spec[5])
-    cls = (K.MF1 if emin + 127 == 1 and not ftz else K.MF) if fast32 else K.MFX
-    # 2**(emin - m); unused (0) when emin32 == 1, where it would be a slow subnormal operand
-    sub32 = np.float32(math.ldexp(1.0, emin - m)) if -126 < emin else np.float32(0.0)
-    subthr = 0 if emin + 127 == 1 else 1 << m
-    return cls(mode, m, emin + 127, emin + 1023, ftz, maxmag, 1 << (fmt.bits - 1), sub32,
-               math.ldexp(1.0, emin - m), subthr, *spec, val32(ov[0]), val32(ov[1]), val32(spec[2]),
-               val32(spec[3]), val32(spec[0]), val32(spec[1]), fmt.negative_zero_code is not None,
-               nan_raise)
-
-
-def _tb_params(fmt, mode, spec, vals, nan_raise):
-    g = fmt.grid
-    i0 = int(np.flatnonzero(g.vals == 0)[0])
-    mags = np.asarray(g.vals[i0:], dtype=np.float64)
-    bounds = np.asarray(g.bounds[i0:], dtype=np.float64)
-    Kn = len(mags) - 2
-    signbit = 1 << (fmt.bits - 1)
-    # the fast path needs a sign-symmetric grid whose magnitude codes are 0..K in value order
-    neg_ok = (i0 == Kn + 1 and np.array_equal(g.vals[:i0], -mags[1:][::-1])
-              and np.array_equal(g.bounds[:i0], -bounds[::-1])
-              and np.array_equal(g.even[:i0], g.even[i0 + 1:][::-1]))
-    codes_ok = (np.array_equal(g.codes[i0:i0 + Kn + 1], np.arange(Kn + 1))
-                and np.array_equal(g.codes[1:i0], signbit | np.arange(Kn, 0, -1)))
-    if not (neg_ok and codes_ok):
-        return None
-    if fmt.family == "dint":
-        kind, nden, inv_log2b, kmax = 0, len(fmt.denormals), 0.0, 0
-    else:
-        kind, nden, inv_log2b, kmax = 1, 0, 1.0 / math.log2(fmt.base), fmt.kmax
-    T = np.zeros((4, Kn + 2))
-    T[0] = mags
-    T[1, :Kn + 1] = bounds
-    T[1, Kn + 1] = np.inf
-    T[2] = g.even[i0:]
-    T[3, 0] = -np.inf
-    T[3, 1:] = T[1, :Kn + 1]
-    T.setflags(write=False)
-    base = (mode, kind, Kn, nden, inv_log2b, kmax, signbit, fmt.negative_zero_code is not None,
-            *spec, np.nan if nan_raise else 0.0, nan_raise)
-    P = K.TB(*base)
-    ties_down = T[2, 0] == 1.0 and not T[2, 1:nden + 2].any()  # below 1: RNE ties go down
-    if kind == 0 and nden <= 2 and ties_down and mode != K.STOCHASTIC:
-        th = mags[1:nden + 2] if mode == K.TOWARD_ZERO else bounds[:nden + 1]
-        th = list(th) + [np.inf] * (3 - len(th))
-        lev = list(mags[1:nden + 1]) + [0.0] * (2 - nden)
-        P = K.TBD(*base, th[0], th[1], th[2], lev[0], lev[1], mode == K.NEAREST_EVEN,
-                  float(mags[Kn]))
-        if _f32_exact(lev + [mags[Kn]]):
-            t32 = [_f32_threshold(t, mode != K.NEAREST_EVEN) for t in th]
-            P = K.TBD32(*base, *[t for t, _ in t32], *[u for _, u in t32],
-                        *[np.float32(v) for v in lev], np.float32(mags[Kn]), np.float32(base[-2]))
-    elif Kn + 1 <= K._SMALL and mode != K.STOCHASTIC:
-        steps = _small_steps(mode, mags, bounds, T[2], Kn)
-        P = K.TBS(*base, *steps)
-        if _f32_exact(steps[2::3]):
-            s32 = []
-            for t, u, lv in zip(steps[0::3], steps[1::3], steps[2::3]):
-                t32, u32 = _f32_threshold(t, u)
-                s32 += [t32, u32, np.float32(lv)]
-            P = K.TBS32(*base, *s32, np.float32(base[-2]))
-    elif kind == 1 and math.log2(fmt.base) > 0.05 and mags[1] >= 2.0 ** -126 and mode != K.STOCHASTIC:
-        P = K.TBL(*base, 1.0 if mode == K.TOWARD_ZERO else 1.5)
-    return Plan(P, T, vals)
-
-
-def _f32_exact(vals) -> bool:
-    """Every value is a float32 number."""
-    v = np.asarray(vals, dtype=np.float64)
-    return bool(np.all(v.astype(np.float32).astype(np.float64) == v))
-
-
-def _f32_threshold(t: float, inclusive: bool) -> tuple[np.float32, bool]:
-    """(t32, inclusive32) with, for every float32 a: (a > t or (a == t and inclusive)) <=>
-    (a > t32 or (a == t32 and inclusive32)). t32 = t when float32 holds t, else the largest
-    float32 below t with a strict test (a float32 a never equals such a t)."""
-    f = np.float32(t)
-    if np.isinf(t) or float(f) == t:
-        return f, bool(inclusive)
-    if float(f) > t:
-        f = np.nextafter(f, np.float32(-np.inf))
-    return f, False
-
-
-def _small_steps(mode, mags, bounds, even, Kn) -> list:
-    """(t_i, u_i, l_i) for i < 8 of the TBS small-table path (see _fast_kernels.TBS)."""
-    out = []
-    for i in range(K._SMALL):
-        if i > Kn:
-            out += [np.inf, False, float(mags[Kn])]
-            continue
-        lv = float(mags[min(i + 1, Kn)])  # the virtual level above max saturates to max
-        if mode == K.TOWARD_ZERO:
-            out += [float(mags[i + 1]), True, lv]
-        else:
-            up = mode == K.NEAREST_AWAY or (even[i] == 0.0 and even[i + 1] != 0.0)
-            out += [float(bounds[i]), bool(up), lv]
-    return out
-
-
-def _nan_error(fmt: Format, bad: int) -> FormatError:
+def _nan_error(fmt: "Format", bad: int) -> FormatError:
     return FormatError(f"{fmt.name} has no NaN code and the input holds {bad} NaN value(s); "
                        "clean the input or pass nan='zero'")
 
@@ -212,7 +105,7 @@ def _rand_arg(rand, n: int) -> np.ndarray:
     return r
 
 
-def _scale_args(scales, zps, dtype, pow2: bool):
+def scale_args(scales, zps, dtype, pow2: bool):
     """(scales, reciprocals, zero points) in the data's dtype, and whether to multiply by the
     reciprocals: only for powers of two whose reciprocal the dtype holds (2**-149 has none)."""
     s = np.ascontiguousarray(scales, dtype=dtype).reshape(-1)
@@ -227,7 +120,7 @@ def _scale_args(scales, zps, dtype, pow2: bool):
 
 def _flat(x: np.ndarray) -> np.ndarray:
     if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"fast kernels take float32 or float64 arrays, got {x.dtype}")
+        raise TypeError(f"element kernels take float32 or float64 arrays, got {x.dtype}")
     return np.ascontiguousarray(x).reshape(-1)
 
 
@@ -246,40 +139,132 @@ def _run_encode(plan, flat, layout, s, inv, z, pow2, r, want_codes, want_vals):
     return codes, vals, bad
 
 
+# ---- the exact table path -------------------------------------------------------------------
+def _slot_grid(flat: np.ndarray, layout) -> tuple[np.ndarray, np.ndarray]:
+    """(x as a 2-D view, slot index per row (Rows) or per column (Cols))."""
+    n = flat.shape[0]
+    if isinstance(layout, Cols):
+        return flat.reshape(-1, layout.C), np.arange(layout.C)
+    Q = max(layout.Q, 1)
+    if n % Q:
+        raise ValueError(f"row layout Q={Q} does not divide {n} elements")
+    return flat.reshape(n // Q, Q), np.arange(n // Q) % layout.C
+
+
+def _per_slot(a: np.ndarray, slots: np.ndarray, cols: bool) -> np.ndarray:
+    """Per-slot values broadcast against the 2-D view (a length-1 array applies to all slots)."""
+    v = a[slots] if a.shape[0] > 1 else np.broadcast_to(a, slots.shape)
+    return v[None, :] if cols else v[:, None]
+
+
+def _shifted_grid(fmt: "Format", z: float):
+    """The format's grid shifted by -z (zero point z), ties by the parity of the shifted value."""
+    g = fmt.grid
+    if z == 0:
+        return g.vals, g.bounds, g.even.astype(np.uint8)
+    vals = g.vals - z
+    if not np.all(vals == np.rint(vals)):
+        raise FormatError(f"zero points need an integer grid; {fmt.name} has non-integer values")
+    return vals, g.bounds - z, (np.mod(vals, 2) == 0).astype(np.uint8)
+
+
+def _table_codes(fmt, y64, neg, ze, r, mode, spec) -> tuple[np.ndarray, int]:
+    """int64 codes of the flat float64 y (zero point ze per element or None) by the table kernel."""
+    from fmtlab.formats._table_kernel import encode_table
+
+    out = np.empty(y64.shape, np.int64)
+    stoch = r.shape[0] == y64.shape[0]
+    if ze is None or not np.any(ze):
+        vals, bounds, even = _shifted_grid(fmt, 0.0)
+        bad = encode_table(y64, neg, r, vals, fmt.grid.codes, bounds, even, mode, spec, out)
+        return out, bad
+    uz, which = np.unique(ze, return_inverse=True)
+    order = np.argsort(which, kind="stable")
+    cuts = np.searchsorted(which[order], np.arange(uz.size + 1))
+    bad = 0
+    for k, zv in enumerate(uz):
+        idx = order[cuts[k]:cuts[k + 1]]
+        vals, bounds, even = _shifted_grid(fmt, float(zv))
+        sub = np.empty(idx.size, np.int64)
+        bad += encode_table(np.ascontiguousarray(y64[idx]), np.ascontiguousarray(neg[idx]),
+                            np.ascontiguousarray(r[idx]) if stoch else r, vals, fmt.grid.codes,
+                            bounds, even, mode, spec, sub)
+        out[idx] = sub
+    return out, bad
+
+
+def _run_table(fmt, flat, layout, s, inv, z, pow2, r, rounding, overflow, nan, want_vals):
+    """(codes int64, fake-quant values or None, bad) of the table path, same arithmetic as the
+    fast kernels (see the module docstring)."""
+    if flat.shape[0] == 0:
+        return np.zeros(0, np.int64), (np.zeros(0, flat.dtype) if want_vals else None), 0
+    X, slots = _slot_grid(flat, layout)
+    cols = isinstance(layout, Cols)
+    with np.errstate(all="ignore"):
+        y = X * _per_slot(inv, slots, cols) if pow2 else X / _per_slot(s, slots, cols)
+    y = np.ascontiguousarray(y).reshape(-1)
+    neg = np.signbit(y)
+    zflat = None
+    if np.any(z):
+        zflat = np.broadcast_to(_per_slot(z.astype(np.float64), slots, cols), X.shape).reshape(-1)
+    spec = fmt.special_codes(overflow, nan)
+    y64 = y.astype(np.float64)
+    if zflat is not None and spec[0] >= 0 and not fmt.has_nan:
+        y64 = np.where(np.isnan(y64), 0.0, y64)  # nan='zero' reads NaN as 0, i.e. y = 0
+        neg = neg & ~np.isnan(y)
+    codes, bad = _table_codes(fmt, y64, neg, zflat, r, ROUNDING_ID[rounding], spec)
+    if not want_vals:
+        return codes, None, bad
+    v = fmt.values()[np.maximum(codes, 0)]
+    if zflat is not None:
+        v = v - zflat
+    with np.errstate(all="ignore"):
+        s64 = np.broadcast_to(_per_slot(s.astype(np.float64), slots, cols), X.shape).reshape(-1)
+        out = (v * s64).astype(flat.dtype)
+    return codes, out, bad
+
+
+# ---- public entry points --------------------------------------------------------------------
 def _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand):
     overflow = fmt.default_overflow if overflow is None else overflow
     plan = params(fmt, rounding, overflow, nan)
-    if plan is None:
-        raise FormatError(f"no fast kernel for {fmt.name}")
     flat = _flat(x)
-    s, inv, z, pow2 = _scale_args(scales, zps, flat.dtype, pow2)
+    s, inv, z, pow2 = scale_args(scales, zps, flat.dtype, pow2)
     r = _rand_arg(rand, flat.shape[0]) if rounding is Rounding.STOCHASTIC else np.zeros(1)
-    return plan, flat, s, inv, z, r, pow2
+    return plan, overflow, flat, s, inv, z, r, pow2
 
 
-def encode_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
+def encode_scaled(fmt: "Format", x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
                   rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
                   nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
     """Codes of ``x / scale`` (+ zero point for INT) in x's shape; see the module docstring.
 
     ``x / s`` is computed in x's precision (float32 or float64); pow2=True promises every scale
-    is a power of two (then x * (1/s) is used, which is the same number).
+    is a power of two (then x * (1/s) is used, which is the same number). Any format: the fast
+    kernels where it has a plan, else the table path (same codes).
     """
-    plan, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
-    codes, _, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, True, False)
+    plan, overflow, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding,
+                                                         overflow, nan, rand)
+    if plan is None:
+        codes, _, bad = _run_table(fmt, flat, layout, s, inv, z, pow2, r, rounding, overflow, nan, False)
+    else:
+        codes, _, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, True, False)
     if bad:
         raise _nan_error(fmt, bad)
     return codes.astype(fmt.code_dtype, copy=False).reshape(x.shape)
 
 
-def fq_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
+def fq_scaled(fmt: "Format", x: np.ndarray, layout, scales, zps=None, *, pow2: bool = False,
               rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
               nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
-    """Fused fake-quant ``fl(v(x / s) * s)`` (v the element value, minus the zero point) in x's
-    dtype and shape; codes are never stored. Same conventions as ``encode_scaled``."""
-    plan, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding, overflow, nan, rand)
+    """Fake-quant ``fl(v(x / s) * s)`` (v the element value, minus the zero point) in x's dtype
+    and shape; fused (codes never stored) on the fast path. Same conventions as ``encode_scaled``."""
+    plan, overflow, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, pow2, rounding,
+                                                         overflow, nan, rand)
     n = flat.shape[0]
-    if rounding is Rounding.STOCHASTIC:
+    if plan is None:
+        _, res, bad = _run_table(fmt, flat, layout, s, inv, z, pow2, r, rounding, overflow, nan, True)
+    elif rounding is Rounding.STOCHASTIC:
         _, res, bad = _run_encode(plan, flat, layout, s, inv, z, pow2, r, False, True)
     else:
         res = np.empty(n, dtype=flat.dtype)
@@ -299,9 +284,9 @@ def fq_scaled(fmt: Format, x: np.ndarray, layout, scales, zps=None, *, pow2: boo
 _ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}
 
 
-def encode_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
+def encode_fast(fmt: "Format", a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
                 rand) -> np.ndarray:
-    """``fmt.encode`` through the fast kernels (falls back to the table kernel where uncovered)."""
+    """``fmt.encode`` through the fast kernels (the format's table kernel where it has no plan)."""
     if params(fmt, rounding, overflow, nan) is None or a.dtype not in (np.float32, np.float64):
         return fmt.encode_table(a, rounding, overflow, nan, rand)
     one = _ONE[a.dtype]
@@ -309,16 +294,17 @@ def encode_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overfl
                          overflow=overflow, nan=nan, rand=rand).reshape(-1)
 
 
-def quantize_fast(fmt: Format, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
-                  seed=None) -> np.ndarray | None:
+def quantize_fast(fmt: "Format", a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
+                  draws: Callable[[int], np.ndarray] | None = None) -> np.ndarray | None:
     """decode(encode(a)) in a's dtype, fused; None where the fast kernels do not apply. For
-    STOCHASTIC the draws are ``make_rng(seed).random(a.size)``, as ``Format.encode`` draws them."""
+    STOCHASTIC, ``draws(a.size)`` gives the uniform draws (called only when a kernel runs, so a
+    caller falling back to ``Format.encode`` draws from an untouched generator)."""
     if params(fmt, rounding, overflow, nan) is None or a.dtype not in (np.float32, np.float64):
         return None
     rand = None
     if rounding is Rounding.STOCHASTIC:
-        from fmtlab.formats.base import make_rng
-
-        rand = make_rng(seed).random(a.size)
+        if draws is None:
+            raise ValueError("stochastic rounding needs draws")
+        rand = draws(a.size)
     return fq_scaled(fmt, a, Rows(a.size, 1), _ONE[a.dtype], pow2=True, rounding=rounding,
                      overflow=overflow, nan=nan, rand=rand)

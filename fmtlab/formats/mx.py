@@ -38,7 +38,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats.base import Format, make_rng
-from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, params
+from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, kernel_plan, params
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
@@ -121,10 +121,8 @@ def mx_blocks(fmt: Format, flat: np.ndarray, K_: int, rule: str, rounding: Round
         raise FmtlabError(f"the EVEN shared-exponent rule needs a minifloat or INT element, not {fmt.name}")
     nb = flat.size // K_
     sexp = np.empty(nb, np.uint8)
-    plan = params(fmt, rounding, overflow, NanInput.RAISE)
-    if plan is None:
-        raise FmtlabError(f"no kernel for element format {fmt.name}")
-    if flat.dtype == np.float32 and rounding is not Rounding.STOCHASTIC:
+    plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
+    if plan is not None and flat.dtype == np.float32 and rounding is not Rounding.STOCHASTIC:
         out = np.empty_like(flat)
         codes = np.empty(flat.size if want_codes else 1, fmt.code_dtype)
         K.mx_fq(*plan, flat, out, K_, rid, be.emax, be.mbits, be.elem_max, be.eoff,
@@ -177,10 +175,10 @@ def fp8_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: bool | floa
     be = block_elem(fmt)
     if be.eoff:
         raise FmtlabError("FP8 block scales take minifloat, dINT or log elements")
-    S8 = params(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
-    plan = params(fmt, rounding, overflow, NanInput.RAISE)
+    S8 = kernel_plan(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
+    plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
     nb = flat.size // K_
-    fused = flat.dtype == np.float32 and rounding is not Rounding.STOCHASTIC
+    fused = plan is not None and flat.dtype == np.float32 and rounding is not Rounding.STOCHASTIC
     if tensor_scale is True:
         ch = 8192 if flat.size % 8192 == 0 else K_  # tensor amax in large rows: fewer tasks
         a_t = _finite_amax(flat, ch)[0]

@@ -28,7 +28,7 @@ from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
-from fmtlab.formats.kernels import _scale_args, encode_scaled, fq_scaled, generic, params
+from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, generic, params, scale_args
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
 from fmtlab.formats.scaling import (
@@ -164,10 +164,8 @@ class Quantizer:
         for k, v in (("format", fmt), ("granularity", g), ("scale_rule", rule), ("pow2", pow2),
                      ("rounding", rounding), ("overflow", overflow), ("nan", nan)):
             object.__setattr__(self, k, v)
-        if fmt.family == "e8m0":
-            raise FmtlabError("e8m0 is a scale format, not an element format")
-        if params(fmt, rounding, overflow, nan or NanInput.RAISE) is None:
-            raise FmtlabError(f"{fmt.name} has no fast kernel; quantizers need one")
+        if not np.any(fmt.values() == 0):  # E8M0: zeros could not survive any scale
+            raise FmtlabError(f"{fmt.name} has no zero: it is a scale format, not an element format")
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
                 raise FmtlabError(f"E8M0 block scales take a shared-exponent rule (floor, ceil, even, "
@@ -182,8 +180,9 @@ class Quantizer:
         elif isinstance(rule, SharedExp):
             raise FmtlabError(f"shared-exponent rule {rule} needs PerBlock(scale_format='e8m0')")
         if isinstance(rule, MinMax) or (isinstance(rule, Static) and rule.zero_point is not None):
-            if fmt.family != "int":
-                raise FmtlabError(f"asymmetric scaling (zero points) needs an INT format, got {fmt.name}")
+            if not _integer_grid(fmt):
+                raise FmtlabError(f"asymmetric scaling (zero points) needs an INT format (consecutive "
+                                  f"integer values), got {fmt.name}")
         if rounding is Rounding.STOCHASTIC:
             if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
                 raise FmtlabError("stochastic rounding needs seed=<int> (no hidden global RNG)")
@@ -270,8 +269,9 @@ class Quantizer:
     def _mse(self, M: np.ndarray, rule: MSE) -> np.ndarray:
         amax = self._slot_absmax(M)
         rnd = Rounding.NEAREST_EVEN if self.rounding is Rounding.STOCHASTIC else self.rounding
-        plan = params(self.format, rnd, self.overflow, NanInput.ZERO if not self.format.has_nan else self.nan)
-        if M.dtype != np.float32:
+        nan = NanInput.ZERO if not self.format.has_nan else self.nan
+        plan = params(self.format, rnd, self.overflow, nan)
+        if plan is not None and M.dtype != np.float32:
             plan = generic(plan)
         Mc = np.ascontiguousarray(M).reshape(-1)
         nslots, L = M.shape
@@ -282,8 +282,15 @@ class Quantizer:
         for r in rule.ratios:
             c = (amax * r).astype(np.float32)
             s = self._finalize(c)
-            sd, inv, _, pw = _scale_args(s, None, M.dtype, _is_pow2(s))
-            K.sse_rows(*plan, Mc, L, nslots, sd, inv, z, pw, sse)
+            sd, inv, _, pw = scale_args(s, None, M.dtype, _is_pow2(s))
+            if plan is not None:
+                K.sse_rows(*plan, Mc, L, nslots, sd, inv, z, pw, sse)
+            else:  # table path: the same fake-quant, summed in the kernel's (sequential) order
+                fq = fq_scaled(self.format, Mc, Rows(L, nslots), s, pow2=pw, rounding=rnd,
+                               overflow=self.overflow, nan=nan)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    d = fq.astype(np.float64).reshape(nslots, L) - M.astype(np.float64)
+                    sse = np.cumsum(d * d, axis=1)[:, -1] if L else np.zeros(nslots)
             better = sse < best
             best = np.where(better, sse, best)
             best_c = np.where(better, c, best_c)
@@ -450,6 +457,12 @@ class Quantizer:
             clipped = (y > hi) | (y < lo)
         bad = int(np.count_nonzero(~np.isfinite(s))) if self.is_block else 0
         return QuantReport(int(a.size), nonzero, int(np.count_nonzero(clipped)), flushed, bad)
+
+
+def _integer_grid(fmt: Format) -> bool:
+    """The finite values are consecutive integers (what a zero point shifts exactly)."""
+    v = fmt.grid.vals[1:-1]
+    return bool(np.all(np.diff(v) == 1.0) and np.all(v == np.rint(v)))
 
 
 def _bad_static(size: int, lay: Layout):
