@@ -119,6 +119,13 @@ class Format:
         """The code of -0 where the format has a usable negative zero."""
         return None
 
+    def _unused_code_mask(self) -> np.ndarray:
+        """bool by code: codes that decode to NaN but are not NaN codes of the format (never
+        produced, e.g. int8_sym's 0x80, dINT's -0 slot, flushed subnormals). Default: every
+        NaN-valued code of a format without NaN, none of a format with NaN."""
+        v = self._values
+        return np.isnan(v) if not self.has_nan else np.zeros(v.shape, dtype=bool)
+
     # ---- derived tables -------------------------------------------------------------------
     def __str__(self) -> str:
         return self.name
@@ -172,6 +179,23 @@ class Format:
         for arr in (vals, codes, bounds, even):
             arr.setflags(write=False)
         return Grid(vals, codes, bounds, even)
+
+    # ---- special-value facts as data (both signs) -------------------------------------------
+    @cached_property
+    def unused_codes(self) -> frozenset[int]:
+        """Codes that decode to NaN in ``values()`` but are neither NaN codes nor produced."""
+        return frozenset(np.flatnonzero(self._unused_code_mask()).tolist())
+
+    @cached_property
+    def nan_codes(self) -> frozenset[int]:
+        """Every code that is NaN (both signs); empty for formats without NaN."""
+        v = self._values
+        return frozenset(np.flatnonzero(np.isnan(v) & ~self._unused_code_mask()).tolist())
+
+    @cached_property
+    def inf_codes(self) -> frozenset[int]:
+        """Every code that is +Inf or -Inf; empty for formats without Inf."""
+        return frozenset(np.flatnonzero(np.isinf(self._values)).tolist())
 
     # ---- finfo-like facts -----------------------------------------------------------------
     @cached_property

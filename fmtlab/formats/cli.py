@@ -31,13 +31,7 @@ def layout(fmt: Format) -> str:
     if fam == "minifloat":
         e, m = fmt.exp_bits, fmt.man_bits
         fields = "S." + "E" * e + ("." + "M" * m if m else "")
-        ones, zeros, mones = "1" * e, "0" * e, "1" * m
-        special = {
-            "ieee": f"Inf S.{ones}.{'0' * m}, NaN S.{ones}.(M!=0)" if m else f"Inf S.{ones}, no NaN",
-            "fn": f"no Inf, NaN S.{ones}" + (f".{mones}" if m else ""),
-            "fnuz": f"no Inf, no -0, NaN 1.{zeros}" + (f".{'0' * m}" if m else ""),
-            "fin": "all codes finite (no Inf, no NaN)",
-        }[fmt.special]
+        special = fmt.special.layout(e, m)
         sub = "" if fmt.subnormals or m == 0 else ", subnormals flushed"
         return f"{fields}, bias {fmt.bias}; {special}{sub}"
     if fam == "int":

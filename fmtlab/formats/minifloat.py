@@ -5,28 +5,37 @@ normal (E > 0): (-1)**s * (1 + M / 2**man_bits) * 2**(E - bias);
 subnormal (E == 0): (-1)**s * (M / 2**man_bits) * 2**(1 - bias)  (flushed when subnormals=False:
 those codes are unused, decode to NaN, and inputs below min_normal round between 0 and min_normal).
 
-Special-value conventions (``special``), following ml_dtypes / LLVM naming:
+Special-value conventions are data: ``special`` is a :class:`~fmtlab.formats.special.SpecialRule`
+(built-ins ``Special.IEEE/FN/FNUZ/FIN``, or any rule registered with ``register_special_rule``);
+a name string ("fn") is resolved to the registered rule. The rule says which codes are NaN / Inf,
+whether -0 exists (if not, that code is unused unless it is the NaN), the default bias offset
+(fnuz: +1), the default overflow and the canonical NaN. Built-ins, following ml_dtypes / LLVM:
 - "ieee": E all ones is Inf (M = 0) or NaN (M != 0); -0 exists. Overflow default: Inf.
 - "fn":   no Inf; only S.1..1.1..1 is NaN; -0 exists (OCP FP8 E4M3). Overflow default: NaN.
 - "fnuz": no Inf, no -0; the code 1000..0 is the only NaN; default bias 2**(E-1) (one more).
           Overflow default: NaN.
-- "fin":  every code is finite (OCP MX FP6/FP4); -0 exists; no NaN, no Inf. Overflow: saturate.
+- "fin":  every code finite (OCP MX FP6/FP4); -0 exists; no NaN, no Inf. Overflow: saturate.
 Defaults follow ml_dtypes' astype (the reference); torch's float8_e4m3fn cast saturates instead,
 which is ``overflow="saturate"``.
-NaN inputs give the quiet NaN with the input's sign (ieee: exponent all ones, top mantissa bit set,
-as ml_dtypes; fn: S.1..1.1..1; fnuz: 0x80). NEAREST_EVEN ties go to mantissa LSB 0.
+NaN inputs give the rule's canonical NaN with the input's sign (ieee: exponent all ones, top
+mantissa bit set, as ml_dtypes; fn: S.1..1.1..1; fnuz: 0x80). NEAREST_EVEN ties go to mantissa
+LSB 0. A rule whose NaN/Inf codes leave a hole among the finite magnitudes (e.g. NaN = S.111.000)
+is encoded by the exact table kernel (``bit_layout`` is False), never by the bit-trick kernel.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 
 import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import FastKernelRouting, Format
 from fmtlab.formats.rounding import Overflow
+from fmtlab.formats.special import SpecialRule, get_special_rule
 
+#: names of the built-in special rules (``special_rule_names()`` lists registered ones too)
 SPECIALS = ("ieee", "fn", "fnuz", "fin")
 
 
@@ -38,7 +47,7 @@ class MiniFloat(FastKernelRouting, Format):
     exp_bits: int
     man_bits: int
     bias: int | None = None
-    special: str = "ieee"
+    special: SpecialRule | str = "ieee"
     subnormals: bool = True
     label: str | None = dataclasses.field(default=None, compare=False)
 
@@ -50,15 +59,11 @@ class MiniFloat(FastKernelRouting, Format):
             raise FormatError(f"minifloat exp_bits must be 1..8, got exp_bits={e!r}")
         if not isinstance(m, (int, np.integer)) or not 0 <= m <= 10:
             raise FormatError(f"minifloat man_bits must be 0..10, got man_bits={m!r}")
-        if self.special not in SPECIALS:
-            raise FormatError(f"special must be one of {SPECIALS}, got special={self.special!r}")
-        if self.special == "ieee" and e < 2:
-            raise FormatError("an IEEE-like minifloat needs exp_bits >= 2 (one exponent is Inf/NaN)")
-        if self.special == "fn" and e + m < 2:
-            raise FormatError("an 'fn' minifloat needs exp_bits + man_bits >= 2")
+        rule = get_special_rule(self.special)
+        object.__setattr__(self, "special", rule)
+        rule.check(int(e), int(m))
         if self.bias is None:
-            default = (1 << (e - 1)) - 1 + (1 if self.special == "fnuz" else 0)
-            object.__setattr__(self, "bias", default)
+            object.__setattr__(self, "bias", rule.default_bias(e))
         if not -64 <= int(self.bias) <= 300:
             raise FormatError(f"bias={self.bias!r} is out of the supported range")
         object.__setattr__(self, "bias", int(self.bias))
@@ -70,7 +75,7 @@ class MiniFloat(FastKernelRouting, Format):
 
     @property
     def default_bias(self) -> int:
-        return (1 << (self.exp_bits - 1)) - 1 + (1 if self.special == "fnuz" else 0)
+        return self.special.default_bias(self.exp_bits)
 
     @property
     def generic_name(self) -> str:
@@ -96,20 +101,37 @@ class MiniFloat(FastKernelRouting, Format):
         mag = np.where(E > 0, np.ldexp(1.0 + frac, (E - self.bias).astype(np.int64)),
                        np.ldexp(frac, 1 - self.bias))
         vals = sign * mag
-        emax_field = (1 << e) - 1
+        rc = self.special.codes(e, m)
         if not self.subnormals:
             vals[(E == 0) & (M != 0)] = np.nan
-        if self.special == "ieee":
-            vals[(E == emax_field) & (M == 0)] = sign[(E == emax_field) & (M == 0)] * np.inf
-            vals[(E == emax_field) & (M != 0)] = np.nan
-        elif self.special == "fn":
-            vals[(E == emax_field) & (M == (1 << m) - 1)] = np.nan
-        elif self.special == "fnuz":
-            vals[1 << (e + m)] = np.nan
+        vals[rc.inf] = sign[rc.inf] * np.inf
+        vals[rc.nan | rc.unused] = np.nan
         return np.where(np.isnan(vals), np.copysign(np.nan, sign), vals)  # NaN keeps its sign bit
 
     def _is_even(self, codes: np.ndarray) -> np.ndarray:
         return (codes & 1) == 0
+
+    def _unused_code_mask(self) -> np.ndarray:
+        codes = np.arange(1 << self.bits, dtype=np.int64)
+        rc = self.special.codes(self.exp_bits, self.man_bits)
+        flushed = ((codes >> self.man_bits) & ((1 << self.exp_bits) - 1) == 0) & \
+            (codes & ((1 << self.man_bits) - 1) != 0) & (not self.subnormals)
+        return (flushed | rc.unused) & ~rc.nan
+
+    @cached_property
+    def bit_layout(self) -> bool:
+        """True if every magnitude code 0 .. max's magnitude code is finite (a flushed subnormal
+        or an unused -0 aside): the layout the bit-trick kernels assume. False sends encode and
+        quantize to the exact table kernel."""
+        return _bit_layout(self)
+
+    def _encode_array(self, a, rounding, overflow, nan, rand):
+        if not self.bit_layout:
+            return self.encode_table(a, rounding, overflow, nan, rand)
+        return super()._encode_array(a, rounding, overflow, nan, rand)
+
+    def _quantize_array(self, a, rounding, overflow, nan, seed):
+        return super()._quantize_array(a, rounding, overflow, nan, seed) if self.bit_layout else None
 
     def _virtual_above(self) -> tuple[float, bool]:
         # the top binade's spacing continued one step: max + ulp(max)
@@ -131,31 +153,22 @@ class MiniFloat(FastKernelRouting, Format):
 
     @property
     def default_overflow(self) -> Overflow:
-        return {"ieee": Overflow.INF, "fn": Overflow.NAN, "fnuz": Overflow.NAN,
-                "fin": Overflow.SATURATE}[self.special]
+        return self.special.overflow
 
     def canonical_nan_code(self, negative: bool = False) -> int | None:
-        e, m = self.exp_bits, self.man_bits
-        sign = (1 << (e + m)) if negative else 0
-        if self.special == "ieee":
-            if m == 0:
-                return None
-            return sign | (((1 << e) - 1) << m) | (1 << (m - 1))
-        if self.special == "fn":
-            return sign | ((1 << (e + m)) - 1)
-        if self.special == "fnuz":
-            return 1 << (e + m)
-        return None
+        rc = self.special.codes(self.exp_bits, self.man_bits)
+        return rc.nan_neg if negative else rc.nan_pos
 
     def inf_code(self, negative: bool = False) -> int | None:
-        if self.special != "ieee":
-            return None
-        e, m = self.exp_bits, self.man_bits
-        return ((1 << (e + m)) if negative else 0) | (((1 << e) - 1) << m)
+        want = 1 if negative else 0
+        hits = [c for c in sorted(self.inf_codes) if c >> (self.bits - 1) == want]
+        return hits[0] if hits else None
 
     @property
     def negative_zero_code(self) -> int | None:
-        return None if self.special == "fnuz" else 1 << (self.exp_bits + self.man_bits)
+        c = 1 << (self.exp_bits + self.man_bits)
+        rc = self.special.codes(self.exp_bits, self.man_bits)
+        return None if (rc.nan[c] or rc.unused[c]) else c
 
     # ---- facts ----------------------------------------------------------------------------
     @property
@@ -171,3 +184,14 @@ class MiniFloat(FastKernelRouting, Format):
     @property
     def eps(self) -> float:
         return float(np.ldexp(1.0, -self.man_bits))
+
+
+def _bit_layout(fmt: MiniFloat) -> bool:
+    v = fmt._values
+    half = 1 << (fmt.bits - 1)
+    top = fmt.max_code() & (half - 1)
+    skip = fmt._unused_code_mask().copy()
+    skip[half] = True  # the -0 slot may be -0, unused or the NaN (fnuz): all fine
+    mags = np.arange(top + 1)
+    ok = lambda c: bool(np.all(np.isfinite(v[c]) | skip[c]))  # noqa: E731
+    return ok(mags) and ok(mags | half) and not (np.isfinite(v[top + 1:half]).any())

@@ -4,7 +4,8 @@ Grammar (case-insensitive):
   int{2..16} | int{n}_sym | uint{n}              two's complement / narrow / unsigned
   dint{n}[_d{level}_{level}...][_nz]             dINT with denormal levels (default 0.5)
   log{n}[_b{base}][_lin][_u{threshold}][_nz]     log-base-b (default base 2, log-domain rounding)
-  e{E}m{M}_{ieee|fn|fnuz|fin}[_b{bias}][_ftz]    any minifloat
+  e{E}m{M}_{rule}[_b{bias}][_ftz]                any minifloat; rule: ieee|fn|fnuz|fin or any
+                                                 name registered with register_special_rule
   named: fp8_e4m3, fp8_e5m2, fp8_e4m3fnuz, fp8_e5m2fnuz, fp6_e3m2, fp6_e2m3, fp4_e2m1, e8m0,
          fp16, bf16 (aliases: fp8_e4m3fn, e4m3, e5m2, float16, bfloat16, mxfp4_e2m1 ...)
 """
@@ -22,6 +23,7 @@ from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.special import get_special_rule, on_rules_changed, special_rule_names
 
 _NAMED: dict[str, Callable[[], Format]] = {
     # OCP 8-bit Floating Point Specification (OFP8) v1.0: E4M3 (bias 7, no Inf, NaN S.1111.111,
@@ -56,7 +58,7 @@ _FLOAT = r"([0-9]+(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)"
 _INT_RE = re.compile(r"(u?)int(\d+)(_sym)?")
 _DINT_RE = re.compile(r"dint(\d+)((?:_d(?:" + _FLOAT + r"(?:_" + _FLOAT + r")*)?)?)(_nz)?")
 _LOG_RE = re.compile(r"log(\d+)(?:_b" + _FLOAT + r")?(_lin)?(?:_u" + _FLOAT + r")?(_nz)?")
-_MF_RE = re.compile(r"e(\d+)m(\d+)_(ieee|fn|fnuz|fin)(?:_b(-?\d+))?(_ftz)?")
+_MF_RE = re.compile(r"e(\d+)m(\d+)_([a-z][a-z0-9]*?)(?:_b(-?\d+))?(_ftz)?")
 
 #: the formats `list_formats()` shows (generic families accept many more names)
 STANDARD_NAMES = (
@@ -103,11 +105,19 @@ def _parse(key: str) -> Format:
         return LogFormat(int(m.group(1)), base=base, domain="linear" if m.group(3) else "log",
                          underflow=under, negative_zero=bool(m.group(5)))
     if m := _MF_RE.fullmatch(key):
-        e, mant, special = int(m.group(1)), int(m.group(2)), m.group(3)
+        try:
+            special = get_special_rule(m.group(3))
+        except FormatError as exc:
+            raise FormatError(f"unknown format {name!r}: {exc}") from None
+        e, mant = int(m.group(1)), int(m.group(2))
         bias = int(m.group(4)) if m.group(4) is not None else None
         return MiniFloat(e, mant, bias=bias, special=special, subnormals=not m.group(5))
     raise FormatError(f"unknown format {name!r}; known: {', '.join(STANDARD_NAMES)} "
-                      "(and the families intN, uintN, intN_sym, dintN, logN_bBASE, eEmM_ieee|fn|fnuz|fin)")
+                      "(and the families intN, uintN, intN_sym, dintN, logN_bBASE, "
+                      f"eEmM_{'|'.join(special_rule_names())})")
+
+
+on_rules_changed(_parse.cache_clear)
 
 
 def list_formats() -> list[str]:

@@ -41,7 +41,8 @@ from fmtlab.formats.dint import DInt
 from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
-from fmtlab.formats.minifloat import SPECIALS, MiniFloat
+from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.special import SpecialRule, get_special_rule, special_rule_names
 from fmtlab.formats.oracle import oracle_table
 from fmtlab.formats.registry import get_format, list_formats
 from fmtlab.formats.rounding import Overflow, Rounding
@@ -84,36 +85,42 @@ def named_formats(*, families: Iterable[str] | None = None, max_bits: int = 16) 
     return st.sampled_from(fmts)
 
 
-def _minifloat_layouts(max_bits: int, specials: Sequence[str]) -> list[tuple[str, int, int]]:
+def _minifloat_layouts(max_bits: int, specials: Sequence[SpecialRule]) -> list[tuple[SpecialRule, int, int]]:
     out = []
-    for special in specials:
+    for rule in specials:
         for e in range(1, 9):
             for m in range(0, 11):
-                if 1 + e + m > max_bits or (special == "ieee" and e < 2) or (special == "fn" and e + m < 2):
+                if 1 + e + m > max_bits:
                     continue
-                out.append((special, e, m))
+                try:
+                    rule.check(e, m)
+                except FormatError:
+                    continue
+                out.append((rule, e, m))
     return out
 
 
 @st.composite
-def minifloats(draw, *, max_bits: int = 16, specials: Sequence[str] = SPECIALS,
+def minifloats(draw, *, max_bits: int = 16, specials: "Sequence[str | SpecialRule] | None" = None,
                vary_bias: bool = True, flush_subnormals: bool = True) -> MiniFloat:
     """Random ``MiniFloat(exp_bits, man_bits, bias, special, subnormals)`` of at most max_bits
-    bits; the bias is the default or, with ``vary_bias``, up to 3 away from it."""
+    bits; the bias is the default or, with ``vary_bias``, up to 3 away from it. ``specials``:
+    rules or rule names (default: every registered rule, ``special_rule_names()``)."""
     _check_bits(max_bits, 2)
-    bad = [x for x in specials if x not in SPECIALS]
-    if bad:
-        raise ValueError(f"specials must be among {SPECIALS}, got {bad!r}")
-    layouts = _minifloat_layouts(max_bits, specials)
+    names = special_rule_names() if specials is None else tuple(specials)
+    try:
+        rules = [get_special_rule(x) for x in names]
+    except FormatError as exc:
+        raise ValueError(f"specials must be among {special_rule_names()}, got {names!r}") from exc
+    layouts = _minifloat_layouts(max_bits, rules)
     if not layouts:
-        raise ValueError(f"no minifloat with specials {tuple(specials)} fits in {max_bits} bits")
-    special, e, m = draw(st.sampled_from(layouts))
+        raise ValueError(f"no minifloat with specials {names} fits in {max_bits} bits")
+    rule, e, m = draw(st.sampled_from(layouts))
     bias = None
     if vary_bias and draw(st.booleans()):
-        default = (1 << (e - 1)) - 1 + (1 if special == "fnuz" else 0)
-        bias = default + draw(st.integers(-3, 3))
+        bias = rule.default_bias(e) + draw(st.integers(-3, 3))
     sub = draw(st.booleans()) if flush_subnormals else True
-    return MiniFloat(e, m, bias=bias, special=special, subnormals=sub)
+    return MiniFloat(e, m, bias=bias, special=rule, subnormals=sub)
 
 
 @st.composite
