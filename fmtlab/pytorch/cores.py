@@ -28,7 +28,8 @@ from fmtlab.formats import Format, Overflow, Rounding
 from fmtlab.formats.capabilities import NotSupportedError, Subsystem, find_handler, register_handler
 from fmtlab.pytorch import _fastpaths
 
-__all__ = ["TorchCore", "torch_core", "required_core", "MINIFLOAT", "INT", "E8M0_CORE"]
+__all__ = ["TorchCore", "torch_core", "required_core", "minifloat_handler", "MINIFLOAT", "INT",
+           "E8M0_CORE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +48,9 @@ class TorchCore:
         (deterministic modes, float32/float64 x; NaN checks are the caller's).
     zero_point: ``(y, fmt, mode, z, draws) -> float64 q``: rounding of y on the grid shifted by
         -z (asymmetric quantizers; the numpy Quantizer allows zero points for INT only).
-    float32_product: ``fmt -> bool``: whether the numba fused kernel forms ``v * s`` in float32
-        for float32 data (MSE's error sums see that product); default: float64, as dequantize.
+    float32_product: ``fmt -> bool``: whether the family's numba kernel forms ``v * s`` in float32
+        for float32 data (fake-quant may then multiply in float32: the same number; MSE's error
+        sums see that rounded product). Default: the float64 product, as dequantize.
     """
 
     encode: Callable | None = None
@@ -96,6 +98,14 @@ def _mf_fast32(fmt: Format) -> bool:
 
 MINIFLOAT = TorchCore(eligible=_fastpaths.eligible, fast_codes=_fastpaths.encode_core,
                       cast_twin=_fastpaths.torch_twin, float32_product=_mf_fast32)
+
+
+def minifloat_handler(fmt: Format) -> TorchCore | None:
+    """MINIFLOAT for minifloats in the layout the bit tricks assume (``fmt.bit_layout``: every
+    magnitude code up to max is finite); None sends other rules (a NaN inside the finite
+    magnitudes, say) to the table path, as numpy's encode does."""
+    return MINIFLOAT if getattr(fmt, "bit_layout", False) else None
+
 INT = TorchCore(eligible=_fastpaths.eligible, fast_codes=_fastpaths.encode_core,
                 fast_values=_fastpaths.int_values, zero_point=_fastpaths.int_shifted,
                 float32_product=_int_fast32)
@@ -125,6 +135,6 @@ def _encode_e8m0(xf: torch.Tensor, fmt: Format, mode: Rounding, overflow: Overfl
 E8M0_CORE = TorchCore(encode=_encode_e8m0)
 
 # built-in families; a handler registered before this import (a user's override) is kept
-for _family, _core in (("minifloat", MINIFLOAT), ("int", INT), ("e8m0", E8M0_CORE)):
+for _family, _core in (("minifloat", minifloat_handler), ("int", INT), ("e8m0", E8M0_CORE)):
     if find_handler(Subsystem.TORCH, _family) is None:
         register_handler(Subsystem.TORCH, _family, _core)

@@ -17,6 +17,7 @@ import torch
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import NanInput, Quantizer, Rounding
+from fmtlab.formats.kernels import params
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.cores import required_core, torch_core
 from fmtlab.pytorch.elementwise import quantize
@@ -44,6 +45,13 @@ class ElementOps:
         # rounding boundaries beyond the extreme finite values: the clip test of QuantReport
         self.clip_lo = float(q.format.grid.bounds[0])
         self.clip_hi = float(q.format.grid.bounds[-1])
+
+    def mse_rounds_product(self, rounding: Rounding, nan) -> bool:
+        """Whether numpy's MSE search sees ``v * s`` rounded to float32 for float32 data: where
+        the format has no numba kernel plan (the table path returns fake-quant values in x's
+        dtype) or the family's kernel forms the product in float32 (``float32_product``)."""
+        mode, overflow, nan_p = conventions(self.format, rounding, self.overflow, nan)
+        return params(self.format, mode, overflow, nan_p) is None or self.float32_product
 
     def divide(self, x: torch.Tensor, s: torch.Tensor, pow2: bool | None = None) -> torch.Tensor:
         """y = fl(x / s) in x's precision (see the module docstring)."""

@@ -144,7 +144,10 @@ class TorchQuantizer:
         nan = "zero" if not self.format.has_nan else self.nan
         y = self.elements.divide(M, s[:, None])
         v = self.elements.values(y, rnd, nan=nan)
-        return v * s.to(torch.float64)[:, None]
+        prod = v * s.to(torch.float64)[:, None]
+        if M.dtype == torch.float32 and self.elements.mse_rounds_product(rnd, nan):
+            prod = prod.to(torch.float32).to(torch.float64)
+        return prod
 
     def _non_block(self, what: str) -> TorchScales:
         if self.scales is None:
@@ -157,7 +160,7 @@ class TorchQuantizer:
         sc = self._non_block("compute_scales")
         a = _as_input(x)
         tl = self.layout(a.shape)
-        return sc.compute(tl.to_work(a), tl, self._products, self.elements.float32_product)
+        return sc.compute(tl.to_work(a), tl, self._products)
 
     def statistic(self, x: torch.Tensor) -> torch.Tensor:
         """The clip value c per slot (flat, float32) that the scale rule (absmax, percentile, MSE)
@@ -169,7 +172,7 @@ class TorchQuantizer:
         a = _as_input(x)
         tl = self.layout(a.shape)
         M = tl.slot_matrix(tl.to_work(a))
-        return self.scales.statistic(M, self._products, self.elements.float32_product)
+        return self.scales.statistic(M, self._products)
 
     def scales_from_statistic(self, c: torch.Tensor) -> torch.Tensor:
         """Scales from clip values: ``fl32(c / fl32(fmt.max))`` (c == 0 -> 1, underflow ->
@@ -206,7 +209,7 @@ class TorchQuantizer:
             return _Result(b.out, b.codes, b.scales, None, b.scale_codes, b.tensor_scale, b.mask)
         r = self._draws(a, seed, draws)
         if scales is None:
-            s, z = self.scales.compute(w, tl, self._products, self.elements.float32_product)
+            s, z = self.scales.compute(w, tl, self._products)
         else:  # given scales (e.g. an observer's static scale), used as they are
             s, z = self._given_scales(tl, scales, zero_points, a.device)
         ops = self.elements

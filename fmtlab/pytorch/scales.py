@@ -29,7 +29,8 @@ __all__ = ["TorchScales", "finite_absmax", "TINY32"]
 
 TINY32 = 2.0 ** -149  #: the scale an underflowing quotient gets (smallest float32 subnormal)
 
-#: (M [nslots, L], s [nslots] float32) -> float64 fake-quant products v * s of M (MSE's inner step)
+#: (M [nslots, L], s [nslots] float32) -> float64 fake-quant products v * s of M (MSE's inner step,
+#: rounded to M's dtype where the numpy path rounds them)
 Products = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -46,6 +47,7 @@ class TorchScales:
 
     def __init__(self, q: Quantizer) -> None:
         self.rule = q.scale_rule
+        self.granularity = q.granularity
         self.pow2 = bool(q.pow2)
         self.format = q.format
         self.fmax32 = float(np.float32(q.format.max))
@@ -94,7 +96,7 @@ class TorchScales:
         c = (lo + (hi - lo) * t).to(torch.float32)
         return torch.where(n == 0, torch.zeros_like(c), c)
 
-    def mse(self, M: torch.Tensor, rule: MSE, products: Products, float32_product: bool) -> torch.Tensor:
+    def mse(self, M: torch.Tensor, rule: MSE, products: Products) -> torch.Tensor:
         """The clip value per slot with the least sum of squared errors (``scaling.MSE``)."""
         amax = self.absmax(M)
         best = torch.full(amax.shape, float("inf"), dtype=torch.float64, device=M.device)
@@ -103,10 +105,7 @@ class TorchScales:
         for r in rule.ratios.tolist():
             c = (amax * torch.tensor(r, dtype=torch.float32)).to(torch.float32)
             s = self.finalize(c)
-            prod = products(M, s)
-            if M.dtype == torch.float32 and float32_product:
-                prod = prod.to(torch.float32).to(torch.float64)
-            d = prod - x64
+            d = products(M, s) - x64
             sse = torch.cumsum(d * d, dim=1)[:, -1]  # sequential float64 sum, as the kernel
             better = sse < best
             best = torch.where(better, sse, best)
@@ -152,7 +151,7 @@ class TorchScales:
                 raise FmtlabError(f"zero points must lie in [{self.format.min:g}, {self.format.max:g}]")
         return s, z
 
-    def statistic(self, M: torch.Tensor, products: Products, float32_product: bool) -> torch.Tensor:
+    def statistic(self, M: torch.Tensor, products: Products) -> torch.Tensor:
         """The clip value per slot of an absmax / percentile / MSE rule (before :meth:`finalize`)."""
         rule = self.rule
         if isinstance(rule, AbsMax):
@@ -160,11 +159,11 @@ class TorchScales:
         if isinstance(rule, Percentile):
             return self.percentile(M, rule.p)
         if isinstance(rule, MSE):
-            return self.mse(M, rule, products, float32_product)
+            return self.mse(M, rule, products)
         raise FmtlabError(f"no single clip statistic for scale rule {rule}")
 
-    def compute(self, w: torch.Tensor, tl: TorchLayout, products: Products,
-                float32_product: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def compute(self, w: torch.Tensor, tl: TorchLayout,
+                products: Products) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(scales float32, zero points int64 or None), one per slot, of the working data ``w``."""
         rule = self.rule
         if isinstance(rule, Static):
@@ -173,5 +172,5 @@ class TorchScales:
         if isinstance(rule, MinMax):
             return self.minmax(M)
         if isinstance(rule, (AbsMax, Percentile, MSE)):
-            return self.finalize(self.statistic(M, products, float32_product)), None
-        raise FmtlabError(f"scale rule {rule} does not apply to this granularity")
+            return self.finalize(self.statistic(M, products)), None
+        raise FmtlabError(f"scale rule {rule} does not apply to {self.granularity}")
