@@ -4,6 +4,7 @@ This subpackage depends on nothing else in fmtlab (and never imports torch).
 """
 
 from fmtlab.formats.base import Format
+from fmtlab.formats.blockfmt import BlockFormat, ScaleFormat, SharedExpRule, get_block_format
 from fmtlab.formats.dint import DInt
 from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
@@ -11,6 +12,7 @@ from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.minifloat import MiniFloat
 from fmtlab.formats.registry import get_format, list_formats
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
+from fmtlab.formats.special import Special, SpecialRule, register_special_rule
 from fmtlab.formats.scaling import (
     MSE, AbsMax, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
     SharedExp, Static,
@@ -21,6 +23,8 @@ from fmtlab.formats.presets import get_quantizer, list_quantizers
 __all__ = [
     "Format", "IntFormat", "DInt", "LogFormat", "MiniFloat", "E8M0",
     "get_format", "list_formats", "Rounding", "Overflow", "NanInput",
+    "Special", "SpecialRule", "register_special_rule",
+    "BlockFormat", "ScaleFormat", "SharedExpRule", "get_block_format",
     # scaling layer (quantizers)
     "Quantizer", "QTensor", "QuantReport", "get_quantizer", "list_quantizers",
     "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock",

@@ -256,6 +256,11 @@ class Format:
         return int(self.grid.codes[1 if negative else -2])
 
     @property
+    def bit_fields(self) -> tuple[int, ...]:
+        """Widths of the code's fields, most significant first (minifloat: sign, E, M)."""
+        return (self.bits,)
+
+    @property
     def code_dtype(self) -> np.dtype:
         return code_dtype(self.bits)
 

@@ -21,37 +21,15 @@ from typing import Any
 
 
 from fmtlab.formats import Format, get_format, list_formats
+from fmtlab.formats.capabilities import Subsystem, get_handler
 
 
 # ---- what to say about a format -------------------------------------------------------------
 
 def layout(fmt: Format) -> str:
-    """One line: the bit layout and the special-value convention."""
-    fam = fmt.family
-    if fam == "minifloat":
-        e, m = fmt.exp_bits, fmt.man_bits
-        fields = "S." + "E" * e + ("." + "M" * m if m else "")
-        special = fmt.special.layout(e, m)
-        sub = "" if fmt.subnormals or m == 0 else ", subnormals flushed"
-        return f"{fields}, bias {fmt.bias}; {special}{sub}"
-    if fam == "int":
-        if fmt.unsigned:
-            return f"unsigned integer [0, {fmt.max:g}]"
-        if fmt.narrow:
-            return f"two's complement, narrow [{fmt.min:g}, {fmt.max:g}] (1{'0' * (fmt.bits - 1)} unused)"
-        return f"two's complement [{fmt.min:g}, {fmt.max:g}]"
-    if fam == "dint":
-        levels = ", ".join(f"{d:g}" for d in fmt.denormals)
-        nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
-        lv = f"denormals {{{levels}}}, " if levels else ""
-        return f"sign-magnitude: 0, {lv}integers 1..{fmt.max:g}; {nz}"
-    if fam == "log":
-        nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
-        return (f"sign + magnitude code m: 0 (m=0) or {fmt.base:.6g}**-({fmt.kmax + 1}-m); "
-                f"{fmt.domain}-domain rounding, underflow below {fmt.underflow_threshold:.4g}; {nz}")
-    if fam == "e8m0":
-        return "EEEEEEEE: 2**(E-127), no sign, no zero; NaN 0xFF"
-    return fmt.describe()  # pragma: no cover - a family added later
+    """One line: the bit layout and the special-value convention (the family's CLI handler)."""
+    return get_handler(Subsystem.CLI, fmt, "register a CLI handler (fmt) -> one-line layout "
+                       "string in the family's module")(fmt)
 
 
 def facts(fmt: Format) -> dict[str, Any]:
@@ -66,18 +44,19 @@ def facts(fmt: Format) -> dict[str, Any]:
 
 
 def binary(fmt: Format, code: int) -> str:
-    """The code's bits, with '.' between sign, exponent and mantissa for minifloats."""
+    """The code's bits, with '.' between the format's fields (minifloat: sign, exponent, mantissa)."""
     s = format(code, f"0{fmt.bits}b")
-    if fmt.family == "minifloat":
-        e = fmt.exp_bits
-        s = s[0] + "." + s[1:1 + e] + ("." + s[1 + e:] if fmt.man_bits else "")
-    return s
+    parts, i = [], 0
+    for w in fmt.bit_fields:
+        parts.append(s[i:i + w])
+        i += w
+    return ".".join(parts)
 
 
 def code_kind(fmt: Format, code: int, value: float) -> str:
     """A short label for notable codes (zero, -0, NaN, Inf, max, subnormal, unused)."""
     if math.isnan(value):
-        return "NaN" if fmt.has_nan else "unused"
+        return "NaN" if code in fmt.nan_codes else "unused"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:

@@ -24,6 +24,7 @@ import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.capabilities import Subsystem, register_handler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,3 +93,16 @@ class DInt(FastKernelRouting, Format):
     @property
     def smallest_subnormal(self) -> float:
         return float(self.denormals[0]) if self.denormals else 1.0
+
+
+def cli_layout(fmt: DInt) -> str:
+    """The ``fmtlab formats`` layout line of a dINT format."""
+    levels = ", ".join(f"{d:g}" for d in fmt.denormals)
+    nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
+    lv = f"denormals {{{levels}}}, " if levels else ""
+    return f"sign-magnitude: 0, {lv}integers 1..{fmt.max:g}; {nz}"
+
+
+register_handler(Subsystem.ORACLE, DInt.family, "fmtlab.formats.oracle:even_integer_rule")
+register_handler(Subsystem.STRATEGY, DInt.family, "fmtlab.formats.strategies:dint_family")
+register_handler(Subsystem.CLI, DInt.family, cli_layout)

@@ -23,6 +23,7 @@ import dataclasses
 import numpy as np
 
 from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import Subsystem, register_handler
 from fmtlab.formats.rounding import Overflow, Rounding
 
 NAN_CODE = 255
@@ -100,3 +101,29 @@ def _encode_chunk(x, rounding: Rounding, overflow: Overflow, rand) -> np.ndarray
     code = np.where(e < -127, 0, code)  # below 2**-127: the smallest code, whatever the mode
     out[ok] = code
     return out.astype(np.uint8)
+
+
+def oracle_rule(fmt: E8M0, vals: list[float], codes: list[int]):
+    """Oracle facts (restating the module docstring): NaN, Inf, zero and negative inputs give
+    NaN; 0 < x < 2**-127 gives code 0 for every mode; every tie goes up; the upper virtual value
+    is 2**128 and reaching it overflows under every mode (TOWARD_ZERO included)."""
+    import math
+
+    from fmtlab.formats.oracle import OracleRule
+
+    def special(x: float) -> int | None:
+        if math.isnan(x) or math.isinf(x) or x <= 0.0:
+            return NAN_CODE
+        return 0 if x < 2.0 ** -127 else None
+
+    return OracleRule((False,) * len(vals), 0.0, False, 2.0 ** 128, False, ties_up=True,
+                      toward_zero_saturates=False, special_input=special)
+
+
+def cli_layout(fmt: E8M0) -> str:
+    return "EEEEEEEE: 2**(E-127), no sign, no zero; NaN 0xFF"
+
+
+register_handler(Subsystem.ORACLE, E8M0.family, oracle_rule)
+register_handler(Subsystem.STRATEGY, E8M0.family, "fmtlab.formats.strategies:e8m0_family")
+register_handler(Subsystem.CLI, E8M0.family, cli_layout)

@@ -14,6 +14,7 @@ import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.capabilities import Subsystem, register_handler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +74,17 @@ class IntFormat(FastKernelRouting, Format):
     @property
     def signed(self) -> bool:
         return not self.unsigned
+
+
+def cli_layout(fmt: IntFormat) -> str:
+    """The ``fmtlab formats`` layout line of an INT format."""
+    if fmt.unsigned:
+        return f"unsigned integer [0, {fmt.max:g}]"
+    if fmt.narrow:
+        return f"two's complement, narrow [{fmt.min:g}, {fmt.max:g}] (1{'0' * (fmt.bits - 1)} unused)"
+    return f"two's complement [{fmt.min:g}, {fmt.max:g}]"
+
+
+register_handler(Subsystem.ORACLE, IntFormat.family, "fmtlab.formats.oracle:even_integer_rule")
+register_handler(Subsystem.STRATEGY, IntFormat.family, "fmtlab.formats.strategies:int_family")
+register_handler(Subsystem.CLI, IntFormat.family, cli_layout)

@@ -26,6 +26,7 @@ import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.capabilities import Subsystem, register_handler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,3 +137,27 @@ class LogFormat(FastKernelRouting, Format):
     def eps(self) -> float:
         """b - 1: the relative step between adjacent levels (1.0 is the largest level)."""
         return self.base - 1.0
+
+
+def oracle_rule(fmt: LogFormat, vals: list[float], codes: list[int]):
+    """Oracle facts: ties to even k (zero is even, 1.0 is k = 0), virtual ends +/-base (k = -1,
+    odd), log- or linear-domain distances, the explicit underflow threshold above zero."""
+    from fmtlab.formats.oracle import OracleRule
+
+    pos = sorted((x for x in vals if x > 0), reverse=True)  # 1.0 first: k = 0, 1, 2, ...
+    k_of = {x: k for k, x in enumerate(pos)}
+    even = tuple(x == 0 or k_of[abs(x)] % 2 == 0 for x in vals)
+    return OracleRule(even, -float(fmt.base), False, float(fmt.base), False,
+                      log_domain=fmt.domain == "log", zero_threshold=fmt.underflow_threshold)
+
+
+def cli_layout(fmt: LogFormat) -> str:
+    """The ``fmtlab formats`` layout line of a log format."""
+    nz = "-0 code used" if fmt.negative_zero else "-0 code unused"
+    return (f"sign + magnitude code m: 0 (m=0) or {fmt.base:.6g}**-({fmt.kmax + 1}-m); "
+            f"{fmt.domain}-domain rounding, underflow below {fmt.underflow_threshold:.4g}; {nz}")
+
+
+register_handler(Subsystem.ORACLE, LogFormat.family, oracle_rule)
+register_handler(Subsystem.STRATEGY, LogFormat.family, "fmtlab.formats.strategies:log_family")
+register_handler(Subsystem.CLI, LogFormat.family, cli_layout)

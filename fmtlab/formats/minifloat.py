@@ -26,12 +26,14 @@ is encoded by the exact table kernel (``bit_layout`` is False), never by the bit
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import cached_property
 
 import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.capabilities import Subsystem, register_handler
 from fmtlab.formats.rounding import Overflow
 from fmtlab.formats.special import SpecialRule, get_special_rule
 
@@ -89,6 +91,10 @@ class MiniFloat(FastKernelRouting, Format):
     @property
     def name(self) -> str:
         return self.label or self.generic_name
+
+    @property
+    def bit_fields(self) -> tuple[int, ...]:
+        return (1, self.exp_bits, self.man_bits) if self.man_bits else (1, self.exp_bits)
 
     # ---- layout ---------------------------------------------------------------------------
     def _build_values(self) -> np.ndarray:
@@ -195,3 +201,27 @@ def _bit_layout(fmt: MiniFloat) -> bool:
     mags = np.arange(top + 1)
     ok = lambda c: bool(np.all(np.isfinite(v[c]) | skip[c]))  # noqa: E731
     return ok(mags) and ok(mags | half) and not (np.isfinite(v[top + 1:half]).any())
+
+
+def oracle_rule(fmt: MiniFloat, vals: list[float], codes: list[int]):
+    """Oracle facts: ties to mantissa LSB 0 (code LSB); the virtual value above max is
+    max + 2**(floor(log2 max) - man_bits), even iff the max code is odd; mirrored below."""
+    from fmtlab.formats.oracle import OracleRule
+
+    top, top_code = vals[-1], codes[-1]
+    _, e = math.frexp(top)  # top = m * 2**e, 0.5 <= m < 1, so floor(log2 top) = e - 1
+    hi, hi_even = top + math.ldexp(1.0, e - 1 - fmt.man_bits), (top_code & 1) == 1
+    return OracleRule(tuple((c & 1) == 0 for c in codes), -hi, hi_even, hi, hi_even)
+
+
+def cli_layout(fmt: MiniFloat) -> str:
+    """The ``fmtlab formats`` layout line: fields, bias and the rule's special codes."""
+    e, m = fmt.exp_bits, fmt.man_bits
+    fields = "S." + "E" * e + ("." + "M" * m if m else "")
+    sub = "" if fmt.subnormals or m == 0 else ", subnormals flushed"
+    return f"{fields}, bias {fmt.bias}; {fmt.special.layout(e, m)}{sub}"
+
+
+register_handler(Subsystem.ORACLE, MiniFloat.family, oracle_rule)
+register_handler(Subsystem.STRATEGY, MiniFloat.family, "fmtlab.formats.strategies:minifloat_family")
+register_handler(Subsystem.CLI, MiniFloat.family, cli_layout)

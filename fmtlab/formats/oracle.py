@@ -3,8 +3,9 @@
 ``oracle_encode`` answers "which code does ``x`` become?" from the format's sorted ``values()``
 table alone, by exact comparisons (``fractions.Fraction``), one element at a time. It shares no
 code with the numba kernels (no ``grid``, no ``bounds``, no ``special_codes``); it reads only the
-format's declared facts: ``values()``, ``canonical_nan_code()``, ``default_overflow``, the family
-and, for log formats, ``domain``/``base``/``underflow_threshold``.
+format's declared facts: ``values()``, ``canonical_nan_code()``, ``default_overflow``, and the
+:class:`OracleRule` its family registers (``Subsystem.ORACLE``: tie flags, virtual ends, rounding
+domain, zero threshold, special inputs). A family without one raises NotSupportedError.
 
 Specification (what "correct" means; the kernels' docstrings say the same in other words)
 -----------------------------------------------------------------------------------------
@@ -65,16 +66,43 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import Subsystem, get_handler
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
-__all__ = ["oracle_encode", "OracleTable", "oracle_table"]
+__all__ = ["oracle_encode", "OracleTable", "OracleRule", "oracle_table"]
 
 BELOW, ABOVE = -1, -2  # pseudo-codes of the virtual values
+
+
+@dataclass(frozen=True)
+class OracleRule:
+    """What a family tells the oracle (its ``Subsystem.ORACLE`` handler returns one).
+
+    even: tie flag of each sorted finite value; lo/hi (+ lo_even/hi_even): the virtual values
+    below and above; log_domain: distances are |log|x| - log|v|| (compared as x**2 vs L*U);
+    zero_threshold: the explicit boundary between 0 and the smallest positive level;
+    ties_up: every tie goes to the larger magnitude; toward_zero_saturates: TOWARD_ZERO never
+    overflows a finite input (else the overflow policy applies beyond the upper virtual value);
+    special_input: ``f(x) -> code | None``, a code for inputs the family handles itself before
+    the table rule (NaN/Inf included), None to go on.
+    """
+
+    even: tuple[bool, ...]
+    lo: float
+    lo_even: bool
+    hi: float
+    hi_even: bool
+    log_domain: bool = False
+    zero_threshold: float | None = None
+    ties_up: bool = False
+    toward_zero_saturates: bool = True
+    special_input: Callable[[float], "int | None"] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,18 +119,20 @@ class OracleTable:
     neg_zero_code: int | None
     pos_inf_code: int | None
     neg_inf_code: int | None
+    rule: OracleRule | None = None
 
 
-def _minifloat_virtual(fmt, top: float, top_code: int) -> tuple[float, bool]:
-    _, e = math.frexp(top)  # top = m * 2**e, 0.5 <= m < 1, so floor(log2 top) = e - 1
-    return top + math.ldexp(1.0, e - 1 - fmt.man_bits), (top_code & 1) == 1
+def oracle_rule_of(fmt: Format, vals: list[float], codes: list[int]) -> OracleRule:
+    """The family's oracle rule for the sorted finite ``vals`` (codes alongside)."""
+    h = get_handler(Subsystem.ORACLE, fmt, "register an ORACLE handler (fmt, vals, codes) -> "
+                    "fmtlab.formats.oracle.OracleRule in the family's module")
+    return h(fmt, vals, codes)
 
 
 @lru_cache(maxsize=64)
 def oracle_table(fmt: Format) -> OracleTable:
     """Build the oracle's table from ``fmt.values()`` (see the module docstring)."""
     v = fmt.values()
-    family = fmt.family
     by_value: dict[float, int] = {}
     zero_code = neg_zero_code = pos_inf = neg_inf = None
     for code, val in enumerate(v.tolist()):
@@ -128,28 +158,20 @@ def oracle_table(fmt: Format) -> OracleTable:
         by_value[val] = code
     vals = sorted(by_value)
     codes = [by_value[x] for x in vals]
+    r = oracle_rule_of(fmt, vals, codes)
+    if len(r.even) != len(vals):
+        raise AssertionError(f"{fmt}: the oracle rule has {len(r.even)} tie flags for {len(vals)} values")
+    return OracleTable(tuple([r.lo] + vals + [r.hi]), tuple([BELOW] + codes + [ABOVE]),
+                       tuple([r.lo_even] + list(r.even) + [r.hi_even]), zero_code, neg_zero_code,
+                       pos_inf, neg_inf, r)
 
-    if family == "minifloat":
-        even = [(c & 1) == 0 for c in codes]
-        hi, hi_even = _minifloat_virtual(fmt, vals[-1], codes[-1])
-        lo, lo_even = -hi, hi_even
-    elif family in ("int", "dint"):
-        even = [float(x).is_integer() and int(x) % 2 == 0 for x in vals]
-        hi, lo = vals[-1] + 1.0, vals[0] - 1.0
-        hi_even, lo_even = int(hi) % 2 == 0, int(lo) % 2 == 0
-    elif family == "log":
-        pos = sorted((x for x in vals if x > 0), reverse=True)  # 1.0 first: k = 0, 1, 2, ...
-        k_of = {x: k for k, x in enumerate(pos)}
-        even = [x == 0 or k_of[abs(x)] % 2 == 0 for x in vals]
-        hi, lo = float(fmt.base), -float(fmt.base)
-        hi_even = lo_even = False
-    elif family == "e8m0":
-        even = [False] * len(vals)  # unused: every E8M0 tie goes to the larger magnitude
-        hi, lo, hi_even, lo_even = 2.0 ** 128, 0.0, False, False
-    else:
-        raise FormatError(f"the oracle knows no family {family!r} (format {fmt})")
-    return OracleTable(tuple([lo] + vals + [hi]), tuple([BELOW] + codes + [ABOVE]),
-                       tuple([lo_even] + even + [hi_even]), zero_code, neg_zero_code, pos_inf, neg_inf)
+
+def even_integer_rule(fmt: Format, vals: list[float], codes: list[int]) -> OracleRule:
+    """Ties to the even integer (INT, dINT: 0 is even, dINT denormal levels are not); virtual
+    ends max + 1 and min - 1."""
+    even = tuple(float(x).is_integer() and int(x) % 2 == 0 for x in vals)
+    hi, lo = vals[-1] + 1.0, vals[0] - 1.0
+    return OracleRule(even, lo, int(lo) % 2 == 0, hi, int(hi) % 2 == 0)
 
 
 def _tie(t: OracleTable, i: int, rounding: Rounding) -> int:
@@ -163,14 +185,15 @@ def _tie(t: OracleTable, i: int, rounding: Rounding) -> int:
     return smaller
 
 
-def _compare_to_boundary(fmt: Format, x: float, lo: float, hi: float, boundaries: str) -> int:
+def _compare_to_boundary(t: OracleTable, x: float, lo: float, hi: float, boundaries: str) -> int:
     """Where |x| lies between the magnitudes a < b of the same-signed neighbours lo, hi:
     -1 nearer to a (the smaller magnitude), +1 nearer to b, 0 a tie."""
     ax, a, b = abs(x), min(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-    if fmt.family == "log" and a == 0.0:
-        t = fmt.underflow_threshold
-        return (ax > t) - (ax < t)
-    log_domain = fmt.family == "log" and fmt.domain == "log"
+    r = t.rule
+    if r.zero_threshold is not None and a == 0.0:
+        th = r.zero_threshold
+        return (ax > th) - (ax < th)
+    log_domain = r.log_domain
     if boundaries == "format":
         m = math.sqrt(a * b) if log_domain else a / 2 + b / 2
         return (ax > m) - (ax < m)
@@ -182,8 +205,7 @@ def _compare_to_boundary(fmt: Format, x: float, lo: float, hi: float, boundaries
     return (d > 0) - (d < 0)
 
 
-def _round_one(fmt: Format, t: OracleTable, x: float, rounding: Rounding, r: float,
-               boundaries: str, e8m0_ties_up: bool) -> int:
+def _round_one(t: OracleTable, x: float, rounding: Rounding, r: float, boundaries: str) -> int:
     """Index into the table of the rounded finite x (may be a virtual end)."""
     vals = t.vals
     i = bisect.bisect_right(vals, x) - 1  # vals[i] <= x < vals[i + 1]
@@ -199,9 +221,9 @@ def _round_one(fmt: Format, t: OracleTable, x: float, rounding: Rounding, r: flo
     if rounding is Rounding.STOCHASTIC:
         p = (Fraction(x) - Fraction(lo)) / (Fraction(hi) - Fraction(lo))
         return i + 1 if Fraction(r) < p else i
-    s = _compare_to_boundary(fmt, x, lo, hi, boundaries)
+    s = _compare_to_boundary(t, x, lo, hi, boundaries)
     if s == 0:
-        if e8m0_ties_up:
+        if t.rule.ties_up:
             return i + 1
         return _tie(t, i, rounding)
     toward_larger = s > 0
@@ -252,13 +274,15 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             raise ValueError(f"rand has {len(draws)} draws for {len(flat)} inputs")
     else:
         draws = [0.0] * len(flat)
-    e8m0 = fmt.family == "e8m0"
+    special = t.rule.special_input
     out = []
     for xv, r in zip(flat, draws):
         neg = math.copysign(1.0, xv) < 0
-        if e8m0:
-            out.append(_e8m0_one(fmt, t, xv, rounding, overflow, r, boundaries))
-            continue
+        if special is not None:
+            c = special(xv)
+            if c is not None:
+                out.append(c)
+                continue
         if math.isnan(xv):
             c = fmt.canonical_nan_code(neg)
             if c is None:
@@ -271,10 +295,10 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             c = t.neg_inf_code if neg else t.pos_inf_code
             out.append(c if c is not None else _overflow_code(fmt, t, neg, overflow))
             continue
-        j = _round_one(fmt, t, xv, rounding, r, boundaries, False)
+        j = _round_one(t, xv, rounding, r, boundaries)
         n = len(t.vals)
         if j <= 0 or j >= n - 1:  # a virtual value or beyond: overflow
-            if rounding is Rounding.TOWARD_ZERO:
+            if rounding is Rounding.TOWARD_ZERO and t.rule.toward_zero_saturates:
                 out.append(t.codes[1] if neg else t.codes[-2])
             else:
                 out.append(_overflow_code(fmt, t, neg, overflow))
@@ -284,16 +308,3 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             c = t.neg_zero_code
         out.append(c)
     return np.array(out, dtype=fmt.code_dtype).reshape(a.shape)
-
-
-def _e8m0_one(fmt, t: OracleTable, x: float, rounding: Rounding, overflow: Overflow, r: float,
-              boundaries: str) -> int:
-    nan_code = fmt.canonical_nan_code()
-    if math.isnan(x) or math.isinf(x) or x <= 0.0:
-        return nan_code
-    if x < 2.0 ** -127:
-        return t.codes[1]  # code 0 = 2**-127: nothing smaller to round to
-    j = _round_one(fmt, t, x, rounding, r, boundaries, True)
-    if j >= len(t.vals) - 1:
-        return t.codes[-2] if overflow is Overflow.SATURATE else nan_code
-    return t.codes[j]

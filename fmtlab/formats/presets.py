@@ -22,22 +22,23 @@ import dataclasses
 import re
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.blockfmt import BlockFormat, ScaleFormat, get_block_format
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.scaling import (
-    MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
-    parse_granularity,
+    MSE, MinMax, Percentile, PerChannel, PerGroup, PerTensor, PerToken, parse_granularity,
 )
 
-__all__ = ["get_quantizer", "list_quantizers", "BLOCK_PRESETS"]
+__all__ = ["get_quantizer", "list_quantizers", "BLOCK_PRESETS", "quantizer_from_spec"]
 
-BLOCK_PRESETS = {
-    "mxfp8_e4m3": dict(format="fp8_e4m3", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp8_e5m2": dict(format="fp8_e5m2", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp6_e3m2": dict(format="fp6_e3m2", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp6_e2m3": dict(format="fp6_e2m3", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxfp4": dict(format="fp4_e2m1", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "mxint8": dict(format="int8_sym", granularity=PerBlock(32), scale_rule=SharedExp("floor")),
-    "nvfp4": dict(format="fp4_e2m1", granularity=PerBlock(16, scale_format="fp8_e4m3", tensor_scale=True)),
+#: the named block formats (OCP MX v1.0 and NVFP4), one BlockFormat each
+BLOCK_PRESETS: dict[str, BlockFormat] = {
+    "mxfp8_e4m3": BlockFormat("fp8_e4m3"),
+    "mxfp8_e5m2": BlockFormat("fp8_e5m2"),
+    "mxfp6_e3m2": BlockFormat("fp6_e3m2"),
+    "mxfp6_e2m3": BlockFormat("fp6_e2m3"),
+    "mxfp4": BlockFormat("fp4_e2m1"),
+    "mxint8": BlockFormat("int8_sym"),
+    "nvfp4": BlockFormat("fp4_e2m1", 16, ScaleFormat.FP8_E4M3, tensor_scale=True),
 }
 _ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4"}
 
@@ -60,7 +61,10 @@ def list_quantizers() -> list[str]:
 def _parse(name: str) -> dict:
     key = _ALIASES.get(name, name)
     if key in BLOCK_PRESETS:
-        return dict(BLOCK_PRESETS[key])
+        return BLOCK_PRESETS[key].quantizer_spec()
+    bf = get_block_format(key)
+    if bf is not None:
+        return bf.quantizer_spec()
     m = _GRAN_RE.fullmatch(key)
     if not m:
         raise FmtlabError(f"unknown quantizer {name!r}; known: {', '.join(list_quantizers())} "
@@ -90,7 +94,12 @@ def get_quantizer(name: str, **overrides) -> Quantizer:
     if not isinstance(name, str):
         raise FmtlabError(f"quantizer name must be a str, got {type(name).__name__}")
     key = name.strip().lower()
-    spec = _parse(key)
+    return quantizer_from_spec(key, _parse(key), overrides)
+
+
+def quantizer_from_spec(key: str, spec: dict, overrides: dict) -> Quantizer:
+    """A Quantizer from preset fields ``spec`` named ``key``, with get_quantizer's overrides."""
+    spec, overrides = dict(spec), dict(overrides)
     axis = overrides.pop("axis", None)
     size = overrides.pop("group_size", None)
     bsize = overrides.pop("block_size", None)
@@ -106,11 +115,11 @@ def get_quantizer(name: str, **overrides) -> Quantizer:
     g = parse_granularity(spec["granularity"])
     if axis is not None:
         if not hasattr(g, "axis"):
-            raise FmtlabError(f"{name}: granularity {g} has no axis to override")
+            raise FmtlabError(f"{key}: granularity {g} has no axis to override")
         g = dataclasses.replace(g, axis=axis)
     if size is not None:
         if not hasattr(g, "size"):
-            raise FmtlabError(f"{name}: granularity {g} has no size to override")
+            raise FmtlabError(f"{key}: granularity {g} has no size to override")
         g = dataclasses.replace(g, size=size)
     spec["granularity"] = g
     spec.setdefault("name", key if not overrides and axis is None and size is None else None)

@@ -30,7 +30,8 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, FormatError
+from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
 from fmtlab.formats.kernels import Cols, Rows
 
 __all__ = [
@@ -100,26 +101,30 @@ class PerGroup:
         return f"group({self.size}, axis={self.axis})"
 
 
-SCALE_FORMATS = ("e8m0", "fp8_e4m3")
+SCALE_FORMATS = tuple(m.value for m in ScaleFormat)
 
 
 @dataclasses.dataclass(frozen=True)
 class PerBlock:
     """Block format: ``size`` elements along ``axis`` share a scale stored in ``scale_format``:
-    "e8m0" (OCP MX: a power of two from a shared-exponent rule) or "fp8_e4m3" (NVFP4-style);
-    ``tensor_scale=True`` adds the FP32 per-tensor scale of NVFP4 (fp8_e4m3 blocks only)."""
+    ScaleFormat.E8M0 (OCP MX: a power of two from a shared-exponent rule) or
+    ScaleFormat.FP8_E4M3 (NVFP4-style; names "e8m0" / "fp8_e4m3" are accepted);
+    ``tensor_scale=True`` adds the FP32 per-tensor scale of NVFP4 (fp8_e4m3 blocks only).
+    ``fmtlab.formats.BlockFormat`` names these (mxfp8, nvfp4, ...)."""
 
     size: int = 32
     axis: int = -1
-    scale_format: str = "e8m0"
+    scale_format: ScaleFormat | str = ScaleFormat.E8M0
     tensor_scale: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _check_size(self.size, "PerBlock"))
         object.__setattr__(self, "axis", _check_axis(self.axis, "PerBlock"))
-        if self.scale_format not in SCALE_FORMATS:
+        try:
+            object.__setattr__(self, "scale_format", ScaleFormat.parse(self.scale_format))
+        except FormatError:
             raise FmtlabError(f"PerBlock scale_format must be one of {SCALE_FORMATS}, got "
-                              f"scale_format={self.scale_format!r}")
+                              f"scale_format={self.scale_format!r}") from None
         if self.tensor_scale and self.scale_format != "fp8_e4m3":
             raise FmtlabError("tensor_scale=True (two-level NVFP4 scaling) needs scale_format='fp8_e4m3'")
 
@@ -243,7 +248,7 @@ class MinMax:
         return "minmax"
 
 
-SHARED_EXP_RULES = ("floor", "ceil", "even", "rceil")
+SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,11 +256,14 @@ class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
     (the rules torchao exposes; see mx.py for the exact definitions)."""
 
-    mode: str = "floor"
+    mode: SharedExpRule | str = SharedExpRule.FLOOR
 
     def __post_init__(self) -> None:
-        if self.mode not in SHARED_EXP_RULES:
-            raise FmtlabError(f"shared-exponent rule must be one of {SHARED_EXP_RULES}, got {self.mode!r}")
+        try:
+            object.__setattr__(self, "mode", SharedExpRule.parse(self.mode))
+        except FormatError:
+            raise FmtlabError(f"shared-exponent rule must be one of {SHARED_EXP_RULES}, "
+                              f"got {self.mode!r}") from None
 
     def __str__(self) -> str:
         return self.mode

@@ -37,6 +37,7 @@ from hypothesis.extra import numpy as hnp
 
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
+from fmtlab.formats.capabilities import Subsystem, get_handler, handled_families
 from fmtlab.formats.dint import DInt
 from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
@@ -51,22 +52,32 @@ __all__ = [
     "FAMILIES", "formats", "named_formats", "minifloats", "int_formats", "dint_formats",
     "log_formats", "codes", "canonical_codes", "values", "midpoints", "boundary_floats",
     "float_inputs", "input_arrays", "roundings", "overflows", "seeds", "boundary_points",
-    "bulk_inputs",
+    "bulk_inputs", "registered_families", "int_family", "dint_family", "log_family", "minifloat_family",
+    "e8m0_family",
 ]
 
+#: the built-in families (``families()`` also lists families registered later)
 FAMILIES = ("int", "dint", "log", "minifloat", "e8m0")
+
+
+def registered_families() -> tuple[str, ...]:
+    """Every family with a registered STRATEGY handler (built-in ones first); ``families=None``
+    in the strategies below means the built-in FAMILIES, others are drawn when named."""
+    extra = [f for f in handled_families(Subsystem.STRATEGY) if f not in FAMILIES]
+    return FAMILIES + tuple(extra)
 _WIDTH_DTYPE = {16: np.float16, 32: np.float32, 64: np.float64}
 
 
 def _check_families(families: Iterable[str] | None) -> tuple[str, ...]:
+    known = registered_families()
     if families is None:
         return FAMILIES
     if isinstance(families, str):
         families = (families,)
     fams = tuple(families)
-    bad = [f for f in fams if f not in FAMILIES]
+    bad = [f for f in fams if f not in known]
     if bad or not fams:
-        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {fams!r}")
+        raise ValueError(f"families must be a non-empty subset of {known}, got {fams!r}")
     return fams
 
 
@@ -181,15 +192,36 @@ def formats(*, families: Iterable[str] | None = None, max_bits: int = 16,
     if named:
         parts.append(st.sampled_from(named))
     if generic:
-        builders = {"int": lambda: int_formats(max_bits=max_bits),
-                    "dint": lambda: dint_formats(max_bits=max_bits) if max_bits >= 3 else None,
-                    "log": lambda: log_formats(max_bits=max_bits),
-                    "minifloat": lambda: minifloats(max_bits=max_bits) if max_bits >= 2 else None,
-                    "e8m0": lambda: st.just(E8M0()) if max_bits >= 8 else None}
-        parts += [s for s in (builders[f]() for f in fams) if s is not None]
+        for f in fams:
+            s = get_handler(Subsystem.STRATEGY, f, "register a STRATEGY handler "
+                            "(max_bits) -> hypothesis strategy | None in the family's module")(max_bits)
+            if s is not None:
+                parts.append(s)
     if not parts:
         raise ValueError(f"no format of families {fams} has at most {max_bits} bits")
     return st.one_of(parts)
+
+
+# ---- STRATEGY handlers of the built-in families: (max_bits) -> strategy | None ------------
+
+def int_family(max_bits: int):
+    return int_formats(max_bits=max_bits)
+
+
+def dint_family(max_bits: int):
+    return dint_formats(max_bits=max_bits) if max_bits >= 3 else None
+
+
+def log_family(max_bits: int):
+    return log_formats(max_bits=max_bits)
+
+
+def minifloat_family(max_bits: int):
+    return minifloats(max_bits=max_bits)
+
+
+def e8m0_family(max_bits: int):
+    return st.just(E8M0()) if max_bits >= 8 else None
 
 
 # ---- what a format holds ---------------------------------------------------------------------
@@ -243,10 +275,11 @@ def _midpoints(fmt: Format) -> tuple[float, ...]:
     lo = np.array(t.vals[:-1])
     hi = np.array(t.vals[1:])
     mids = [lo / 2 + hi / 2]
-    if fmt.family == "log":
+    if t.rule.log_domain:
         same = (lo * hi) > 0
         mids.append((np.sign(hi) * np.sqrt(np.abs(lo * hi)))[same])
-        mids.append(np.array([fmt.underflow_threshold, -fmt.underflow_threshold]))
+    if t.rule.zero_threshold is not None:
+        mids.append(np.array([t.rule.zero_threshold, -t.rule.zero_threshold]))
     m = np.unique(np.concatenate(mids))
     return tuple(float(x) for x in m[np.isfinite(m)])
 
