@@ -18,6 +18,7 @@ import torch
 
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
+from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
 from fmtlab.formats.mx import block_elem
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.elements import ElementOps
@@ -61,32 +62,32 @@ def _ceil_log2_bits(b: torch.Tensor) -> torch.Tensor:
 def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
     """Unbiased E8M0 exponent per block (mx.py: FLOOR / CEIL / EVEN / RCEIL), clamped to
     [-127, 127]; an all-zero block gets -127."""
-    be, rule = block_elem(q.format), q.scale_rule.mode
+    be, rule = block_elem(q.format), SharedExpRule.parse(q.scale_rule.mode)
     bits = amax.view(torch.int32).to(torch.int64)
-    if rule == "floor":
+    if rule is SharedExpRule.FLOOR:
         e = _floor_log2_bits(bits) - be.emax
-    elif rule == "ceil":
+    elif rule is SharedExpRule.CEIL:
         e = _ceil_log2_bits(bits) - be.emax
-    elif rule == "even":
+    elif rule is SharedExpRule.EVEN:
         if be.mbits < 0:
             raise FmtlabError(f"the EVEN shared-exponent rule needs a minifloat or INT element, "
                               f"not {q.format.name}")
         rb = bits + (1 << (22 - be.mbits))
         rb = torch.where((rb >> 23) > 0, rb & ~((1 << 23) - 1), rb)
         e = _floor_log2_bits(rb) - be.emax
-    elif rule == "rceil":
+    elif rule is SharedExpRule.RCEIL:
         d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
         db = d.view(torch.int32).to(torch.int64)
         e = torch.where(db == 0, -127, _ceil_log2_bits(torch.where(db == 0, 1, db)))
-    else:
-        raise FmtlabError(f"unknown shared-exponent rule {rule!r}")
+    else:  # a rule added to SharedExpRule without a torch twin here
+        raise FmtlabError(f"the torch block path has no shared-exponent rule {rule!r}")
     e = torch.where(bits == 0, -127, e)
     return e.clamp(-127, 127)
 
 
 def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
     """NVFP4-style block scales: (E4M3 codes, effective float32 scales, tensor scale g)."""
-    e4m3 = get_format("fp8_e4m3")  # the only FP8 block-scale format (scaling.SCALE_FORMATS)
+    e4m3 = get_format(ScaleFormat.FP8_E4M3.value)
     elem_max = torch.tensor(float(block_elem(q.format).elem_max), dtype=torch.float32)
     if q.granularity.tensor_scale is True:
         a = amax.max()
@@ -135,7 +136,7 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
     amax, has_nan, has_inf = finite_absmax(w)
     bad = has_nan | has_inf
     ts = None
-    if g.scale_format == "e8m0":
+    if ScaleFormat.parse(g.scale_format) is ScaleFormat.E8M0:
         e = mx_exponents(amax, q)
         scale_codes = torch.where(bad, 255, e + 127).to(torch.uint8)
         ee = (e + block_elem(q.format).eoff).to(torch.float64)

@@ -86,11 +86,12 @@ def _quantizer(monkeypatch, *args, **kw) -> Quantizer:
         return Quantizer(FMT, *args, **kw)
 
 
-def _points(dtype) -> np.ndarray:
-    """Every value, rounding boundary and virtual end of FMT, both ``dtype`` neighbours of each,
+def _points(dtype, fmt: Format = FMT) -> np.ndarray:
+    """Every value, rounding boundary and virtual end of ``fmt``, both ``dtype`` neighbours of each,
     +/-Inf, the extremes and the smallest subnormal of ``dtype``, +0, then -0, +NaN, -NaN."""
-    g = FMT.grid
-    base = np.concatenate([g.vals, g.bounds]).astype(dtype)
+    g = fmt.grid
+    with np.errstate(over="ignore"):
+        base = np.concatenate([g.vals, g.bounds]).astype(dtype)
     fi = np.finfo(dtype)
     extra = np.array([0.0, -0.0, np.inf, -np.inf, fi.max, -fi.max, fi.smallest_subnormal,
                       -fi.smallest_subnormal], dtype=dtype)
@@ -285,3 +286,19 @@ def test_registered_core_is_used():
 
     register_handler(Subsystem.TORCH, "test_table3_spied", TorchCore(encode=enc), replace=True)
     assert encode(torch.ones(5), Spied()).tolist() == [0] * 5 and calls == [5]
+
+
+@pytest.mark.parametrize("name", ["test_table3", "fp8_e4m3", "e4m3_fn_ftz", "int4", "dint4", "log4", "e8m0"])
+def test_branch_free_device_path(monkeypatch, name):
+    """The branch-free special-value rules (the CUDA / torch.compile path: no nonzero(), no host
+    sync) give the CPU path's codes; forced here on the CPU by reporting compilation."""
+    from fmtlab.formats import get_format
+
+    fmt = FMT if name == "test_table3" else get_format(name)
+    pts = _points(np.float32, fmt)
+    want = fmt.encode(pts, nan="zero" if not fmt.has_nan else "raise")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for method in ("auto", "table"):
+        got = encode(torch.from_numpy(pts.copy()), fmt, nan="zero" if not fmt.has_nan else "raise",
+                     method=method)
+        np.testing.assert_array_equal(got.numpy(), want)
