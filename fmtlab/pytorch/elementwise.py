@@ -9,7 +9,6 @@ nearest even by torch's cast).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from fmtlab.errors import FormatError

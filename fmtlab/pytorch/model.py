@@ -273,11 +273,11 @@ def _merge(base: LayerConfig, value: Any) -> LayerConfig | None:
 def _check_layout(name: str, q: Any, shape: tuple[int, int], role: str) -> None:
     """Fail at rewiring time (naming the layer) when a quantizer's groups/blocks cannot tile the
     layer's [out, in] weight or [tokens, in] activations."""
-    work = getattr(q, "_work", None)
-    if work is None:
+    layout = getattr(q, "layout", None)  # TorchQuantizer.layout: the shared plan_layout
+    if layout is None:
         return
     try:
-        work(torch.empty(shape, device="meta"))
+        layout(shape)
     except FmtlabError as exc:
         raise FmtlabError(f"layer {name!r} ({role} {list(shape)}): {exc}") from None
 
