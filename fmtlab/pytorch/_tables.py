@@ -3,8 +3,7 @@
 These are the same arrays the numba table kernel reads (``fmtlab.formats._table_kernel``), moved
 to a torch device: the extended grid ``vals`` (float64, with one virtual value at each end), its
 ``codes`` (int32, -1 / -2 at the virtual ends), the rounding ``bounds`` (float64) and the tie flags
-``even`` (bool), plus the decode table ``values`` (float64 by code, NaN for NaN/unused codes) and
-the interval that straddles zero in a signed format without a zero value (``cross``).
+``even`` (bool), plus the decode table ``values`` (float64 by code, NaN for NaN/unused codes).
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ class TorchGrid:
     values: torch.Tensor  # float64 [2**bits], decode table
     lo: float             # vals[0] (virtual low end)
     hi: float             # vals[-1] (virtual high end)
-    cross: int            # i with vals[i] < 0 < vals[i + 1] (a signed format without zero), else -1
-    cross_up: bool        # |vals[cross]| >= |vals[cross + 1]|: truncation there takes the upper value
 
 
 def code_dtype(fmt: Format) -> torch.dtype:
@@ -49,14 +46,10 @@ def torch_grid(fmt: Format, device: torch.device) -> TorchGrid:
     def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.array(a)).to(device=device, dtype=dtype)
 
-    inner = g.vals[1:-1]
-    cross = np.flatnonzero((inner[:-1] < 0) & (inner[1:] > 0))
-    ci = int(cross[0]) + 1 if cross.size else -1
     return TorchGrid(vals=t(g.vals, torch.float64), codes=t(g.codes, torch.int32),
                      bounds=t(g.bounds, torch.float64), even=t(g.even, torch.bool),
                      values=t(fmt.values(), torch.float64),
-                     lo=float(g.vals[0]), hi=float(g.vals[-1]),
-                     cross=ci, cross_up=ci >= 0 and abs(g.vals[ci]) >= abs(g.vals[ci + 1]))
+                     lo=float(g.vals[0]), hi=float(g.vals[-1]))
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,8 +8,8 @@ Numeric convention (identical to the numpy path, ``fmt.encode``; tests hold it b
   ``even`` flags, else to the smaller magnitude, NEAREST_AWAY to the larger), map the virtual
   ends to the overflow codes and apply the Inf / NaN / -0 rules of the specials vector
   ``fmt.special_codes(overflow, nan)``, in the same order as the numba table kernel;
-  TOWARD_ZERO inside an interval L < 0 < U (a signed format without a zero value, e.g. a
-  lookup table) takes the smaller magnitude, U on equal magnitudes (``LookupFormat``'s rule);
+  TOWARD_ZERO takes the smaller magnitude of L and U (U on equal magnitudes), which is
+  truncation and, inside an interval L < 0 < U of a format without zero, the oracle's rule;
 - STOCHASTIC: x goes up iff draw < (x - L) / (U - L), computed in float64; the draws are
   ``make_rng(seed).random(x.numel())`` (numpy, float64, C order) so a seed gives the numpy
   result, or an explicit ``draws`` tensor;
@@ -97,11 +97,8 @@ def table_codes(xf: torch.Tensor, fmt: Format, mode: Rounding, sp: list[int],
     lo = (torch.searchsorted(g.vals, xf, right=True) - 1).clamp_(0, n - 2)
     L = g.vals[lo]
     U = g.vals[lo + 1]
-    if tz:
-        up = xf <= 0                     # j = lo if x > 0 else lo + 1
-        if g.cross >= 0:  # L < 0 < U (no zero value): truncation takes the smaller magnitude
-            at = lo == g.cross
-            up = (up | at) if g.cross_up else (up & ~at)
+    if tz:  # the smaller magnitude (x > 0 <=> |L| < |U| unless L < 0 < U: a format without zero)
+        up = L.abs() >= U.abs()
     elif mode is Rounding.STOCHASTIC:
         up = r < (xf - L) / (U - L)
     else:
