@@ -10,7 +10,8 @@ from fmtlab.formats.e8m0 import E8M0
 from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.minifloat import MiniFloat
-from fmtlab.formats.registry import get_format, list_formats
+from fmtlab.formats.lookup import LookupFormat
+from fmtlab.formats.registry import get_format, list_formats, register_format, unregister_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 from fmtlab.formats.special import Special, SpecialRule, register_special_rule
 from fmtlab.formats.scaling import (
@@ -23,6 +24,7 @@ from fmtlab.formats.presets import get_quantizer, list_quantizers
 __all__ = [
     "Format", "IntFormat", "DInt", "LogFormat", "MiniFloat", "E8M0",
     "get_format", "list_formats", "Rounding", "Overflow", "NanInput",
+    "LookupFormat", "register_format", "unregister_format",
     "Special", "SpecialRule", "register_special_rule",
     "BlockFormat", "ScaleFormat", "SharedExpRule", "get_block_format",
     # scaling layer (quantizers)

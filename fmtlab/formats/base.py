@@ -21,6 +21,7 @@ Numeric convention (all families):
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import cached_property
 from typing import ClassVar, NamedTuple
 
@@ -210,8 +211,10 @@ class Format:
 
     @cached_property
     def smallest_positive(self) -> float:
+        """Smallest positive value (smallest nonzero magnitude if no value is positive)."""
         v = self.grid.vals[1:-1]
-        return float(v[v > 0].min())
+        pos = v[v > 0]
+        return float(pos.min()) if pos.size else float(np.abs(v[v != 0]).min())
 
     @property
     def min_normal(self) -> float:
@@ -228,7 +231,7 @@ class Format:
         """Distance from 1.0 to the next larger value of the grid (extended past max if needed)."""
         g = self.grid.vals
         i = int(np.searchsorted(g, 1.0, side="right"))
-        return float(g[i] - 1.0)
+        return float(g[i] - 1.0) if 0 < i < len(g) else math.nan
 
     @property
     def has_inf(self) -> bool:
@@ -250,6 +253,15 @@ class Format:
     def zero_code(self) -> int | None:
         z = np.flatnonzero(self.grid.vals == 0)
         return int(self.grid.codes[z[0]]) if z.size else None
+
+    @cached_property
+    def zero_input_code(self) -> int:
+        """The code the input 0.0 becomes (NEAREST_EVEN): the +0 code where the format has
+        zero, else the nearest value's (what ``nan="zero"`` gives a NaN input)."""
+        if self.zero_code is not None:
+            return self.zero_code
+        z = self.encode_table(np.zeros(1), Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE, None)
+        return int(z[0])
 
     def max_code(self, negative: bool = False) -> int:
         """Code of the largest finite value (of the most negative one with negative=True)."""
@@ -297,7 +309,7 @@ class Format:
         def nan_code(neg: bool) -> int:
             c = self.canonical_nan_code(neg)
             if c is None:
-                return self.zero_code if nan is NanInput.ZERO else -1
+                return self.zero_input_code if nan is NanInput.ZERO else -1
             return c
 
         def inf_in(neg: bool) -> int:

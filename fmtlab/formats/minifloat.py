@@ -127,9 +127,11 @@ class MiniFloat(FastKernelRouting, Format):
     @cached_property
     def bit_layout(self) -> bool:
         """True if every magnitude code 0 .. max's magnitude code is finite (a flushed subnormal
-        or an unused -0 aside): the layout the bit-trick kernels assume. False sends encode and
-        quantize to the exact table kernel."""
-        return _bit_layout(self)
+        or an unused -0 aside) and NEAREST_EVEN ties can be read off float32/float64 bits: the
+        layout the bit-trick kernels assume. With man_bits = 0 the tie bit is the exponent LSB,
+        whose parity matches the float's only for an odd bias (e2m0_fn_b2 ties 0.75 to 0.5,
+        the oracle to 1.0). False sends encode and quantize to the exact table kernel."""
+        return _bit_layout(self) and (self.man_bits > 0 or self.bias % 2 == 1)
 
     def _encode_array(self, a, rounding, overflow, nan, rand):
         if not self.bit_layout:

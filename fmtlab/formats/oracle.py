@@ -19,6 +19,9 @@ end, the value the format would have next if its range went on:
   log         +/-base (the level b**+1)
 Choosing a virtual value means overflow.
 
+Tables without zero (lookup formats such as iq4nl) have one interval L < 0 < U; there the
+nearest value is found by signed distances, and TOWARD_ZERO takes the smaller magnitude.
+
 Input.  Each element is taken at its exact value (float32 widened to float64 is exact; float64
 is never rounded through float32). Let L <= x < U be adjacent table entries (virtual included).
   x == L                    -> L
@@ -43,7 +46,8 @@ an ulp of such a boundary (for float32 inputs to the standard log formats: never
 
 Overflow.  x below the lower virtual value, x at or above the upper one, or a result that is a
 virtual value, overflows: the policy (``overflow``, None = the format's ``default_overflow``)
-gives the largest finite value of x's sign (SATURATE), +/-Inf (INF) or the NaN of x's sign (NAN).
+gives the finite value at that end (SATURATE: max above, min below), +/-Inf (INF) or the NaN of
+that end's sign (NAN). (The lower end is the negative one except for positive-only tables.)
 TOWARD_ZERO never overflows a finite input: it saturates.
 
 Specials.  +/-Inf give the format's +/-Inf code, else the overflow code of the policy. NaN gives
@@ -188,6 +192,16 @@ def _tie(t: OracleTable, i: int, rounding: Rounding) -> int:
 def _compare_to_boundary(t: OracleTable, x: float, lo: float, hi: float, boundaries: str) -> int:
     """Where |x| lies between the magnitudes a < b of the same-signed neighbours lo, hi:
     -1 nearer to a (the smaller magnitude), +1 nearer to b, 0 a tie."""
+    if lo < 0.0 < hi:  # a table without zero (lookup formats): compare signed distances
+        if boundaries == "format":
+            m = lo / 2 + hi / 2
+            d = (x > m) - (x < m)
+        else:
+            e = (Fraction(x) - Fraction(lo)) - (Fraction(hi) - Fraction(x))
+            d = (e > 0) - (e < 0)
+        if d == 0:
+            return 0
+        return 1 if (d > 0) == (abs(hi) > abs(lo)) else -1  # +1: nearer the larger magnitude
     ax, a, b = abs(x), min(abs(lo), abs(hi)), max(abs(lo), abs(hi))
     r = t.rule
     if r.zero_threshold is not None and a == 0.0:
@@ -288,7 +302,9 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             if c is None:
                 if nan is NanInput.RAISE:
                     raise FormatError(f"{fmt} has no NaN code and the input holds NaN")
-                c = t.zero_code
+                c = t.zero_code  # nan="zero": NaN reads as 0.0 (the nearest value if 0 is absent)
+                if c is None:
+                    c = t.codes[_round_one(t, 0.0, Rounding.NEAREST_EVEN, 0.0, boundaries)]
             out.append(c)
             continue
         if math.isinf(xv):
@@ -297,11 +313,12 @@ def oracle_encode(fmt: Format, x, rounding: Rounding | str = Rounding.NEAREST_EV
             continue
         j = _round_one(t, xv, rounding, r, boundaries)
         n = len(t.vals)
-        if j <= 0 or j >= n - 1:  # a virtual value or beyond: overflow
+        if j <= 0 or j >= n - 1:  # a virtual value or beyond: overflow at that end
+            low = j <= 0  # (the negative end, except for tables of positive values only)
             if rounding is Rounding.TOWARD_ZERO and t.rule.toward_zero_saturates:
-                out.append(t.codes[1] if neg else t.codes[-2])
+                out.append(t.codes[1] if low else t.codes[-2])
             else:
-                out.append(_overflow_code(fmt, t, neg, overflow))
+                out.append(_overflow_code(fmt, t, low, overflow))
             continue
         c = t.codes[j]
         if t.vals[j] == 0.0 and neg and t.neg_zero_code is not None:

@@ -23,6 +23,7 @@ import re
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.blockfmt import BlockFormat, ScaleFormat, get_block_format
+from fmtlab.formats.names import Grammar
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.scaling import (
     MSE, MinMax, Percentile, PerChannel, PerGroup, PerTensor, PerToken, parse_granularity,
@@ -58,17 +59,7 @@ def list_quantizers() -> list[str]:
     return list(BLOCK_PRESETS) + list(_STANDARD)
 
 
-def _parse(name: str) -> dict:
-    key = _ALIASES.get(name, name)
-    if key in BLOCK_PRESETS:
-        return BLOCK_PRESETS[key].quantizer_spec()
-    bf = get_block_format(key)
-    if bf is not None:
-        return bf.quantizer_spec()
-    m = _GRAN_RE.fullmatch(key)
-    if not m:
-        raise FmtlabError(f"unknown quantizer {name!r}; known: {', '.join(list_quantizers())} "
-                          "(or <format>_per_tensor|per_token|per_channel|g<N>[_asym|_mse|_pow2|_p<P>])")
+def _scaled(m: re.Match, name: str) -> dict:
     fmt, gran, size, rule, pct = m.groups()
     g = {"per_tensor": PerTensor(), "per_token": PerToken(), "per_channel": PerChannel(0)}.get(gran)
     if g is None:
@@ -83,6 +74,25 @@ def _parse(name: str) -> dict:
     elif rule is not None:
         out["scale_rule"] = Percentile(float(pct))
     return out
+
+
+def _block(key: str) -> dict | None:
+    bf = get_block_format(key)
+    return None if bf is None else bf.quantizer_spec()
+
+
+GRAMMAR: Grammar[dict] = Grammar("quantizer", FmtlabError)
+for _k, _bf in BLOCK_PRESETS.items():
+    GRAMMAR.exact(_k, _bf.quantizer_spec)
+for _a, _t in _ALIASES.items():
+    GRAMMAR.alias(_a, _t)
+GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>]")
+GRAMMAR.kind("scaled", _GRAN_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
+             "[_asym|_mse|_pow2|_p<P>]", _scaled)
+
+
+def _parse(name: str) -> dict:
+    return GRAMMAR.resolve(name, known=list_quantizers())
 
 
 def get_quantizer(name: str, **overrides) -> Quantizer:

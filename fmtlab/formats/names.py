@@ -1,0 +1,111 @@
+"""One name grammar: a name is a stem plus ``_``-separated options, resolved by a :class:`Grammar`.
+
+A Grammar holds exact names (each with a factory), aliases, and *kinds*: a kind is a pattern
+(a regular expression over the whole lowercase name, or any ``parse(name) -> value | None``)
+with a one-line help string. ``resolve(name)`` tries, in order: the alias table, exact names,
+then each kind in registration order; the first kind that recognises the name builds the value.
+An unknown name raises the grammar's error type naming the name, the known exact names and the
+kinds' help (so every error message lists what is known).
+
+``fmtlab.formats.registry`` (formats) and ``fmtlab.formats.presets`` (quantizer specs) are
+built on it; replay configs and transforms can adopt it the same way. ``split_options`` is the
+tokenizer: ``"int4_g128_asym" -> ("int4", ["g128", "asym"])`` once told which tokens are
+options.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+from fmtlab.errors import FmtlabError
+
+__all__ = ["Grammar", "split_options"]
+
+T = TypeVar("T")
+
+
+def split_options(name: str, is_option: Callable[[str], bool]) -> tuple[str, list[str]]:
+    """Split ``name`` at '_' into (stem, options), peeling option tokens from the right while
+    ``is_option(token)`` holds (the stem keeps any '_' of its own, e.g. "fp8_e4m3")."""
+    parts = name.split("_")
+    opts: list[str] = []
+    while len(parts) > 1 and is_option(parts[-1]):
+        opts.insert(0, parts.pop())
+    return "_".join(parts), opts
+
+
+class Grammar(Generic[T]):
+    """Exact names, aliases and pattern kinds for one vocabulary (see the module docstring).
+
+    what: the noun errors use ("format", "quantizer"); error: the exception type raised for an
+    unknown name (a FmtlabError subclass).
+    """
+
+    def __init__(self, what: str, error: type[FmtlabError] = FmtlabError) -> None:
+        self.what = what
+        self.error = error
+        self._exact: dict[str, Callable[[], T]] = {}
+        self._aliases: dict[str, str] = {}
+        self._kinds: list[tuple[str, Callable[[str], Any], str]] = []
+
+    # ---- building the grammar ------------------------------------------------------------
+    def exact(self, name: str, factory: Callable[[], T]) -> None:
+        """Register an exact name (lowercase) built by ``factory()``."""
+        self._exact[name] = factory
+
+    def alias(self, name: str, target: str) -> None:
+        self._aliases[name] = target
+
+    def kind(self, label: str, parse: "str | re.Pattern | Callable[[str], Any]",
+             help: "str | Callable[[], str]",
+             build: Callable[..., T] | None = None) -> None:
+        """Register a kind. With a regex ``parse`` (str or compiled), ``build(match, name)``
+        makes the value from a full match; with a callable ``parse(name) -> value | None``,
+        None means "not this kind". ``help`` (a str, or a callable for a help that changes, e.g.
+        with registered rules) is shown in unknown-name errors."""
+        if isinstance(parse, (str, re.Pattern)):
+            rx = re.compile(parse) if isinstance(parse, str) else parse
+            if build is None:
+                raise TypeError("a pattern kind needs build(match, name)")
+
+            def parse_fn(key: str, _rx=rx, _build=build):
+                m = _rx.fullmatch(key)
+                return None if m is None else _build(m, key)
+        else:
+            parse_fn = parse
+        self._kinds.append((label, parse_fn, help))
+
+    # ---- using it ----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """The exact names, in registration order."""
+        return list(self._exact)
+
+    def canonical(self, name: str) -> str:
+        key = name.strip().lower()
+        return self._aliases.get(key, key)
+
+    def find(self, name: str) -> T | None:
+        """The value ``name`` resolves to, or None if no exact name or kind knows it (a kind may
+        still raise for a name it recognises but cannot build)."""
+        key = self.canonical(name)
+        if key in self._exact:
+            return self._exact[key]()
+        for _, parse, _ in self._kinds:
+            v = parse(key)
+            if v is not None:
+                return v
+        return None
+
+    def resolve(self, name: str, known: Iterable[str] | None = None) -> T:
+        """Like ``find``, but an unknown name raises ``error`` listing what is known (``known``
+        overrides the listed exact names)."""
+        v = self.find(name)
+        if v is None:
+            raise self.error(self.unknown_message(name, known))
+        return v
+
+    def unknown_message(self, name: str, known: Iterable[str] | None = None) -> str:
+        listed = ", ".join(self.names() if known is None else known)
+        helps = ", ".join(h() if callable(h) else h for _, _, h in self._kinds)
+        return f"unknown {self.what} {name!r}; known: {listed}" + (f" (and {helps})" if helps else "")
