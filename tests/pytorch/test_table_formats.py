@@ -28,8 +28,8 @@ from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import (
-    MSE, Format, NanInput, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer,
-    Rounding, SharedExp,
+    MSE, Format, LookupFormat, NanInput, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer,
+    Rounding, SharedExp, get_format, register_format, unregister_format,
 )
 from fmtlab.formats import quantizer as quantizer_module
 from fmtlab.formats.capabilities import Subsystem, find_handler, register_handler
@@ -69,21 +69,26 @@ FMT = Table3()
 ROUNDINGS = list(Rounding)
 
 
-def _quantizer(monkeypatch, *args, **kw) -> Quantizer:
-    """``Quantizer(FMT, ...)``. Until the numpy table fallback (helper kern) is merged, the numpy
-    Quantizer refuses a format without a numba kernel at construction; only that refusal is
-    lifted here (the torch path never runs numpy kernels, and the reference below is computed
-    independently with ``encode_table``)."""
+def _allow_table_quantizers(monkeypatch, *fmts: Format) -> None:
+    """Until the numpy table fallback (helper kern) is merged, the numpy Quantizer refuses a
+    format without a numba kernel at construction; only that refusal is lifted here, for
+    ``fmts`` and for this test (the torch path never runs numpy kernels, and the reference below
+    is computed independently with ``encode_table``). A no-op once the fallback is in."""
     try:
-        return Quantizer(FMT, *args, **kw)
+        Quantizer(fmts[0])
+        return
     except FmtlabError as exc:
         if "no fast kernel" not in str(exc):
             raise
     real = quantizer_module.params
-    with monkeypatch.context() as m:
-        m.setattr(quantizer_module, "params",
-                  lambda f, *a: object() if f == FMT else real(f, *a))
-        return Quantizer(FMT, *args, **kw)
+    monkeypatch.setattr(quantizer_module, "params",
+                        lambda f, *a: object() if f in fmts else real(f, *a))
+
+
+def _quantizer(monkeypatch, *args, **kw) -> Quantizer:
+    """``Quantizer(FMT, *args, **kw)`` (see :func:`_allow_table_quantizers`)."""
+    _allow_table_quantizers(monkeypatch, FMT)
+    return Quantizer(FMT, *args, **kw)
 
 
 def _points(dtype, fmt: Format = FMT) -> np.ndarray:
@@ -143,19 +148,23 @@ def test_hand_picked_codes():
         encode(x, FMT, overflow="inf")
 
 
-def _finalize(c: np.ndarray) -> np.ndarray:
+def _finalize(c: np.ndarray, fmt: Format) -> np.ndarray:
     """s = fl32(c / fl32(max)), c == 0 -> 1, underflow -> 2**-149 (scaling.py)."""
     with np.errstate(all="ignore"):
-        s = np.float32(c) / np.float32(FMT.max)
+        s = np.float32(c) / np.float32(fmt.max)
     return np.where(c == 0, np.float32(1), np.where(s == 0, np.float32(2.0 ** -149), s)).astype(np.float32)
 
 
-def _table_fq(rows: np.ndarray, s_b: np.ndarray, s64_b: np.ndarray, rounding, overflow, nan, rand):
-    """(codes, fl(fl64(v) * s)) of rows / s by encode_table (s_b, s64_b broadcast against rows)."""
+def _table_fq(fmt: Format, rows: np.ndarray, s_b: np.ndarray, s64_b: np.ndarray, rounding, overflow, nan, rand):
+    """(codes, fl(fl64(v) * s)) of rows / s by the format's numpy encode (s_b, s64_b broadcast
+    against rows; ``rand``: stochastic draws in the working order, through encode_table)."""
     with np.errstate(all="ignore"):
         y = rows / s_b
-    codes = FMT.encode_table(y, rounding, overflow, nan, rand).reshape(rows.shape)
-    v = FMT.values()[codes.astype(np.intp)]
+    if rand is None:
+        codes = fmt.encode(y, rounding, overflow, nan=nan).reshape(rows.shape)
+    else:
+        codes = fmt.encode_table(y, rounding, overflow, nan, rand).reshape(rows.shape)
+    v = fmt.values()[codes.astype(np.intp)]
     with np.errstate(all="ignore"):
         return codes, (v * s64_b).astype(rows.dtype)
 
@@ -168,8 +177,8 @@ def _mse_clip(M: np.ndarray, rule: MSE, q: Quantizer) -> np.ndarray:
     best, best_c = np.full(amax.shape, np.inf), amax.copy()
     for r in rule.ratios:
         c = (amax * r).astype(np.float32)
-        s = _finalize(c)
-        _, fq = _table_fq(M, s.astype(M.dtype)[:, None], s.astype(np.float64)[:, None], rnd,
+        s = _finalize(c, q.format)
+        _, fq = _table_fq(q.format, M, s.astype(M.dtype)[:, None], s.astype(np.float64)[:, None], rnd,
                           q.overflow, NanInput.ZERO, None)
         d = fq.astype(np.float64) - M.astype(np.float64)
         sse = np.cumsum(d * d, axis=1)[:, -1]
@@ -189,7 +198,8 @@ def _percentile(M: np.ndarray, p: float) -> np.ndarray:
 
 
 def _reference(q: Quantizer, x: np.ndarray, seed=None):
-    """(codes, scales, fake-quant) of ``q`` on x from the numpy layout spec and encode_table."""
+    """(codes, scales, fake-quant) of ``q`` on x from the numpy layout spec and the format's own
+    numpy encode (``encode_table``, or a family's override of it such as LookupFormat's)."""
     lay = plan_layout(q.granularity, x.shape)
     w = to_work(x, lay)
     M = slot_matrix(w, lay)
@@ -199,11 +209,11 @@ def _reference(q: Quantizer, x: np.ndarray, seed=None):
         c = _percentile(M, q.scale_rule.p)
     else:
         c = np.max(np.where(np.isfinite(M), np.abs(M), 0), axis=1).astype(np.float32)
-    s = _finalize(c)
+    s = _finalize(c, q.format)
     rand = None
     if q.rounding is Rounding.STOCHASTIC:
         rand = to_work(np.random.default_rng(seed).random(x.size).reshape(x.shape), lay).reshape(-1)
-    codes, out = _table_fq(work_rows(w, lay), broadcast_scales(s.astype(x.dtype), lay),
+    codes, out = _table_fq(q.format, work_rows(w, lay), broadcast_scales(s.astype(x.dtype), lay),
                            broadcast_scales(s.astype(np.float64), lay), q.rounding, q.overflow,
                            q.nan, rand)
     return from_work(codes, lay), s, from_work(out, lay)
@@ -302,8 +312,6 @@ def test_registered_core_is_used():
 def test_branch_free_device_path(monkeypatch, name):
     """The branch-free special-value rules (the CUDA / torch.compile path: no nonzero(), no host
     sync) give the CPU path's codes; forced here on the CPU by reporting compilation."""
-    from fmtlab.formats import get_format
-
     fmt = FMT if name == "test_table3" else get_format(name)
     pts = _points(np.float32, fmt)
     want = fmt.encode(pts, nan="zero" if not fmt.has_nan else "raise")
@@ -373,3 +381,45 @@ def test_toward_zero_across_zero_takes_smaller_magnitude():
     want = [2, 2, 2, 2, 2, 2, 1, 2, 0, 3, 1]  # 0.5 (smaller than |-1|) across zero
     assert encode(x, NoZero2(), "toward_zero").tolist() == want
     assert encode(x, NoZero2(), "nearest_even").tolist() == [1, 2, 2, 2, 2, 2, 1, 2, 0, 3, 1]
+
+
+@pytest.fixture
+def my3(monkeypatch):
+    """A lookup format defined and registered by the test (8 values, 3 bits; no torch code)."""
+    fmt = register_format(LookupFormat([-1.5, -0.75, -0.25, 0.0, 0.2, 0.5, 1.0, 2.0], name="torchpath_my3"))
+    _allow_table_quantizers(monkeypatch, fmt)
+    yield fmt
+    unregister_format(fmt.name)
+
+
+@pytest.mark.parametrize("rounding", ["nearest_even", "nearest_away", "toward_zero"])
+def test_registered_lookup_format_by_name(my3, rounding):
+    """LookupFormat + register_format: fake_quantize(x, "<name>") per tensor and the spec
+    "<name>_g32" per group (TorchQuantizer and fake_quantize) are bit-identical to numpy."""
+    assert get_format("torchpath_my3") is my3
+    x = _x(np.float32, 5) / 3
+    xt = torch.from_numpy(x)
+    np.testing.assert_array_equal(bits_of(fake_quantize(xt, "torchpath_my3", rounding=rounding)),
+                                  bits_of(my3.quantize(x, rounding)))
+    tq = TorchQuantizer("torchpath_my3_g32", rounding=rounding)
+    assert tq.format is my3 and tq.granularity == PerGroup(32)
+    codes, s, out = _reference(tq.quantizer, x)
+    np.testing.assert_array_equal(tq.quantize(xt).codes.numpy(), codes)
+    np.testing.assert_array_equal(bits_of(tq.fake_quantize(xt)), bits_of(out))
+    np.testing.assert_array_equal(bits_of(fake_quantize(xt, tq.quantizer)), bits_of(out))
+
+
+def test_registered_lookup_format_in_quantize_model(my3, llama):
+    """quantize_model(weights="<name>_g32", activations="<name>"): a rewired layer computes
+    linear(Q_a(x), Q_w(W), b) with the numpy references (activations: absmax per token)."""
+    qm, summary = quantize_model(llama, weights="torchpath_my3_g32", activations="torchpath_my3")
+    assert len(summary) == 14 and "torchpath_my3" in str(summary)
+    layer = qm.model.layers[0].self_attn.q_proj
+    x = torch.from_numpy(_x(np.float32, 6)).reshape(1, 16, 64)
+    wq, aq = layer.weight_q.quantizer, layer.act_q.quantizer
+    assert aq.granularity == PerToken()
+    w = layer.linear_weight().detach().numpy()
+    want = F.linear(torch.from_numpy(_reference(aq, x[0].numpy())[2]).reshape(x.shape),
+                    torch.from_numpy(_reference(wq, w)[2]), layer.bias)
+    with torch.no_grad():
+        assert torch.equal(layer(x), want)
