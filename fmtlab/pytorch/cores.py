@@ -106,6 +106,7 @@ def minifloat_handler(fmt: Format) -> TorchCore | None:
     magnitudes, say) to the table path, as numpy's encode does."""
     return MINIFLOAT if getattr(fmt, "bit_layout", False) else None
 
+
 INT = TorchCore(eligible=_fastpaths.eligible, fast_codes=_fastpaths.encode_core,
                 fast_values=_fastpaths.int_values, zero_point=_fastpaths.int_shifted,
                 float32_product=_int_fast32)

@@ -423,3 +423,36 @@ def test_registered_lookup_format_in_quantize_model(my3, llama):
                     torch.from_numpy(_reference(wq, w)[2]), layer.bias)
     with torch.no_grad():
         assert torch.equal(layer(x), want)
+
+
+def test_minifloat_with_a_new_nan_rule_takes_the_table_path():
+    """A minifloat whose NaN sits inside the finite magnitudes (a rule registered here: S.111.000
+    is NaN, no -0, no Inf) is declined by the minifloat torch core (``bit_layout`` False) and
+    encoded by the table path: codes, fake-quant bits and NaN codes (``fmt.nan_codes``) equal
+    numpy, every rounding; a per-group TorchQuantizer equals the numpy-spec reference."""
+    from fmtlab.formats import MiniFloat, Overflow, SpecialRule, register_special_rule
+    from fmtlab.formats.special import CodePattern, Field, unregister_special_rule
+
+    rule = SpecialRule("torchgap", nan=(CodePattern(Field.ALL_ONES, Field.ZERO),), negative_zero=False,
+                       overflow=Overflow.SATURATE, doc="E all ones with M = 0 is NaN; no -0, no Inf")
+    register_special_rule(rule)
+    try:
+        fmt = MiniFloat(3, 3, special=rule)
+        assert not fmt.bit_layout and torch_core(fmt) == TorchCore()
+        pts = _points(np.float32, fmt)
+        for rounding in ROUNDINGS:
+            seed = 2 if rounding is Rounding.STOCHASTIC else None
+            got = encode(torch.from_numpy(pts.copy()), fmt, rounding, seed=seed)
+            np.testing.assert_array_equal(got.numpy(), fmt.encode(pts, rounding, seed=seed))
+            np.testing.assert_array_equal(bits_of(quantize(torch.from_numpy(pts.copy()), fmt, rounding, seed=seed)),
+                                          bits_of(fmt.quantize(pts, rounding, seed=seed)))
+        nan_codes = encode(torch.tensor([float("nan"), -float("nan")]), fmt).tolist()
+        assert set(nan_codes) <= fmt.nan_codes and len(set(nan_codes)) == 2
+        q = Quantizer(fmt, PerGroup(32))
+        x = _x(np.float32, 7)
+        codes, s, out = _reference(q, x)
+        tq = TorchQuantizer(q)
+        np.testing.assert_array_equal(tq.quantize(torch.from_numpy(x)).codes.numpy(), codes)
+        np.testing.assert_array_equal(bits_of(tq.fake_quantize(torch.from_numpy(x))), bits_of(out))
+    finally:
+        unregister_special_rule("torchgap")
