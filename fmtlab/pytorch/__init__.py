@@ -1,7 +1,9 @@
 """fmtlab.pytorch: any fmtlab format or quantizer as a PyTorch fake-quantizer.
 
 Everything here is built from torch ops (CPU and CUDA, autograd-friendly) and held bit-identical
-to the numpy/numba path of ``fmtlab.formats`` by the tests:
+to the numpy/numba path of ``fmtlab.formats`` by the tests. Every format works (the exact torch
+table path, :mod:`fmtlab.pytorch.encoding`); a family's ``Subsystem.TORCH`` handler
+(:class:`fmtlab.pytorch.cores.TorchCore`) only makes it faster:
 
 - :func:`encode`, :func:`decode`, :func:`quantize` - element formats on tensors;
 - :func:`fake_quantize` - the functional entry point (format or quantizer, STE gradient);

@@ -1,6 +1,7 @@
-"""Arithmetic fast paths for minifloats and INT formats (deterministic roundings only).
+"""Arithmetic fast paths for minifloats and INT formats (deterministic roundings only); the
+``fmtlab.pytorch.cores`` MINIFLOAT and INT handlers are built from these functions.
 
-They compute the same codes as the table path (``elementwise._encode_table``) for in-range
+They compute the same codes as the table path (``encoding.table_codes``) for in-range
 inputs; the caller then applies the shared range / Inf / NaN / -0 overrides, so every special
 case keeps a single implementation. Tests hold both paths bit-identical to the numba kernel.
 
@@ -156,3 +157,23 @@ def int_values(x: torch.Tensor, fmt: IntFormat, mode: Rounding, nan_zero: bool) 
     if nan_zero:
         v = torch.nan_to_num(v, nan=0.0, posinf=float(fmt.max), neginf=float(fmt.min))
     return v
+
+
+def int_shifted(y: torch.Tensor, fmt: IntFormat, mode: Rounding, z: torch.Tensor,
+                draws: torch.Tensor | None) -> torch.Tensor:
+    """q = clamp(round(y), min - z, max - z) in float64: INT rounding on the grid shifted by -z
+    (integer zero points z; the numba INT kernel with a zero point). STOCHASTIC: up iff
+    draw < y - floor(y)."""
+    y64 = y.to(torch.float64)
+    if mode is Rounding.STOCHASTIC:
+        L = torch.floor(y64)
+        q = torch.where(draws.reshape(y.shape) < (y64 - L), L + 1.0, L)
+    elif mode is Rounding.NEAREST_EVEN:
+        q = torch.round(y64)
+    elif mode is Rounding.NEAREST_AWAY:
+        t = torch.trunc(y64)
+        q = torch.where((y64 - t).abs() >= 0.5, t + torch.sign(y64), t)
+    else:
+        q = torch.trunc(y64)
+    z64 = z.to(torch.float64)
+    return torch.minimum(torch.maximum(q, fmt.min - z64), fmt.max - z64)

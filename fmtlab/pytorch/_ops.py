@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from fmtlab.formats import Format, get_format
+from fmtlab.formats import Format, Rounding, get_format
+from fmtlab.pytorch.elementwise import quantize
 
-__all__ = ["quantize_op", "quantizer_op"]
+__all__ = ["quantize_op", "quantizer_op", "fake_quant_values"]
 
 
 _FORMATS: dict[str, Format] = {}
@@ -49,8 +50,6 @@ def _round_trips(fmt: Format) -> bool:
 
 @torch.library.custom_op("fmtlab::quantize", mutates_args=())
 def _quantize(x: torch.Tensor, fmt: str, rounding: str, overflow: str, nan: str) -> torch.Tensor:
-    from fmtlab.pytorch.elementwise import quantize
-
     return quantize(x, _format(fmt), rounding, None if overflow == "default" else overflow, nan=nan)
 
 
@@ -64,8 +63,6 @@ def quantize_op(x: torch.Tensor, fmt: Format, rounding, overflow, nan) -> torch.
     """``elementwise.quantize(x, fmt, rounding, overflow, nan=nan)`` through the custom op
     (directly where the format does not round-trip through its name). Enums or strings."""
     if not _round_trips(fmt):
-        from fmtlab.pytorch.elementwise import quantize
-
         return quantize(x, fmt, rounding, overflow, nan=nan)
     r = getattr(rounding, "value", rounding)
     o = "default" if overflow is None else getattr(overflow, "value", overflow)
@@ -73,15 +70,27 @@ def quantize_op(x: torch.Tensor, fmt: Format, rounding, overflow, nan) -> torch.
     return _quantize(x, fmt.name, str(r), str(o), str(n))
 
 
+def fake_quant_values(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed=None, draws=None,
+                      nan="raise", method: str = "auto") -> torch.Tensor:
+    """``elementwise.quantize`` routed through the registered custom op where possible
+    (deterministic rounding, default method), so that ``torch.compile`` treats it as one opaque
+    exact op."""
+    mode = Rounding.parse(rounding)
+    if mode is Rounding.STOCHASTIC or method != "auto" or seed is not None or draws is not None:
+        return quantize(x, fmt, mode, overflow, seed=seed, draws=draws, nan=nan, method=method)
+    return quantize_op(x, fmt, mode, overflow, nan)
+
+
 _QUANTIZERS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_KEY_OF: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _KEYS = itertools.count()
 
 
 def _quantizer_key(tq: Any) -> str:
-    key = getattr(tq, "_op_key", None)
+    key = _KEY_OF.get(tq)
     if key is None or _QUANTIZERS.get(key) is not tq:
         key = f"tq{next(_KEYS)}"
-        tq._op_key = key
+        _KEY_OF[tq] = key
         _QUANTIZERS[key] = tq
     return key
 

@@ -104,7 +104,7 @@ class FormatFakeQuantize(FakeQuantizeBase):
         obs = self.activation_post_process
         c = torch.maximum(obs.min_val.abs(), obs.max_val.abs()).to(torch.float32).reshape(-1)
         c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))  # no observation yet: 1
-        return self.tq._finalize(c)
+        return self.tq.scales_from_statistic(c)
 
     @torch.jit.export
     def calculate_qparams(self):  # type: ignore[override]

@@ -7,8 +7,10 @@ import torch
 
 from fmtlab.errors import FormatError
 from fmtlab.formats import Format, NanInput, Overflow, Rounding
-from fmtlab.pytorch import elementwise
+from fmtlab.pytorch._ops import fake_quant_values
 from fmtlab.pytorch.autograd import apply_fake_quant
+from fmtlab.pytorch.encoding import as_format
+from fmtlab.pytorch.specs import as_torch_quantizer
 
 __all__ = ["fake_quantize", "in_range_mask"]
 
@@ -42,23 +44,21 @@ def fake_quantize(x: torch.Tensor, spec, *, rounding: "Rounding | str | None" = 
     """
     fmt = None
     if isinstance(spec, Format):
-        fmt = elementwise.as_format(spec)
+        fmt = as_format(spec)
     elif isinstance(spec, str):
         try:
-            fmt = elementwise.as_format(spec)
+            fmt = as_format(spec)
         except FormatError:
             fmt = None  # not a format name: a quantizer preset ("mxfp4", "int8_per_token", ...)
     if fmt is not None:
         rnd = Rounding.NEAREST_EVEN if rounding is None else rounding
 
         def run(t: torch.Tensor, need_mask: bool):
-            y = elementwise.fake_quant_values(t, fmt, rnd, overflow, seed=seed, draws=draws,
+            y = fake_quant_values(t, fmt, rnd, overflow, seed=seed, draws=draws,
                                               nan=nan, method=method)
             return y, (in_range_mask(t, fmt) if need_mask else None)
 
         return apply_fake_quant(x, run, grad)
-    from fmtlab.pytorch.quantizers import as_torch_quantizer
-
     tq = as_torch_quantizer(spec)
     if rounding is not None or overflow is not None or nan is not NanInput.RAISE:
         stoch = rounding is not None and Rounding.parse(rounding) is Rounding.STOCHASTIC

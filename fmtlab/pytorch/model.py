@@ -14,7 +14,7 @@ computed per sequence, never over the batch (see :mod:`fmtlab.pytorch.activation
 ``activation_scales="static"`` they are calibrated once (:func:`fmtlab.pytorch.calibrate`).
 
 Specs (``weights=``, ``activations=``, override values): None (no quantization); a quantizer
-preset name or object (see :func:`fmtlab.pytorch.quantizers.resolve`); a format name / Format,
+preset name or object (see :func:`fmtlab.pytorch.specs.resolve`); a format name / Format,
 which gets a default absmax quantizer (per-channel for weights, per-token for activations).
 Gradients flow by straight-through estimator (``grad="clipped"`` zeroes them outside the
 representable range), so the rewired model also trains (QAT).
@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
 from fmtlab.pytorch.autograd import check_grad
-from fmtlab.pytorch.quantizers import resolve, spec_name
+from fmtlab.pytorch.specs import resolve, spec_name
 
 __all__ = ["LayerConfig", "QuantLinear", "QuantizeSummary", "quantize_model", "linear_kind"]
 
@@ -273,11 +273,11 @@ def _merge(base: LayerConfig, value: Any) -> LayerConfig | None:
 def _check_layout(name: str, q: Any, shape: tuple[int, int], role: str) -> None:
     """Fail at rewiring time (naming the layer) when a quantizer's groups/blocks cannot tile the
     layer's [out, in] weight or [tokens, in] activations."""
-    work = getattr(q, "_work", None)
-    if work is None:
+    layout = getattr(q, "layout", None)  # TorchQuantizer.layout: the shared plan_layout
+    if layout is None:
         return
     try:
-        work(torch.empty(shape, device="meta"))
+        layout(shape)
     except FmtlabError as exc:
         raise FmtlabError(f"layer {name!r} ({role} {list(shape)}): {exc}") from None
 

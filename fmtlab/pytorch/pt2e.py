@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torchao
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence
 from fmtlab.pytorch.autograd import check_grad
-from fmtlab.pytorch.quantizers import resolve, spec_name
+from fmtlab.pytorch.specs import resolve, spec_name
 from fmtlab.pytorch.model import matches_name
 
 __all__ = ["FmtlabQuantizer", "FmtlabObserver", "FmtlabFakeQuant"]

@@ -39,7 +39,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.model import QuantLinear, linear_kind, matches_name, output_head, quantize_model
-from fmtlab.pytorch.quantizers import resolve
+from fmtlab.pytorch.specs import resolve
 
 __all__ = ["FmtlabConfig", "fmtlab_filter"]
 

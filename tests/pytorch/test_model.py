@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch import LayerConfig, QuantLinear, evaluate_perplexity, quantize_model
-from fmtlab.pytorch.quantizers import resolve
+from fmtlab.pytorch.specs import resolve
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402

@@ -21,7 +21,7 @@ from fmtlab.formats import (
     Static, get_quantizer, list_quantizers,
 )
 from fmtlab.pytorch import TorchQuantizer, fake_quantize
-from fmtlab.pytorch.quantizers import resolve
+from fmtlab.pytorch.specs import resolve
 
 from torch_helpers import bits_of
 

@@ -1,0 +1,158 @@
+"""Block formats in torch ops: MX (E8M0 shared exponents) and FP8-scaled blocks (NVFP4).
+
+The rules are ``fmtlab.formats.mx``'s (its module docstring; the element facts come from
+``mx.block_elem``), the blocks are the shared layout's slots (``PerBlock`` -> ``Rows(K, nblocks)``):
+- E8M0: e from the block's max finite |x| (a float32) by FLOOR / CEIL / EVEN / RCEIL, computed on
+  its float32 bit pattern, clamped to [-127, 127], all-zero block -127; scale 2**(e + eoff);
+- FP8 (NVFP4): g = fl32(A_tensor / fl32(448 * elem_max)) (``tensor_scale=True``), block scale =
+  the E4M3 code of fl32(fl32(A / elem_max) / g) (RNE, saturating, at least code 1), S = fl32(g * e4m3);
+- a block holding NaN or Inf gets the NaN scale: outputs NaN, element codes 0.
+Stochastic rounding draws one value per element of the working layout (axis moved last).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from fmtlab.errors import FmtlabError, FormatError
+from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
+from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
+from fmtlab.formats.mx import block_elem
+from fmtlab.pytorch._tables import torch_grid
+from fmtlab.pytorch.elements import ElementOps
+from fmtlab.pytorch.encoding import encode_codes, stochastic_draws
+from fmtlab.pytorch.layout import TorchLayout
+from fmtlab.pytorch.scales import TINY32, finite_absmax
+
+__all__ = ["BlockOut", "run_blocks", "mx_exponents"]
+
+_MAN32 = 0x007FFFFF
+
+
+class BlockOut(NamedTuple):
+    """What a block pass returns (working-layout tensors moved back to x's layout)."""
+
+    out: torch.Tensor
+    codes: torch.Tensor | None
+    scales: torch.Tensor
+    scale_codes: torch.Tensor
+    tensor_scale: float | None
+    mask: torch.Tensor | None
+
+
+def _floor_log2_bits(b: torch.Tensor) -> torch.Tensor:
+    """floor(log2 A) of positive finite float32 patterns b (int64; subnormals included)."""
+    E = b >> 23
+    f = (b & _MAN32).to(torch.float64)
+    _, ef = torch.frexp(torch.where(f > 0, f, 1.0))
+    sub = (ef.to(torch.int64) - 1) - 149
+    return torch.where(E > 0, E - 127, sub)
+
+
+def _ceil_log2_bits(b: torch.Tensor) -> torch.Tensor:
+    fl = _floor_log2_bits(b)
+    E = b >> 23
+    man = b & _MAN32
+    exact = torch.where(E > 0, man == 0, (man & (man - 1)) == 0)
+    return torch.where(exact, fl, fl + 1)
+
+
+def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
+    """Unbiased E8M0 exponent per block (mx.py: FLOOR / CEIL / EVEN / RCEIL), clamped to
+    [-127, 127]; an all-zero block gets -127."""
+    be, rule = block_elem(q.format), SharedExpRule.parse(q.scale_rule.mode)
+    bits = amax.view(torch.int32).to(torch.int64)
+    if rule is SharedExpRule.FLOOR:
+        e = _floor_log2_bits(bits) - be.emax
+    elif rule is SharedExpRule.CEIL:
+        e = _ceil_log2_bits(bits) - be.emax
+    elif rule is SharedExpRule.EVEN:
+        if be.mbits < 0:
+            raise FmtlabError(f"the EVEN shared-exponent rule needs a minifloat or INT element, "
+                              f"not {q.format.name}")
+        rb = bits + (1 << (22 - be.mbits))
+        rb = torch.where((rb >> 23) > 0, rb & ~((1 << 23) - 1), rb)
+        e = _floor_log2_bits(rb) - be.emax
+    elif rule is SharedExpRule.RCEIL:
+        d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
+        db = d.view(torch.int32).to(torch.int64)
+        e = torch.where(db == 0, -127, _ceil_log2_bits(torch.where(db == 0, 1, db)))
+    else:  # a rule added to SharedExpRule without a torch twin here
+        raise FmtlabError(f"the torch block path has no shared-exponent rule {rule!r}")
+    e = torch.where(bits == 0, -127, e)
+    return e.clamp(-127, 127)
+
+
+def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
+    """NVFP4-style block scales: (E4M3 codes, effective float32 scales, tensor scale g)."""
+    e4m3 = get_format(ScaleFormat.FP8_E4M3.value)
+    elem_max = torch.tensor(float(block_elem(q.format).elem_max), dtype=torch.float32)
+    if q.granularity.tensor_scale is True:
+        a = amax.max()
+        if not bool(torch.isfinite(a)):
+            raise FmtlabError("the tensor scale needs a finite max |x|")
+        if float(a) == 0:
+            gt = torch.tensor(1.0, dtype=torch.float32)
+        else:
+            gt = a.cpu() / (torch.tensor(float(e4m3.max), dtype=torch.float32) * elem_max)
+            if not float(gt) > 0:
+                gt = torch.tensor(TINY32, dtype=torch.float32)
+        ts = float(gt)
+    else:
+        gt = torch.tensor(1.0, dtype=torch.float32)
+        ts = None
+    gt = gt.to(amax.device)
+    s_rel = (amax / elem_max.to(amax.device)) / gt
+    c8 = encode_codes(s_rel, e4m3, Rounding.NEAREST_EVEN, "saturate", nan="raise")
+    c8 = c8.clamp(1, e4m3.max_code())
+    val = torch_grid(e4m3, amax.device).values[c8.long()].to(torch.float32)
+    S = gt * val
+    codes = torch.where(bad, e4m3.canonical_nan_code(), c8).to(torch.uint8)
+    S = torch.where(bad, float("nan"), S).to(torch.float32)
+    return codes, S, ts
+
+
+def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, seed, draws,
+               want_codes: bool, need_mask: bool) -> BlockOut:
+    """Block quantization of the working data ``w`` (x arranged by ``tl``)."""
+    g = q.granularity
+    name = str(q)
+    w = tl.slot_matrix(w)  # [nblocks, K] in the working layout
+    if q.nan is not None:  # explicit policy; None is OCP MX's NaN block (as Quantizer._blocks)
+        nanm = torch.isnan(w)
+        if bool(nanm.any()):
+            if NanInput.parse(q.nan) is NanInput.RAISE:
+                raise FormatError(f"{name}: the input holds {int(nanm.sum())} NaN value(s) and "
+                                  "nan='raise' (the default nan=None makes their MX blocks NaN; "
+                                  "nan='zero' reads them as 0)")
+            w = torch.where(nanm, torch.zeros_like(w), w)
+    r = None
+    if q.rounding is Rounding.STOCHASTIC:
+        if draws is None and seed is None:
+            seed = q.seed
+        r = stochastic_draws(w.numel(), seed, draws, w.device).reshape(w.shape)
+    amax, has_nan, has_inf = finite_absmax(w)
+    bad = has_nan | has_inf
+    ts = None
+    if ScaleFormat.parse(g.scale_format) is ScaleFormat.E8M0:
+        e = mx_exponents(amax, q)
+        scale_codes = torch.where(bad, 255, e + 127).to(torch.uint8)
+        ee = (e + block_elem(q.format).eoff).to(torch.float64)
+        scales = torch.where(bad, float("nan"), torch.pow(2.0, ee)).to(torch.float32)
+    else:
+        scale_codes, scales, ts = _fp8_scales(amax, bad, q)
+    s = torch.where(bad, torch.ones_like(scales), scales)
+    wz = torch.where(bad[:, None], torch.zeros_like(w), w)
+    y = wz / s[:, None].to(w.dtype)
+    out = ops.scaled_values(y, s[:, None], None, r, "raise")
+    out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+    codes = None
+    if want_codes:
+        codes = ops.codes(y, q.rounding, draws=r, nan="raise")
+        codes = tl.from_work(torch.where(bad[:, None], torch.zeros_like(codes), codes))
+    mask = tl.from_work(ops.in_range(y) & ~bad[:, None]) if need_mask else None
+    shape = tl.scale_shape
+    return BlockOut(tl.from_work(out), codes, scales.reshape(shape), scale_codes.reshape(shape),
+                    ts, mask)
