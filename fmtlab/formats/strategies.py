@@ -318,7 +318,7 @@ def _boundary_points(fmt: Format, dtype_str: str) -> np.ndarray:
         extra = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, fi.max, -fi.max,
                           fi.smallest_subnormal, -fi.smallest_subnormal, fi.smallest_normal,
                           -fi.smallest_normal, smallest / 4, -smallest / 4, smallest / 2 * 0.75,
-                          fmt.max * 4, -fmt.max * 4], dtype=dt)
+                          fmt.max * 4, -fmt.max * 4, fmt.min * 4, -fmt.min * 4], dtype=dt)
         pts = np.concatenate([a, up, down, extra])
     out = np.unique(pts[~np.isnan(pts) & (pts != 0)])  # sorted (unique would merge +0 and -0)
     neg = out[out < 0]
@@ -348,7 +348,7 @@ def float_inputs(fmt: Format, width: int = 32, *, allow_nan: bool = True,
     dt = _dtype_of(width)
     fi = np.finfo(dt)
     with np.errstate(over="ignore"):
-        rng_max = float(dt.type(min(fmt.max * 4, float(fi.max))))
+        rng_max = float(dt.type(min(max(abs(fmt.max), abs(fmt.min)) * 4, float(fi.max))))
     parts = [boundary_floats(fmt, width)]
     parts.append(st.floats(-rng_max, rng_max, width=width))
     parts.append(st.floats(allow_nan=allow_nan, allow_infinity=allow_infinity, width=width))
@@ -420,7 +420,7 @@ def bulk_inputs(fmt: Format, n: int = 1_000_000, *, seed: int = 0, dtype=np.floa
     else:
         bits = rng.integers(0, 2 ** 16, size=n_bits, dtype=np.uint32).astype(np.uint16).view(np.float16)
     lo = math.log(max(fmt.smallest_positive / 4, 1e-300))
-    hi = math.log(fmt.max * 4)
+    hi = math.log(max(abs(fmt.max), abs(fmt.min)) * 4)
     mag = np.exp(rng.uniform(lo, hi, size=rest - n_bits))
     with np.errstate(over="ignore", under="ignore"):
         logu = (mag * rng.choice([-1.0, 1.0], size=mag.size)).astype(dt)

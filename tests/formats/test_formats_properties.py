@@ -117,7 +117,7 @@ def test_monotone(fmt, rounding, data):
         x = np.abs(x[np.isfinite(x) & (x != 0)])
     x = np.sort(x)
     q = fmt.quantize(x, rounding, overflow="saturate")
-    assert np.all(np.diff(q) >= 0), list(zip(x, q))
+    assert np.all((np.diff(q) >= 0) | (q[1:] == q[:-1])), list(zip(x, q))  # -inf, -inf: diff is NaN
 
 
 def is_symmetric(fmt) -> bool:
