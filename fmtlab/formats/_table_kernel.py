@@ -58,7 +58,8 @@ def _encode_one(x, r, vals, codes, bounds, even, mode, specials):
     else:
         U = vals[lo + 1]
         if mode == TOWARD_ZERO:
-            j = lo if x > 0 else lo + 1
+            # the neighbour of smaller magnitude (also across L < 0 < U, formats without zero)
+            j = lo if abs(L) < abs(U) else lo + 1
         elif mode == STOCHASTIC:
             p = (x - L) / (U - L)
             j = lo + 1 if r < p else lo

@@ -30,7 +30,6 @@ import numpy as np
 from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import Subsystem, register_handler
-from fmtlab.formats.rounding import Rounding
 
 __all__ = ["LookupFormat", "NF4_VALUES", "IQ4NL_VALUES", "MAX_VALUES"]
 
@@ -123,18 +122,6 @@ class LookupFormat(Format):
     def _virtual_below(self) -> tuple[float, bool]:
         lv = self.levels
         return lv[0] - (lv[1] - lv[0]), False  # code -1 is odd
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        codes = self.encode_table(a, rounding, overflow, nan, rand)
-        lv = self.levels
-        if rounding is Rounding.TOWARD_ZERO and lv[0] < 0.0 < lv[-1] and self.zero_code is None:
-            # the interval L < 0 < U: truncation takes the smaller magnitude (the oracle's rule;
-            # the table kernel assumes same-signed neighbours there)
-            i = int(np.searchsorted(lv, 0.0))
-            L, U = lv[i - 1], lv[i]
-            x = np.asarray(a, dtype=np.float64).reshape(codes.shape)
-            codes[(x > L) & (x < U)] = i - 1 if abs(L) < abs(U) else i
-        return codes
 
     def describe(self) -> str:
         return (f"{self.name}: lookup table of {len(self.levels)} values in {self.bits} bits, "

@@ -194,8 +194,6 @@ def test_property_lookup_vs_oracle(fmt, data):
     np.testing.assert_array_equal(fmt.quantize(q, rounding), q)
 
 
-@pytest.mark.xfail(strict=False, reason="the Quantizer's table-path fallback for formats without "
-                   "a fast kernel is helper kern's (quantizer.py); passes once merged")
 def test_per_group_quantizer():
     """A lookup format through a per-group Quantizer (table path) equals the table encode of
     x / s with s = fl32(amax / max) per group of 32."""

@@ -111,8 +111,6 @@ def test_cli_shows_the_rule(capsys):
     assert "0.111.000  0x38  nan" in out and "1.000.000  0x40  nan                       unused" in out
 
 
-@pytest.mark.xfail(strict=False, reason="the Quantizer's kernel plan must honour MiniFloat.bit_layout "
-                   "(helper kern: kernels.params returns None for such layouts -> table path)")
 def test_quantizer_takes_the_table_path():
     from fmtlab.formats import Quantizer
 

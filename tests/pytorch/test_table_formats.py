@@ -26,12 +26,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fmtlab.errors import FmtlabError, FormatError
+from fmtlab.errors import FormatError
 from fmtlab.formats import (
     MSE, Format, LookupFormat, NanInput, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer,
     Rounding, SharedExp, get_format, register_format, unregister_format,
 )
-from fmtlab.formats import quantizer as quantizer_module
 from fmtlab.formats.capabilities import Subsystem, find_handler, register_handler
 from fmtlab.formats.scaling import broadcast_scales, from_work, plan_layout, slot_matrix, to_work, work_rows
 from fmtlab.pytorch import TorchQuantizer, encode, fake_quantize, quantize, quantize_model
@@ -69,25 +68,8 @@ FMT = Table3()
 ROUNDINGS = list(Rounding)
 
 
-def _allow_table_quantizers(monkeypatch, *fmts: Format) -> None:
-    """Until the numpy table fallback (helper kern) is merged, the numpy Quantizer refuses a
-    format without a numba kernel at construction; only that refusal is lifted here, for
-    ``fmts`` and for this test (the torch path never runs numpy kernels, and the reference below
-    is computed independently with ``encode_table``). A no-op once the fallback is in."""
-    try:
-        Quantizer(fmts[0])
-        return
-    except FmtlabError as exc:
-        if "no fast kernel" not in str(exc):
-            raise
-    real = quantizer_module.params
-    monkeypatch.setattr(quantizer_module, "params",
-                        lambda f, *a: object() if f in fmts else real(f, *a))
-
-
 def _quantizer(monkeypatch, *args, **kw) -> Quantizer:
-    """``Quantizer(FMT, *args, **kw)`` (see :func:`_allow_table_quantizers`)."""
-    _allow_table_quantizers(monkeypatch, FMT)
+    """``Quantizer(FMT, *args, **kw)``: numpy's Quantizer takes the exact table path for it."""
     return Quantizer(FMT, *args, **kw)
 
 
@@ -332,13 +314,7 @@ def test_matches_numpy_quantizer(gran, dtype):
     """TorchQuantizer == numpy's Quantizer itself (codes, scales, block scale codes, fake-quant
     bits), block formats included, once the numpy Quantizer runs table-only formats."""
     g, rule = BLOCKS.get(gran, (GRANULARITIES.get(gran), None))
-    try:
-        q = Quantizer(FMT, g, rule)
-    except FmtlabError as exc:
-        if "no fast kernel" in str(exc):
-            pytest.skip("the numpy Quantizer refuses table-only formats on this branch "
-                        "(its table fallback comes with helper kern's branch)")
-        raise
+    q = Quantizer(FMT, g, rule)
     x = _x(dtype, 4)
     x[1, 2] = np.nan if g == BLOCKS["mx_floor"][0] else x[1, 2]  # an MX NaN block
     tq = TorchQuantizer(q)
@@ -376,10 +352,11 @@ class NoZero2(Table3):
 def test_toward_zero_across_zero_takes_smaller_magnitude():
     """TOWARD_ZERO inside L < 0 < U (no zero value) picks the smaller magnitude, U on a tie of
     magnitudes (LookupFormat's rule), on both the table and the device path; the rest of the
-    grid truncates as usual. (numpy's generic table kernel gives L for x > 0 there.)"""
+    grid truncates as usual; numpy's table kernel follows the same rule."""
     x = torch.tensor([-0.9, -0.1, 0.0, -0.0, 0.2, 0.6, -1.0, 0.5, -3.5, 2.5, -1.5])
     want = [2, 2, 2, 2, 2, 2, 1, 2, 0, 3, 1]  # 0.5 (smaller than |-1|) across zero
     assert encode(x, NoZero2(), "toward_zero").tolist() == want
+    assert NoZero2().encode(x.numpy(), "toward_zero").tolist() == want  # numpy's table kernel too
     assert encode(x, NoZero2(), "nearest_even").tolist() == [1, 2, 2, 2, 2, 2, 1, 2, 0, 3, 1]
 
 
@@ -387,7 +364,6 @@ def test_toward_zero_across_zero_takes_smaller_magnitude():
 def my3(monkeypatch):
     """A lookup format defined and registered by the test (8 values, 3 bits; no torch code)."""
     fmt = register_format(LookupFormat([-1.5, -0.75, -0.25, 0.0, 0.2, 0.5, 1.0, 2.0], name="torchpath_my3"))
-    _allow_table_quantizers(monkeypatch, fmt)
     yield fmt
     unregister_format(fmt.name)
 
