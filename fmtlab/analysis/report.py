@@ -69,6 +69,7 @@ class ReportOptions:
     workers: int | None = None
     progress: bool = True
     verify: bool = True  # check trace shards' SHA-256 on open (--no-verify: False)
+    methods: tuple[str, ...] = ()  # claim keys of fmtlab.analysis.methods ("Methods from the papers")
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -184,7 +185,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         mname = (traces[0].manifest.get("model") or {}).get("name")
         if opts.calib_trace:
             calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
-    need_model = not opts.trace or opts.perplexity or not opts.calib_trace
+    need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods)
     if need_model:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
@@ -290,6 +291,14 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     protocol.add_intervals(summary_rows, main_res, ppl_rows)
     write_csv(summary_rows, out / "tables" / "configs.csv")
 
+    methods = []  # "Methods from the papers" (fmtlab.analysis.methods.section)
+    if opts.methods:
+        t0 = time.perf_counter()
+        from fmtlab.analysis.methods.section import run_for_report
+
+        methods = run_for_report(opts, model, tok, step)
+        timed("method claims", t0)
+
     # 6. accumulation study ---------------------------------------------------------------
     t0 = time.perf_counter()
     tr0 = traces[0]
@@ -353,13 +362,15 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # document ----------------------------------------------------------------------------
     doc = _document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
-                    worst["tensor"], timings, out)
+                    worst["tensor"], timings, out, methods)
     md, html = doc.write(out)
     final = Path(opts.out)  # where the staged files land
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings, "timings_s": timings,
                "model": mname, "configs": [c.name for c in cfgs]}
+    from fmtlab.analysis.methods.section import result_rows
+
     write_json({"summary": summary, "configs": summary_rows, "perplexity": ppl_rows, "accumulation": acc_rows,
-                "massive_activations": massive}, out / "tables" / "report.json")
+                "massive_activations": massive, "methods": result_rows(methods)}, out / "tables" / "report.json")
     step(f"done in {timings['total']:.0f} s")
     return summary
 
@@ -430,7 +441,7 @@ def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[st
 
 
 def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, figs, findings, worst_layer,
-              timings, out: Path):
+              timings, out: Path, methods=()):
     from fmtlab import __version__
     from fmtlab.analysis.document import Document
 
@@ -528,6 +539,10 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
     if "accumulation" in figs:
         d.image("plots/accumulation.png", "Relative dot-product error against accumulator width.")
     d.table(acc_rows, ["config", "accumulator", "acc_bits", "rel_error", "overflow_rate", "note"])
+    if methods:
+        from fmtlab.analysis.methods.section import add_section
+
+        add_section(d, methods)
     d.heading("Run")
     d.table([{"step": k, "seconds": v} for k, v in timings.items()])
     d.code("fmtlab report " + " ".join(_argv_echo(opts)))
@@ -548,4 +563,6 @@ def _argv_echo(opts: ReportOptions) -> list[str]:
         a.append(f"--layers '{opts.layers}'")
     if not opts.perplexity:
         a.append("--no-perplexity")
+    if opts.methods:
+        a.append("--methods " + ",".join(opts.methods))
     return a
