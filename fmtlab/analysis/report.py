@@ -159,7 +159,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     from fmtlab.sim.models import load_default_model, load_model
     from fmtlab.sim.outliers import massive_activations
     from fmtlab.sim.record import record
-    from fmtlab.sim.replay import make_config, replay
+    from fmtlab.sim.replay import replay
     from fmtlab.sim.replay_engine import needs_calibration, resolve_config
     from fmtlab.sim.trace import open_trace
     from fmtlab.sim.models import model_name
@@ -168,7 +168,9 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    cfgs = [make_config(c) for c in opts.configs]
+    from fmtlab.analysis.methods.cushion_configs import CushionRun, any_cushion, cushion_config, is_cushion
+
+    cfgs = [cushion_config(c) for c in opts.configs]  # "<config>+cushion": behind a CushionCache prefix
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> None:
@@ -185,7 +187,8 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         mname = (traces[0].manifest.get("model") or {}).get("name")
         if opts.calib_trace:
             calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
-    need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods)
+    need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) \
+        or any_cushion(opts.configs, opts.ppl_configs if opts.perplexity else ())
     if need_model:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
@@ -196,7 +199,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
             check_seq_len(model, L)  # before any recording or scoring
     timed("load model", t0)
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
-    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(make_config(c))) for c in opts.ppl_configs)
+    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(cushion_config(c))) for c in opts.ppl_configs)
     cal_layers = None if ppl_cal else opts.layers
     trace_dir = Path(opts.out) / "traces"  # kept across runs for reuse (not staged)
 
@@ -223,12 +226,20 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # 3. replay --------------------------------------------------------------------------
     results = []
+    cushion = None
     for tr in traces:
         t0 = time.perf_counter()
         L = tr.manifest.get("seq_len")
         step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
-        res = replay(tr, cfgs, kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
-                     progress=opts.progress, label=f"seq{L}", calib=calibs[len(results)])
+        kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
+                  progress=opts.progress, label=f"seq{L}")
+        plain, cush = [c for c in cfgs if not is_cushion(c.name)], [c for c in cfgs if is_cushion(c.name)]
+        res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
+        if cush:
+            cushion = cushion or CushionRun(model, tok, step, opts.progress)
+            more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
+                                  opts.n_sequences, opts.layers, cal_layers, **kw)
+            res = more if res is None else res + more
         res.write(str(out / "tables"), stem=f"replay_seq{L}")
         results.append(res)
         timed(f"replay seq{L}", t0)
@@ -274,8 +285,17 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
         step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
              f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
-        ppl_rows = perplexity_table(model, tok, list(opts.ppl_configs), seq_len=opts.ppl_seq_len,
-                                    n_sequences=opts.ppl_sequences, progress=opts.progress, calib=calibs[0])
+        from fmtlab.sim.perplexity import eval_windows
+
+        ids = eval_windows(tok, opts.ppl_seq_len, opts.ppl_sequences)
+        names = [c for c in opts.ppl_configs if not is_cushion(c)]
+        ppl_rows = perplexity_table(model, tok, names, ids=ids, progress=opts.progress, calib=calibs[0]) if names else []
+        if any_cushion(opts.ppl_configs):
+            cushion = cushion or CushionRun(model, tok, step, opts.progress)
+            L0 = calibs[0].manifest.get("seq_len")
+            ppl_rows += cushion.perplexity_rows([c for c in opts.ppl_configs if is_cushion(c)], ids,
+                                                trace_dir / f"calib_seq{L0}_cushion", L0, opts.n_sequences,
+                                                cal_layers, opts.progress)
         for r in ppl_rows:
             r.pop("description", None)
         protocol.add_intervals([], main_res, ppl_rows)
