@@ -305,7 +305,8 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     inplace: rewire ``model`` itself instead of a deep copy.
     kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` (CushionCache: ``search_prefix(...).kv_prefix``,
     computed by the float model) attached to the returned model: every later forward (calibrate,
-    evaluate_perplexity, generation) runs behind it; the prefix is never quantized.
+    evaluate_perplexity) runs behind it; the prefix is never quantized (``generate`` is not
+    supported: its growing attention mask does not count the prefix).
 
     A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
     gets this call's configuration instead of its old one (listed in ``summary.requantized``; a

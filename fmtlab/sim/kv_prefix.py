@@ -12,7 +12,8 @@ are fed as text). The outputs cover the T sequence tokens only: the prefix is ne
 its activations never pass through the model's (possibly quantized) Linear layers again.
 
 Needs a transformers causal LM with a ``DynamicCache`` (Llama, Mistral, Qwen, GPT-2, ...). A
-forward that already carries a non-empty cache (a later generation step) is left alone.
+forward that already carries a non-empty cache is left alone. ``generate`` is not supported (its
+attention mask, grown step by step, does not count the prefix).
 """
 
 from __future__ import annotations
