@@ -49,6 +49,18 @@ def test_write_methods_files(fake, tmp_path):
     assert md.read_text().startswith("# title") and html.exists()
 
 
+def test_run_for_report_uses_the_report_windows(fake):
+    """`fmtlab report --methods` runs the claims on the perplexity windows (>= 2 of each)."""
+    from types import SimpleNamespace
+
+    from fmtlab.analysis.methods.section import run_for_report
+
+    steps = []
+    opts = SimpleNamespace(methods=("fake",), ppl_seq_len=16, n_sequences=1, ppl_sequences=5, progress=False)
+    (claim, res), = run_for_report(opts, None, None, steps.append)
+    assert claim.key == "fake" and res.measured.endswith("on 5 windows") and steps == ["method claims: fake"]
+
+
 def test_parse_methods(fake):
     assert parse_methods("none") == () and parse_methods(None) == () and parse_methods("") == ()
     assert {"cushion", "massive", "fake"} <= set(parse_methods("all"))
