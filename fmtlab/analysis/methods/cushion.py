@@ -43,6 +43,13 @@ def worst_ratio(top: np.ndarray, med: np.ndarray) -> float:
     return float(np.max(r))
 
 
+def layer_ratios(top: np.ndarray, med: np.ndarray) -> np.ndarray:
+    """Per layer: (max over sequences of top-1) / (median over sequences of the median)."""
+    m = np.median(med, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(m > 0, top.max(axis=0) / m, np.inf)
+
+
 def median_layer_ratio(top: np.ndarray, med: np.ndarray) -> float:
     """The median over layers of the per-layer ratio of :func:`worst_ratio`."""
     m = np.median(med, axis=0)
@@ -88,7 +95,7 @@ def run(ctx: MethodsContext) -> ClaimResult:
     prefix = found.kv_prefix
     calib = token_windows_of(list(ctx.calib_texts), tok, ctx.seq_len, ctx.n_calib)
     ev = token_windows_of(list(ctx.eval_texts), tok, ctx.seq_len, ctx.n_eval)
-    t_no, m_no, _ = linear_input_stats(model, ev)
+    t_no, m_no, names = linear_input_stats(model, ev)
     t_cu, m_cu, _ = linear_input_stats(model, ev, prefix)
     r_no = S.bootstrap(worst_ratio, t_no, m_no, seed=ctx.seed)
     r_cu = S.bootstrap(worst_ratio, t_cu, m_cu, seed=ctx.seed)
@@ -106,6 +113,12 @@ def run(ctx: MethodsContext) -> ClaimResult:
     pen_fall = S.paired_difference(penalty, (st[0], fp[0], fp[1]), (st_cu[0], fp_cu[0], fp[1]), seed=ctx.seed)
     closed = (pen_fall.value / pen_no.value) if pen_no.value > 0 else math.nan
     med_no, med_cu = median_layer_ratio(t_no, m_no), median_layer_ratio(t_cu, m_cu)
+    lr_no, lr_cu = layer_ratios(t_no, m_no), layer_ratios(t_cu, m_cu)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_layer_fall = lr_no / lr_cu
+    j = int(np.nanargmax(per_layer_fall))
+    worst = {"no_prefix": names[int(np.argmax(lr_no))], "cushion": names[int(np.argmax(lr_cu))],
+             "largest_fall_layer": names[j], "largest_fall": float(per_layer_fall[j])}
 
     ppl_ok = gain.value > 0 and gain.excludes_zero and closed >= 0.5
     ratio_ok = fall.value >= 2.0 and fall.excludes_zero
@@ -118,7 +131,8 @@ def run(ctx: MethodsContext) -> ClaimResult:
                 f"quantization penalty vs FP32 with the same prefix {pen_no.text()} -> {pen_cu.text()} "
                 f"({_pct(closed)} removed); worst-layer top-1/median {r_no.text(0)} -> "
                 f"{r_cu.text(1)}, a fall of 10^{fall.value:.2f} [10^{fall.lo:.2f}, 10^{fall.hi:.2f}] "
-                f"(median over layers {med_no:.0f} -> {med_cu:.0f})")
+                f"(median over layers {med_no:.0f} -> {med_cu:.0f}; worst layer {worst['no_prefix']} -> "
+                f"{worst['cushion']}; largest per-layer fall {worst['largest_fall']:.0f}x at {names[j]})")
     reason = (("perplexity: " + ("strong gain (interval excludes zero, quantization penalty at least halved)"
                                  if ppl_ok else "the gain is not resolved or the quantization penalty shrinks < 50%"))
               + "; ratio: " + ("falls >= 100x (interval excludes zero)" if ratio_ok else
@@ -130,7 +144,8 @@ def run(ctx: MethodsContext) -> ClaimResult:
     numbers = {"prefix_tokens": list(found.tokens), "search_curve": list(found.curve), "search_baseline": found.baseline,
                "search_rejected": found.rejected, "search_seconds": found.seconds,
                "penalty_removed": closed, "penalty_no_prefix": _iv(pen_no), "penalty_cushion": _iv(pen_cu),
-               "penalty_fall": _iv(pen_fall), "median_layer_ratio": [med_no, med_cu], "log10_ratio_fall": _iv(fall), "ratio_no_prefix": _iv(r_no),
+               "penalty_fall": _iv(pen_fall), "median_layer_ratio": [med_no, med_cu],
+               "worst_layers": worst, "log10_ratio_fall": _iv(fall), "ratio_no_prefix": _iv(r_no),
                "ratio_cushion": _iv(r_cu), "ppl_gain": _iv(gain), **{f"ppl_{k}": _iv(v) for k, v in ivs.items()}}
     return ClaimResult("cushion", measured, verdict, reason, numbers, time.perf_counter() - t0)
 
