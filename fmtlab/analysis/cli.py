@@ -50,11 +50,18 @@ def register(subparsers) -> None:
                    help="MAC unit whose area bounds the 'best config' finding (default: '%(default)s')")
     p.add_argument("--max-tokens", type=int, default=None, help="replay only the first N token rows")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of trace shards")
+    p.add_argument("--methods", default="none",
+                   help="'Methods from the papers' claims to run: all, none or comma-separated keys "
+                        "(`fmtlab methods --list`; default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
+    from fmtlab.analysis.methods.section import register_cli
+
+    register_cli(subparsers)
 
 
 def _run(args) -> int:
+    from fmtlab.analysis.methods.section import parse_methods
     from fmtlab.analysis.report import ReportOptions, run_report
     from fmtlab.sim.record import compile_layers
 
@@ -67,7 +74,7 @@ def _run(args) -> int:
                          perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
                          ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
                          area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet,
-                         verify=not args.no_verify)
+                         verify=not args.no_verify, methods=parse_methods(args.methods))
     summary = run_report(opts)
     print(f"report: {summary['report_html']}  (markdown: {summary['report_md']})")
     print("findings:")

@@ -69,6 +69,7 @@ class ReportOptions:
     workers: int | None = None
     progress: bool = True
     verify: bool = True  # check trace shards' SHA-256 on open (--no-verify: False)
+    methods: tuple[str, ...] = ()  # claim keys of fmtlab.analysis.methods ("Methods from the papers")
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -158,7 +159,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     from fmtlab.sim.models import load_default_model, load_model
     from fmtlab.sim.outliers import massive_activations
     from fmtlab.sim.record import record
-    from fmtlab.sim.replay import make_config, replay
+    from fmtlab.sim.replay import replay
     from fmtlab.sim.replay_engine import needs_calibration, resolve_config
     from fmtlab.sim.trace import open_trace
     from fmtlab.sim.models import model_name
@@ -167,7 +168,9 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    cfgs = [make_config(c) for c in opts.configs]
+    from fmtlab.analysis.methods.cushion_configs import CushionRun, any_cushion, cushion_config, is_cushion
+
+    cfgs = [cushion_config(c) for c in opts.configs]  # "<config>+cushion": behind a CushionCache prefix
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> None:
@@ -184,7 +187,8 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         mname = (traces[0].manifest.get("model") or {}).get("name")
         if opts.calib_trace:
             calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
-    need_model = not opts.trace or opts.perplexity or not opts.calib_trace
+    need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) \
+        or any_cushion(opts.configs, opts.ppl_configs if opts.perplexity else ())
     if need_model:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
@@ -195,7 +199,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
             check_seq_len(model, L)  # before any recording or scoring
     timed("load model", t0)
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
-    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(make_config(c))) for c in opts.ppl_configs)
+    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(cushion_config(c))) for c in opts.ppl_configs)
     cal_layers = None if ppl_cal else opts.layers
     trace_dir = Path(opts.out) / "traces"  # kept across runs for reuse (not staged)
 
@@ -222,12 +226,20 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # 3. replay --------------------------------------------------------------------------
     results = []
+    cushion = None
     for tr in traces:
         t0 = time.perf_counter()
         L = tr.manifest.get("seq_len")
         step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
-        res = replay(tr, cfgs, kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
-                     progress=opts.progress, label=f"seq{L}", calib=calibs[len(results)])
+        kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
+                  progress=opts.progress, label=f"seq{L}")
+        plain, cush = [c for c in cfgs if not is_cushion(c.name)], [c for c in cfgs if is_cushion(c.name)]
+        res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
+        if cush:
+            cushion = cushion or CushionRun(model, tok, step, opts.progress)
+            more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
+                                  opts.n_sequences, opts.layers, cal_layers, **kw)
+            res = more if res is None else res + more
         res.write(str(out / "tables"), stem=f"replay_seq{L}")
         results.append(res)
         timed(f"replay seq{L}", t0)
@@ -273,8 +285,17 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
         step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
              f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
-        ppl_rows = perplexity_table(model, tok, list(opts.ppl_configs), seq_len=opts.ppl_seq_len,
-                                    n_sequences=opts.ppl_sequences, progress=opts.progress, calib=calibs[0])
+        from fmtlab.sim.perplexity import eval_windows
+
+        ids = eval_windows(tok, opts.ppl_seq_len, opts.ppl_sequences)
+        names = [c for c in opts.ppl_configs if not is_cushion(c)]
+        ppl_rows = perplexity_table(model, tok, names, ids=ids, progress=opts.progress, calib=calibs[0]) if names else []
+        if any_cushion(opts.ppl_configs):
+            cushion = cushion or CushionRun(model, tok, step, opts.progress)
+            L0 = calibs[0].manifest.get("seq_len")
+            ppl_rows += cushion.perplexity_rows([c for c in opts.ppl_configs if is_cushion(c)], ids,
+                                                trace_dir / f"calib_seq{L0}_cushion", L0, opts.n_sequences,
+                                                cal_layers, opts.progress)
         for r in ppl_rows:
             r.pop("description", None)
         protocol.add_intervals([], main_res, ppl_rows)
@@ -289,6 +310,14 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         timed("perplexity", t0)
     protocol.add_intervals(summary_rows, main_res, ppl_rows)
     write_csv(summary_rows, out / "tables" / "configs.csv")
+
+    methods = []  # "Methods from the papers" (fmtlab.analysis.methods.section)
+    if opts.methods:
+        t0 = time.perf_counter()
+        from fmtlab.analysis.methods.section import run_for_report
+
+        methods = run_for_report(opts, model, tok, step)
+        timed("method claims", t0)
 
     # 6. accumulation study ---------------------------------------------------------------
     t0 = time.perf_counter()
@@ -353,13 +382,15 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # document ----------------------------------------------------------------------------
     doc = _document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
-                    worst["tensor"], timings, out)
+                    worst["tensor"], timings, out, methods)
     md, html = doc.write(out)
     final = Path(opts.out)  # where the staged files land
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings, "timings_s": timings,
                "model": mname, "configs": [c.name for c in cfgs]}
+    from fmtlab.analysis.methods.section import result_rows
+
     write_json({"summary": summary, "configs": summary_rows, "perplexity": ppl_rows, "accumulation": acc_rows,
-                "massive_activations": massive}, out / "tables" / "report.json")
+                "massive_activations": massive, "methods": result_rows(methods)}, out / "tables" / "report.json")
     step(f"done in {timings['total']:.0f} s")
     return summary
 
@@ -430,7 +461,7 @@ def _findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[st
 
 
 def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, figs, findings, worst_layer,
-              timings, out: Path):
+              timings, out: Path, methods=()):
     from fmtlab import __version__
     from fmtlab.analysis.document import Document
 
@@ -528,6 +559,10 @@ def _document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, f
     if "accumulation" in figs:
         d.image("plots/accumulation.png", "Relative dot-product error against accumulator width.")
     d.table(acc_rows, ["config", "accumulator", "acc_bits", "rel_error", "overflow_rate", "note"])
+    if methods:
+        from fmtlab.analysis.methods.section import add_section
+
+        add_section(d, methods)
     d.heading("Run")
     d.table([{"step": k, "seconds": v} for k, v in timings.items()])
     d.code("fmtlab report " + " ".join(_argv_echo(opts)))
@@ -548,4 +583,6 @@ def _argv_echo(opts: ReportOptions) -> list[str]:
         a.append(f"--layers '{opts.layers}'")
     if not opts.perplexity:
         a.append("--no-perplexity")
+    if opts.methods:
+        a.append("--methods " + ",".join(opts.methods))
     return a

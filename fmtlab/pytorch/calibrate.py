@@ -43,7 +43,7 @@ def static_activations(model: nn.Module) -> dict[str, StaticActivation]:
 @torch.no_grad()
 def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_len: int | None = 128,
               n_sequences: int | None = None, batch_size: int = 4,
-              device: "torch.device | str | None" = None) -> CalibrationResult:
+              device: "torch.device | str | None" = None, kv_prefix: Any = None) -> CalibrationResult:
     """Observe every static activation quantizer of ``model`` over ``calib_data``, then freeze;
     fit every layer transform on the same data.
 
@@ -52,6 +52,8 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
     takes them. Earlier calibration is discarded. The statistic is per sequence and folded in
     sequence order, so ``batch_size`` does not change the frozen scales. While observing,
     activations are not quantized (weights are). The model runs in eval mode, restored after.
+    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` the calibration windows run behind (its
+    tokens' activations are not observed: they are not recomputed).
     Raises FmtlabError when the model has neither static activation quantizers nor transforms.
     """
     acts = static_activations(model)
@@ -70,9 +72,12 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
         a.observing = True
     for m in tlayers:
         m.collect = []
+    from fmtlab.sim.kv_prefix import kv_prefix_attached
+
     try:
-        for start in range(0, ids.shape[0], batch_size):
-            model(ids[start:start + batch_size].to(device))
+        with kv_prefix_attached(model, kv_prefix):
+            for start in range(0, ids.shape[0], batch_size):
+                model(ids[start:start + batch_size].to(device))
         for a in acts.values():
             a.observing = False
             a.freeze()

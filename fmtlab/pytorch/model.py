@@ -286,7 +286,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                    overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
                    activation_scales: "ActivationScales | str" = ActivationScales.DYNAMIC,
-                   inplace: bool = False) -> tuple[nn.Module, QuantizeSummary]:
+                   inplace: bool = False, kv_prefix: Any = None) -> tuple[nn.Module, QuantizeSummary]:
     """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
 
     weights / activations: default specs for every layer (see module docstring).
@@ -303,6 +303,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     ``STATIC`` (per-tensor or per-feature scales, frozen by :func:`fmtlab.pytorch.calibrate`; a
     bare format name then means its per-tensor absmax quantizer).
     inplace: rewire ``model`` itself instead of a deep copy.
+    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` (CushionCache: ``search_prefix(...).kv_prefix``,
+    computed by the float model) attached to the returned model: every later forward (calibrate,
+    evaluate_perplexity) runs behind it; the prefix is never quantized (``generate`` is not
+    supported: its growing attention mask does not count the prefix).
 
     A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
     gets this call's configuration instead of its old one (listed in ``summary.requantized``; a
@@ -372,6 +376,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                      "weights": spec_name(wq), "activations": spec_name(ql.act_q)})
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
+    if kv_prefix is not None:
+        from fmtlab.sim.kv_prefix import attach_kv_prefix
+
+        attach_kv_prefix(new_root, kv_prefix)
     return new_root, summary
 
 

@@ -28,6 +28,7 @@ class PerplexityResult:
     tokens: int
     sequences: int
     seq_len: int
+    seq_nll: tuple[float, ...] = ()  # NLL sum of each window (nats), for bootstrap intervals
 
     def __float__(self) -> float:
         return self.ppl
@@ -77,7 +78,8 @@ def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int
 def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None, *,
                         seq_len: int | None = 128, n_sequences: int | None = None,
                         batch_size: int = 4, device: "torch.device | str | None" = None,
-                        progress: bool = True, desc: str = "perplexity") -> PerplexityResult:
+                        progress: bool = True, desc: str = "perplexity",
+                        kv_prefix: Any = None) -> PerplexityResult:
     """Perplexity of ``model`` (a causal LM returning ``.logits`` or a logits tensor).
 
     data: texts (str or list of str; tokenized with ``tokenizer`` and cut into ``seq_len``-token
@@ -87,6 +89,9 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     batch_size only groups sequences into forward passes: with per-sequence activation scales
     (``quantize_model``) the logits of a sequence do not depend on it, and the NLL is summed
     exactly (``math.fsum`` over every predicted token), so neither does the perplexity.
+    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` (e.g. ``search_prefix(...).kv_prefix``)
+    every window runs behind; its tokens are not scored (each window still predicts its tokens
+    2..T from its own tokens and the prefix). ``seq_nll`` holds each window's NLL sum.
     """
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
@@ -94,11 +99,15 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     device = model_device(model) if device is None else device
     from tqdm.auto import tqdm
 
+    from fmtlab.sim.kv_prefix import kv_prefix_attached
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     parts: list[torch.Tensor] = []
     bar = tqdm(total=ids.shape[0], desc=desc, unit="seq", disable=not progress, leave=False)
+    attached = kv_prefix_attached(model, kv_prefix)
+    attached.__enter__()
     try:
         for start in range(0, ids.shape[0], batch_size):
             batch = ids[start:start + batch_size].to(device)
@@ -106,15 +115,18 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
             logits = out.logits if hasattr(out, "logits") else out
             logp = torch.log_softmax(logits[:, :-1].to(torch.float32), dim=-1)
             nll = -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1)
-            nll64 = nll.to(torch.float64).reshape(-1).cpu()
+            nll64 = nll.to(torch.float64).cpu()
             parts.append(nll64)
             total += float(nll64.sum())  # running value for the progress bar only
             count += nll.numel()
             bar.update(batch.shape[0])
             bar.set_postfix(ppl=f"{math.exp(total / count):.3f}")
     finally:
+        attached.__exit__(None, None, None)
         bar.close()
         model.train(was_training)
-    nll_mean = math.fsum(torch.cat(parts).tolist()) / count  # exact sum: order-independent
-    return PerplexityResult(math.exp(nll_mean), nll_mean, count, int(ids.shape[0]), int(ids.shape[1]))
+    rows = torch.cat(parts).tolist()
+    nll_mean = math.fsum(v for r in rows for v in r) / count  # exact sum: order-independent
+    seq = tuple(math.fsum(r) for r in rows)
+    return PerplexityResult(math.exp(nll_mean), nll_mean, count, int(ids.shape[0]), int(ids.shape[1]), seq)
 

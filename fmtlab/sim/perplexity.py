@@ -151,10 +151,14 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
             setattr(parent, attr, mod)
 
 
-def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: str = "perplexity"):
-    """(per-sequence NLL sums [n] float64, predicted tokens per sequence [n]) of token ids [n, T]."""
+def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: str = "perplexity",
+                 kv_prefix=None):
+    """(per-sequence NLL sums [n] float64, predicted tokens per sequence [n]) of token ids [n, T];
+    ``kv_prefix`` (a :class:`fmtlab.sim.kv_prefix.KVPrefix`): every window runs behind it."""
     import torch
     from tqdm.auto import tqdm
+
+    from fmtlab.sim.kv_prefix import kv_prefix_attached
 
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
@@ -164,7 +168,7 @@ def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: 
     model.eval()
     out = np.zeros(ids.shape[0], dtype=np.float64)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), kv_prefix_attached(model, kv_prefix):
             for start in tqdm(range(0, ids.shape[0], batch_size), desc=desc, disable=not progress, leave=False):
                 batch = ids[start:start + batch_size]
                 res = model(batch)
@@ -190,10 +194,11 @@ def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Se
 
 def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] | None = None,
                seq_len: int = 256, n_sequences: int = 16, batch_size: int = 4, progress: bool = True,
-               ids=None, calib=None) -> dict[str, Any]:
+               ids=None, calib=None, kv_prefix=None) -> dict[str, Any]:
     """Perplexity of ``model`` with ``config`` (a replay config / preset name) on held-out text.
 
     ``calib``: calibration trace for static scales / fitted transforms (see :func:`sim_quantized`).
+    ``kv_prefix``: a KV prefix (CushionCache) every window runs behind; its tokens are not scored.
     Returns a dict: config, description, ppl, nll, tokens, seconds, seq_nll and seq_tokens (per
     sequence, for bootstrap intervals).
     """
@@ -202,7 +207,8 @@ def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] |
         ids = eval_windows(tokenizer, seq_len, n_sequences, texts)
     t0 = time.perf_counter()
     with sim_quantized(model, cfg, calib) as qmodel:
-        nll, tok = sequence_nll(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name)
+        nll, tok = sequence_nll(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name,
+                                kv_prefix=kv_prefix)
     total, count = float(nll.sum()), int(tok.sum())
     return {"config": cfg.name, "description": cfg.describe(), "ppl": math.exp(total / count),
             "nll": total / count, "tokens": count, "seconds": time.perf_counter() - t0,

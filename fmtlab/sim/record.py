@@ -169,12 +169,14 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
            layers: Any = None, include_head: bool = False, inputs: bool = True, outputs: bool = True,
            weights: bool = True, residual: bool = False, attention: bool = False, kv: bool = False,
            memory_limit: int = 256 << 20, max_bytes: int | None = None, overwrite: bool = False,
-           progress: bool = True, text_info: dict[str, Any] | None = None) -> Trace:
+           progress: bool = True, text_info: dict[str, Any] | None = None, kv_prefix: Any = None) -> Trace:
     """Run ``model`` on ``n_sequences`` windows of ``seq_len`` tokens from ``texts``; write a trace at ``out``.
 
     ``model`` may also be a name or path understood by :func:`fmtlab.sim.models.load_model`.
     ``texts`` defaults to :func:`fmtlab.sim.data.default_texts` ("calib" split). Returns the
-    opened :class:`Trace`. Raises FmtlabError when the texts are too short, no layer matches, or
+    opened :class:`Trace`. ``kv_prefix`` (a :class:`fmtlab.sim.kv_prefix.KVPrefix`, e.g. a
+    CushionCache): every window runs behind it and only the window's tokens are recorded (not with
+    ``attention=True``). Raises FmtlabError when the texts are too short, no layer matches, or
     the estimated trace size exceeds ``max_bytes``.
     """
     import torch
@@ -189,7 +191,9 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
         raise FmtlabError("record() needs the model's tokenizer")
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
-    check_seq_len(model, seq_len)
+    check_seq_len(model, seq_len + (kv_prefix.length if kv_prefix is not None else 0))
+    if kv_prefix is not None and attention:
+        raise FmtlabError("attention=True does not combine with kv_prefix (the probabilities would not be square)")
     if texts is None:
         texts = default_texts("calib")
         text_info = text_info or {"source": "wiki", "split": "calib"}
@@ -329,8 +333,10 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             fwd_kwargs["use_cache"] = False
         estimate_done = False
         bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
+        from fmtlab.sim.kv_prefix import kv_prefix_attached
+
         try:
-            with torch.no_grad():
+            with torch.no_grad(), kv_prefix_attached(model, kv_prefix):
                 for start in range(0, n_sequences, batch_size):
                     ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long)
                     state["seen"] = {}
@@ -375,6 +381,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix},
             "seq_len": int(seq_len), "n_sequences": int(n_sequences), "n_tokens": int(seq_len * n_sequences),
             "prefix_len": int(prefix_len), "batch_size": int(batch_size),
+            "kv_prefix": None if kv_prefix is None else {"tokens": list(kv_prefix.tokens), "tuned": kv_prefix.tuned},
             "blocks": block_names,
             "options": {"inputs": inputs, "outputs": outputs, "weights": weights, "residual": residual,
                         "attention": attention, "kv": kv, "include_head": include_head},
