@@ -1,0 +1,369 @@
+"""FPTQuant: function-preserving transforms for Llama-architecture models, fitted and merged.
+
+After van Breugel et al. 2025, "FPTQuant: Function-Preserving Transforms for LLM Quantization".
+Every transform below is exactly invertible and merged into the weights, so the merged float model
+computes the same function as the original (to float32 rounding; checked by
+:func:`function_preserving`). Conventions: nn.Linear layout W [out, in]; activations are rows.
+
+Transforms (per decoder layer, with H query heads, G key/value heads, head size D, n = H / G):
+
+- **residual rotation** R (hidden x hidden, fixed, not trained): the RMSNorm gains are folded into
+  the Linear layers that read the normalised residual (``W diag(g)``, gains set to 1), then
+  ``W <- W R`` for q/k/v/gate/up, ``W <- R^T W`` (bias ``R^T b``) for o/down, ``E <- E R`` for
+  the embedding and ``H <- H diag(g_final) R`` for the head (a tied head is untied).
+  R is :func:`fmtlab.sim.transforms.hadamard_matrix` (random signs from ``seed``; block-diagonal
+  where ``hidden`` has a small power-of-two factor: 576 = 9 x 64 gives 64 x 64 blocks), the same
+  matrix the replay side's Hadamard uses. RMS(xR) = RMS(x) because R is orthonormal. As in the
+  public implementation, this rotation is part of FPTQuant; on its own it is our "Hadamard" baseline.
+- **(a) pre-RoPE query/key transform** Tk: per KV head g and RoPE pair i (dims i and i + D/2, the
+  ``rotate_half`` layout), keys get ``exp(a) R(phi)`` and queries (every query head of group g)
+  get ``exp(-a) R(phi)``. A 2x2 rotation commutes with RoPE's rotation, so
+  ``q'^T R_pos k' = q^T R(-phi) R_pos R(phi) k = q^T R_pos k`` and the attention scores are unchanged.
+- **(b) value/output transform** Tv: per KV head an invertible M_g = I + A_g (D x D):
+  ``W_v <- M_g W_v`` (bias too) and the o_proj columns of every query head h of group g
+  ``W_o[:, h] <- W_o[:, h] M_g^-1`` (attention mixes tokens, not channels, so M commutes with it).
+- **(c) up/down scale** Tu: ``W_up <- diag(s) W_up`` (bias too), ``W_down <- W_down diag(1/s)``,
+  s = exp(u) per intermediate channel (SwiGLU: silu(gate) * up is linear in up per channel).
+- **(d) dynamic per-token scale**: applied at quantization time, not merged (see
+  :mod:`fmtlab.pytorch.fptquant_quant`).
+
+Fitting (:func:`fit_fptquant`) follows the public implementation (AIMET's FPTQuant local
+optimizer): data-free, minimise the sum over layers of ``mean(|W'|^p)^(1/p)`` of the merged weights
+W' (p = 4) with AdamW (lr 1e-2, default weight decay, 200 steps), transforms initialised at the
+identity. The layers' terms share no parameters and AdamW is elementwise, so we optimise one
+layer at a time: the same result as the joint run, with one layer's weights in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from fmtlab.errors import FmtlabError
+
+__all__ = ["FPTQuantTransforms", "LlamaShape", "llama_shape", "fit_fptquant", "merge_fptquant",
+           "function_preserving", "merged_layer_weights", "lp_loss", "residual_rotation", "LP_WEIGHTS"]
+
+#: the merged weights whose L_p norms make the local loss (gate_proj does not change)
+LP_WEIGHTS = ("q", "k", "v", "o", "up", "down")
+
+_PROJ = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
+         "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
+         "down": ("mlp", "down_proj")}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaShape:
+    """The sizes FPTQuant needs: layers, hidden, intermediate, query heads H, KV heads G, head size D."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+
+def _linear(mod: Any, what: str) -> nn.Linear:
+    if not isinstance(mod, nn.Linear):
+        raise FmtlabError(f"FPTQuant needs a float nn.Linear at {what}, found {type(mod).__name__} "
+                          "(merge the transforms before quantize_model)")
+    return mod
+
+
+def llama_shape(model: nn.Module) -> LlamaShape:
+    """Check that ``model`` is a Llama-architecture causal LM (model.model.layers with self_attn
+    q/k/v/o and mlp gate/up/down Linear layers, RMSNorms, RoPE) and return its sizes."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    cfg = getattr(model, "config", None)
+    if layers is None or cfg is None or not hasattr(inner, "embed_tokens") or not hasattr(inner, "norm") \
+            or not hasattr(model, "lm_head"):
+        raise FmtlabError(f"FPTQuant supports Llama-architecture causal LMs (model.model.layers, "
+                          f"embed_tokens, norm, lm_head); got {type(model).__name__}")
+    heads, kv = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    hidden = int(cfg.hidden_size)
+    d = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    if d % 2 or heads % kv:
+        raise FmtlabError(f"FPTQuant needs an even head size and heads divisible by KV heads; got {d=}, {heads=}, {kv=}")
+    if not layers:
+        raise FmtlabError("the model has no decoder layers")
+    for i, layer in enumerate(layers):
+        for key, (blk, name) in _PROJ.items():
+            _linear(getattr(getattr(layer, blk, None), name, None), f"layer {i} {blk}.{name}")
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            if getattr(getattr(layer, norm, None), "weight", None) is None:
+                raise FmtlabError(f"layer {i} has no {norm} with a weight (RMSNorm expected)")
+    inter = int(layers[0].mlp.up_proj.out_features)
+    q = layers[0].self_attn.q_proj
+    if q.out_features != heads * d or layers[0].self_attn.k_proj.out_features != kv * d:
+        raise FmtlabError(f"q/k projections do not match {heads=} x {d=} / {kv=} x {d=}")
+    return LlamaShape(len(layers), hidden, inter, heads, kv, d)
+
+
+def residual_rotation(hidden: int, seed: int | None = 0) -> torch.Tensor:
+    """The float64 residual rotation: :func:`fmtlab.sim.transforms.hadamard_matrix` (orthonormal)."""
+    from fmtlab.sim.transforms import hadamard_matrix
+
+    return torch.from_numpy(hadamard_matrix(hidden, seed)).to(torch.float64)
+
+
+class FPTQuantTransforms(nn.Module):
+    """Fitted FPTQuant transforms of one model (parameters per layer; identity at init).
+
+    ``layers[i]`` holds ``qk_log_scale`` and ``qk_angle`` [G, D/2] (a), ``v_delta`` [G, D, D] with
+    M = I + v_delta (b), ``up_log_scale`` [intermediate] (c), each present only when enabled.
+    ``rotation``: the residual rotation (float64 buffer) or None. ``history``: the local loss per
+    step of each layer ([layers][steps + 1], the last entry after the final step).
+    """
+
+    def __init__(self, shape: LlamaShape, *, qk: bool = True, v: bool = True, up: bool = True,
+                 residual: bool = True, seed: int | None = 0) -> None:
+        super().__init__()
+        self.shape, self.seed = shape, seed
+        self.enabled = {"qk": bool(qk), "v": bool(v), "up": bool(up), "residual": bool(residual)}
+        g, half, d = shape.kv_heads, shape.head_dim // 2, shape.head_dim
+        self.layers = nn.ModuleList()
+        for _ in range(shape.layers):
+            p = nn.ParameterDict()
+            if qk:
+                p["qk_log_scale"] = nn.Parameter(torch.zeros(g, half))
+                p["qk_angle"] = nn.Parameter(torch.zeros(g, half))
+            if v:
+                p["v_delta"] = nn.Parameter(torch.zeros(g, d, d))
+            if up:
+                p["up_log_scale"] = nn.Parameter(torch.zeros(shape.intermediate))
+            self.layers.append(p)
+        self.register_buffer("rotation", residual_rotation(shape.hidden, seed) if residual else None)
+        self.history: list[list[float]] = []
+
+    @property
+    def name(self) -> str:
+        on = [k for k, v in self.enabled.items() if v]
+        return "fptquant(" + ",".join(on) + ")" if on else "fptquant(none)"
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, {self.shape}"
+
+
+def _params(p: nn.ParameterDict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) for k, v in p.items()}
+
+
+def base_layer_weights(model: nn.Module, i: int, rotation: torch.Tensor | None,
+                       dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Layer i's weights (``"q"``.. ``"down"``; biases as ``"q.bias"``..) after norm folding and the
+    residual rotation (none without ``rotation``), before the trainable transforms; detached."""
+    layer = model.model.layers[i]
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        g_att = layer.input_layernorm.weight.detach().to(torch.float64)
+        g_mlp = layer.post_attention_layernorm.weight.detach().to(torch.float64)
+        for key, (blk, name) in _PROJ.items():
+            lin = getattr(getattr(layer, blk), name)
+            w = lin.weight.detach().to(torch.float64)
+            b = None if lin.bias is None else lin.bias.detach().to(torch.float64)
+            if rotation is not None:
+                if key in ("o", "down"):  # writes the residual: W <- R^T W, b <- R^T b
+                    w = rotation.t() @ w
+                    b = None if b is None else rotation.t() @ b
+                else:  # reads the normalised residual: W <- W diag(g) R
+                    w = (w * (g_att if key in ("q", "k", "v") else g_mlp)[None, :]) @ rotation
+            out[key] = w.to(dtype)
+            if b is not None:
+                out[key + ".bias"] = b.to(dtype)
+    return out
+
+
+def _pair_rotate(w: torch.Tensor, scale: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rows of w [heads, D, ...]: per head and RoPE pair (i, i + D/2), scale * R(phi) @ [w_i; w_i+D/2]."""
+    half = w.shape[1] // 2
+    a, b = w[:, :half], w[:, half:]
+    ext = (...,) + (None,) * (w.dim() - 2)
+    s, c, n = scale[ext], cos[ext], sin[ext]
+    return torch.cat((s * (c * a - n * b), s * (n * a + c * b)), dim=1)
+
+
+def merged_layer_weights(base: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
+                         shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """Apply the trainable transforms (a)-(c) of one layer to its base weights (differentiable in
+    ``params``; computed in the dtype of ``base``)."""
+    G, H, D, n = shape.kv_heads, shape.heads, shape.head_dim, shape.group
+    w = dict(base)
+    if "qk_log_scale" in params:
+        ls, phi = params["qk_log_scale"], params["qk_angle"]
+        cos, sin = torch.cos(phi), torch.sin(phi)
+        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731 - KV head g serves query heads g*n..g*n+n-1
+        for key, heads, sc, c, s in (("k", G, torch.exp(ls), cos, sin),
+                                     ("q", H, rep(torch.exp(-ls)), rep(cos), rep(sin))):
+            hid = base[key].shape[1]
+            w[key] = _pair_rotate(base[key].reshape(heads, D, hid), sc, c, s).reshape(heads * D, hid)
+            if key + ".bias" in base:
+                w[key + ".bias"] = _pair_rotate(base[key + ".bias"].reshape(heads, D), sc, c, s).reshape(-1)
+    if "v_delta" in params:
+        m = torch.eye(D, dtype=base["v"].dtype) + params["v_delta"]
+        hid = base["v"].shape[1]
+        w["v"] = (m @ base["v"].reshape(G, D, hid)).reshape(G * D, hid)
+        if "v.bias" in base:
+            w["v.bias"] = (m @ base["v.bias"].reshape(G, D, 1)).reshape(-1)
+        minv = torch.linalg.inv(m).repeat_interleave(n, dim=0)  # [H, D, D]
+        wo = base["o"].reshape(base["o"].shape[0], H, D)
+        w["o"] = torch.einsum("ohd,hde->ohe", wo, minv).reshape(base["o"].shape[0], H * D)
+    if "up_log_scale" in params:
+        s = torch.exp(params["up_log_scale"])
+        w["up"] = base["up"] * s[:, None]
+        if "up.bias" in base:
+            w["up.bias"] = base["up.bias"] * s
+        w["down"] = base["down"] / s[None, :]
+    return w
+
+
+def lp_loss(weights: dict[str, torch.Tensor], p: float = 4.0, keys: Sequence[str] = LP_WEIGHTS) -> torch.Tensor:
+    """Sum over ``keys`` of ``mean(|W|^p)^(1/p)`` (the public implementation's local loss)."""
+    return torch.stack([weights[k].abs().pow(p).mean().pow(1.0 / p) for k in keys]).sum()
+
+
+def _check_fit_args(steps: int, lr: float, p: float) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise FmtlabError(f"steps must be an integer >= 0, got {steps=!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise FmtlabError(f"lr must be a finite number > 0, got {lr=!r}")
+    if not (isinstance(p, (int, float)) and math.isfinite(p) and p >= 1):
+        raise FmtlabError(f"p must be a finite number >= 1 (an L_p norm), got {p=!r}")
+
+
+def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None = None, steps: int = 200,
+                 lr: float = 1e-2, p: float = 4.0, *, qk: bool = True, v: bool = True, up: bool = True,
+                 residual: bool = True, seed: int | None = 0, weight_decay: float = 0.01,
+                 e2e_steps: int = 0, e2e_lr: float = 1e-3, e2e_weights: Any = "int4_per_channel",
+                 e2e_activations: Any = "int8", progress: bool = False) -> FPTQuantTransforms:
+    """Fit FPTQuant's transforms to ``model`` (a float Llama-architecture LM, left unchanged).
+
+    Local step (always): ``steps`` AdamW steps (``lr``, ``weight_decay``) per layer on the L_p loss
+    (:func:`lp_loss`) of the merged weights; data-free, as in the public implementation, so
+    ``calib_batches`` is only read by the optional end-to-end step. ``qk``/``v``/``up`` enable the
+    transforms (a)/(b)/(c), ``residual`` the residual rotation (random Hadamard signs from ``seed``).
+    End-to-end step (``e2e_steps`` > 0, off by default): see
+    :func:`fmtlab.pytorch.fptquant_quant.train_end_to_end` (``calib_batches``: token-id tensors
+    [batch, tokens]; the fake-quantizers ``e2e_weights`` / ``e2e_activations`` with static scales).
+    Deterministic: the same arguments give bit-identical transforms on the same machine.
+    """
+    _check_fit_args(steps, lr, p)
+    if not isinstance(e2e_steps, int) or e2e_steps < 0:
+        raise FmtlabError(f"e2e_steps must be an integer >= 0, got {e2e_steps=!r}")
+    if e2e_steps and calib_batches is None:
+        raise FmtlabError("end-to-end training (e2e_steps > 0) needs calib_batches (token ids)")
+    shape = llama_shape(model)
+    tr = FPTQuantTransforms(shape, qk=qk, v=v, up=up, residual=residual, seed=seed)
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(shape.layers), desc="fptquant local fit", disable=not progress, leave=False):
+        base = base_layer_weights(model, i, tr.rotation, torch.float32)
+        params = list(tr.layers[i].values())
+        hist: list[float] = []
+        if params:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = lp_loss(merged_layer_weights(base, dict(tr.layers[i]), shape), p)
+                hist.append(float(loss))
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            hist.append(float(lp_loss(merged_layer_weights(base, dict(tr.layers[i]), shape), p)))
+        tr.history.append(hist)
+    if e2e_steps:
+        from fmtlab.pytorch.fptquant_quant import train_end_to_end
+
+        train_end_to_end(model, tr, calib_batches, steps=e2e_steps, lr=e2e_lr, weights=e2e_weights,
+                         activations=e2e_activations)
+    return tr
+
+
+def _set(lin: nn.Linear, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    lin.weight = nn.Parameter(w.to(lin.weight.dtype).contiguous(), requires_grad=lin.weight.requires_grad)
+    if b is not None:
+        lin.bias = nn.Parameter(b.to(lin.bias.dtype).contiguous(), requires_grad=lin.bias.requires_grad)
+
+
+def merged_state(model: nn.Module, transforms: FPTQuantTransforms) -> dict[str, torch.Tensor]:
+    """Every weight that merging changes, by parameter name of ``model`` (float64, detached)."""
+    out: dict[str, torch.Tensor] = {}
+    r = transforms.rotation
+    with torch.no_grad():
+        for i in range(transforms.shape.layers):
+            w = merged_layer_weights(base_layer_weights(model, i, r), _params(transforms.layers[i], torch.float64),
+                                     transforms.shape)
+            for key, t in w.items():
+                k, _, what = key.partition(".")
+                blk, name = _PROJ[k]
+                out[f"model.layers.{i}.{blk}.{name}.{what or 'weight'}"] = t
+        if r is not None:
+            out["model.embed_tokens.weight"] = model.model.embed_tokens.weight.detach().to(torch.float64) @ r
+            g = model.model.norm.weight.detach().to(torch.float64)
+            out["lm_head.weight"] = (model.lm_head.weight.detach().to(torch.float64) * g[None, :]) @ r
+    return out
+
+
+def merge_fptquant(model: nn.Module, transforms: FPTQuantTransforms, *, inplace: bool = False) -> nn.Module:
+    """Write ``transforms`` into the weights of ``model``; returns the merged model.
+
+    Default: a deep copy (``model`` unchanged); ``inplace=True`` rewrites ``model`` itself. Merged
+    weights are computed in float64 from the float weights and rounded once to the model's dtype.
+    With the residual rotation, the RMSNorm gains become 1 and a tied lm_head is untied
+    (``config.tie_word_embeddings`` set to False).
+    """
+    if not isinstance(transforms, FPTQuantTransforms):
+        raise FmtlabError(f"transforms must be FPTQuantTransforms (from fit_fptquant), got {type(transforms).__name__}")
+    shape = llama_shape(model)
+    if shape != transforms.shape:
+        raise FmtlabError(f"the transforms were fitted to a model of shape {transforms.shape}, not {shape}")
+    state = merged_state(model, transforms)
+    if not inplace:
+        model = copy.deepcopy(model)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for pname, t in state.items():
+            mname, _, what = pname.rpartition(".")
+            if what == "bias":
+                continue
+            mod = mods[mname]
+            if isinstance(mod, nn.Embedding):
+                mod.weight = nn.Parameter(t.to(mod.weight.dtype).contiguous())
+            else:
+                _set(mod, t, state.get(mname + ".bias"))
+        if transforms.rotation is not None:
+            for layer in model.model.layers:
+                layer.input_layernorm.weight.fill_(1.0)
+                layer.post_attention_layernorm.weight.fill_(1.0)
+            model.model.norm.weight.fill_(1.0)
+            for cfg in (model.config, getattr(model.config, "text_config", None)):
+                if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
+                    cfg.tie_word_embeddings = False
+    return model
+
+
+@torch.no_grad()
+def function_preserving(model_a: nn.Module, model_b: nn.Module, batch: torch.Tensor) -> float:
+    """Max |logits_a - logits_b| over token ids ``batch`` [sequences, tokens] (both in eval mode)."""
+    if not isinstance(batch, torch.Tensor) or batch.dim() != 2 or batch.numel() == 0:
+        raise FmtlabError(f"batch must be a non-empty [sequences, tokens] tensor of token ids, got {batch!r:.80}")
+    outs = []
+    for m in (model_a, model_b):
+        was = m.training
+        m.eval()
+        try:
+            out = m(batch)
+        finally:
+            m.train(was)
+        outs.append((out.logits if hasattr(out, "logits") else out).to(torch.float64))
+    return float((outs[0] - outs[1]).abs().max())
