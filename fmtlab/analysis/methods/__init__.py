@@ -67,7 +67,7 @@ class Claim:
 
 
 #: modules whose import registers claims (the report imports them lazily, in this order)
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.fptquant",)
 
 _CLAIMS: dict[str, Claim] = {}
 
