@@ -162,12 +162,41 @@ def _params(p: nn.ParameterDict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: v.to(dtype) for k, v in p.items()}
 
 
+def _blocks(r: torch.Tensor) -> torch.Tensor | None:
+    """The diagonal blocks [n, b, b] of a block-diagonal r (b: the largest power of two dividing
+    its size, as in hadamard_matrix), or None when r has nonzeros off those blocks."""
+    k = r.shape[0]
+    b = k & -k
+    if b == k:
+        return None
+    blocks = torch.stack([r[j:j + b, j:j + b] for j in range(0, k, b)])
+    return blocks if torch.count_nonzero(r).item() == torch.count_nonzero(blocks).item() else None
+
+
+def _times_r(w: torch.Tensor, r: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor:
+    """w @ r, blockwise when r is block-diagonal (the same products without the zero blocks)."""
+    if blocks is None:
+        return w @ r
+    n, b, _ = blocks.shape
+    return torch.einsum("onb,nbc->onc", w.reshape(w.shape[0], n, b), blocks).reshape(w.shape)
+
+
+def _rt_times(w: torch.Tensor, r: torch.Tensor, blocks: torch.Tensor | None) -> torch.Tensor:
+    """r^T @ w (w [k, ...] or a vector [k]), blockwise when r is block-diagonal."""
+    if blocks is None:
+        return r.t() @ w
+    n, b, _ = blocks.shape
+    tail = w.shape[1:]
+    return torch.einsum("nbc,nb...->nc...", blocks, w.reshape(n, b, *tail)).reshape(w.shape)
+
+
 def base_layer_weights(model: nn.Module, i: int, rotation: torch.Tensor | None,
                        dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """Layer i's weights (``"q"``.. ``"down"``; biases as ``"q.bias"``..) after norm folding and the
     residual rotation (none without ``rotation``), before the trainable transforms; detached."""
     layer = model.model.layers[i]
     out: dict[str, torch.Tensor] = {}
+    blocks = None if rotation is None else _blocks(rotation)
     with torch.no_grad():
         g_att = layer.input_layernorm.weight.detach().to(torch.float64)
         g_mlp = layer.post_attention_layernorm.weight.detach().to(torch.float64)
@@ -177,10 +206,10 @@ def base_layer_weights(model: nn.Module, i: int, rotation: torch.Tensor | None,
             b = None if lin.bias is None else lin.bias.detach().to(torch.float64)
             if rotation is not None:
                 if key in ("o", "down"):  # writes the residual: W <- R^T W, b <- R^T b
-                    w = rotation.t() @ w
-                    b = None if b is None else rotation.t() @ b
+                    w = _rt_times(w, rotation, blocks)
+                    b = None if b is None else _rt_times(b, rotation, blocks)
                 else:  # reads the normalised residual: W <- W diag(g) R
-                    w = (w * (g_att if key in ("q", "k", "v") else g_mlp)[None, :]) @ rotation
+                    w = _times_r(w * (g_att if key in ("q", "k", "v") else g_mlp)[None, :], rotation, blocks)
             out[key] = w.to(dtype)
             if b is not None:
                 out[key + ".bias"] = b.to(dtype)
@@ -383,9 +412,11 @@ def merged_state(model: nn.Module, transforms: FPTQuantTransforms) -> dict[str, 
                 blk, name = PROJECTIONS[k]
                 out[f"model.layers.{i}.{blk}.{name}.{what or 'weight'}"] = t
         if r is not None:
-            out["model.embed_tokens.weight"] = model.model.embed_tokens.weight.detach().to(torch.float64) @ r
+            blocks = _blocks(r)
+            out["model.embed_tokens.weight"] = _times_r(model.model.embed_tokens.weight.detach().to(torch.float64),
+                                                        r, blocks)
             g = model.model.norm.weight.detach().to(torch.float64)
-            out["lm_head.weight"] = (model.lm_head.weight.detach().to(torch.float64) * g[None, :]) @ r
+            out["lm_head.weight"] = _times_r(model.lm_head.weight.detach().to(torch.float64) * g[None, :], r, blocks)
     return out
 
 

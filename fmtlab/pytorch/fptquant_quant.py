@@ -148,7 +148,8 @@ def train_end_to_end(model: nn.Module, transforms: FPTQuantTransforms, calib_bat
 def prepare_static(model: nn.Module, method: str, calib_ids: torch.Tensor, *, weights: Any = "int4_per_channel",
                    activations: Any = "int8", steps: int = 200, lr: float = 1e-2, p: float = 4.0,
                    seed: int | None = 0, per_token: Sequence[str] = PER_TOKEN_LAYERS, e2e_steps: int = 0,
-                   transforms: FPTQuantTransforms | None = None, batch_size: int = 4) -> nn.Module:
+                   transforms: FPTQuantTransforms | None = None, merged: nn.Module | None = None,
+                   batch_size: int = 4) -> nn.Module:
     """A calibrated static W/A fake-quant copy of ``model`` for one ``method`` of :data:`METHODS`:
 
     - ``"none"``: quantize_model with static activation scales, no transform;
@@ -157,19 +158,25 @@ def prepare_static(model: nn.Module, method: str, calib_ids: torch.Tensor, *, we
       given ``transforms``), merged, with the per-token scale (d) on ``per_token`` layers.
 
     Static scales are calibrated on ``calib_ids`` [sequences, tokens]. ``model`` is not changed.
+    ``merged``: the float model already merged for this method (skips fitting and merging; for
+    comparing several quantizers on one merge).
     """
     if method not in METHODS:
         raise FmtlabError(f"unknown FPTQuant comparison method {method!r}; known: {', '.join(METHODS)}")
     if method == "none":
         q, _ = quantize_model(model, weights, activations, activation_scales="static")
     elif method == "hadamard":
-        tr = fit_fptquant(model, steps=0, qk=False, v=False, up=False, residual=True, seed=seed)
-        q, _ = quantize_model(merge_fptquant(model, tr), weights, activations, activation_scales="static")
+        if merged is None:
+            tr = fit_fptquant(model, steps=0, qk=False, v=False, up=False, residual=True, seed=seed)
+            merged = merge_fptquant(model, tr)
+        q, _ = quantize_model(merged, weights, activations, activation_scales="static")
     else:
-        if transforms is None:
-            batches = [calib_ids[i:i + batch_size] for i in range(0, calib_ids.shape[0], batch_size)]
-            transforms = fit_fptquant(model, batches, steps=steps, lr=lr, p=p, seed=seed, e2e_steps=e2e_steps,
-                                      e2e_weights=weights, e2e_activations=activations)
-        q, _ = quantize_fptquant(merge_fptquant(model, transforms), weights, activations, per_token=per_token)
+        if merged is None:
+            if transforms is None:
+                batches = [calib_ids[i:i + batch_size] for i in range(0, calib_ids.shape[0], batch_size)]
+                transforms = fit_fptquant(model, batches, steps=steps, lr=lr, p=p, seed=seed, e2e_steps=e2e_steps,
+                                          e2e_weights=weights, e2e_activations=activations)
+            merged = merge_fptquant(model, transforms)
+        q, _ = quantize_fptquant(merged, weights, activations, per_token=per_token)
     calibrate(q, calib_ids, batch_size=batch_size)
     return q

@@ -239,3 +239,31 @@ def test_end_to_end_training_updates_transforms_and_preserves_function():
     assert function_preserving(m, merge_fptquant(m, tr), ids) <= _bound(m, ids)
     with pytest.raises(FmtlabError):
         train_end_to_end(m, tr, [], steps=1)
+
+
+def test_blockwise_residual_rotation_equals_the_dense_product():
+    """hidden = 96 = 3 x 32: the rotation is block-diagonal and applied blockwise; the folded and
+    rotated weights equal the dense float64 products W diag(g) R and R^T W (to float64 rounding),
+    and the merged model is function preserving."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fmtlab.pytorch.fptquant import base_layer_weights, residual_rotation
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=96, intermediate_size=64, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=VOCAB_T, max_position_embeddings=64)).eval()
+    with torch.no_grad():
+        m.model.layers[0].input_layernorm.weight.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(1))
+    r = residual_rotation(96, 0)
+    assert torch.count_nonzero(r) == 3 * 32 * 32
+    base = base_layer_weights(m, 0, r)
+    layer = m.model.layers[0]
+    g = layer.input_layernorm.weight.detach().double()
+    dense_q = (layer.self_attn.q_proj.weight.detach().double() * g) @ r
+    dense_o = r.t() @ layer.self_attn.o_proj.weight.detach().double()
+    assert torch.allclose(base["q"], dense_q, rtol=0, atol=1e-12)
+    assert torch.allclose(base["o"], dense_o, rtol=0, atol=1e-12)
+    ids = _ids(5)
+    tr = fit_fptquant(m, steps=0)
+    _randomize(tr)
+    assert function_preserving(m, merge_fptquant(m, tr), ids) <= _bound(m, ids)

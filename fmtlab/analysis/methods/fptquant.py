@@ -73,7 +73,11 @@ def run(ctx: MethodsContext) -> ClaimResult:
     t_fit = time.perf_counter()
     tr = fit_fptquant(model, steps=steps, seed=ctx.seed)
     t_fit = time.perf_counter() - t_fit
-    preserve = function_preserving(model, merge_fptquant(model, tr), ev[:2])
+    merged = {"fptquant": merge_fptquant(model, tr),
+              "hadamard": merge_fptquant(model, fit_fptquant(model, steps=0, qk=False, v=False, up=False,
+                                                             seed=ctx.seed)),
+              "none": None}
+    preserve = function_preserving(model, merged["fptquant"], ev[:2])
     loss0 = float(sum(h[0] for h in tr.history))
     loss1 = float(sum(h[-1] for h in tr.history))
     fp = _nll(model, ev)
@@ -81,11 +85,12 @@ def run(ctx: MethodsContext) -> ClaimResult:
     for label, act in ACTIVATIONS.items():
         runs[label] = {}
         for arm in ARMS:
-            q = prepare_static(model, arm, cal, weights=WEIGHTS, activations=act, seed=ctx.seed,
-                               transforms=tr if arm == "fptquant" else None)
+            q = prepare_static(model, arm, cal, weights=WEIGHTS, activations=act, merged=merged[arm])
             runs[label][arm] = _nll(q, ev)
+            del q
         if not ctx.quick:
-            q = prepare_static(model, "fptquant", cal, weights=WEIGHTS, activations=act, transforms=tr, per_token=())
+            q = prepare_static(model, "fptquant", cal, weights=WEIGHTS, activations=act, merged=merged["fptquant"],
+                               per_token=())
             runs[label]["fptquant_no_per_token"] = _nll(q, ev)
     iv_fp = S.bootstrap(S.perplexity_of, *fp, seed=ctx.seed)
     numbers: dict[str, Any] = {"ppl_fp32": _iv(iv_fp), "max_abs_logit_diff_merged_float": preserve,
