@@ -80,7 +80,7 @@ def quantize_fptquant(model: nn.Module, weights: Any = "int4_per_channel", activ
                 and any(matches_name(name, p) for p in per_token):
             mod.act_q = TokenScaledStatic(mod.act_q.tq, mod.in_features, name)
             hits += 1
-    if per_token and hits == 0:
+    if per_token and hits == 0 and activations is not None:
         raise FmtlabError(f"no quantized layer matches the per-token patterns {list(per_token)}")
     return qmodel, summary
 
@@ -157,7 +157,8 @@ def prepare_static(model: nn.Module, method: str, calib_ids: torch.Tensor, *, we
     - ``"fptquant"``: residual rotation + transforms (a)-(c) fitted by :func:`fit_fptquant` (or the
       given ``transforms``), merged, with the per-token scale (d) on ``per_token`` layers.
 
-    Static scales are calibrated on ``calib_ids`` [sequences, tokens]. ``model`` is not changed.
+    Static scales are calibrated on ``calib_ids`` [sequences, tokens] (``activations=None``:
+    weight-only, nothing to calibrate). ``model`` is not changed.
     ``merged``: the float model already merged for this method (skips fitting and merging; for
     comparing several quantizers on one merge).
     """
@@ -178,5 +179,6 @@ def prepare_static(model: nn.Module, method: str, calib_ids: torch.Tensor, *, we
                                           e2e_weights=weights, e2e_activations=activations)
             merged = merge_fptquant(model, transforms)
         q, _ = quantize_fptquant(merged, weights, activations, per_token=per_token)
-    calibrate(q, calib_ids, batch_size=batch_size)
+    if activations is not None:  # weight-only quantization has nothing to calibrate
+        calibrate(q, calib_ids, batch_size=batch_size)
     return q

@@ -67,3 +67,18 @@ def test_quick_claim_runs_every_arm_with_intervals():
 def test_claim_not_applicable_to_gpt2():
     r = get_claim("fptquant").run(_ctx(_model("gpt2")))
     assert r.verdict is Verdict.NOT_APPLICABLE and "Llama" in r.reason
+
+
+@pytest.mark.slow
+def test_full_claim_reports_the_diagnostics():
+    """quick=False: the 200-step fit, plus the W4A16, W4A4 p99.9 and no-per-token diagnostic rows
+    and the run time of every arm."""
+    import dataclasses
+
+    r = get_claim("fptquant").run(dataclasses.replace(_ctx(_model("llama")), quick=False))
+    assert r.numbers["fit_steps"] == 200
+    for label in ("W4A16", "W4A4 p99.9"):
+        assert set(r.numbers[label]) == {"ppl_none", "ppl_hadamard", "ppl_fptquant"}
+        assert f"{label} (diagnostic)" in r.measured
+    assert "ppl_fptquant" in r.numbers["W4A8, fptquant without the per-token scale"]
+    assert len(r.numbers["seconds_per_arm"]) == 6 + 6 + 1

@@ -19,7 +19,9 @@ Measured on the context's model (Llama architecture only; otherwise "not applica
 
 Verdict (our threshold for "much closer"): reproduced when, for both W4A4 and W4A8, both paired
 intervals lie below zero and FPTQuant's excess perplexity over float is at most half of the better
-baseline's. When ``quick`` is False an ablation without the per-token scale is measured too.
+baseline's. When ``quick`` is False diagnostics are measured too (no verdict, :data:`DIAGNOSTICS`):
+each arm with INT4 weights only (W4A16: the weight error alone), each arm with W4A4 activations
+clipped at the 99.9th percentile, and W4A8 FPTQuant without the per-token scale.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ PAPER = "van Breugel et al. 2025, \"FPTQuant: Function-Preserving Transforms for
 STATEMENT = ("Static INT4 W4A4 / W4A8 with FPTQuant's function-preserving transforms gets much closer to "
              "float than with no transform or with a Hadamard rotation alone.")
 WEIGHTS = "int4_per_channel"
+#: the verdict's rows: static per-tensor absmax activations (a bare format name in static mode)
 ACTIVATIONS = {"W4A4": "int4", "W4A8": "int8"}
+#: diagnostic rows (no verdict; not in quick mode): weights alone, and INT4 activations clipped at
+#: the 99.9th percentile (per calibration sequence, averaged) instead of the absmax
+DIAGNOSTICS = {"W4A16": None, "W4A4 p99.9": "int8_per_tensor(format=int4, scale_rule=percentile)"}
 ARMS = ("none", "hadamard", "fptquant")
 
 
@@ -81,17 +87,23 @@ def run(ctx: MethodsContext) -> ClaimResult:
     loss0 = float(sum(h[0] for h in tr.history))
     loss1 = float(sum(h[-1] for h in tr.history))
     fp = _nll(model, ev)
-    runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for label, act in ACTIVATIONS.items():
-        runs[label] = {}
-        for arm in ARMS:
-            q = prepare_static(model, arm, cal, weights=WEIGHTS, activations=act, merged=merged[arm])
-            runs[label][arm] = _nll(q, ev)
-            del q
-        if not ctx.quick:
-            q = prepare_static(model, "fptquant", cal, weights=WEIGHTS, activations=act, merged=merged["fptquant"],
-                               per_token=())
-            runs[label]["fptquant_no_per_token"] = _nll(q, ev)
+    times: dict[str, float] = {}
+
+    def arm_nll(label: str, arm: str, act: Any, per_token: bool = True):
+        t = time.perf_counter()
+        q = prepare_static(model, arm, cal, weights=WEIGHTS, activations=act, merged=merged[arm],
+                           **({} if per_token else {"per_token": ()}))
+        out = _nll(q, ev)
+        times[f"{label}/{arm}"] = time.perf_counter() - t
+        return out
+
+    runs = {label: {arm: arm_nll(label, arm, act) for arm in ARMS} for label, act in ACTIVATIONS.items()}
+    diag: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    if not ctx.quick:
+        for label, act in DIAGNOSTICS.items():
+            diag[label] = {arm: arm_nll(label, arm, act) for arm in ARMS}
+        diag["W4A8, fptquant without the per-token scale"] = {
+            "fptquant": arm_nll("W4A8-no-per-token", "fptquant", ACTIVATIONS["W4A8"], per_token=False)}
     iv_fp = S.bootstrap(S.perplexity_of, *fp, seed=ctx.seed)
     numbers: dict[str, Any] = {"ppl_fp32": _iv(iv_fp), "max_abs_logit_diff_merged_float": preserve,
                                "local_loss_before": loss0, "local_loss_after": loss1, "fit_steps": steps,
@@ -117,6 +129,11 @@ def run(ctx: MethodsContext) -> ClaimResult:
                           "excess_over_fp32": excess}
         text = ", ".join(f"{arm} {ivs[arm].text()}" for arm in ivs)
         parts.append(f"{label}: {text}; fptquant - none {d_none.text()}, fptquant - hadamard {d_had.text()}")
+    for label, arms in diag.items():
+        ivs = {arm: S.bootstrap(S.perplexity_of, *a, seed=ctx.seed) for arm, a in arms.items()}
+        numbers[label] = {f"ppl_{arm}": _iv(v) for arm, v in ivs.items()}
+        parts.append(f"{label} (diagnostic): " + ", ".join(f"{arm} {v.text()}" for arm, v in ivs.items()))
+    numbers["seconds_per_arm"] = times
     measured = "; ".join(parts) + f"; merged float max |dlogit| {preserve:.2e}"
     verdict = Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED
     reason = ("W4A4 and W4A8: both paired intervals below zero and the excess over float at most half the better "
