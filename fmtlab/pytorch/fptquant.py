@@ -31,7 +31,11 @@ Fitting (:func:`fit_fptquant`) follows the public implementation (AIMET's FPTQua
 optimizer): data-free, minimise the sum over layers of ``mean(|W'|^p)^(1/p)`` of the merged weights
 W' (p = 4) with AdamW (lr 1e-2, default weight decay, 200 steps), transforms initialised at the
 identity. The layers' terms share no parameters and AdamW is elementwise, so we optimise one
-layer at a time: the same result as the joint run, with one layer's weights in memory.
+layer at a time: the same result as the joint run, with one layer's weights in memory; the terms of
+weights no enabled transform changes (gate_proj, and e.g. v/o without Tv) are constants and left
+out. Our readings: M = I + A is trained unconstrained (invertibility is not enforced; at lr 1e-2 it
+stays near I); the public implementation's extra non-mergeable online Hadamard before down_proj is
+not included (everything here merges, except the per-token scale).
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ from torch import nn
 from fmtlab.errors import FmtlabError
 
 __all__ = ["FPTQuantTransforms", "LlamaShape", "llama_shape", "fit_fptquant", "merge_fptquant",
-           "function_preserving", "merged_layer_weights", "merged_state", "base_layer_weights", "lp_loss", "changed_keys", "LocalLoss",
-           "residual_rotation", "PROJECTIONS", "LP_WEIGHTS"]
+           "function_preserving", "merged_layer_weights", "merged_state", "base_layer_weights", "lp_loss",
+           "changed_keys", "LocalLoss", "residual_rotation", "PROJECTIONS", "LP_WEIGHTS"]
 
 #: the merged weights whose L_p norms make the local loss (gate_proj does not change)
 LP_WEIGHTS = ("q", "k", "v", "o", "up", "down")
@@ -96,7 +100,8 @@ def llama_shape(model: nn.Module) -> LlamaShape:
     hidden = int(cfg.hidden_size)
     d = int(getattr(cfg, "head_dim", None) or hidden // heads)
     if d % 2 or heads % kv:
-        raise FmtlabError(f"FPTQuant needs an even head size and heads divisible by KV heads; got {d=}, {heads=}, {kv=}")
+        raise FmtlabError(f"FPTQuant needs an even head size and heads divisible by KV heads; "
+                          f"got {d=}, {heads=}, {kv=}")
     if not layers:
         raise FmtlabError("the model has no decoder layers")
     for i, layer in enumerate(layers):

@@ -134,8 +134,9 @@ def train_end_to_end(model: nn.Module, transforms: FPTQuantTransforms, calib_bat
                         over[names[(i, key)]] = t
                 logits = torch.func.functional_call(student, over, (ids,)).logits.to(torch.float32)
                 logq = torch.log_softmax(logits, dim=-1)
-                loss = torch.nn.functional.kl_div(logq.reshape(-1, logq.shape[-1]), target.reshape(-1, target.shape[-1]),
-                                                  log_target=True, reduction="batchmean")
+                v = logq.shape[-1]
+                loss = torch.nn.functional.kl_div(logq.reshape(-1, v), target.reshape(-1, v), log_target=True,
+                                                  reduction="batchmean")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
