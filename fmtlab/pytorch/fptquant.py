@@ -52,8 +52,11 @@ from fmtlab.errors import FmtlabError
 
 __all__ = ["FPTQuantTransforms", "LlamaShape", "llama_shape", "fit_fptquant", "merge_fptquant",
            "function_preserving", "merged_layer_weights", "merged_state", "base_layer_weights", "lp_loss",
-           "changed_keys", "LocalLoss", "residual_rotation", "PROJECTIONS", "LP_WEIGHTS"]
+           "changed_keys", "LocalLoss", "residual_rotation", "PROJECTIONS", "LP_WEIGHTS", "MAX_V_CONDITION"]
 
+#: merging refuses a value transform M whose condition number exceeds this (its inverse would
+#: amplify float32 rounding of W_o by as much)
+MAX_V_CONDITION = 1e6
 #: the merged weights whose L_p norms make the local loss (gate_proj does not change)
 LP_WEIGHTS = ("q", "k", "v", "o", "up", "down")
 
@@ -438,6 +441,13 @@ def merge_fptquant(model: nn.Module, transforms: FPTQuantTransforms, *, inplace:
     shape = llama_shape(model)
     if shape != transforms.shape:
         raise FmtlabError(f"the transforms were fitted to a model of shape {transforms.shape}, not {shape}")
+    for i, p in enumerate(transforms.layers):
+        if "v_delta" in p:
+            m = torch.eye(shape.head_dim, dtype=torch.float64) + p["v_delta"].detach().to(torch.float64)
+            cond = torch.linalg.cond(m)
+            if not bool(torch.isfinite(cond).all()) or float(cond.max()) > MAX_V_CONDITION:
+                raise FmtlabError(f"layer {i}: the value transform M = I + v_delta is (nearly) singular "
+                                  f"(condition number {float(cond.max()):.3g} > {MAX_V_CONDITION:g}); cannot merge")
     state = merged_state(model, transforms)
     if not inplace:
         model = copy.deepcopy(model)

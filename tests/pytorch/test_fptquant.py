@@ -175,6 +175,11 @@ def test_bad_arguments_raise():
     other.model.layers = other.model.layers[:1]
     with pytest.raises(FmtlabError, match="shape"):
         merge_fptquant(other, fit_fptquant(m, steps=0))
+    singular = fit_fptquant(m, steps=0)
+    with torch.no_grad():  # M = I + v_delta = 0 for KV head 0 of layer 1
+        singular.layers[1]["v_delta"][0] = -torch.eye(singular.shape.head_dim)
+    with pytest.raises(FmtlabError, match="singular"):
+        merge_fptquant(m, singular)
     q, _ = quantize_fptquant(m, "int4_per_channel", "int8")
     with pytest.raises(FmtlabError, match="nn.Linear"):
         llama_shape(q)
