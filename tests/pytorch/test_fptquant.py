@@ -272,3 +272,24 @@ def test_blockwise_residual_rotation_equals_the_dense_product():
     tr = fit_fptquant(m, steps=0)
     _randomize(tr)
     assert function_preserving(m, merge_fptquant(m, tr), ids) <= _bound(m, ids)
+
+
+def test_quantize_fptquant_pipeline_with_calibrate_and_evaluate_perplexity():
+    """quantize_fptquant installs the per-token scale on o_proj / down_proj only (static scales
+    elsewhere), calibrate freezes every static quantizer, evaluate_perplexity runs on the result;
+    weight-only prepare_static needs no calibration."""
+    from fmtlab.pytorch import StaticActivation, calibrate, evaluate_perplexity
+
+    m = _tiny()
+    merged = merge_fptquant(m, fit_fptquant(m, steps=5))
+    q, summary = quantize_fptquant(merged, "int4_per_channel", "int8")
+    kinds = {n.rsplit(".", 1)[-1]: type(mod.act_q) for n, mod in q.named_modules() if hasattr(mod, "act_q")}
+    assert kinds["o_proj"] is TokenScaledStatic and kinds["down_proj"] is TokenScaledStatic
+    assert kinds["q_proj"] is StaticActivation and kinds["up_proj"] is StaticActivation
+    assert "lm_head" in summary.skipped
+    res = calibrate(q, _ids(7, 2, 16))
+    assert res.layers == 7 * 2
+    ppl = evaluate_perplexity(q, _ids(8, 2, 16), progress=False)
+    assert ppl.ppl > 1 and ppl.sequences == 2
+    w_only = prepare_static(m, "fptquant", _ids(7, 2, 16), activations=None, merged=merged)
+    assert torch.isfinite(w_only(_ids(8)).logits).all()
