@@ -82,3 +82,21 @@ def test_full_claim_reports_the_diagnostics():
         assert f"{label} (diagnostic)" in r.measured
     assert "ppl_fptquant" in r.numbers["W4A8, fptquant without the per-token scale"]
     assert len(r.numbers["seconds_per_arm"]) == 6 + 6 + 1
+
+
+def test_row_verdict_thresholds():
+    """A row supports the claim only when both paired intervals lie below zero, the excess over
+    float is at most half the better baseline's, and FPTQuant is within 2x float (the W4A8 and
+    W4A4 numbers measured on SmolLM2-135M are the second and third cases)."""
+    from fmtlab.analysis.methods.fptquant import row_verdict
+    from fmtlab.sim.stats import Interval
+
+    below, across = Interval(-5.0, -8.0, -2.0), Interval(-1.0, -3.0, 0.5)
+    ok, why = row_verdict("A", 20.0, {"none": 60.0, "hadamard": 80.0, "fptquant": 30.0}, below, below)
+    assert ok and why == []
+    ok, why = row_verdict("W4A8", 23.9, {"none": 139.3, "hadamard": 590.5, "fptquant": 94.7}, below, below)
+    assert not ok and "0.61x" in why[0] and "3.96x float" in why[1]
+    ok, why = row_verdict("W4A4", 23.9, {"none": 3.8e6, "hadamard": 1.0e6, "fptquant": 4.0e5}, below, below)
+    assert not ok and len(why) == 1 and "nowhere near float" in why[0]
+    ok, why = row_verdict("B", 20.0, {"none": 60.0, "hadamard": 80.0, "fptquant": 30.0}, below, across)
+    assert not ok and "paired interval" in why[0]
