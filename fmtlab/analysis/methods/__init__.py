@@ -67,7 +67,8 @@ class Claim:
 
 
 #: modules whose import registers claims (the report imports them lazily, in this order)
-METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.cushion", "fmtlab.analysis.methods.massive")
+METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.cushion", "fmtlab.analysis.methods.massive",
+                                  "fmtlab.analysis.methods.fptquant")
 
 _CLAIMS: dict[str, Claim] = {}
 
