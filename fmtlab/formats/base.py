@@ -286,7 +286,11 @@ class Format:
                 f"{self.smallest_subnormal:g}, {', '.join(specials)}")
 
     # ---- encode / decode ------------------------------------------------------------------
-    def _resolve(self, rounding, overflow, nan) -> tuple[Rounding, Overflow, NanInput]:
+    def resolve_conventions(self, rounding: "Rounding | str", overflow: "Overflow | str | None",
+                            nan: "NanInput | str") -> tuple[Rounding, Overflow, NanInput]:
+        """(Rounding, Overflow, NanInput) from enums or strings; overflow None = the format's
+        default. Raises FormatError for a policy the format cannot honour (overflow to Inf without Inf,
+        to NaN without NaN)."""
         rounding = Rounding.parse(rounding)
         overflow = self.default_overflow if overflow is None else Overflow.parse(overflow)
         nan = NanInput.parse(nan)
@@ -351,7 +355,7 @@ class Format:
         overflow: see :class:`Overflow`; None = the format's standard default.
         nan: for formats without NaN, what a NaN input does (default: raise FormatError).
         """
-        rounding, overflow, nan = self._resolve(rounding, overflow, nan)
+        rounding, overflow, nan = self.resolve_conventions(rounding, overflow, nan)
         a = self._as_float(x)
         rand = None
         if rounding is Rounding.STOCHASTIC:
@@ -401,7 +405,7 @@ class Format:
         a = self._as_float(x)
         out_dtype = a.dtype if a.dtype in (np.float32, np.float64) else np.float64
         if a.dtype == out_dtype:  # a fused kernel may answer directly (same bits)
-            r, o, n = self._resolve(rounding, overflow, nan)
+            r, o, n = self.resolve_conventions(rounding, overflow, nan)
             q = self._quantize_array(a, r, o, n, seed)
             if q is not None:
                 return q.reshape(a.shape)

@@ -153,7 +153,7 @@ class Quantizer:
             rule = SharedExp("floor") if block and g.scale_format == "e8m0" else AbsMax()
         else:
             rule = parse_scale_rule(self.scale_rule)
-        rounding, overflow, nan = fmt._resolve(self.rounding, self.overflow,
+        rounding, overflow, nan = fmt.resolve_conventions(self.rounding, self.overflow,
                                                NanInput.RAISE if self.nan is None else self.nan)
         if self.nan is None and block:
             nan = None  # OCP MX: a NaN element makes its block NaN (see _blocks)

@@ -55,7 +55,7 @@ def warm(fmt: Format) -> Format:
 def conventions(fmt: Format, rounding, overflow, nan) -> tuple[Rounding, Overflow, NanInput]:
     """(rounding, overflow, nan) parsed and checked against ``fmt`` exactly as ``fmt.encode``
     does (same errors, same messages; overflow None = the format's default)."""
-    return fmt._resolve(rounding, overflow, nan)  # the numpy path's own check (one definition)
+    return fmt.resolve_conventions(rounding, overflow, nan)  # the numpy path's own check (one definition)
 
 
 def nan_error(fmt: Format, bad: int) -> FormatError:
