@@ -81,7 +81,7 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                 trials: int = 64, workers: int | None = 2, scheduler: str | None = None, method: str = "auto",
                 seed: int = 0, population: int = 16, batch: int = 8, layers: str | None = None,
                 max_tokens: int | None = None, seq_len: int = 64, n_sequences: int = 2,
-                quiet: bool = False, processes: bool = True) -> dict[str, Any]:
+                quiet: bool = False, processes: bool = True, report_first: bool = True) -> dict[str, Any]:
     """The whole job (see the module doc of :mod:`fmtlab.explore.search`); returns the summary."""
     from fmtlab.explore.executor import make_executor
     from fmtlab.explore.results import comparison_lines, write_outputs
@@ -114,7 +114,7 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
             ev = Evaluator(trace, calib, ex, layers=layers, max_tokens=max_tokens, batch=batch,
                            cache_path=os.path.join(out, "metrics.jsonl"), progress=not quiet)
             res = search(space, ev, trials=trials, method=method, seed=seed, out=out, population=population,
-                         log=log)
+                         report_first=report_first, log=log)
         res.info.update(trace=os.path.abspath(trace), calib=calib and os.path.abspath(calib),
                         seconds=round(time.perf_counter() - t0, 1), record_seconds=round(t_rec, 1),
                         configs_replayed_this_run=ev.evaluations)
@@ -128,7 +128,7 @@ def cmd_explore(args) -> int:
                     workers=args.workers, scheduler=args.scheduler, method=args.method, seed=args.seed,
                     population=args.population, batch=args.batch, layers=args.layers,
                     max_tokens=args.max_tokens, seq_len=args.seq_len, n_sequences=args.sequences,
-                    quiet=args.quiet)
+                    quiet=args.quiet, report_first=not args.no_report_configs)
     print(f"explore: {s['measured']} points measured ({s['configs_replayed_this_run']} replayed this run), "
           f"front of {s['front_size']} in {s['seconds']:.0f} s -> {s['paths']['pareto.csv']}")
     print(f"{'accuracy':>10} {'cost':>10}  config")
@@ -165,6 +165,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="replay only the first N token rows")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per recorded sequence (default 64)")
     p.add_argument("--sequences", type=int, default=2, help="recorded sequences per split (default 2)")
+    p.add_argument("--no-report-configs", action="store_true",
+                   help="do not measure the report's configs first (by default they are the first trials)")
     p.add_argument("--out", default="out/explore", help="output folder (default out/explore)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_explore)

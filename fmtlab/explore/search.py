@@ -154,9 +154,10 @@ def _row(c: Candidate, cost: dict, acc: dict, trial: int | None, space: DesignSp
 
 
 def search(space: DesignSpace, evaluator: Evaluator, *, trials: int = 100, method: str = "auto",
-           seed: int = 0, out: str | None = None, population: int = 16,
+           seed: int = 0, out: str | None = None, population: int = 16, report_first: bool = True,
            log: Callable[[str], None] = lambda s: None) -> SearchResult:
-    """Search ``space`` (see the module doc); ``out`` holds study.journal (and the evaluator's cache)."""
+    """Search ``space`` (see the module doc); ``out`` holds study.journal (and the evaluator's cache).
+    ``report_first``: enqueue the report's configs as the first trials (they count toward ``trials``)."""
     kept, dropped = space.candidates(evaluator.k_max)
     feasible = {c.key: (c, cost) for c, cost in kept}
     n_replay = len({c.replay_key for c, _ in kept})
@@ -179,7 +180,8 @@ def search(space: DesignSpace, evaluator: Evaluator, *, trials: int = 100, metho
         for i, r in enumerate(rows):
             r["trial"] = i
         return SearchResult(rows, info)
-    return _optuna(space, evaluator, feasible, refs, trials, method, seed, out, population, info, log)
+    return _optuna(space, evaluator, feasible, refs if report_first else [], trials, method, seed, out,
+                   population, info, log)
 
 
 def _optuna(space, evaluator, feasible, refs, trials, method, seed, out, population, info, log) -> SearchResult:
