@@ -50,6 +50,13 @@ def register(subparsers) -> None:
                    help="MAC unit whose area bounds the 'best config' finding (default: '%(default)s')")
     p.add_argument("--max-tokens", type=int, default=None, help="replay only the first N token rows")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of trace shards")
+    p.add_argument("--workers", type=int, default=None,
+                   help="replay threads; with --scheduler local: Dask worker processes (default 2)")
+    p.add_argument("--scheduler", default=None,
+                   help="run replay on Dask: 'local' (a LocalCluster) or a running cluster's address")
+    p.add_argument("--explore", default=None, metavar="SPACE",
+                   help="add a design-space exploration section (space TOML, or 'example')")
+    p.add_argument("--explore-trials", type=int, default=32, help="trials of --explore (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
 
@@ -67,7 +74,8 @@ def _run(args) -> int:
                          perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
                          ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
                          area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet,
-                         verify=not args.no_verify)
+                         verify=not args.no_verify, workers=args.workers, scheduler=args.scheduler,
+                         explore=args.explore, explore_trials=args.explore_trials)
     summary = run_report(opts)
     print(f"report: {summary['report_html']}  (markdown: {summary['report_md']})")
     print("findings:")

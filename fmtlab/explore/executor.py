@@ -199,7 +199,10 @@ class DaskExecutor:
 
 
 def make_executor(scheduler: str | None = None, workers: int | None = None, processes: bool = True):
-    """A DaskExecutor for a scheduler address or ``workers`` >= 2; otherwise a SerialExecutor."""
+    """A DaskExecutor for a scheduler address, ``"local"`` (a LocalCluster of ``workers``, default 2)
+    or ``workers`` >= 2; otherwise a SerialExecutor."""
+    if scheduler == "local":
+        return DaskExecutor(workers=workers or 2, processes=processes)
     if scheduler:
         return DaskExecutor(scheduler=scheduler, processes=processes)
     if workers is not None and workers >= 2:

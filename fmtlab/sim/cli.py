@@ -102,11 +102,9 @@ def cmd_replay(args) -> int:
         t0 = time.perf_counter()
         executor = None
         if args.scheduler:  # Dask: a LocalCluster of --workers processes, or a running cluster
-            from fmtlab.explore.executor import DaskExecutor
+            from fmtlab.explore.executor import make_executor
 
-            executor = stack.enter_context(
-                DaskExecutor(workers=args.workers or 2) if args.scheduler == "local"
-                else DaskExecutor(scheduler=args.scheduler))
+            executor = stack.enter_context(make_executor(args.scheduler, args.workers))
         calib = open_trace(args.calib, verify=verify) if args.calib else None
         for path in args.traces:
             res = replay(open_trace(path, verify=verify), configs, layers=args.layers, kinds=kinds, calib=calib,
