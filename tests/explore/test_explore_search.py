@@ -49,33 +49,35 @@ def test_front_mask_ignores_nan():
     assert front_mask(rows).tolist() == [True, False, False]
 
 
-def _nsga(traces, out, trials=10, seed=3, report_first=False):
-    return run_explore("example", out, trace=traces[0], calib=traces[1], trials=trials, workers=1, seed=seed,
+def _nsga(traces, out, space, trials=10, seed=3, report_first=False):
+    return run_explore(space, out, trace=traces[0], calib=traces[1], trials=trials, workers=1, seed=seed,
                        population=5, method="nsga2", quiet=True, report_first=report_first)
 
 
-def test_same_seed_same_front(traces, tmp_path):
+def test_same_seed_same_front(traces, medium_space, tmp_path):
     """Two fresh NSGA-II runs with the same seed sample the same trials and give the same front."""
-    a = _nsga(traces, str(tmp_path / "a"))
-    b = _nsga(traces, str(tmp_path / "b"))
+    a = _nsga(traces, str(tmp_path / "a"), medium_space)
+    b = _nsga(traces, str(tmp_path / "b"), medium_space)
     ta = [(r["trial"], r["config"], r["accuracy"]) for r in _csv(tmp_path / "a" / "trials.csv")]
     tb = [(r["trial"], r["config"], r["accuracy"]) for r in _csv(tmp_path / "b" / "trials.csv")]
     assert ta == tb and len(ta) == 10
     assert a["front"] == b["front"]
-    c = _nsga(traces, str(tmp_path / "c"), seed=4)
+    c = _nsga(traces, str(tmp_path / "c"), medium_space, seed=4)
     assert [r["config"] for r in _csv(tmp_path / "c" / "trials.csv")] != [t[1] for t in ta]
 
 
-def test_report_configs_come_first(traces, tmp_path):
-    """By default the report's configs (those that are points of the space) are the first trials."""
+def test_report_configs_come_first(traces, medium_space, tmp_path):
+    """By default the report's configs (those that are points of the space) are the first trials,
+    in the report's order."""
     from fmtlab.analysis.report import DEFAULT_CONFIGS
 
-    _nsga(traces, str(tmp_path / "a"), trials=3, report_first=True)
+    _nsga(traces, str(tmp_path / "a"), medium_space, trials=3, report_first=True)
     got = [r["report_config"] for r in _csv(tmp_path / "a" / "trials.csv")]
-    assert got == [n for n in DEFAULT_CONFIGS if n != "fp32"][:3]
+    assert len(got) == 3 and all(got) and got == sorted(got, key=DEFAULT_CONFIGS.index)
+    assert got[0] == "w8a8_int_tensor"
 
 
-def test_resume_after_interrupt(traces, tmp_path, monkeypatch):
+def test_resume_after_interrupt(traces, medium_space, tmp_path, monkeypatch):
     """Ctrl-C in the second batch: the rerun resumes the study (the first batch's trials stay done,
     their configs are not replayed again) and ends with the asked number of trials."""
     out = str(tmp_path / "r")
@@ -90,12 +92,12 @@ def test_resume_after_interrupt(traces, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Evaluator, "evaluate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        _nsga(traces, out, trials=10)
+        _nsga(traces, out, medium_space, trials=10)
     monkeypatch.setattr(Evaluator, "evaluate", real)
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         first = [json.loads(line)["replay_key"] for line in fh]
     assert len(first) == 5
-    s = _nsga(traces, out, trials=10)
+    s = _nsga(traces, out, medium_space, trials=10)
     assert s["measured"] == 10
     assert s["configs_replayed_this_run"] <= 10 - 5 + 1  # first batch not replayed again
     with open(os.path.join(out, "metrics.jsonl")) as fh:
