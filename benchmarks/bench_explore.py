@@ -59,14 +59,15 @@ def make_trace(path: str, layers: int, tokens: int, seq_len: int = 64) -> None:
     wr.close({"seq_len": seq_len, "n_tokens": tokens, "n_sequences": tokens // seq_len, "layers": meta})
 
 
-def units(path):
+def units(path, tag: str = ""):
     from fmtlab.explore.executor import Unit, replay_tasks
     from fmtlab.sim.replay import ReplayConfig
     from fmtlab.sim.trace import open_trace
 
     cfgs = [ReplayConfig(*c) for c in CONFIGS]
     tr = open_trace(path)
-    return [Unit(tr.path, None, k, names, t, (c,)) for k, names, t in replay_tasks(tr) for c in cfgs]
+    # a fresh label per run gives fresh keys: Dask would otherwise hand back results it still holds
+    return [Unit(tr.path, None, k, names, t, (c,), label=tag) for k, names, t in replay_tasks(tr) for c in cfgs]
 
 
 def median_time(fn, repeats: int) -> float:
@@ -81,15 +82,14 @@ def median_time(fn, repeats: int) -> float:
 def bench_workers(path, repeats) -> None:
     from fmtlab.explore.executor import DaskExecutor, run_units
 
-    us = units(path)
     times = {}
     for w in (1, 2):
         with DaskExecutor(workers=w) as ex:
-            run_units(ex, us)  # warm: numba compile / cache load and page cache in each worker
-            ex.client.run(lambda: None)
+            run_units(ex, units(path, "warm"))  # numba compile / cache load and page cache in each worker
             l0 = load()
-            times[w] = median_time(lambda: run_units(ex, us), repeats)
-        print(f"replay on LocalCluster, {w} worker(s): {times[w]:7.2f} s for {len(us)} units   ({l0})")
+            reps = iter(range(1000))
+            times[w] = median_time(lambda: run_units(ex, units(path, f"rep{next(reps)}")), repeats)
+        print(f"replay on LocalCluster, {w} worker(s): {times[w]:7.2f} s for {len(units(path))} units   ({l0})")
     print(f"  2 workers / 1 worker throughput: {times[1] / times[2]:.2f}x  (target >= 1.7x)")
 
 

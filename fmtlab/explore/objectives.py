@@ -124,11 +124,25 @@ def int_acc_exact(acc: str, w_fmt: str, a_fmt: str, k_max: int) -> bool:
     return pb is not None and pb + math.ceil(math.log2(max(2, k_max))) <= int(m.group(1))
 
 
-def price(cand, node: int = 45, k_max: int = 4096) -> dict[str, Any]:
+@functools.lru_cache(maxsize=4096)
+def group_size(spec: str) -> int | None:
+    """Elements per scale along the reduction axis of a quantizer spec (groups, blocks), or None."""
+    from fmtlab.sim.quant import resolve
+
+    return getattr(resolve(spec).obj.granularity, "size", None)
+
+
+def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) -> dict[str, Any]:
     """Cost columns of a :class:`fmtlab.explore.space.Candidate`, or {"error": reason} when the MAC
-    model cannot price it or its integer accumulator is not exact for K = ``k_max``."""
+    model cannot price it, its integer accumulator is not exact for K = ``k_max``, or a group/block
+    size does not divide one of the trace's reduction lengths ``k_all``."""
     from fmtlab.explore.space import element_formats
 
+    for spec in (cand.weight, cand.act):
+        g = group_size(spec)
+        bad = [k for k in k_all if g and k % g]
+        if bad:
+            return {"error": f"group/block size {g} does not divide K={bad[0]} of the trace"}
     w, wn = _operand(cand.weight)
     a, an = _operand(cand.act)
     if w is None or a is None:

@@ -56,8 +56,9 @@ class Evaluator:
         if not self.tasks:
             raise FmtlabError(f"nothing to replay in {trace}: no Linear layer with input and weight"
                               + (f" matching {layers!r}" if layers else ""))
-        self.k_max = max(int(tr.layers[n].get("in_features") or tr.info(tr.layers[n]["input"])["shape"][-1])
-                         for _, ns, _ in self.tasks for n in ns)
+        self.k_all = tuple(sorted({int(tr.layers[n].get("in_features") or tr.info(tr.layers[n]["input"])["shape"][-1])
+                                   for _, ns, _ in self.tasks for n in ns}))
+        self.k_max = max(self.k_all)
         self.executor = executor or SerialExecutor()
         self.max_tokens, self.batch, self.progress = max_tokens, batch, progress
         self.cache_path = cache_path
@@ -158,7 +159,7 @@ def search(space: DesignSpace, evaluator: Evaluator, *, trials: int = 100, metho
            log: Callable[[str], None] = lambda s: None) -> SearchResult:
     """Search ``space`` (see the module doc); ``out`` holds study.journal (and the evaluator's cache).
     ``report_first``: enqueue the report's configs as the first trials (they count toward ``trials``)."""
-    kept, dropped = space.candidates(evaluator.k_max)
+    kept, dropped = space.candidates(evaluator.k_max, evaluator.k_all)
     feasible = {c.key: (c, cost) for c, cost in kept}
     n_replay = len({c.replay_key for c, _ in kept})
     if method == "auto":

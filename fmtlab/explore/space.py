@@ -375,9 +375,10 @@ class DesignSpace:
                     continue
                 yield Candidate(w, a, None if t == "none" else t, None if c == "dynamic" else c, acc, wb, ab)
 
-    def candidates(self, k_max: int = 4096) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
+    def candidates(self, k_max: int = 4096, k_all: Sequence[int] = ()) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
         """([(candidate, cost columns)] of every priced point meeting the constraints, {reason: count}
-        of the points left out). ``k_max``: the longest dot product (integer accumulator check)."""
+        of the points left out). ``k_max``: the longest dot product (integer accumulator check);
+        ``k_all``: every reduction length of the trace (group and block sizes must divide them)."""
         from fmtlab.explore.objectives import feasible, parse_constraint, price
 
         cons = [parse_constraint(c, self.node) for c in self.constraints]
@@ -389,7 +390,7 @@ class DesignSpace:
             for a, _, ab in as_:
                 for acc in self.accumulators:
                     pts = list(self._expand(w, a, acc, wb, ab))
-                    cost = price(pts[0], self.node, k_max) if pts else {}
+                    cost = price(pts[0], self.node, k_max, tuple(sorted(set(k_all)))) if pts else {}
                     why = cost.get("error") or "; ".join(feasible(cost, cons))
                     if why:
                         key = why if len(why) < 70 else why[:67] + "..."

@@ -112,3 +112,12 @@ def test_quantizer_spec_names():
     assert quantizer_spec("int4", "group:128", "e8m0") == "int4_g128_pow2"
     assert quantizer_spec("int4", "group:128", "fp8_e4m3") is None
     assert quantizer_spec("int4", "block:32", "fp32") is None
+
+
+def test_group_size_must_divide_the_trace_widths():
+    """Groups of 128 cannot tile K=576 (SmolLM2's hidden width): such points are left out, with why."""
+    sp = parse_space(_doc(weights={"family": [{"kind": "int", "bits": [4]}],
+                                   "granularity": ["group:128", "group:64"]}))
+    kept, dropped = sp.candidates(k_max=1536, k_all=(576, 1536))
+    assert [c.weight for c, _ in kept] == ["int4_g64"]
+    assert any("does not divide K=576" in k for k in dropped)
