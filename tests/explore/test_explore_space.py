@@ -121,3 +121,15 @@ def test_group_size_must_divide_the_trace_widths():
     kept, dropped = sp.candidates(k_max=1536, k_all=(576, 1536))
     assert [c.weight for c, _ in kept] == ["int4_g64"]
     assert any("does not divide K=576" in k for k in dropped)
+
+
+def test_config_strings_resolve_as_replay_configs():
+    """Every point's config string is a `fmtlab replay -c` config equal to its ReplayConfig, and its
+    quantizer specs resolve (fmtlab.sim.quant.resolve)."""
+    from fmtlab.sim.quant import resolve
+    from fmtlab.sim.replay import make_config
+
+    kept, _ = load_space("example").candidates(k_max=1536, k_all=(576, 1536))
+    for c, _ in kept[::97]:
+        assert make_config(c.config_string) == c.replay_config()
+        assert resolve(c.weight).obj is not None and resolve(c.act).obj is not None
