@@ -5,7 +5,9 @@
 * ``nsga2`` (default otherwise) or ``tpe``: an Optuna multi-objective study over the space's
   dimensions (weight quantizer, activation quantizer, transform, calibration, accumulator);
   objectives (maximise accuracy, minimise cost). Sampled combinations that are not points of the
-  space (unpriceable, breaking a constraint) are told as failed and do not count as trials.
+  space (unpriceable, breaking a constraint) are told as failed and do not count as trials; a point
+  sampled again is told its known values and does not count either, so ``trials`` distinct points
+  are measured.
 
 Both keep every measured replay config in ``metrics.jsonl`` in the output folder (one JSON line
 per config, appended after each batch): a rerun, or a resumed run after Ctrl-C, never replays a
@@ -218,7 +220,8 @@ def _optuna(space, evaluator, feasible, refs, trials, method, seed, out, populat
     elif not stale:
         for _, c in refs:  # measure the report's configs first
             study.enqueue_trial(_dims(c), skip_if_exists=True)
-    n_done, asks, max_asks = len(done), 0, 200 * max(1, trials)
+    done_keys = {t.user_attrs.get("key") for t in done}
+    n_done, asks, max_asks = len(done_keys), 0, 200 * max(1, trials)
     while n_done < trials and asks < max_asks:
         batch: list[tuple[Any, Candidate]] = []
         while len(batch) < min(population, trials - n_done) and asks < max_asks:
@@ -242,13 +245,16 @@ def _optuna(space, evaluator, feasible, refs, trials, method, seed, out, populat
                 study.tell(t, state=TrialState.FAIL)
                 continue
             study.tell(t, [min(float(_unjson(v)), 1e3), float(cost)])
-            n_done += 1
+            if c.key not in done_keys:  # a point sampled again is told (the sampler learns) but not counted
+                done_keys.add(c.key)
+                n_done += 1
         log(f"{n_done}/{trials} trials ({evaluator.evaluations} configs replayed)")
-    rows = []
+    rows, seen = [], set()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         c = feasible.get(t.user_attrs.get("key", ""))
-        if c is None:
+        if c is None or c[0].key in seen:
             continue
+        seen.add(c[0].key)
         acc = evaluator.evaluate([c[0]])[c[0].replay_key]
         rows.append(_row(c[0], c[1], acc, t.number, space))
     info.update(study=name, asks=asks)
