@@ -28,7 +28,8 @@ __all__ = ["Unit", "run_unit", "SerialExecutor", "DaskExecutor", "make_executor"
 
 #: environment of LocalCluster worker processes: one thread per process for BLAS and numba
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "NUMBA_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": "65536"}
+              "NUMBA_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": "65536",
+              "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
 
 
 @dataclass(frozen=True)
