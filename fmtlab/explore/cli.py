@@ -81,7 +81,8 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                 trials: int = 64, workers: int | None = 2, scheduler: str | None = None, method: str = "auto",
                 seed: int = 0, population: int = 16, batch: int = 8, layers: str | None = None,
                 max_tokens: int | None = None, seq_len: int = 64, n_sequences: int = 2,
-                quiet: bool = False, processes: bool = True, report_first: bool = True) -> dict[str, Any]:
+                quiet: bool = False, processes: bool = True, report_first: bool = True,
+                perplexity: int = 0) -> dict[str, Any]:
     """The whole job (see the module doc of :mod:`fmtlab.explore.search`); returns the summary."""
     from fmtlab.explore.executor import make_executor
     from fmtlab.explore.results import comparison_lines, write_outputs
@@ -119,8 +120,30 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                         seconds=round(time.perf_counter() - t0, 1), record_seconds=round(t_rec, 1),
                         configs_replayed_this_run=ev.evaluations)
         summary = write_outputs(res, space, out)
+        if perplexity:
+            summary["perplexity"] = _front_ppl(summary, trace, calib, perplexity, log, out)
     summary["comparison_lines"] = comparison_lines(summary["report_comparison"])
     return summary
+
+
+def _front_ppl(summary, trace, calib, n_sequences, log, out) -> list[dict[str, Any]]:
+    """Perplexity of the front's configs with the trace's model (front_perplexity); front_ppl.csv."""
+    from fmtlab.explore.results import front_perplexity
+    from fmtlab.safe_io import atomic_write_text
+    from fmtlab.sim.models import load_model
+    from fmtlab.sim.replay import rows_to_csv
+    from fmtlab.sim.trace import open_trace
+
+    name = (open_trace(trace, verify=False).manifest.get("model") or {}).get("name") or "smollm2"
+    log(f"perplexity of {len(summary['front'])} front configs + fp32 ({n_sequences} sequences, model {name})")
+    try:
+        model, tok = load_model("smollm2" if "smollm2" in name.lower() else name)
+    except Exception as exc:  # noqa: BLE001 - the trace's model may not be available here
+        raise FmtlabError(f"--perplexity needs the trace's model {name!r}: {exc}") from None
+    rows = front_perplexity(summary["front"], model, tok, calib=open_trace(calib, verify=False) if calib else None,
+                            n_sequences=n_sequences)
+    atomic_write_text(os.path.join(out, "front_ppl.csv"), rows_to_csv(rows))
+    return rows
 
 
 def cmd_explore(args) -> int:
@@ -128,13 +151,15 @@ def cmd_explore(args) -> int:
                     workers=args.workers, scheduler=args.scheduler, method=args.method, seed=args.seed,
                     population=args.population, batch=args.batch, layers=args.layers,
                     max_tokens=args.max_tokens, seq_len=args.seq_len, n_sequences=args.sequences,
-                    quiet=args.quiet, report_first=not args.no_report_configs)
+                    quiet=args.quiet, report_first=not args.no_report_configs, perplexity=args.perplexity)
     print(f"explore: {s['measured']} points measured ({s['configs_replayed_this_run']} replayed this run), "
           f"front of {s['front_size']} in {s['seconds']:.0f} s -> {s['paths']['pareto.csv']}")
     print(f"{'accuracy':>10} {'cost':>10}  config")
     for f in s["front"]:
         print(f"{f['accuracy']:>10.2f} {f['cost']:>10.4g}  {f['config']}"
               + (f"   [report: {f['report_config']}]" if f.get("report_config") else ""))
+    for r in s.get("perplexity", []):
+        print(f"  ppl {r['ppl']:>9.3f}  {r['config']}")
     if s["comparison_lines"]:
         print("report Pareto configs:")
         for line in s["comparison_lines"]:
@@ -165,6 +190,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="replay only the first N token rows")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per recorded sequence (default 64)")
     p.add_argument("--sequences", type=int, default=2, help="recorded sequences per split (default 2)")
+    p.add_argument("--perplexity", type=int, default=0, metavar="N",
+                   help="also measure perplexity of the front's configs on N held-out sequences of 128 tokens "
+                        "(front_ppl.csv; default 0 = off)")
     p.add_argument("--no-report-configs", action="store_true",
                    help="do not measure the report's configs first (by default they are the first trials)")
     p.add_argument("--out", default="out/explore", help="output folder (default out/explore)")

@@ -141,3 +141,17 @@ def comparison_lines(cmp_rows: Sequence[dict[str, Any]]) -> list[str]:
         else:
             out.append(f"{c['report_config']}: off the front with no single dominating point")
     return out
+
+
+def front_perplexity(front: Sequence[dict[str, Any]], model, tokenizer, *, calib=None, seq_len: int = 128,
+                     n_sequences: int = 4, texts=None, progress: bool = False) -> list[dict[str, Any]]:
+    """Perplexity on held-out text (:func:`fmtlab.sim.perplexity.perplexity_table`, the eval split
+    unless ``texts``) of each front member's config, plus the fp32 reference; one row per config
+    ("config", "ppl", "nll", "tokens") in front order, the reference first. ``calib``: the
+    calibration trace for static scales / fitted transforms."""
+    from fmtlab.sim.perplexity import perplexity_table
+
+    cfgs = ["fp32"] + [r["config"] for r in front]
+    rows = perplexity_table(model, tokenizer, cfgs, seq_len=seq_len, n_sequences=n_sequences, texts=texts,
+                            progress=progress, calib=calib)
+    return [{"config": c, "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"]} for c, r in zip(cfgs, rows)]

@@ -29,3 +29,28 @@ def test_bad_explore_space_fails_before_any_work(tmp_path):
 
     with pytest.raises(SpaceError, match="does not exist"):
         ReportOptions(explore=str(tmp_path / "nope.toml"))
+
+
+def test_front_perplexity_on_a_tiny_model():
+    """Front members get a perplexity row each, after the fp32 reference, on the same windows; a
+    4-bit config is no better than fp32 plus noise on a random tiny model (finite, positive)."""
+    import math
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fmtlab.explore.results import front_perplexity
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [b % 250 for b in text.encode("utf-8")]}
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=64)).eval()
+    front = [{"config": "a:w=int4_per_channel;a=int8_per_token"}, {"config": "b:w=mxfp4;a=mxfp4"}]
+    rows = front_perplexity(front, model, Tok(), seq_len=16, n_sequences=2, texts=["The quick brown fox. " * 30])
+    assert [r["config"] for r in rows] == ["fp32", front[0]["config"], front[1]["config"]]
+    assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
+    assert len({r["tokens"] for r in rows}) == 1
