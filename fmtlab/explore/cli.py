@@ -140,10 +140,34 @@ def _front_ppl(summary, trace, calib, n_sequences, log, out) -> list[dict[str, A
         model, tok = load_model("smollm2" if "smollm2" in name.lower() else name)
     except Exception as exc:  # noqa: BLE001 - the trace's model may not be available here
         raise FmtlabError(f"--perplexity needs the trace's model {name!r}: {exc}") from None
+    if calib and not _all_layers(calib, model):  # fitted transforms need every layer's calibration input
+        calib = _record_full_calib(model, tok, calib, os.path.join(out, "traces", "calib_all"), log)
     rows = front_perplexity(summary["front"], model, tok, calib=open_trace(calib, verify=False) if calib else None,
                             n_sequences=n_sequences)
     atomic_write_text(os.path.join(out, "front_ppl.csv"), rows_to_csv(rows))
     return rows
+
+
+def _all_layers(calib: str, model) -> bool:
+    import torch
+
+    from fmtlab.sim.trace import open_trace
+
+    n = sum(1 for _, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    return len(open_trace(calib, verify=False).layers) >= n - 1  # the output head is not recorded
+
+
+def _record_full_calib(model, tok, calib: str, path: str, log) -> str:
+    """A calibration trace of every Linear layer, same texts and shape as ``calib`` (for perplexity)."""
+    from fmtlab.sim.data import default_texts
+    from fmtlab.sim.record import record
+    from fmtlab.sim.trace import open_trace
+
+    m = open_trace(calib, verify=False).manifest
+    log(f"recording a calibration trace of every layer for perplexity -> {path}")
+    record(model, tok, default_texts("calib"), out=path, seq_len=m["seq_len"], n_sequences=m["n_sequences"],
+           residual=False, overwrite=True, progress=False, text_info={"source": "wiki", "split": "calib"})
+    return path
 
 
 def cmd_explore(args) -> int:
