@@ -27,6 +27,7 @@ _SUBCOMMAND_MODULES = (
     "fmtlab.sim.cli",
     "fmtlab.pytorch.cli",
     "fmtlab.analysis.cli",
+    "fmtlab.explore.cli",
 )
 
 

@@ -53,6 +53,13 @@ def register(subparsers) -> None:
     p.add_argument("--methods", default="none",
                    help="'Methods from the papers' claims to run: all, none or comma-separated keys "
                         "(`fmtlab methods --list`; default: none)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="replay threads; with --scheduler local: Dask worker processes (default 2)")
+    p.add_argument("--scheduler", default=None,
+                   help="run replay on Dask: 'local' (a LocalCluster) or a running cluster's address")
+    p.add_argument("--explore", default=None, metavar="SPACE",
+                   help="add a design-space exploration section (space TOML, or 'example')")
+    p.add_argument("--explore-trials", type=int, default=32, help="trials of --explore (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
     from fmtlab.analysis.methods.section import register_cli
@@ -74,7 +81,8 @@ def _run(args) -> int:
                          perplexity=not args.no_perplexity, ppl_configs=args.ppl_configs,
                          ppl_seq_len=args.ppl_seq_len, ppl_sequences=args.ppl_sequences,
                          area_budget=args.area_budget, max_tokens=args.max_tokens, progress=not args.quiet,
-                         verify=not args.no_verify, methods=parse_methods(args.methods))
+                         verify=not args.no_verify, methods=parse_methods(args.methods), workers=args.workers,
+                         scheduler=args.scheduler, explore=args.explore, explore_trials=args.explore_trials)
     summary = run_report(opts)
     print(f"report: {summary['report_html']}  (markdown: {summary['report_md']})")
     print("findings:")

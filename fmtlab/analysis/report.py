@@ -23,6 +23,7 @@ not per MAC) and transform overheads (e.g. LLM.int8()'s FP16 outlier path) are n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -67,6 +68,9 @@ class ReportOptions:
     area_budget: str = "int8 x int8"  # "best config under the area of this MAC unit"
     max_tokens: int | None = None
     workers: int | None = None
+    scheduler: str | None = None  # Dask: "local" (LocalCluster of `workers` processes) or an address
+    explore: str | None = None  # a design-space TOML (or "example"): add an explore section
+    explore_trials: int = 32
     progress: bool = True
     verify: bool = True  # check trace shards' SHA-256 on open (--no-verify: False)
     methods: tuple[str, ...] = ()  # claim keys of fmtlab.analysis.methods ("Methods from the papers")
@@ -78,6 +82,10 @@ class ReportOptions:
             raise FmtlabError(f"sequence lengths must be >= 2, got {self.seq_lens}")
         if self.n_sequences < 1:
             raise FmtlabError(f"n_sequences must be >= 1, got {self.n_sequences}")
+        if self.explore:  # a bad space fails before any work
+            from fmtlab.explore.space import load_space
+
+            load_space(self.explore)
         if len(self.area_budget.split(" x ")) != 2:
             raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
 
@@ -227,22 +235,25 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     # 3. replay --------------------------------------------------------------------------
     results = []
     cushion = None
-    for tr in traces:
-        t0 = time.perf_counter()
-        L = tr.manifest.get("seq_len")
-        step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
-        kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
-                  progress=opts.progress, label=f"seq{L}")
-        plain, cush = [c for c in cfgs if not is_cushion(c.name)], [c for c in cfgs if is_cushion(c.name)]
-        res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
-        if cush:
-            cushion = cushion or CushionRun(model, tok, step, opts.progress)
-            more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
-                                  opts.n_sequences, opts.layers, cal_layers, **kw)
-            res = more if res is None else res + more
-        res.write(str(out / "tables"), stem=f"replay_seq{L}")
-        results.append(res)
-        timed(f"replay seq{L}", t0)
+    from fmtlab.explore.executor import make_executor
+
+    with make_executor(opts.scheduler, opts.workers) if opts.scheduler else contextlib.nullcontext() as ex:
+        for tr in traces:
+            t0 = time.perf_counter()
+            L = tr.manifest.get("seq_len")
+            step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
+            kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
+                      progress=opts.progress, label=f"seq{L}", executor=ex)
+            plain, cush = [c for c in cfgs if not is_cushion(c.name)], [c for c in cfgs if is_cushion(c.name)]
+            res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
+            if cush:
+                cushion = cushion or CushionRun(model, tok, step, opts.progress)
+                more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
+                                      opts.n_sequences, opts.layers, cal_layers, **kw)
+                res = more if res is None else res + more
+            res.write(str(out / "tables"), stem=f"replay_seq{L}")
+            results.append(res)
+            timed(f"replay seq{L}", t0)
     main_res = results[0]
     lin_rows = [r for r in main_res.rows if r["kind"] == "linear"]
     if not lin_rows:
@@ -383,6 +394,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     # document ----------------------------------------------------------------------------
     doc = _document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
                     worst["tensor"], timings, out, methods)
+    if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
+        from fmtlab.explore.report_section import add_explore_section
+
+        add_explore_section(doc, opts, traces[0].path, calibs[0].path, out, step)
     md, html = doc.write(out)
     final = Path(opts.out)  # where the staged files land
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings, "timings_s": timings,

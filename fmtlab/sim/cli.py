@@ -98,12 +98,18 @@ def cmd_replay(args) -> int:
     kinds = args.kinds.split(",") if args.kinds else None
     verify = not args.no_verify
     total: ReplayResult | None = None
-    with locked_dir(args.out):  # checked and locked before any work; a second run fails at once
+    with locked_dir(args.out), contextlib.ExitStack() as stack:  # locked before any work
         t0 = time.perf_counter()
+        executor = None
+        if args.scheduler:  # Dask: a LocalCluster of --workers processes, or a running cluster
+            from fmtlab.explore.executor import make_executor
+
+            executor = stack.enter_context(make_executor(args.scheduler, args.workers))
         calib = open_trace(args.calib, verify=verify) if args.calib else None
         for path in args.traces:
             res = replay(open_trace(path, verify=verify), configs, layers=args.layers, kinds=kinds, calib=calib,
-                         max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet)
+                         max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet,
+                         executor=executor)
             total = res if total is None else total + res
         dt = time.perf_counter() - t0
         files = total.write(args.out, args.stem)
@@ -240,7 +246,10 @@ def register(subparsers) -> None:
     p.add_argument("--kinds", help="comma list of linear,residual,attn_probs,key,value (default all recorded)")
     p.add_argument("--calib", help="trace to fit static transforms (SmoothQuant, AQAS) on")
     p.add_argument("--max-tokens", type=int, help="replay only the first N token rows")
-    p.add_argument("--workers", type=int, help="threads (default: CPU count, at most 4)")
+    p.add_argument("--workers", type=int, help="threads (default: CPU count, at most 4); with --scheduler "
+                   "local: Dask worker processes (default 2)")
+    p.add_argument("--scheduler", help="run on Dask: 'local' (a LocalCluster of --workers processes) or the "
+                   "address / scheduler file of a running cluster (workers must see the trace paths)")
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the trace shards")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay)

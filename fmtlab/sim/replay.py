@@ -286,7 +286,7 @@ class ReplayResult:
 def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None = None,
            kinds: Sequence[str] | None = None, calib: Trace | str | None = None,
            max_tokens: int | None = None, workers: int | None = None, progress: bool = True,
-           top_k: int = 3, label: str | None = None) -> ReplayResult:
+           top_k: int = 3, label: str | None = None, executor: Any = None) -> ReplayResult:
     """Replay ``trace`` through ``configs`` and measure every tensor (see module doc).
 
     ``configs``: one config or a sequence of configs (ReplayConfig, preset name, "name:w=..;a=..;t=..",
@@ -294,6 +294,8 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     ("linear", "residual", "attn_probs", "key", "value"); default all recorded. ``calib``: trace to
     fit static scales and fitted transforms on (required by such configs). ``max_tokens``: replay only the first rows. ``workers``: threads
     (default: CPU count, at most 4). Rows come back in trace order, config-major within a tensor.
+    ``executor``: run the tasks on a :mod:`fmtlab.explore.executor` executor (e.g. a Dask cluster;
+    ``workers`` is then ignored); the rows are the same.
     """
     from tqdm.auto import tqdm
 
@@ -339,9 +341,18 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     workers = workers or min(4, os.cpu_count() or 1)
     results: dict[int, list[dict[str, Any]]] = {}
     run = eng.run
-    bar = tqdm(total=len(tasks), unit="tensor", desc="replay", disable=not progress)
+    if executor is not None:
+        from fmtlab.explore.executor import Unit, run_units
+
+        units = [Unit(tr.path, cal.path if cal is not None else None, t.kind, tuple(t.names), t.tensor,
+                      tuple(cfgs), max_tokens, top_k, label) for t in tasks]
+        got = run_units(executor, units, progress=progress)
+        results = {i: got[u.key] for i, u in enumerate(units)}
+    bar = tqdm(total=len(tasks), unit="tensor", desc="replay", disable=not progress or executor is not None)
     try:
-        if workers == 1:
+        if executor is not None:
+            pass
+        elif workers == 1:
             for i, t in enumerate(tasks):
                 results[i] = run(t)
                 bar.update(1)
