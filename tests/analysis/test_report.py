@@ -159,7 +159,7 @@ def test_bad_options_are_clear(tmp_path, capsys):
 
 
 def test_layer_labels_are_unique_per_tensor():
-    from fmtlab.analysis.report import _layer_label
+    from fmtlab.analysis.report_text import layer_label as _layer_label
 
     rows = [{"block": 0, "op": "linear", "layer_type": t, "tensor": f"model.layers.0.{t}"}
             for t in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj")]
