@@ -15,9 +15,9 @@ Base search (the objective is the slot's sum of squared errors as a function of 
 * ``method="grid"``: the best of ``grid`` (default :data:`DEFAULT_GRID`, 64 bases geometric
   between 1.05 and 4.0, plus the standard bases 2 and sqrt(2));
 * ``method="golden"`` (default): the coarse grid :data:`COARSE_GRID` (24 bases, geometric in
-  [1.05, 4.0]) brackets the best grid point by its two neighbours, then golden-section search on
+  [1.05, 4.0], plus 2 and sqrt(2)) brackets the best grid point by its two neighbours, then golden-section search on
   ln b inside the bracket until the bracket is narrower than ``tol`` (relative); the result is the
-  best base evaluated anywhere (so never worse than the coarse grid). The objective is not
+  best base evaluated anywhere (so never worse than the coarse grid, base 2 included). The objective is not
   unimodal in general (rounding makes it piecewise smooth); the bracket keeps the search local to
   the grid's best basin.
 
@@ -42,7 +42,7 @@ __all__ = ["fit_log_base", "LogBaseFit", "FittedLogQuantizer", "log_quantize_slo
            "DEFAULT_GRID", "COARSE_GRID"]
 
 DEFAULT_GRID = tuple(sorted(set(np.geomspace(1.05, 4.0, 64).tolist()) | {2.0, math.sqrt(2.0)}))
-COARSE_GRID = tuple(np.geomspace(1.05, 4.0, 24).tolist())
+COARSE_GRID = tuple(sorted(set(np.geomspace(1.05, 4.0, 24).tolist()) | {2.0, math.sqrt(2.0)}))
 _GOLD = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 _NAME_RE = re.compile(r"log(\d+)_fitb_(per_tensor|per_channel)(_grid|_golden)?")
 
