@@ -45,11 +45,11 @@ def test_per_row_bases_equal_one_quantizer_per_row():
 
 def test_golden_section_finds_the_grid_optimum():
     """On a large Gaussian tensor (a smooth MSE(b)), golden-section (coarse grid bracket + golden
-    steps) reaches the optimum of a 2000-point grid within 0.1% of its MSE and 1% of its base,
-    and never does worse than the coarse grid it starts from."""
-    w = np.random.default_rng(3).standard_normal((256, 512)).astype(np.float32)
+    steps) reaches the optimum of a fine grid (100 bases, 0.2% apart, around the optimum ~1.56)
+    within 0.1% of its MSE and 1% of its base, and never does worse than the coarse grid."""
+    w = np.random.default_rng(3).standard_normal((128, 512)).astype(np.float32)
     gold = fit_log_base(w, 4, None, "golden")
-    fine = fit_log_base(w, 4, None, "grid", grid=np.geomspace(1.05, 4.0, 2000))
+    fine = fit_log_base(w, 4, None, "grid", grid=np.geomspace(1.4, 1.75, 100))
     assert gold.mse[0] <= fine.mse[0] * (1 + 1e-3)
     assert abs(gold.bases[0] / fine.bases[0] - 1) < 0.01
     coarse = fit_log_base(w, 4, None, "grid", grid=np.geomspace(1.05, 4.0, 24))
