@@ -21,8 +21,9 @@ Base search (the objective is the slot's sum of squared errors as a function of 
   unimodal in general (rounding makes it piecewise smooth); the bracket keeps the search local to
   the grid's best basin.
 
-During the search the level table is computed from the formula (b**-k and geometric means); the
-final quantization uses each fitted base's LogFormat table, so the reported MSE is exact.
+The search evaluates the objective from |y| sorted per slot with prefix sums (O(levels) per base
+after one sort; ties at a bound, a measure-zero event, count below it); the final quantization
+uses each fitted base's exact LogFormat table, so the reported MSE is exact.
 Spec names: ``log4_fitb_per_tensor``, ``log4_fitb_per_channel`` (one base per output row), with
 ``_grid`` for the grid search (e.g. ``log4_fitb_per_channel_grid``).
 """
@@ -38,7 +39,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.logfmt import LogFormat
 
-__all__ = ["fit_log_base", "LogBaseFit", "FittedLogQuantizer", "log_quantize_slots", "parse_logfit_name",
+__all__ = ["fit_log_base", "LogBaseFit", "FittedLogQuantizer", "log_quantize_slots", "parse_logfit_name", "SearchObjective",
            "DEFAULT_GRID", "COARSE_GRID"]
 
 DEFAULT_GRID = tuple(sorted(set(np.geomspace(1.05, 4.0, 64).tolist()) | {2.0, math.sqrt(2.0)}))
@@ -88,54 +89,54 @@ def _slot_scales(M: np.ndarray) -> np.ndarray:
     return np.where(amax == 0, np.float32(1.0), amax).astype(np.float32)  # fl32(c / fl32(1.0)) = c
 
 
-def _formula_tables(bases: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(levels [S, n+1], bounds [S, n], even [S, n+1]) of the positive half per base (search only)."""
+def _levels(b: float, bits: int) -> np.ndarray:
+    """Positive levels [0, b**-kmax, ..., 1] computed by the same expression as LogFormat.magnitudes."""
     kmax = (1 << (bits - 1)) - 2
     k = np.arange(kmax, -1, -1, dtype=np.float64)
-    b = bases.astype(np.float64)[:, None]
-    lev = np.concatenate([np.zeros((bases.size, 1)), b ** (-k)[None, :]], axis=1)
-    bnd = np.sqrt(lev[:, 1:-1] * lev[:, 2:])
-    bnd = np.concatenate([b ** (-(kmax + 0.5)), bnd], axis=1)
-    even = np.concatenate([[True], (k % 2 == 0)])
-    return lev, bnd, np.broadcast_to(even, lev.shape)
+    return np.concatenate([[0.0], float(b) ** (-k)])
 
 
 def _exact_tables(bases: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The same tables read from each base's LogFormat grid (the format's own definition)."""
-    levs, bnds, evs = [], [], []
-    cache: dict[float, tuple] = {}
-    for b in bases.tolist():
+    """(levels [S, n+1], bounds [S, n], even [S, n+1]) of the positive half of each base's LogFormat
+    grid: levels as LogFormat.magnitudes, bounds as LogFormat._bounds (geometric means, the
+    underflow threshold b**-(kmax + 1/2) above zero), even flags as LogFormat._is_even. The last
+    bound (1.0 to the virtual level above it: overflow) is left out; |y| <= 1 never reaches it."""
+    kmax = (1 << (bits - 1)) - 2
+    cache: dict[float, np.ndarray] = {}
+    lev = np.empty((bases.size, kmax + 2))
+    under = np.empty(bases.size)
+    for i, b in enumerate(bases.tolist()):
         if b not in cache:
-            g = LogFormat(bits, float(b)).grid
-            z = int(np.flatnonzero(g.vals == 0)[0])
-            # positive half: zero .. 1.0 (vals[-1] is the virtual value above 1.0; its bound means
-            # overflow, which an absmax-scaled |y| <= 1 never reaches)
-            cache[b] = (g.vals[z:-1], g.bounds[z:-1], g.even[z:-1])
-        lv, bd, ev = cache[b]
-        levs.append(lv)
-        bnds.append(bd)
-        evs.append(ev)
-    return np.stack(levs), np.stack(bnds), np.stack(evs)
+            cache[b] = _levels(b, bits)
+        lev[i] = cache[b]
+        under[i] = float(b ** (-(kmax + 0.5)))
+    bnd = np.concatenate([under[:, None], np.sqrt(np.abs(lev[:, 1:-1]) * np.abs(lev[:, 2:]))], axis=1)
+    k = np.arange(kmax, -1, -1)
+    even = np.concatenate([[True], k % 2 == 0])
+    return lev, bnd, np.broadcast_to(even, lev.shape)
 
 
 def _round_slots(y: np.ndarray, lev: np.ndarray, bnd: np.ndarray, even: np.ndarray) -> np.ndarray:
     """Level index per |y| [S, L] with per-slot tables; ties to the even neighbour, else smaller."""
-    idx = np.zeros(y.shape, dtype=np.int64)
-    tie_up = np.zeros(y.shape, dtype=bool)
+    idx = np.zeros(y.shape, dtype=np.int8)
     for i in range(bnd.shape[1]):
         bi = bnd[:, i:i + 1]
         idx += y > bi
         up = even[:, i + 1] & ~even[:, i]
-        tie_up |= (y == bi) & up[:, None]
-    return idx + tie_up
+        if up.any():
+            idx += (y == bi) & up[:, None]
+    return idx.astype(np.intp)
 
 
-def _quantize(M: np.ndarray, bases: np.ndarray, bits: int, exact: bool) -> np.ndarray:
+def _scaled(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = _slot_scales(M)
-    y = (M / s[:, None]).astype(M.dtype)  # fl(w / s) in w's precision
-    lev, bnd, even = (_exact_tables if exact else _formula_tables)(bases, bits)
-    ay = np.abs(y).astype(np.float64)
-    j = _round_slots(ay, lev, bnd, even)
+    return (M / s[:, None]).astype(M.dtype), s  # fl(w / s) in w's precision
+
+
+def _quantize(M: np.ndarray, bases: np.ndarray, bits: int) -> np.ndarray:
+    y, s = _scaled(M)
+    lev, bnd, even = _exact_tables(bases, bits)
+    j = _round_slots(np.abs(y).astype(np.float64), lev, bnd, even)
     v = np.take_along_axis(lev, j, axis=1)
     out = (v * s[:, None].astype(np.float64)).astype(M.dtype)
     return np.where(np.signbit(y) & (v != 0), -out, out)
@@ -154,13 +155,43 @@ def log_quantize_slots(w, bits: int, bases, axis=None) -> np.ndarray:
         raise FmtlabError(f"{b.size} base(s) for {M.shape[0]} slot(s)")
     if not np.all(np.isfinite(b)) or np.any(b <= 1.0):
         raise FmtlabError(f"log bases must be finite and > 1, got {b[~(np.isfinite(b) & (b > 1))][:3]}")
-    return _quantize(M, b, bits, exact=True).reshape(a.shape)
+    return _quantize(M, b, bits).reshape(a.shape)
 
 
-def _sse(M: np.ndarray, bases: np.ndarray, bits: int) -> np.ndarray:
-    q = _quantize(M, bases, bits, exact=False)
-    d = (M.astype(np.float64) - q.astype(np.float64))
-    return np.einsum("ij,ij->i", d, d)
+class SearchObjective:
+    """The search objective in O(levels) per slot: |y| sorted per slot with prefix sums of y and
+    y**2, so the SSE at any base is a sum over the level intervals (searchsorted on the bounds):
+    sum_m [S2(m) - 2 v_m S1(m) + n_m v_m**2] * s**2. Ties at a bound (measure zero) count below it."""
+
+    def __init__(self, M: np.ndarray, bits: int) -> None:
+        y, s = _scaled(M)
+        Y = np.sort(np.abs(y).astype(np.float64), axis=1)
+        S, L = Y.shape
+        self.bits, self.S, self.L = bits, S, L
+        self.s2 = s.astype(np.float64) ** 2
+        z = np.zeros((S, 1))
+        self.P1 = np.concatenate([z, np.cumsum(Y, axis=1)], axis=1)
+        self.P2 = np.concatenate([z, np.cumsum(Y * Y, axis=1)], axis=1)
+        self.off = 2.0 * np.arange(S)  # |y| <= 1: slot r lives in [2r, 2r + 1] of one sorted array
+        self.Z = (Y + self.off[:, None]).reshape(-1)
+
+    def sse(self, bases: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.arange(self.S) if rows is None else rows
+        kmax = (1 << (self.bits - 1)) - 2
+        k = np.arange(kmax, -1, -1, dtype=np.float64)
+        b = np.asarray(bases, dtype=np.float64)[:, None]
+        lev = np.concatenate([np.zeros((b.shape[0], 1)), b ** (-k)[None, :]], axis=1)
+        bnd = np.concatenate([b ** (-(kmax + 0.5)), np.sqrt(lev[:, 1:-1] * lev[:, 2:])], axis=1)
+        c = np.searchsorted(self.Z, bnd + self.off[rows, None], side="left") - (rows * self.L)[:, None]
+        c = np.clip(c, 0, self.L)
+        lo = np.concatenate([np.zeros((rows.size, 1), dtype=np.int64), c], axis=1)
+        hi = np.concatenate([c, np.full((rows.size, 1), self.L, dtype=np.int64)], axis=1)
+        base = (rows * (self.L + 1))[:, None]  # flat offsets: no copy of the prefix sums
+        P1, P2 = self.P1.reshape(-1), self.P2.reshape(-1)
+        s1 = P1[base + hi] - P1[base + lo]
+        s2 = P2[base + hi] - P2[base + lo]
+        n = (hi - lo).astype(np.float64)
+        return np.maximum((s2 - 2 * lev * s1 + n * lev * lev).sum(axis=1), 0.0) * self.s2[rows]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -179,11 +210,9 @@ class LogBaseFit:
         return FittedLogQuantizer(self.bits, self.axis, self.method)
 
 
-def _grid_search(M, bits, grid):
-    g = np.asarray(grid, dtype=np.float64)
-    sse = np.stack([_sse(M, np.full(M.shape[0], b), bits) for b in g], axis=1)  # [S, G]
-    i = np.argmin(sse, axis=1)
-    return g, sse, i
+def _grid_search(obj: "SearchObjective", grid: np.ndarray):
+    sse = np.stack([obj.sse(np.full(obj.S, b)) for b in grid], axis=1)  # [S, G]
+    return sse, np.argmin(sse, axis=1)
 
 
 def fit_log_base(w, bits: int = 4, axis: int | None = None, method: str = "golden", grid=None,
@@ -207,7 +236,8 @@ def fit_log_base(w, bits: int = 4, axis: int | None = None, method: str = "golde
     if g.size < (1 if method == "grid" else 3) or not np.all(np.isfinite(g)) or np.any(g <= 1.0):
         raise FmtlabError(f"grid must hold finite bases > 1 ({'1' if method == 'grid' else '3'} or more), got {grid!r}")
     g = np.unique(g)
-    g, sse, i = _grid_search(M, bits, g)
+    obj = SearchObjective(M, bits)
+    sse, i = _grid_search(obj, g)
     rows = np.arange(M.shape[0])
     best_b, best_s = g[i], sse[rows, i]
     if method == "golden":
@@ -215,7 +245,7 @@ def fit_log_base(w, bits: int = 4, axis: int | None = None, method: str = "golde
         hi = np.log(g[np.minimum(i + 1, g.size - 1)])
         c = hi - _GOLD * (hi - lo)
         d = lo + _GOLD * (hi - lo)
-        fc, fd = _sse(M, np.exp(c), bits), _sse(M, np.exp(d), bits)
+        fc, fd = obj.sse(np.exp(c)), obj.sse(np.exp(d))
         for _ in range(max_iter):
             for t, f in ((c, fc), (d, fd)):
                 better = f < best_s
@@ -234,11 +264,11 @@ def fit_log_base(w, bits: int = 4, axis: int | None = None, method: str = "golde
             f_d2 = np.where(left, fc, np.nan)
             need_c, need_d = np.isnan(f_c2), np.isnan(f_d2)
             if need_c.any():
-                f_c2[need_c] = _sse(M[need_c], np.exp(c2[need_c]), bits)
+                f_c2[need_c] = obj.sse(np.exp(c2[need_c]), np.flatnonzero(need_c))
             if need_d.any():
-                f_d2[need_d] = _sse(M[need_d], np.exp(d2[need_d]), bits)
+                f_d2[need_d] = obj.sse(np.exp(d2[need_d]), np.flatnonzero(need_d))
             c, d, fc, fd = c2, d2, f_c2, f_d2
-    q = _quantize(M, best_b, bits, exact=True)
+    q = _quantize(M, best_b, bits)
     diff = M.astype(np.float64) - q.astype(np.float64)
     mse = np.einsum("ij,ij->i", diff, diff) / M.shape[1]
     return LogBaseFit(best_b.astype(np.float64), mse, bits, axis, method)

@@ -100,3 +100,19 @@ def test_bad_inputs_raise():
         log_quantize_slots(_weights(7), 4, 1.0)
     with pytest.raises(FmtlabError, match="slot"):
         log_quantize_slots(_weights(7), 4, [1.5, 2.0], axis=0)
+
+
+def test_search_objective_equals_exact_sse():
+    """The sorted-prefix-sum objective of the search equals the SSE of the exact quantization up to
+    the float32 rounding of the quantized values (relative 1e-6), per tensor and per row, at bases
+    off and on the standard grid."""
+    from fmtlab.formats.logfit import SearchObjective
+
+    w = _weights(8)
+    for axis in (None, 0):
+        M = w.reshape(1, -1) if axis is None else w
+        obj = SearchObjective(M, 4)
+        for b in (1.21, 1.5, 2.0, 2.9):
+            q = log_quantize_slots(w, 4, b, axis=axis).reshape(M.shape)
+            exact = ((q.astype(np.float64) - M) ** 2).sum(axis=1)
+            assert np.allclose(obj.sse(np.full(M.shape[0], b)), exact, rtol=1e-6, atol=0)
