@@ -37,10 +37,9 @@ import re
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats.logfmt import LogFormat
 
-__all__ = ["fit_log_base", "LogBaseFit", "FittedLogQuantizer", "log_quantize_slots", "parse_logfit_name", "SearchObjective",
-           "DEFAULT_GRID", "COARSE_GRID"]
+__all__ = ["fit_log_base", "LogBaseFit", "FittedLogQuantizer", "log_quantize_slots", "parse_logfit_name",
+           "SearchObjective", "DEFAULT_GRID", "COARSE_GRID"]
 
 DEFAULT_GRID = tuple(sorted(set(np.geomspace(1.05, 4.0, 64).tolist()) | {2.0, math.sqrt(2.0)}))
 COARSE_GRID = tuple(sorted(set(np.geomspace(1.05, 4.0, 24).tolist()) | {2.0, math.sqrt(2.0)}))

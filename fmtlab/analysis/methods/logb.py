@@ -133,16 +133,19 @@ def run(ctx: MethodsContext) -> ClaimResult:
                 + "; ".join(f"{c} {w_iv[c].text(2)}" for c in configs)
                 + f". Layer-output SQNR (dB; interval over {ctx.n_eval} windows of {ctx.seq_len} tokens): "
                 + "; ".join(f"{c} {o_iv[c].text(2)}" for c in configs)
-                + f". Fitted log4 minus asym INT4 (per tensor): weight {dw.value:+.2f} [{dw.lo:+.2f}, {dw.hi:+.2f}] dB, "
+                + f". Fitted log4 minus asym INT4 (per tensor): weight {dw.value:+.2f} "
+                + f"[{dw.lo:+.2f}, {dw.hi:+.2f}] dB, "
                 + f"output {do.value:+.2f} [{do.lo:+.2f}, {do.hi:+.2f}] dB; fits took {t_fit:.0f} s")
     if ok:
-        reason = "fitted-base log4 beats tensor-wise asymmetric INT4 on weight and layer-output SQNR (paired intervals above zero)"
+        reason = ("fitted-base log4 beats tensor-wise asymmetric INT4 on weight and layer-output SQNR (paired "
+                  "intervals above zero)")
     else:
         reason = ("fitted-base log4 does not beat tensor-wise asymmetric INT4 on both measures with paired intervals "
                   "above zero")
     numbers = {"weight_sqnr_db": {c: [w_iv[c].value, w_iv[c].lo, w_iv[c].hi] for c in configs},
                "output_sqnr_db": {c: [o_iv[c].value, o_iv[c].lo, o_iv[c].hi] for c in configs},
-               "fit_minus_int4_weight_db": [dw.value, dw.lo, dw.hi], "fit_minus_int4_output_db": [do.value, do.lo, do.hi],
+               "fit_minus_int4_weight_db": [dw.value, dw.lo, dw.hi],
+               "fit_minus_int4_output_db": [do.value, do.lo, do.hi],
                "layers": len(names), "fit_seconds": t_fit}
     return ClaimResult("logb", measured, Verdict.REPRODUCED if ok else Verdict.NOT_REPRODUCED, reason, numbers,
                        time.perf_counter() - t0)

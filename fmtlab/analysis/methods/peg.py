@@ -90,13 +90,15 @@ def run(ctx: MethodsContext) -> ClaimResult:
                 + f"MACs cost +{hw.energy_overhead:.1%} energy per MAC, +{hw.area_overhead:.1%} row area "
                 + "(fmtlab.hw.peg_cost)")
     if ok:
-        reason = "PEG lowers static per-tensor W8A8 perplexity (paired interval below zero) and recovers >= 50% of the gap"
+        reason = ("PEG lowers static per-tensor W8A8 perplexity (paired interval below zero) and recovers >= 50% "
+                  "of the gap")
     elif d.hi < 0:
         reason = f"PEG helps (interval below zero) but recovers only {recovered:.0%} of the gap to FP32"
     else:
         reason = "the paired interval of PEG minus per-tensor does not lie below zero"
     numbers = {n: {"ppl": iv[n].value, "lo": iv[n].lo, "hi": iv[n].hi} for n in names}
-    numbers.update({"peg_minus_per_tensor": [d.value, d.lo, d.hi], "perm_minus_noperm": [d_perm.value, d_perm.lo, d_perm.hi],
+    numbers.update({"peg_minus_per_tensor": [d.value, d.lo, d.hi],
+                    "perm_minus_noperm": [d_perm.value, d_perm.lo, d_perm.hi],
                     "gap_recovered": recovered, "groups": k, "hw_energy_overhead": hw.energy_overhead,
                     "hw_area_overhead": hw.area_overhead, "seq_len": ctx.seq_len, "n_calib": ctx.n_calib,
                     "n_eval": ctx.n_eval})
