@@ -13,8 +13,17 @@ from sim_helpers import TEXTS, CharTokenizer, tiny_llama  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ctx():
-    return MethodsContext(tiny_llama(), CharTokenizer(), [TEXTS[0] * 4], [TEXTS[1] * 4], seq_len=16,
+    """Quick context on a tiny llama; one torch and numba thread (small parallel ops stall on a loaded machine)."""
+    import numba
+    import torch
+
+    before, nb_before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    yield MethodsContext(tiny_llama(), CharTokenizer(), [TEXTS[0] * 4], [TEXTS[1] * 4], seq_len=16,
                           n_calib=2, n_eval=3, seed=0, quick=True)
+    torch.set_num_threads(before)
+    numba.set_num_threads(nb_before)
 
 
 @pytest.mark.parametrize("key", ["peg", "slac", "logb"])
