@@ -96,6 +96,12 @@ def run(ctx: MethodsContext) -> ClaimResult:
         reason = f"PEG helps (interval below zero) but recovers only {recovered:.0%} of the gap to FP32"
     else:
         reason = "the paired interval of PEG minus per-tensor does not lie below zero"
+    extra = []
+    for n in names[3:]:
+        rec = (iv[pt].value - iv[n].value) / gap if gap > 0 else float("nan")
+        extra.append(f"{n}: {rec:.0%} of the gap recovered")
+    if extra:
+        reason += "; " + "; ".join(extra)
     numbers = {n: {"ppl": iv[n].value, "lo": iv[n].lo, "hi": iv[n].hi} for n in names}
     numbers.update({"peg_minus_per_tensor": [d.value, d.lo, d.hi],
                     "perm_minus_noperm": [d_perm.value, d_perm.lo, d_perm.hi],
