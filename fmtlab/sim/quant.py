@@ -176,6 +176,12 @@ def resolve(spec: Any) -> QuantFn:
         return spec
     if isinstance(spec, str):
         name, kwargs = parse_call(spec)
+        # issue 12 hook: PEG (int8_peg6) and fitted-base log (log4_fitb_per_channel) specs
+        from fmtlab.formats.method_specs import get_method_quantizer
+
+        mq = get_method_quantizer(name, **kwargs)
+        if mq is not None:
+            return QuantFn(spec, mq.fake_quantize, mq)
         try:
             from fmtlab.formats import get_quantizer
         except ImportError as exc:
@@ -208,6 +214,12 @@ def calibrate_static(q: QuantFn, x_calib: np.ndarray, rule: str = "absmax") -> Q
     from fmtlab.formats import Quantizer
     from fmtlab.formats.scaling import PerTensor, Static, parse_scale_rule
 
+    own = getattr(q.obj, "calibrate", None)  # issue 12 hook: quantizers with their own static
+    if callable(own) and not isinstance(q.obj, Quantizer):  # calibration (PEG: K group scales)
+        if not str(rule).split("(")[0].strip().lower() in STATIC_RULES:
+            raise FmtlabError(f"static calibration rule must be one of {STATIC_RULES}, got {rule!r}")
+        frozen = own(np.ascontiguousarray(x_calib, dtype=np.float32), rule)
+        return QuantFn(f"{q.name}[static {rule}]", frozen.fake_quantize, getattr(frozen, "quantizer", frozen))
     if not isinstance(q.obj, Quantizer) or q.obj.is_block or not isinstance(q.obj.granularity, PerTensor):
         raise FmtlabError(f"static activation scales need an fmtlab per-tensor quantizer, got {q.name!r}")
     if not str(rule).split("(")[0].strip().lower() in STATIC_RULES:

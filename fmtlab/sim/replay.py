@@ -100,6 +100,9 @@ PRESETS: dict[str, ReplayConfig] = {c.name: c for c in [
     ReplayConfig("mxfp4", "mxfp4", "mxfp4"),
     ReplayConfig("nvfp4", "nvfp4", "nvfp4"),
     ReplayConfig("w4a8_log4", "log4_per_channel", "int8_per_token"),
+    # issue 12 (fmtlab.formats.peg / logfit): PEG static activation groups, fitted-base log weights
+    ReplayConfig("w8a8_peg6_static", "int8_per_tensor", "int8_peg6", act_calib="absmax"),
+    ReplayConfig("w4a8_log4_fitb", "log4_fitb_per_channel", "int8_per_token"),
 ]}
 #: the configs of the end-to-end perplexity check
 E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "w4a8_dint_channel",

@@ -68,7 +68,8 @@ class Claim:
 
 #: modules whose import registers claims (the report imports them lazily, in this order)
 METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.cushion", "fmtlab.analysis.methods.massive",
-                                  "fmtlab.analysis.methods.fptquant")
+                                  "fmtlab.analysis.methods.fptquant", "fmtlab.analysis.methods.peg",
+                                  "fmtlab.analysis.methods.slac", "fmtlab.analysis.methods.logb")
 
 _CLAIMS: dict[str, Claim] = {}
 
