@@ -34,7 +34,7 @@ from fmtlab.formats import AbsMax, PerChannel
 from fmtlab.formats.peg import PegQuantizer, group_bounds, range_permutation
 from fmtlab.pytorch.activations import StaticActivation
 from fmtlab.pytorch.model import QuantLinear, quantize_model
-from fmtlab.pytorch.quantizers import resolve
+from fmtlab.pytorch.specs import resolve
 
 __all__ = ["PegActivation", "quantize_model_peg", "MP_LAYERS"]
 

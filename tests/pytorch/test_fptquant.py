@@ -14,7 +14,7 @@ from fmtlab.pytorch.fptquant import (FPTQuantTransforms, LocalLoss, changed_keys
                                      llama_shape, lp_loss, merge_fptquant, merged_layer_weights)
 from fmtlab.pytorch.fptquant_quant import (TokenScaledStatic, prepare_static, quantize_fptquant, token_rms,
                                            train_end_to_end)
-from fmtlab.pytorch.quantizers import resolve
+from fmtlab.pytorch.specs import resolve
 
 PRESERVE_ATOL = 1e-4
 VOCAB_T = 96
