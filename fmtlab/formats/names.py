@@ -7,8 +7,10 @@ then each kind in registration order; the first kind that recognises the name bu
 An unknown name raises the grammar's error type naming the name, the known exact names and the
 kinds' help (so every error message lists what is known).
 
-``fmtlab.formats.registry`` (formats) and ``fmtlab.formats.presets`` (quantizer specs) are
-built on it; replay configs and transforms can adopt it the same way. ``split_options`` is the
+Every vocabulary exposes its ``GRAMMAR``: ``fmtlab.formats.registry`` (formats),
+``fmtlab.formats.presets`` (quantizer presets), ``fmtlab.sim.quant`` (quantizer specs: identity,
+presets, the PEG / fitted-log methods), ``fmtlab.sim.transforms``, ``fmtlab.sim.replay`` (replay
+configs) and ``fmtlab.hw.accumulators``. ``split_options`` is the
 tokenizer: ``"int4_g128_asym" -> ("int4", ["g128", "asym"])`` once told which tokens are
 options. ``parse_call`` is the one call syntax (``"name(key=value, ...)"``) and ``split_plus``
 the one composition splitter (``"a+b(x=1)"``), shared by quantizer specs, transforms and the
