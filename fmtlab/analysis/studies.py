@@ -18,7 +18,7 @@ import numpy as np
 def hw_operand(spec: Any) -> tuple[str | None, str]:
     """(hw operand name, note) of a quantizer spec: element format, or an MX block unit."""
     from fmtlab.formats import PerBlock, Quantizer, get_quantizer
-    from fmtlab.sim.quant import parse_call
+    from fmtlab.formats.names import parse_call
 
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "fp32", "float32", "identity")):
         return None, "not quantized"

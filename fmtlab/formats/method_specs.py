@@ -16,7 +16,13 @@ from typing import Any
 from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
 from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 
-__all__ = ["get_method_quantizer"]
+__all__ = ["get_method_quantizer", "is_method_name"]
+
+
+def is_method_name(name: str) -> bool:
+    """Whether ``name`` is a PEG or fitted-base log quantizer name."""
+    return isinstance(name, str) and (parse_peg_name(name) is not None
+                                      or parse_logfit_name(name) is not None)
 
 
 def get_method_quantizer(name: str, **overrides: Any):

@@ -7,10 +7,14 @@ then each kind in registration order; the first kind that recognises the name bu
 An unknown name raises the grammar's error type naming the name, the known exact names and the
 kinds' help (so every error message lists what is known).
 
-``fmtlab.formats.registry`` (formats) and ``fmtlab.formats.presets`` (quantizer specs) are
-built on it; replay configs and transforms can adopt it the same way. ``split_options`` is the
+Every vocabulary exposes its ``GRAMMAR``: ``fmtlab.formats.registry`` (formats),
+``fmtlab.formats.presets`` (quantizer presets), ``fmtlab.sim.quant`` (quantizer specs: identity,
+presets, the PEG / fitted-log methods), ``fmtlab.sim.transforms``, ``fmtlab.sim.replay`` (replay
+configs) and ``fmtlab.hw.accumulators``. ``split_options`` is the
 tokenizer: ``"int4_g128_asym" -> ("int4", ["g128", "asym"])`` once told which tokens are
-options.
+options. ``parse_call`` is the one call syntax (``"name(key=value, ...)"``) and ``split_plus``
+the one composition splitter (``"a+b(x=1)"``), shared by quantizer specs, transforms and the
+torch/analysis spec parsers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from fmtlab.errors import FmtlabError
 
-__all__ = ["Grammar", "split_options"]
+__all__ = ["Grammar", "parse_call", "parse_value", "split_options", "split_plus"]
 
 T = TypeVar("T")
 
@@ -35,16 +39,77 @@ def split_options(name: str, is_option: Callable[[str], bool]) -> tuple[str, lis
     return "_".join(parts), opts
 
 
+def parse_value(text: str) -> Any:
+    """A call argument's value: true/false -> bool, none -> None, then int, float, else the text
+    (surrounding quotes removed)."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t.strip("'\"")
+
+
+_CALL_RE = re.compile(r"\s*([\w.\-]+)\s*(?:\((.*)\))?\s*")
+
+
+def parse_call(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name(a=1, b=x)"`` -> ("name", {"a": 1, "b": "x"}); plain ``"name"`` -> ("name", {}).
+
+    FmtlabError for text that is not a name or whose arguments are not all key=value."""
+    m = _CALL_RE.fullmatch(text)
+    if not m:
+        raise FmtlabError(f"cannot parse {text!r}; expected name or name(key=value, ...)")
+    kwargs: dict[str, Any] = {}
+    args = (m.group(2) or "").strip()
+    if args:
+        for part in args.split(","):
+            if "=" not in part:
+                raise FmtlabError(f"in {text!r}: argument {part.strip()!r} must be key=value")
+            k, v = part.split("=", 1)
+            kwargs[k.strip()] = parse_value(v)
+    return m.group(1), kwargs
+
+
+def split_plus(text: str) -> list[str]:
+    """Split a composition ``"a+b(x=1)+c"`` at top-level '+' (not inside parentheses); parts are
+    returned as written (empty parts kept, the caller drops them)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "+" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
 class Grammar(Generic[T]):
     """Exact names, aliases and pattern kinds for one vocabulary (see the module docstring).
 
     what: the noun errors use ("format", "quantizer"); error: the exception type raised for an
-    unknown name (a FmtlabError subclass).
+    unknown name (a FmtlabError subclass); fold_case: names are matched lowercase (False: as
+    written, only stripped; for vocabularies whose names embed case-sensitive text).
     """
 
-    def __init__(self, what: str, error: type[FmtlabError] = FmtlabError) -> None:
+    def __init__(self, what: str, error: type[FmtlabError] = FmtlabError,
+                 fold_case: bool = True) -> None:
         self.what = what
         self.error = error
+        self.fold_case = fold_case
         self._exact: dict[str, Callable[[], T]] = {}
         self._aliases: dict[str, str] = {}
         self._kinds: list[tuple[str, Callable[[str], Any], str]] = []
@@ -82,7 +147,7 @@ class Grammar(Generic[T]):
         return list(self._exact)
 
     def canonical(self, name: str) -> str:
-        key = name.strip().lower()
+        key = name.strip().lower() if self.fold_case else name.strip()
         return self._aliases.get(key, key)
 
     def find(self, name: str) -> T | None:
@@ -105,7 +170,11 @@ class Grammar(Generic[T]):
             raise self.error(self.unknown_message(name, known))
         return v
 
+    def kinds_help(self) -> str:
+        """The kinds' help strings, comma-separated ("" when the grammar has no kinds)."""
+        return ", ".join(h() if callable(h) else h for _, _, h in self._kinds)
+
     def unknown_message(self, name: str, known: Iterable[str] | None = None) -> str:
         listed = ", ".join(self.names() if known is None else known)
-        helps = ", ".join(h() if callable(h) else h for _, _, h in self._kinds)
+        helps = self.kinds_help()
         return f"unknown {self.what} {name!r}; known: {listed}" + (f" (and {helps})" if helps else "")

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+from typing import Callable
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.names import Grammar
 
 __all__ = ["AccOverflow", "AccRounding", "IntAcc", "FloatAcc", "KulischAcc", "Accumulator",
            "parse_accumulator"]
@@ -146,6 +148,34 @@ _FLOAT_ACC = {"fp32": (8, 23), "float32": (8, 23), "fp16": (5, 10), "bf16": (8, 
               "tf32": (8, 10), "fp64": (11, 52)}
 
 
+# An accumulator name resolves to a builder ``build(overflow, rounding) -> accumulator``: the
+# override (an enum member or None) wins over the name's _sat / _rtz suffix.
+AccBuilder = Callable[["AccOverflow | None", "AccRounding | None"], "IntAcc | FloatAcc | KulischAcc"]
+
+
+def _int_acc(m: re.Match, name: str) -> AccBuilder:
+    return lambda ovf, rnd: IntAcc(int(m.group(1)),
+                                   ovf or (AccOverflow.SATURATE if m.group(2) else AccOverflow.WRAP))
+
+
+def _kulisch_acc(m: re.Match, name: str) -> AccBuilder:
+    return lambda ovf, rnd: KulischAcc(int(m.group(1)) if m.group(1) else 12)
+
+
+def _float_acc(e: int, mm: int, rtz: bool) -> AccBuilder:
+    return lambda ovf, rnd: FloatAcc(e, mm, rnd or (AccRounding.TOWARD_ZERO if rtz else AccRounding.NEAREST_EVEN))
+
+
+GRAMMAR: "Grammar[AccBuilder]" = Grammar("accumulator", FmtlabError)
+for _n, (_e, _m) in _FLOAT_ACC.items():
+    GRAMMAR.exact(_n, lambda _e=_e, _m=_m: _float_acc(_e, _m, False))
+    GRAMMAR.exact(_n + "_rtz", lambda _e=_e, _m=_m: _float_acc(_e, _m, True))
+GRAMMAR.kind("int", r"int(\d+)(_sat)?", "int<W>[_sat] (e.g. int32, int32_sat)", _int_acc)
+GRAMMAR.kind("kulisch", r"kulisch(\d+)?", "kulisch[<guard>]", _kulisch_acc)
+GRAMMAR.kind("minifloat", r"e(\d+)m(\d+)(_rtz)?", "e<E>m<M>[_rtz]",
+             lambda m, name: _float_acc(int(m.group(1)), int(m.group(2)), bool(m.group(3))))
+
+
 def parse_accumulator(spec: "str | IntAcc | FloatAcc | KulischAcc",
                       overflow: "AccOverflow | str | None" = None,
                       rounding: "AccRounding | str | None" = None
@@ -167,19 +197,4 @@ def parse_accumulator(spec: "str | IntAcc | FloatAcc | KulischAcc",
     if not isinstance(spec, str):
         raise TypeError("accumulator must be a name or an accumulator object, got "
                         f"{type(spec).__name__}")
-    s = spec.strip().lower()
-    if m := re.fullmatch(r"int(\d+)(_sat)?", s):
-        return IntAcc(int(m.group(1)),
-                      ovf or (AccOverflow.SATURATE if m.group(2) else AccOverflow.WRAP))
-    if m := re.fullmatch(r"kulisch(\d+)?", s):
-        return KulischAcc(int(m.group(1)) if m.group(1) else 12)
-    rtz = s.endswith("_rtz")
-    base = s[:-4] if rtz else s
-    rnd = rnd or (AccRounding.TOWARD_ZERO if rtz else AccRounding.NEAREST_EVEN)
-    if base in _FLOAT_ACC:
-        e, mm = _FLOAT_ACC[base]
-        return FloatAcc(e, mm, rnd)
-    if m := re.fullmatch(r"e(\d+)m(\d+)", base):
-        return FloatAcc(int(m.group(1)), int(m.group(2)), rnd)
-    raise FmtlabError(f"unknown accumulator {spec!r}; use int<W> (e.g. int32, int32_sat), "
-                      "fp32, fp16, bf16, tf32, e<E>m<M> (optionally _rtz), or kulisch[<guard>]")
+    return GRAMMAR.resolve(spec)(ovf, rnd)

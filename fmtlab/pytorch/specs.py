@@ -52,7 +52,7 @@ def resolve(spec: Any, role: str = "weights") -> Callable | None:
         return default_quantizer(spec, role)
     if isinstance(spec, str):
         if "(" in spec:  # "name(key=value, ...)": preset keyword overrides, as fmtlab.sim parses them
-            from fmtlab.sim.quant import parse_call
+            from fmtlab.formats.names import parse_call
 
             name, kwargs = parse_call(spec)
             return TorchQuantizer(get_quantizer(name, **kwargs))

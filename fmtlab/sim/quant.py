@@ -22,50 +22,59 @@ Underflow needs no scale: nonzero inputs that come back as zero.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.names import Grammar, parse_call
+
+__all__ = ["CLIP_RTOL", "GRAMMAR", "QuantFn", "STATIC_RULES", "calibrate_static", "clip_mask",
+           "known_specs", "parse_call", "resolve"]
 
 _IDENTITY_NAMES = ("none", "fp32", "float32", "identity")
 #: |x / scale| may exceed the format max by float32 rounding of the scale; beyond this it is clipping
 CLIP_RTOL = 2.0 ** -20
 
 
-def _parse_value(text: str) -> Any:
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
+def _method_kind(key: str) -> Callable[..., Any] | None:
+    # issue 12 hook: PEG (int8_peg6) and fitted-base log (log4_fitb_per_channel) specs
+    from fmtlab.formats.method_specs import get_method_quantizer, is_method_name
+
+    if not is_method_name(key):
         return None
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        return t.strip("'\"")
+    return lambda **kw: get_method_quantizer(key, **kw)
 
 
-def parse_call(text: str) -> tuple[str, dict[str, Any]]:
-    """``"name(a=1, b=x)"`` -> ("name", {"a": 1, "b": "x"}); plain ``"name"`` -> ("name", {})."""
-    m = re.fullmatch(r"\s*([\w.\-]+)\s*(?:\((.*)\))?\s*", text)
-    if not m:
-        raise FmtlabError(f"cannot parse {text!r}; expected name or name(key=value, ...)")
-    kwargs: dict[str, Any] = {}
-    args = (m.group(2) or "").strip()
-    if args:
-        for part in args.split(","):
-            if "=" not in part:
-                raise FmtlabError(f"in {text!r}: argument {part.strip()!r} must be key=value")
-            k, v = part.split("=", 1)
-            kwargs[k.strip()] = _parse_value(v)
-    return m.group(1), kwargs
+def _preset_kind(key: str) -> Callable[..., Any] | None:
+    from fmtlab.formats import get_quantizer
+    from fmtlab.formats.presets import GRAMMAR as PRESET_GRAMMAR
+
+    if PRESET_GRAMMAR.find(key) is None:
+        return None
+    return lambda **kw: get_quantizer(key, **kw)
+
+
+def _preset_help() -> str:
+    from fmtlab.formats.presets import GRAMMAR as PRESET_GRAMMAR
+
+    return PRESET_GRAMMAR.kinds_help()
+
+
+#: quantizer spec names -> builders ``build(**overrides) -> quantizer object`` (None: identity)
+GRAMMAR: Grammar[Callable[..., Any]] = Grammar("quantizer", FmtlabError)
+for _n in _IDENTITY_NAMES:
+    GRAMMAR.exact(_n, lambda: (lambda **kw: None))
+GRAMMAR.kind("method", _method_kind, "<format>_peg<K>[_noperm], log<N>_fitb_per_tensor|per_channel[_grid]")
+GRAMMAR.kind("preset", _preset_kind, _preset_help)
+
+
+def known_specs() -> list[str]:
+    """The exact spec names: the identity names, then fmtlab.formats' standard presets."""
+    from fmtlab.formats.presets import list_quantizers
+
+    return list(_IDENTITY_NAMES) + list_quantizers()
 
 
 @dataclass
@@ -176,18 +185,9 @@ def resolve(spec: Any) -> QuantFn:
         return spec
     if isinstance(spec, str):
         name, kwargs = parse_call(spec)
-        # issue 12 hook: PEG (int8_peg6) and fitted-base log (log4_fitb_per_channel) specs
-        from fmtlab.formats.method_specs import get_method_quantizer
-
-        mq = get_method_quantizer(name, **kwargs)
-        if mq is not None:
-            return QuantFn(spec, mq.fake_quantize, mq)
-        try:
-            from fmtlab.formats import get_quantizer
-        except ImportError as exc:
-            raise FmtlabError(f"quantizer preset {spec!r} needs fmtlab.formats.get_quantizer, "
-                              "which this installation lacks; pass a callable instead") from exc
-        q = get_quantizer(name, **kwargs)
+        q = GRAMMAR.resolve(name, known=known_specs())(**kwargs)
+        if q is None:
+            raise FmtlabError(f"quantizer spec {spec!r}: the identity takes no arguments")
         return QuantFn(spec, q.fake_quantize, q)
     fq = getattr(spec, "fake_quantize", None)
     if callable(fq):

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.names import Grammar
 from fmtlab.sim import metrics as M
 from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
 from fmtlab.sim.quant import STATIC_RULES
@@ -109,6 +110,36 @@ E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "
                "fp8_e4m3", "mxfp4", "w4a8_log4")
 
 
+_FIELD_KEYS = {"w": "weight", "weight": "weight", "a": "act", "act": "act", "t": "transform",
+               "transform": "transform", "hp": "hp_dtype", "c": "act_calib", "act_calib": "act_calib"}
+
+
+def _inline_config(s: str) -> ReplayConfig | None:
+    """``"name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE"`` (None without a ':')."""
+    if ":" not in s:
+        return None
+    name, body = s.split(":", 1)
+    fields: dict[str, Any] = {}
+    for part in body.split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise FmtlabError(f"in config {s!r}: {part!r} is not key=value")
+        k, v = part.split("=", 1)
+        key = _FIELD_KEYS.get(k.strip())
+        if key is None:
+            raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c)")
+        fields[key] = v.strip() or None
+    return ReplayConfig(name.strip(), **fields)
+
+
+#: replay config names: the presets (exact, case-sensitive) and inline ``name:w=...;a=...`` configs
+GRAMMAR: Grammar[ReplayConfig] = Grammar("config", FmtlabError, fold_case=False)
+for _name, _cfg in PRESETS.items():
+    GRAMMAR.exact(_name, lambda _c=_cfg: _c)
+GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE'")
+
+
 def make_config(spec: Any) -> ReplayConfig:
     """A ReplayConfig from a ReplayConfig, a preset name, a dict, a (name, w, a[, t]) tuple, or a
     string ``"name:w=SPEC;a=SPEC;t=TRANSFORM;c=RULE"`` (fields separated by ';', each optional;
@@ -120,27 +151,7 @@ def make_config(spec: Any) -> ReplayConfig:
     if isinstance(spec, tuple):
         return ReplayConfig(*spec)
     if isinstance(spec, str):
-        s = spec.strip()
-        if s in PRESETS:
-            return PRESETS[s]
-        if ":" not in s:
-            raise FmtlabError(f"unknown config {s!r}: not a preset ({', '.join(PRESETS)}) and not "
-                              "'name:w=...;a=...;t=...'")
-        name, body = s.split(":", 1)
-        fields: dict[str, Any] = {}
-        for part in body.split(";"):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise FmtlabError(f"in config {s!r}: {part!r} is not key=value")
-            k, v = part.split("=", 1)
-            key = {"w": "weight", "weight": "weight", "a": "act", "act": "act", "t": "transform",
-                   "transform": "transform", "hp": "hp_dtype", "c": "act_calib",
-                   "act_calib": "act_calib"}.get(k.strip())
-            if key is None:
-                raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c)")
-            fields[key] = v.strip() or None
-        return ReplayConfig(name.strip(), **fields)
+        return GRAMMAR.resolve(spec)
     raise FmtlabError(f"cannot make a replay config from {spec!r}")
 
 

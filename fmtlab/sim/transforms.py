@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats.names import Grammar, parse_call, split_plus
 from fmtlab.sim.transform_base import (  # noqa: F401 - re-exported: the public names live here too
     Context, Decomposition, HPTerm, Identity, QFn, Transform, check_shapes as _check,
 )
@@ -400,26 +401,28 @@ _REGISTRY: dict[str, Callable[..., Transform]] = {
 }
 
 
+#: transform names -> constructors ``ctor(**kwargs) -> Transform`` (one exact name per entry)
+GRAMMAR: Grammar[Callable[..., Transform]] = Grammar("transform", FmtlabError)
+for _name, _ctor in _REGISTRY.items():
+    GRAMMAR.exact(_name, lambda _c=_ctor: _c)
+
+
 def list_transforms() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(GRAMMAR.names())
 
 
 def get_transform(spec: Any) -> Transform | None:
     """A transform from a spec: None, a Transform, or a name like ``"smoothquant(alpha=0.8)"``;
     ``"a+b"`` composes (e.g. ``"exclude_sink+smoothquant"``)."""
-    from fmtlab.sim.quant import parse_call
-
     if spec is None or isinstance(spec, Transform):
         return spec
     if not isinstance(spec, str):
         raise FmtlabError(f"a transform must be a name or a Transform, got {spec!r}")
-    parts = [p for p in _split_plus(spec) if p.strip()]
+    parts = [p for p in split_plus(spec) if p.strip()]
     out = []
     for p in parts:
         name, kwargs = parse_call(p)
-        ctor = _REGISTRY.get(name.lower())
-        if ctor is None:
-            raise FmtlabError(f"unknown transform {name!r}; known: {', '.join(list_transforms())}")
+        ctor = GRAMMAR.resolve(name, known=list_transforms())
         if ctor is ExcludeTokens and name.lower() == "exclude_first" and not kwargs:
             kwargs = {"n_first": 1}
         try:
@@ -430,19 +433,3 @@ def get_transform(spec: Any) -> Transform | None:
     if not out:
         return None
     return out[0] if len(out) == 1 else Compose(*out)
-
-
-def _split_plus(text: str) -> list[str]:
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "+" and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return parts
