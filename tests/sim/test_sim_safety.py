@@ -326,8 +326,11 @@ def test_signal_during_replay_leaves_nothing(tmp_path, sig):
     tr = tiny_trace(tmp_path / "t")
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONPATH=ROOT)
+    # the child starts with the default disposition of `sig` (an earlier test in this process may
+    # leave SIGINT ignored, and an ignored signal stays ignored across exec)
     p = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_REPLAY, tr.path, str(out)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     try:
         assert p.stdout.readline().strip() == "ready"
         assert any(n.startswith(".fmtlab-staging-") for n in os.listdir(out))
