@@ -326,11 +326,14 @@ def test_signal_during_replay_leaves_nothing(tmp_path, sig):
     tr = tiny_trace(tmp_path / "t")
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    # the child starts with the default disposition of `sig` (an earlier test in this process may
-    # leave SIGINT ignored, and an ignored signal stays ignored across exec)
+    def default_disposition() -> None:
+        # the child starts with `sig` at its default and unblocked: an earlier test in this process
+        # may leave it ignored or blocked, and both are inherited across exec
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+
     p = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_REPLAY, tr.path, str(out)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env,
-                         preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
+                         stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_disposition)
     try:
         assert p.stdout.readline().strip() == "ready"
         assert any(n.startswith(".fmtlab-staging-") for n in os.listdir(out))
