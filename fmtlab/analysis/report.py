@@ -157,9 +157,11 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    from fmtlab.analysis.methods.cushion_configs import CushionRun, any_cushion, cushion_config, is_cushion
+    from fmtlab.analysis.methods.cushion_configs import CushionRun, any_cushion, is_cushion
+    from fmtlab.analysis.methods.fptquant_configs import FPTQuantRun, any_fptquant, is_fptquant, method_config
 
-    cfgs = [cushion_config(c) for c in opts.configs]  # "<config>+cushion": behind a CushionCache prefix
+    # "<config>+cushion": behind a CushionCache prefix; "<config>+fptquant": on the FPTQuant-merged model
+    cfgs = [method_config(c) for c in opts.configs]
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> None:
@@ -177,7 +179,8 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         if opts.calib_trace:
             calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
     need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) \
-        or any_cushion(opts.configs, opts.ppl_configs if opts.perplexity else ())
+        or any_cushion(opts.configs, opts.ppl_configs if opts.perplexity else ()) \
+        or any_fptquant(opts.configs, opts.ppl_configs if opts.perplexity else ())
     if need_model:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
@@ -188,7 +191,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
             check_seq_len(model, L)  # before any recording or scoring
     timed("load model", t0)
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
-    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(cushion_config(c))) for c in opts.ppl_configs)
+    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(method_config(c))) for c in opts.ppl_configs)
     cal_layers = None if ppl_cal else opts.layers
     trace_dir = Path(opts.out) / "traces"  # kept across runs for reuse (not staged)
 
@@ -215,7 +218,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # 3. replay --------------------------------------------------------------------------
     results = []
-    cushion = None
+    cushion = fpt = None
     from fmtlab.explore.executor import make_executor
 
     with make_executor(opts.scheduler, opts.workers) if opts.scheduler else contextlib.nullcontext() as ex:
@@ -225,12 +228,18 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
             step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
             kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
                       progress=opts.progress, label=f"seq{L}", executor=ex)
-            plain, cush = [c for c in cfgs if not is_cushion(c.name)], [c for c in cfgs if is_cushion(c.name)]
+            plain = [c for c in cfgs if not is_cushion(c.name) and not is_fptquant(c.name)]
+            cush, fptq = [c for c in cfgs if is_cushion(c.name)], [c for c in cfgs if is_fptquant(c.name)]
             res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
             if cush:
                 cushion = cushion or CushionRun(model, tok, step, opts.progress)
                 more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
                                       opts.n_sequences, opts.layers, cal_layers, **kw)
+                res = more if res is None else res + more
+            if fptq:
+                fpt = fpt or FPTQuantRun(model, tok, step, opts.progress)
+                more = fpt.replay(fptq, trace_dir / f"seq{L}_fptquant", trace_dir / f"calib_seq{L}_fptquant", L,
+                                  opts.n_sequences, opts.layers, cal_layers, **kw)
                 res = more if res is None else res + more
             res.write(str(out / "tables"), stem=f"replay_seq{L}")
             results.append(res)
@@ -280,7 +289,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         from fmtlab.sim.perplexity import eval_windows
 
         ids = eval_windows(tok, opts.ppl_seq_len, opts.ppl_sequences)
-        names = [c for c in opts.ppl_configs if not is_cushion(c)]
+        names = [c for c in opts.ppl_configs if not is_cushion(c) and not is_fptquant(c)]
         ppl_rows = perplexity_table(model, tok, names, ids=ids, progress=opts.progress, calib=calibs[0]) if names else []
         if any_cushion(opts.ppl_configs):
             cushion = cushion or CushionRun(model, tok, step, opts.progress)
@@ -288,6 +297,12 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
             ppl_rows += cushion.perplexity_rows([c for c in opts.ppl_configs if is_cushion(c)], ids,
                                                 trace_dir / f"calib_seq{L0}_cushion", L0, opts.n_sequences,
                                                 cal_layers, opts.progress)
+        if any_fptquant(opts.ppl_configs):
+            fpt = fpt or FPTQuantRun(model, tok, step, opts.progress)
+            L0 = calibs[0].manifest.get("seq_len")
+            ppl_rows += fpt.perplexity_rows([c for c in opts.ppl_configs if is_fptquant(c)], ids,
+                                            trace_dir / f"calib_seq{L0}_fptquant", L0, opts.n_sequences,
+                                            cal_layers, opts.progress)
         for r in ppl_rows:
             r.pop("description", None)
         protocol.add_intervals([], main_res, ppl_rows)
@@ -370,6 +385,8 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
     # findings ----------------------------------------------------------------------------
     findings = headline_findings(summary_rows, massive, budget, opts.area_budget, ppl_rows, main_res)
+    if fpt is not None and fpt.seconds is not None:
+        timings["fptquant fit + merge"] = round(fpt.seconds, 1)
     timings["total"] = round(time.perf_counter() - t_start, 1)
 
     # document ----------------------------------------------------------------------------
