@@ -414,26 +414,8 @@ class Format:
     def _quantize_array(self, a: np.ndarray, rounding: Rounding, overflow: Overflow, nan: NanInput,
                         seed) -> np.ndarray | None:
         """Fused decode(encode(a)) in a's dtype (float32/float64), or None to use encode + decode.
-        Families with fast kernels override this (fmtlab.formats.kernels.quantize_fast)."""
+        Families with fast kernels override this (fmtlab.formats.kernels.FastKernelRouting)."""
         return None
-
-
-class FastKernelRouting:
-    """Mixin: route ``encode``/``quantize`` of a family to :mod:`fmtlab.formats.kernels`.
-
-    Those kernels are bit-identical to :meth:`Format.encode_table` (held there by the tests) and
-    fall back to it for layouts they do not cover. Imported lazily to keep ``import`` light.
-    """
-
-    def _encode_array(self, a, rounding, overflow, nan, rand):
-        from fmtlab.formats.kernels import encode_fast
-
-        return encode_fast(self, a, rounding, overflow, nan, rand)
-
-    def _quantize_array(self, a, rounding, overflow, nan, seed):
-        from fmtlab.formats.kernels import quantize_fast  # fused, never stores codes
-
-        return quantize_fast(self, a, rounding, overflow, nan, lambda n: make_rng(seed).random(n))
 
 
 def check_exact_in_float64(a: np.ndarray) -> None:

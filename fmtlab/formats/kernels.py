@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -33,12 +33,11 @@ from fmtlab.errors import FormatError
 from fmtlab.formats import _fast_kernels as K
 from fmtlab.formats.capabilities import Subsystem, find_handler
 from fmtlab.formats.kernel_plans import Plan, PlanInputs, generic
+from fmtlab.formats.base import Format, make_rng
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, ROUNDING_ID
 
-if TYPE_CHECKING:  # no runtime import: base.py imports this module lazily
-    from fmtlab.formats.base import Format
 
-__all__ = ["params", "kernel_plan", "reference_path", "Plan", "Rows", "Cols", "generic",
+__all__ = ["FastKernelRouting", "params", "kernel_plan", "reference_path", "Plan", "Rows", "Cols", "generic",
            "scale_args", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled"]
 
 
@@ -308,3 +307,18 @@ def quantize_fast(fmt: "Format", a: np.ndarray, rounding: Rounding, overflow: Ov
         rand = draws(a.size)
     return fq_scaled(fmt, a, Rows(a.size, 1), _ONE[a.dtype], pow2=True, rounding=rounding,
                      overflow=overflow, nan=nan, rand=rand)
+
+
+class FastKernelRouting:
+    """Mixin for a family's Format class: route ``encode``/``quantize`` to the fast kernels here.
+
+    Those kernels are bit-identical to :meth:`Format.encode_table` (held there by the tests) and
+    fall back to it for layouts they do not cover. numba loads on the first call, not at import.
+    """
+
+    def _encode_array(self, a, rounding, overflow, nan, rand):
+        return encode_fast(self, a, rounding, overflow, nan, rand)
+
+    def _quantize_array(self, a, rounding, overflow, nan, seed):
+        # fused, never stores codes
+        return quantize_fast(self, a, rounding, overflow, nan, lambda n: make_rng(seed).random(n))

@@ -25,7 +25,8 @@ import math
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.base import Format
+from fmtlab.formats.kernels import FastKernelRouting
 from fmtlab.formats.capabilities import Subsystem, register_handler
 
 

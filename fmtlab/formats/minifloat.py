@@ -32,7 +32,8 @@ from functools import cached_property
 import numpy as np
 
 from fmtlab.errors import FormatError
-from fmtlab.formats.base import FastKernelRouting, Format
+from fmtlab.formats.base import Format
+from fmtlab.formats.kernels import FastKernelRouting
 from fmtlab.formats.capabilities import Subsystem, register_handler
 from fmtlab.formats.rounding import Overflow
 from fmtlab.formats.special import SpecialRule, get_special_rule
