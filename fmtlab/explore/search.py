@@ -130,7 +130,7 @@ class SearchResult:
 def report_candidates(space: DesignSpace, feasible: dict[str, tuple[Candidate, dict]]) -> list[tuple[str, Candidate]]:
     """[(report config name, candidate)] of the report's priced configs that are points of ``space``
     (with the space's first accumulator that prices them)."""
-    from fmtlab.analysis.report import DEFAULT_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
     from fmtlab.sim.replay import PRESETS
 
     by_dims: dict[tuple, Candidate] = {}
