@@ -60,7 +60,7 @@ def make_trace(path: str, layers: int, tokens: int, seq_len: int = 64) -> None:
 
 
 def units(path, tag: str = ""):
-    from fmtlab.explore.executor import Unit, replay_tasks
+    from fmtlab.sim.executor import Unit, replay_tasks
     from fmtlab.sim.replay import ReplayConfig
     from fmtlab.sim.trace import open_trace
 
@@ -80,7 +80,7 @@ def median_time(fn, repeats: int) -> float:
 
 
 def bench_workers(path, repeats) -> None:
-    from fmtlab.explore.executor import DaskExecutor, run_units
+    from fmtlab.sim.executor import DaskExecutor, run_units
 
     times = {}
     for w in (1, 2):
@@ -95,7 +95,7 @@ def bench_workers(path, repeats) -> None:
 
 def bench_gemm(path, repeats) -> dict:
     """Replay in this process (one thread for BLAS/numba would be the worker setting) vs its GEMMs."""
-    from fmtlab.explore.executor import SerialExecutor, run_units
+    from fmtlab.sim.executor import SerialExecutor, run_units
     from fmtlab.formats import get_quantizer
     from fmtlab.sim.trace import open_trace
 

@@ -24,8 +24,7 @@ from fmtlab.safe_io import Interrupted, install_signal_handlers
 _SUBCOMMAND_MODULES = (
     "fmtlab.formats.cli",
     "fmtlab.hw.cli",
-    "fmtlab.sim.cli",
-    "fmtlab.pytorch.cli",
+    "fmtlab.models.cli",
     "fmtlab.analysis.cli",
     "fmtlab.explore.cli",
 )

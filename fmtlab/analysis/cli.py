@@ -70,7 +70,7 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from fmtlab.analysis.methods.section import parse_methods
     from fmtlab.analysis.report import ReportOptions, run_report
-    from fmtlab.sim.record import compile_layers
+    from fmtlab.models.record import compile_layers
 
     if args.layers:
         compile_layers(args.layers, "--layers")

@@ -7,7 +7,7 @@ Pipeline (each step prints its progress on stderr):
 3. replay every config through the evaluation trace, static scales and fitted transforms fitted on
    the calibration trace (layer errors, underflow, clipping, output SQNR, per-sequence sums);
 4. price every config with the MAC-unit cost model (fmtlab.hw);
-5. optionally measure perplexity for the end-to-end configs on eval windows (fmtlab.sim.perplexity,
+5. optionally measure perplexity for the end-to-end configs on eval windows (fmtlab.models.perplexity,
    calibrated on the calibration trace);
 6. measure accumulation error against accumulator width on a real layer (bit-accurate datapath);
 7. write ``report.md``, ``report.html``, CSV/JSON tables and PNG plots into the output folder.
@@ -136,13 +136,13 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     from fmtlab.analysis import plots, protocol
     from fmtlab.analysis.tables import write_csv, write_json
     from fmtlab.sim.data import default_texts
-    from fmtlab.sim.models import load_default_model, load_model
+    from fmtlab.models.loading import load_default_model, load_model
     from fmtlab.sim.outliers import massive_activations
-    from fmtlab.sim.record import record
+    from fmtlab.models.record import record
     from fmtlab.sim.replay import replay
     from fmtlab.sim.replay_engine import needs_calibration, resolve_config
     from fmtlab.sim.trace import open_trace
-    from fmtlab.sim.models import model_name
+    from fmtlab.models.loading import model_name
 
     step = _Steps(opts.progress)
     t_start = time.perf_counter()
@@ -176,7 +176,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
         step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
         model, tok = load_default_model() if opts.model is None else load_model(opts.model)
         mname = mname or model_name(model)
-        from fmtlab.sim.record import check_seq_len
+        from fmtlab.models.record import check_seq_len
 
         for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
             check_seq_len(model, L)  # before any recording or scoring
@@ -210,7 +210,7 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     # 3. replay --------------------------------------------------------------------------
     results = []
     cushion = fpt = None
-    from fmtlab.explore.executor import make_executor
+    from fmtlab.sim.executor import make_executor
 
     with make_executor(opts.scheduler, opts.workers) if opts.scheduler else contextlib.nullcontext() as ex:
         for tr in traces:
@@ -273,11 +273,11 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     ppl_rows: list[dict[str, Any]] = []
     if opts.perplexity and opts.ppl_configs:
         t0 = time.perf_counter()
-        from fmtlab.sim.perplexity import perplexity_table
+        from fmtlab.models.perplexity import perplexity_table
 
         step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
              f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
-        from fmtlab.sim.perplexity import eval_windows
+        from fmtlab.models.perplexity import eval_windows
 
         ids = eval_windows(tok, opts.ppl_seq_len, opts.ppl_sequences)
         names = [c for c in opts.ppl_configs if not is_cushion(c) and not is_fptquant(c)]

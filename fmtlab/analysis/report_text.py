@@ -23,7 +23,7 @@ def layer_label(row: dict[str, Any]) -> str:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    from fmtlab.sim.perplexity import ranks
+    from fmtlab.models.perplexity import ranks
 
     ra, rb = ranks(a), ranks(b)
     if len(ra) < 3 or np.std(ra) == 0 or np.std(rb) == 0:

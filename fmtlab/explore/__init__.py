@@ -2,7 +2,7 @@
 the Pareto front of replay accuracy against MAC cost, in-process or on Dask.
 
 Modules: :mod:`~fmtlab.explore.space` (TOML / Python design spaces), :mod:`~fmtlab.explore.objectives`
-(accuracy, cost, constraints), :mod:`~fmtlab.explore.executor` (units of work, Dask),
+(accuracy, cost, constraints), :mod:`~fmtlab.sim.executor` (units of work, Dask),
 :mod:`~fmtlab.explore.search` (exhaustive, NSGA-II, TPE; resumable), :mod:`~fmtlab.explore.results`
 (CSV, plot, comparison with the report), :mod:`~fmtlab.explore.cli` (``fmtlab explore``).
 """

@@ -27,8 +27,8 @@ def _log(quiet: bool):
 def record_default_traces(out: str, seq_len: int, n_sequences: int, layers: str | None, log) -> tuple[str, str]:
     """(eval trace, calib trace) of the embedded model under ``out``/traces, recorded if missing
     (reused when the manifest matches seq_len and n_sequences)."""
-    from fmtlab.sim.models import load_default_model
-    from fmtlab.sim.record import record
+    from fmtlab.models.loading import load_default_model
+    from fmtlab.models.record import record
     from fmtlab.sim.data import default_texts
     from fmtlab.sim.trace import open_trace
 
@@ -84,7 +84,7 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                 quiet: bool = False, processes: bool = True, report_first: bool = True,
                 perplexity: int = 0) -> dict[str, Any]:
     """The whole job (see the module doc of :mod:`fmtlab.explore.search`); returns the summary."""
-    from fmtlab.explore.executor import make_executor
+    from fmtlab.sim.executor import make_executor
     from fmtlab.explore.results import comparison_lines, write_outputs
     from fmtlab.explore.search import Evaluator, search
     from fmtlab.explore.space import load_space
@@ -130,7 +130,7 @@ def _front_ppl(summary, trace, calib, n_sequences, log, out) -> list[dict[str, A
     """Perplexity of the front's configs with the trace's model (front_perplexity); front_ppl.csv."""
     from fmtlab.explore.results import front_perplexity
     from fmtlab.safe_io import atomic_write_text
-    from fmtlab.sim.models import load_model
+    from fmtlab.models.loading import load_model
     from fmtlab.sim.replay import rows_to_csv
     from fmtlab.sim.trace import open_trace
 
@@ -160,7 +160,7 @@ def _all_layers(calib: str, model) -> bool:
 def _record_full_calib(model, tok, calib: str, path: str, log) -> str:
     """A calibration trace of every Linear layer, same texts and shape as ``calib`` (for perplexity)."""
     from fmtlab.sim.data import default_texts
-    from fmtlab.sim.record import record
+    from fmtlab.models.record import record
     from fmtlab.sim.trace import open_trace
 
     m = open_trace(calib, verify=False).manifest

@@ -18,7 +18,7 @@ __all__ = ["add_explore_section"]
 
 def add_explore_section(doc: Any, opts: Any, trace: str, calib: str, out: Any, step=lambda s: None) -> dict:
     """Run the search of ``opts.explore`` and append its section to ``doc``; returns the summary."""
-    from fmtlab.explore.executor import make_executor
+    from fmtlab.sim.executor import make_executor
     from fmtlab.explore.results import comparison_lines, write_outputs
     from fmtlab.explore.search import Evaluator, search
     from fmtlab.explore.space import load_space

@@ -145,11 +145,11 @@ def comparison_lines(cmp_rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def front_perplexity(front: Sequence[dict[str, Any]], model, tokenizer, *, calib=None, seq_len: int = 128,
                      n_sequences: int = 4, texts=None, progress: bool = False) -> list[dict[str, Any]]:
-    """Perplexity on held-out text (:func:`fmtlab.sim.perplexity.perplexity_table`, the eval split
+    """Perplexity on held-out text (:func:`fmtlab.models.perplexity.perplexity_table`, the eval split
     unless ``texts``) of each front member's config, plus the fp32 reference; one row per config
     ("config", "ppl", "nll", "tokens") in front order, the reference first. ``calib``: the
     calibration trace for static scales / fitted transforms."""
-    from fmtlab.sim.perplexity import perplexity_table
+    from fmtlab.models.perplexity import perplexity_table
 
     cfgs = ["fp32"] + [r["config"] for r in front]
     rows = perplexity_table(model, tokenizer, cfgs, seq_len=seq_len, n_sequences=n_sequences, texts=texts,

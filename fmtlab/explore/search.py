@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fmtlab.errors import FmtlabError
-from fmtlab.explore.executor import SerialExecutor, Unit, chunks, replay_tasks, run_units
+from fmtlab.sim.executor import SerialExecutor, Unit, chunks, replay_tasks, run_units
 from fmtlab.explore.objectives import accuracy_from_rows
 from fmtlab.explore.space import Candidate, DesignSpace
 

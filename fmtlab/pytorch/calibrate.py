@@ -52,7 +52,7 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
     takes them. Earlier calibration is discarded. The statistic is per sequence and folded in
     sequence order, so ``batch_size`` does not change the frozen scales. While observing,
     activations are not quantized (weights are). The model runs in eval mode, restored after.
-    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` the calibration windows run behind (its
+    kv_prefix: a :class:`fmtlab.pytorch.kv_prefix.KVPrefix` the calibration windows run behind (its
     tokens' activations are not observed: they are not recomputed).
     Raises FmtlabError when the model has neither static activation quantizers nor transforms.
     """
@@ -72,7 +72,7 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
         a.observing = True
     for m in tlayers:
         m.collect = []
-    from fmtlab.sim.kv_prefix import kv_prefix_attached
+    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 
     try:
         with kv_prefix_attached(model, kv_prefix):

@@ -303,7 +303,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     ``STATIC`` (per-tensor or per-feature scales, frozen by :func:`fmtlab.pytorch.calibrate`; a
     bare format name then means its per-tensor absmax quantizer).
     inplace: rewire ``model`` itself instead of a deep copy.
-    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` (CushionCache: ``search_prefix(...).kv_prefix``,
+    kv_prefix: a :class:`fmtlab.pytorch.kv_prefix.KVPrefix` (CushionCache: ``search_prefix(...).kv_prefix``,
     computed by the float model) attached to the returned model: every later forward (calibrate,
     evaluate_perplexity) runs behind it; the prefix is never quantized (``generate`` is not
     supported: its growing attention mask does not count the prefix).
@@ -377,7 +377,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
     if kv_prefix is not None:
-        from fmtlab.sim.kv_prefix import attach_kv_prefix
+        from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 
         attach_kv_prefix(new_root, kv_prefix)
     return new_root, summary

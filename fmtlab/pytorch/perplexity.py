@@ -89,7 +89,7 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     batch_size only groups sequences into forward passes: with per-sequence activation scales
     (``quantize_model``) the logits of a sequence do not depend on it, and the NLL is summed
     exactly (``math.fsum`` over every predicted token), so neither does the perplexity.
-    kv_prefix: a :class:`fmtlab.sim.kv_prefix.KVPrefix` (e.g. ``search_prefix(...).kv_prefix``)
+    kv_prefix: a :class:`fmtlab.pytorch.kv_prefix.KVPrefix` (e.g. ``search_prefix(...).kv_prefix``)
     every window runs behind; its tokens are not scored (each window still predicts its tokens
     2..T from its own tokens and the prefix). ``seq_nll`` holds each window's NLL sum.
     """
@@ -99,7 +99,7 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
     device = model_device(model) if device is None else device
     from tqdm.auto import tqdm
 
-    from fmtlab.sim.kv_prefix import kv_prefix_attached
+    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 
     was_training = model.training
     model.eval()

@@ -1,9 +1,13 @@
-"""fmtlab.sim: record real model activations, replay them through number formats, measure errors.
+"""fmtlab.sim: the numpy replay core. Traces on disk, replay of recorded activations through
+number formats, error metrics, bootstrap statistics, outlier transforms, the Dask executor.
+
+This layer imports numpy, ``fmtlab.formats`` and the shared helpers only: no torch, no model.
+Recording a model and perplexity live one floor up, in :mod:`fmtlab.models`.
 
 Public API (imported lazily so that ``import fmtlab.sim`` stays light)::
 
-    from fmtlab.sim import (load_default_model, load_model, default_texts, record, Trace,
-                            replay, ReplayConfig, PRESETS, massive_activations, perplexity)
+    from fmtlab.sim import (default_texts, Trace, open_trace, replay, ReplayConfig, PRESETS,
+                            massive_activations, get_transform, error_stats)
 """
 
 from __future__ import annotations
@@ -12,15 +16,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "load_default_model": "fmtlab.sim.models", "load_model": "fmtlab.sim.models",
-    "cache_dir": "fmtlab.sim.models",
     "default_texts": "fmtlab.sim.data", "token_windows": "fmtlab.sim.data",
-    "record": "fmtlab.sim.record",
     "Trace": "fmtlab.sim.trace", "TraceWriter": "fmtlab.sim.trace", "open_trace": "fmtlab.sim.trace",
     "replay": "fmtlab.sim.replay", "ReplayConfig": "fmtlab.sim.replay", "ReplayResult": "fmtlab.sim.replay",
     "PRESETS": "fmtlab.sim.replay", "E2E_CONFIGS": "fmtlab.sim.replay", "make_config": "fmtlab.sim.replay",
     "massive_activations": "fmtlab.sim.outliers", "summarize_massive": "fmtlab.sim.outliers",
-    "perplexity": "fmtlab.sim.perplexity", "perplexity_table": "fmtlab.sim.perplexity",
     "get_transform": "fmtlab.sim.transforms",
     "error_stats": "fmtlab.sim.metrics", "outlier_stats": "fmtlab.sim.metrics",
 }
@@ -35,10 +35,8 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(mod), name)
 
 
-# ``record``, ``replay`` and ``perplexity`` are also submodule names: once a submodule is imported, Python sets
-# the package attribute to the module, which would shadow the lazy function export above. Binding
-# the functions eagerly (their modules import only numpy and fmtlab) keeps
-# ``from fmtlab.sim import record`` the function in every import order.
-from fmtlab.sim.perplexity import perplexity, perplexity_table  # noqa: E402
-from fmtlab.sim.record import record  # noqa: E402
+# ``replay`` is also a submodule name: once the submodule is imported, Python sets the package
+# attribute to the module, which would shadow the lazy function export above. Binding the function
+# eagerly (its module imports only numpy and fmtlab) keeps ``from fmtlab.sim import replay`` the
+# function in every import order.
 from fmtlab.sim.replay import replay  # noqa: E402

@@ -308,7 +308,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     ("linear", "residual", "attn_probs", "key", "value"); default all recorded. ``calib``: trace to
     fit static scales and fitted transforms on (required by such configs). ``max_tokens``: replay only the first rows. ``workers``: threads
     (default: CPU count, at most 4). Rows come back in trace order, config-major within a tensor.
-    ``executor``: run the tasks on a :mod:`fmtlab.explore.executor` executor (e.g. a Dask cluster;
+    ``executor``: run the tasks on a :mod:`fmtlab.sim.executor` executor (e.g. a Dask cluster;
     ``workers`` is then ignored); the rows are the same.
     """
     from tqdm.auto import tqdm
@@ -356,7 +356,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     results: dict[int, list[dict[str, Any]]] = {}
     run = eng.run
     if executor is not None:
-        from fmtlab.explore.executor import Unit, run_units
+        from fmtlab.sim.executor import Unit, run_units
 
         units = [Unit(tr.path, cal.path if cal is not None else None, t.kind, tuple(t.names), t.tensor,
                       tuple(cfgs), max_tokens, top_k, label) for t in tasks]

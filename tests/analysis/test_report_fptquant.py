@@ -47,7 +47,7 @@ def test_fptquant_perplexity_rows_on_merged_model(monkeypatch):
     original's to float32 rounding (function preservation); a quantized ``+fptquant`` row is
     measured on the merged weights (differs from the same config on the original model); the
     original model is left unchanged."""
-    from fmtlab.sim.perplexity import perplexity
+    from fmtlab.models.perplexity import perplexity
 
     monkeypatch.setattr(fptquant_configs, "FIT", {"steps": 5, "lr": 1e-2, "p": 4.0, "seed": 0})
     model = _tiny_llama()

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from fmtlab.errors import FmtlabError
-from fmtlab.explore.executor import DaskExecutor, SerialExecutor, Unit, chunks, replay_tasks, run_units
+from fmtlab.sim.executor import DaskExecutor, SerialExecutor, Unit, chunks, replay_tasks, run_units
 from fmtlab.sim.replay import ReplayConfig, replay
 from fmtlab.sim.trace import open_trace
 

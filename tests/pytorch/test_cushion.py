@@ -1,6 +1,6 @@
-"""CushionCache (fmtlab.sim.cushion), the KV prefix (fmtlab.sim.kv_prefix) in record /
+"""CushionCache (fmtlab.methods.cushion), the KV prefix (fmtlab.pytorch.kv_prefix) in record /
 quantize_model / calibrate / evaluate_perplexity, and the massive-activation intervention
-(fmtlab.sim.massive), on the tiny seeded Llama of conftest.py."""
+(fmtlab.methods.massive), on the tiny seeded Llama of conftest.py."""
 
 import math
 
@@ -16,9 +16,9 @@ from fmtlab.errors import FmtlabError  # noqa: E402
 from fmtlab.pytorch import calibrate, quantize_model  # noqa: E402
 from fmtlab.pytorch.activations import StaticActivation  # noqa: E402
 from fmtlab.pytorch.perplexity import evaluate_perplexity  # noqa: E402
-from fmtlab.sim.cushion import max_activation, search_prefix, tune_prefix  # noqa: E402
-from fmtlab.sim.kv_prefix import KVPrefix, kv_prefix_attached, kv_prefix_of  # noqa: E402
-from fmtlab.sim.massive import find_massive, massive_intervention  # noqa: E402
+from fmtlab.methods.cushion import max_activation, search_prefix, tune_prefix  # noqa: E402
+from fmtlab.pytorch.kv_prefix import KVPrefix, kv_prefix_attached, kv_prefix_of  # noqa: E402
+from fmtlab.methods.massive import find_massive, massive_intervention  # noqa: E402
 
 
 class Tok:
@@ -116,7 +116,7 @@ def test_kv_prefix_equals_feeding_the_prefix_tokens(llama, ids, greedy):
 
 def test_kv_prefix_in_record(llama, greedy, tmp_path):
     """record(kv_prefix=) stores only the window tokens, each computed behind the prefix."""
-    from fmtlab.sim.record import record
+    from fmtlab.models.record import record
 
     p = greedy.kv_prefix
     tr = record(llama, Tok(), TEXTS, out=tmp_path / "t", seq_len=16, n_sequences=2, residual=True,

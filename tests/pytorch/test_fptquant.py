@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch.fptquant import (FPTQuantTransforms, LocalLoss, changed_keys, fit_fptquant, function_preserving,
+from fmtlab.methods.fptquant import (FPTQuantTransforms, LocalLoss, changed_keys, fit_fptquant, function_preserving,
                                      llama_shape, lp_loss, merge_fptquant, merged_layer_weights)
-from fmtlab.pytorch.fptquant_quant import (TokenScaledStatic, prepare_static, quantize_fptquant, token_rms,
+from fmtlab.methods.fptquant_quant import (TokenScaledStatic, prepare_static, quantize_fptquant, token_rms,
                                            train_end_to_end)
 from fmtlab.pytorch.specs import resolve
 
@@ -135,7 +135,7 @@ def test_local_loss_fast_path_matches_the_direct_loss():
     m = _tiny()
     tr = fit_fptquant(m, steps=0)
     _randomize(tr, std=0.5)
-    from fmtlab.pytorch.fptquant import base_layer_weights
+    from fmtlab.methods.fptquant import base_layer_weights
 
     base = base_layer_weights(m, 1, tr.rotation, torch.float64)
     params = {k: v.detach().to(torch.float64).requires_grad_(True) for k, v in tr.layers[1].items()}
@@ -252,7 +252,7 @@ def test_blockwise_residual_rotation_equals_the_dense_product():
     and the merged model is function preserving."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fmtlab.pytorch.fptquant import base_layer_weights, residual_rotation
+    from fmtlab.methods.fptquant import base_layer_weights, residual_rotation
 
     torch.manual_seed(0)
     m = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=96, intermediate_size=64, num_attention_heads=4,

@@ -272,19 +272,19 @@ def test_torch_compile_every_family_fwd_and_bwd():
 
 def _smollm2_cached() -> bool:
     try:
-        from fmtlab.sim.models import _SMOLLM2_CACHE, cache_dir
+        from fmtlab.models.loading import _SMOLLM2_CACHE, cache_dir
     except Exception:  # noqa: BLE001
         return False
     return os.path.exists(os.path.join(cache_dir(), _SMOLLM2_CACHE, "model.safetensors"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_cached(), reason="SmolLM2-135M not converted yet (fmtlab.sim.models cache)")
+@pytest.mark.skipif(not _smollm2_cached(), reason="SmolLM2-135M not converted yet (fmtlab.models.loading cache)")
 def test_smollm2_default_model_fp8():
     """The embedded default model: W8A8 FP8 (per-channel / per-token absmax) stays close to fp32
     on a few 64-token windows of held-out text."""
     from fmtlab.sim.data import default_texts
-    from fmtlab.sim.models import load_default_model
+    from fmtlab.models.loading import load_default_model
 
     model, tok = load_default_model()
     texts = default_texts("eval")

@@ -103,7 +103,7 @@ class _Tok:
 def test_peg_and_fitted_log_through_replay(llama, tmp_path):
     """Replay on traces of the tiny llama: static PEG with K = 1 reproduces per-tensor static W8A8
     exactly (same output error per layer); PEG-4 and the fitted-log weights run and score finite."""
-    from fmtlab.sim.record import record
+    from fmtlab.models.record import record
     from fmtlab.sim.replay import replay
 
     texts = ["The quick brown fox jumps over the lazy dog. " * 8, "Pack my box with five dozen liquor jugs! " * 8]

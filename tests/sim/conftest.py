@@ -13,7 +13,7 @@ import pytest
 def smollm2():
     import torch
 
-    from fmtlab.sim.models import load_default_model
+    from fmtlab.models.loading import load_default_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return load_default_model("smollm2")

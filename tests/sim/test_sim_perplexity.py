@@ -1,4 +1,4 @@
-"""The perplexity check's protocol (fmtlab.sim.perplexity) on a tiny random Llama."""
+"""The perplexity check's protocol (fmtlab.models.perplexity) on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from sim_helpers import TEXTS, CharTokenizer, tiny_llama
 
 from fmtlab.errors import FmtlabError
-from fmtlab.sim.perplexity import SimLinear, perplexity, sim_quantized
-from fmtlab.sim.record import record
+from fmtlab.models.perplexity import SimLinear, perplexity, sim_quantized
+from fmtlab.models.record import record
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from sim_helpers import IntQ
 
 from fmtlab.cli import main
 from fmtlab.sim.outliers import massive_activations
-from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
-from fmtlab.sim.record import record
+from fmtlab.models.perplexity import eval_windows, perplexity, rank_agreement
+from fmtlab.models.record import record
 from fmtlab.sim.replay import ReplayConfig, replay
 
 
@@ -73,7 +73,7 @@ def test_perplexity_and_ranking(smollm2):
 
 
 def test_minilm_records(tmp_path):
-    from fmtlab.sim.models import load_default_model
+    from fmtlab.models.loading import load_default_model
 
     model, tok = load_default_model("minilm")
     tr = record(model, tok, None, str(tmp_path / "m"), seq_len=16, n_sequences=1, layers=r"layer\.0\.|pooler",
@@ -85,7 +85,7 @@ def test_minilm_records(tmp_path):
 
 
 def test_cli_record_replay_outliers_e2e(smollm2, tmp_path, monkeypatch, capsys):
-    import fmtlab.sim.models as models
+    import fmtlab.models.loading as models
 
     monkeypatch.setattr(models, "load_model", lambda spec, tokenizer=None, **kw: smollm2)
     t = str(tmp_path / "trace")

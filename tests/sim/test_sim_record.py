@@ -9,7 +9,7 @@ from sim_helpers import TEXTS, CharTokenizer, tiny_gpt2, tiny_llama
 
 from fmtlab.errors import FmtlabError
 from fmtlab.sim.data import token_windows
-from fmtlab.sim.record import find_blocks, find_linear_layers, record
+from fmtlab.models.record import find_blocks, find_linear_layers, record
 
 
 @pytest.fixture(scope="module")

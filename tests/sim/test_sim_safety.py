@@ -277,7 +277,7 @@ def test_weight_phase_error_leaves_no_partial(tmp_path, monkeypatch):
     """Invariant: an interrupt while record() stores weights removes the partial trace folder."""
     from sim_helpers import TEXTS, CharTokenizer, tiny_llama
 
-    rec = importlib.import_module("fmtlab.sim.record")  # fmtlab.sim.record is also a function name
+    rec = importlib.import_module("fmtlab.models.record")  # fmtlab.models.record is also a function name
     calls = []
 
     def boom(module, op):
@@ -441,7 +441,7 @@ def test_output_files_honour_the_umask(tmp_path):
 def test_seq_len_beyond_context_length_is_refused(tmp_path):
     from sim_helpers import TEXTS, CharTokenizer, tiny_llama
 
-    from fmtlab.sim.record import record
+    from fmtlab.models.record import record
 
     with pytest.raises(FmtlabError, match="exceeds the model's context length 128"):
         record(tiny_llama(), CharTokenizer(), TEXTS * 10, str(tmp_path / "t"), seq_len=256, n_sequences=1,
@@ -454,7 +454,7 @@ def test_checkpoints_never_run_their_own_code_unless_asked(tmp_path, monkeypatch
     with auto_map neither runs code nor prompts), unless trust_remote_code=True is asked for."""
     import transformers
 
-    from fmtlab.sim.models import load_model
+    from fmtlab.models.loading import load_model
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama",
                                                       "auto_map": {"AutoModelForCausalLM": "evil.Model"}}))

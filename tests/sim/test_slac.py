@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fmtlab.errors import FmtlabError
-from fmtlab.sim.slac import format_rows, slac_curve
+from fmtlab.methods.slac import format_rows, slac_curve
 from sim_helpers import TEXTS, CharTokenizer, tiny_llama
 
 CAL = [TEXTS[0] * 3]
@@ -60,7 +60,7 @@ def test_layerwise_variant_one_row_per_spec_and_length(model):
     """slac_sqnr_curve: one row per (spec, length) with an SQNR interval holding the estimate and
     a paired difference that is exactly zero at the reference length; the percentile rule gives
     length-dependent scales, absmax over the same calibration tokens changes less or not at all."""
-    from fmtlab.sim.slac import slac_sqnr_curve
+    from fmtlab.methods.slac import slac_sqnr_curve
 
     rows = slac_sqnr_curve(model, CharTokenizer(), CAL, EV, lengths=(8, 32), target_len=32, calib_tokens=64,
                            n_eval=3, activations=("int8_per_tensor", "int8_per_tensor_p99"), n_boot=50)

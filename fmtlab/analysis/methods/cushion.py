@@ -1,6 +1,6 @@
 """Claim ``cushion``: CushionCache (Son et al. 2024) makes per-tensor *static* W8A8 work.
 
-Measured on the context's model: a prefix searched with :func:`fmtlab.sim.cushion.search_prefix`
+Measured on the context's model: a prefix searched with :func:`fmtlab.methods.cushion.search_prefix`
 on calibration windows (paper threshold 0.5; candidates and search windows as its docstring
 says), then on the evaluation windows
 
@@ -85,7 +85,7 @@ def _static_w8a8(model, calib_ids, prefix=None):
 @register_claim("cushion", "CushionCache", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
     from fmtlab.pytorch.perplexity import token_windows_of
-    from fmtlab.sim.cushion import linear_input_stats, search_prefix
+    from fmtlab.methods.cushion import linear_input_stats, search_prefix
 
     t0 = time.perf_counter()
     model, tok = ctx.model, ctx.tokenizer

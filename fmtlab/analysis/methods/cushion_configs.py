@@ -3,7 +3,7 @@ run behind a CushionCache prefix.
 
 ``w8a8_int_tensor_static+cushion`` is the replay preset ``w8a8_int_tensor_static`` (any config
 spec works before the suffix) renamed; what changes is the data. The report searches one prefix
-(:func:`fmtlab.sim.cushion.search_prefix` on the "calib" texts, the paper's threshold 0.5, 4 x 32
+(:func:`fmtlab.methods.cushion.search_prefix` on the "calib" texts, the paper's threshold 0.5, 4 x 32
 tokens, 64 candidates) and records, per sequence length, an evaluation and a calibration trace
 *behind* the prefix (``record(kv_prefix=...)``, into ``<out>/traces/*_cushion``, re-recorded on
 every run because the prefix may differ); ``+cushion`` configs replay on those traces (static
@@ -62,7 +62,7 @@ class CushionRun:
     @property
     def prefix(self):
         if self._found is None:
-            from fmtlab.sim.cushion import search_prefix
+            from fmtlab.methods.cushion import search_prefix
             from fmtlab.sim.data import default_texts
 
             self.step("CushionCache: greedy prefix search on the calibration texts")
@@ -74,7 +74,7 @@ class CushionRun:
     def trace(self, path: Path, split: str, seq_len: int, n_sequences: int, layers: str | None):
         """A residual + Linear trace of the ``split`` texts recorded behind the prefix at ``path``."""
         from fmtlab.sim.data import default_texts
-        from fmtlab.sim.record import record
+        from fmtlab.models.record import record
 
         key = str(path)
         if key in self._traces:
@@ -100,7 +100,7 @@ class CushionRun:
         """Perplexity rows of the ``+cushion`` configs on token windows ``ids``, behind the prefix;
         static scales / fitted transforms from the calibration trace at ``calib_path`` recorded
         behind it (``seq_len`` x ``n_sequences``, ``layers``; the replay's one when it exists)."""
-        from fmtlab.sim.perplexity import perplexity
+        from fmtlab.models.perplexity import perplexity
         from fmtlab.sim.replay_engine import needs_calibration, resolve_config
 
         rows = []

@@ -5,7 +5,7 @@ Measured on the context's model (Llama architecture only; otherwise "not applica
 - quantizers: weights ``int4_per_channel`` (symmetric INT4, absmax per output channel); activations
   static per-tensor INT4 or INT8 (absmax over the calibration windows, :func:`fmtlab.pytorch.calibrate`),
   on every Linear input except the head (``quantize_model``'s default skip);
-- arms (:func:`fmtlab.pytorch.fptquant_quant.prepare_static`): ``none`` (no transform),
+- arms (:func:`fmtlab.methods.fptquant_quant.prepare_static`): ``none`` (no transform),
   ``hadamard`` (the merged residual rotation alone, with the random-sign
   :func:`fmtlab.sim.transforms.hadamard_matrix` of the replay side's Hadamard; RMSNorm gains folded),
   ``fptquant`` (that rotation + the fitted pre-RoPE q/k, V/O and up/down transforms, merged, + the
@@ -56,7 +56,7 @@ def _iv(iv: S.Interval) -> dict[str, float]:
 
 
 def _nll(model, ids) -> tuple[np.ndarray, np.ndarray]:
-    from fmtlab.sim.perplexity import sequence_nll
+    from fmtlab.models.perplexity import sequence_nll
 
     nll, tok = sequence_nll(model, ids, batch_size=4)
     return nll, tok.astype(np.float64)
@@ -86,8 +86,8 @@ def row_verdict(label: str, ppl_fp: float, ppl: dict[str, float], d_none: S.Inte
 
 @register_claim(KEY, "FPTQuant", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.pytorch.fptquant import fit_fptquant, function_preserving, llama_shape, merge_fptquant
-    from fmtlab.pytorch.fptquant_quant import prepare_static
+    from fmtlab.methods.fptquant import fit_fptquant, function_preserving, llama_shape, merge_fptquant
+    from fmtlab.methods.fptquant_quant import prepare_static
     from fmtlab.pytorch.perplexity import token_windows_of
 
     t0 = time.perf_counter()

@@ -3,9 +3,9 @@ measured on the FPTQuant-merged model.
 
 ``w8a8_int_tensor_static+fptquant`` is the replay preset ``w8a8_int_tensor_static`` (any config
 spec works before the suffix) renamed; what changes is the model. The report fits FPTQuant once
-(:func:`fmtlab.pytorch.fptquant.fit_fptquant` with the paper's / public implementation's defaults:
+(:func:`fmtlab.methods.fptquant.fit_fptquant` with the paper's / public implementation's defaults:
 residual rotation + transforms (a)-(c), L_4 loss of the merged weights, 200 AdamW steps at lr 1e-2,
-seed 0; see :data:`FIT`) and merges it (:func:`~fmtlab.pytorch.fptquant.merge_fptquant`, a copy;
+seed 0; see :data:`FIT`) and merges it (:func:`~fmtlab.methods.fptquant.merge_fptquant`, a copy;
 the report's model is unchanged). The merged float model computes the original's function (to
 float32 rounding), so its recorded activations are the ones a quantizer sees under FPTQuant:
 evaluation and calibration traces are recorded from it (``<out>/traces/*_fptquant``, re-recorded on
@@ -15,7 +15,7 @@ config, on the same evaluation windows as the other configs.
 
 Our reading: the config's own quantizers replace FPTQuant's quantizer set, so FPTQuant's fourth
 transform, the dynamic per-token scale on the o_proj / down_proj inputs
-(:mod:`fmtlab.pytorch.fptquant_quant`), is not applied; the claim ``fptquant`` measures it.
+(:mod:`fmtlab.methods.fptquant_quant`), is not applied; the claim ``fptquant`` measures it.
 Llama-architecture models only (others raise FmtlabError naming the model type). A ``+fptquant``
 config cannot also be ``+cushion``.
 """
@@ -69,7 +69,7 @@ class FPTQuantRun:
     def __init__(self, model, tokenizer, step: Callable[[str], None], progress: bool = False):
         if model is None:
             raise FmtlabError(f"{SUFFIX} configs need the model (not only a recorded --trace)")
-        from fmtlab.pytorch.fptquant import llama_shape
+        from fmtlab.methods.fptquant import llama_shape
 
         try:
             llama_shape(model)
@@ -86,7 +86,7 @@ class FPTQuantRun:
     def merged(self):
         """The FPTQuant-merged float copy of the model (fitted and merged on first use)."""
         if self._merged is None:
-            from fmtlab.pytorch.fptquant import fit_fptquant, merge_fptquant
+            from fmtlab.methods.fptquant import fit_fptquant, merge_fptquant
 
             self.step(f"FPTQuant: local fit ({FIT['steps']} AdamW steps per layer, lr {FIT['lr']:g}, "
                       f"L_{FIT['p']:g}, seed {FIT['seed']}) and merge")
@@ -103,7 +103,7 @@ class FPTQuantRun:
     def trace(self, path: Path, split: str, seq_len: int, n_sequences: int, layers: str | None):
         """A residual + Linear trace of the ``split`` texts recorded from the merged model at ``path``."""
         from fmtlab.sim.data import default_texts
-        from fmtlab.sim.record import record
+        from fmtlab.models.record import record
 
         key = str(path)
         if key in self._traces:
@@ -130,7 +130,7 @@ class FPTQuantRun:
         """Perplexity rows of the ``+fptquant`` configs on token windows ``ids``, on the merged
         model; static scales / fitted transforms from its calibration trace at ``calib_path``
         (``seq_len`` x ``n_sequences``, ``layers``; the replay's one when it exists)."""
-        from fmtlab.sim.perplexity import perplexity
+        from fmtlab.models.perplexity import perplexity
         from fmtlab.sim.replay_engine import needs_calibration, resolve_config
 
         rows = []

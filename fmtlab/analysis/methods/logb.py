@@ -115,7 +115,7 @@ def output_errors(model, ids, qweights: dict[str, dict[str, np.ndarray]]):
 
 @register_claim("logb", "Log_b Quant (fitted base)", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.sim.perplexity import eval_windows
+    from fmtlab.models.perplexity import eval_windows
 
     t0 = time.perf_counter()
     configs = CONFIGS if not ctx.quick else (BASELINE, "log4_fitb_per_tensor")

@@ -1,10 +1,10 @@
 """Claim ``massive``: massive activations act as biases (Sun et al. 2024).
 
-Measured on the context's model: :func:`fmtlab.sim.massive.find_massive` on the calibration windows
+Measured on the context's model: :func:`fmtlab.methods.massive.find_massive` on the calibration windows
 (the paper's criterion |x| >= 100 and >= 1000x the median) gives the first block whose output
 carries massive activations and their channels; on the evaluation windows, perplexity of the
 float model, with those entries set to their calibration mean, and set to zero
-(:func:`fmtlab.sim.massive.massive_intervention`), with paired bootstrap intervals.
+(:func:`fmtlab.methods.massive.massive_intervention`), with paired bootstrap intervals.
 
 Verdict (our thresholds): reproduced when the mean keeps perplexity within 5% of FP32 and zero
 multiplies it at least 10x with a paired interval excluding zero; not applicable when the model
@@ -35,7 +35,7 @@ def _ppl(model, ids):
 @register_claim("massive", "Massive activations as biases", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
     from fmtlab.pytorch.perplexity import token_windows_of
-    from fmtlab.sim.massive import find_massive, massive_intervention
+    from fmtlab.methods.massive import find_massive, massive_intervention
 
     t0 = time.perf_counter()
     model, tok = ctx.model, ctx.tokenizer

@@ -34,7 +34,7 @@ GROUPS = 6
 
 
 def _nll(model, ids):
-    from fmtlab.sim.perplexity import sequence_nll
+    from fmtlab.models.perplexity import sequence_nll
 
     nll, tok = sequence_nll(model, ids, batch_size=4)
     return nll, tok.astype(np.float64)
@@ -62,7 +62,7 @@ def _arms(ctx: MethodsContext, quick: bool):
 def run(ctx: MethodsContext) -> ClaimResult:
     from fmtlab.hw.peg_cost import peg_row_cost
     from fmtlab.pytorch import calibrate
-    from fmtlab.sim.perplexity import eval_windows
+    from fmtlab.models.perplexity import eval_windows
 
     t0 = time.perf_counter()
     ids = eval_windows(ctx.tokenizer, ctx.seq_len, ctx.n_eval, list(ctx.eval_texts))

@@ -75,7 +75,7 @@ def run_claims(keys: Sequence[str], ctx: MethodsContext,
 def run_for_report(opts, model, tokenizer, step) -> list[tuple[Claim, ClaimResult]]:
     """The claims of ``opts.methods`` (a ReportOptions) on the report's perplexity windows
     (``ppl_seq_len`` tokens, ``ppl_sequences`` eval / ``n_sequences`` calib windows, at least 2)."""
-    from fmtlab.sim.record import check_seq_len
+    from fmtlab.models.record import check_seq_len
 
     check_seq_len(model, opts.ppl_seq_len + 8)  # room for a CushionCache prefix of up to 8 tokens
     step(f"method claims: {', '.join(opts.methods)}")
@@ -156,8 +156,8 @@ def _run_cli(args) -> int:
     keys = parse_methods(args.claims)
     if not keys:
         raise FmtlabError("--claims selects no claim")
-    from fmtlab.sim.models import load_default_model, load_model, model_name
-    from fmtlab.sim.record import check_seq_len
+    from fmtlab.models.loading import load_default_model, load_model, model_name
+    from fmtlab.models.record import check_seq_len
 
     model, tok = load_default_model() if args.model is None else load_model(args.model)
     check_seq_len(model, args.seq_len + 8)  # room for a CushionCache prefix of up to 8 tokens

@@ -4,7 +4,7 @@ Static per-tensor INT8 activation scales are calibrated at the lengths :data:`LE
 2 x the target and within the model's context, plus the target) on a fixed calibration token
 budget (``ctx.n_calib`` windows of the longest length), and every calibration is scored at the
 target length ``ctx.seq_len`` on ``ctx.n_eval`` evaluation windows with the layer-wise variant
-:func:`fmtlab.sim.slac.slac_sqnr_curve` (pooled layer-output SQNR of all Linear layers, weights in
+:func:`fmtlab.methods.slac.slac_sqnr_curve` (pooled layer-output SQNR of all Linear layers, weights in
 float, intervals over evaluation windows, differences paired against calibration at the target
 length). Two scale rules: the 99.99th percentile (:data:`PRIMARY`), whose per-sequence statistic
 sees the first token's outliers in a share that depends on the length, and absmax as the control
@@ -42,7 +42,7 @@ def _outcome(rows, target):
 
 @register_claim("slac", "SLAC", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.sim.slac import slac_sqnr_curve
+    from fmtlab.methods.slac import slac_sqnr_curve
 
     t0 = time.perf_counter()
     target = int(ctx.seq_len)

@@ -37,7 +37,7 @@ def _texts(args):
 
 def _layers_regex(args) -> None:
     """Check ``--layers`` before any work (a bad regular expression is a one-line error)."""
-    from fmtlab.sim.record import compile_layers
+    from fmtlab.models.record import compile_layers
 
     if getattr(args, "layers", None):
         compile_layers(args.layers, "--layers")
@@ -55,8 +55,8 @@ def _check_writable_parent(path: str) -> None:
 
 
 def cmd_record(args) -> int:
-    from fmtlab.sim.models import load_model
-    from fmtlab.sim.record import check_seq_len, record
+    from fmtlab.models.loading import load_model
+    from fmtlab.models.record import check_seq_len, record
     from fmtlab.sim.trace import check_trace_target
 
     _layers_regex(args)
@@ -102,7 +102,7 @@ def cmd_replay(args) -> int:
         t0 = time.perf_counter()
         executor = None
         if args.scheduler:  # Dask: a LocalCluster of --workers processes, or a running cluster
-            from fmtlab.explore.executor import make_executor
+            from fmtlab.sim.executor import make_executor
 
             executor = stack.enter_context(make_executor(args.scheduler, args.workers))
         calib = open_trace(args.calib, verify=verify) if args.calib else None
@@ -145,8 +145,8 @@ def cmd_outliers(args) -> int:
 
 def cmd_e2e(args) -> int:
     from fmtlab.safe_io import locked_dir
-    from fmtlab.sim.models import load_model
-    from fmtlab.sim.record import check_seq_len
+    from fmtlab.models.loading import load_model
+    from fmtlab.models.record import check_seq_len
     from fmtlab.sim.replay import E2E_CONFIGS
 
     with contextlib.ExitStack() as stack:
@@ -160,7 +160,7 @@ def cmd_e2e(args) -> int:
 
 def _e2e(args, model, tok, configs) -> int:
     from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
-    from fmtlab.sim.perplexity import eval_windows, perplexity, rank_agreement
+    from fmtlab.models.perplexity import eval_windows, perplexity, rank_agreement
     from fmtlab.sim.replay import rows_to_csv
 
     from fmtlab.sim.trace import open_trace
@@ -282,7 +282,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_e2e)
 
 
-def main(argv=None) -> int:  # pragma: no cover - convenience for python -m fmtlab.sim.cli
+def main(argv=None) -> int:  # pragma: no cover - convenience for python -m fmtlab.models.cli
     parser = argparse.ArgumentParser(prog="fmtlab-sim")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)

@@ -154,7 +154,7 @@ def _set_eager(model) -> Callable[[], None]:
 
 
 def _model_summary(model, tokenizer) -> dict[str, Any]:
-    from fmtlab.sim.models import model_name
+    from fmtlab.models.loading import model_name
 
     cfg = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -172,9 +172,9 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
            progress: bool = True, text_info: dict[str, Any] | None = None, kv_prefix: Any = None) -> Trace:
     """Run ``model`` on ``n_sequences`` windows of ``seq_len`` tokens from ``texts``; write a trace at ``out``.
 
-    ``model`` may also be a name or path understood by :func:`fmtlab.sim.models.load_model`.
+    ``model`` may also be a name or path understood by :func:`fmtlab.models.loading.load_model`.
     ``texts`` defaults to :func:`fmtlab.sim.data.default_texts` ("calib" split). Returns the
-    opened :class:`Trace`. ``kv_prefix`` (a :class:`fmtlab.sim.kv_prefix.KVPrefix`, e.g. a
+    opened :class:`Trace`. ``kv_prefix`` (a :class:`fmtlab.pytorch.kv_prefix.KVPrefix`, e.g. a
     CushionCache): every window runs behind it and only the window's tokens are recorded (not with
     ``attention=True``). Raises FmtlabError when the texts are too short, no layer matches, or
     the estimated trace size exceeds ``max_bytes``.
@@ -183,7 +183,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     from tqdm.auto import tqdm
 
     from fmtlab.sim.data import default_texts, token_windows
-    from fmtlab.sim.models import load_model
+    from fmtlab.models.loading import load_model
 
     if not isinstance(model, torch.nn.Module):
         model, tokenizer = load_model(model, tokenizer)
@@ -333,7 +333,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             fwd_kwargs["use_cache"] = False
         estimate_done = False
         bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
-        from fmtlab.sim.kv_prefix import kv_prefix_attached
+        from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 
         try:
             with torch.no_grad(), kv_prefix_attached(model, kv_prefix):

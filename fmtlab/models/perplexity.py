@@ -110,7 +110,7 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
     config has static scales or a fitted transform. The output head is kept in fp32 (computed per
     sequence when ``per_sequence_head``). The original modules are restored on exit.
     """
-    from fmtlab.sim.record import find_linear_layers
+    from fmtlab.models.record import find_linear_layers
     from fmtlab.sim.trace import open_trace
 
     r: Resolved = resolve_config(make_config(config))
@@ -154,11 +154,11 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
 def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: str = "perplexity",
                  kv_prefix=None):
     """(per-sequence NLL sums [n] float64, predicted tokens per sequence [n]) of token ids [n, T];
-    ``kv_prefix`` (a :class:`fmtlab.sim.kv_prefix.KVPrefix`): every window runs behind it."""
+    ``kv_prefix`` (a :class:`fmtlab.pytorch.kv_prefix.KVPrefix`): every window runs behind it."""
     import torch
     from tqdm.auto import tqdm
 
-    from fmtlab.sim.kv_prefix import kv_prefix_attached
+    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")

@@ -2,7 +2,7 @@
 
 :class:`KVPrefix` holds, per attention layer, the keys and values [1, kv_heads, P, head_dim]
 that the *float* model computed for P prefix tokens (or tuned ones, see
-:func:`fmtlab.sim.cushion.tune_prefix`). Attached to a model (:func:`attach_kv_prefix`, or the
+:func:`fmtlab.methods.cushion.tune_prefix`). Attached to a model (:func:`attach_kv_prefix`, or the
 ``kv_prefix=`` argument of ``record``, ``quantize_model``, ``calibrate`` and
 ``evaluate_perplexity``), every forward pass of token ids [B, T] runs as if the P prefix tokens
 came first: the cache is pre-filled with the prefix (expanded to the batch), an ``attention_mask``
@@ -167,7 +167,7 @@ def attach_kv_prefix(model: torch.nn.Module, prefix: KVPrefix) -> _Handle:
     """Run every later forward of ``model`` behind ``prefix`` (see the module doc); returns a
     handle whose ``remove()`` detaches it. FmtlabError if a prefix is already attached."""
     if not isinstance(prefix, KVPrefix):
-        raise FmtlabError(f"kv_prefix must be a KVPrefix (fmtlab.sim.cushion.search_prefix), got "
+        raise FmtlabError(f"kv_prefix must be a KVPrefix (fmtlab.methods.cushion.search_prefix), got "
                           f"{type(prefix).__name__}")
     if kv_prefix_of(model) is not None:
         raise FmtlabError("the model already has a KV prefix attached (quantize_model(kv_prefix=...) or "

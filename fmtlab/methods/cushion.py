@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fmtlab.errors import FmtlabError
-from fmtlab.sim.kv_prefix import KVPrefix, kv_prefix_attached
+from fmtlab.pytorch.kv_prefix import KVPrefix, kv_prefix_attached
 
 __all__ = ["CushionResult", "search_prefix", "tune_prefix", "linear_input_stats", "max_activation",
            "start_token", "candidate_tokens"]
@@ -65,7 +65,7 @@ class CushionResult:
 
 
 def _linear_layers(model) -> list[tuple[str, torch.nn.Module]]:
-    from fmtlab.sim.record import find_linear_layers
+    from fmtlab.models.record import find_linear_layers
 
     return [(n, m) for n, m, _ in find_linear_layers(model)]
 
@@ -243,7 +243,7 @@ def tune_prefix(model: torch.nn.Module, prefix: KVPrefix, ids: torch.Tensor, *, 
         raise FmtlabError(f"lam must be >= 0, got {lam=}")
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise FmtlabError(f"tuning windows must be [sequences, >= 2 tokens], got {tuple(ids.shape)}")
-    from fmtlab.sim.kv_prefix import cache_kwarg
+    from fmtlab.pytorch.kv_prefix import cache_kwarg
 
     keys = [torch.nn.Parameter(k.detach().clone().float()) for k in prefix.keys]
     values = [torch.nn.Parameter(v.detach().clone().float()) for v in prefix.values]

@@ -30,7 +30,7 @@ from torch import nn
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.calibrate import calibrate
-from fmtlab.pytorch.fptquant import (PROJECTIONS, FPTQuantTransforms, base_layer_weights, fit_fptquant,
+from fmtlab.methods.fptquant import (PROJECTIONS, FPTQuantTransforms, base_layer_weights, fit_fptquant,
                                      llama_shape, merge_fptquant, merged_layer_weights)
 from fmtlab.pytorch.model import QuantLinear, matches_name, quantize_model
 

@@ -25,7 +25,7 @@ Transforms (per decoder layer, with H query heads, G key/value heads, head size 
 - **(c) up/down scale** Tu: ``W_up <- diag(s) W_up`` (bias too), ``W_down <- W_down diag(1/s)``,
   s = exp(u) per intermediate channel (SwiGLU: silu(gate) * up is linear in up per channel).
 - **(d) dynamic per-token scale**: applied at quantization time, not merged (see
-  :mod:`fmtlab.pytorch.fptquant_quant`).
+  :mod:`fmtlab.methods.fptquant_quant`).
 
 Fitting (:func:`fit_fptquant`) follows the public implementation (AIMET's FPTQuant local
 optimizer): data-free, minimise the sum over layers of ``mean(|W'|^p)^(1/p)`` of the merged weights
@@ -362,7 +362,7 @@ def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None 
     ``calib_batches`` is only read by the optional end-to-end step. ``qk``/``v``/``up`` enable the
     transforms (a)/(b)/(c), ``residual`` the residual rotation (random Hadamard signs from ``seed``).
     End-to-end step (``e2e_steps`` > 0, off by default): see
-    :func:`fmtlab.pytorch.fptquant_quant.train_end_to_end` (``calib_batches``: token-id tensors
+    :func:`fmtlab.methods.fptquant_quant.train_end_to_end` (``calib_batches``: token-id tensors
     [batch, tokens]; the fake-quantizers ``e2e_weights`` / ``e2e_activations`` with static scales).
     Deterministic: the same arguments give bit-identical transforms on the same machine.
     """
@@ -394,7 +394,7 @@ def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None 
                 hist.append(float(lp_loss(merged_layer_weights(base, dict(tr.layers[i]), shape), p, keys)))
         tr.history.append(hist)
     if e2e_steps:
-        from fmtlab.pytorch.fptquant_quant import train_end_to_end
+        from fmtlab.methods.fptquant_quant import train_end_to_end
 
         train_end_to_end(model, tr, calib_batches, steps=e2e_steps, lr=e2e_lr, weights=e2e_weights,
                          activations=e2e_activations)

@@ -55,7 +55,7 @@ def find_massive(model, tokenizer, texts: Sequence[str], *, seq_len: int = 128, 
     value meets the criterion). ``top_k``: values kept per block (enough for every sequence's
     sink tokens)."""
     from fmtlab.sim.outliers import massive_activations
-    from fmtlab.sim.record import find_blocks, record
+    from fmtlab.models.record import find_blocks, record
 
     with tempfile.TemporaryDirectory(prefix="fmtlab-massive-") as tmp:
         tr = record(model, tokenizer, list(texts), out=f"{tmp}/trace", seq_len=seq_len, n_sequences=n_sequences,

@@ -61,7 +61,7 @@ def slac_curve(model, tokenizer, calib_texts: Sequence[str], eval_texts: Sequenc
     """
     from fmtlab.pytorch import calibrate, quantize_model
     from fmtlab.pytorch.calibrate import static_activations
-    from fmtlab.sim.perplexity import eval_windows, sequence_nll
+    from fmtlab.models.perplexity import eval_windows, sequence_nll
 
     lens = _check_lengths(model, lengths, target_len, n_eval, calib_tokens)
     qmodel, _ = quantize_model(model, weights, activations, activation_scales="static")
@@ -139,7 +139,7 @@ def slac_sqnr_curve(model, tokenizer, calib_texts: Sequence[str], eval_texts: Se
     from fmtlab.formats import Quantizer
     from fmtlab.formats.scaling import PerTensor, Static
     from fmtlab.sim.data import token_windows
-    from fmtlab.sim.perplexity import eval_windows
+    from fmtlab.models.perplexity import eval_windows
     from fmtlab.sim.quant import resolve
 
     lens = _check_lengths(model, lengths, target_len, n_eval, calib_tokens)
