@@ -47,8 +47,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from fmtlab.errors import FmtlabError
+from fmtlab.sim.transforms import hadamard_matrix
 
 __all__ = ["FPTQuantTransforms", "LlamaShape", "llama_shape", "fit_fptquant", "merge_fptquant",
            "function_preserving", "merged_layer_weights", "merged_state", "base_layer_weights", "lp_loss",
@@ -122,8 +124,6 @@ def llama_shape(model: nn.Module) -> LlamaShape:
 
 def residual_rotation(hidden: int, seed: int | None = 0) -> torch.Tensor:
     """The float64 residual rotation: :func:`fmtlab.sim.transforms.hadamard_matrix` (orthonormal)."""
-    from fmtlab.sim.transforms import hadamard_matrix
-
     return torch.from_numpy(hadamard_matrix(hidden, seed)).to(torch.float64)
 
 
@@ -368,8 +368,6 @@ def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None 
     shape = llama_shape(model)
     tr = FPTQuantTransforms(shape, qk=qk, v=v, up=up, residual=residual, seed=seed)
     keys = changed_keys(tr)
-    from tqdm.auto import tqdm
-
     for i in tqdm(range(shape.layers), desc="fptquant local fit", disable=not progress, leave=False):
         base = base_layer_weights(model, i, tr.rotation, torch.float32)
         params = list(tr.layers[i].values())
