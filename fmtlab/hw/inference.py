@@ -50,7 +50,9 @@ from fmtlab.hw.memory import MemorySystem, get_memory
 from fmtlab.hw.model_shape import ModelShape
 from fmtlab.hw.operands import FloatAcc, parse_operand, view
 from fmtlab.hw.scale_units import (FP32, absmax_parts, element_quantize_parts, fp8_scale_multiply_parts,
-                                   fp_add, fp_mul, price_parts, scale_compute_parts)
+                                   fp_add, fp_convert_parts, fp_mul, mx_shared_exponent_parts,
+                                   price_parts, promoted_mac_cost, scale_compute_parts)
+from fmtlab.hw.promoted_acc import parse_promoted
 from fmtlab.hw.tech import Technology
 from fmtlab.hw.transform_cost import TransformCost, transform_cost
 
@@ -65,6 +67,7 @@ MEMORY_KEYS = ("sram", "offchip_weights", "offchip_kv")
 
 _SCALE_BITS = {"none": 0, "fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 FP16 = FloatAcc(5, 10)
+BF16_SIG = 8  # significand bits of a bf16 activation entering a quantizer
 _UNQUANTIZED = ("none", "fp32", "float32", "identity", "bf16", "fp16")
 
 
@@ -257,6 +260,8 @@ class InferenceCost:
 
 @lru_cache(maxsize=512)
 def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None):
+    if acc is not None and parse_promoted(acc) is not None:
+        return promoted_mac_cost(w, a, acc, node=node, vdd=vdd)
     return mac_cost(w, a, acc, node=node, vdd=vdd)
 
 
@@ -296,11 +301,18 @@ def _output_scale_parts(cfg: InferenceConfig, k: int, int_acc: bool) -> list[Par
 
 
 def _quantizer_energy(s: OperandScheme, n_elems: float, static: bool, node: int, vdd) -> float:
-    """pJ to quantize ``n_elems`` activation elements (one vector) at run time."""
+    """pJ to quantize ``n_elems`` activation elements (one vector) at run time.
+
+    E8M0 (MX) blocks: the shared-exponent logic per block (max exponent, scale, per-element
+    exponent subtract) and the mantissa rounding per element. Other scales: per element the absmax
+    compare and the conversion (x * 1/s, round), per scale its computation; static scales skip the
+    absmax and the scale computation."""
     if not s.quantized:
         return 0.0
-    pow2 = s.scale_format == "e8m0"
-    e = n_elems * _e(element_quantize_parts(s.element_bits, s.elem_exp_bits, pow2), node, vdd)
+    if s.scale_format == "e8m0":
+        conv = fp_convert_parts(BF16_SIG, s.element_bits, s.elem_exp_bits)
+        return (n_elems / s.group) * _e(mx_shared_exponent_parts(s.group), node, vdd) + n_elems * _e(conv, node, vdd)
+    e = n_elems * _e(element_quantize_parts(s.element_bits, s.elem_exp_bits, False), node, vdd)
     if static:
         return e
     n_scales = 1.0 if s.granularity in ("tensor", "token", "channel") else n_elems / s.group

@@ -143,7 +143,7 @@ class QuantLinear(nn.Module):
         """The transform's decomposition, one sequence at a time (its dynamic activation scales
         are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
         calibration split; without calibration, on the first input the layer sees."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transform_base import Context
 
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -168,7 +168,7 @@ class QuantLinear(nn.Module):
     def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
         """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
         sequences), replacing any earlier fit."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transform_base import Context
 
         x2 = np.concatenate(rows, axis=0)
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
