@@ -19,15 +19,14 @@ class ChoiceError(FmtlabError, ValueError):
 
 
 def parse_choice(cls, value, what: str):
-    """The member of the enum ``cls`` given itself or its value string (surrounding blanks ignored,
-    case-insensitive, '-' read as '_'); anything else raises :class:`ChoiceError` naming ``what``,
+    """The member of the enum ``cls`` given itself or its value string (``str(value)``: surrounding
+    blanks ignored, case-insensitive, '-' read as '_'); anything else raises :class:`ChoiceError` naming ``what``,
     the value and the choices: ``unknown rounding 'up'; choose one of: nearest_even, ...``."""
     if isinstance(value, cls):
         return value
-    if isinstance(value, str):
-        try:
-            return cls(value.strip().lower().replace("-", "_"))
-        except ValueError:
-            pass
+    try:  # str(): config parsers hand over inf / nan as floats
+        return cls(str(value).strip().lower().replace("-", "_"))
+    except ValueError:
+        pass
     choices = ", ".join(str(m.value) for m in cls)
     raise ChoiceError(f"unknown {what} {value!r}; choose one of: {choices}")
