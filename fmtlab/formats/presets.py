@@ -82,9 +82,9 @@ def list_quantizers() -> list[str]:
 
 
 def known_quantizers() -> list[str]:
-    """Every exact name an unknown-name error lists: the identity names, the standard presets
+    """Every exact name an unknown-name error lists: the standard presets, the identity names
     and one name of each method kind."""
-    return list(IDENTITY_NAMES) + list_quantizers() + list(METHOD_EXAMPLES)
+    return list_quantizers() + list(IDENTITY_NAMES) + list(METHOD_EXAMPLES)
 
 
 def block_quantizer(bf: BlockFormat, **options: Any) -> Quantizer:
