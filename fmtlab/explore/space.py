@@ -57,7 +57,7 @@ __all__ = ["SpaceError", "Family", "SideSpace", "DesignSpace", "Candidate", "loa
 GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block")
 SCALES = ("fp32", "e8m0", "fp8_e4m3")
 OBJECTIVE_ACCURACY = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db")
-OBJECTIVE_COST = ("area_um2", "energy_pj", "area_ge", "bits")
+OBJECTIVE_COST = ("area_um2", "energy_pj", "area_ge", "bits", "energy_per_token_uj", "energy_per_token_b64_uj")
 _SCALE_BITS = {"fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 _MX_NAMES = {("fp8_e4m3", 32): "mxfp8_e4m3", ("fp8_e5m2", 32): "mxfp8_e5m2", ("fp6_e3m2", 32): "mxfp6_e3m2",
              ("fp6_e2m3", 32): "mxfp6_e2m3", ("fp4_e2m1", 32): "mxfp4", ("int8_sym", 32): "mxint8"}
@@ -377,11 +377,14 @@ class DesignSpace:
                     continue
                 yield Candidate(w, a, None if t == "none" else t, None if c == "dynamic" else c, acc, wb, ab)
 
-    def candidates(self, k_max: int = 4096, k_all: Sequence[int] = ()) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
+    def candidates(self, k_max: int = 4096, k_all: Sequence[int] = (),
+                   model=None) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
         """([(candidate, cost columns)] of every priced point meeting the constraints, {reason: count}
         of the points left out). ``k_max``: the longest dot product (integer accumulator check);
-        ``k_all``: every reduction length of the trace (group and block sizes must divide them)."""
-        from fmtlab.explore.objectives import feasible, parse_constraint, price
+        ``k_all``: every reduction length of the trace (group and block sizes must divide them);
+        ``model``: the :class:`fmtlab.hw.ModelShape` an energy-per-token objective prices (each
+        point on its own: transforms and static scales change it)."""
+        from fmtlab.explore.objectives import energy_columns, feasible, parse_constraint, price
 
         cons = [parse_constraint(c, self.node) for c in self.constraints]
         ws = self.weights.quantizers("weights")
@@ -397,6 +400,14 @@ class DesignSpace:
                     if why:
                         key = why if len(why) < 70 else why[:67] + "..."
                         dropped[key] = dropped.get(key, 0) + len(pts)
+                        continue
+                    if self.objectives[1].startswith("energy_per_token"):
+                        for p in pts:
+                            e = energy_columns(p, self.node, model)
+                            if "error" in e:
+                                dropped[e["error"][:67]] = dropped.get(e["error"][:67], 0) + 1
+                            else:
+                                kept.append((p, dict(cost, **e)))
                         continue
                     kept.extend((p, cost) for p in pts)
         if not kept:
