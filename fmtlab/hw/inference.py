@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer, get_quantizer
-from fmtlab.formats.names import parse_call
+from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.hw.blocks import Part
 from fmtlab.hw.components import BarrelShifter, Incrementer, LeadingZeroCounter
 from fmtlab.hw.mac import mac_cost, mx_geometry
@@ -69,7 +69,7 @@ MEMORY_KEYS = ("sram", "offchip_weights", "offchip_kv")
 _SCALE_BITS = {"none": 0, "fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 FP16 = FloatAcc(5, 10)
 BF16_SIG = 8  # significand bits of a bf16 activation entering a quantizer
-_UNQUANTIZED = ("none", "fp32", "float32", "identity", "bf16", "fp16")
+_UNQUANTIZED = IDENTITY_NAMES + ("bf16", "fp16")  # the identity quantizer names, or a 16-bit model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +139,10 @@ class OperandScheme:
         if isinstance(spec, Quantizer):
             q = spec
         elif isinstance(spec, str):
-            name, kw = parse_call(spec)
-            q = get_quantizer(name, **kw)
+            q = get_quantizer(spec)  # the one resolver (name or name(key=value, ...))
+            if not isinstance(q, Quantizer):
+                raise FmtlabError(f"cannot price quantizer spec {spec!r}: a {type(q).__name__}, not a "
+                                  "scaled Quantizer")
         else:
             raise FmtlabError(f"cannot price quantizer spec {spec!r} (give a quantizer name or a Quantizer)")
         fmt, g = q.format, q.granularity

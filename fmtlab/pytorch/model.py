@@ -254,6 +254,7 @@ class QuantizeSummary:
     restored: list[str] = dataclasses.field(default_factory=list)
     activation_scales: ActivationScales = ActivationScales.DYNAMIC
     kv_cache: Any = None  # the KVCacheQuantizer attached (fmtlab.pytorch.kv_cache), or None
+    attention: Any = None  # the AttentionSpec attached (fmtlab.pytorch.attention), or None
 
     @property
     def changed(self) -> list[str]:
@@ -268,7 +269,8 @@ class QuantizeSummary:
                     if self.requantized else "")
                  + (f", transform {self.transform}" if self.transform else "")
                  + f", {self.activation_scales.value} activation scales"
-                 + (f", KV cache {self.kv_cache.spec.name}" if self.kv_cache is not None else "")]
+                 + (f", KV cache {self.kv_cache.spec.name}" if self.kv_cache is not None else "")
+                 + (f", attention {self.attention.name}" if self.attention is not None else "")]
         if self.rows:
             w = max(len(r["name"] or "<root>") for r in self.rows)
             lines.append(f"  {'layer':<{w}}  kind    in x out       weights / activations")
@@ -335,7 +337,8 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
                    activation_scales: "ActivationScales | str" = ActivationScales.DYNAMIC,
                    inplace: bool = False, kv_prefix: Any = None,
-                   kv_cache: Any = None, accumulator: Any = None) -> tuple[nn.Module, QuantizeSummary]:
+                   kv_cache: Any = None, accumulator: Any = None,
+                   attention: Any = None) -> tuple[nn.Module, QuantizeSummary]:
     """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
 
     weights / activations: default specs for every layer (see module docstring).
@@ -364,6 +367,8 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     (:mod:`fmtlab.sim.accumulate`: ``"int16"``, ``"int24_sat"``, ``"bf16"``, ``"fp16_k32"``,
     ``"hopper_fp8_mma"``, ...; numpy, evaluation only; each layer counts its overflowing dot
     products in ``acc_counts``). None: the float GEMM. Not with ``transform=``.
+    attention: run Q·Kᵀ and P·V in a format (:mod:`fmtlab.pytorch.attention`: ``"fp8_fa3"``,
+    ``"sage_int8_fp8"``, ``"mxfp8"``, ``"none"`` or an AttentionSpec). None: the model's own attention.
 
     A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
     gets this call's configuration instead of its old one (listed in ``summary.requantized``; a
@@ -444,6 +449,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         from fmtlab.pytorch.kv_cache import attach_kv_cache
 
         summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
+    if attention is not None or "fmtlab_attention_prev" in new_root.__dict__:
+        from fmtlab.pytorch.attention import attach_attention
+
+        summary.attention = attach_attention(new_root, attention)
     if kv_prefix is not None:
         from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 
