@@ -186,6 +186,18 @@ def _parse(key: str) -> Format:
 on_rules_changed(_parse.cache_clear)
 
 
+def builtin_name(fmt: "str | Format") -> str:
+    """The built-in name of a format equal to ``fmt`` (``e4m3_fn`` -> ``fp8_e4m3``, ``e5m10_ieee``
+    -> ``fp16``), else the format's own name. Equality is the formats' value equality (labels
+    aside)."""
+    f = get_format(fmt)
+    for name in _NAMED:
+        g = _parse(name)
+        if type(g) is type(f) and g == f:
+            return name
+    return f.name
+
+
 def list_formats() -> list[str]:
     """Names of the standard formats (each parses with get_format)."""
     return list(STANDARD_NAMES)

@@ -7,10 +7,11 @@ Structures (formula sources as in :mod:`fmtlab.hw.components`; the scaled-format
 the OCP MX v1.0 spec and NVIDIA's NVFP4 description):
 
 - :func:`fp8_scale_multiply_parts` -- NVFP4-style E4M3 block scales, once per block of a dot
-  product: decode both E4M3 scales, multiply their 4-bit significands (exact 8-bit product; the
-  exponents add in the MX unit's scale adder, which the E4M3 exponents reuse), then multiply the block's exact fixed-point sum (``sum_bits``) by that 8-bit
-  significand (a sum_bits x 8 array multiplier). E8M0 (MX) scales need only the exponent adds the
-  MX unit already holds (:func:`e8m0_scale_add_parts`).
+  product: decode both E4M3 scales, multiply their 4-bit significands (exact 8-bit product), add
+  their exponents, and multiply the block's exact fixed-point sum (``sum_bits``) by the 8-bit
+  significand (signed sum_bits x 9). E8M0 (MX) scales need only the exponent adds the MX unit
+  already holds (:func:`e8m0_scale_add_parts`).
+- :func:`mx_shared_exponent_parts`, :func:`absmax_tree_parts` -- the quantizer's block logic.
 - :func:`absmax_parts` -- the dynamic quantizer's max: per element one magnitude compare and a
   select into the running-max register (|x| of a bf16 value is its low 15 bits).
 - :func:`scale_compute_parts` -- per scale: fp32 (per-tensor / -token / -channel / group) and
@@ -35,12 +36,16 @@ from fmtlab.hw.blocks import Part, Styles, float_decode_parts, fp_adder_parts, f
 from fmtlab.hw.components import (BarrelShifter, Comparator, Gates, Incrementer, Mux, Register,
                                   adder, ge_of, multiplier)
 from fmtlab.hw.energy import calibrate
+from fmtlab.errors import FmtlabError
+from fmtlab.hw.mac import MacCost, PartCost, fp_adder_we, mac_cost
+from fmtlab.hw.promoted_acc import parse_promoted
 from fmtlab.hw.operands import FloatAcc
 from fmtlab.hw.tech import Technology, get_library
 
 __all__ = ["PricedParts", "price_parts", "fp8_scale_multiply_parts", "e8m0_scale_add_parts",
            "absmax_parts", "scale_compute_parts", "element_quantize_parts", "scale_multiply_parts",
-           "promotion_adder_parts", "fp_convert_parts", "fp_mul", "fp_add"]
+           "promotion_adder_parts", "fp_convert_parts", "fp_mul", "fp_add", "magnitude_compare_parts",
+           "mx_shared_exponent_parts", "absmax_tree_parts", "promotion_we", "promoted_mac_cost"]
 
 FP32 = FloatAcc(8, 23)
 BF16 = FloatAcc(8, 7)
@@ -78,10 +83,37 @@ def price_parts(name: str, parts: list[Part], node: int = 45, vdd: float | None 
 
 
 def fp8_scale_multiply_parts(sum_bits: int, st: Styles = Styles()) -> list[Part]:
-    """One E4M3 x E4M3 block-scale multiply applied to a block's exact ``sum_bits``-bit sum."""
-    return (float_decode_parts(E4M3_SCALE, "scale w") + float_decode_parts(E4M3_SCALE, "scale x")
-            + [Part("scale significand multiplier 4x4", multiplier(4, 4, False, st.multiplier)),
-               Part(f"block sum x scale significand {sum_bits}x8", multiplier(sum_bits, 8, True, st.multiplier))])
+    """One E4M3 x E4M3 block-scale multiply applied to a block's exact ``sum_bits``-bit two's-
+    complement sum (the circuit of :func:`fmtlab.hw.rtl_scale.e4m3_scale_mul`): hidden bits and
+    max(E, 1) of both scales, their 4x4 significand product, the sum's sign-magnitude flip by the
+    scales' sign, the sum x significand multiply (sum_bits x 9, signed) and the exponent add."""
+    sb = sum_bits
+    return [Part("scale w hidden bit", Gates.of(OR2=3)), Part("scale x hidden bit", Gates.of(OR2=3)),
+            Part("scale max(E, 1)", Gates.of(OR2=2, INV=2)),
+            Part("scale significand multiplier 4x4", multiplier(4, 4, False, st.multiplier)),
+            Part("scale sign", Gates.of(XOR2=1)),
+            Part("block sum conditional negate", Gates.of(XOR2=sb)), Part("block sum negate +1", Incrementer(sb)),
+            Part(f"block sum x scale significand {sb}x9 (signed)", multiplier(sb, 9, True, st.multiplier)),
+            Part("scale exponent adder", adder(5, st.adder))]
+
+
+def mx_shared_exponent_parts(k: int, st: Styles = Styles()) -> list[Part]:
+    """The MX quantizer's shared-exponent logic over a block of ``k`` bf16 inputs (the circuit of
+    :func:`fmtlab.hw.rtl_scale.mx_shared_exp`): max exponent field (k - 1 compare-and-select), the
+    E8M0 scale max(E_max - emax_elem, 0), and per element E_i - scale."""
+    return [Part("max exponent tree: compare", Comparator(8), k - 1),
+            Part("max exponent tree: select", Mux(8), k - 1),
+            Part("shared exponent (E_max - emax_elem)", Incrementer(8)),
+            Part("shared exponent clamp (compare + select)", Comparator(8)),
+            Part("shared exponent clamp select", Gates.of(AND2=8)),
+            Part("element exponent - shared", adder(8, st.adder), k)]
+
+
+def absmax_tree_parts(k: int, in_bits: int = 16) -> list[Part]:
+    """|x| max over ``k`` inputs as a tree of k - 1 compare-and-select (no register)."""
+    m = in_bits - 1
+    parts = [Part(p.label, p.component, p.count * (k - 1)) for p in magnitude_compare_parts(m)]
+    return parts + [Part("|x| select", Mux(m), k - 1)]
 
 
 def e8m0_scale_add_parts(st: Styles = Styles()) -> list[Part]:
@@ -92,11 +124,19 @@ def e8m0_scale_add_parts(st: Styles = Styles()) -> list[Part]:
 # ------------------------------------------------------------------------- dynamic quantizer
 
 
+def magnitude_compare_parts(n: int, label: str = "|x| compare") -> list[Part]:
+    """a > b of two variable n-bit magnitudes: the XNOR2 + AOI21 ripple of
+    :class:`~fmtlab.hw.components.Comparator` plus the borrow chain's operand inversion and
+    propagate (one INV + one AOI21 per bit). Yosys/ABC maps a 15-bit compare of two variables to
+    ~82 GE in OSU 0.18 um cells (``absmax_k2``), which the bare ripple (55 GE) undercounts."""
+    return [Part(label, Comparator(n)), Part(f"{label} (borrow chain)", Gates.of(INV=n, AOI21=n))]
+
+
 def absmax_parts(in_bits: int = 16) -> list[Part]:
     """Per input element: |x| compare with the running max and the register update."""
     m = in_bits - 1
-    return [Part("absmax compare", Comparator(m)), Part("absmax select", Mux(m)),
-            Part("running max register", Register(m, clear=True))]
+    return magnitude_compare_parts(m, "absmax compare") + [
+        Part("absmax select", Mux(m)), Part("running max register", Register(m, clear=True))]
 
 
 def fp_convert_parts(in_sig: int, out_bits: int, out_exp_bits: int, st: Styles = Styles()) -> list[Part]:
@@ -143,13 +183,18 @@ def scale_multiply_parts() -> list[Part]:
 # ---------------------------------------------------------------------- promoted accumulator
 
 
+def promotion_we(inner: FloatAcc, outer: FloatAcc = FP32) -> int:
+    """Exponent width of the promotion adder (the rule of :func:`fmtlab.hw.mac.fp_adder_we`)."""
+    return fp_adder_we(1 - inner.bias - inner.man_bits, (1 << inner.exp_bits) - 1 - inner.bias, outer,
+                       inner.man_bits + 1)
+
+
 def promotion_adder_parts(inner: FloatAcc, outer: FloatAcc = FP32, st: Styles = Styles()) -> list[Part]:
-    """The outer adder of a promoted accumulator: the inner partial sum (``inner`` significand)
-    rounded once into ``outer`` (an FP adder of :func:`fmtlab.hw.blocks.fp_adder_parts`, operand
-    decode of the inner format, and the outer register)."""
-    we = max(inner.exp_bits, outer.exp_bits) + 3
-    return (float_decode_parts(inner, "partial")
-            + fp_adder_parts(inner.man_bits + 1, we, outer, st, denormalise=False, label="outer")
+    """The outer adder of a promoted accumulator (the circuit of
+    :func:`fmtlab.hw.rtl_scale.promotion_adder`): decode of the inner partial sum, the single-
+    rounding FP adder of :func:`fmtlab.hw.blocks.fp_adder_parts` into ``outer`` and its register."""
+    return (float_decode_parts(inner, "partial") + [Part("partial exponent (E + const)", Incrementer(inner.exp_bits))]
+            + fp_adder_parts(inner.man_bits + 1, promotion_we(inner, outer), outer, st, False, "outer")
             + [Part("outer accumulator register", Register(outer.bits))])
 
 
@@ -167,3 +212,42 @@ def fp_add(fmt: FloatAcc, label: str, count: float = 1.0) -> list[Part]:
     """``count`` rounding FP adders of two ``fmt`` operands (as the energy calibration builds them)."""
     parts = float_decode_parts(fmt, "x") + fp_adder_parts(fmt.man_bits + 1, fmt.exp_bits + 2, fmt, Styles(), False, "y")
     return [Part(f"{label}: {q.label}", q.component, q.count * count) for q in parts]
+
+
+# ------------------------------------------------------------------------------------------
+# a MAC lane with a promoted accumulator
+
+
+def promoted_mac_cost(weight, activation, accumulator="hopper_fp8_mma", *, node: int = 45,
+                      vdd: float | None = None, library: str = "nangate45", fa: str = "gates"):
+    """Area and energy per MAC lane of ``weight x activation`` into a two-level promoted accumulator
+    (:class:`fmtlab.hw.promoted_acc.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
+
+    The lane is the MAC unit into the inner accumulator (:func:`fmtlab.hw.mac_cost` with
+    ``inner``); its partial sum is added into the outer accumulator every ``interval`` products by
+    the promotion adder (:func:`promotion_adder_parts`), shared by ``interval`` lanes: per lane and
+    per MAC both its area and its energy count 1 / interval. Returns a
+    :class:`fmtlab.hw.mac.MacCost` whose breakdown lists the promotion adder's parts (count / N)."""
+    acc = parse_promoted(accumulator)
+    if acc is None:
+        raise FmtlabError(f"{accumulator!r} is not a promoted accumulator (presets: hopper_fp8_mma, ...)")
+    inner = mac_cost(weight, activation, acc.inner, node=node, vdd=vdd, library=library, fa=fa)
+    if inner.macs_per_cycle != 1:
+        raise FmtlabError("promoted accumulators are modelled for scalar MAC lanes, not MX block units")
+    n = min(acc.interval, 1 << 20)
+    lib = get_library(library, fa)
+    tech = Technology(node, vdd if vdd is not None else (0.9 if node == 45 else None))
+    cal = calibrate(library, "ripple", "array", fa).e
+    ef = tech.energy_factor()
+    rows = list(inner.breakdown)
+    for p in promotion_adder_parts(acc.inner, acc.outer):
+        cells = p.component.cells()
+        ge = ge_of(cells, lib) * p.count / n
+        rows.append(PartCost(f"promotion (1/{n}): {p.label}", p.component.describe(), p.count / n,
+                             p.component.energy_class, tuple(sorted((c, k * p.count / n) for c, k in cells.items())),
+                             ge, ge * cal[p.component.energy_class] * ef))
+    area = sum(r.area_ge for r in rows)
+    energy = sum(r.energy_pj for r in rows)
+    return MacCost(f"{inner.weight} x {inner.activation} -> {acc.name}", inner.weight, inner.activation,
+                   acc.name, 1, area, area * tech.um2_per_ge(lib), energy, tuple(rows), tech.node_nm,
+                   float(tech.vdd), library, inner.acc_bits)
