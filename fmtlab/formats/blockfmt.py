@@ -69,8 +69,11 @@ class SharedExpRule(_StrEnum):
     RCEIL = "rceil"
 
 
-_SHORT = {"fp8": "fp8_e4m3", "fp6": "fp6_e3m2", "fp4": "fp4_e2m1", "int8": "int8_sym"}
-_SHORT_OF = {"fp8_e4m3": "fp8", "fp6_e3m2": "fp6", "fp4_e2m1": "fp4", "int8_sym": "int8"}
+# INT block elements are symmetric (MX v1.0 MXINT8 clamps to +/-127; MXINT4/6 and NVINT4 use
+# [-(2**(n-1) - 1), 2**(n-1) - 1] as in arXiv 2510.25602 and its code, ChenMnZ/INT_vs_FP)
+_SHORT = {"fp8": "fp8_e4m3", "fp6": "fp6_e3m2", "fp4": "fp4_e2m1", "int8": "int8_sym",
+          "int6": "int6_sym", "int4": "int4_sym"}
+_SHORT_OF = {v: k for k, v in _SHORT.items()}
 
 
 @dataclasses.dataclass(frozen=True)
