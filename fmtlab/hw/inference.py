@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer, get_quantizer
-from fmtlab.formats.names import parse_call
+from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.hw.blocks import Part
 from fmtlab.hw.components import BarrelShifter, Incrementer, LeadingZeroCounter
 from fmtlab.hw.mac import mac_cost, mx_geometry
@@ -69,7 +69,7 @@ MEMORY_KEYS = ("sram", "offchip_weights", "offchip_kv")
 _SCALE_BITS = {"none": 0, "fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 FP16 = FloatAcc(5, 10)
 BF16_SIG = 8  # significand bits of a bf16 activation entering a quantizer
-_UNQUANTIZED = ("none", "fp32", "float32", "identity", "bf16", "fp16")
+_UNQUANTIZED = IDENTITY_NAMES + ("bf16", "fp16")  # the identity quantizer names, or a 16-bit model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +139,10 @@ class OperandScheme:
         if isinstance(spec, Quantizer):
             q = spec
         elif isinstance(spec, str):
-            name, kw = parse_call(spec)
-            q = get_quantizer(name, **kw)
+            q = get_quantizer(spec)  # the one resolver (name or name(key=value, ...))
+            if not isinstance(q, Quantizer):
+                raise FmtlabError(f"cannot price quantizer spec {spec!r}: a {type(q).__name__}, not a "
+                                  "scaled Quantizer")
         else:
             raise FmtlabError(f"cannot price quantizer spec {spec!r} (give a quantizer name or a Quantizer)")
         fmt, g = q.format, q.granularity
@@ -260,10 +262,10 @@ class InferenceCost:
 
 
 @lru_cache(maxsize=512)
-def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None):
+def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None, ftz: bool = False):
     if acc is not None and parse_promoted(acc) is not None:
         return promoted_mac_cost(w, a, acc, node=node, vdd=vdd)
-    return mac_cost(w, a, acc, node=node, vdd=vdd)
+    return mac_cost(w, a, acc, node=node, vdd=vdd, ftz=ftz)
 
 
 def _e(parts: list[Part], node: int, vdd: float | None) -> float:
@@ -331,7 +333,7 @@ _BUILDERS = {
 def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: int = 1024,
                    node: int = 45, vdd: float | None = None, memory: "str | MemorySystem" = "hbm2",
                    kv_prefix: int = 0, quantize_head: bool = False, outlier_share: float | None = None,
-                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9) -> InferenceCost:
+                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9, ftz: bool = False) -> InferenceCost:
     """Energy per decoded token (J), its breakdown, bytes moved, capacity and MAC-array area.
 
     model: a :class:`~fmtlab.hw.model_shape.ModelShape`; config: an :class:`InferenceConfig`, a
@@ -341,7 +343,9 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
     (CushionCache's prefix); node (nm) / vdd: logic technology; memory: ``"hbm2"``, ``"ddr45"`` or
     a :class:`~fmtlab.hw.memory.MemorySystem`; quantize_head: price the LM head in the config's
     formats instead of bf16; outlier_share: LLM.int8()'s measured outlier-column share;
-    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for.
+    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for; ftz: price
+    minifloat x minifloat -> float MAC units as flush-to-zero, no-special-value units
+    (:mod:`fmtlab.hw.ftz`; other units unchanged, said in the notes).
     """
     if not isinstance(model, ModelShape):
         raise FmtlabError(f"model must be a fmtlab.hw.ModelShape, got {type(model).__name__} "
@@ -361,6 +365,11 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
         raise FmtlabError(f"config {cfg.name}: weights and activations must both be quantized or both not "
                           "(mixed bf16 x int MAC units are not modelled)")
     mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_)
+    if ftz:
+        try:
+            mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_, True)
+        except FmtlabError:
+            notes.append(f"ftz: {mac.unit} has no flush-to-zero variant (priced as is)")
     attn = _mac("bf16", "bf16", "fp32", node, vdd_)
     if not w.quantized:
         notes.append("unquantized: bf16 weights and a bf16 FMA")

@@ -47,7 +47,8 @@ from torch import nn
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerTensor, Quantizer, Static
 from fmtlab.pytorch.quantizers import TorchQuantizer
-from fmtlab.pytorch.specs import IDENTITY, resolve
+from fmtlab.formats.quantspec import IDENTITY_NAMES
+from fmtlab.pytorch.specs import resolve
 
 __all__ = ["AttentionSpec", "ATTENTION_PRESETS", "parse_attention_spec", "attach_attention",
            "quantized_attention", "IMPLEMENTATION"]
@@ -112,7 +113,7 @@ def parse_attention_spec(spec: Any) -> AttentionSpec | None:
         return spec
     if isinstance(spec, str):
         key = spec.strip().lower()
-        if key in IDENTITY:
+        if key in IDENTITY_NAMES:
             key = "none"
         presets = _presets()
         if key in presets:
