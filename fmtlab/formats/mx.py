@@ -176,12 +176,16 @@ def tensor_scale_of(amax_tensor: float, elem_max: np.float32, scale_fmt: Format 
 
 def fp8_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: bool | float, rounding: Rounding,
                overflow: Overflow, seed=None, want_out: bool = True, want_codes: bool = False,
-               scale_fmt: Format = _E4M3) -> BlockResult:
+               scale_fmt: Format = _E4M3, block_max: float | None = None) -> BlockResult:
     """FP8-scaled block quantization (NVFP4 with K_=16, fp4_e2m1, tensor_scale=True).
 
     tensor_scale: True computes g from the data, a float uses it as a static g, False uses g = 1.
+    block_max: the element value a block's max |x| maps to (default the element's max; Four
+    Over Six's second candidate maps it to 4).
     """
     be = fp8_block_elem(fmt)
+    if block_max is not None:
+        be = be._replace(elem_max=np.float32(block_max))
     S8 = kernel_plan(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
     plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
     nb = flat.size // K_

@@ -19,6 +19,8 @@ import torch
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
 from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
+from fmtlab.formats.capabilities import NotSupportedError
+from fmtlab.formats.scaling import FourOverSix
 from fmtlab.formats.mx import block_elem, fp8_block_elem
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.elements import ElementOps
@@ -119,6 +121,9 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
     """Block quantization of the working data ``w`` (x arranged by ``tl``)."""
     g = q.granularity
     name = str(q)
+    if isinstance(q.scale_rule, FourOverSix):
+        raise NotSupportedError(f"{name}: the Four Over Six block rule has no torch twin yet; "
+                                "use fmtlab.formats.Quantizer (numpy) for it")
     w = tl.slot_matrix(w)  # [nblocks, K] in the working layout
     if q.nan is not None:  # explicit policy; None is OCP MX's NaN block (as Quantizer._blocks)
         nanm = torch.isnan(w)
