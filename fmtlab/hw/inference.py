@@ -262,10 +262,10 @@ class InferenceCost:
 
 
 @lru_cache(maxsize=512)
-def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None):
+def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None, ftz: bool = False):
     if acc is not None and parse_promoted(acc) is not None:
         return promoted_mac_cost(w, a, acc, node=node, vdd=vdd)
-    return mac_cost(w, a, acc, node=node, vdd=vdd)
+    return mac_cost(w, a, acc, node=node, vdd=vdd, ftz=ftz)
 
 
 def _e(parts: list[Part], node: int, vdd: float | None) -> float:
@@ -333,7 +333,7 @@ _BUILDERS = {
 def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: int = 1024,
                    node: int = 45, vdd: float | None = None, memory: "str | MemorySystem" = "hbm2",
                    kv_prefix: int = 0, quantize_head: bool = False, outlier_share: float | None = None,
-                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9) -> InferenceCost:
+                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9, ftz: bool = False) -> InferenceCost:
     """Energy per decoded token (J), its breakdown, bytes moved, capacity and MAC-array area.
 
     model: a :class:`~fmtlab.hw.model_shape.ModelShape`; config: an :class:`InferenceConfig`, a
@@ -343,7 +343,9 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
     (CushionCache's prefix); node (nm) / vdd: logic technology; memory: ``"hbm2"``, ``"ddr45"`` or
     a :class:`~fmtlab.hw.memory.MemorySystem`; quantize_head: price the LM head in the config's
     formats instead of bf16; outlier_share: LLM.int8()'s measured outlier-column share;
-    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for.
+    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for; ftz: price
+    minifloat x minifloat -> float MAC units as flush-to-zero, no-special-value units
+    (:mod:`fmtlab.hw.ftz`; other units unchanged, said in the notes).
     """
     if not isinstance(model, ModelShape):
         raise FmtlabError(f"model must be a fmtlab.hw.ModelShape, got {type(model).__name__} "
@@ -363,6 +365,11 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
         raise FmtlabError(f"config {cfg.name}: weights and activations must both be quantized or both not "
                           "(mixed bf16 x int MAC units are not modelled)")
     mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_)
+    if ftz:
+        try:
+            mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_, True)
+        except FmtlabError:
+            notes.append(f"ftz: {mac.unit} has no flush-to-zero variant (priced as is)")
     attn = _mac("bf16", "bf16", "fp32", node, vdd_)
     if not w.quantized:
         notes.append("unquantized: bf16 weights and a bf16 FMA")
