@@ -69,7 +69,12 @@ class QuantFn:
         if self.fn is None:
             return x, np.zeros(x.shape, dtype=bool)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self(x), clip_mask(self.obj, x)
+        obj = self.obj
+        if type(obj) is Quantizer and self.fn == obj.fake_quantize:
+            # one pass: the clip mask from the scales the fake-quant used (not recomputed)
+            q, s, z = obj.fake_quantize_scaled(x)
+            return q.astype(np.float32, copy=False), _mask_from_scales(obj, x, s, z)
+        return self(x), clip_mask(obj, x)
 
 
 def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
@@ -104,13 +109,18 @@ def _fmtlab_clip_mask(q: Any, x: np.ndarray) -> np.ndarray:
     beyond the rounding boundary of the largest (or most negative) finite grid value. Block
     formats (MX, NVFP4) get their scales from ``quantize``; others from ``compute_scales``.
     """
-    lay = q.layout(x.shape)
-    w = to_work(x, lay)
     if q.is_block:
-        qt = q.quantize(x)
-        s, z = np.asarray(qt.scales).reshape(-1), None
+        s, z = np.asarray(q.quantize(x).scales).reshape(-1), None
     else:
         s, z = q.compute_scales(x)
+    return _mask_from_scales(q, x, s, z)
+
+
+def _mask_from_scales(q: Any, x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+    """The clip mask of :func:`_fmtlab_clip_mask` given the slot scales ``s`` (and zero points) that
+    ``q`` picked for ``x``."""
+    lay = q.layout(x.shape)
+    w = to_work(x, lay)
     lo, hi = q.format.grid.bounds[0], q.format.grid.bounds[-1]
     with np.errstate(all="ignore"):
         y = work_rows(w, lay) / broadcast_scales(np.asarray(s).astype(w.dtype), lay)
