@@ -23,6 +23,7 @@ outlier criterion), and the top channels (columns by max |x|) and top tokens (ro
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -70,6 +71,82 @@ def _error_pass(x, q, clipped, has_mask):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _error_pass_scaled(x, q, scales, zps, has_z, Q, C, cols, lo, hi):  # pragma: no cover - compiled
+    """``_error_pass`` with the clip mask computed in the same pass from slot scales (see
+    :class:`ScaledClip`): element i is clipped where fl64(fl32(x_i / s)) (+ z) > hi or < lo, the
+    slot being (i // Q) % C (rows) or i % C (cols, Q = C). Same sums in the same order."""
+    signal = 0.0
+    noise = 0.0
+    under_e = 0.0
+    clip_e = 0.0
+    clip_n = 0.0
+    max_err = 0.0
+    n_nz = 0
+    n_under = 0
+    n_clip = 0
+    nrows = x.size // Q
+    for r in range(nrows):
+        base = r * Q
+        for j in range(Q):
+            k = j if cols else r % C
+            i = base + j
+            xv = np.float64(x[i])
+            qv = np.float64(q[i])
+            e = qv - xv
+            xx = xv * xv
+            ee = e * e
+            signal += xx
+            noise += ee
+            ae = abs(e)
+            if ae > max_err or ae != ae:
+                max_err = ae
+            if xv != 0.0:
+                n_nz += 1
+                if qv == 0.0:
+                    n_under += 1
+                    under_e += xx
+            y = np.float64(x[i] / scales[k])
+            if has_z:
+                y = y + np.float64(zps[k])
+            if y > hi or y < lo:
+                n_clip += 1
+                clip_e += xx
+                clip_n += ee
+    return signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err
+
+
+@dataclass(frozen=True)
+class ScaledClip:
+    """A clip mask held as the slot scales that decide it (no per-element mask materialized).
+
+    For flat row-major float32 x: element i belongs to slot (i // Q) % C (``cols`` False) or
+    i % C (``cols`` True, Q = C); it is clipped where y = fl64(fl32(x_i / scales[k])) (+ zps[k])
+    lies above ``hi`` or below ``lo`` (NaN y: not clipped), the QuantReport's definition.
+    ``scales``: float32 [C]; ``zps``: int64 [C] or None.
+    """
+
+    scales: np.ndarray
+    zps: np.ndarray | None
+    Q: int
+    C: int
+    cols: bool
+    lo: float
+    hi: float
+
+    def mask(self, x: np.ndarray) -> np.ndarray:
+        """The boolean clip mask of ``x`` (its shape), computed as numpy would."""
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        w = xf.reshape(-1, self.C) if self.cols else xf.reshape(-1, self.Q)
+        s = self.scales.reshape(1, -1) if self.cols else np.tile(self.scales, w.shape[0] // self.C).reshape(-1, 1)
+        with np.errstate(all="ignore"):
+            y = w / s
+            if self.zps is not None:
+                z = self.zps.reshape(1, -1) if self.cols else np.tile(self.zps, w.shape[0] // self.C).reshape(-1, 1)
+                y = y + z
+            return ((y > np.float64(self.hi)) | (y < np.float64(self.lo))).reshape(xf.shape)
+
+
+@numba.njit(cache=True, nogil=True)
 def _moments(x):  # pragma: no cover - compiled
     """(mean, m2, m4) of flat x about its mean, in float64 (two passes)."""
     n = x.size
@@ -110,6 +187,9 @@ _SUM_KEYS = ("n", "signal", "noise", "n_nonzero", "n_under", "under_energy", "n_
 def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
     """The additive sums behind :func:`error_stats` (float64 energies, integer counts, max |e|).
 
+    ``clipped``: a boolean mask of x's shape, a :class:`ScaledClip` (the mask computed in the same
+    pass, identical sums), or None (clipping unknown).
+
     Sums of disjoint parts (e.g. the sequences of a trace) merge with :func:`merge_sums`; the merged
     sums give the metrics of the whole with :func:`stats_from_sums`.
     """
@@ -117,6 +197,16 @@ def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) 
     q = np.asarray(q)
     if x.shape != q.shape:
         raise ValueError(f"quantized tensor has shape {q.shape}, input {x.shape}")
+    if isinstance(clipped, ScaledClip):
+        if x.dtype == np.float32 and x.size % clipped.Q == 0:
+            xf = np.ascontiguousarray(x).reshape(-1)
+            qf = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
+            zps = clipped.zps if clipped.zps is not None else np.zeros(1, np.int64)
+            vals = _error_pass_scaled(xf, qf, np.ascontiguousarray(clipped.scales, dtype=np.float32),
+                                      np.ascontiguousarray(zps, dtype=np.int64), clipped.zps is not None,
+                                      clipped.Q, clipped.C, clipped.cols, float(clipped.lo), float(clipped.hi))
+            return dict(zip(_SUM_KEYS, (float(x.size),) + tuple(float(v) for v in vals) + (1.0,)))
+        clipped = clipped.mask(x)
     has_mask = clipped is not None
     if has_mask:
         clipped = np.asarray(clipped, dtype=bool)
