@@ -71,10 +71,10 @@ def _error_pass(x, q, clipped, has_mask):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _error_pass_scaled(x, q, scales, zps, has_z, Q, C, cols, lo, hi):  # pragma: no cover - compiled
-    """``_error_pass`` with the clip mask computed in the same pass from slot scales (see
-    :class:`ScaledClip`): element i is clipped where fl64(fl32(x_i / s)) (+ z) > hi or < lo, the
-    slot being (i // Q) % C (rows) or i % C (cols, Q = C). Same sums in the same order."""
+def _error_pass_thresholds(x, q, t_lo, t_hi, Q, C, cols):  # pragma: no cover - compiled
+    """``_error_pass`` with the clip mask computed in the same pass: element i (slot k = (i // Q) % C,
+    or i % C with ``cols``, Q = C) is clipped where x_i > t_hi[k] or x_i < t_lo[k] (float32
+    thresholds, see :meth:`ScaledClip.thresholds`). Same sums in the same order."""
     signal = 0.0
     noise = 0.0
     under_e = 0.0
@@ -87,8 +87,9 @@ def _error_pass_scaled(x, q, scales, zps, has_z, Q, C, cols, lo, hi):  # pragma:
     nrows = x.size // Q
     for r in range(nrows):
         base = r * Q
+        kr = r % C
         for j in range(Q):
-            k = j if cols else r % C
+            k = j if cols else kr
             i = base + j
             xv = np.float64(x[i])
             qv = np.float64(q[i])
@@ -105,14 +106,44 @@ def _error_pass_scaled(x, q, scales, zps, has_z, Q, C, cols, lo, hi):  # pragma:
                 if qv == 0.0:
                     n_under += 1
                     under_e += xx
-            y = np.float64(x[i] / scales[k])
-            if has_z:
-                y = y + np.float64(zps[k])
-            if y > hi or y < lo:
+            if x[i] > t_hi[k] or x[i] < t_lo[k]:
                 n_clip += 1
                 clip_e += xx
                 clip_n += ee
     return signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err
+
+
+def _div32(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return (x / s).astype(np.float64)
+
+
+def _last_at_most(bound: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    with np.errstate(all="ignore"):
+        return _last_at_most_(bound, s)
+
+
+def _last_at_most_(bound: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    """Per slot, the largest float32 t with fl64(fl32(t / s)) <= bound (s > 0), or None if the
+    search did not settle (the caller then evaluates the mask directly).
+    x / s is monotonic in x for s > 0 (correct rounding), so {x: fl32(x/s) > bound} = {x > t}."""
+    with np.errstate(all="ignore"):
+        t = (bound * s.astype(np.float64)).astype(np.float32)
+    t = np.where(np.isnan(t), np.float32(np.inf), t)
+    for _ in range(64):  # step down while t is too large (at most a few ulps)
+        bad = ~(_div32(t, s) <= bound)
+        if not bad.any():
+            break
+        t = np.where(bad, np.nextafter(t, np.float32(-np.inf)), t)
+    for _ in range(64):  # step up while the next float still qualifies
+        nxt = np.nextafter(t, np.float32(np.inf))
+        up = (nxt > t) & (_div32(nxt, s) <= bound)
+        if not up.any():
+            break
+        t = np.where(up, nxt, t)
+    nxt = np.nextafter(t, np.float32(np.inf))
+    ok = bool(np.all(_div32(t, s) <= bound)) and not bool(np.any((nxt > t) & (_div32(nxt, s) <= bound)))
+    return t if ok else None
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,22 @@ class ScaledClip:
     cols: bool
     lo: float
     hi: float
+
+    def thresholds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(t_lo, t_hi) float32 per slot with clipped <=> x < t_lo or x > t_hi, exactly the mask's
+        definition (None when a slot's scale is not a positive finite float, e.g. a NaN block:
+        then the mask is evaluated directly)."""
+        s = self.scales.astype(np.float32)
+        if not np.all(np.isfinite(s) & (s > 0)):
+            return None
+        z = np.zeros(s.shape) if self.zps is None else self.zps.astype(np.float64)
+        hi = np.float64(self.hi) - z  # y + z > hi <=> y > hi - z (small integers: exact)
+        lo = np.float64(self.lo) - z
+        t_hi = _last_at_most(hi, s)
+        t_lo = _last_at_most(-lo, s)  # y < lo <=> -y > -lo, and fl32(-x / s) = -fl32(x / s)
+        if t_hi is None or t_lo is None:
+            return None
+        return (-t_lo).astype(np.float32), t_hi.astype(np.float32)
 
     def mask(self, x: np.ndarray) -> np.ndarray:
         """The boolean clip mask of ``x`` (its shape), computed as numpy would."""
@@ -201,11 +248,10 @@ def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) 
         if x.dtype == np.float32 and x.size % clipped.Q == 0:
             xf = np.ascontiguousarray(x).reshape(-1)
             qf = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
-            zps = clipped.zps if clipped.zps is not None else np.zeros(1, np.int64)
-            vals = _error_pass_scaled(xf, qf, np.ascontiguousarray(clipped.scales, dtype=np.float32),
-                                      np.ascontiguousarray(zps, dtype=np.int64), clipped.zps is not None,
-                                      clipped.Q, clipped.C, clipped.cols, float(clipped.lo), float(clipped.hi))
-            return dict(zip(_SUM_KEYS, (float(x.size),) + tuple(float(v) for v in vals) + (1.0,)))
+            th = clipped.thresholds()
+            if th is not None:
+                vals = _error_pass_thresholds(xf, qf, th[0], th[1], clipped.Q, clipped.C, clipped.cols)
+                return dict(zip(_SUM_KEYS, (float(x.size),) + tuple(float(v) for v in vals) + (1.0,)))
         clipped = clipped.mask(x)
     has_mask = clipped is not None
     if has_mask:

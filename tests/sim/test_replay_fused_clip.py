@@ -54,7 +54,7 @@ def test_scaled_clip_equals_recomputed_mask(name, static_scale):
     else:
         np.testing.assert_array_equal(clip, mask)
     fused = M.error_sums(x, xq, clip)
-    assert fused == M.error_sums(x, xq, mask)  # bit-identical sums, same order
+    assert repr(fused) == repr(M.error_sums(x, xq, mask))  # bit-identical sums, same order
     assert int(mask.sum()) == q.obj.quantize(x).report.clipped
     ref = _reference_sums(x, xq, mask)
     for k in ("n", "n_nonzero", "n_under", "n_clip"):
@@ -90,3 +90,40 @@ def test_replay_rows_equal_straightforward_metrics(tmp_path):
         for k in ("underflow_rate", "clip_rate", "clipped_energy_frac", "clip_error_share", "mse", "sqnr_db"):
             for got, want in ((row[f"a_{k}"], ea[k]), (row[f"w_{k}"], ew[k])):
                 assert got == want or (math.isnan(got) and math.isnan(want)), (c.name, k)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_thresholds_exact_at_the_boundary(seed):
+    """The per-slot float32 thresholds give the division mask exactly, also for inputs a few ulps
+    either side of hi * s and lo * s, with zero points, tiny and huge scales."""
+    rng = np.random.default_rng(seed)
+    C, Q = 64, 40
+    s = (2.0 ** rng.uniform(-140, 100, C) * rng.uniform(1, 2, C)).astype(np.float32)
+    s[:4] = [np.float32(2.0 ** -149), np.float32(1.0), np.float32(3e38), np.float32(1 / 3)]
+    z = rng.integers(-8, 8, C) if seed % 2 else None
+    hi, lo = 127.5, -128.5
+    edge_hi = (hi - (0 if z is None else z)) * s.astype(np.float64)
+    edge_lo = (lo - (0 if z is None else z)) * s.astype(np.float64)
+    x = np.empty((C, Q), np.float32)
+    with np.errstate(all="ignore"):
+        for k in range(C):
+            base = np.float32([edge_hi[k]] * 10 + [edge_lo[k]] * 10)
+            steps = np.arange(-5, 5)
+            vals = [np.float32(b) for b in base]
+            for i, b in enumerate(vals):
+                v = b
+                for _ in range(abs(steps[i % 10])):
+                    v = np.nextafter(v, np.float32(np.inf) if steps[i % 10] > 0 else np.float32(-np.inf))
+                x[k, i] = v
+            x[k, 20:] = (rng.standard_normal(Q - 20) * float(edge_hi[k])).astype(np.float32)
+    x[0, 30], x[1, 31], x[2, 32] = np.inf, -np.inf, np.nan
+    clip = M.ScaledClip(s, z, Q, C, False, lo, hi)
+    th = clip.thresholds()
+    assert th is not None
+    mask = clip.mask(x)
+    got = (x > th[1][:, None]) | (x < th[0][:, None])
+    np.testing.assert_array_equal(got, mask)
+    assert 0 < mask.sum() < mask.size
+    q = np.zeros_like(x)
+    q[~np.isfinite(x)] = 0.0
+    assert repr(M.error_sums(x, q, clip)) == repr(M.error_sums(x, q, mask))  # NaN sums too
