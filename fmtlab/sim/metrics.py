@@ -322,10 +322,17 @@ def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
         raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
     s = error_stats(y_ref, y_q)
     signal, noise = s["signal"], s["noise"]
-    r = np.asarray(y_ref, dtype=np.float64).reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
-    e = np.asarray(y_q, dtype=np.float64).reshape(r.shape) - r
-    rs = np.einsum("ij,ij->i", r, r)
-    rn = np.einsum("ij,ij->i", e, e)
+    r32 = y_ref.reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
+    q32 = np.asarray(y_q).reshape(r32.shape)
+    rs = np.empty(r32.shape[0])
+    rn = np.empty(r32.shape[0])
+    step = max(1, 32768 // max(1, r32.shape[1]))  # row blocks of <= 256 KiB float64: cache-resident
+    for a in range(0, r32.shape[0], step):  # per-row sums do not depend on the blocking
+        r = r32[a:a + step].astype(np.float64)
+        e = q32[a:a + step].astype(np.float64)
+        e -= r
+        np.einsum("ij,ij->i", r, r, out=rs[a:a + step])
+        np.einsum("ij,ij->i", e, e, out=rn[a:a + step])
     with np.errstate(divide="ignore", invalid="ignore"):
         tok = np.where(rs > 0, 10.0 * np.log10(rs / rn), np.nan)
     tok = tok[~np.isnan(tok)]

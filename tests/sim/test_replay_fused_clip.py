@@ -127,3 +127,18 @@ def test_clip_thresholds_exact_at_the_boundary(seed):
     q = np.zeros_like(x)
     q[~np.isfinite(x)] = 0.0
     assert repr(M.error_sums(x, q, clip)) == repr(M.error_sums(x, q, mask))  # NaN sums too
+
+
+def test_output_stats_row_blocks_equal_whole_array():
+    """output_error_stats sums rows in cache-sized blocks: the per-token SQNR is the same as from
+    the whole float64 arrays at once (exact)."""
+    rng = np.random.default_rng(1)
+    y = rng.standard_normal((301, 1536)).astype(np.float32)
+    yq = (y + rng.standard_normal(y.shape).astype(np.float32) * 1e-2).astype(np.float32)
+    r = y.astype(np.float64)
+    e = yq.astype(np.float64) - r
+    rs, rn = np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", e, e)
+    tok = 10.0 * np.log10(rs / rn)
+    got = M.output_error_stats(y, yq)
+    assert got["tok_sqnr_db"] == float(np.median(tok))
+    assert got["sqnr_db"] == M.error_stats(y, yq)["sqnr_db"]
