@@ -1,0 +1,11 @@
+"""The default config list of ``fmtlab report``, which ``fmtlab explore`` also seeds its first trials
+with (so the explore front is compared against the report's own configs). It lives here, on the
+lowest layer that uses it; :mod:`fmtlab.analysis.defaults` re-exports it beside the report-only lists.
+"""
+
+#: configs replayed by default (names of fmtlab.sim.replay.PRESETS)
+DEFAULT_CONFIGS = (
+    "fp32", "w8a8_int_tensor", "w8a8_int_tensor_static", "w8a8_int_token", "w8a8_llm_int8", "w8a8_smoothquant", "w8a8_hadamard",
+    "w8a8_int_tensor_nosink", "w4a8_int_channel", "w4a8_dint_channel", "w4a8_dint_aqas", "w4a8_log4",
+    "fp8_e4m3", "mxfp8", "mxfp4", "nvfp4",
+)
