@@ -11,3 +11,8 @@ class FormatError(FmtlabError, ValueError):
 
 class TraceError(FmtlabError, ValueError):
     """A trace file that is truncated, corrupt, foreign or inconsistent with its manifest."""
+
+
+class SpaceError(FmtlabError, ValueError):
+    """A design space (``fmtlab explore``) that cannot be used: unknown key, empty range, impossible
+    format, malformed constraint."""

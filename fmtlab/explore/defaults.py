@@ -1,6 +1,7 @@
-"""The default config list of ``fmtlab report``, which ``fmtlab explore`` also seeds its first trials
-with (so the explore front is compared against the report's own configs). It lives here, on the
-lowest layer that uses it; :mod:`fmtlab.analysis.defaults` re-exports it beside the report-only lists.
+"""Defaults of ``fmtlab explore``: the layers it records, and the default config list of ``fmtlab
+report``, which explore also seeds its first trials with (so the explore front is compared against
+the report's own configs). That list lives here, on the lowest layer that uses it;
+:mod:`fmtlab.analysis.defaults` re-exports it beside the report-only lists.
 """
 
 #: configs replayed by default (names of fmtlab.sim.replay.PRESETS)
@@ -9,3 +10,8 @@ DEFAULT_CONFIGS = (
     "w8a8_int_tensor_nosink", "w4a8_int_channel", "w4a8_dint_channel", "w4a8_dint_aqas", "w4a8_log4",
     "fp8_e4m3", "mxfp8", "mxfp4", "nvfp4",
 )
+
+#: Linear layers of the embedded SmolLM2 (30 blocks) recorded when ``fmtlab explore`` has no --trace:
+#: six blocks, evenly spaced. Replay time is dominated by quantizing weights, so the layer count sets
+#: the run time; --layers '' records all 210 layers (about 5x longer per config).
+DEFAULT_LAYERS = r"\.layers\.(0|6|12|18|24|29)\."

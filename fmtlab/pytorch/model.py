@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
 from fmtlab.pytorch.autograd import check_grad
+from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 from fmtlab.pytorch.specs import resolve, spec_name
 
 __all__ = ["LayerConfig", "QuantLinear", "QuantizeSummary", "quantize_model", "linear_kind"]
@@ -143,7 +144,7 @@ class QuantLinear(nn.Module):
         """The transform's decomposition, one sequence at a time (its dynamic activation scales
         are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
         calibration split; without calibration, on the first input the layer sees."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transforms import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -168,7 +169,7 @@ class QuantLinear(nn.Module):
     def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
         """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
         sequences), replacing any earlier fit."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transforms import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         x2 = np.concatenate(rows, axis=0)
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -320,7 +321,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         raise FmtlabError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
     tr = None
     if transform is not None:
-        from fmtlab.sim.transforms import get_transform
+        from fmtlab.sim.transforms import get_transform  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         tr = get_transform(transform)
         if tr is not None and mode is ActivationScales.STATIC:
@@ -377,8 +378,6 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
     if kv_prefix is not None:
-        from fmtlab.pytorch.kv_prefix import attach_kv_prefix
-
         attach_kv_prefix(new_root, kv_prefix)
     return new_root, summary
 
