@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.models.loading import load_model, model_name
+from fmtlab.sim.data import default_texts, token_windows
 from fmtlab.sim.trace import Trace, TraceWriter
 
 LayerFilter = "str | Sequence[str] | Callable[[str, Any], bool] | None"
@@ -154,8 +156,6 @@ def _set_eager(model) -> Callable[[], None]:
 
 
 def _model_summary(model, tokenizer) -> dict[str, Any]:
-    from fmtlab.models.loading import model_name
-
     cfg = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "vocab_size", "n_embd", "n_layer")
@@ -181,9 +181,6 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     """
     import torch
     from tqdm.auto import tqdm
-
-    from fmtlab.sim.data import default_texts, token_windows
-    from fmtlab.models.loading import load_model
 
     if not isinstance(model, torch.nn.Module):
         model, tokenizer = load_model(model, tokenizer)
@@ -333,7 +330,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             fwd_kwargs["use_cache"] = False
         estimate_done = False
         bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
-        from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+        from fmtlab.pytorch.kv_prefix import kv_prefix_attached  # lazy: torch; `fmtlab replay` imports this module (compile_layers) torch-free
 
         try:
             with torch.no_grad(), kv_prefix_attached(model, kv_prefix):

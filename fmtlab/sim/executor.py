@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 from fmtlab.errors import FmtlabError
+from fmtlab.sim.replay_engine import Engine, Task, resolve_config
+from fmtlab.sim.trace import open_trace
 
 __all__ = ["Unit", "run_unit", "SerialExecutor", "DaskExecutor", "make_executor", "run_units",
            "replay_tasks", "WORKER_ENV"]
@@ -65,23 +67,17 @@ def _config_id(c: Any) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _open(path: str):
-    from fmtlab.sim.trace import open_trace
-
     return open_trace(path, verify=False)
 
 
 @functools.lru_cache(maxsize=16)
 def _engine(trace: str, calib: str | None, configs: tuple, max_tokens: int | None, top_k: int, label: str):
-    from fmtlab.sim.replay_engine import Engine, resolve_config
-
     return Engine(_open(trace), [resolve_config(c) for c in configs], _open(calib) if calib else None,
                   max_tokens, top_k, label)
 
 
 def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(unit key, rows, per-sequence entries) of one unit; runs anywhere the trace path exists."""
-    from fmtlab.sim.replay_engine import Task
-
     task = Task(unit.kind, list(unit.names), unit.tensor)
     try:
         eng = _engine(unit.trace, unit.calib, tuple(unit.configs), unit.max_tokens, unit.top_k, unit.label)
@@ -152,7 +148,7 @@ class DaskExecutor:
     def __init__(self, scheduler: str | None = None, workers: int = 2, processes: bool = True,
                  retries: int = 3):
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client, LocalCluster  # lazy: dask only when a cluster is used
         except ImportError as exc:  # pragma: no cover - declared dependency
             raise FmtlabError("Dask execution needs the 'distributed' package") from exc
         self.retries = retries
@@ -179,7 +175,7 @@ class DaskExecutor:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})) or workers)
 
     def map_unordered(self, fn, items: Sequence[Any]) -> Iterator[Any]:
-        from distributed import as_completed
+        from distributed import as_completed  # lazy: dask only when a cluster is used
 
         futs = [self.client.submit(fn, it, key=f"{it.key}", pure=False, retries=self.retries) for it in items]
         for f in as_completed(futs):
