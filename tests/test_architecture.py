@@ -18,8 +18,6 @@ KNOWN_CYCLES = {
     # the quantizer resolver (formats): blockfmt -> presets -> quantizer -> scaling -> blockfmt
     frozenset({"fmtlab.formats.blockfmt", "fmtlab.formats.presets", "fmtlab.formats.quantizer",
                "fmtlab.formats.scaling"}),
-    # the model variants (methods): fptquant <-> fptquant_quant
-    frozenset({"fmtlab.methods.fptquant", "fmtlab.methods.fptquant_quant"}),
 }
 
 

@@ -22,7 +22,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers) -> None:
-    from fmtlab.analysis.report import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
 
     p = subparsers.add_parser(
         "report", help="record, replay, price and plot: a format-evaluation report",

@@ -29,7 +29,8 @@ from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.mac import kulisch_flag_bits, kulisch_geometry, make_unit, MacUnit
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
                                 KulischAcc, view)
-from fmtlab.hw.promotion import PRESETS as PROMOTED_PRESETS, PromotedAcc, parse_promoted, promote_partials
+from fmtlab.hw.promoted_acc import PRESETS as PROMOTED_PRESETS, PromotedAcc, parse_promoted
+from fmtlab.hw.promotion import promote_partials
 
 # ------------------------------------------------------------------------------------------
 # accumulator bit patterns
@@ -226,7 +227,7 @@ def dot(w_codes, a_codes, weight: "str | Format", activation: "str | Format",
     Codes are the formats' bit patterns (``fmt.encode(x)``). ``init``: initial accumulator
     value(s) (float; default 0). Returns a :class:`DotResult` shaped like the leading axes.
     ``accumulator`` may also be a two-level accumulator of a real accelerator (a
-    :class:`fmtlab.hw.promotion.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
+    :class:`fmtlab.hw.promoted_acc.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
     """
     if parse_promoted(accumulator) is not None:
         if overflow is not None or rounding is not None:

@@ -144,7 +144,7 @@ class QuantLinear(nn.Module):
         """The transform's decomposition, one sequence at a time (its dynamic activation scales
         are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
         calibration split; without calibration, on the first input the layer sees."""
-        from fmtlab.sim.transforms import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
+        from fmtlab.sim.transform_base import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -169,7 +169,7 @@ class QuantLinear(nn.Module):
     def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
         """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
         sequences), replacing any earlier fit."""
-        from fmtlab.sim.transforms import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
+        from fmtlab.sim.transform_base import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         x2 = np.concatenate(rows, axis=0)
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -208,6 +208,7 @@ class QuantizeSummary:
     requantized: list[str] = dataclasses.field(default_factory=list)
     restored: list[str] = dataclasses.field(default_factory=list)
     activation_scales: ActivationScales = ActivationScales.DYNAMIC
+    kv_cache: Any = None  # the KVCacheQuantizer attached (fmtlab.pytorch.kv_cache), or None
 
     @property
     def changed(self) -> list[str]:
@@ -221,7 +222,8 @@ class QuantizeSummary:
                  + (f", {len(self.requantized)} already quantized: previous fake-quant replaced"
                     if self.requantized else "")
                  + (f", transform {self.transform}" if self.transform else "")
-                 + f", {self.activation_scales.value} activation scales"]
+                 + f", {self.activation_scales.value} activation scales"
+                 + (f", KV cache {self.kv_cache.spec.name}" if self.kv_cache is not None else "")]
         if self.rows:
             w = max(len(r["name"] or "<root>") for r in self.rows)
             lines.append(f"  {'layer':<{w}}  kind    in x out       weights / activations")
@@ -287,7 +289,8 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                    overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
                    activation_scales: "ActivationScales | str" = ActivationScales.DYNAMIC,
-                   inplace: bool = False, kv_prefix: Any = None) -> tuple[nn.Module, QuantizeSummary]:
+                   inplace: bool = False, kv_prefix: Any = None,
+                   kv_cache: Any = None) -> tuple[nn.Module, QuantizeSummary]:
     """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
 
     weights / activations: default specs for every layer (see module docstring).
@@ -308,6 +311,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     computed by the float model) attached to the returned model: every later forward (calibrate,
     evaluate_perplexity) runs behind it; the prefix is never quantized (``generate`` is not
     supported: its growing attention mask does not count the prefix).
+    kv_cache: store every key (after RoPE) and value in a format (:mod:`fmtlab.pytorch.kv_cache`:
+    ``"int8_sym_per_token"``, ``"fp8_e4m3_per_tensor"``, ``"kivi4"``, ``"...@static"``, a dict of
+    keys/values/scales or a :class:`~fmtlab.pytorch.kv_cache.KVCacheSpec`); the prefix's own entries
+    stay float. None: a float cache (re-quantizing replaces an earlier KV format with this one).
 
     A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
     gets this call's configuration instead of its old one (listed in ``summary.requantized``; a
@@ -377,6 +384,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                      "weights": spec_name(wq), "activations": spec_name(ql.act_q)})
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
+    if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
+        from fmtlab.pytorch.kv_cache import attach_kv_cache
+
+        summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
     if kv_prefix is not None:
         attach_kv_prefix(new_root, kv_prefix)
     return new_root, summary

@@ -26,7 +26,8 @@ from fmtlab.errors import FmtlabError
 from fmtlab.sim import metrics as M
 from fmtlab.sim.quant import QuantFn, calibrate_static, resolve
 from fmtlab.sim.trace import Trace
-from fmtlab.sim.transforms import Context, Decomposition, Transform, get_transform
+from fmtlab.sim.transform_base import Context, Decomposition, Transform
+from fmtlab.sim.transforms import get_transform
 
 METRICS = ("underflow_rate", "underflow_energy_frac", "clip_rate", "clipped_energy_frac",
            "clip_error_share", "mse", "sqnr_db", "max_abs_err")

@@ -69,7 +69,7 @@ def test_same_seed_same_front(traces, medium_space, tmp_path):
 def test_report_configs_come_first(traces, medium_space, tmp_path):
     """By default the report's configs (those that are points of the space) are the first trials,
     in the report's order."""
-    from fmtlab.analysis.report import DEFAULT_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
 
     _nsga(traces, str(tmp_path / "a"), medium_space, trials=3, report_first=True)
     got = [r["report_config"] for r in _csv(tmp_path / "a" / "trials.csv")]

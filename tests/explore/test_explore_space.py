@@ -20,7 +20,7 @@ def test_example_space_covers_report_configs_and_thousands_more():
     """Every priced config of the report (DEFAULT_CONFIGS but the fp32 reference) is a point of the
     shipped example space, with the report's own quantizer spellings, except w4a8_dint_aqas (left
     out for its fit cost, see example.toml); with "aqas" added it is a point too. Thousands of points."""
-    from fmtlab.analysis.report import DEFAULT_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
     from fmtlab.sim.replay import PRESETS
 
     sp = load_space("example")
