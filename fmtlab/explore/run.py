@@ -14,6 +14,8 @@ from fmtlab.explore.defaults import DEFAULT_LAYERS
 from fmtlab.explore.results import comparison_lines, front_perplexity, write_outputs
 from fmtlab.explore.search import Evaluator, search
 from fmtlab.explore.space import load_space
+from fmtlab.models.loading import load_default_model, load_model
+from fmtlab.models.record import record
 from fmtlab.safe_io import atomic_write_text, locked_dir
 from fmtlab.sim.data import default_texts
 from fmtlab.sim.executor import make_executor
@@ -34,9 +36,6 @@ def _log(quiet: bool):
 def record_default_traces(out: str, seq_len: int, n_sequences: int, layers: str | None, log) -> tuple[str, str]:
     """(eval trace, calib trace) of the embedded model under ``out``/traces, recorded if missing
     (reused when the manifest matches seq_len and n_sequences)."""
-    from fmtlab.models.loading import load_default_model  # lazy: torch, only when a trace must be recorded
-    from fmtlab.models.record import record  # lazy: torch
-
     paths = {s: os.path.join(out, "traces", s) for s in ("eval", "calib")}
     model = tok = None
     for split, path in paths.items():
@@ -121,8 +120,6 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
 
 def _front_ppl(summary, trace, calib, n_sequences, log, out) -> list[dict[str, Any]]:
     """Perplexity of the front's configs with the trace's model (front_perplexity); front_ppl.csv."""
-    from fmtlab.models.loading import load_model  # lazy: torch, only with --perplexity
-
     name = (open_trace(trace, verify=False).manifest.get("model") or {}).get("name") or "smollm2"
     log(f"perplexity of {len(summary['front'])} front configs + fp32 ({n_sequences} sequences, model {name})")
     try:
@@ -146,8 +143,6 @@ def _all_layers(calib: str, model) -> bool:
 
 def _record_full_calib(model, tok, calib: str, path: str, log) -> str:
     """A calibration trace of every Linear layer, same texts and shape as ``calib`` (for perplexity)."""
-    from fmtlab.models.record import record  # lazy: torch
-
     m = open_trace(calib, verify=False).manifest
     log(f"recording a calibration trace of every layer for perplexity -> {path}")
     record(model, tok, default_texts("calib"), out=path, seq_len=m["seq_len"], n_sequences=m["n_sequences"],

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
 from fmtlab.pytorch.autograd import check_grad
+from fmtlab.pytorch.kv_cache import attach_kv_cache
 from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 from fmtlab.pytorch.specs import resolve, spec_name
 
@@ -385,8 +386,6 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
     if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
-        from fmtlab.pytorch.kv_cache import attach_kv_cache
-
         summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
     if kv_prefix is not None:
         attach_kv_prefix(new_root, kv_prefix)
