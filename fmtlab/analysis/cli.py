@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
-from fmtlab.analysis.methods.section import register_cli
+from fmtlab.analysis.methods.section import parse_methods, register_cli
 from fmtlab.errors import FmtlabError
 
 
@@ -68,7 +68,6 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     # lazy: the report pulls in numba (replay, the datapath); `fmtlab --help` imports this module
-    from fmtlab.analysis.methods.section import parse_methods
     from fmtlab.analysis.report import ReportOptions, run_report
     from fmtlab.models.record import compile_layers
 
