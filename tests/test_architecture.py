@@ -13,12 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: cycles other work owns (issue 19); remove an entry when its cycle is gone
-KNOWN_CYCLES = {
-    # the quantizer resolver (formats): blockfmt -> presets -> quantizer -> scaling -> blockfmt
-    frozenset({"fmtlab.formats.blockfmt", "fmtlab.formats.presets", "fmtlab.formats.quantizer",
-               "fmtlab.formats.scaling"}),
-}
+#: cycles other work owns (issue 19); remove an entry when its cycle is gone (none left)
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def test_import_contracts_hold():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmtlab.explore.defaults import DEFAULT_LAYERS
+from fmtlab.explore.defaults import COST_CHOICES, DEFAULT_LAYERS
 
 __all__ = ["register", "cmd_explore"]
 
@@ -14,7 +14,8 @@ def cmd_explore(args) -> int:
                     workers=args.workers, scheduler=args.scheduler, method=args.method, seed=args.seed,
                     population=args.population, batch=args.batch, layers=args.layers,
                     max_tokens=args.max_tokens, seq_len=args.seq_len, n_sequences=args.sequences,
-                    quiet=args.quiet, report_first=not args.no_report_configs, perplexity=args.perplexity)
+                    quiet=args.quiet, report_first=not args.no_report_configs, perplexity=args.perplexity,
+                    cost=args.cost)
     print(f"explore: {s['measured']} points measured ({s['configs_replayed_this_run']} replayed this run), "
           f"front of {s['front_size']} in {s['seconds']:.0f} s -> {s['paths']['pareto.csv']}")
     print(f"{'accuracy':>10} {'cost':>10}  config")
@@ -58,6 +59,10 @@ def register(subparsers) -> None:
                         "(front_ppl.csv; default 0 = off)")
     p.add_argument("--no-report-configs", action="store_true",
                    help="do not measure the report's configs first (by default they are the first trials)")
+    p.add_argument("--cost", choices=tuple(COST_CHOICES),
+                   help="cost objective (overrides the space's): MAC area / energy per MAC, stored bits, or "
+                        "energy_per_token[_b64] (uJ per decoded token of the trace's model at batch 1 / 64, "
+                        "fmtlab.hw.inference_cost)")
     p.add_argument("--out", default="out/explore", help="output folder (default out/explore)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_explore)

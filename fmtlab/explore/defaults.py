@@ -15,3 +15,7 @@ DEFAULT_CONFIGS = (
 #: six blocks, evenly spaced. Replay time is dominated by quantizing weights, so the layer count sets
 #: the run time; --layers '' records all 210 layers (about 5x longer per config).
 DEFAULT_LAYERS = r"\.layers\.(0|6|12|18|24|29)\."
+
+#: ``fmtlab explore --cost`` choices -> the space's cost objective column
+COST_CHOICES = {"area_um2": "area_um2", "area_ge": "area_ge", "energy_pj": "energy_pj", "bits": "bits",
+                "energy_per_token": "energy_per_token_uj", "energy_per_token_b64": "energy_per_token_b64_uj"}

@@ -3,6 +3,7 @@ outputs, and optionally measure the front's perplexity (see :mod:`fmtlab.explore
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import time
 from typing import Any
 
 from fmtlab.errors import FmtlabError
-from fmtlab.explore.defaults import DEFAULT_LAYERS
+from fmtlab.explore.defaults import COST_CHOICES, DEFAULT_LAYERS
 from fmtlab.explore.results import comparison_lines, front_perplexity, write_outputs
 from fmtlab.explore.search import Evaluator, search
 from fmtlab.explore.space import load_space
@@ -80,10 +81,12 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                 seed: int = 0, population: int = 16, batch: int = 8, layers: str | None = None,
                 max_tokens: int | None = None, seq_len: int = 64, n_sequences: int = 2,
                 quiet: bool = False, processes: bool = True, report_first: bool = True,
-                perplexity: int = 0) -> dict[str, Any]:
+                perplexity: int = 0, cost: str | None = None) -> dict[str, Any]:
     """The whole job (see the module doc of :mod:`fmtlab.explore.search`); returns the summary."""
     log = _log(quiet)
     space = load_space(space_path)
+    if cost is not None:
+        space = dataclasses.replace(space, objectives=(space.objectives[0], COST_CHOICES[cost]))
     if trials < 1:
         raise FmtlabError(f"--trials must be >= 1, got {trials}")
     if trace is None and calib is not None:

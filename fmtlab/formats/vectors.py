@@ -55,6 +55,7 @@ from fmtlab.formats.base import Format
 from fmtlab.formats.cli import binary, code_kind
 from fmtlab.formats.oracle import oracle_table
 from fmtlab.formats.presets import get_quantizer
+from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import Overflow, Rounding
 from fmtlab.safe_io import dumps_json, staged_dir
@@ -339,6 +340,8 @@ def resolve(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, seed:
         q = get_quantizer(name, **kw)
     except FmtlabError as qexc:
         raise FormatError(f"{name!r} is neither a format ({ferr}) nor a quantizer ({qexc})") from None
+    if not isinstance(q, Quantizer):  # the identity (None), PEG, fitted-base log
+        raise FormatError(f"{name!r} is neither a format ({ferr}) nor a scaled quantizer")
     return q.format, (q if q.is_block else None)
 
 

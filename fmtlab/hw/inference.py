@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Quantizer, get_quantizer
-from fmtlab.formats.names import parse_call
+from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.hw.blocks import Part
 from fmtlab.hw.components import BarrelShifter, Incrementer, LeadingZeroCounter
 from fmtlab.hw.mac import mac_cost, mx_geometry
@@ -50,7 +50,8 @@ from fmtlab.hw.memory import MemorySystem, get_memory
 from fmtlab.hw.model_shape import ModelShape
 from fmtlab.hw.operands import FloatAcc, parse_operand, view
 from fmtlab.hw.scale_units import (FP32, absmax_parts, element_quantize_parts, fp8_scale_multiply_parts,
-                                   fp_add, fp_convert_parts, fp_mul, mx_shared_exponent_parts,
+                                   fp_add, fp_convert_parts, fp_mul, magnitude_compare_parts,
+                                   mx_shared_exponent_parts,
                                    price_parts, promoted_mac_cost, scale_compute_parts)
 from fmtlab.hw.promoted_acc import parse_promoted
 from fmtlab.hw.tech import Technology
@@ -68,7 +69,7 @@ MEMORY_KEYS = ("sram", "offchip_weights", "offchip_kv")
 _SCALE_BITS = {"none": 0, "fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 FP16 = FloatAcc(5, 10)
 BF16_SIG = 8  # significand bits of a bf16 activation entering a quantizer
-_UNQUANTIZED = ("none", "fp32", "float32", "identity", "bf16", "fp16")
+_UNQUANTIZED = IDENTITY_NAMES + ("bf16", "fp16")  # the identity quantizer names, or a 16-bit model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +139,10 @@ class OperandScheme:
         if isinstance(spec, Quantizer):
             q = spec
         elif isinstance(spec, str):
-            name, kw = parse_call(spec)
-            q = get_quantizer(name, **kw)
+            q = get_quantizer(spec)  # the one resolver (name or name(key=value, ...))
+            if not isinstance(q, Quantizer):
+                raise FmtlabError(f"cannot price quantizer spec {spec!r}: a {type(q).__name__}, not a "
+                                  "scaled Quantizer")
         else:
             raise FmtlabError(f"cannot price quantizer spec {spec!r} (give a quantizer name or a Quantizer)")
         fmt, g = q.format, q.granularity
@@ -259,20 +262,20 @@ class InferenceCost:
 
 
 @lru_cache(maxsize=512)
-def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None):
+def _mac(w: str, a: str, acc: str | None, node: int, vdd: float | None, ftz: bool = False):
     if acc is not None and parse_promoted(acc) is not None:
         return promoted_mac_cost(w, a, acc, node=node, vdd=vdd)
-    return mac_cost(w, a, acc, node=node, vdd=vdd)
-
-
-@lru_cache(maxsize=512)
-def _pj(name: str, parts: tuple, node: int, vdd: float | None) -> tuple[float, float]:
-    r = price_parts(name, list(parts), node, vdd)
-    return r.energy_pj, r.area_um2
+    return mac_cost(w, a, acc, node=node, vdd=vdd, ftz=ftz)
 
 
 def _e(parts: list[Part], node: int, vdd: float | None) -> float:
-    return _pj("unit", tuple(parts), node, vdd)[0]
+    return price_parts("unit", parts, node, vdd).energy_pj
+
+
+@lru_cache(maxsize=4096)
+def _pj(kind: str, args: tuple, node: int, vdd: float | None) -> float:
+    """pJ per operation of a unit built by ``kind`` from hashable ``args`` (cached)."""
+    return _e(_BUILDERS[kind](*args), node, vdd)
 
 
 def _int_to_fp32() -> list[Part]:
@@ -281,9 +284,8 @@ def _int_to_fp32() -> list[Part]:
             Part("int32 -> fp32: round", Incrementer(24))]
 
 
-def _output_scale_parts(cfg: InferenceConfig, k: int, int_acc: bool) -> list[Part]:
+def _output_scale_parts(w: OperandScheme, a: OperandScheme, k: int, int_acc: bool) -> list[Part]:
     """Per output element of a K-long dot product: the scale multiplies (module docstring)."""
-    w, a = cfg.weight, cfg.act
     parts: list[Part] = _int_to_fp32() if int_acc else []
     if w.granularity == "block" or a.granularity == "block":
         if w.tensor_scale or a.tensor_scale:
@@ -310,21 +312,28 @@ def _quantizer_energy(s: OperandScheme, n_elems: float, static: bool, node: int,
     if not s.quantized:
         return 0.0
     if s.scale_format == "e8m0":
-        conv = fp_convert_parts(BF16_SIG, s.element_bits, s.elem_exp_bits)
-        return (n_elems / s.group) * _e(mx_shared_exponent_parts(s.group), node, vdd) + n_elems * _e(conv, node, vdd)
-    e = n_elems * _e(element_quantize_parts(s.element_bits, s.elem_exp_bits, False), node, vdd)
+        return (n_elems / s.group) * _pj("mx_shared", (s.group,), node, vdd) + n_elems * _pj("convert", (BF16_SIG, s.element_bits, s.elem_exp_bits), node, vdd)
+    e = n_elems * _pj("quantize", (s.element_bits, s.elem_exp_bits, False), node, vdd)
     if static:
         return e
     n_scales = 1.0 if s.granularity in ("tensor", "token", "channel") else n_elems / s.group
-    e += n_elems * _e(absmax_parts(), node, vdd)
-    e += n_scales * _e(scale_compute_parts(s.scale_format), node, vdd)
+    e += n_elems * _pj("absmax", (), node, vdd)
+    e += n_scales * _pj("scale_compute", (s.scale_format,), node, vdd)
     return e
+
+
+_BUILDERS = {
+    "mx_shared": mx_shared_exponent_parts, "convert": fp_convert_parts, "quantize": element_quantize_parts,
+    "absmax": absmax_parts, "scale_compute": scale_compute_parts, "fp8_scale": fp8_scale_multiply_parts,
+    "fp16_add": lambda: fp_add(FP16, "fp16 add"), "compare": lambda: magnitude_compare_parts(15),
+    "out_scale": _output_scale_parts,
+}
 
 
 def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: int = 1024,
                    node: int = 45, vdd: float | None = None, memory: "str | MemorySystem" = "hbm2",
                    kv_prefix: int = 0, quantize_head: bool = False, outlier_share: float | None = None,
-                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9) -> InferenceCost:
+                   tokens_per_s: float = 1000.0, clock_hz: float = 1e9, ftz: bool = False) -> InferenceCost:
     """Energy per decoded token (J), its breakdown, bytes moved, capacity and MAC-array area.
 
     model: a :class:`~fmtlab.hw.model_shape.ModelShape`; config: an :class:`InferenceConfig`, a
@@ -334,7 +343,9 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
     (CushionCache's prefix); node (nm) / vdd: logic technology; memory: ``"hbm2"``, ``"ddr45"`` or
     a :class:`~fmtlab.hw.memory.MemorySystem`; quantize_head: price the LM head in the config's
     formats instead of bf16; outlier_share: LLM.int8()'s measured outlier-column share;
-    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for.
+    tokens_per_s / clock_hz: the aggregate throughput the MAC array is sized for; ftz: price
+    minifloat x minifloat -> float MAC units as flush-to-zero, no-special-value units
+    (:mod:`fmtlab.hw.ftz`; other units unchanged, said in the notes).
     """
     if not isinstance(model, ModelShape):
         raise FmtlabError(f"model must be a fmtlab.hw.ModelShape, got {type(model).__name__} "
@@ -354,6 +365,11 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
         raise FmtlabError(f"config {cfg.name}: weights and activations must both be quantized or both not "
                           "(mixed bf16 x int MAC units are not modelled)")
     mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_)
+    if ftz:
+        try:
+            mac = _mac(w.hw_operand, a.hw_operand, cfg.accumulator, node, vdd_, True)
+        except FmtlabError:
+            notes.append(f"ftz: {mac.unit} has no flush-to-zero variant (priced as is)")
     attn = _mac("bf16", "bf16", "fp32", node, vdd_)
     if not w.quantized:
         notes.append("unquantized: bf16 weights and a bf16 FMA")
@@ -374,15 +390,15 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
         pj["mac_linear"] += k * n * mac.energy_pj
         if not lin.shares_input:
             pj["scale_quant"] += _quantizer_energy(a, k, cfg.static_act, node, vdd_)
-            pj["transform"] += t.fp16_adds(k) * _e(fp_add(FP16, "fp16 add"), node, vdd_)
-            pj["transform"] += t.compares(k) * _e(absmax_parts()[:1], node, vdd_)
+            pj["transform"] += t.fp16_adds(k) * _pj("fp16_add", (), node, vdd_)
+            pj["transform"] += t.compares(k) * _pj("compare", (), node, vdd_)
             pj["sram"] += 2 * t.gathered(k) * 16 * sram_pj
         pj["transform"] += t.fp16_macs(k, n) * _mac("fp16", "fp16", "fp32", node, vdd_).energy_pj
-        pj["scale_quant"] += n * _e(_output_scale_parts(cfg, k, int_acc), node, vdd_)
+        pj["scale_quant"] += n * _pj("out_scale", (w, a, k, int_acc), node, vdd_)
         if w.scale_format == "fp8_e4m3" or a.scale_format == "fp8_e4m3":
             bw = parse_operand(w.hw_operand)
             sb = mx_geometry(view(bw.element), view(parse_operand(a.hw_operand).element), bw.block)["sum_bits"]
-            pj["scale_quant"] += n * math.ceil(k / w.group) * _e(fp8_scale_multiply_parts(sb), node, vdd_)
+            pj["scale_quant"] += n * math.ceil(k / w.group) * _pj("fp8_scale", (sb,), node, vdd_)
         a_bits_in += 0 if lin.shares_input else k * a.element_bits + k * a.block_scale_bits_per_element
         pj["sram"] += n * 16 * sram_pj  # bf16 output written
     L = model.n_layers
@@ -401,7 +417,7 @@ def inference_cost(model: ModelShape, config: Any, *, batch: int = 1, context: i
         head_el, head_sc = w.matrix_bits(model.hidden, model.vocab)
         pj["mac_head"] = model.head_params * mac.energy_pj
         pj["scale_quant"] += _quantizer_energy(a, model.hidden, cfg.static_act, node, vdd_)
-        pj["scale_quant"] += model.vocab * _e(_output_scale_parts(cfg, model.hidden, int_acc), node, vdd_)
+        pj["scale_quant"] += model.vocab * _pj("out_scale", (w, a, model.hidden, int_acc), node, vdd_)
     else:
         head_el, head_sc = model.head_params * 16.0, 0.0
         pj["mac_head"] = model.head_params * attn.energy_pj

@@ -20,8 +20,9 @@ replays / scores configs there.
 Spelling: ``"<config>+<name>"`` or ``"<config>+<name>(key=value, ...)"`` names a config measured
 behind the variant ``<name>`` (keys: the variant's dataclass fields; values parsed by the field's
 type). :func:`parse_variant_config` is the one place that parses these suffixes; ``str(variant)``
-spells it back (``"+cushion"`` for the defaults). Adding a variant: see ``docs`` in the README
-("Adding a model variant").
+spells it back (``"+cushion"`` for the defaults). Adding a variant: one module holding the config
+type and its handler (see :mod:`fmtlab.methods.cushion_variant`), imported by
+``fmtlab/methods/__init__.py``, plus its tests (README: "Adding a model variant").
 """
 
 from __future__ import annotations
@@ -283,6 +284,10 @@ class FitCache:
             self._models[id(model)] = model
         return hit
 
+    def fits(self) -> list[Fitted]:
+        """The fitted variants, in fit order."""
+        return list(self._fits.values())
+
     def __len__(self) -> int:
         return len(self._fits)
 
@@ -317,7 +322,7 @@ class VariantSession:
 
     def descriptions(self) -> list[dict[str, Any]]:
         """One row per variant fitted so far (see :meth:`VariantHandler.describe`)."""
-        return [handler_for(f.variant).describe(f) for f in self.cache._fits.values()]
+        return [handler_for(f.variant).describe(f) for f in self.cache.fits()]
 
     def trace(self, variant: ModelVariant, path: Path, split: str, seq_len: int, n_sequences: int,
               layers: str | None):

@@ -57,7 +57,8 @@ from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import apply_fake_quant
 from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.quantizers import TorchQuantizer
-from fmtlab.pytorch.specs import IDENTITY, resolve, spec_name
+from fmtlab.formats.quantspec import IDENTITY_NAMES
+from fmtlab.pytorch.specs import resolve, spec_name
 
 __all__ = ["KVCacheSpec", "KVGranularity", "KVCacheQuantizer", "KV_PRESETS", "parse_kv_spec",
            "attach_kv_cache", "kv_cache_of", "install_on_cache"]
@@ -161,7 +162,7 @@ def parse_kv_spec(spec: Any) -> KVCacheSpec | None:
     if low.startswith("k=") and ",v=" in low:
         k, _, v = text[2:].partition(",v=")
         return KVCacheSpec(_kv_quantizer(k.strip()), _kv_quantizer(v.strip()), scales)
-    if low in IDENTITY:
+    if low in IDENTITY_NAMES:
         return KVCacheSpec(None, None, scales, "none")
     q = _kv_quantizer(text)
     return KVCacheSpec(q, q, scales)

@@ -66,8 +66,18 @@ class ReplayConfig:
     transform: Any = None
     hp_dtype: str = "float16"
     act_calib: str | None = None
+    accumulator: str | None = None
 
     def __post_init__(self) -> None:
+        if self.accumulator is not None:
+            from fmtlab.sim.accumulate import parse as parse_accumulator
+
+            try:
+                parse_accumulator(self.accumulator)
+            except (FmtlabError, TypeError) as exc:
+                raise FmtlabError(f"config {self.name!r}: {exc}") from None
+            if self.transform is not None:
+                raise FmtlabError(f"config {self.name!r}: an accumulator does not combine with a transform")
         if self.act_calib is not None and str(self.act_calib).split("(")[0].strip().lower() not in STATIC_RULES:
             raise FmtlabError(f"config {self.name!r}: act_calib must be one of {STATIC_RULES} "
                               f"(percentile(P) allowed) or None, got {self.act_calib!r}")
@@ -78,7 +88,8 @@ class ReplayConfig:
         t = self.transform
         tn = "" if t is None else f", t={t if isinstance(t, str) else getattr(t, 'name', repr(t))}"
         st = "" if self.act_calib is None else f" (static {self.act_calib})"
-        return f"w={nm(self.weight)}, a={nm(self.act)}{st}{tn}"
+        acc = "" if self.accumulator is None else f", acc={self.accumulator}"
+        return f"w={nm(self.weight)}, a={nm(self.act)}{st}{tn}{acc}"
 
 
 # The end-to-end set of the issue plus outlier-fighting variants. Names of quantizer presets are
@@ -112,7 +123,8 @@ E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "
 
 
 _FIELD_KEYS = {"w": "weight", "weight": "weight", "a": "act", "act": "act", "t": "transform",
-               "transform": "transform", "hp": "hp_dtype", "c": "act_calib", "act_calib": "act_calib"}
+               "transform": "transform", "hp": "hp_dtype", "c": "act_calib", "act_calib": "act_calib",
+               "acc": "accumulator", "accumulator": "accumulator"}
 
 
 def _inline_config(s: str) -> ReplayConfig | None:
@@ -129,7 +141,7 @@ def _inline_config(s: str) -> ReplayConfig | None:
         k, v = part.split("=", 1)
         key = _FIELD_KEYS.get(k.strip())
         if key is None:
-            raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c)")
+            raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c, acc)")
         fields[key] = v.strip() or None
     return ReplayConfig(name.strip(), **fields)
 
@@ -138,7 +150,7 @@ def _inline_config(s: str) -> ReplayConfig | None:
 GRAMMAR: Grammar[ReplayConfig] = Grammar("config", FmtlabError, fold_case=False)
 for _name, _cfg in PRESETS.items():
     GRAMMAR.exact(_name, lambda _c=_cfg: _c)
-GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE'")
+GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE;acc=ACCUMULATOR'")
 
 
 def make_config(spec: Any) -> ReplayConfig:

@@ -133,3 +133,19 @@ def test_config_strings_resolve_as_replay_configs():
     for c, _ in kept[::97]:
         assert make_config(c.config_string) == c.replay_config()
         assert resolve(c.weight).obj is not None and resolve(c.act).obj is not None
+
+
+def test_energy_objective_prices_each_point():
+    """With an energy-per-token objective, transforms change a point's cost (Hadamard's adds) and
+    merged ones do not (SmoothQuant)."""
+    import dataclasses
+
+    sp = dataclasses.replace(parse_space(_doc(transforms=["none", "hadamard", "smoothquant(alpha=0.5)"])),
+                             objectives=("pooled_out_sqnr_db", "energy_per_token_uj"))
+    kept, _ = sp.candidates(k_max=1536)
+    e = {(c.weight, c.transform): cost["energy_per_token_uj"] for c, cost in kept}
+    w = "int4_per_channel"
+    assert e[(w, "hadamard")] > e[(w, None)] == e[(w, "smoothquant(alpha=0.5)")]
+    assert all(cost["energy_per_token_b64_uj"] < cost["energy_per_token_uj"] for _, cost in kept)
+    with pytest.raises(SpaceError, match="objectives"):
+        parse_space(_doc(objectives=["pooled_out_sqnr_db", "joules"]))

@@ -92,6 +92,28 @@ def test_fp8_e4m3_vectors_match_oracle_ml_dtypes_and_torch(written):
     np.testing.assert_array_equal(t, codes[ok])
 
 
+def test_p3109_vectors_match_oracle_and_gfloat(tmp_path):
+    """binary8p3se (IEEE P3109, K=8 P=3 signed extended): files vs the oracle and gfloat."""
+    fmt = get_format("binary8p3se")
+    assert main(["vectors", "binary8p3se", "--out", str(tmp_path), "--n", "300"]) == 0
+    x, codes = _check_element_files(tmp_path, "binary8p3se", fmt)
+    g = pytest.importorskip("gfloat", reason="gfloat (the P3109 peer) is not installed")
+    from gfloat.formats import format_info_p3109
+    from gfloat.types import Domain, RoundMode, Signedness
+
+    fi = format_info_p3109(8, 3, Signedness.Signed, Domain.Extended)
+    dec = _csv(tmp_path / "binary8p3se.decode.csv")
+    for r in dec:
+        want = g.decode_float(fi, int(r["code"])).fval
+        got = f64_from_bits(int(r["value_f64_bits"], 16))
+        assert (math.isnan(want) and math.isnan(got)) or (want == got and
+                                                         math.copysign(1, want) == math.copysign(1, got))
+    vals = fmt.values()[codes]
+    for xi, v in zip(x.tolist(), vals.tolist()):
+        w = g.round_float(fi, xi, RoundMode.TiesToEven, False)
+        assert (math.isnan(w) and math.isnan(v)) or w == v, (xi, v, w)
+
+
 def _blocks(out, name):
     rows = _csv(out / f"{name}.blocks.csv")
     x = np.array([[f32_from_bits(int(h, 16)) for h in r["inputs_f32_bits"].split()] for r in rows], F32)

@@ -212,3 +212,12 @@ def test_hw_imports_neither_sim_nor_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ftz_mac_units_as_a_parameter():
+    c = cfg("fp8", "fp8_e4m3_per_tensor", "fp8_e4m3_per_tensor")
+    ieee, ftz = inference_cost(SMOLLM2_135M, c), inference_cost(SMOLLM2_135M, c, ftz=True)
+    assert ftz.mac_unit.endswith(" ftz") and ftz.breakdown["mac_linear"] < ieee.breakdown["mac_linear"]
+    assert ftz.breakdown["offchip_weights"] == ieee.breakdown["offchip_weights"]
+    i8 = inference_cost(SMOLLM2_135M, cfg("i8", "int8_per_tensor", "int8_per_tensor"), ftz=True)
+    assert any("no flush-to-zero variant" in n for n in i8.notes)

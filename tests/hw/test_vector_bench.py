@@ -13,7 +13,7 @@ needs_iverilog = pytest.mark.skipif(not iverilog_available(),
 
 
 @needs_iverilog
-@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2"])
+@pytest.mark.parametrize("name", ["fp8_e4m3", "fp8_e5m2", "binary8p3se", "binary8p4sf"])
 def test_decoder_passes_golden_decode_vectors(tmp_path, name):
     write_vectors(name, tmp_path, n=0)
     n, bad = run_decode_vectors(name, str(tmp_path / f"{name}.decode.hex"))
