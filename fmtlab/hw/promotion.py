@@ -32,6 +32,7 @@ import numba as nb
 import numpy as np
 
 from fmtlab.hw import dp_kernels as K
+from fmtlab.hw.promoted_acc import PRESETS, PromotedAcc, parse_promoted  # noqa: F401 - their home before the move
 
 __all__ = ["promote_partials"]
 

@@ -34,7 +34,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats import Static
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
+from fmtlab.pytorch.attention import attach_attention
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.kv_cache import attach_kv_cache
 from fmtlab.pytorch.kv_prefix import attach_kv_prefix
@@ -175,7 +177,7 @@ class QuantLinear(nn.Module):
     def _forward_accumulated(self, x: torch.Tensor) -> torch.Tensor:
         """Q_a(x) Q_w(W)^T with every dot product accumulated as ``self.accumulator`` does
         (:mod:`fmtlab.sim.accumulate`: numpy, no gradient, one sequence at a time)."""
-        from fmtlab.sim.accumulate import accumulated_matmul, operand
+        from fmtlab.sim.accumulate import accumulated_matmul, operand  # lazy: fmtlab.sim loads numba and scipy
 
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -220,8 +222,6 @@ def _codes_quantizer(q, role: str):
     if q is None:
         return None
     if isinstance(q, StaticActivation):
-        from fmtlab.formats import Static
-
         if not bool(q.calibrated):
             raise FmtlabError(f"layer {q.layer!r}: static activation scales were never calibrated")
         s = q.scale.detach().cpu().numpy()
@@ -437,7 +437,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             ql.act_q = StaticActivation(aq, ql.in_features, name)
         _check_layout(name, aq, (1, ql.in_features), "activations")
         if accumulator is not None:
-            from fmtlab.sim.accumulate import parse as parse_accumulator
+            from fmtlab.sim.accumulate import parse as parse_accumulator  # lazy: fmtlab.sim loads numba and scipy
 
             ql.accumulator = parse_accumulator(accumulator)
         new_root = _replace(model, name, ql, new_root)
@@ -450,8 +450,6 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
         summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
     if attention is not None or "fmtlab_attention_prev" in new_root.__dict__:
-        from fmtlab.pytorch.attention import attach_attention
-
         summary.attention = attach_attention(new_root, attention)
     if kv_prefix is not None:
         attach_kv_prefix(new_root, kv_prefix)
