@@ -42,6 +42,7 @@ import dataclasses
 import math
 
 import numpy as np
+from scipy.linalg import cholesky, lapack
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import mx as _mx
@@ -214,22 +215,18 @@ def _batch_size(block_size: int, g: int) -> int:
 
 
 def _inverse_cholesky(H: np.ndarray) -> np.ndarray:
-    """Upper U with U^T U = H^-1 (float64; H symmetric positive definite)."""
+    """Upper U with U^T U = H^-1 (float64; H symmetric positive definite): the factor the
+    reference gets from chol(cholesky_inverse(chol H), upper), computed with one Cholesky and one
+    triangular inverse: with J the reversal, J H J = L L^T gives H^-1 = (J L^-1 J)^T (J L^-1 J),
+    and J L^-1 J is upper triangular (Cholesky factors are unique, so this is the same U)."""
     try:
-        L = np.linalg.cholesky(H)
+        L = cholesky(H[::-1, ::-1], lower=True, check_finite=False)
     except np.linalg.LinAlgError:
         raise FmtlabError("gptq: the dampened hessian is not positive definite; raise damp") from None
-    Linv = _tri_inv(L)
-    Hinv = Linv.T @ Linv
-    try:
-        return np.linalg.cholesky(Hinv).T
-    except np.linalg.LinAlgError:
-        raise FmtlabError("gptq: the inverse hessian is not positive definite; raise damp") from None
-
-
-def _tri_inv(L: np.ndarray) -> np.ndarray:
-    """L^-1 of a lower-triangular L (float64; the inverse of a triangular matrix is triangular)."""
-    return np.tril(np.linalg.inv(L))
+    Linv, info = lapack.dtrtri(L, lower=1)
+    if info != 0:
+        raise FmtlabError("gptq: the hessian's Cholesky factor is singular; raise damp")
+    return np.ascontiguousarray(Linv[::-1, ::-1])  # dtrtri leaves the zero upper part of L
 
 
 def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: float = 0.01,
