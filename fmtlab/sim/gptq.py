@@ -50,11 +50,12 @@ from fmtlab.formats.base import make_rng
 from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, fq_vector
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.rounding import NanInput, Rounding
+from fmtlab.sim.scale_search import block_scale_search
 from fmtlab.formats.scaling import (
     PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, plan_layout, to_work,
 )
 
-__all__ = ["GPTQResult", "gptq", "rtn", "hessian_error", "ColumnScheme"]
+__all__ = ["GPTQResult", "gptq", "PreparedHessian", "prepare_hessian", "rtn", "hessian_error", "ColumnScheme"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -100,7 +101,8 @@ class ColumnScheme:
     ``round(col, scales, zps, j)`` rounds a float64 column of length R with per-slot scales
     (``Rows(q, R // q)``: q = 1 for fixed/group, q = slot length for column kinds)."""
 
-    def __init__(self, quantizer: Quantizer, shape: tuple[int, int], W0: np.ndarray):
+    def __init__(self, quantizer: Quantizer, shape: tuple[int, int], W0: np.ndarray,
+                 scale_search: str | None = None):
         if not isinstance(quantizer, Quantizer):
             raise FmtlabError(f"gptq needs an fmtlab Quantizer, got {type(quantizer).__name__}")
         self.q = quantizer
@@ -131,6 +133,9 @@ class ColumnScheme:
                 raise FmtlabError("gptq: the weights hold NaN or Inf")
             self.tensor_g = _mx.tensor_scale_of(float(a.max()), be.elem_max)
         self.nan = NanInput.RAISE if self.block else quantizer.nan
+        self.search = scale_search
+        if scale_search is not None and not (self.block and self.kind == "group"):
+            raise FmtlabError(f"scale_search={scale_search!r} needs a block quantizer along the input axis, got {quantizer}")
 
     # ---- scales --------------------------------------------------------------------------
     def slot_scales(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -141,6 +146,9 @@ class ColumnScheme:
             s, z = q.compute_scales(A)
             return np.asarray(s, np.float32).reshape(-1), z, None
         g = q.granularity
+        if self.search is not None:
+            s = block_scale_search(A, q, self.search, tensor_scale=self.tensor_g)
+            return s.astype(np.float32), None, None
         lay = plan_layout(g, A.shape)
         flat = to_work(A, lay).reshape(-1)
         if g.scale_format == "e8m0":
@@ -191,6 +199,13 @@ def _is_pow2(s: np.ndarray) -> bool:
 
 def _check_inputs(W, H) -> tuple[np.ndarray, np.ndarray]:
     W = np.asarray(W)
+    if isinstance(H, PreparedHessian):  # the factor is ready: check the layer only
+        if W.ndim != 2 or W.size == 0 or W.dtype.kind != "f" or not np.all(np.isfinite(W)):
+            raise FmtlabError(f"gptq: weight must be a finite, non-empty 2-D float array, got shape {W.shape}")
+        if H.U.shape[0] != W.shape[1]:
+            raise FmtlabError(f"gptq: the prepared hessian is [{H.U.shape[0]}, {H.U.shape[0]}], the layer has "
+                              f"{W.shape[1]} inputs")
+        return W.astype(np.float64), H
     H = np.asarray(H)
     if W.ndim != 2 or W.size == 0:
         raise FmtlabError(f"gptq: weight must be a non-empty 2-D [out, in] array, got shape {W.shape}")
@@ -229,36 +244,72 @@ def _inverse_cholesky(H: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(Linv[::-1, ::-1])  # dtrtri leaves the zero upper part of L
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedHessian:
+    """The part of GPTQ that depends on the Hessian only (shared by layers with one input, e.g.
+    q/k/v): U = chol((H_d)^-1) upper of the dampened, dead-fixed (and act-order permuted) H_d;
+    dead: bool [in]; perm: the act-order permutation or None."""
+
+    U: np.ndarray
+    dead: np.ndarray
+    perm: np.ndarray | None
+    damp: float
+    act_order: bool
+
+
+def prepare_hessian(hessian, damp: float = 0.01, act_order: bool = False) -> PreparedHessian:
+    """Dead columns (H[j, j] == 0 -> 1), act-order permutation (descending diag H), dampening
+    (``damp`` * mean diag added to the diagonal) and the inverse Cholesky factor of H, as
+    :func:`gptq` does them; pass the result to several ``gptq`` calls on layers sharing an input."""
+    H = np.array(hessian, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] != H.shape[1] or H.size == 0:
+        raise FmtlabError(f"gptq: hessian must be a square [in, in] array, got shape {H.shape}")
+    if not np.all(np.isfinite(H)):
+        raise FmtlabError("gptq: the hessian holds NaN or Inf")
+    if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
+        raise FmtlabError(f"gptq: damp must be a finite number >= 0, got {damp!r}")
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = None
+    if act_order:
+        perm = np.argsort(-np.diag(H), kind="stable")
+        H = H[np.ix_(perm, perm)]
+    H[np.diag_indices(H.shape[0])] += damp * float(np.mean(np.diag(H)))
+    return PreparedHessian(_inverse_cholesky(H), dead, perm, float(damp), bool(act_order))
+
+
 def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, static_groups: bool = False) -> GPTQResult:
+         act_order: bool = False, static_groups: bool = False,
+         scale_search: str | None = None) -> GPTQResult:
     """OPTQ-quantize ``weight`` [out, in] under ``quantizer`` with the calibration Hessian
     ``hessian`` [in, in] (H = 2 X^T X / n); see the module docstring for the exact algorithm.
 
     block_size: lazy-batch width (speed only); damp: fraction of mean(diag H) added to the
     diagonal (the reference's percdamp); act_order: quantize columns by descending diag H;
-    static_groups: group / block scales from the original weights instead of the updated ones.
+    static_groups: group / block scales from the original weights instead of the updated ones;
+    scale_search: "mse" / "4over6" picks each block's scale by ``fmtlab.sim.scale_search`` (block
+    quantizers; the search runs on the current weights when the block starts), None = the rule's.
     Raises FmtlabError for non-finite or mis-shaped input, a quantizer whose layout does not fit
     W, or a Hessian that stays indefinite after dampening.
     """
     W, H = _check_inputs(weight, hessian)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise FmtlabError(f"gptq: block_size must be a positive int, got {block_size!r}")
-    if not (isinstance(damp, (int, float)) and math.isfinite(damp) and damp >= 0):
-        raise FmtlabError(f"gptq: damp must be a finite number >= 0, got {damp!r}")
     R, C = W.shape
-    scheme = ColumnScheme(quantizer, (R, C), W)
+    scheme = ColumnScheme(quantizer, (R, C), W, scale_search)
     static_groups = bool(static_groups) or scheme.static  # static rules: every scale known up front
     if act_order and scheme.kind == "group" and not static_groups:
         raise FmtlabError("gptq: act_order with per-group / block scales needs static_groups=True "
                           "(dynamic act-order groups follow the permuted order, g_idx, which no "
                           "fmtlab format stores)")
-    H = H.copy()
+    prep = hessian if isinstance(hessian, PreparedHessian) else prepare_hessian(H, damp, act_order)
+    if prep.act_order != bool(act_order):
+        raise FmtlabError(f"gptq: the prepared hessian was made with act_order={prep.act_order}")
     fixed = None
     if scheme.kind == "fixed":  # the reference: find_params(W) before dead columns are zeroed
         fs, fz, _ = scheme.slot_scales(W)
         fixed = (np.broadcast_to(fs, (R,)).copy(), None if fz is None else np.broadcast_to(fz, (R,)).copy())
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
+    dead = prep.dead
     W[:, dead] = 0.0
     g = scheme.g
     ng = C // g if scheme.kind == "group" else 0
@@ -272,7 +323,7 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
         if gz is not None:
             gz[:] = z.reshape(R, ng)
         gcodes = None if sc is None else sc.reshape(R, ng)
-    elif scheme.kind == "group" and scheme.block:
+    elif scheme.kind == "group" and scheme.block and scale_search is None:
         gcodes = np.zeros((R, ng), dtype=np.uint8)
     col_s = col_z = None
     if scheme.kind == "column":
@@ -281,14 +332,11 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
         col_z = np.zeros((C, nslot), np.int64) if _asym(quantizer) and not scheme.block else None
         col_codes = np.zeros((C, nslot), np.uint8) if scheme.block else None
 
-    perm = None
-    if act_order:
-        perm = np.argsort(-np.diag(H), kind="stable")
+    perm = prep.perm
+    if perm is not None:
         W = W[:, perm]
-        H = H[np.ix_(perm, perm)]
     W = np.ascontiguousarray(W)
-    H[np.diag_indices(C)] += damp * float(np.mean(np.diag(H)))
-    U = _inverse_cholesky(H)
+    U = prep.U
     rand = None
     if quantizer.rounding is Rounding.STOCHASTIC:
         rand = make_rng(int(quantizer.seed)).random(R * C).reshape(R, C)
