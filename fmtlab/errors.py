@@ -11,3 +11,22 @@ class FormatError(FmtlabError, ValueError):
 
 class TraceError(FmtlabError, ValueError):
     """A trace file that is truncated, corrupt, foreign or inconsistent with its manifest."""
+
+
+class ChoiceError(FmtlabError, ValueError):
+    """A value that is not one of an enum's choices (rounding mode, overflow policy, adder style,
+    accumulator overflow, ...). A ValueError too, so callers catching either see it."""
+
+
+def parse_choice(cls, value, what: str):
+    """The member of the enum ``cls`` given itself or its value string (``str(value)``: surrounding
+    blanks ignored, case-insensitive, '-' read as '_'); anything else raises :class:`ChoiceError` naming ``what``,
+    the value and the choices: ``unknown rounding 'up'; choose one of: nearest_even, ...``."""
+    if isinstance(value, cls):
+        return value
+    try:  # str(): config parsers hand over inf / nan as floats
+        return cls(str(value).strip().lower().replace("-", "_"))
+    except ValueError:
+        pass
+    choices = ", ".join(str(m.value) for m in cls)
+    raise ChoiceError(f"unknown {what} {value!r}; choose one of: {choices}")

@@ -25,6 +25,8 @@ FP8-scaled blocks (NVFP4: K = 16, E2M1 elements, E4M3 block scales, FP32 tensor 
   per block: s_rel = fl32(fl32(A / elem_max) / g); code = E4M3 round-to-nearest-even of s_rel,
   saturating, at least code 1 (2**-9: a block never gets the zero scale); S = fl32(g * e4m3(code))
   elements: y = fl32(x / S), E2M1 RNE (saturating), value fl32(v * S).
+  INT elements (NVINT4, arXiv 2510.25602: INT4 in [-7, 7], E4M3 scale per 16) are plain
+  integers here (elem_max = 7, no 1.(n-2) fixed-point offset).
 Non-finite blocks: E4M3 NaN code, S = NaN, outputs NaN, element codes 0.
 """
 
@@ -173,8 +175,8 @@ def fp8_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: bool | floa
     tensor_scale: True computes g from the data, a float uses it as a static g, False uses g = 1.
     """
     be = block_elem(fmt)
-    if be.eoff:
-        raise FmtlabError("FP8 block scales take minifloat, dINT or log elements")
+    if be.eoff:  # INT elements under an FP8 scale are plain integers (NVINT4: s = amax / 7)
+        be = BlockElem(0, be.mbits, np.float32(fmt.max), 0)
     S8 = kernel_plan(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
     plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
     nb = flat.size // K_

@@ -31,7 +31,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
-from fmtlab.sim.transforms import Context, Decomposition
+from fmtlab.sim.transform_base import Context, Decomposition
 
 
 def _torch_module_base():

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from fmtlab.analysis.report import ReportOptions, hw_operand, run_report  # noqa: E402
+from fmtlab.analysis.report import ReportOptions, run_report  # noqa: E402
+from fmtlab.analysis.studies import hw_operand  # noqa: E402
 from fmtlab.cli import main  # noqa: E402
 from fmtlab.errors import FmtlabError  # noqa: E402
 
