@@ -44,7 +44,7 @@ from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, kernel_plan, 
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
-__all__ = ["BlockElem", "block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
+__all__ = ["BlockElem", "block_elem", "fp8_block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
 
 RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL}
 
@@ -70,6 +70,13 @@ def block_elem(fmt: Format) -> BlockElem:
     emax = math.frexp(fmt.max)[1] - 1
     mbits = fmt.man_bits if fmt.family == "minifloat" else -1
     return BlockElem(emax, mbits, np.float32(fmt.max), 0)
+
+
+def fp8_block_elem(fmt: Format) -> BlockElem:
+    """``block_elem`` for FP8-scaled blocks: INT elements are plain integers there (NVINT4,
+    arXiv 2510.25602: s = amax / 7, no 1.(n-2) fixed-point offset)."""
+    be = block_elem(fmt)
+    return BlockElem(0, be.mbits, np.float32(fmt.max), 0) if be.eoff else be
 
 
 class BlockResult(NamedTuple):
@@ -169,14 +176,16 @@ def tensor_scale_of(amax_tensor: float, elem_max: np.float32, scale_fmt: Format 
 
 def fp8_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: bool | float, rounding: Rounding,
                overflow: Overflow, seed=None, want_out: bool = True, want_codes: bool = False,
-               scale_fmt: Format = _E4M3) -> BlockResult:
+               scale_fmt: Format = _E4M3, block_max: float | None = None) -> BlockResult:
     """FP8-scaled block quantization (NVFP4 with K_=16, fp4_e2m1, tensor_scale=True).
 
     tensor_scale: True computes g from the data, a float uses it as a static g, False uses g = 1.
+    block_max: the element value a block's max |x| maps to (default the element's max; Four
+    Over Six's second candidate maps it to 4).
     """
-    be = block_elem(fmt)
-    if be.eoff:  # INT elements under an FP8 scale are plain integers (NVINT4: s = amax / 7)
-        be = BlockElem(0, be.mbits, np.float32(fmt.max), 0)
+    be = fp8_block_elem(fmt)
+    if block_max is not None:
+        be = be._replace(elem_max=np.float32(block_max))
     S8 = kernel_plan(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
     plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
     nb = flat.size // K_

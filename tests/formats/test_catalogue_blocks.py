@@ -76,3 +76,15 @@ def test_int_block_vectors(tmp_path):
 
     paths = write_vectors("nvint4", tmp_path, n=64)
     assert any(p.name == "nvint4.blocks.hex" for p in paths)
+
+
+@pytest.mark.parametrize("name", ["nvint4", "mxint4", "mxint6", "mxfp4_e1m2"])
+def test_torch_block_path_is_bit_exact(name):
+    torch = pytest.importorskip("torch")
+    from fmtlab.pytorch import fake_quantize
+
+    q = get_quantizer(name)
+    x = _data(32, 32, seed=4)
+    want = q.fake_quantize(x)
+    got = fake_quantize(torch.from_numpy(x.copy()), name).numpy()
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
