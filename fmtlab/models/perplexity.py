@@ -30,6 +30,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.models.record import find_linear_layers
 from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+from fmtlab.sim.accumulate import accumulated_matmul, operand
 from fmtlab.sim.data import default_texts, token_windows
 from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
@@ -66,8 +67,6 @@ class SimLinear(_torch_module_base()):
     def _seq(self, xs: np.ndarray):
         """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
         if self.ft is None and self.accumulator is not None:
-            from fmtlab.sim.accumulate import accumulated_matmul, operand
-
             if self.w_op is None:
                 self.w_op = operand(None if self.wq.identity else self.wq.obj, self.w)
             y, _ = accumulated_matmul(xs, self.w, None if self.aq.identity else self.aq.obj, None,
