@@ -7,7 +7,8 @@ Held-out text: the last 8 articles of at least 2,000 characters of gensim's Wiki
 Static KV scales (``@static`` configs) are calibrated on the first 8 windows of 256 tokens of the
 calibration split (``default_texts("calib")``), disjoint from the scored text. Prints one line per
 config: perplexity, its 95% bootstrap interval over windows (``fmtlab.sim.stats``, seed 0) and the
-seconds of the evaluation (wall clock, shared machine).
+seconds of the evaluation (wall clock, shared machine); after the first config, the paired
+difference of perplexity to the first config with its 95% interval (same windows resampled).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     from fmtlab.models.loading import load_model
     from fmtlab.pytorch import calibrate, evaluate_perplexity, quantize_model
     from fmtlab.sim.data import default_texts
-    from fmtlab.sim.stats import bootstrap, perplexity_of
+    from fmtlab.sim.stats import bootstrap, paired_difference, perplexity_of
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("smollm2")
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
         print(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}", file=sys.stderr)
         return 2
     print(f"# SmolLM2-135M, {ids.shape[0]} x {ids.shape[1]} held-out tokens (last 8 wiki articles >= 2000 chars)")
+    base = None
     for name in names:
         kw = CONFIGS[name]
         qm, _ = quantize_model(model, **kw) if kw else (model, None)
@@ -86,7 +88,13 @@ def main(argv=None) -> int:
         nll = np.array(r.seq_nll)
         toks = np.full(len(nll), r.seq_len - 1)
         iv = bootstrap(perplexity_of, nll, toks)
-        print(f"{name:22s} ppl {r.ppl:8.4f}  95% CI [{iv.lo:.4f}, {iv.hi:.4f}]  {dt:6.1f} s  {kw}", flush=True)
+        diff = ""
+        if base is None:
+            base = (nll, toks)
+        else:
+            d = paired_difference(perplexity_of, (nll, toks), base)
+            diff = f"  vs {names[0]}: {d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]"
+        print(f"{name:22s} ppl {r.ppl:8.4f}  95% CI [{iv.lo:.4f}, {iv.hi:.4f}]{diff}  {dt:6.1f} s  {kw}", flush=True)
     return 0
 
 

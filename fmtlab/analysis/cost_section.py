@@ -215,3 +215,32 @@ def add_cost_section(doc, rows: Sequence[Mapping[str, Any]], out: Path, *, model
     paths["energy_breakdown"] = plot_energy_breakdown(rows, out / "plots" / "energy_breakdown.png")
     doc.image("plots/energy_breakdown.png", "Energy per decoded token by term, per config (stacked).")
     return paths
+
+
+def _kv_prefix_tokens(run) -> dict[str, int]:
+    """Config name -> KV prefix tokens of the model variant it runs behind (CushionCache: its
+    prefix, held in every sequence's KV cache)."""
+    out: dict[str, int] = {}
+    if getattr(run, "variants", None) is None:
+        return out
+    for c in run.cfgs:
+        v = run.variant_of.get(c.name)
+        if v is None or "kv_prefix" not in run.variants.applied(v).record_kw:
+            continue
+        toks = getattr(run.variants.fitted(v).state, "tokens", None)
+        if toks is not None:
+            out[c.name] = len(toks)
+    return out
+
+
+def add_report_cost_section(doc, run) -> list[dict[str, Any]]:
+    """The section for ``fmtlab report`` (its run state: configs, summary rows with accuracy and
+    perplexity, Linear replay rows, traces, model variants); returns the rows (for report.json)."""
+    try:
+        model = ModelShape.from_manifest(run.traces[0].manifest)
+    except Exception:  # noqa: BLE001 - a trace without the model config: the section says which model
+        model = SMOLLM2_135M
+    acc = {r["config"]: r for r in run.summary_rows}
+    rows = cost_rows(run.cfgs, acc, model, run.lin_rows, kv_prefix=_kv_prefix_tokens(run))
+    add_cost_section(doc, rows, run.out, model_name=model.name)
+    return rows

@@ -38,6 +38,7 @@ import numpy as np
 
 from fmtlab.analysis import protocol
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
+from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
 from fmtlab.analysis.studies import accumulation_study, price_config
@@ -441,6 +442,7 @@ def _write(run: _Run) -> dict[str, Any]:
     doc = build_document(opts, run.mname, run.traces, run.results, run.summary_rows, run.ppl_rows, run.acc_rows,
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
+    cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
         add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
     md, html = doc.write(out)
@@ -448,7 +450,8 @@ def _write(run: _Run) -> dict[str, Any]:
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings,
                "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
-              "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods)}
+              "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
+              "energy_per_token": cost_rows}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")

@@ -102,8 +102,17 @@ def test_unknown_names_and_bad_options_raise():
 
 
 # ---- generated specs -------------------------------------------------------------------------
-_ELEMENTS = [n for n in STANDARD_NAMES if n != "e8m0"] + ["e4m3_fn_b5", "e3m3_fn", "int6", "e4m3_fn"]
-_BLOCK_ELEMENTS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8_sym", "e3m2_fin", "e4m3_fn_b5"]
+def _element_format(name: str) -> bool:
+    try:
+        Quantizer(name)
+    except FmtlabError:  # e8m0, iq4nl: no zero, not element formats
+        return False
+    return True
+
+
+_ELEMENTS = [n for n in STANDARD_NAMES if _element_format(n)] + ["e4m3_fn_b5", "e3m3_fn", "int6", "e4m3_fn"]
+_BLOCK_ELEMENTS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8_sym", "e3m2_fin", "e4m3_fn_b5",
+                   "int4_sym", "int6_sym", "fp4_e1m2"]
 
 
 @st.composite

@@ -57,7 +57,7 @@ def test_spelling_round_trips(toy):
 
 
 def test_parser_errors(toy):
-    with pytest.raises(FmtlabError, match=r"known: \+cushion, \+fptquant, \+toy"):
+    with pytest.raises(FmtlabError, match=r"known: \+cushion, \+fptquant, .*\+toy"):
         V.parse_variant_config("fp32+tyo")
     with pytest.raises(FmtlabError, match="options: scale, tag"):
         V.parse_variant_config("fp32+toy(size=2)")

@@ -144,3 +144,20 @@ def test_replay_with_accumulator_by_hand(tmp_path):
         ReplayConfig("bad", "int8_per_channel", "int8_per_token", "smoothquant", accumulator="int32")
     with pytest.raises(FmtlabError):
         make_config("bad:w=int8_per_channel;a=int8_per_token;acc=int")
+
+
+def test_perplexity_config_with_accumulator():
+    """models.perplexity scores a replay config's accumulator: int32 equals the exact integer GEMM
+    (close to float32), a narrow one overflows and changes the perplexity."""
+    import torch
+    from sim_helpers import tiny_llama
+
+    from fmtlab.models.perplexity import perplexity
+
+    m = tiny_llama()
+    ids = torch.randint(0, 250, (2, 16), generator=torch.Generator().manual_seed(0))
+    base = perplexity(m, None, "w8a8_int_token", ids=ids, progress=False)["ppl"]
+    p32 = perplexity(m, None, "a32:w=int8_per_channel;a=int8_per_token;acc=int32", ids=ids, progress=False)["ppl"]
+    p10 = perplexity(m, None, "a10:w=int8_per_channel;a=int8_per_token;acc=int10", ids=ids, progress=False)["ppl"]
+    assert abs(p32 - base) < 1e-3 * base
+    assert abs(p10 - base) > 1e-3 * base
