@@ -47,7 +47,8 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
     if under:
         best = max(under, key=lambda r: r["pooled_out_sqnr_db"])
         cheapest = min(under, key=lambda r: r["area_ge"])
-        caveat = " (its transform's overhead is not priced)" if best.get("transform") else ""
+        caveat = (" (its transform's per-token overhead is priced in the energy-per-token section, not in "
+                  "this per-MAC area)") if best.get("transform") else ""
         by_ppl = [r for r in under if finite(r.get("perplexity"))]
         if by_ppl:
             bp = min(by_ppl, key=lambda r: r["perplexity"])
