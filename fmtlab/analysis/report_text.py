@@ -115,7 +115,9 @@ def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massi
     d.paragraph("Pooled output SQNR = -10 log10(mean over layers of noise/signal energy of Q(X) Q(W) against "
                 "X W). Underflow = share of nonzero inputs quantized to 0; clip = share beyond the format's "
                 "range after scaling. Area and energy are per MAC at 45 nm, 0.9 V (fmtlab.hw; ratios to the "
-                f"{opts.area_budget} unit in `area_vs_budget`).")
+                f"{opts.area_budget} unit in `area_vs_budget`); what is paid per output or per token rather "
+                "than per MAC (scale multiplies, dynamic quantizers, transforms, memory traffic) is in the "
+                "energy-per-token section.")
     shown = []
     for r in rows:
         v = dict(r)
