@@ -17,10 +17,12 @@ Pipeline (each step prints its progress on stderr):
 The protocol (fmtlab.analysis.protocol.PROTOCOL) is stated in the report; headline metrics carry
 seeded 95% bootstrap intervals over sequences and comparisons a paired-bootstrap interval.
 
-Pricing notes: a config is priced by the MAC unit of its (weight, activation) element formats;
-MX block quantizers by the MX block-dot unit; NVFP4 by an MX FP4 unit with block 16 (its E4M3
-block-scale multiply is not modelled); per-channel/per-token scale multiplies (once per output,
-not per MAC) and transform overheads (e.g. LLM.int8()'s FP16 outlier path) are not priced.
+Pricing: the configs table prices one MAC of each config's (weight, activation) unit (MX block
+quantizers by the MX block-dot unit, NVFP4 by an FP4 block-16 unit); the energy-per-token section
+(:mod:`fmtlab.analysis.cost_section`, :func:`fmtlab.hw.inference_cost`) prices the whole decoded
+token: those MACs, NVFP4's E4M3 block-scale multiplies, per-output scale multiplies, the dynamic
+quantizers, transform overheads (LLM.int8()'s fp16 outlier path at the measured share, Hadamard
+adds, merged transforms at 0), SRAM and DRAM/HBM traffic of weights and the KV cache.
 """
 
 from __future__ import annotations
