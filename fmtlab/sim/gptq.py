@@ -49,12 +49,13 @@ from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import make_rng
 from fmtlab.formats.four_over_six import four_over_six_blocks, tensor_scale_4o6
 from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, fq_vector
-from fmtlab.formats.quantizer import Quantizer
+from fmtlab.formats.quantizer import QTensor, QuantReport, Quantizer
 from fmtlab.formats.rounding import NanInput, Rounding
-from fmtlab.sim.scale_search import block_scale_search
 from fmtlab.formats.scaling import (
-    FourOverSix, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, plan_layout, to_work,
+    FourOverSix, MinMax, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
+    to_work,
 )
+from fmtlab.sim.scale_search import block_scale_search
 
 __all__ = ["GPTQResult", "gptq", "PreparedHessian", "prepare_hessian", "rtn", "hessian_error", "ColumnScheme"]
 
@@ -83,8 +84,6 @@ class GPTQResult:
 
     def qtensor(self, quantizer: Quantizer):
         """The result as a :class:`fmtlab.formats.quantizer.QTensor` of ``quantizer``."""
-        from fmtlab.formats.quantizer import QTensor, QuantReport
-
         n = int(self.codes.size)
         return QTensor(self.codes, self.scales, self.zero_points, self.scale_codes, self.tensor_scale,
                        quantizer, quantizer.layout(self.codes.shape), np.dtype(np.float32),
@@ -189,7 +188,6 @@ class ColumnScheme:
         codes = encode_scaled(q.format, flat, lay.kl, s, None if zps is None else zps.reshape(-1),
                               pow2=False if self.block else _is_pow2(s), rounding=_deterministic(q.rounding),
                               overflow=q.overflow, nan=self.nan)
-        from fmtlab.formats.scaling import from_work
 
         return np.ascontiguousarray(from_work(codes.reshape(lay.work_shape), lay))
 
@@ -419,8 +417,6 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
 
 
 def _asym(q: Quantizer) -> bool:
-    from fmtlab.formats.scaling import MinMax
-
     r = q.scale_rule
     return isinstance(r, MinMax) or (isinstance(r, Static) and r.zero_point is not None)
 
