@@ -16,6 +16,8 @@ cheaper (one pass). Per batch X^T X is a float32 matmul, summed in float64.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +28,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.models.record import find_linear_layers
 from fmtlab.sim.awq import awq
+from fmtlab.sim.data import default_texts, token_windows
 from fmtlab.sim.gptq import gptq, prepare_hessian
 from fmtlab.sim.hessian import HessianAccumulator, HessianCache, calibration_key, trace_hessians
 from fmtlab.sim.scale_search import searched_fake_quantize
@@ -53,8 +56,6 @@ def collect_hessians(model, tokenizer, texts: Sequence[str] | None = None, *, se
     "calib"; "eval" is refused: scored text never calibrates). With ``cache_dir`` the Hessians are
     read from / written to a :class:`~fmtlab.sim.hessian.HessianCache` keyed on (``model_id`` or
     :func:`model_key`, the calibration data description)."""
-    from fmtlab.sim.data import default_texts
-
     if split != "calib":
         raise FmtlabError(f"Hessians are calibration: split must be 'calib', got {split!r}")
     lin = find_linear_layers(model, layers)
@@ -94,8 +95,6 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
     :func:`collect_hessians` is the calibration entry; scoring uses these on "eval" text, where
     ||X W^T - X Q^T||^2 = tr((W - Q) X^T X (W - Q)^T)). Layers sharing an input share the object."""
     import torch  # lazy: torch model side
-
-    from fmtlab.sim.data import token_windows
 
     lin = find_linear_layers(model, layers)
     if not lin:
@@ -145,8 +144,6 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -157,8 +154,6 @@ def _texts_digest(texts: Sequence[str]) -> str:
 def model_key(model) -> str:
     """A key of the model's identity: class, model type, parameter count and a SHA-256 of its
     first and last parameters (cheap; two checkpoints of one architecture differ there)."""
-    import hashlib
-
     cfg = getattr(model, "config", None)
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
     params = list(model.parameters())
@@ -252,8 +247,6 @@ def quantize_model(model, weights: Any = None, activations: Any = None, *, weigh
 def apply_weights(model, fitted: Mapping[str, np.ndarray], *, inplace: bool = False):
     """``model`` (a deep copy unless ``inplace``) with each named layer's weight replaced by the
     fitted float32 weight (nn.Linear layout; Conv1D transposed back)."""
-    import copy
-
     import torch  # lazy: torch model side
 
     m = model if inplace else copy.deepcopy(model)
