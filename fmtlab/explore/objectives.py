@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from fmtlab.errors import FmtlabError
 
-__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "accuracy_from_rows",
+__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "acc_measured", "accuracy_from_rows",
            "ACCURACY_COLUMNS", "COST_COLUMNS", "ENERGY_COLUMNS", "energy_columns"]
 
 ACCURACY_COLUMNS = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db", "a_underflow_rate",
@@ -132,6 +132,25 @@ def int_acc_exact(acc: str, w_fmt: str, a_fmt: str, k_max: int) -> bool:
     return pb is not None and pb + math.ceil(math.log2(max(2, k_max))) <= int(m.group(1))
 
 
+def acc_measured(acc: str, w_spec: str, a_spec: str, k_max: int) -> bool:
+    """True when replay must compute a candidate's dot products with its accumulator: an
+    ``intN[_sat]`` that may overflow for K = ``k_max`` (:func:`int_acc_exact`), or any float
+    accumulator other than fp32 (bf16, fp16, tf32, e<E>m<M>, promoted, chunked ``_k<N>``).
+    ``auto``, ``fp32``, ``kulisch`` and exact integer accumulators share the float32-GEMM replay."""
+    from fmtlab.explore.space import element_formats
+
+    if acc in ("auto", "fp32", "kulisch") or re.fullmatch(r"kulisch\d*", acc):
+        return False
+    if re.fullmatch(r"int(\d+)(_sat)?", acc):
+        return not int_acc_exact(acc, element_formats(w_spec), element_formats(a_spec), k_max)
+    return True
+
+
+def _priced_acc(acc: str | None) -> str | None:
+    """The MAC model's accumulator name: a chunk suffix ``_k<N>`` is an accuracy setting only."""
+    return None if acc is None else re.sub(r"_k\d+$", "", acc)
+
+
 @functools.lru_cache(maxsize=4096)
 def group_size(spec: str) -> int | None:
     """Elements per scale along the reduction axis of a quantizer spec (groups, blocks), or None."""
@@ -142,8 +161,9 @@ def group_size(spec: str) -> int | None:
 
 def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) -> dict[str, Any]:
     """Cost columns of a :class:`fmtlab.explore.space.Candidate`, or {"error": reason} when the MAC
-    model cannot price it, its integer accumulator is not exact for K = ``k_max``, or a group/block
-    size does not divide one of the trace's reduction lengths ``k_all``."""
+    model cannot price it, or a group/block size does not divide one of the trace's reduction
+    lengths ``k_all`` (``k_max`` is kept for callers; accumulators are measured, see
+    :func:`acc_measured`)."""
     from fmtlab.explore.space import element_formats
 
     for spec in (cand.weight, cand.act):
@@ -155,9 +175,7 @@ def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) 
     a, an = _operand(cand.act)
     if w is None or a is None:
         return {"error": f"not priceable: w {wn}, a {an}"}
-    acc = None if cand.accumulator == "auto" else cand.accumulator
-    if acc is not None and not int_acc_exact(acc, element_formats(cand.weight), element_formats(cand.act), k_max):
-        return {"error": f"{acc} may overflow for K={k_max} (replay assumes exact accumulation)"}
+    acc = None if cand.accumulator == "auto" else _priced_acc(cand.accumulator)
     try:
         unit, area, ge, pj = _mac(w, a, acc, node)
     except Exception as exc:  # noqa: BLE001 - unpriceable pairs are not points of the space
@@ -205,7 +223,7 @@ def energy_columns(cand, node: int = 45, model=None) -> dict[str, Any]:
     from fmtlab.hw import SMOLLM2_135M, inference_cost
 
     cfg = dict(name=cand.replay_key, weight=cand.weight, act=cand.act, transform=cand.transform,
-               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else cand.accumulator)
+               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else _priced_acc(cand.accumulator))
     try:
         e1, e64 = (inference_cost(model or SMOLLM2_135M, cfg, batch=b, context=ENERGY_CONTEXT, node=node).energy_j
                    for b in (1, 64))
