@@ -13,6 +13,11 @@ class TraceError(FmtlabError, ValueError):
     """A trace file that is truncated, corrupt, foreign or inconsistent with its manifest."""
 
 
+class SpaceError(FmtlabError, ValueError):
+    """A design space (``fmtlab explore``) that cannot be used: unknown key, empty range, impossible
+    format, malformed constraint."""
+
+
 class ChoiceError(FmtlabError, ValueError):
     """A value that is not one of an enum's choices (rounding mode, overflow policy, adder style,
     accumulator overflow, ...). A ValueError too, so callers catching either see it."""

@@ -49,15 +49,23 @@ accumulator does not combine with a transform (those points are left out, with t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, FormatError, SpaceError
+from fmtlab.explore.objectives import acc_measured, energy_columns, feasible, parse_constraint, price
+from fmtlab.formats import get_format
+from fmtlab.formats.registry import builtin_name
+from fmtlab.sim.accumulate import parse as parse_accumulator
+from fmtlab.sim.replay import ReplayConfig
+from fmtlab.sim.transforms import get_transform
 
 __all__ = ["SpaceError", "Family", "SideSpace", "DesignSpace", "Candidate", "load_space", "parse_space",
-           "example_space_path", "element_formats", "quantizer_spec"]
+           "example_space_path", "quantizer_spec"]
 
 GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block")
 SCALES = ("fp32", "e8m0", "fp8_e4m3")
@@ -71,10 +79,6 @@ _FAMILY_KEYS = {"int": {"bits", "sym"}, "dint": {"bits", "denormals"}, "log": {"
 _SIDE_KEYS = {"family", "granularity", "scale", "rule"}
 _TOP_KEYS = {"name", "node", "objectives", "constraints", "accumulators", "transforms", "act_calib",
              "weights", "activations", "description"}
-
-
-class SpaceError(FmtlabError, ValueError):
-    """A design space that cannot be used: unknown key, empty range, impossible format."""
 
 
 # ------------------------------------------------------------------------------ value ranges
@@ -118,10 +122,6 @@ class Family:
 
     def formats(self, where: str = "family") -> list[str]:
         """Registry names of every format of this family (FormatError-free; SpaceError if none)."""
-        from fmtlab.errors import FormatError
-        from fmtlab.formats import get_format
-        from fmtlab.formats.registry import builtin_name
-
         if self.kind not in _FAMILY_KEYS:
             raise SpaceError(f"{where}.kind: unknown family {self.kind!r} (use {', '.join(_FAMILY_KEYS)})")
         _check_keys(self.params, _FAMILY_KEYS[self.kind], where)
@@ -238,8 +238,6 @@ def _is_float(t: str) -> bool:
 
 def _bits(fmt: str, gran: str, scale: str) -> float:
     """Storage bits per element: element bits plus the scale's bits shared over a group/block."""
-    from fmtlab.formats import get_format
-
     b = float(get_format(fmt).bits)
     kind, _, size = gran.partition(":")
     if kind in ("group", "block"):
@@ -275,16 +273,6 @@ def quantizer_spec(fmt: str, gran: str, scale: str, rule: str = "absmax") -> str
     if scale == "e8m0":
         suffix = "_pow2"
     return f"{fmt}_{g}{suffix}"
-
-
-def element_formats(spec: str) -> str:
-    """The element format name of a quantizer spec (parsed by the one resolver)."""
-    from fmtlab.formats import parse_quantizer
-
-    fmt = parse_quantizer(spec).format
-    if fmt is None:
-        raise SpaceError(f"quantizer {spec!r} has no element format")
-    return fmt.name
 
 
 # ----------------------------------------------------------------------------------- candidates
@@ -324,13 +312,9 @@ class Candidate:
 
     @property
     def replay_name(self) -> str:
-        import hashlib
-
         return "x" + hashlib.sha1(self.replay_key.encode()).hexdigest()[:10]
 
     def replay_config(self):
-        from fmtlab.sim.replay import ReplayConfig
-
         return ReplayConfig(self.replay_name, self.weight, self.act, self.transform, act_calib=self.act_calib,
                             accumulator=self.accumulator if self.acc_measured else None)
 
@@ -363,8 +347,6 @@ class DesignSpace:
         for c in self.act_calib:
             if c != "dynamic" and c.split("(")[0] not in ("absmax", "percentile", "mse"):
                 raise SpaceError(f"act_calib: {c!r} is not dynamic, absmax, mse or percentile(P)")
-        from fmtlab.explore.objectives import parse_constraint
-
         for c in self.constraints:
             parse_constraint(c)
         if not isinstance(self.node, int) or self.node <= 0:
@@ -393,8 +375,6 @@ class DesignSpace:
         ``k_all``: every reduction length of the trace (group and block sizes must divide them);
         ``model``: the :class:`fmtlab.hw.ModelShape` an energy-per-token objective prices (each
         point on its own: transforms and static scales change it)."""
-        from fmtlab.explore.objectives import acc_measured, energy_columns, feasible, parse_constraint, price
-
         cons = [parse_constraint(c, self.node) for c in self.constraints]
         ws = self.weights.quantizers("weights")
         as_ = self.activations.quantizers("activations")
@@ -437,8 +417,6 @@ class DesignSpace:
 def _check_acc(a: str, where: str) -> None:
     if a == "auto":
         return
-    from fmtlab.sim.accumulate import parse as parse_accumulator
-
     try:
         parse_accumulator(a)
     except (FmtlabError, TypeError) as exc:
@@ -449,8 +427,6 @@ def _check_acc(a: str, where: str) -> None:
 def _check_transform(t: str, where: str) -> None:
     if t == "none":
         return
-    from fmtlab.sim.transforms import get_transform
-
     try:
         get_transform(t)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad space entry
@@ -511,6 +487,4 @@ def load_space(path: str) -> DesignSpace:
 
 def example_space_path() -> str:
     """Path of the shipped example space (fmtlab/explore/spaces/example.toml)."""
-    import os
-
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "spaces", "example.toml")

@@ -9,6 +9,8 @@ X = 2**e, stored as E8M0 (code e + 127). From the block's largest finite magnitu
          its float32 pattern (pattern + 2**(22 - mbits), exponent field read off; torchao "EVEN")
   RCEIL  e = ceil(log2 D), D = fl32(A / elem_max)   (cuBLAS/torchao "RCEIL"; log2 taken exactly
          from D's bits, where torch's float32 log2 can round a D just above 2**k down to k)
+  NEURON e = floor(log2 A) - emax_elem + 1        (AWS Neuron nki.isa.quantize_mx: a scale twice
+         the OCP sample algorithm's, so the block max never clips)
 e is clamped to [-127, 127]; an all-zero block gets e = -127 (code 0). emax_elem = floor(log2 of
 the element's max) (E4M3 8, E5M2 15, E3M2 4, E2M3 2, E2M1 2); mbits = its mantissa bits.
 Elements: y = fl32(x / 2**e) (exact unless below float32's range), rounded to the element format
@@ -46,7 +48,8 @@ from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
 __all__ = ["BlockElem", "block_elem", "fp8_block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
 
-RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL}
+NEURON = 4  # _block_kernels.NEURON
+RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL, "neuron": NEURON}
 
 
 class BlockElem(NamedTuple):

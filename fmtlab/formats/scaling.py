@@ -254,7 +254,8 @@ SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 @dataclasses.dataclass(frozen=True)
 class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
-    (the rules torchao exposes; see mx.py for the exact definitions)."""
+    (the rules torchao exposes) and "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale);
+    see mx.py for the exact definitions."""
 
     mode: SharedExpRule | str = SharedExpRule.FLOOR
 

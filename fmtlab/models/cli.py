@@ -12,6 +12,8 @@ import sys
 import time
 
 from fmtlab.errors import FmtlabError
+from fmtlab.models.loading import load_model
+from fmtlab.safe_io import atomic_write_text, dumps_json, locked_dir, staged_dir
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
@@ -25,6 +27,7 @@ def parse_size(text: str) -> int:
 
 
 def _texts(args):
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.data import default_texts
 
     if args.text_file:
@@ -37,6 +40,7 @@ def _texts(args):
 
 def _layers_regex(args) -> None:
     """Check ``--layers`` before any work (a bad regular expression is a one-line error)."""
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import compile_layers
 
     if getattr(args, "layers", None):
@@ -55,7 +59,7 @@ def _check_writable_parent(path: str) -> None:
 
 
 def cmd_record(args) -> int:
-    from fmtlab.models.loading import load_model
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len, record
     from fmtlab.sim.trace import check_trace_target
 
@@ -83,7 +87,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from fmtlab.safe_io import locked_dir
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.replay import E2E_CONFIGS, PRESETS, ReplayResult, replay
     from fmtlab.sim.trace import open_trace
 
@@ -102,6 +106,7 @@ def cmd_replay(args) -> int:
         t0 = time.perf_counter()
         executor = None
         if args.scheduler:  # Dask: a LocalCluster of --workers processes, or a running cluster
+            # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
             from fmtlab.sim.executor import make_executor
 
             executor = stack.enter_context(make_executor(args.scheduler, args.workers))
@@ -123,7 +128,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_outliers(args) -> int:
-    from fmtlab.safe_io import atomic_write_text, dumps_json
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.outliers import massive_activations, summarize_massive
     from fmtlab.sim.trace import open_trace
 
@@ -144,8 +149,7 @@ def cmd_outliers(args) -> int:
 
 
 def cmd_e2e(args) -> int:
-    from fmtlab.safe_io import locked_dir
-    from fmtlab.models.loading import load_model
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len
     from fmtlab.sim.replay import E2E_CONFIGS
 
@@ -159,10 +163,9 @@ def cmd_e2e(args) -> int:
 
 
 def _e2e(args, model, tok, configs) -> int:
-    from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+    # lazy: torch (models.perplexity) and numba (fmtlab.sim) stay out of `fmtlab --help`
     from fmtlab.models.perplexity import eval_windows, perplexity, rank_agreement
     from fmtlab.sim.replay import rows_to_csv
-
     from fmtlab.sim.trace import open_trace
 
     calib = open_trace(args.calib, verify=not args.no_verify) if args.calib else None

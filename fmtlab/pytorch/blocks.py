@@ -77,6 +77,8 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
         rb = bits + (1 << (22 - be.mbits))
         rb = torch.where((rb >> 23) > 0, rb & ~((1 << 23) - 1), rb)
         e = _floor_log2_bits(rb) - be.emax
+    elif rule is SharedExpRule.NEURON:
+        e = _floor_log2_bits(bits) - be.emax + 1
     elif rule is SharedExpRule.RCEIL:
         d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
         db = d.view(torch.int32).to(torch.int64)

@@ -34,7 +34,7 @@ Accumulation (order: k = 0 .. K-1, the order of the reduction axis):
   from finite inputs.
 - **promoted** (``hopper_fp8_mma``): chunks of ``interval`` products accumulate from zero in the
   inner format (k-chunked as above, k = 1 by default), each partial is added into the outer
-  accumulator with one rounding (:func:`fmtlab.hw.promotion.promoted_dot` for k = 1).
+  accumulator with one rounding (:func:`fmtlab.hw.datapath.promoted_dot` for k = 1).
 - **Kulisch**: the exact sum (one float64 chunk over the whole K), rounded once.
 """
 
@@ -48,10 +48,11 @@ import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
 from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
-from fmtlab.hw.promotion import PromotedAcc, parse_promoted
+from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
 
 __all__ = ["Accumulator", "parse", "Operand", "operand", "accumulate", "accumulated_matmul", "AccResult"]
 
@@ -110,8 +111,6 @@ class Operand:
 
 
 def _row_scales(q, scales: np.ndarray, rows: int) -> np.ndarray | None:
-    from fmtlab.formats import PerChannel, PerTensor, PerToken
-
     g = q.granularity
     s = np.asarray(scales, dtype=np.float64)
     if isinstance(g, PerTensor):
@@ -124,8 +123,6 @@ def _row_scales(q, scales: np.ndarray, rows: int) -> np.ndarray | None:
 def operand(q: Any, x: np.ndarray) -> Operand:
     """Element values and row scales of ``q`` (an fmtlab Quantizer, or None: x itself) applied to
     ``x`` [rows, K] (float32). FmtlabError for zero points or a quantizer without codes."""
-    from fmtlab.formats import Quantizer
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise FmtlabError(f"accumulated GEMM operands are [rows, K] matrices, got shape {x.shape}")

@@ -88,3 +88,26 @@ def test_torch_block_path_is_bit_exact(name):
     want = q.fake_quantize(x)
     got = fake_quantize(torch.from_numpy(x.copy()), name).numpy()
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("name, emax", [("mxfp8_e4m3", 8), ("mxfp4", 2)])
+def test_neuron_scale_is_twice_the_ocp_scale(name, emax):
+    """AWS Neuron nki.isa.quantize_mx: X = 2**(floor(log2 amax) - emax + 1), elements as MX."""
+    from fmtlab.formats import get_block_format
+
+    q = get_quantizer(name, scale_rule="neuron")
+    assert get_block_format(name.replace("_e4m3", "") + "_neuron").shared_exp == "neuron"
+    x = _data(64, 32, seed=2)
+    qt = q.quantize(x)
+    q0 = get_quantizer(name).quantize(x)
+    for xi, ci, sc, sc0 in zip(x, qt.codes, qt.scale_codes.reshape(-1), q0.scale_codes.reshape(-1)):
+        amax = float(np.abs(xi).max())
+        e = -127 if amax == 0 else max(-127, min(127, math.floor(math.log2(amax)) - emax + 1))
+        assert sc == e + 127 and (amax == 0 or sc == sc0 + 1)
+        y = (xi.astype(np.float64) / 2.0 ** e).astype(F32)
+        np.testing.assert_array_equal(ci, oracle_encode(q.format, y, "nearest_even", "saturate"))
+    torch = pytest.importorskip("torch")
+    from fmtlab.pytorch import fake_quantize
+
+    got = fake_quantize(torch.from_numpy(x.copy()), q).numpy()
+    np.testing.assert_array_equal(got.view(np.uint32), q.fake_quantize(x).view(np.uint32))
