@@ -36,7 +36,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError, SpaceError
 from fmtlab.formats import get_format, parse_quantizer
 from fmtlab.hw import SMOLLM2_135M, inference_cost, mac_cost
-from fmtlab.hw.config_pricing import hw_operand
+from fmtlab.hw.config_pricing import FP8_SCALE_NOTE, block_scale_per_mac, hw_operand
 from fmtlab.sim.metrics import sqnr_db
 from fmtlab.sim.quant import resolve
 
@@ -178,6 +178,9 @@ def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) 
     acc = None if cand.accumulator == "auto" else _priced_acc(cand.accumulator)
     try:
         unit, area, ge, pj = _mac(w, a, acc, node)
+        if FP8_SCALE_NOTE in wn + an:  # NVFP4-style E4M3 block scales: their multiply per block
+            dge, dum2, dpj = block_scale_per_mac(w, a, node)
+            area, ge, pj = area + dum2, ge + dge, pj + dpj
     except Exception as exc:  # noqa: BLE001 - unpriceable pairs are not points of the space
         return {"error": f"not priceable: {' '.join(str(exc).split())}"}
     return {"mac_unit": unit, "area_um2": area, "area_ge": ge, "energy_pj": pj,

@@ -161,3 +161,18 @@ def test_energy_objective_prices_each_point():
     assert all(cost["energy_per_token_b64_uj"] < cost["energy_per_token_uj"] for _, cost in kept)
     with pytest.raises(SpaceError, match="objectives"):
         parse_space(_doc(objectives=["pooled_out_sqnr_db", "joules"]))
+
+
+def test_fp8_block_scales_are_priced_like_the_report():
+    """An NVFP4-style point costs the block-dot unit plus its E4M3 scale multiply per block, the
+    same per-MAC price the report's configs table gives (fmtlab.hw.config_pricing)."""
+    from types import SimpleNamespace
+
+    from fmtlab.explore.objectives import price
+    from fmtlab.explore.space import Candidate
+    from fmtlab.hw.config_pricing import price_config
+
+    c = Candidate("nvfp4", "nvfp4", None, None, "auto", 4.5, 4.5)
+    got = price(c)
+    want = price_config(SimpleNamespace(name="nv", weight="nvfp4", act="nvfp4", transform=None))
+    assert got["area_um2"] == pytest.approx(want["area_um2"]) and got["energy_pj"] == pytest.approx(want["energy_pj"])
