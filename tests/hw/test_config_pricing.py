@@ -24,4 +24,19 @@ def test_price_config_is_the_mac_cost_of_its_operands():
     ref = price_config(SimpleNamespace(name="fp32", weight=None, act=None, transform=None))
     assert math.isnan(ref["area_ge"]) and ref["hw_note"] == "reference (not priced)"
     t = price_config(SimpleNamespace(name="h", weight="int8_per_channel", act="int8_per_token", transform="hadamard"))
-    assert "transform hadamard overhead not priced" in t["hw_note"]
+    assert "per-token overhead is priced in the energy per token" in t["hw_note"]
+    sq = price_config(SimpleNamespace(name="s", weight="int8_per_channel", act="int8_per_tensor",
+                                      transform="smoothquant(alpha=0.5)"))
+    assert sq["hw_note"] == "merged into the weights (0)" and sq["energy_pj"] == mac_cost("int8", "int8").energy_pj
+
+
+def test_nvfp4_carries_its_e4m3_scale_multiply():
+    """NVFP4 = the FP4 block-16 unit + one E4M3 x E4M3 scale multiply per block (area and energy / 16)."""
+    from fmtlab.hw.scale_units import fp8_scale_multiply_parts, price_parts
+
+    row = price_config(SimpleNamespace(name="nv", weight="nvfp4", act="nvfp4", transform=None))
+    unit = mac_cost("mxfp4_e2m1_b16", "mxfp4_e2m1_b16")
+    sm = price_parts("s", fp8_scale_multiply_parts(13))
+    assert row["energy_pj"] == unit.energy_pj + sm.energy_pj / 16
+    assert row["area_ge"] == unit.area_ge_per_mac + sm.area_ge / 16
+    assert "block-scale multiply" in row["hw_note"] and "not modelled" not in row["hw_note"]
