@@ -41,6 +41,7 @@ import numpy as np
 from fmtlab.analysis import protocol
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
 from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
 from fmtlab.analysis.studies import accumulation_study, price_config
@@ -445,6 +446,7 @@ def _write(run: _Run) -> dict[str, Any]:
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
     cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
         add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
     md, html = doc.write(out)
@@ -453,7 +455,7 @@ def _write(run: _Run) -> dict[str, Any]:
                "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
-              "energy_per_token": cost_rows}
+              "energy_per_token": cost_rows, "source_grid": grid_rows}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")

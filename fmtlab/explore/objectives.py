@@ -36,11 +36,11 @@ import numpy as np
 from fmtlab.errors import FmtlabError, SpaceError
 from fmtlab.formats import get_format, parse_quantizer
 from fmtlab.hw import SMOLLM2_135M, inference_cost, mac_cost
-from fmtlab.hw.config_pricing import hw_operand
+from fmtlab.hw.config_pricing import FP8_SCALE_NOTE, block_scale_per_mac, hw_operand
 from fmtlab.sim.metrics import sqnr_db
 from fmtlab.sim.quant import resolve
 
-__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "accuracy_from_rows",
+__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "acc_measured", "accuracy_from_rows",
            "element_formats", "group_size", "ACCURACY_COLUMNS", "COST_COLUMNS", "ENERGY_COLUMNS",
            "energy_columns"]
 
@@ -138,6 +138,23 @@ def element_formats(spec: str) -> str:
     return fmt.name
 
 
+def acc_measured(acc: str, w_spec: str, a_spec: str, k_max: int) -> bool:
+    """True when replay must compute a candidate's dot products with its accumulator: an
+    ``intN[_sat]`` that may overflow for K = ``k_max`` (:func:`int_acc_exact`), or any float
+    accumulator other than fp32 (bf16, fp16, tf32, e<E>m<M>, promoted, chunked ``_k<N>``).
+    ``auto``, ``fp32``, ``kulisch`` and exact integer accumulators share the float32-GEMM replay."""
+    if acc in ("auto", "fp32", "kulisch") or re.fullmatch(r"kulisch\d*", acc):
+        return False
+    if re.fullmatch(r"int(\d+)(_sat)?", acc):
+        return not int_acc_exact(acc, element_formats(w_spec), element_formats(a_spec), k_max)
+    return True
+
+
+def _priced_acc(acc: str | None) -> str | None:
+    """The MAC model's accumulator name: a chunk suffix ``_k<N>`` is an accuracy setting only."""
+    return None if acc is None else re.sub(r"_k\d+$", "", acc)
+
+
 @functools.lru_cache(maxsize=4096)
 def group_size(spec: str) -> int | None:
     """Elements per scale along the reduction axis of a quantizer spec (groups, blocks), or None."""
@@ -146,8 +163,9 @@ def group_size(spec: str) -> int | None:
 
 def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) -> dict[str, Any]:
     """Cost columns of a :class:`fmtlab.explore.space.Candidate`, or {"error": reason} when the MAC
-    model cannot price it, its integer accumulator is not exact for K = ``k_max``, or a group/block
-    size does not divide one of the trace's reduction lengths ``k_all``."""
+    model cannot price it, or a group/block size does not divide one of the trace's reduction
+    lengths ``k_all`` (``k_max`` is kept for callers; accumulators are measured, see
+    :func:`acc_measured`)."""
     for spec in (cand.weight, cand.act):
         g = group_size(spec)
         bad = [k for k in k_all if g and k % g]
@@ -157,11 +175,12 @@ def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) 
     a, an = _operand(cand.act)
     if w is None or a is None:
         return {"error": f"not priceable: w {wn}, a {an}"}
-    acc = None if cand.accumulator == "auto" else cand.accumulator
-    if acc is not None and not int_acc_exact(acc, element_formats(cand.weight), element_formats(cand.act), k_max):
-        return {"error": f"{acc} may overflow for K={k_max} (replay assumes exact accumulation)"}
+    acc = None if cand.accumulator == "auto" else _priced_acc(cand.accumulator)
     try:
         unit, area, ge, pj = _mac(w, a, acc, node)
+        if FP8_SCALE_NOTE in wn + an:  # NVFP4-style E4M3 block scales: their multiply per block
+            dge, dum2, dpj = block_scale_per_mac(w, a, node)
+            area, ge, pj = area + dum2, ge + dge, pj + dpj
     except Exception as exc:  # noqa: BLE001 - unpriceable pairs are not points of the space
         return {"error": f"not priceable: {' '.join(str(exc).split())}"}
     return {"mac_unit": unit, "area_um2": area, "area_ge": ge, "energy_pj": pj,
@@ -201,7 +220,7 @@ def energy_columns(cand, node: int = 45, model=None) -> dict[str, Any]:
     """Energy per decoded token (uJ) of a candidate at batch 1 and 64 (:data:`ENERGY_COLUMNS`),
     or {"error": reason}. ``model``: a :class:`fmtlab.hw.ModelShape` (default SmolLM2-135M)."""
     cfg = dict(name=cand.replay_key, weight=cand.weight, act=cand.act, transform=cand.transform,
-               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else cand.accumulator)
+               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else _priced_acc(cand.accumulator))
     try:
         e1, e64 = (inference_cost(model or SMOLLM2_135M, cfg, batch=b, context=ENERGY_CONTEXT, node=node).energy_j
                    for b in (1, 64))

@@ -31,6 +31,7 @@ import numpy as np
 
 from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import Subsystem, register_handler
+from fmtlab.formats.oracle import OracleRule
 from fmtlab.formats.rounding import Overflow
 
 __all__ = ["HiFloat8", "hifloat8_values"]
@@ -109,8 +110,6 @@ class HiFloat8(Format):
 
 def oracle_rule(fmt: HiFloat8, vals: list[float], codes: list[int]):
     """Oracle facts: ties (NEAREST_EVEN) to code LSB 0; virtual ends +/-49152, odd."""
-    from fmtlab.formats.oracle import OracleRule  # lazy: oracle imports the formats registry
-
     return OracleRule(tuple((c & 1) == 0 for c in codes), -49152.0, False, 49152.0, False)
 
 

@@ -24,7 +24,19 @@ from fmtlab.hw.operands import parse_operand, view
 from fmtlab.hw.scale_units import fp8_scale_multiply_parts, price_parts
 from fmtlab.hw.transform_cost import transform_cost
 
-__all__ = ["hw_operand", "price_config"]
+__all__ = ["hw_operand", "price_config", "block_scale_per_mac", "FP8_SCALE_NOTE"]
+
+#: the hw_operand note of a block quantizer with FP8 (E4M3) block scales, priced with its multiply
+FP8_SCALE_NOTE = "block-scale multiply (one per block)"
+
+
+def block_scale_per_mac(w: str, a: str, node: int = 45) -> tuple[float, float, float]:
+    """(GE, um^2, pJ) per MAC of the E4M3 x E4M3 block-scale multiply of a block-dot unit of hw
+    operands ``w`` x ``a`` (one multiply per block, so its cost / block per MAC)."""
+    bf = parse_operand(w)
+    sb = mx_geometry(view(bf.element), view(parse_operand(a).element), bf.block)["sum_bits"]
+    ps = price_parts("fp8 scale multiply", fp8_scale_multiply_parts(sb), node)
+    return ps.area_ge / bf.block, ps.area_um2 / bf.block, ps.energy_pj / bf.block
 
 
 def hw_operand(spec: Any) -> tuple[str | None, str]:
@@ -43,8 +55,7 @@ def hw_operand(spec: Any) -> tuple[str | None, str]:
     if isinstance(g, PerBlock):
         if g.scale_format == "e8m0":
             return (f"mx{fmt.name}" if g.size == 32 else f"mx{fmt.name}_b{g.size}"), "MX block unit"
-        return f"mx{fmt.name}_b{g.size}", (f"block-{g.size} unit with its {g.scale_format} block-scale "
-                                           "multiply (one per block)")
+        return f"mx{fmt.name}_b{g.size}", f"block-{g.size} unit with its {g.scale_format} {FP8_SCALE_NOTE}"
     return fmt.name, "element MAC"
 
 
@@ -64,13 +75,9 @@ def price_config(cfg, node: int = 45) -> dict[str, Any]:
         return row
     notes = {wn, an} - {"element MAC", "MX block unit"}
     area_ge, area_um2, energy = c.area_ge_per_mac, c.area_um2_per_mac, c.energy_pj
-    if "block-scale multiply" in wn + an:
-        bf = parse_operand(w)
-        sb = mx_geometry(view(bf.element), view(parse_operand(a).element), bf.block)["sum_bits"]
-        ps = price_parts("fp8 scale multiply", fp8_scale_multiply_parts(sb), node)
-        area_ge += ps.area_ge / bf.block
-        area_um2 += ps.area_um2 / bf.block
-        energy += ps.energy_pj / bf.block
+    if FP8_SCALE_NOTE in wn + an:
+        ge, um2, pj = block_scale_per_mac(w, a, node)
+        area_ge, area_um2, energy = area_ge + ge, area_um2 + um2, energy + pj
     if cfg.transform:
         t = transform_cost(cfg.transform)
         notes.add(t.note if t.kind in ("merged", "none") and t.note else

@@ -17,8 +17,9 @@ in float64. Asymmetric (zero-point) quantizers are refused.
 
 Accumulation (order: k = 0 .. K-1, the order of the reduction axis):
 
-- **integer** ``int<W>`` (wrap): V must be integers (an INT format with per-row scales; FmtlabError
-  otherwise); the exact integer dot product (a float64 GEMM of the codes, exact while
+- **integer** ``int<W>`` (wrap): V must lie on a fixed-point grid (INT, dINT, log formats with
+  per-row scales, as the datapath's integer-like operands; FmtlabError otherwise), taken in units
+  of its finest step 2^-f; the exact integer dot product (a float64 GEMM of the codes, exact while
   K max|V_x| max|V_w| < 2^53, checked) is wrapped to W-bit two's complement. Wrapping is
   order-independent, so this equals the sequential W-bit register bit for bit. An overflowing
   dot product is one whose exact value lies outside [-2^(W-1), 2^(W-1)).
@@ -138,8 +139,35 @@ def operand(q: Any, x: np.ndarray) -> Operand:
         s = np.asarray(qt.scales, dtype=np.float64).reshape(x.shape[0], -1)
         v = v * np.repeat(s, x.shape[1] // s.shape[1], axis=1)
         return Operand(v, np.ones(x.shape[0]), False)
-    integer = bool(np.all(np.isfinite(v)) and np.all(v == np.rint(v)))
-    return Operand(v, r, integer)
+    unit = _fixed_unit(q.format)
+    if unit is None:
+        return Operand(v, r, False)
+    return Operand(v * 2.0 ** unit, r * 2.0 ** -unit, True)
+
+
+def _fixed_unit(fmt) -> int | None:
+    """f such that every finite value of ``fmt`` times 2^f is an integer (INT: 0; dINT / log
+    grids with fractional steps: their fraction bits), or None (floating point grids, > 24 bits)."""
+    vals = np.asarray(fmt.values(), dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size > 4096:
+        return None
+    for f in range(0, 25):
+        sv = vals * 2.0 ** f
+        if np.all(sv == np.rint(sv)):
+            return f if np.abs(sv).max(initial=0) < 2.0 ** 24 and _is_fixed(fmt, f) else None
+    return None
+
+
+def _is_fixed(fmt, f: int) -> bool:
+    """Integer-like (a fixed-point grid) rather than a floating-point one: FP formats also have
+    values on a 2^-f grid but accumulate in float units (the datapath's FixedView vs FloatView)."""
+    try:
+        from fmtlab.hw.operands import FixedView, view
+
+        return isinstance(view(fmt), FixedView)
+    except Exception:  # noqa: BLE001 - a format the datapath does not model: integers only
+        return f == 0
 
 
 # ------------------------------------------------------------------------------ accumulation
