@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -401,9 +400,6 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
 
 def _stamp_report_layers(path: Path, layers: str | None) -> None:
     """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
-    from fmtlab.analysis.tables import atomic_write_text
+    from fmtlab.sim.trace import annotate_trace
 
-    mpath = path / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m["report"] = {"layers": layers}
-    atomic_write_text(mpath, json.dumps(m, indent=1))
+    annotate_trace(path, {"report": {"layers": layers}})

@@ -55,15 +55,9 @@ def record_default_traces(out: str, seq_len: int, n_sequences: int, layers: str 
 
 
 def _stamp(path: str, layers: str | None) -> None:
-    import json
+    from fmtlab.sim.trace import annotate_trace
 
-    from fmtlab.safe_io import atomic_write_text
-
-    mp = os.path.join(path, "manifest.json")
-    with open(mp, encoding="utf-8") as fh:
-        m = json.load(fh)
-    m["explore_layers"] = layers
-    atomic_write_text(mp, json.dumps(m, indent=1))
+    annotate_trace(path, {"explore_layers": layers})
 
 
 def _needs_calib(space) -> str | None:

@@ -16,12 +16,16 @@ from fmtlab.errors import FmtlabError
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
 
-def parse_size(text: str) -> int:
-    """'256M' -> 268435456 (powers of 1024; plain numbers are bytes)."""
+def parse_size(text: str, option: str = "size") -> int:
+    """'256M' -> 268435456 (powers of 1024; plain numbers are bytes); FmtlabError unless >= 1 byte
+    and below 2**63."""
     m = _SIZE.match(str(text))
     if not m:
-        raise FmtlabError(f"cannot read size {text!r}; use e.g. 512M, 4G or a byte count")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+        raise FmtlabError(f"cannot read {option} {text!r:.40}; use e.g. 512M, 4G or a byte count")
+    v = int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+    if not 1 <= v < 2 ** 63:
+        raise FmtlabError(f"{option} {text!r:.40} is {v} bytes; give at least 1 byte and less than 8 EiB")
+    return v
 
 
 def _texts(args):
@@ -43,6 +47,14 @@ def _layers_regex(args) -> None:
         compile_layers(args.layers, "--layers")
 
 
+def _positive(args, *names: str) -> None:
+    """FmtlabError unless each option ``--name`` that is set is an integer >= 1."""
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise FmtlabError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
+
+
 def _check_writable_parent(path: str) -> None:
     """FmtlabError unless ``path`` could be created: its nearest existing ancestor is a writable folder."""
     parent = os.path.dirname(path)
@@ -55,36 +67,64 @@ def _check_writable_parent(path: str) -> None:
 
 
 def cmd_record(args) -> int:
-    from fmtlab.models.loading import load_model
+    from fmtlab.models.loading import check_model_arg, load_model
     from fmtlab.models.record import check_seq_len, record
-    from fmtlab.sim.trace import check_trace_target
+    from fmtlab.sim.trace import check_trace_target, trace_lock
 
+    # every argument is checked, and the target locked, before the model is loaded
     _layers_regex(args)
-    check_trace_target(os.path.abspath(args.out), args.overwrite)  # fail before loading the model
-    _check_writable_parent(os.path.abspath(args.out))
-    memory_limit = parse_size(args.memory_limit)
-    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
-    t0 = time.perf_counter()
-    model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    check_seq_len(model, args.seq_len)
-    t_load = time.perf_counter() - t0
+    _positive(args, "seq_len", "n_sequences", "batch_size")
+    out = os.path.abspath(args.out)
+    check_trace_target(out, args.overwrite)
+    _check_writable_parent(out)
+    memory_limit = parse_size(args.memory_limit, "--memory-limit")
+    max_bytes = parse_size(args.max_bytes, "--max-bytes") if args.max_bytes else None
+    if args.text_file is not None and not os.path.isfile(args.text_file):
+        raise FmtlabError(f"--text-file {args.text_file} is not a readable file")
+    check_model_arg(args.model)
     texts, info = _texts(args)
-    t1 = time.perf_counter()
-    tr = record(model, tok, texts, args.out, seq_len=args.seq_len, n_sequences=args.n_sequences,
-                batch_size=args.batch_size, prefix=args.prefix, layers=args.layers,
-                include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
-                residual=not args.no_residual, attention=args.attention, kv=args.kv,
-                memory_limit=memory_limit, max_bytes=max_bytes,
-                overwrite=args.overwrite, progress=not args.quiet, text_info=info)
-    t_rec = time.perf_counter() - t1
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    except OSError as exc:
+        raise FmtlabError(f"cannot create {os.path.dirname(out)}: {exc.strerror}") from None
+    with trace_lock(out):  # a second `record` to the same --out fails now, not after the model loads
+        check_trace_target(out, args.overwrite)
+        t0 = time.perf_counter()
+        model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        check_seq_len(model, args.seq_len)
+        t_load = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        tr = record(model, tok, texts, out, seq_len=args.seq_len, n_sequences=args.n_sequences,
+                    batch_size=args.batch_size, prefix=args.prefix, layers=args.layers,
+                    include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
+                    residual=not args.no_residual, attention=args.attention, kv=args.kv,
+                    memory_limit=memory_limit, max_bytes=max_bytes,
+                    overwrite=args.overwrite, progress=not args.quiet, text_info=info)
+        t_rec = time.perf_counter() - t1
     print(f"{tr}\n  model load {t_load:.1f} s, recording {t_rec:.1f} s, "
           f"{len(tr.manifest['shards'])} shard(s)")
     return 0
 
 
+def trace_labels(paths: list[str]) -> list[str]:
+    """A distinct row label per trace path: its folder name, or as many trailing path parts as it
+    takes to tell traces apart whose folders share a name (``a/t``, ``b/t``); FmtlabError if a
+    trace is given twice."""
+    real = [os.path.realpath(p) for p in paths]
+    dup = next((p for i, p in enumerate(paths) if real[i] in real[:i]), None)
+    if dup is not None:
+        raise FmtlabError(f"trace {dup} is given twice")
+    parts = [r.strip(os.sep).split(os.sep) for r in real]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return real  # pragma: no cover - distinct real paths always differ in some suffix
+
+
 def cmd_replay(args) -> int:
-    from fmtlab.safe_io import locked_dir
-    from fmtlab.sim.replay import E2E_CONFIGS, PRESETS, ReplayResult, replay
+    from fmtlab.safe_io import check_file_stem, locked_dir
+    from fmtlab.sim.replay import E2E_CONFIGS, KINDS, PRESETS, ReplayResult, make_config, replay
     from fmtlab.sim.trace import open_trace
 
     if args.list:
@@ -93,9 +133,22 @@ def cmd_replay(args) -> int:
         return 0
     if not args.traces:
         raise FmtlabError("replay needs a trace directory (or --list)")
+    # every argument is checked before any trace is opened or the output is locked
     _layers_regex(args)
+    check_file_stem(args.stem, "--stem")
+    labels = trace_labels(args.traces)
     configs = args.config or list(E2E_CONFIGS)
+    names = [make_config(c).name for c in configs]
+    if len(set(names)) != len(names):
+        raise FmtlabError(f"config names must be unique: {names}")
     kinds = args.kinds.split(",") if args.kinds else None
+    bad = [k for k in kinds or () if k not in KINDS]
+    if bad:
+        raise FmtlabError(f"--kinds: unknown kinds {bad}; expected some of {list(KINDS)}")
+    _positive(args, "max_tokens", "workers")
+    for p in [*args.traces, *([args.calib] if args.calib else [])]:
+        if not os.path.isdir(p):
+            raise FmtlabError(f"no trace directory at {p}")
     verify = not args.no_verify
     total: ReplayResult | None = None
     with locked_dir(args.out), contextlib.ExitStack() as stack:  # locked before any work
@@ -106,10 +159,10 @@ def cmd_replay(args) -> int:
 
             executor = stack.enter_context(make_executor(args.scheduler, args.workers))
         calib = open_trace(args.calib, verify=verify) if args.calib else None
-        for path in args.traces:
+        for path, label in zip(args.traces, labels):
             res = replay(open_trace(path, verify=verify), configs, layers=args.layers, kinds=kinds, calib=calib,
                          max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet,
-                         executor=executor)
+                         executor=executor, label=label)
             total = res if total is None else total + res
         dt = time.perf_counter() - t0
         files = total.write(args.out, args.stem)

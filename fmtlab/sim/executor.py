@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, compile_pattern
 
 __all__ = ["Unit", "run_unit", "SerialExecutor", "DaskExecutor", "make_executor", "run_units",
            "replay_tasks", "WORKER_ENV"]
@@ -107,7 +107,7 @@ def replay_tasks(trace, layers: str | None = None, kinds: Sequence[str] = ("line
     builds them (Linear layers sharing an input are one task)."""
     import re
 
-    pat = re.compile(layers) if layers else None
+    pat = compile_pattern(layers, "layers") if layers else None
     out: list[tuple[str, tuple, str]] = []
     if "linear" in kinds:
         groups: dict[str, list[str]] = {}

@@ -30,16 +30,15 @@ import csv
 import io
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, compile_pattern
 from fmtlab.formats.names import Grammar
 from fmtlab.sim import metrics as M
-from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, staged_dir
 from fmtlab.sim.quant import STATIC_RULES
 from fmtlab.sim.replay_engine import IN as _IN, METRICS as _METRICS, OUT as _OUT
 from fmtlab.sim.replay_engine import Engine, Resolved, Task, resolve_config
@@ -138,6 +137,10 @@ GRAMMAR: Grammar[ReplayConfig] = Grammar("config", FmtlabError, fold_case=False)
 for _name, _cfg in PRESETS.items():
     GRAMMAR.exact(_name, lambda _c=_cfg: _c)
 GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE'")
+
+
+#: the kinds of recorded tensors replay measures
+KINDS = ("linear", "residual", "attn_probs", "key", "value")
 
 
 def make_config(spec: Any) -> ReplayConfig:
@@ -248,6 +251,11 @@ class ReplayResult:
         return [r for r in self.rows if all(r.get(k) == v for k, v in equals.items())]
 
     def __add__(self, other: "ReplayResult") -> "ReplayResult":
+        both = {(r["trace"], r["config"]) for r in self.rows} & {(r["trace"], r["config"]) for r in other.rows}
+        if both:  # their rows would be merged into one model row: refuse, never average two traces
+            trace, config = sorted(both, key=str)[0]
+            raise FmtlabError(f"both results hold trace label {trace!r} with config {config!r}; replay "
+                              "distinct traces under distinct labels (replay(..., label=...))")
         meta = {"runs": [self.meta.get("runs", [self.meta]), other.meta.get("runs", [other.meta])]}
         return ReplayResult(self.rows + other.rows, meta, self.per_sequence + other.per_sequence)
 
@@ -269,6 +277,7 @@ class ReplayResult:
         All four appear together or not at all: they are built in a staging folder inside the
         locked ``out_dir`` (see :func:`fmtlab.safe_io.staged_dir`) and moved into place at the end.
         """
+        check_file_stem(stem)
         names = [f"{stem}.csv", f"{stem}_by_layer_type.csv", f"{stem}_by_model.csv", f"{stem}.json"]
         with staged_dir(out_dir) as stage:
             self.to_csv(os.path.join(stage, names[0]))
@@ -326,12 +335,12 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     resolved = [_resolve_config(c) for c in cfgs]
     if max_tokens is not None and max_tokens < 1:
         raise FmtlabError(f"max_tokens must be >= 1, got {max_tokens=}")
-    known = ("linear", "residual", "attn_probs", "key", "value")
+    known = KINDS
     kinds = tuple(kinds) if kinds is not None else known
     bad = [k for k in kinds if k not in known]
     if bad:
         raise FmtlabError(f"unknown kinds {bad}; expected some of {known}")
-    pat = re.compile(layers) if layers else None
+    pat = compile_pattern(layers, "layers") if layers else None
 
     tasks: list[Task] = []
     if "linear" in kinds:
