@@ -34,7 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
+from fmtlab.pytorch.activations import (ActivationScales, StaticActivation, padding_mask, quantize_per_sequence,
+                                        sequences_of, track_padding)
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.specs import resolve, spec_name
 
@@ -145,6 +146,9 @@ class QuantLinear(nn.Module):
         calibration split; without calibration, on the first input the layer sees."""
         from fmtlab.sim.transforms import Context
 
+        if padding_mask() is not None:
+            raise FmtlabError(f"layer {self.layer_name!r}: a transform's dynamic scales cannot leave padded "
+                              "positions out; run its sequences unpadded (batch_size=1 or equal lengths)")
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
         seqs = sequences_of(x.detach()).to(torch.float32).cpu().numpy()
@@ -376,6 +380,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                      "weights": spec_name(wq), "activations": spec_name(ql.act_q)})
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
+    track_padding(new_root)  # padded batches: dynamic scales over real positions only
     if kv_prefix is not None:
         from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 
