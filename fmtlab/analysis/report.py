@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,30 @@ class ReportOptions:
             load_space(self.explore)
         if len(self.area_budget.split(" x ")) != 2:
             raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
+        check_report_options(self)
+
+
+def check_report_options(opts: "ReportOptions") -> None:
+    """The checks of ``opts`` that need other packages, made before any trace is opened or recorded:
+    the area budget is a priceable MAC unit, counts are >= 1, the model and traces exist."""
+    from fmtlab.hw import mac_cost
+    from fmtlab.models.loading import check_model_arg
+
+    bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
+    try:
+        mac_cost(bw, ba)
+    except (FmtlabError, ValueError, KeyError) as exc:
+        raise FmtlabError(f"area_budget {opts.area_budget!r} is not a MAC unit the cost model prices: {exc}") from None
+    for name in ("max_tokens", "workers", "explore_trials", "ppl_sequences"):
+        v = getattr(opts, name)
+        if v is not None and v < 1:
+            raise FmtlabError(f"{name} must be >= 1, got {v}")
+    if opts.model is not None:
+        check_model_arg(opts.model)
+    for name in ("trace", "calib_trace"):
+        p = getattr(opts, name)
+        if p is not None and not os.path.isdir(p):
+            raise FmtlabError(f"{name} {p} is not a trace directory")
 
 
 class _Steps:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import re
@@ -114,7 +113,7 @@ def trace_labels(paths: list[str]) -> list[str]:
     dup = next((p for i, p in enumerate(paths) if real[i] in real[:i]), None)
     if dup is not None:
         raise FmtlabError(f"trace {dup} is given twice")
-    parts = [r.strip(os.sep).split(os.sep) for r in real]
+    parts = [os.path.abspath(p).strip(os.sep).split(os.sep) for p in paths]
     for n in range(1, max(len(p) for p in parts) + 1):
         labels = ["/".join(p[-n:]) for p in parts]
         if len(set(labels)) == len(labels):
@@ -180,6 +179,11 @@ def cmd_outliers(args) -> int:
     from fmtlab.sim.outliers import massive_activations, summarize_massive
     from fmtlab.sim.trace import open_trace
 
+    _positive(args, "top_k")
+    for opt in ("min_ratio", "min_abs"):
+        v = getattr(args, opt)
+        if not (math.isfinite(v) and v >= 0):
+            raise FmtlabError(f"--{opt.replace('_', '-')} must be a finite number >= 0, got {v}")
     if args.json and os.path.isdir(args.json):
         raise FmtlabError(f"--json {args.json} is a directory; give a file name")
     rows = massive_activations(open_trace(args.trace, verify=not args.no_verify), top_k=args.top_k, min_ratio=args.min_ratio, min_abs=args.min_abs)
@@ -196,12 +200,39 @@ def cmd_outliers(args) -> int:
     return 0
 
 
+def _read_replay_json(path: str) -> dict:
+    """The replay.json at ``path``; FmtlabError unless it is a JSON object with a ``by_model`` list."""
+    from fmtlab.sim.trace_checks import strict_json
+
+    try:
+        with open(path, "rb") as fh:
+            doc = strict_json(fh.read(256 << 20).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FmtlabError(f"--replay {path}: cannot read it as JSON ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("by_model", []), list) \
+            or not all(isinstance(r, dict) for r in doc.get("by_model", [])):
+        raise FmtlabError(f"--replay {path} is not a replay.json (an object with a 'by_model' list of rows)")
+    return doc
+
+
 def cmd_e2e(args) -> int:
     from fmtlab.safe_io import locked_dir
-    from fmtlab.models.loading import load_model
+    from fmtlab.models.loading import check_model_arg, load_model
     from fmtlab.models.record import check_seq_len
-    from fmtlab.sim.replay import E2E_CONFIGS
+    from fmtlab.sim.replay import E2E_CONFIGS, make_config
 
+    # every argument is checked before the model is loaded
+    _positive(args, "n_sequences", "batch_size")
+    if args.seq_len < 2:
+        raise FmtlabError(f"--seq-len must be >= 2 (a window predicts tokens 2..T), got {args.seq_len}")
+    names = [make_config(c).name for c in args.config or ()]
+    if len(set(names)) != len(names):
+        raise FmtlabError(f"config names must be unique: {names}")
+    if args.replay:
+        _read_replay_json(args.replay)
+    if args.calib and not os.path.isdir(args.calib):
+        raise FmtlabError(f"--calib {args.calib} is not a trace directory")
+    check_model_arg(args.model)
     with contextlib.ExitStack() as stack:
         if args.out:  # checked and locked before any work; a second run fails at once
             stack.enter_context(locked_dir(args.out))
@@ -229,8 +260,7 @@ def _e2e(args, model, tok, configs) -> int:
     doc = {"model": args.model, "seq_len": args.seq_len, "n_sequences": args.n_sequences,
            "tokens": rows[0]["tokens"] if rows else 0, "rows": rows}
     if args.replay:
-        with open(args.replay, encoding="utf-8") as fh:
-            rep = json.load(fh)
+        rep = _read_replay_json(args.replay)
         ppl = {r["config"]: r["ppl"] for r in rows}
         doc["rank_agreement"] = {}
         for key in ("pooled_out_sqnr_db", "mean_out_tok_sqnr_db", "mean_out_sqnr_db", "min_out_sqnr_db",
