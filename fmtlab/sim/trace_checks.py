@@ -109,7 +109,7 @@ def validate_manifest(m: dict[str, Any], mpath: str, dtype_names: Collection[str
                 and sh["bytes"] >= 0 and isinstance(sh.get("sha256"), str)):
             raise bad(f"shard entry {i} is not {{file: str, bytes: int >= 0, sha256: str}}: {sh!r:.200}")
     for name, info in tensors.items():
-        if not (isinstance(info, dict) and info.get("dtype") in dtype_names and isinstance(info.get("shape"), list)
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] in dtype_names and isinstance(info.get("shape"), list)
                 and info["shape"] and all(is_int(d) and d >= 0 for d in info["shape"])
                 and isinstance(info.get("pieces"), list)):
             raise bad(f"tensor {name!r} is not {{dtype, shape: [int >= 0, ...], pieces: [...]}}")
