@@ -89,7 +89,8 @@ class Evaluator:
             first = {c.replay_key: c for c in cands}
             cfgs = [first[k].replay_config() for k in todo]
             units = [Unit(self.trace, self.calib, kind, names, tensor, batch, self.max_tokens, 3,
-                          os.path.basename(self.trace), isolate_errors=True)
+                          os.path.basename(self.trace), isolate_errors=True,
+                          digests=(self.trace_digest, self.calib_digest))
                      for kind, names, tensor in self.tasks for batch in chunks(cfgs, self.batch)]
             got = run_units(self.executor, units, progress=self.progress, desc=f"replay {len(todo)} configs")
             by_cfg: dict[str, list[dict[str, Any]]] = {}

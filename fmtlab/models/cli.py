@@ -81,13 +81,13 @@ def cmd_record(args) -> int:
     if args.text_file is not None and not os.path.isfile(args.text_file):
         raise FmtlabError(f"--text-file {args.text_file} is not a readable file")
     check_model_arg(args.model)
-    texts, info = _texts(args)
     try:
         os.makedirs(os.path.dirname(out), exist_ok=True)
     except OSError as exc:
         raise FmtlabError(f"cannot create {os.path.dirname(out)}: {exc.strerror}") from None
     with trace_lock(out):  # a second `record` to the same --out fails now, not after the model loads
         check_trace_target(out, args.overwrite)
+        texts, info = _texts(args)
         t0 = time.perf_counter()
         model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
         check_seq_len(model, args.seq_len)

@@ -368,7 +368,8 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
         from fmtlab.sim.executor import Unit, run_units
 
         units = [Unit(tr.path, cal.path if cal is not None else None, t.kind, tuple(t.names), t.tensor,
-                      tuple(cfgs), max_tokens, top_k, label) for t in tasks]
+                      tuple(cfgs), max_tokens, top_k, label,
+                      digests=(tr.digest, cal.digest if cal is not None else None)) for t in tasks]
         got = run_units(executor, units, progress=progress)
         results = {i: got[u.key] for i, u in enumerate(units)}
     bar = tqdm(total=len(tasks), unit="tensor", desc="replay", disable=not progress or executor is not None)

@@ -133,6 +133,8 @@ def validate_manifest(m: dict[str, Any], mpath: str, dtype_names: Collection[str
                     raise bad(f"{section} entry {name!r} refers to {r}={v!r:.80}, which is not a recorded tensor")
             if section == "activations" and not isinstance(meta.get("kind"), str):
                 raise bad(f"activation {name!r} has no string 'kind'")
+            if section == "activations" and not isinstance(meta.get("tensor"), str):
+                raise bad(f"activation {name!r} names no recorded 'tensor'")
     for key in ("seq_len", "n_sequences", "n_tokens", "prefix_len", "batch_size"):
         if key in m and m[key] is not None and not (is_int(m[key]) and m[key] >= 0):
             raise bad(f"{key!r} is {m[key]!r:.40}, not an integer >= 0")
