@@ -77,7 +77,7 @@ def cmd_record(args) -> int:
     check_trace_target(out, args.overwrite)
     _check_writable_parent(out)
     memory_limit = parse_size(args.memory_limit, "--memory-limit")
-    max_bytes = parse_size(args.max_bytes, "--max-bytes") if args.max_bytes else None
+    max_bytes = parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None
     if args.text_file is not None and not os.path.isfile(args.text_file):
         raise FmtlabError(f"--text-file {args.text_file} is not a readable file")
     check_model_arg(args.model)
@@ -124,6 +124,7 @@ def trace_labels(paths: list[str]) -> list[str]:
 def cmd_replay(args) -> int:
     from fmtlab.safe_io import check_file_stem, locked_dir
     from fmtlab.sim.replay import E2E_CONFIGS, KINDS, PRESETS, ReplayResult, make_config, replay
+    from fmtlab.sim.replay_engine import resolve_config
     from fmtlab.sim.trace import open_trace
 
     if args.list:
@@ -138,6 +139,8 @@ def cmd_replay(args) -> int:
     labels = trace_labels(args.traces)
     configs = args.config or list(E2E_CONFIGS)
     names = [make_config(c).name for c in configs]
+    for c in configs:  # their quantizer specs and transforms resolve now, not after the traces open
+        resolve_config(make_config(c))
     if len(set(names)) != len(names):
         raise FmtlabError(f"config names must be unique: {names}")
     kinds = args.kinds.split(",") if args.kinds else None
@@ -220,12 +223,15 @@ def cmd_e2e(args) -> int:
     from fmtlab.models.loading import check_model_arg, load_model
     from fmtlab.models.record import check_seq_len
     from fmtlab.sim.replay import E2E_CONFIGS, make_config
+    from fmtlab.sim.replay_engine import resolve_config
 
     # every argument is checked before the model is loaded
     _positive(args, "n_sequences", "batch_size")
     if args.seq_len < 2:
         raise FmtlabError(f"--seq-len must be >= 2 (a window predicts tokens 2..T), got {args.seq_len}")
     names = [make_config(c).name for c in args.config or ()]
+    for c in args.config or ():
+        resolve_config(make_config(c))
     if len(set(names)) != len(names):
         raise FmtlabError(f"config names must be unique: {names}")
     if args.replay:

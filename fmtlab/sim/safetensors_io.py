@@ -156,6 +156,12 @@ class SafetensorsFile:
                                  f"of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
             self.entries[key] = TensorEntry(dtype, shape, begin, end)
             data_len = max(data_len, end)
+        pos = 0  # the spec: the byte ranges tile the data section, no overlap and no hole
+        for key, e in sorted(self.entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            if e.begin != pos:
+                raise TraceError(f"{path}: {key!r:.80} starts at byte {e.begin} of the data, expected {pos} "
+                                 "(tensors overlap or leave a hole)")
+            pos = e.end
         expected = self.data_start + data_len
         if size < expected:
             raise TraceError(f"{path} is truncated: {size} bytes, its header needs {expected}")

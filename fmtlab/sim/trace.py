@@ -302,6 +302,7 @@ class Trace:
         return sf
 
     def _check_index(self) -> None:
+        listed: set[tuple[int, str]] = set()
         for name, info in self.manifest["tensors"].items():
             rows = 0
             for p in info["pieces"]:
@@ -315,8 +316,16 @@ class Trace:
                     raise TraceError(f"{sf.path}: piece {p['key']!r} does not match the manifest "
                                      f"({DTYPE_NAMES.get(e.dtype)} {list(e.shape)} vs {info['dtype']} {info['shape']})")
                 rows += e.shape[0]
+                if (p["shard"], p["key"]) in listed:
+                    raise TraceError(f"{sf.path}: piece {p['key']!r} is listed twice in the manifest")
+                listed.add((p["shard"], p["key"]))
             if rows != info["shape"][0]:
                 raise TraceError(f"tensor {name!r}: pieces hold {rows} rows, the manifest says {info['shape'][0]}")
+        for i, sf in sorted(self._files.items()):
+            extra = sorted(k for k in sf.entries if (i, k) not in listed)
+            if extra:
+                raise TraceError(f"{sf.path} holds pieces the manifest does not list ({extra[:3]}); "
+                                 "the manifest and the shards disagree")
 
     def verify(self) -> None:
         """Check every shard's SHA-256 against the manifest (hashes each memory map once, in parallel).
