@@ -1,6 +1,7 @@
 """Simulator speed: trace reads, metric kernels and replay throughput, as ratios to peers.
 
 Run:  python benchmarks/bench_sim.py [--rows 4096] [--cols 1536] [--repeats 5] [--real]
+      python benchmarks/bench_sim.py --beyond [--repeats 3]   (issue 24: KV / attention / accumulators)
 
 Prints, for a synthetic activation of rows x cols float32 values (Gaussian plus a few outlier
 channels):
@@ -59,13 +60,70 @@ def _absmax_int8(x):
     return (np.clip(np.rint(x / s), -127, 127) * s).astype(np.float32)
 
 
+def _beyond(repeats: int) -> int:
+    """Issue 24's speed targets, as ratios measured in this run (1 torch / BLAS thread as set by the
+    environment; medians of ``repeats``):
+
+    * perplexity evaluation of a random SmolLM2-shaped Llama (hidden 576, 9 heads / 3 KV heads,
+      head_dim 64, 4 layers, 4 x 256 tokens, eager attention) with a KV-cache format
+      (int8_sym_per_token, fp8_e4m3_per_tensor) or an attention format (fp8_fa3, mxfp8) vs the same
+      model plain (target: at most 1.3x);
+    * one Linear layer's GEMM [256 tokens, 1536] x [1536, 576]: the exact integer accumulator
+      (int32 wrap: a float64 GEMM of the codes, then wrap) and the chunked float emulation
+      (bf16, k = 32) vs the float32 GEMM ``x @ w.T`` they replace (targets: 2x and 10x); the
+      quantization to codes (``operand``) is timed apart, as the float32 path quantizes too.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fmtlab.formats import get_quantizer
+    from fmtlab.pytorch import evaluate_perplexity, quantize_model
+    from fmtlab.sim.accumulate import accumulate, operand
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                      num_hidden_layers=4, vocab_size=4096, max_position_embeddings=512, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 4096, (4, 256), generator=torch.Generator().manual_seed(1))
+
+    def ppl(m):
+        return lambda: evaluate_perplexity(m, ids, progress=False, batch_size=4)
+
+    base = _median_time(ppl(model), repeats)
+    print(f"{'perplexity eval, plain (4 x 256 tok, 4 layers)':<52}{base:>10.3f} s")
+    for kw in ({"kv_cache": "int8_sym_per_token"}, {"kv_cache": "fp8_e4m3_per_tensor"},
+               {"attention": "fp8_fa3"}, {"attention": "mxfp8"}):
+        qm, _ = quantize_model(model, **kw)
+        t = _median_time(ppl(qm), repeats)
+        print(f"{'  with ' + ', '.join(f'{k}={v}' for k, v in kw.items()):<52}{t:>10.3f} s{t / base:>8.2f}x")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1536)).astype(np.float32)
+    w = (rng.standard_normal((576, 1536)) * 0.02).astype(np.float32)
+    g = _median_time(lambda: x @ w.T, repeats)
+    print(f"{'float32 GEMM [256,1536]x[1536,576]':<52}{g * 1e3:>10.2f} ms")
+    for qn, accs in (("int8", ("int32", "int16_sat")), ("fp8_e4m3", ("bf16_k32", "fp32_k32"))):
+        qa, qw = get_quantizer(f"{qn}_per_token"), get_quantizer(f"{qn}_per_channel")
+        wo = operand(qw, w)
+        t_op = _median_time(lambda: operand(qa, x), repeats)
+        xo = operand(qa, x)
+        print(f"{'  ' + qn + ' activation codes (operand)':<52}{t_op * 1e3:>10.2f} ms{t_op / g:>8.2f}x")
+        for acc in accs:
+            t = _median_time(lambda: accumulate(xo, wo, acc), max(1, repeats // 2) if "sat" in acc else repeats)
+            print(f"{'  accumulate ' + acc:<52}{t * 1e3:>10.2f} ms{t / g:>8.2f}x")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--cols", type=int, default=1536)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--real", action="store_true", help="also time fmtlab record + replay on SmolLM2")
+    ap.add_argument("--beyond", action="store_true",
+                    help="only the issue-24 timings: KV / attention formats and accumulators (see _beyond)")
     args = ap.parse_args()
+    if args.beyond:
+        return _beyond(args.repeats)
 
     from safetensors.numpy import load_file
 

@@ -23,6 +23,7 @@ from fmtlab.safe_io import Interrupted, install_signal_handlers
 
 _SUBCOMMAND_MODULES = (
     "fmtlab.formats.cli",
+    "fmtlab.formats.vectors_cli",
     "fmtlab.hw.cli",
     "fmtlab.models.cli",
     "fmtlab.analysis.cli",

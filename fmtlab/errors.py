@@ -22,3 +22,22 @@ def compile_pattern(pattern: str, option: str = "pattern"):
         return re.compile(pattern)
     except (re.error, OverflowError, RecursionError, MemoryError) as exc:
         raise FmtlabError(f"{option} {pattern!r:.80} is not a valid regular expression: {exc}") from None
+
+
+class ChoiceError(FmtlabError, ValueError):
+    """A value that is not one of an enum's choices (rounding mode, overflow policy, adder style,
+    accumulator overflow, ...). A ValueError too, so callers catching either see it."""
+
+
+def parse_choice(cls, value, what: str):
+    """The member of the enum ``cls`` given itself or its value string (``str(value)``: surrounding
+    blanks ignored, case-insensitive, '-' read as '_'); anything else raises :class:`ChoiceError` naming ``what``,
+    the value and the choices: ``unknown rounding 'up'; choose one of: nearest_even, ...``."""
+    if isinstance(value, cls):
+        return value
+    try:  # str(): config parsers hand over inf / nan as floats
+        return cls(str(value).strip().lower().replace("-", "_"))
+    except ValueError:
+        pass
+    choices = ", ".join(str(m.value) for m in cls)
+    raise ChoiceError(f"unknown {what} {value!r}; choose one of: {choices}")

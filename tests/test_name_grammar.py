@@ -24,7 +24,7 @@ from fmtlab.sim.replay import make_config
 from fmtlab.sim.transforms import Compose, ExcludeTokens, SmoothQuant, get_transform
 
 replay = importlib.import_module("fmtlab.sim.replay")  # the package attribute is the function
-GRAMMARS = [registry.GRAMMAR, presets.GRAMMAR, quant.GRAMMAR, transforms.GRAMMAR, replay.GRAMMAR,
+GRAMMARS = [registry.GRAMMAR, presets.GRAMMAR, transforms.GRAMMAR, replay.GRAMMAR,
             accumulators.GRAMMAR]
 
 
@@ -41,14 +41,19 @@ def test_formats_and_presets_resolve_through_their_grammar():
     assert get_quantizer("int4_g128").name == "int4_g128"
 
 
-def test_quantizer_specs_resolve_through_the_sim_grammar():
-    """Identity names build None; presets and the PEG / fitted-log hooks build their objects."""
-    assert quant.GRAMMAR.resolve("fp32")() is None
-    q = quant.GRAMMAR.resolve("int8_per_token")()
-    assert q.name == resolve("int8_per_token").obj.name == "int8_per_token"
-    assert type(quant.GRAMMAR.resolve("int8_peg6")()).__name__ == "PegQuantizer"
+def test_quantizer_specs_resolve_through_the_one_grammar():
+    """sim.quant.resolve, get_quantizer and parse_quantizer share presets.GRAMMAR: identity names
+    give the identity spec, presets and the PEG / fitted-log names their objects."""
+    assert presets.GRAMMAR.resolve("fp32").identity and resolve("fp32").identity
+    assert get_quantizer("none") is None
+    q = presets.GRAMMAR.resolve("int8_per_token").build()
+    assert q == resolve("int8_per_token").obj == get_quantizer("int8_per_token")
+    assert resolve("int8_per_token").obj.name == "int8_per_token"
+    assert type(presets.GRAMMAR.resolve("int8_peg6").build()).__name__ == "PegQuantizer"
+    assert type(get_quantizer("int8_peg6")).__name__ == "PegQuantizer"
     assert type(resolve("log4_fitb_per_channel").obj).__name__ == "FittedLogQuantizer"
-    assert quant.GRAMMAR.find("nosuch_thing") is None
+    assert presets.GRAMMAR.find("nosuch_thing") is None
+    assert not hasattr(quant, "GRAMMAR") and not hasattr(quant, "known_specs")
 
 
 def test_transforms_resolve_through_their_grammar():
@@ -90,8 +95,8 @@ def test_unknown_names_raise_listing_what_is_known(call, what, known):
 
 
 def test_shared_call_syntax_and_splitter():
-    """sim re-exports the one parse_call; '+' splits only at the top level."""
-    assert quant.parse_call is names.parse_call
+    """One call syntax; '+' splits only at the top level."""
+    assert presets.parse_call is names.parse_call
     assert names.parse_call(" smoothquant(alpha=0.8, fit=true, m=none) ") == \
         ("smoothquant", {"alpha": 0.8, "fit": True, "m": None})
     assert names.split_plus("a(x=1+2)+b") == ["a(x=1+2)", "b"]

@@ -22,7 +22,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers) -> None:
-    from fmtlab.analysis.report import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
 
     p = subparsers.add_parser(
         "report", help="record, replay, price and plot: a format-evaluation report",
@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                    help="embedded model name (smollm2, minilm) or a local checkpoint directory / .gguf file")
     p.add_argument("--configs", type=_csv, default=DEFAULT_CONFIGS,
                    help="comma-separated replay configs: presets (see `fmtlab replay --list`) or "
-                        "'name:w=SPEC;a=SPEC;t=TRANSFORM' (default: %(default)s)")
+                        "'name:w=SPEC;a=SPEC;t=TRANSFORM'; a suffix '+cushion' / '+fptquant' (options: "
+                        "'+fptquant(steps=50)') measures the config behind that model variant (default: %(default)s)")
     p.add_argument("--seq-lens", type=_ints, default=(128,), help="calibration sequence lengths (default: 128)")
     p.add_argument("--sequences", type=int, default=4, help="calibration sequences per length (default: 4)")
     p.add_argument("--layers", default=None, help="regular expression selecting Linear layers by name")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from fmtlab.analysis.tables import atomic_write_text, fmt_value, markdown_table
+from fmtlab.analysis.tables import fmt_value, markdown_table
+from fmtlab.safe_io import atomic_write_text
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;
@@ -112,8 +114,6 @@ class Document:
 
 def _inline(text: str) -> str:
     """Escape, then render `code` and **bold** spans."""
-    import re
-
     s = html.escape(text)
     s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
     s = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)

@@ -23,6 +23,9 @@ PROTOCOL = (
     "disjoint evaluation split (replay: a trace recorded on the eval texts; perplexity: eval windows).",
     "Each headline number carries a seeded 95% bootstrap interval over sequences; a stated difference comes with the "
     "paired-bootstrap interval of the difference and whether it excludes zero.",
+    "Calibration and evaluation windows start as the model's tokenizer starts a request (Gemma 3's `<bos>`, an "
+    "encoder's [CLS] ... [SEP]; SmolLM2's tokenizer adds none); each trace manifest states the tokens "
+    "(`text.window_start`), and `record --window-start text` cuts bare text windows for studies of the sink itself.",
 )
 
 SEED = S.DEFAULT_SEED

@@ -7,6 +7,8 @@ Pipeline (each step prints its progress on stderr):
 3. replay every config through the evaluation trace, static scales and fitted transforms fitted on
    the calibration trace (layer errors, underflow, clipping, output SQNR, per-sequence sums);
 4. price every config with the MAC-unit cost model (fmtlab.hw);
+   (configs spelled ``<config>+<variant>`` run behind a model variant, :mod:`fmtlab.methods.variants`:
+   fitted once on the calibration split, with their own traces recorded behind it);
 5. optionally measure perplexity for the end-to-end configs on eval windows (fmtlab.models.perplexity,
    calibrated on the calibration trace);
 6. measure accumulation error against accumulator width on a real layer (bit-accurate datapath);
@@ -30,15 +32,30 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS  # noqa: F401 - re-exported
-from fmtlab.analysis.studies import accumulation_study, hw_operand, price_config  # noqa: F401 - re-exported
+from fmtlab.analysis import protocol
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
+from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
+from fmtlab.analysis.studies import accumulation_study, price_config
+from fmtlab.analysis.tables import write_csv, write_json
 from fmtlab.errors import FmtlabError
-
+from fmtlab.explore.report_section import add_explore_section
+from fmtlab.explore.space import load_space
+from fmtlab.hw import mac_cost
+from fmtlab.methods.variants import ModelVariant, VariantSession, parse_variant_config
+from fmtlab.models.loading import check_model_arg
+from fmtlab.safe_io import staged_dir
+from fmtlab.sim.data import default_texts
+from fmtlab.sim.executor import make_executor
+from fmtlab.sim.outliers import massive_activations
+from fmtlab.sim.replay import ReplayConfig, replay
+from fmtlab.sim.replay_engine import needs_calibration, resolve_config
+from fmtlab.sim.trace import annotate_trace, open_trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +91,9 @@ class ReportOptions:
             raise FmtlabError(f"sequence lengths must be >= 2, got {self.seq_lens}")
         if self.n_sequences < 1:
             raise FmtlabError(f"n_sequences must be >= 1, got {self.n_sequences}")
+        for c in self.configs + (self.ppl_configs if self.perplexity else ()):
+            parse_variant_config(c)  # a bad config or variant suffix fails before any work
         if self.explore:  # a bad space fails before any work
-            from fmtlab.explore.space import load_space
-
             load_space(self.explore)
         if len(self.area_budget.split(" x ")) != 2:
             raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
@@ -86,9 +103,6 @@ class ReportOptions:
 def check_report_options(opts: "ReportOptions") -> None:
     """The checks of ``opts`` that need other packages, made before any trace is opened or recorded:
     the area budget is a priceable MAC unit, counts are >= 1, the model and traces exist."""
-    from fmtlab.hw import mac_cost
-    from fmtlab.models.loading import check_model_arg
-
     bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
     try:
         mac_cost(bw, ba)
@@ -118,14 +132,10 @@ class _Steps:
             print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------------- helpers
-
 def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, layers: str | None,
                  split: str = "eval", verify: bool = True):
     """The trace at ``path`` if it was recorded with these settings (and text split) and is
     intact, else None."""
-    from fmtlab.sim.trace import open_trace
-
     if not (path / "manifest.json").exists():
         return None
     try:
@@ -140,6 +150,334 @@ def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, la
     return tr if got == want else None
 
 
+def _stamp_report_layers(path: Path, layers: str | None) -> None:
+    """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
+    annotate_trace(path, {"report": {"layers": layers}})  # re-signs the manifest (its digest)
+
+
+def _grouped(specs, variant_of) -> dict[ModelVariant | None, list]:
+    """``specs`` grouped by the variant they run behind: plain ones (key None) first, then the
+    variants in order of first appearance."""
+    groups: dict[ModelVariant | None, list] = {None: []}
+    for s in specs:
+        groups.setdefault(variant_of(s), []).append(s)
+    return groups
+
+
+@dataclasses.dataclass
+class _Run:
+    """The state one report run builds up, step by step (see :func:`_run_report`)."""
+
+    opts: ReportOptions
+    out: Path  # the staging folder
+    step: _Steps
+    cfgs: list[ReplayConfig]
+    variant_of: dict[str, ModelVariant | None]  # config name -> the variant it runs behind
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    model: Any = None
+    tok: Any = None
+    mname: str | None = None
+    variants: VariantSession | None = None
+    traces: list = dataclasses.field(default_factory=list)
+    calibs: list = dataclasses.field(default_factory=list)
+    cal_layers: str | None = None
+    results: list = dataclasses.field(default_factory=list)
+    summary_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    budget: Any = None
+    ppl_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    methods: list = dataclasses.field(default_factory=list)
+    acc_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    worst: dict[str, Any] | None = None
+    x_worst: Any = None
+    massive: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    figs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+
+    @property
+    def trace_dir(self) -> Path:
+        return Path(self.opts.out) / "traces"  # kept across runs for reuse (not staged)
+
+    @property
+    def ppl_specs(self) -> tuple[str, ...]:
+        return tuple(self.opts.ppl_configs) if self.opts.perplexity else ()
+
+    def used_variants(self) -> list[ModelVariant]:
+        """The variants the replay and perplexity configs run behind, in order of first appearance."""
+        found = [self.variant_of[c.name] for c in self.cfgs]
+        found += [parse_variant_config(c)[1] for c in self.ppl_specs]
+        return list(dict.fromkeys(v for v in found if v is not None))
+
+    @property
+    def main_res(self):
+        return self.results[0]
+
+    @property
+    def lin_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.main_res.rows if r["kind"] == "linear"]
+
+
+# ------------------------------------------------------------------------------------ steps
+
+def _load_model(run: _Run) -> None:
+    """Open given traces; load the model where anything needs it (recording, perplexity, claims,
+    variants) and check every sequence length against it."""
+    opts = run.opts
+    with run.timed("load model"):
+        if opts.trace:
+            run.step(f"using the trace {opts.trace}")
+            run.traces.append(open_trace(opts.trace, verify=opts.verify))
+            run.mname = (run.traces[0].manifest.get("model") or {}).get("name")
+            if opts.calib_trace:
+                run.calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
+        if not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) or run.used_variants():
+            from fmtlab.models.loading import load_default_model, load_model, model_name  # lazy: imports torch
+            from fmtlab.models.record import check_seq_len  # lazy: imports torch
+
+            run.step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
+            run.model, run.tok = load_default_model() if opts.model is None else load_model(opts.model)
+            run.mname = run.mname or model_name(run.model)
+            for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
+                check_seq_len(run.model, L)  # before any recording or scoring
+    # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
+    ppl_cal = any(needs_calibration(resolve_config(parse_variant_config(c)[0])) for c in run.ppl_specs)
+    run.cal_layers = None if ppl_cal else opts.layers
+
+
+def _fit_variants(run: _Run) -> None:
+    """Fit every model variant the configs use, once each, on the calibration split, and apply it."""
+    used = run.used_variants()
+    if not used:
+        return
+    with run.timed("variants"):
+        run.variants = VariantSession(run.model, run.tok, run.step, run.opts.progress)
+        for v in used:
+            run.variants.applied(v)
+
+
+def _record_traces(run: _Run) -> None:
+    """Per sequence length: the evaluation and calibration traces (reused when they match)."""
+    opts = run.opts
+
+    def get_trace(path: Path, split: str, L: int, layers: str | None):
+        tr = _reuse_trace(path, run.mname, L, opts.n_sequences, layers, split, opts.verify)
+        if tr is not None:
+            run.step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
+            return tr
+        from fmtlab.models.record import record  # lazy: imports torch
+
+        run.step(f"recording {opts.n_sequences} x {L} tokens of the {split} texts into {path}")
+        record(run.model, run.tok, default_texts(split), out=str(path), seq_len=L, n_sequences=opts.n_sequences,
+               layers=layers, residual=True, overwrite=True, progress=opts.progress,
+               text_info={"source": "wiki", "split": split})
+        _stamp_report_layers(path, layers)
+        return open_trace(str(path), verify=False)  # just written
+
+    lens = [t.manifest.get("seq_len") for t in run.traces] if opts.trace else list(opts.seq_lens)
+    for L in lens:
+        with run.timed(f"record seq{L}"):
+            if not opts.trace:
+                run.traces.append(get_trace(run.trace_dir / f"seq{L}", "eval", L, opts.layers))
+            if not run.calibs or not opts.trace:
+                run.calibs.append(get_trace(run.trace_dir / f"calib_seq{L}", "calib", L, run.cal_layers))
+
+
+def _replay(run: _Run) -> None:
+    """Replay every config through the evaluation traces: plain configs on the recorded traces,
+    variant configs on traces recorded behind their variant."""
+    opts = run.opts
+    groups = _grouped(run.cfgs, lambda c: run.variant_of[c.name])
+    with make_executor(opts.scheduler, opts.workers) if opts.scheduler else contextlib.nullcontext() as ex:
+        for i, tr in enumerate(run.traces):
+            L = tr.manifest.get("seq_len")
+            with run.timed(f"replay seq{L}"):
+                run.step(f"replaying {len(run.cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
+                kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
+                          progress=opts.progress, label=f"seq{L}", executor=ex)
+                res = None
+                for v, cfgs in groups.items():
+                    if not cfgs:
+                        continue
+                    if v is None:
+                        more = replay(tr, cfgs, calib=run.calibs[i], **kw)
+                    else:
+                        more = run.variants.replay(v, cfgs, run.trace_dir / f"seq{L}_{v.slug}",
+                                                   run.trace_dir / f"calib_seq{L}_{v.slug}", L, opts.n_sequences,
+                                                   opts.layers, run.cal_layers, **kw)
+                    res = more if res is None else res + more
+                res.write(str(run.out / "tables"), stem=f"replay_seq{L}")
+                run.results.append(res)
+    if not run.lin_rows:
+        raise FmtlabError("the trace holds no Linear layer inputs to replay")
+
+
+def _price(run: _Run) -> None:
+    """Price every config with the MAC-unit cost model; the configs table's rows."""
+    with run.timed("hardware"):
+        run.step("pricing every config with the MAC-unit cost model")
+        by_model = {r["config"]: r for r in run.main_res.by_model if r["kind"] == "linear"}
+        bw, ba = (s.strip() for s in run.opts.area_budget.split(" x "))
+        run.budget = mac_cost(bw, ba)
+        for c in run.cfgs:
+            p = price_config(c)
+            m = by_model.get(c.name, {})
+            run.summary_rows.append({
+                "config": c.name, "weights": c.weight or "fp32", "activations": c.act or "fp32",
+                "transform": c.transform or "",
+                "act_scales": ("fp32" if c.act is None else f"static ({c.act_calib}, calib)" if c.act_calib
+                               else "dynamic, per sequence")
+                              + ("; transform fitted on calib" if needs_calibration(resolve_config(c))
+                                 and not c.act_calib else ""),
+                "pooled_out_sqnr_db": m.get("pooled_out_sqnr_db"), "min_out_sqnr_db": m.get("min_out_sqnr_db"),
+                "a_underflow_rate": m.get("mean_a_underflow_rate"), "a_clip_rate": m.get("mean_a_clip_rate"),
+                "w_underflow_rate": m.get("mean_w_underflow_rate"),
+                "mac_unit": p["mac_unit"], "area_um2": p["area_um2"], "area_ge": p["area_ge"],
+                "energy_pj": p["energy_pj"],
+                "area_vs_budget": p["area_ge"] / run.budget.area_ge_per_mac if finite(p["area_ge"]) else math.nan,
+                "hw_note": p["hw_note"],
+            })
+
+
+def _perplexity(run: _Run) -> None:
+    """Perplexity of the perplexity configs on held-out windows (variant configs behind their
+    variant); then the headline intervals and the configs table."""
+    opts = run.opts
+    if run.ppl_specs:
+        from fmtlab.models.perplexity import eval_windows, perplexity_table  # lazy: imports torch
+
+        with run.timed("perplexity"):
+            run.step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
+                     f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
+            ids = eval_windows(run.tok, opts.ppl_seq_len, opts.ppl_sequences)
+            L0 = run.calibs[0].manifest.get("seq_len")
+            for v, specs in _grouped(run.ppl_specs, lambda s: parse_variant_config(s)[1]).items():
+                if not specs:
+                    continue
+                if v is None:
+                    run.ppl_rows += perplexity_table(run.model, run.tok, specs, ids=ids, progress=opts.progress,
+                                                     calib=run.calibs[0])
+                else:
+                    run.ppl_rows += run.variants.perplexity_rows(
+                        v, [parse_variant_config(s)[0] for s in specs], ids,
+                        run.trace_dir / f"calib_seq{L0}_{v.slug}", L0, opts.n_sequences, run.cal_layers)
+            for r in run.ppl_rows:
+                r.pop("description", None)
+            protocol.add_intervals([], run.main_res, run.ppl_rows)
+            tables = run.out / "tables"
+            write_csv(run.ppl_rows, tables / "perplexity.csv",
+                      ["config", "ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "seconds"])
+            write_csv([{"config": r["config"], "sequence": i, "nll_sum": n, "tokens": t} for r in run.ppl_rows
+                       for i, (n, t) in enumerate(zip(r["seq_nll"], r["seq_tokens"]))],
+                      tables / "perplexity_per_sequence.csv")
+            ppl_by = {r["config"]: r["ppl"] for r in run.ppl_rows}
+            for s in run.summary_rows:
+                s["perplexity"] = ppl_by.get(s["config"])
+    protocol.add_intervals(run.summary_rows, run.main_res, run.ppl_rows)
+    write_csv(run.summary_rows, run.out / "tables" / "configs.csv")
+
+
+def _claims(run: _Run) -> None:
+    """The "Methods from the papers" claims (fmtlab.analysis.methods.section)."""
+    if run.opts.methods:
+        with run.timed("method claims"):
+            run.methods = run_for_report(run.opts, run.model, run.tok, run.step)
+
+
+def _accumulation(run: _Run) -> None:
+    """Accumulation error against accumulator width on the layer whose input has the largest
+    max/median ratio (where accumulators are stressed most)."""
+    with run.timed("accumulation"):
+        tr0 = run.traces[0]
+        run.worst = max(run.lin_rows, key=lambda r: r.get("in_max_over_median") or 0)
+        meta = tr0.layers[run.worst["tensor"]]
+        run.step(f"accumulation error vs accumulator width on {run.worst['tensor']}")
+        x = tr0.tensor(meta["input"])
+        run.x_worst = x.reshape(-1, x.shape[-1])
+        run.acc_rows = accumulation_study(run.x_worst, tr0.tensor(meta["weight"]))
+        write_csv(run.acc_rows, run.out / "tables" / "accumulation.csv")
+
+
+def _plots(run: _Run) -> None:
+    """Format grids, layer heatmaps, residual-stream outliers (and their table), the trade-off and
+    the accumulation plot."""
+    from fmtlab.analysis import plots  # lazy: imports matplotlib
+
+    with run.timed("plots"):
+        run.step("rendering plots")
+        P, tr0, figs = run.out / "plots", run.traces[0], run.figs
+        heat_rows = [dict(r, layer=layer_label(r)) for r in run.lin_rows if r["config"] != "fp32"]
+        figs["grids"] = plots.plot_format_grids(GRID_FORMATS, run.x_worst, P / "format_grids.png",
+                                                layer_name=f"input of {run.worst['tensor']}")
+        figs["sqnr"] = plots.plot_layer_heatmap(heat_rows, "out_sqnr_db", P / "heatmap_output_sqnr.png",
+                                                "Layer output SQNR of Q(X) Q(W) vs X W per layer and config", "dB",
+                                                cmap="viridis")
+        figs["underflow"] = plots.plot_layer_heatmap(heat_rows, "a_underflow_rate", P / "heatmap_underflow.png",
+                                                     "Activation underflow: share of nonzero inputs quantized to 0",
+                                                     "fraction", cmap="magma", log=True)
+        figs["clip"] = plots.plot_layer_heatmap(heat_rows, "a_clip_rate", P / "heatmap_clipping.png",
+                                                "Activation clipping: share of inputs beyond the format's range",
+                                                "fraction", cmap="magma", log=True)
+        res_acts = [(n, i) for n, i in tr0.activations.items() if i["kind"] == "residual"]
+        if res_acts:
+            run.massive = massive_activations(tr0, min_ratio=100.0)
+            mx, names = [], []
+            for n, info in res_acts:
+                a = tr0.tensor(info["tensor"])
+                mx.append(np.abs(a.reshape(-1, a.shape[-1])).max(axis=0))
+                names.append(f"block {info.get('block')}")
+            uniq: dict[tuple, dict[str, Any]] = {}
+            for r in run.massive:  # one bar per (layer, token position, channel): the largest over sequences
+                k = (r["layer"], r["token"], r["channel"])
+                if k not in uniq or r["ratio"] > uniq[k]["ratio"]:
+                    uniq[k] = r
+            figs["outliers"] = plots.plot_outliers(np.stack(mx), names, list(uniq.values()), P / "outliers.png",
+                                                   title=f"Residual-stream outliers of {run.mname}")
+            write_csv(run.massive, run.out / "tables" / "massive_activations.csv")
+        trade_pts = [dict(s, output_sqnr_db=s["pooled_out_sqnr_db"]) for s in run.summary_rows
+                     if finite(s["area_um2"]) and finite(s.get("pooled_out_sqnr_db"))]
+        if trade_pts:
+            figs["tradeoff"] = plots.plot_tradeoff(trade_pts, P / "tradeoff.png")
+        if any(finite(r["rel_error"]) for r in run.acc_rows):
+            figs["accumulation"] = plots.plot_accumulation([r for r in run.acc_rows if finite(r["rel_error"])],
+                                                           P / "accumulation.png")
+
+
+def _write(run: _Run) -> dict[str, Any]:
+    """Findings, report.md/html (with the explore section), report.json; returns the summary."""
+    opts, out = run.opts, run.out
+    findings = headline_findings(run.summary_rows, run.massive, run.budget, opts.area_budget, run.ppl_rows,
+                                 run.main_res)
+    variant_rows = run.variants.descriptions() if run.variants is not None else []
+    for d in variant_rows:
+        run.timings[f"{d['variant']} fit"] = d["fit_seconds"]
+    if variant_rows:
+        write_csv(variant_rows, out / "tables" / "variants.csv")
+    run.timings["total"] = round(time.perf_counter() - run.t_start, 1)
+    doc = build_document(opts, run.mname, run.traces, run.results, run.summary_rows, run.ppl_rows, run.acc_rows,
+                         run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
+                         variant_rows)
+    cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
+        add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
+    md, html = doc.write(out)
+    final = Path(opts.out)  # where the staged files land
+    summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings,
+               "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
+    report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
+              "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
+              "energy_per_token": cost_rows}
+    if variant_rows:
+        report["variants"] = variant_rows
+    write_json(report, out / "tables" / "report.json")
+    run.step(f"done in {run.timings['total']:.0f} s")
+    return summary
+
+
 # -------------------------------------------------------------------------------------- main
 
 def run_report(opts: ReportOptions) -> dict[str, Any]:
@@ -149,282 +487,18 @@ def run_report(opts: ReportOptions) -> dict[str, Any]:
     report.md/html are built in a staging folder and moved into place together at the end, so an
     interrupted or failed run leaves the previous report intact. Traces go to ``<out>/traces``.
     """
-    from fmtlab.safe_io import staged_dir
-
     with staged_dir(opts.out, quiet=not opts.progress) as stage:
         return _run_report(opts, stage)
 
 
 def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
-    from fmtlab.analysis import plots, protocol
-    from fmtlab.analysis.tables import write_csv, write_json
-    from fmtlab.sim.data import default_texts
-    from fmtlab.models.loading import load_default_model, load_model
-    from fmtlab.sim.outliers import massive_activations
-    from fmtlab.models.record import record
-    from fmtlab.sim.replay import replay
-    from fmtlab.sim.replay_engine import needs_calibration, resolve_config
-    from fmtlab.sim.trace import open_trace
-    from fmtlab.models.loading import model_name
-
-    step = _Steps(opts.progress)
-    t_start = time.perf_counter()
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    from fmtlab.analysis.methods.cushion_configs import CushionRun, any_cushion, is_cushion
-    from fmtlab.analysis.methods.fptquant_configs import FPTQuantRun, any_fptquant, is_fptquant, method_config
-
-    # "<config>+cushion": behind a CushionCache prefix; "<config>+fptquant": on the FPTQuant-merged model
-    cfgs = [method_config(c) for c in opts.configs]
-    timings: dict[str, float] = {}
-
-    def timed(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 1)
-
-    # 1-2. model and traces ---------------------------------------------------------------
-    traces, calibs = [], []
-    model = tok = None
-    mname = None
-    t0 = time.perf_counter()
-    if opts.trace:
-        step(f"using the trace {opts.trace}")
-        traces.append(open_trace(opts.trace, verify=opts.verify))
-        mname = (traces[0].manifest.get("model") or {}).get("name")
-        if opts.calib_trace:
-            calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
-    need_model = not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) \
-        or any_cushion(opts.configs, opts.ppl_configs if opts.perplexity else ()) \
-        or any_fptquant(opts.configs, opts.ppl_configs if opts.perplexity else ())
-    if need_model:
-        step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
-        model, tok = load_default_model() if opts.model is None else load_model(opts.model)
-        mname = mname or model_name(model)
-        from fmtlab.models.record import check_seq_len
-
-        for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
-            check_seq_len(model, L)  # before any recording or scoring
-    timed("load model", t0)
-    # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
-    ppl_cal = opts.perplexity and any(needs_calibration(resolve_config(method_config(c))) for c in opts.ppl_configs)
-    cal_layers = None if ppl_cal else opts.layers
-    trace_dir = Path(opts.out) / "traces"  # kept across runs for reuse (not staged)
-
-    def get_trace(path: Path, split: str, L: int, layers: str | None):
-        tr = _reuse_trace(path, mname, L, opts.n_sequences, layers, split, opts.verify)
-        if tr is not None:
-            step(f"reusing trace {path} ({tr.nbytes / 2**20:.0f} MiB)")
-            return tr
-        step(f"recording {opts.n_sequences} x {L} tokens of the {split} texts into {path}")
-        record(model, tok, default_texts(split), out=str(path), seq_len=L, n_sequences=opts.n_sequences,
-               layers=layers, residual=True, overwrite=True, progress=opts.progress,
-               text_info={"source": "wiki", "split": split})
-        _stamp_report_layers(path, layers)
-        return open_trace(str(path), verify=False)  # just written
-
-    lens = [t.manifest.get("seq_len") for t in traces] if opts.trace else list(opts.seq_lens)
-    for L in lens:
-        t0 = time.perf_counter()
-        if not opts.trace:
-            traces.append(get_trace(trace_dir / f"seq{L}", "eval", L, opts.layers))
-        if not calibs or not opts.trace:
-            calibs.append(get_trace(trace_dir / f"calib_seq{L}", "calib", L, cal_layers))
-        timed(f"record seq{L}", t0)
-
-    # 3. replay --------------------------------------------------------------------------
-    results = []
-    cushion = fpt = None
-    from fmtlab.sim.executor import make_executor
-
-    with make_executor(opts.scheduler, opts.workers) if opts.scheduler else contextlib.nullcontext() as ex:
-        for tr in traces:
-            t0 = time.perf_counter()
-            L = tr.manifest.get("seq_len")
-            step(f"replaying {len(cfgs)} configs through {len(tr.layers)} layers (seq_len {L})")
-            kw = dict(kinds=("linear", "residual"), max_tokens=opts.max_tokens, workers=opts.workers,
-                      progress=opts.progress, label=f"seq{L}", executor=ex)
-            plain = [c for c in cfgs if not is_cushion(c.name) and not is_fptquant(c.name)]
-            cush, fptq = [c for c in cfgs if is_cushion(c.name)], [c for c in cfgs if is_fptquant(c.name)]
-            res = replay(tr, plain, calib=calibs[len(results)], **kw) if plain else None
-            if cush:
-                cushion = cushion or CushionRun(model, tok, step, opts.progress)
-                more = cushion.replay(cush, trace_dir / f"seq{L}_cushion", trace_dir / f"calib_seq{L}_cushion", L,
-                                      opts.n_sequences, opts.layers, cal_layers, **kw)
-                res = more if res is None else res + more
-            if fptq:
-                fpt = fpt or FPTQuantRun(model, tok, step, opts.progress)
-                more = fpt.replay(fptq, trace_dir / f"seq{L}_fptquant", trace_dir / f"calib_seq{L}_fptquant", L,
-                                  opts.n_sequences, opts.layers, cal_layers, **kw)
-                res = more if res is None else res + more
-            res.write(str(out / "tables"), stem=f"replay_seq{L}")
-            results.append(res)
-            timed(f"replay seq{L}", t0)
-    main_res = results[0]
-    lin_rows = [r for r in main_res.rows if r["kind"] == "linear"]
-    if not lin_rows:
-        raise FmtlabError("the trace holds no Linear layer inputs to replay")
-    by_model = {r["config"]: r for r in main_res.by_model if r["kind"] == "linear"}
-
-    # 4. hardware ------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    step("pricing every config with the MAC-unit cost model")
-    prices = [price_config(c) for c in cfgs]
-    from fmtlab.hw import mac_cost
-
-    bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
-    budget = mac_cost(bw, ba)
-    summary_rows = []
-    for c, p in zip(cfgs, prices):
-        m = by_model.get(c.name, {})
-        summary_rows.append({
-            "config": c.name, "weights": c.weight or "fp32", "activations": c.act or "fp32",
-            "transform": c.transform or "",
-            "act_scales": ("fp32" if c.act is None else f"static ({c.act_calib}, calib)" if c.act_calib
-                           else "dynamic, per sequence")
-                          + ("; transform fitted on calib" if needs_calibration(resolve_config(c))
-                             and not c.act_calib else ""),
-            "pooled_out_sqnr_db": m.get("pooled_out_sqnr_db"), "min_out_sqnr_db": m.get("min_out_sqnr_db"),
-            "a_underflow_rate": m.get("mean_a_underflow_rate"), "a_clip_rate": m.get("mean_a_clip_rate"),
-            "w_underflow_rate": m.get("mean_w_underflow_rate"),
-            "mac_unit": p["mac_unit"], "area_um2": p["area_um2"], "area_ge": p["area_ge"], "energy_pj": p["energy_pj"],
-            "area_vs_budget": p["area_ge"] / budget.area_ge_per_mac if finite(p["area_ge"]) else math.nan,
-            "hw_note": p["hw_note"],
-        })
-    write_csv(summary_rows, out / "tables" / "configs.csv")
-    timed("hardware", t0)
-
-    # 5. perplexity ----------------------------------------------------------------------
-    ppl_rows: list[dict[str, Any]] = []
-    if opts.perplexity and opts.ppl_configs:
-        t0 = time.perf_counter()
-        from fmtlab.models.perplexity import perplexity_table
-
-        step(f"perplexity of {len(opts.ppl_configs)} configs on held-out text "
-             f"({opts.ppl_sequences} x {opts.ppl_seq_len} tokens)")
-        from fmtlab.models.perplexity import eval_windows
-
-        ids = eval_windows(tok, opts.ppl_seq_len, opts.ppl_sequences)
-        names = [c for c in opts.ppl_configs if not is_cushion(c) and not is_fptquant(c)]
-        ppl_rows = perplexity_table(model, tok, names, ids=ids, progress=opts.progress, calib=calibs[0]) if names else []
-        if any_cushion(opts.ppl_configs):
-            cushion = cushion or CushionRun(model, tok, step, opts.progress)
-            L0 = calibs[0].manifest.get("seq_len")
-            ppl_rows += cushion.perplexity_rows([c for c in opts.ppl_configs if is_cushion(c)], ids,
-                                                trace_dir / f"calib_seq{L0}_cushion", L0, opts.n_sequences,
-                                                cal_layers, opts.progress)
-        if any_fptquant(opts.ppl_configs):
-            fpt = fpt or FPTQuantRun(model, tok, step, opts.progress)
-            L0 = calibs[0].manifest.get("seq_len")
-            ppl_rows += fpt.perplexity_rows([c for c in opts.ppl_configs if is_fptquant(c)], ids,
-                                            trace_dir / f"calib_seq{L0}_fptquant", L0, opts.n_sequences,
-                                            cal_layers, opts.progress)
-        for r in ppl_rows:
-            r.pop("description", None)
-        protocol.add_intervals([], main_res, ppl_rows)
-        write_csv(ppl_rows, out / "tables" / "perplexity.csv",
-                  ["config", "ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "seconds"])
-        write_csv([{"config": r["config"], "sequence": i, "nll_sum": n, "tokens": t} for r in ppl_rows
-                   for i, (n, t) in enumerate(zip(r["seq_nll"], r["seq_tokens"]))],
-                  out / "tables" / "perplexity_per_sequence.csv")
-        ppl_by = {r["config"]: r["ppl"] for r in ppl_rows}
-        for s in summary_rows:
-            s["perplexity"] = ppl_by.get(s["config"])
-        timed("perplexity", t0)
-    protocol.add_intervals(summary_rows, main_res, ppl_rows)
-    write_csv(summary_rows, out / "tables" / "configs.csv")
-
-    methods = []  # "Methods from the papers" (fmtlab.analysis.methods.section)
-    if opts.methods:
-        t0 = time.perf_counter()
-        from fmtlab.analysis.methods.section import run_for_report
-
-        methods = run_for_report(opts, model, tok, step)
-        timed("method claims", t0)
-
-    # 6. accumulation study ---------------------------------------------------------------
-    t0 = time.perf_counter()
-    tr0 = traces[0]
-    # the layer whose input has the largest max/median ratio: where accumulators are stressed most
-    worst = max(lin_rows, key=lambda r: r.get("in_max_over_median") or 0)
-    meta = tr0.layers[worst["tensor"]]
-    step(f"accumulation error vs accumulator width on {worst['tensor']}")
-    x_worst = tr0.tensor(meta["input"])
-    x_worst = x_worst.reshape(-1, x_worst.shape[-1])
-    acc_rows = accumulation_study(x_worst, tr0.tensor(meta["weight"]))
-    write_csv(acc_rows, out / "tables" / "accumulation.csv")
-    timed("accumulation", t0)
-
-    # 7. plots ----------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    step("rendering plots")
-    P = out / "plots"
-    heat_rows = [dict(r, layer=layer_label(r)) for r in lin_rows if r["config"] != "fp32"]
-    figs = {}
-    figs["grids"] = plots.plot_format_grids(GRID_FORMATS, x_worst, P / "format_grids.png",
-                                            layer_name=f"input of {worst['tensor']}")
-    figs["sqnr"] = plots.plot_layer_heatmap(heat_rows, "out_sqnr_db", P / "heatmap_output_sqnr.png",
-                                            "Layer output SQNR of Q(X) Q(W) vs X W per layer and config", "dB",
-                                            cmap="viridis")
-    figs["underflow"] = plots.plot_layer_heatmap(heat_rows, "a_underflow_rate", P / "heatmap_underflow.png",
-                                                 "Activation underflow: share of nonzero inputs quantized to 0",
-                                                 "fraction", cmap="magma", log=True)
-    figs["clip"] = plots.plot_layer_heatmap(heat_rows, "a_clip_rate", P / "heatmap_clipping.png",
-                                            "Activation clipping: share of inputs beyond the format's range",
-                                            "fraction", cmap="magma", log=True)
-    res_acts = [(n, i) for n, i in tr0.activations.items() if i["kind"] == "residual"]
-    massive = []
-    if res_acts:
-        massive = massive_activations(tr0, min_ratio=100.0)
-        mx = []
-        names = []
-        for n, info in res_acts:
-            a = tr0.tensor(info["tensor"])
-            mx.append(np.abs(a.reshape(-1, a.shape[-1])).max(axis=0))
-            names.append(f"block {info.get('block')}")
-        uniq: dict[tuple, dict[str, Any]] = {}
-        for r in massive:  # one bar per (layer, token position, channel): the largest over sequences
-            k = (r["layer"], r["token"], r["channel"])
-            if k not in uniq or r["ratio"] > uniq[k]["ratio"]:
-                uniq[k] = r
-        figs["outliers"] = plots.plot_outliers(np.stack(mx), names, list(uniq.values()), P / "outliers.png",
-                                               title=f"Residual-stream outliers of {mname}")
-        write_csv(massive, out / "tables" / "massive_activations.csv")
-    trade_pts = [dict(s, output_sqnr_db=s["pooled_out_sqnr_db"]) for s in summary_rows
-                 if finite(s["area_um2"]) and finite(s.get("pooled_out_sqnr_db"))]
-    if trade_pts:
-        figs["tradeoff"] = plots.plot_tradeoff(trade_pts, P / "tradeoff.png")
-    if any(finite(r["rel_error"]) for r in acc_rows):
-        figs["accumulation"] = plots.plot_accumulation([r for r in acc_rows if finite(r["rel_error"])],
-                                                       P / "accumulation.png")
-    timed("plots", t0)
-
-    # findings ----------------------------------------------------------------------------
-    findings = headline_findings(summary_rows, massive, budget, opts.area_budget, ppl_rows, main_res)
-    if fpt is not None and fpt.seconds is not None:
-        timings["fptquant fit + merge"] = round(fpt.seconds, 1)
-    timings["total"] = round(time.perf_counter() - t_start, 1)
-
-    # document ----------------------------------------------------------------------------
-    doc = build_document(opts, mname, traces, results, summary_rows, ppl_rows, acc_rows, massive, figs, findings,
-                    worst["tensor"], timings, out, methods)
-    if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
-        from fmtlab.explore.report_section import add_explore_section
-
-        add_explore_section(doc, opts, traces[0].path, calibs[0].path, out, step)
-    md, html = doc.write(out)
-    final = Path(opts.out)  # where the staged files land
-    summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings, "timings_s": timings,
-               "model": mname, "configs": [c.name for c in cfgs]}
-    from fmtlab.analysis.methods.section import result_rows
-
-    write_json({"summary": summary, "configs": summary_rows, "perplexity": ppl_rows, "accumulation": acc_rows,
-                "massive_activations": massive, "methods": result_rows(methods)}, out / "tables" / "report.json")
-    step(f"done in {timings['total']:.0f} s")
-    return summary
-
-
-def _stamp_report_layers(path: Path, layers: str | None) -> None:
-    """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
-    from fmtlab.sim.trace import annotate_trace
-
-    annotate_trace(path, {"report": {"layers": layers}})
+    parsed = [parse_variant_config(c) for c in opts.configs]
+    run = _Run(opts, out, _Steps(opts.progress), cfgs=[c for c, _ in parsed],
+               variant_of={c.name: v for c, v in parsed})
+    for step in (_load_model, _fit_variants, _record_traces, _replay, _price, _perplexity, _claims,
+                 _accumulation, _plots):
+        step(run)
+    return _write(run)

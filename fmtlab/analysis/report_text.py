@@ -13,6 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fmtlab import __version__
+from fmtlab.analysis.document import Document
+from fmtlab.analysis.methods.section import add_section
+from fmtlab.analysis.protocol import PROTOCOL, comparisons, sqnr_text, with_ci
 
 
 def layer_label(row: dict[str, Any]) -> str:
@@ -23,7 +27,7 @@ def layer_label(row: dict[str, Any]) -> str:
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    from fmtlab.models.perplexity import ranks
+    from fmtlab.models.perplexity import ranks  # lazy: fmtlab.models imports torch
 
     ra, rb = ranks(a), ranks(b)
     if len(ra) < 3 or np.std(ra) == 0 or np.std(rb) == 0:
@@ -36,7 +40,6 @@ def finite(v: Any) -> bool:
 
 
 def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[str]:
-    from fmtlab.analysis.protocol import comparisons, sqnr_text
 
     out: list[str] = []
     priced = [r for r in rows if finite(r["area_ge"]) and finite(r.get("pooled_out_sqnr_db"))]
@@ -48,7 +51,6 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
         by_ppl = [r for r in under if finite(r.get("perplexity"))]
         if by_ppl:
             bp = min(by_ppl, key=lambda r: r["perplexity"])
-            from fmtlab.analysis.protocol import with_ci
 
             out.append(f"Best measured perplexity within the area of one {budget_name} MAC: **{bp['config']}** "
                        f"(perplexity {with_ci(bp['perplexity'], bp.get('ppl_lo'), bp.get('ppl_hi'))}, layer-output "
@@ -80,7 +82,6 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
         base = next((r["ppl"] for r in ppl_rows if r["config"] == "fp32"), None)
         worst = max(ppl_rows, key=lambda r: r["ppl"] if finite(r["ppl"]) else math.inf)
         if base:
-            from fmtlab.analysis.protocol import with_ci
 
             b = next(r for r in ppl_rows if r["config"] == "fp32")
             out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
@@ -91,12 +92,9 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
 
 
 def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massive, figs, findings, worst_layer,
-              timings, out: Path, methods=()):
-    from fmtlab import __version__
-    from fmtlab.analysis.document import Document
-
-    from fmtlab.analysis.protocol import PROTOCOL, with_ci
-
+              timings, out: Path, methods=(), variants=()):
+    """The report document; ``variants``: the rows of the model variants fitted
+    (:meth:`fmtlab.methods.variants.VariantHandler.describe`), a section when there are any."""
     d = Document(f"fmtlab format-evaluation report: {mname}")
     tr0 = traces[0]
     m = tr0.manifest
@@ -189,9 +187,13 @@ def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massi
     if "accumulation" in figs:
         d.image("plots/accumulation.png", "Relative dot-product error against accumulator width.")
     d.table(acc_rows, ["config", "accumulator", "acc_bits", "rel_error", "overflow_rate", "note"])
+    if variants:
+        d.heading("Model variants")
+        d.paragraph("Configs named `<config>+<variant>` are measured behind a model variant, fitted once on the "
+                    "calibration split (`calib` texts) and applied to a copy of the model; their traces are "
+                    "recorded behind it.")
+        d.table(list(variants), headers={"fit_seconds": "fit [s]"})
     if methods:
-        from fmtlab.analysis.methods.section import add_section
-
         add_section(d, methods)
     d.heading("Run")
     d.table([{"step": k, "seconds": v} for k, v in timings.items()])

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from fmtlab.safe_io import atomic_write_text  # noqa: F401 - re-exported for fmtlab.analysis.document
+from fmtlab.safe_io import atomic_write_text
 
 
 def _columns(rows: Sequence[Mapping], columns: Sequence[str] | None) -> list[str]:

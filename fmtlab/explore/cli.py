@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from typing import Any
 
 from fmtlab.errors import FmtlabError
+
+#: --cost choices -> the space's cost objective column
+COST_CHOICES = {"area_um2": "area_um2", "area_ge": "area_ge", "energy_pj": "energy_pj", "bits": "bits",
+                "energy_per_token": "energy_per_token_uj", "energy_per_token_b64": "energy_per_token_b64_uj"}
 
 __all__ = ["register", "run_explore", "record_default_traces", "DEFAULT_LAYERS"]
 
@@ -76,7 +81,7 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
                 seed: int = 0, population: int = 16, batch: int = 8, layers: str | None = None,
                 max_tokens: int | None = None, seq_len: int = 64, n_sequences: int = 2,
                 quiet: bool = False, processes: bool = True, report_first: bool = True,
-                perplexity: int = 0) -> dict[str, Any]:
+                perplexity: int = 0, cost: str | None = None) -> dict[str, Any]:
     """The whole job (see the module doc of :mod:`fmtlab.explore.search`); returns the summary."""
     from fmtlab.sim.executor import make_executor
     from fmtlab.explore.results import comparison_lines, write_outputs
@@ -86,6 +91,8 @@ def run_explore(space_path: str, out: str, *, trace: str | None = None, calib: s
 
     log = _log(quiet)
     space = load_space(space_path)
+    if cost is not None:
+        space = dataclasses.replace(space, objectives=(space.objectives[0], COST_CHOICES[cost]))
     if trials < 1:
         raise FmtlabError(f"--trials must be >= 1, got {trials}")
     if trace is None and calib is not None:
@@ -169,7 +176,8 @@ def cmd_explore(args) -> int:
                     workers=args.workers, scheduler=args.scheduler, method=args.method, seed=args.seed,
                     population=args.population, batch=args.batch, layers=args.layers,
                     max_tokens=args.max_tokens, seq_len=args.seq_len, n_sequences=args.sequences,
-                    quiet=args.quiet, report_first=not args.no_report_configs, perplexity=args.perplexity)
+                    quiet=args.quiet, report_first=not args.no_report_configs, perplexity=args.perplexity,
+                    cost=args.cost)
     print(f"explore: {s['measured']} points measured ({s['configs_replayed_this_run']} replayed this run), "
           f"front of {s['front_size']} in {s['seconds']:.0f} s -> {s['paths']['pareto.csv']}")
     print(f"{'accuracy':>10} {'cost':>10}  config")
@@ -213,6 +221,10 @@ def register(subparsers) -> None:
                         "(front_ppl.csv; default 0 = off)")
     p.add_argument("--no-report-configs", action="store_true",
                    help="do not measure the report's configs first (by default they are the first trials)")
+    p.add_argument("--cost", choices=tuple(COST_CHOICES),
+                   help="cost objective (overrides the space's): MAC area / energy per MAC, stored bits, or "
+                        "energy_per_token[_b64] (uJ per decoded token of the trace's model at batch 1 / 64, "
+                        "fmtlab.hw.inference_cost)")
     p.add_argument("--out", default="out/explore", help="output folder (default out/explore)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_explore)

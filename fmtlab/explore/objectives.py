@@ -11,6 +11,10 @@ protocol of :mod:`fmtlab.sim.replay_engine`):
 Cost (per candidate, from :func:`fmtlab.hw.mac_cost` at the space's node, priced like the report:
 :func:`fmtlab.analysis.studies.hw_operand`): ``area_um2`` and ``area_ge`` per MAC, ``energy_pj``
 per MAC; ``w_bits`` / ``a_bits`` are storage bits per element including shared scales.
+With the cost objective ``energy_per_token_uj`` (``fmtlab explore --cost energy_per_token``) each
+point also gets :func:`energy_columns`: energy per decoded token (uJ) of the trace's model from
+:func:`fmtlab.hw.inference_cost` at batch 1 and batch 64 (context 1024, HBM2, the space's node),
+transform overheads and scale / quantizer units included.
 
 Constraints read ``METRIC OP VALUE [x REF]``: METRIC is area (um^2), area_ge, energy (pJ),
 bits (= w_bits, the weight memory per element), w_bits or a_bits; OP is <=, <, >= or >; with
@@ -30,11 +34,15 @@ from typing import Any, Iterable, Mapping
 from fmtlab.errors import FmtlabError
 
 __all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "accuracy_from_rows",
-           "ACCURACY_COLUMNS", "COST_COLUMNS"]
+           "ACCURACY_COLUMNS", "COST_COLUMNS", "ENERGY_COLUMNS", "energy_columns"]
 
 ACCURACY_COLUMNS = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db", "a_underflow_rate",
                     "a_clip_rate", "w_underflow_rate", "w_clip_rate", "n_layers")
 COST_COLUMNS = ("mac_unit", "area_um2", "area_ge", "energy_pj", "w_bits", "a_bits")
+#: energy-per-token cost columns (uJ per decoded token; see :func:`energy_columns`)
+ENERGY_COLUMNS = ("energy_per_token_uj", "energy_per_token_b64_uj")
+#: decode setting of the energy columns
+ENERGY_CONTEXT = 1024
 _METRICS = {"area": "area_um2", "area_um2": "area_um2", "area_ge": "area_ge", "energy": "energy_pj",
             "energy_pj": "energy_pj", "bits": "w_bits", "w_bits": "w_bits", "a_bits": "a_bits"}
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
@@ -189,3 +197,18 @@ def accuracy_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def feasible(point: Mapping[str, Any], constraints: Iterable[Constraint]) -> list[str]:
     """Texts of the constraints ``point`` breaks (empty: feasible)."""
     return [c.text for c in constraints if not c.ok(point)]
+
+
+def energy_columns(cand, node: int = 45, model=None) -> dict[str, Any]:
+    """Energy per decoded token (uJ) of a candidate at batch 1 and 64 (:data:`ENERGY_COLUMNS`),
+    or {"error": reason}. ``model``: a :class:`fmtlab.hw.ModelShape` (default SmolLM2-135M)."""
+    from fmtlab.hw import SMOLLM2_135M, inference_cost
+
+    cfg = dict(name=cand.replay_key, weight=cand.weight, act=cand.act, transform=cand.transform,
+               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else cand.accumulator)
+    try:
+        e1, e64 = (inference_cost(model or SMOLLM2_135M, cfg, batch=b, context=ENERGY_CONTEXT, node=node).energy_j
+                   for b in (1, 64))
+    except Exception as exc:  # noqa: BLE001 - an unpriceable point is left out, with its reason
+        return {"error": f"energy per token not priceable: {' '.join(str(exc).split())}"}
+    return {"energy_per_token_uj": e1 * 1e6, "energy_per_token_b64_uj": e64 * 1e6}

@@ -15,12 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fmtlab.explore.objectives import ACCURACY_COLUMNS, COST_COLUMNS
+from fmtlab.explore.objectives import ACCURACY_COLUMNS, COST_COLUMNS, ENERGY_COLUMNS
 
 __all__ = ["front_mask", "compare_with_report", "write_outputs", "plot_front", "TRIAL_COLUMNS"]
 
 TRIAL_COLUMNS = (["trial", "on_front", "report_config", "accuracy", "cost", "weight", "activation", "transform",
-                  "act_calib", "accumulator"] + list(ACCURACY_COLUMNS) + list(COST_COLUMNS) + ["error", "config"])
+                  "act_calib", "accumulator"] + list(ACCURACY_COLUMNS) + list(COST_COLUMNS) + list(ENERGY_COLUMNS) + ["error", "config"])
 
 
 def front_mask(rows: Sequence[dict[str, Any]]) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 from fmtlab.errors import FmtlabError
 from fmtlab.sim.executor import SerialExecutor, Unit, chunks, replay_tasks, run_units
 from fmtlab.explore.objectives import accuracy_from_rows
+from fmtlab.hw.model_shape import ModelShape
 from fmtlab.explore.space import Candidate, DesignSpace
 
 __all__ = ["Evaluator", "SearchResult", "search", "report_candidates"]
@@ -63,6 +64,10 @@ class Evaluator:
         self.k_all = tuple(sorted({int(tr.layers[n].get("in_features") or tr.info(tr.layers[n]["input"])["shape"][-1])
                                    for _, ns, _ in self.tasks for n in ns}))
         self.k_max = max(self.k_all)
+        try:
+            self.model_shape = ModelShape.from_manifest(tr.manifest)
+        except FmtlabError:
+            self.model_shape = None  # an energy objective then prices SmolLM2-135M (said in the info)
         self.executor = executor or SerialExecutor()
         self.max_tokens, self.batch, self.progress = max_tokens, batch, progress
         self.cache_path = cache_path
@@ -167,7 +172,7 @@ def search(space: DesignSpace, evaluator: Evaluator, *, trials: int = 100, metho
            log: Callable[[str], None] = lambda s: None) -> SearchResult:
     """Search ``space`` (see the module doc); ``out`` holds study.journal (and the evaluator's cache).
     ``report_first``: enqueue the report's configs as the first trials (they count toward ``trials``)."""
-    kept, dropped = space.candidates(evaluator.k_max, evaluator.k_all)
+    kept, dropped = space.candidates(evaluator.k_max, evaluator.k_all, getattr(evaluator, "model_shape", None))
     feasible = {c.key: (c, cost) for c, cost in kept}
     n_replay = len({c.replay_key for c, _ in kept})
     if method == "auto":
@@ -175,7 +180,9 @@ def search(space: DesignSpace, evaluator: Evaluator, *, trials: int = 100, metho
     if method not in ("exhaustive", "nsga2", "tpe"):
         raise FmtlabError(f"unknown search method {method!r} (auto, exhaustive, nsga2, tpe)")
     info = {"method": method, "points": len(kept), "replay_configs": n_replay, "left_out": dropped,
-            "seed": seed, "k_max": evaluator.k_max, "executor": getattr(evaluator.executor, "description", "")}
+            "seed": seed, "k_max": evaluator.k_max,
+            "cost_model": (getattr(getattr(evaluator, "model_shape", None), "name", None) or "SmolLM2-135M")
+            if space.objectives[1].startswith("energy_per_token") else "mac", "executor": getattr(evaluator.executor, "description", "")}
     log(f"space {space.name!r}: {len(kept)} points ({n_replay} distinct replay configs), "
         f"{sum(dropped.values())} combinations left out; search: {method}")
     refs = report_candidates(space, feasible)

@@ -57,13 +57,10 @@ __all__ = ["SpaceError", "Family", "SideSpace", "DesignSpace", "Candidate", "loa
 GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block")
 SCALES = ("fp32", "e8m0", "fp8_e4m3")
 OBJECTIVE_ACCURACY = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db")
-OBJECTIVE_COST = ("area_um2", "energy_pj", "area_ge", "bits")
+OBJECTIVE_COST = ("area_um2", "energy_pj", "area_ge", "bits", "energy_per_token_uj", "energy_per_token_b64_uj")
 _SCALE_BITS = {"fp32": 32, "e8m0": 8, "fp8_e4m3": 8}
 _MX_NAMES = {("fp8_e4m3", 32): "mxfp8_e4m3", ("fp8_e5m2", 32): "mxfp8_e5m2", ("fp6_e3m2", 32): "mxfp6_e3m2",
              ("fp6_e2m3", 32): "mxfp6_e2m3", ("fp4_e2m1", 32): "mxfp4", ("int8_sym", 32): "mxint8"}
-_NAMED_MF = {(4, 3, "fn"): "fp8_e4m3", (5, 2, "ieee"): "fp8_e5m2", (3, 2, "fin"): "fp6_e3m2",
-             (2, 3, "fin"): "fp6_e2m3", (2, 1, "fin"): "fp4_e2m1", (4, 3, "fnuz"): "fp8_e4m3fnuz",
-             (5, 2, "fnuz"): "fp8_e5m2fnuz"}
 _FAMILY_KEYS = {"int": {"bits", "sym"}, "dint": {"bits", "denormals"}, "log": {"bits", "base"},
                 "minifloat": {"exp", "man", "special", "bits_max"}, "table": {"names"}}
 _SIDE_KEYS = {"family", "granularity", "scale", "rule"}
@@ -127,6 +124,7 @@ class Family:
         """Registry names of every format of this family (FormatError-free; SpaceError if none)."""
         from fmtlab.errors import FormatError
         from fmtlab.formats import get_format
+        from fmtlab.formats.registry import builtin_name
 
         if self.kind not in _FAMILY_KEYS:
             raise SpaceError(f"{where}.kind: unknown family {self.kind!r} (use {', '.join(_FAMILY_KEYS)})")
@@ -163,7 +161,7 @@ class Family:
                 for m in _values(p["man"], f"{where}.man", int):
                     for s in specials:
                         if 1 + e + m <= bmax:
-                            names.append(_NAMED_MF.get((e, m, s), f"e{e}m{m}_{s}"))
+                            names.append(f"e{e}m{m}_{s}")
         else:
             names = _values(p.get("names", []), f"{where}.names", str)
         good = []
@@ -174,7 +172,8 @@ class Family:
                 if self.kind == "table":
                     raise SpaceError(f"{where}.names: {exc}") from None
                 continue  # e.g. e1m0 or a 1-bit INT: not a format, skipped
-            good.append(n)
+            # minifloats go by their registry name where one exists (e4m3_fn -> fp8_e4m3)
+            good.append(builtin_name(n) if self.kind == "minifloat" else n)
         if not good:
             raise SpaceError(f"{where}: no possible format in this family ({self.kind}, {dict(p)})")
         return list(dict.fromkeys(good))
@@ -283,10 +282,13 @@ def quantizer_spec(fmt: str, gran: str, scale: str, rule: str = "absmax") -> str
 
 
 def element_formats(spec: str) -> str:
-    """The element format name of a quantizer spec."""
-    from fmtlab.sim.quant import resolve
+    """The element format name of a quantizer spec (parsed by the one resolver)."""
+    from fmtlab.formats import parse_quantizer
 
-    return resolve(spec).obj.format.name
+    fmt = parse_quantizer(spec).format
+    if fmt is None:
+        raise SpaceError(f"quantizer {spec!r} has no element format")
+    return fmt.name
 
 
 # ----------------------------------------------------------------------------------- candidates
@@ -395,11 +397,14 @@ class DesignSpace:
                              f"{MAX_POINTS:,}: narrow its ranges")
         return n
 
-    def candidates(self, k_max: int = 4096, k_all: Sequence[int] = ()) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
+    def candidates(self, k_max: int = 4096, k_all: Sequence[int] = (),
+                   model=None) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
         """([(candidate, cost columns)] of every priced point meeting the constraints, {reason: count}
         of the points left out). ``k_max``: the longest dot product (integer accumulator check);
-        ``k_all``: every reduction length of the trace (group and block sizes must divide them)."""
-        from fmtlab.explore.objectives import feasible, parse_constraint, price
+        ``k_all``: every reduction length of the trace (group and block sizes must divide them);
+        ``model``: the :class:`fmtlab.hw.ModelShape` an energy-per-token objective prices (each
+        point on its own: transforms and static scales change it)."""
+        from fmtlab.explore.objectives import energy_columns, feasible, parse_constraint, price
 
         cons = [parse_constraint(c, self.node) for c in self.constraints]
         ws = self.weights.quantizers("weights")
@@ -416,6 +421,14 @@ class DesignSpace:
                     if why:
                         key = why if len(why) < 70 else why[:67] + "..."
                         dropped[key] = dropped.get(key, 0) + len(pts)
+                        continue
+                    if self.objectives[1].startswith("energy_per_token"):
+                        for p in pts:
+                            e = energy_columns(p, self.node, model)
+                            if "error" in e:
+                                dropped[e["error"][:67]] = dropped.get(e["error"][:67], 0) + 1
+                            else:
+                                kept.append((p, dict(cost, **e)))
                         continue
                     kept.extend((p, cost) for p in pts)
         if not kept:

@@ -19,7 +19,8 @@ from fmtlab.formats.scaling import (
     SharedExp, Static,
 )
 from fmtlab.formats.quantizer import QTensor, Quantizer, QuantReport
-from fmtlab.formats.presets import get_quantizer, list_quantizers
+from fmtlab.formats.quantspec import QuantSpec
+from fmtlab.formats.presets import get_quantizer, list_quantizers, parse_quantizer
 
 __all__ = [
     "Format", "IntFormat", "DInt", "LogFormat", "MiniFloat", "E8M0",
@@ -28,7 +29,8 @@ __all__ = [
     "Special", "SpecialRule", "register_special_rule",
     "BlockFormat", "ScaleFormat", "SharedExpRule", "get_block_format",
     # scaling layer (quantizers)
-    "Quantizer", "QTensor", "QuantReport", "get_quantizer", "list_quantizers",
+    "Quantizer", "QTensor", "QuantReport", "QuantSpec", "get_quantizer", "list_quantizers",
+    "parse_quantizer",
     "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock",
     "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp",
 ]

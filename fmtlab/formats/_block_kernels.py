@@ -20,6 +20,7 @@ from fmtlab.formats._mf_cores import mf_mag32, mf_val64
 __all__ = ["mx_shared_exp", "mx_fq", "fp8scale_fq", "mx_exps", "fp8_scales"]
 
 CORE_DIGEST = "5e7e1c41125c01d8"
+NEURON = 4  # shared-exponent rule id beyond _kernel_params' FLOOR..RCEIL (mx.RULE_ID["neuron"])
 check_core_digest(CORE_DIGEST, "_block_kernels.py")
 
 
@@ -58,6 +59,7 @@ def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
     EVEN   floor(log2 A') - emax, A' = A rounded half-up to mbits mantissa bits on its pattern:
            (amax_bits + 2**(22 - mbits)) >> 23 gives A''s exponent field
     RCEIL  ceil(log2 D), D = fl32(A / elem_max)
+    NEURON floor(log2 A) - emax + 1: twice the FLOOR scale (AWS Neuron ``nki.isa.quantize_mx``)
     """
     if amax_bits == 0:
         return -127
@@ -69,6 +71,8 @@ def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
         rb = amax_bits + (1 << (22 - mbits))
         rb = rb & ~((1 << 23) - 1) if (rb >> 23) > 0 else rb
         e = _floor_log2_bits(rb) - emax
+    elif rule == NEURON:
+        e = _floor_log2_bits(amax_bits) - emax + 1
     else:
         d = bits_f32(amax_bits) / elem_max
         db = f32_bits(d)

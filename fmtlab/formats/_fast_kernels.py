@@ -50,7 +50,7 @@ from fmtlab.formats._kernel_params import __all__ as _PARAM_NAMES
 
 _KERNELS = {
     "fmtlab.formats._layout_kernels": ("encode_rows", "encode_cols", "fq_rows", "fq_cols",
-                                       "sse_rows", "finite_absmax_rows"),
+                                       "fq_vec", "sse_rows", "finite_absmax_rows"),
     "fmtlab.formats._block_kernels": ("mx_shared_exp", "mx_fq", "fp8scale_fq", "mx_exps",
                                       "fp8_scales"),
 }

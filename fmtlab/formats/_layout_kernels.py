@@ -15,7 +15,7 @@ from fmtlab.formats._fast_bits import bits_f32, f32_bits
 from fmtlab.formats._kernel_dispatch import elem_code, elem_fq
 from fmtlab.formats._kernel_params import ABS32, CHUNK, INF32, STOCHASTIC, check_core_digest
 
-__all__ = ["encode_rows", "encode_cols", "fq_rows", "fq_cols", "sse_rows", "finite_absmax_rows"]
+__all__ = ["encode_rows", "encode_cols", "fq_rows", "fq_cols", "fq_vec", "sse_rows", "finite_absmax_rows"]
 
 CORE_DIGEST = "5e7e1c41125c01d8"
 check_core_digest(CORE_DIGEST, "_layout_kernels.py")
@@ -151,6 +151,20 @@ def fq_cols(P, T, V, x, out, C, scales, inv, zps, pow2, count):
             for k in range(C):
                 nb += xs[k] != xs[k]
         bad += nb
+    return bad
+
+
+@njit(cache=True)
+def fq_vec(P, T, V, x, out, scales, zps):
+    """Serial fused fake-quant of a short vector with one scale (and zero point) per element
+    (RNE/RNA/TZ): out[k] = fl(v(x[k] / s[k]) * s[k]); the per-column step of GPTQ, where a
+    parallel launch costs more than the work. Returns the number of NaN inputs."""
+    nz = zps.shape[0]
+    bad = 0
+    for k in range(x.shape[0]):
+        z = zps[k] if nz == x.shape[0] else zps[0]
+        out[k] = elem_fq(P, T, V, x[k] / scales[k], z) * scales[k]
+        bad += x[k] != x[k]
     return bad
 
 

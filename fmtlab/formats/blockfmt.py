@@ -2,8 +2,9 @@
 
 A :class:`BlockFormat` is a plain value: an element format, a block size, the scale format, the
 shared-exponent rule (E8M0 scales only) and whether a per-tensor FP32 scale sits above the block
-scales (NVFP4). Formats, quantizer presets and the hardware model share it; the arithmetic lives
-in ``mx.py`` (documented there) and the quantizer.
+scales (NVFP4). Formats, quantizer names and the hardware model share it; the arithmetic lives in
+``mx.py`` (documented there) and the quantizer (``fmtlab.formats.presets.block_quantizer(bf)``
+builds it: a format value knows nothing of quantizers).
 
 Names (``get_block_format``; case-insensitive)::
 
@@ -12,7 +13,7 @@ Names (``get_block_format``; case-insensitive)::
 
 <element> is ``fp8`` (= fp8_e4m3), ``fp6`` (= fp6_e3m2), ``fp4`` (= fp4_e2m1), ``int8``
 (= int8_sym, MXINT8) or any registry name (``mxfp8_e5m2``, ``mxfp6_e2m3``); <rule> is floor,
-ceil, even or rceil. Examples: mxfp8, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4,
+ceil, even, rceil or neuron. Examples: mxfp8, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4,
 mxint8, nvfp4, mxfp4_b16, mxfp8_ceil. Vocabularies are enums (:class:`ScaleFormat`,
 :class:`SharedExpRule`) that also compare equal to their lowercase value strings.
 """
@@ -66,10 +67,14 @@ class SharedExpRule(_StrEnum):
     CEIL = "ceil"
     EVEN = "even"
     RCEIL = "rceil"
+    NEURON = "neuron"  # AWS Neuron nki.isa.quantize_mx: twice the FLOOR scale
 
 
-_SHORT = {"fp8": "fp8_e4m3", "fp6": "fp6_e3m2", "fp4": "fp4_e2m1", "int8": "int8_sym"}
-_SHORT_OF = {"fp8_e4m3": "fp8", "fp6_e3m2": "fp6", "fp4_e2m1": "fp4", "int8_sym": "int8"}
+# INT block elements are symmetric (MX v1.0 MXINT8 clamps to +/-127; MXINT4/6 and NVINT4 use
+# [-(2**(n-1) - 1), 2**(n-1) - 1] as in arXiv 2510.25602 and its code, ChenMnZ/INT_vs_FP)
+_SHORT = {"fp8": "fp8_e4m3", "fp6": "fp6_e3m2", "fp4": "fp4_e2m1", "int8": "int8_sym",
+          "int6": "int6_sym", "int4": "int4_sym"}
+_SHORT_OF = {v: k for k, v in _SHORT.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,26 +133,8 @@ class BlockFormat:
         """Average storage per element: element bits + 8 scale bits / block (tensor scale aside)."""
         return self.element.bits + 8 / self.block
 
-    # ---- as a quantizer -------------------------------------------------------------------
-    def quantizer_spec(self) -> dict:
-        """The Quantizer fields of this block format (format, granularity, scale_rule)."""
-        from fmtlab.formats.scaling import PerBlock, SharedExp
 
-        g = PerBlock(self.block, scale_format=self.scale_format, tensor_scale=self.tensor_scale)
-        spec = dict(format=self.element, granularity=g)
-        if self.scale_format is ScaleFormat.E8M0:
-            spec["scale_rule"] = SharedExp(self.shared_exp)
-        return spec
-
-    def quantizer(self, **overrides):
-        """The Quantizer of this block format; overrides as in ``get_quantizer`` (rounding,
-        overflow, seed, axis, block_size, scale_rule, ...)."""
-        from fmtlab.formats.presets import quantizer_from_spec
-
-        return quantizer_from_spec(self.name, self.quantizer_spec(), overrides)
-
-
-_OPT_RE = re.compile(r"(.+?)(?:_b(\d+))?(?:_(floor|ceil|even|rceil))?(_notensor)?")
+_OPT_RE = re.compile(r"(.+?)(?:_b(\d+))?(?:_(floor|ceil|even|rceil|neuron))?(_notensor)?")
 
 #: the standard block format names (each parses with get_block_format)
 BLOCK_NAMES = ("mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4")

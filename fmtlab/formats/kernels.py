@@ -38,7 +38,7 @@ from fmtlab.formats.rounding import NanInput, Overflow, Rounding, ROUNDING_ID
 
 
 __all__ = ["FastKernelRouting", "params", "kernel_plan", "reference_path", "Plan", "Rows", "Cols", "generic",
-           "scale_args", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled"]
+           "scale_args", "encode_fast", "quantize_fast", "encode_scaled", "fq_scaled", "fq_vector"]
 
 
 class Rows(NamedTuple):
@@ -278,6 +278,29 @@ def fq_scaled(fmt: "Format", x: np.ndarray, layout, scales, zps=None, *, pow2: b
     if bad:
         raise _nan_error(fmt, bad)
     return res.reshape(x.shape)
+
+
+def fq_vector(fmt: "Format", x: np.ndarray, scales: np.ndarray, zps=None, *,
+              rounding: Rounding = Rounding.NEAREST_EVEN, overflow: Overflow | None = None,
+              nan: NanInput = NanInput.RAISE, rand=None) -> np.ndarray:
+    """``fq_scaled`` of a short 1-D ``x`` with one scale (and zero point) per element, the same
+    numbers bit for bit, run serially: for per-column loops (GPTQ) where a parallel kernel launch
+    costs more than the work (x / s is the same number as fq_scaled's x * (1/s) for power-of-two
+    scales). Formats without a kernel plan and stochastic rounding take ``fq_scaled`` itself."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"fq_vector takes a 1-D array, got shape {x.shape}")
+    plan, overflow, flat, s, inv, z, r, pow2 = _prepare(fmt, x, scales, zps, False, rounding,
+                                                         overflow, nan, rand)
+    if plan is None or rounding is Rounding.STOCHASTIC or s.shape[0] != flat.shape[0]:
+        return fq_scaled(fmt, x, Cols(x.shape[0]), scales, zps, rounding=rounding, overflow=overflow,
+                         nan=nan, rand=rand)
+    res = np.empty_like(flat)
+    kp = plan if flat.dtype == np.float32 else generic(plan)
+    bad = K.fq_vec(*kp, flat, res, s, z)
+    if bad and plan.P.nan_raise:
+        raise _nan_error(fmt, bad)
+    return res
 
 
 _ONE = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1)}

@@ -9,6 +9,8 @@ X = 2**e, stored as E8M0 (code e + 127). From the block's largest finite magnitu
          its float32 pattern (pattern + 2**(22 - mbits), exponent field read off; torchao "EVEN")
   RCEIL  e = ceil(log2 D), D = fl32(A / elem_max)   (cuBLAS/torchao "RCEIL"; log2 taken exactly
          from D's bits, where torch's float32 log2 can round a D just above 2**k down to k)
+  NEURON e = floor(log2 A) - emax_elem + 1        (AWS Neuron nki.isa.quantize_mx: a scale twice
+         the OCP sample algorithm's, so the block max never clips)
 e is clamped to [-127, 127]; an all-zero block gets e = -127 (code 0). emax_elem = floor(log2 of
 the element's max) (E4M3 8, E5M2 15, E3M2 4, E2M3 2, E2M1 2); mbits = its mantissa bits.
 Elements: y = fl32(x / 2**e) (exact unless below float32's range), rounded to the element format
@@ -25,6 +27,8 @@ FP8-scaled blocks (NVFP4: K = 16, E2M1 elements, E4M3 block scales, FP32 tensor 
   per block: s_rel = fl32(fl32(A / elem_max) / g); code = E4M3 round-to-nearest-even of s_rel,
   saturating, at least code 1 (2**-9: a block never gets the zero scale); S = fl32(g * e4m3(code))
   elements: y = fl32(x / S), E2M1 RNE (saturating), value fl32(v * S).
+  INT elements (NVINT4, arXiv 2510.25602: INT4 in [-7, 7], E4M3 scale per 16) are plain
+  integers here (elem_max = 7, no 1.(n-2) fixed-point offset).
 Non-finite blocks: E4M3 NaN code, S = NaN, outputs NaN, element codes 0.
 """
 
@@ -42,9 +46,10 @@ from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, kernel_plan, 
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 
-__all__ = ["BlockElem", "block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
+__all__ = ["BlockElem", "block_elem", "fp8_block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
 
-RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL}
+NEURON = 4  # _block_kernels.NEURON
+RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL, "neuron": NEURON}
 
 
 class BlockElem(NamedTuple):
@@ -68,6 +73,13 @@ def block_elem(fmt: Format) -> BlockElem:
     emax = math.frexp(fmt.max)[1] - 1
     mbits = fmt.man_bits if fmt.family == "minifloat" else -1
     return BlockElem(emax, mbits, np.float32(fmt.max), 0)
+
+
+def fp8_block_elem(fmt: Format) -> BlockElem:
+    """``block_elem`` for FP8-scaled blocks: INT elements are plain integers there (NVINT4,
+    arXiv 2510.25602: s = amax / 7, no 1.(n-2) fixed-point offset)."""
+    be = block_elem(fmt)
+    return BlockElem(0, be.mbits, np.float32(fmt.max), 0) if be.eoff else be
 
 
 class BlockResult(NamedTuple):
@@ -167,14 +179,16 @@ def tensor_scale_of(amax_tensor: float, elem_max: np.float32, scale_fmt: Format 
 
 def fp8_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: bool | float, rounding: Rounding,
                overflow: Overflow, seed=None, want_out: bool = True, want_codes: bool = False,
-               scale_fmt: Format = _E4M3) -> BlockResult:
+               scale_fmt: Format = _E4M3, block_max: float | None = None) -> BlockResult:
     """FP8-scaled block quantization (NVFP4 with K_=16, fp4_e2m1, tensor_scale=True).
 
     tensor_scale: True computes g from the data, a float uses it as a static g, False uses g = 1.
+    block_max: the element value a block's max |x| maps to (default the element's max; Four
+    Over Six's second candidate maps it to 4).
     """
-    be = block_elem(fmt)
-    if be.eoff:
-        raise FmtlabError("FP8 block scales take minifloat, dINT or log elements")
+    be = fp8_block_elem(fmt)
+    if block_max is not None:
+        be = be._replace(elem_max=np.float32(block_max))
     S8 = kernel_plan(scale_fmt, Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE).P
     plan = params(fmt, rounding, overflow, NanInput.RAISE)  # None: the two-pass table path
     nb = flat.size // K_

@@ -8,9 +8,9 @@ An unknown name raises the grammar's error type naming the name, the known exact
 kinds' help (so every error message lists what is known).
 
 Every vocabulary exposes its ``GRAMMAR``: ``fmtlab.formats.registry`` (formats),
-``fmtlab.formats.presets`` (quantizer presets), ``fmtlab.sim.quant`` (quantizer specs: identity,
-presets, the PEG / fitted-log methods), ``fmtlab.sim.transforms``, ``fmtlab.sim.replay`` (replay
-configs) and ``fmtlab.hw.accumulators``. ``split_options`` is the
+``fmtlab.formats.presets`` (every quantizer name: identity, presets, MX/NVFP4 blocks, PEG,
+fitted-base log, ``<format>_<granularity>[_<rule>]``, parsed into a ``QuantSpec``),
+``fmtlab.sim.transforms``, ``fmtlab.sim.replay`` (replay configs) and ``fmtlab.hw.accumulators``. ``split_options`` is the
 tokenizer: ``"int4_g128_asym" -> ("int4", ["g128", "asym"])`` once told which tokens are
 options. ``parse_call`` is the one call syntax (``"name(key=value, ...)"``) and ``split_plus``
 the one composition splitter (``"a+b(x=1)"``), shared by quantizer specs, transforms and the

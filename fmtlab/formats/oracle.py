@@ -46,8 +46,9 @@ an ulp of such a boundary (for float32 inputs to the standard log formats: never
 
 Overflow.  x below the lower virtual value, x at or above the upper one, or a result that is a
 virtual value, overflows: the policy (``overflow``, None = the format's ``default_overflow``)
-gives the finite value at that end (SATURATE: max above, min below), +/-Inf (INF) or the NaN of
-that end's sign (NAN). (The lower end is the negative one except for positive-only tables.)
+gives the finite value at that end (SATURATE: max above, min below), +/-Inf (INF; NaN at an end
+without Inf, such as the negative end of unsigned P3109 formats) or the NaN of that end's sign
+(NAN). (The lower end is the negative one except for positive-only tables.)
 TOWARD_ZERO never overflows a finite input: it saturates.
 
 Specials.  +/-Inf give the format's +/-Inf code, else the overflow code of the policy. NaN gives
@@ -249,7 +250,9 @@ def _overflow_code(fmt: Format, t: OracleTable, negative: bool, overflow: Overfl
     if overflow is Overflow.SATURATE:
         return t.codes[1] if negative else t.codes[-2]
     if overflow is Overflow.INF:
-        return t.neg_inf_code if negative else t.pos_inf_code
+        c = t.neg_inf_code if negative else t.pos_inf_code
+        if c is not None:
+            return c  # an end without Inf (unsigned P3109's negative end) falls through to NaN
     return fmt.canonical_nan_code(negative)
 
 

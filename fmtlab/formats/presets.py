@@ -1,35 +1,56 @@
-"""Quantizer presets by name, with keyword overrides.
+"""Quantizer names: the one grammar and resolver (``parse_quantizer``, ``get_quantizer``).
 
     get_quantizer("mxfp8_e4m3")                       # OCP MX: E4M3 elements, 32-blocks, FLOOR
     get_quantizer("mxfp8_e4m3", scale_rule="ceil")    # same, CEIL shared exponent
+    get_quantizer("mxfp8_e4m3(scale_rule=ceil)")      # the same, as one string
     get_quantizer("int8_per_channel", axis=1)         # override the granularity's axis
     get_quantizer("int4_g128", group_size=64)         # override the group size
+    get_quantizer("int8_peg6")                        # PEG activation groups (fmtlab.formats.peg)
+    get_quantizer("fp32")                             # None: no quantization
 
-Named block formats: mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0,
-block 32 along the last axis, E8M0 scale, FLOOR), nvfp4 (E2M1, blocks of 16, E4M3 block scale,
-FP32 tensor scale). Every other name is ``<format>_<granularity>[_<rule>]``:
-  <format>       any registry name (int8, int4, dint4, log4, fp8_e4m3, fp6_e2m3, e4m3_fn_b5, ...)
-  <granularity>  per_tensor | per_token | per_channel (axis 0: weight rows) | g<N> (groups of N
-                 along the last axis)
-  <rule>         absmax (default) | asym (min/max with zero point, INT) | mse | p<P> (percentile)
-                 | pow2 (absmax rounded up to a power of two)
-INT presets use the full two's-complement grid with s = amax / (2**(n-1) - 1).
+Every name the CLI accepts for a weight or activation quantizer parses here, once, into a
+:class:`fmtlab.formats.quantspec.QuantSpec` (``parse_quantizer``); ``get_quantizer`` builds its
+quantizer object. A name is ``<base>[(key=value, ...)]``; the base is one of
+
+  fp32 | none | float32 | identity   no quantization (get_quantizer returns None)
+  mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0: block 32 along the
+      last axis, E8M0 scale, FLOOR), nvfp4 (E2M1, blocks of 16, E4M3 block scale, FP32 tensor
+      scale); aliases mxfp8, mxfp6, mxfp4_e2m1
+  mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]   any block format (blockfmt.py)
+  <format>_peg<K>[_noperm]            PEG: K feature groups, range permutation (peg.py)
+  log<N>_fitb_per_tensor|per_channel[_grid]   log weights with a fitted base (logfit.py)
+  <format>_<granularity>[_<rule>]
+     <format>       any registry name (int8, int4, dint4, log4, fp8_e4m3, e4m3_fn_b5, a registered
+                    format, ...)
+     <granularity>  per_tensor | per_token | per_channel (axis 0: weight rows) | g<N> (groups of N
+                    along the last axis)
+     <rule>         absmax (default) | asym (min/max with zero point, INT) | mse | p<P>
+                    (percentile) | pow2 (absmax rounded up to a power of two)
+
+Options are QuantSpec.with_options keys (scaled: any Quantizer field plus axis, group_size,
+block_size; PEG: scale_rule, permute, groups; fitted log: tol, method). INT presets use the full
+two's-complement grid with s = amax / (2**(n-1) - 1). Unknown names raise FmtlabError listing the
+known names and the patterns.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
+from typing import Any
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.blockfmt import BlockFormat, ScaleFormat, get_block_format
-from fmtlab.formats.names import Grammar
+from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
+from fmtlab.formats.names import Grammar, parse_call
+from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 from fmtlab.formats.quantizer import Quantizer
+from fmtlab.formats.quantspec import IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
 from fmtlab.formats.scaling import (
-    MSE, MinMax, Percentile, PerChannel, PerGroup, PerTensor, PerToken, parse_granularity,
+    MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
 )
 
-__all__ = ["get_quantizer", "list_quantizers", "BLOCK_PRESETS", "quantizer_from_spec"]
+__all__ = ["GRAMMAR", "BLOCK_PRESETS", "METHOD_EXAMPLES", "block_quantizer", "get_quantizer",
+           "known_quantizers", "list_quantizers", "parse_quantizer"]
 
 #: the named block formats (OCP MX v1.0 and NVFP4), one BlockFormat each
 BLOCK_PRESETS: dict[str, BlockFormat] = {
@@ -50,8 +71,9 @@ _STANDARD = (
     "fp8_e4m3_per_tensor", "fp8_e4m3_per_token", "fp8_e4m3_per_channel", "fp8_e5m2_per_tensor",
     "fp6_e2m3_g32", "fp4_e2m1_g32",
 )
-
-_GRAN_RE = re.compile(r"(.+?)_(per_tensor|per_token|per_channel|g(\d+))(?:_(asym|mse|pow2|p([0-9.]+)))?")
+#: one name of each method kind (PEG, fitted-base log)
+METHOD_EXAMPLES = ("int8_peg6", "int8_peg6_noperm", "log4_fitb_per_tensor", "log4_fitb_per_channel",
+                   "log4_fitb_per_channel_grid")
 
 
 def list_quantizers() -> list[str]:
@@ -59,78 +81,103 @@ def list_quantizers() -> list[str]:
     return list(BLOCK_PRESETS) + list(_STANDARD)
 
 
-def _scaled(m: re.Match, name: str) -> dict:
+def known_quantizers() -> list[str]:
+    """Every exact name an unknown-name error lists: the standard presets, the identity names
+    and one name of each method kind."""
+    return list_quantizers() + list(IDENTITY_NAMES) + list(METHOD_EXAMPLES)
+
+
+def block_quantizer(bf: BlockFormat, **options: Any) -> Quantizer:
+    """The Quantizer of a block format (with QuantSpec options: rounding, axis, block_size, ...)."""
+    return _block_spec(bf).with_options(**options).build(name=None if options else bf.name)
+
+
+def _block_spec(bf: BlockFormat) -> QuantSpec:
+    g = PerBlock(bf.block, scale_format=bf.scale_format, tensor_scale=bf.tensor_scale)
+    rule = SharedExp(bf.shared_exp) if bf.scale_format is ScaleFormat.E8M0 else None
+    return QuantSpec.of(Quantizer(bf.element, g, rule))
+
+
+def _scaled(m: re.Match, name: str) -> QuantSpec:
     fmt, gran, size, rule, pct = m.groups()
     g = {"per_tensor": PerTensor(), "per_token": PerToken(), "per_channel": PerChannel(0)}.get(gran)
     if g is None:
         g = PerGroup(int(size))
-    out = dict(format=fmt, granularity=g)
+    kw: dict[str, Any] = {}
     if rule == "asym":
-        out["scale_rule"] = MinMax()
+        kw["scale_rule"] = MinMax()
     elif rule == "mse":
-        out["scale_rule"] = MSE()
+        kw["scale_rule"] = MSE()
     elif rule == "pow2":
-        out["pow2"] = True
+        kw["pow2"] = True
     elif rule is not None:
-        out["scale_rule"] = Percentile(float(pct))
-    return out
+        kw["scale_rule"] = Percentile(float(pct))
+    return QuantSpec.of(Quantizer(fmt, g, **kw))
 
 
-def _block(key: str) -> dict | None:
+def _block(key: str) -> QuantSpec | None:
     bf = get_block_format(key)
-    return None if bf is None else bf.quantizer_spec()
+    return None if bf is None else _block_spec(bf)
 
 
-GRAMMAR: Grammar[dict] = Grammar("quantizer", FmtlabError)
+def _peg(key: str) -> QuantSpec | None:
+    return None if parse_peg_name(key) is None else QuantSpec.of(PegQuantizer.from_name(key))
+
+
+def _logfit(key: str) -> QuantSpec | None:
+    return None if parse_logfit_name(key) is None else QuantSpec.of(FittedLogQuantizer.from_name(key))
+
+
+#: quantizer names -> QuantSpec (the one grammar; see the module docstring)
+GRAMMAR: Grammar[QuantSpec] = Grammar("quantizer", FmtlabError)
+for _n in IDENTITY_NAMES:
+    GRAMMAR.exact(_n, lambda: IDENTITY)
 for _k, _bf in BLOCK_PRESETS.items():
-    GRAMMAR.exact(_k, _bf.quantizer_spec)
+    GRAMMAR.exact(_k, lambda _bf=_bf: _block_spec(_bf))
 for _a, _t in _ALIASES.items():
     GRAMMAR.alias(_a, _t)
-GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>]")
-GRAMMAR.kind("scaled", _GRAN_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
+GRAMMAR.kind("peg", _peg, "<format>_peg<K>[_noperm]")
+GRAMMAR.kind("logfit", _logfit, "log<N>_fitb_per_tensor|per_channel[_grid]")
+GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]")
+GRAMMAR.kind("scaled", SCALED_NAME_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
              "[_asym|_mse|_pow2|_p<P>]", _scaled)
 
 
-def _parse(name: str) -> dict:
-    return GRAMMAR.resolve(name, known=list_quantizers())
+def _base(key: str) -> QuantSpec:
+    return GRAMMAR.resolve(key, known=known_quantizers())
 
 
-def get_quantizer(name: str, **overrides) -> Quantizer:
-    """The preset ``name`` (see the module docstring) with keyword overrides.
+def _split(text: str) -> tuple[str, dict[str, Any]]:
+    """(lowercase base name, options) of ``"base"`` or ``"base(key=value, ...)"``."""
+    if "(" in text or ")" in text:
+        name, options = parse_call(text)
+        return name.strip().lower(), options
+    return text.strip().lower(), {}
 
-    Overrides: any Quantizer field (format, granularity, scale_rule, rounding, overflow, nan, pow2,
-    seed), plus ``axis`` (the granularity's axis), ``group_size`` / ``block_size`` (its size).
-    """
+
+def parse_quantizer(name: "str | QuantSpec", **options: Any) -> QuantSpec:
+    """The QuantSpec of a quantizer name (see the module docstring), with keyword options on top
+    of any ``(key=value)`` options in the name. A QuantSpec passes through (options applied).
+    FmtlabError for a name no pattern knows (listing the known names) or a bad option."""
+    if isinstance(name, QuantSpec):
+        return name.with_options(**options)
     if not isinstance(name, str):
         raise FmtlabError(f"quantizer name must be a str, got {type(name).__name__}")
-    key = name.strip().lower()
-    return quantizer_from_spec(key, _parse(key), overrides)
+    base, opts = _split(name)
+    return _base(base).with_options(**{**opts, **options})
 
 
-def quantizer_from_spec(key: str, spec: dict, overrides: dict) -> Quantizer:
-    """A Quantizer from preset fields ``spec`` named ``key``, with get_quantizer's overrides."""
-    spec, overrides = dict(spec), dict(overrides)
-    axis = overrides.pop("axis", None)
-    size = overrides.pop("group_size", None)
-    bsize = overrides.pop("block_size", None)
-    if size is not None and bsize is not None:
-        raise FmtlabError("pass group_size or block_size, not both")
-    size = size if size is not None else bsize
-    fields = {f.name for f in dataclasses.fields(Quantizer)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise FmtlabError(f"unknown override(s) {sorted(unknown)}; use {sorted(fields - {'name'})}, "
-                          "axis, group_size, block_size")
-    spec.update(overrides)
-    g = parse_granularity(spec["granularity"])
-    if axis is not None:
-        if not hasattr(g, "axis"):
-            raise FmtlabError(f"{key}: granularity {g} has no axis to override")
-        g = dataclasses.replace(g, axis=axis)
-    if size is not None:
-        if not hasattr(g, "size"):
-            raise FmtlabError(f"{key}: granularity {g} has no size to override")
-        g = dataclasses.replace(g, size=size)
-    spec["granularity"] = g
-    spec.setdefault("name", key if not overrides and axis is None and size is None else None)
-    return Quantizer(**spec)
+def get_quantizer(name: "str | QuantSpec", **overrides: Any) -> Any:
+    """The quantizer object named ``name`` (see the module docstring): a Quantizer, a
+    PegQuantizer or a FittedLogQuantizer; None for the identity names (fp32, none, ...).
+
+    Overrides: any Quantizer field (format, granularity, scale_rule, rounding, overflow, nan, pow2,
+    seed), plus ``axis`` (the granularity's axis), ``group_size`` / ``block_size`` (its size);
+    PEG and fitted-log names take their own (see QuantSpec.with_options). The quantizer's ``name``
+    is the name as given (lowercase) when there are no options.
+    """
+    spec = parse_quantizer(name, **overrides)
+    if isinstance(name, QuantSpec):
+        return spec.build()
+    base, opts = _split(name)
+    return spec.build(name=None if (opts or overrides) else base)

@@ -31,9 +31,10 @@ from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
 from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, generic, params, scale_args
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
+from fmtlab.formats.four_over_six import four_over_six_blocks
 from fmtlab.formats.scaling import (
-    MSE, AbsMax, Granularity, Layout, MinMax, Percentile, PerBlock, PerTensor, ScaleRule, SharedExp,
-    Static, broadcast_scales, from_work, parse_granularity, parse_scale_rule, plan_layout,
+    MSE, AbsMax, FourOverSix, Granularity, Layout, MinMax, Percentile, PerBlock, PerTensor,
+    ScaleRule, SharedExp, Static, broadcast_scales, from_work, parse_granularity, parse_scale_rule, plan_layout,
     pow2_ceil, slot_matrix, to_work, work_rows,
 )
 
@@ -169,8 +170,8 @@ class Quantizer:
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
                 raise FmtlabError(f"E8M0 block scales take a shared-exponent rule (floor, ceil, even, "
-                                  f"rceil), got scale_rule={rule}")
-            if g.scale_format != "e8m0" and not isinstance(rule, AbsMax):
+                                  f"rceil, neuron), got scale_rule={rule}")
+            if g.scale_format != "e8m0" and not isinstance(rule, (AbsMax, FourOverSix)):
                 raise FmtlabError(f"FP8 block scales are computed from the block absmax; got "
                                   f"scale_rule={rule}")
             if self.pow2:
@@ -179,6 +180,9 @@ class Quantizer:
             _mx.block_elem(fmt)  # validates the element format
         elif isinstance(rule, SharedExp):
             raise FmtlabError(f"shared-exponent rule {rule} needs PerBlock(scale_format='e8m0')")
+        if isinstance(rule, FourOverSix) and not (block and g.scale_format != "e8m0"):
+            raise FmtlabError(f"scale rule {rule} needs FP8-scaled blocks (PerBlock(scale_format="
+                              "'fp8_e4m3'), e.g. nvfp4)")
         if isinstance(rule, MinMax) or (isinstance(rule, Static) and rule.zero_point is not None):
             if not _integer_grid(fmt):
                 raise FmtlabError(f"asymmetric scaling (zero points) needs an INT format (consecutive "
@@ -404,6 +408,10 @@ class Quantizer:
         if g.scale_format == "e8m0":
             return _mx.mx_blocks(self.format, flat, g.size, self.scale_rule.mode, self.rounding,
                                  self.overflow, self.seed, want_out, want_codes)
+        if isinstance(self.scale_rule, FourOverSix):
+            return four_over_six_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
+                                        self.overflow, self.seed, want_out, want_codes,
+                                        metric=self.scale_rule.metric)
         return _mx.fp8_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
                               self.overflow, self.seed, want_out, want_codes)
 

@@ -6,6 +6,7 @@ Grammar (case-insensitive):
   log{n}[_b{base}][_lin][_u{threshold}][_nz]     log-base-b (default base 2, log-domain rounding)
   e{E}m{M}_{rule}[_b{bias}][_ftz]                any minifloat; rule: ieee|fn|fnuz|fin or any
                                                  name registered with register_special_rule
+  binary{K}p{P}{s|u}{e|f}, p3109_k{K}p{P}{s|u}{e|f}  IEEE P3109 (p3109.py)
   named: fp8_e4m3, fp8_e5m2, fp8_e4m3fnuz, fp8_e5m2fnuz, fp6_e3m2, fp6_e2m3, fp4_e2m1, e8m0,
          fp16, bf16 (aliases: fp8_e4m3fn, e4m3, e5m2, float16, bfloat16, mxfp4_e2m1 ...)
 """
@@ -25,6 +26,9 @@ from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.lookup import IQ4NL_VALUES, NF4_VALUES, LookupFormat
 from fmtlab.formats.minifloat import MiniFloat
 from fmtlab.formats.names import Grammar
+from fmtlab.formats.p3109 import BINARY8_NAMES as P3109_NAMES
+from fmtlab.formats.p3109 import NAME_RE as _P3109_RE
+from fmtlab.formats.p3109 import parse_name as _p3109
 from fmtlab.formats.special import get_special_rule, on_rules_changed, special_rule_names
 
 _NAMED: dict[str, Callable[[], Format]] = {
@@ -39,6 +43,9 @@ _NAMED: dict[str, Callable[[], Format]] = {
     "fp6_e3m2": lambda: MiniFloat(3, 2, special="fin", label="fp6_e3m2"),
     "fp6_e2m3": lambda: MiniFloat(2, 3, special="fin", label="fp6_e2m3"),
     "fp4_e2m1": lambda: MiniFloat(2, 1, special="fin", label="fp4_e2m1"),
+    # E1M2 (the second element of MixFP4, arXiv 2605.31035): OCP-style FP4 with one exponent
+    # bit, bias 2**(1-1) - 1 = 0, all codes finite: +/-{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5}.
+    "fp4_e1m2": lambda: MiniFloat(1, 2, special="fin", label="fp4_e1m2"),
     "e8m0": E8M0,
     # IEEE 754 binary16 and bfloat16.
     "fp16": lambda: MiniFloat(5, 10, special="ieee", label="fp16"),
@@ -55,7 +62,7 @@ _ALIASES = {
     "e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
     "float8_e4m3fnuz": "fp8_e4m3fnuz", "float8_e5m2fnuz": "fp8_e5m2fnuz",
     "fp6_e3m2fn": "fp6_e3m2", "fp6_e2m3fn": "fp6_e2m3", "fp4_e2m1fn": "fp4_e2m1",
-    "fp4": "fp4_e2m1", "e2m1": "fp4_e2m1", "float16": "fp16", "half": "fp16",
+    "fp4": "fp4_e2m1", "e2m1": "fp4_e2m1", "e1m2": "fp4_e1m2", "float16": "fp16", "half": "fp16",
     "bfloat16": "bf16", "e8m0fnu": "e8m0", "float8_e8m0fnu": "e8m0",
 }
 
@@ -70,8 +77,8 @@ STANDARD_NAMES = (
     "int2", "int3", "int4", "int8", "int16", "uint4", "uint8", "int4_sym", "int8_sym",
     "dint4", "dint8", "log4", "log4_b1.4142135623730951", "log8",
     "fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1",
-    "e8m0", "fp16", "bf16", "nf4", "iq4nl",
-)
+    "fp4_e1m2", "e8m0", "fp16", "bf16", "nf4", "iq4nl",
+) + P3109_NAMES
 
 #: formats registered with register_format (name -> format)
 _USER: dict[str, Format] = {}
@@ -166,6 +173,7 @@ for _a, _t in _ALIASES.items():
 GRAMMAR.kind("int", _INT_RE, "the families intN, uintN, intN_sym", _int)
 GRAMMAR.kind("dint", _DINT_RE, "dintN", _dint)
 GRAMMAR.kind("log", _LOG_RE, "logN_bBASE", _log)
+GRAMMAR.kind("p3109", _P3109_RE, "binaryKpP{s|u}{e|f} (IEEE P3109)", _p3109)
 GRAMMAR.kind("minifloat", _MF_RE, lambda: f"eEmM_{'|'.join(special_rule_names())}", _minifloat)
 
 
@@ -176,6 +184,18 @@ def _parse(key: str) -> Format:
 
 
 on_rules_changed(_parse.cache_clear)
+
+
+def builtin_name(fmt: "str | Format") -> str:
+    """The built-in name of a format equal to ``fmt`` (``e4m3_fn`` -> ``fp8_e4m3``, ``e5m10_ieee``
+    -> ``fp16``), else the format's own name. Equality is the formats' value equality (labels
+    aside)."""
+    f = get_format(fmt)
+    for name in _NAMED:
+        g = _parse(name)
+        if type(g) is type(f) and g == f:
+            return name
+    return f.name
 
 
 def list_formats() -> list[str]:

@@ -10,6 +10,8 @@ import enum
 
 import numpy as np
 
+from fmtlab.errors import parse_choice
+
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -33,17 +35,6 @@ def parse_bool(value, key: str) -> bool:
     raise ValueError(f"{key} must be a boolean (true/false, 1/0, yes/no, on/off), got {key}={value!r}")
 
 
-def _parse_enum(cls, value, what: str):
-    """An enum member from itself or its value string (case-insensitive, '-' read as '_')."""
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(str(value).lower().replace("-", "_"))
-    except ValueError:
-        choices = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {choices}") from None
-
-
 class Rounding(enum.Enum):
     """How an inexact input is rounded to one of its two neighbours on the format's grid."""
 
@@ -59,7 +50,7 @@ class Rounding(enum.Enum):
 
     @classmethod
     def parse(cls, value: "Rounding | str") -> "Rounding":
-        return _parse_enum(cls, value, "rounding")
+        return parse_choice(cls, value, "rounding")
 
 
 class Overflow(enum.Enum):
@@ -74,7 +65,7 @@ class Overflow(enum.Enum):
 
     @classmethod
     def parse(cls, value: "Overflow | str") -> "Overflow":
-        return _parse_enum(cls, value, "overflow policy")
+        return parse_choice(cls, value, "overflow policy")
 
 
 class NanInput(enum.Enum):
@@ -87,7 +78,7 @@ class NanInput(enum.Enum):
 
     @classmethod
     def parse(cls, value: "NanInput | str") -> "NanInput":
-        return _parse_enum(cls, value, "NaN-input policy")
+        return parse_choice(cls, value, "NaN-input policy")
 
 
 # Integer ids used by the numba kernels (kept in one place so kernels and Python agree).

@@ -254,7 +254,8 @@ SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 @dataclasses.dataclass(frozen=True)
 class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
-    (the rules torchao exposes; see mx.py for the exact definitions)."""
+    (the rules torchao exposes) and "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale);
+    see mx.py for the exact definitions."""
 
     mode: SharedExpRule | str = SharedExpRule.FLOOR
 
@@ -269,13 +270,30 @@ class SharedExp:
         return self.mode
 
 
-ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp]
-_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp)
+@dataclasses.dataclass(frozen=True)
+class FourOverSix:
+    """NVFP4 "Four Over Six" block scales (arXiv 2512.02010; fmtlab/formats/four_over_six.py):
+    each FP8-scaled block maps its max |x| to 6 or to 4, whichever gives the lower block error
+    (``metric``: "mse" (default, the paper's), "l1" or "abs_max")."""
+
+    metric: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("mse", "l1", "abs_max"):
+            raise FmtlabError(f"FourOverSix metric must be mse, l1 or abs_max, got {self.metric!r}")
+
+    def __str__(self) -> str:
+        return "four_over_six" + ("" if self.metric == "mse" else f"({self.metric})")
+
+
+ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix]
+_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix)
 
 
 def parse_scale_rule(r) -> ScaleRule:
     """A rule from itself, a number (static scale) or a name: "absmax", "percentile",
-    "percentile(99.99)", "mse", "minmax" (alias "asymmetric"), "floor", "ceil", "even", "rceil"."""
+    "percentile(99.99)", "mse", "minmax" (alias "asymmetric"), "floor", "ceil", "even", "rceil",
+    "four_over_six" (alias "4over6"; "four_over_six(l1)")."""
     if isinstance(r, _RULES):
         return r
     if isinstance(r, (int, float, np.floating, np.integer)) and not isinstance(r, bool):
@@ -291,6 +309,9 @@ def parse_scale_rule(r) -> ScaleRule:
         return MSE()
     if key in SHARED_EXP_RULES:
         return SharedExp(key)
+    m = re.fullmatch(r"(?:four_over_six|4over6|4/6)(?:\((mse|l1|abs_max)\))?", key)
+    if m:
+        return FourOverSix(m.group(1) or "mse")
     m = re.fullmatch(r"percentile(?:\(([0-9.eE+-]+)\)|:([0-9.eE+-]+))?", key)
     if m:
         arg = m.group(1) or m.group(2)

@@ -19,23 +19,11 @@ import enum
 import re
 from typing import Callable
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, parse_choice
 from fmtlab.formats.names import Grammar
 
 __all__ = ["AccOverflow", "AccRounding", "IntAcc", "FloatAcc", "KulischAcc", "Accumulator",
            "parse_accumulator"]
-
-
-def _parse_member(cls, value, what: str):
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, str):
-        try:
-            return cls(value.strip().lower().replace("-", "_"))
-        except ValueError:
-            pass
-    choices = ", ".join(repr(m.value) for m in cls)
-    raise FmtlabError(f"unknown {what} {value!r}; choose one of: {choices}")
 
 
 class AccOverflow(enum.Enum):
@@ -48,8 +36,8 @@ class AccOverflow(enum.Enum):
 
     @classmethod
     def parse(cls, value: "AccOverflow | str") -> "AccOverflow":
-        """The member for itself or its value string; FmtlabError listing the choices otherwise."""
-        return _parse_member(cls, value, "accumulator overflow mode")
+        """The member for itself or its value string; ChoiceError (a FmtlabError) listing the choices otherwise."""
+        return parse_choice(cls, value, "accumulator overflow mode")
 
 
 class AccRounding(enum.Enum):
@@ -62,8 +50,8 @@ class AccRounding(enum.Enum):
 
     @classmethod
     def parse(cls, value: "AccRounding | str") -> "AccRounding":
-        """The member for itself or its value string; FmtlabError listing the choices otherwise."""
-        return _parse_member(cls, value, "accumulator rounding mode")
+        """The member for itself or its value string; ChoiceError (a FmtlabError) listing the choices otherwise."""
+        return parse_choice(cls, value, "accumulator rounding mode")
 
 
 @dataclasses.dataclass(frozen=True)

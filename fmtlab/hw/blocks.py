@@ -32,10 +32,12 @@ class Part:
 @dataclasses.dataclass(frozen=True)
 class Styles:
     """Circuit choices: adder (ripple, brent_kung, kogge_stone), multiplier (array, booth);
-    strings are parsed into the enums."""
+    strings are parsed into the enums. ``ftz``: a flush-to-zero, no-special-value FP unit
+    (:mod:`fmtlab.hw.ftz`) instead of the IEEE one."""
 
     adder: AdderStyle = AdderStyle.RIPPLE
     multiplier: MultiplierStyle = MultiplierStyle.ARRAY
+    ftz: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adder", AdderStyle.parse(self.adder))

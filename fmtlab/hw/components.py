@@ -23,21 +23,10 @@ import enum
 from collections import Counter
 from typing import ClassVar, Mapping
 
+from fmtlab.errors import parse_choice
 from fmtlab.hw.tech import CellLibrary
 
 ENERGY_CLASSES = ("arith", "mult", "shift", "logic", "reg")
-
-
-def _parse_style(cls, value, what: str):
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, str):
-        try:
-            return cls(value.strip().lower().replace("-", "_"))
-        except ValueError:
-            pass
-    raise ValueError(f"unknown {what} style {value!r}; choose one of: "
-                     + ", ".join(m.value for m in cls))
 
 
 class AdderStyle(enum.Enum):
@@ -49,7 +38,7 @@ class AdderStyle(enum.Enum):
 
     @classmethod
     def parse(cls, value: "AdderStyle | str") -> "AdderStyle":
-        return _parse_style(cls, value, "adder")
+        return parse_choice(cls, value, "adder style")
 
 
 class MultiplierStyle(enum.Enum):
@@ -60,7 +49,7 @@ class MultiplierStyle(enum.Enum):
 
     @classmethod
     def parse(cls, value: "MultiplierStyle | str") -> "MultiplierStyle":
-        return _parse_style(cls, value, "multiplier")
+        return parse_choice(cls, value, "multiplier style")
 
 
 def clog2(n: int) -> int:

@@ -1,4 +1,7 @@
-"""``FmtlabMAC``: an hwcomponents ``ComponentModel`` for a MAC of any fmtlab format pair.
+"""hwcomponents ``ComponentModel`` classes: ``FmtlabMAC`` (a MAC of any fmtlab format pair),
+``FmtlabPromotedMAC`` (a MAC lane into a promoted accumulator) and ``FmtlabScaleUnit`` (a scale /
+quantizer unit by name: ``e4m3_scale_multiply``, ``mx_shared_exponent``, ``absmax``,
+``fp32_scale_multiply``, ``promotion_adder``).
 
 Needs ``hwcomponents`` (Python >= 3.12). Discovered by hwcomponents through the top-level
 package ``hwcomponents_fmtlab``; look it up with hwcomponents' own API, e.g.::
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from hwcomponents import ActionCost, ComponentModel, action
 
-from fmtlab.hw.hwc import ACCURACY, mac_si
+from fmtlab.hw.hwc import ACCURACY, mac_si, promoted_mac_si, scale_unit_si
 
 
 class FmtlabMAC(ComponentModel):
@@ -43,3 +46,50 @@ class FmtlabMAC(ComponentModel):
     def compute(self) -> ActionCost:
         """One multiply-accumulate: energy in J; latency 0 (not modelled)."""
         return ActionCost(energy=self.energy_per_mac_j, latency=0.0, throughput=float("inf"))
+
+
+class FmtlabPromotedMAC(ComponentModel):
+    """One MAC lane of ``weight_format x activation_format`` into a two-level promoted accumulator
+    (``accumulator``: a preset such as ``"hopper_fp8_mma"``: an e8m13 inner accumulator promoted into
+    fp32 every 128 products) at ``tech_node`` (metres). Area in m^2 per lane (the promotion adder
+    shared by its interval's lanes), ``compute``: J per multiply-accumulate. Leakage and latency 0."""
+
+    component_name = ["fmtlab_promoted_mac", "FmtlabPromotedMAC"]
+    priority = 0.5
+
+    def __init__(self, weight_format: str, activation_format: str, accumulator: str = "hopper_fp8_mma",
+                 tech_node: float = 45e-9, vdd: float | None = None, library: str = "nangate45"):
+        si = promoted_mac_si(weight_format, activation_format, accumulator, tech_node=tech_node, vdd=vdd,
+                             library=library)
+        self.unit = si.unit
+        self.energy_per_mac_j = si.energy_j
+        self.accuracy = ACCURACY
+        super().__init__(area=si.area_m2, leak_power=0.0)
+
+    @action
+    def compute(self) -> ActionCost:
+        """One multiply-accumulate: energy in J; latency 0 (not modelled)."""
+        return ActionCost(energy=self.energy_per_mac_j, latency=0.0, throughput=float("inf"))
+
+
+class FmtlabScaleUnit(ComponentModel):
+    """A scale / quantizer unit by ``kind`` (:data:`fmtlab.hw.hwc.SCALE_UNITS`): ``e4m3_scale_multiply``
+    (NVFP4's block-scale multiply; ``sum_bits``), ``mx_shared_exponent`` and ``absmax`` (over a block of
+    ``block`` inputs), ``fp32_scale_multiply``, ``promotion_adder``. Area in m^2 of one unit,
+    ``compute``: J of one operation (one block, one output, one promotion). Leakage and latency 0."""
+
+    component_name = ["fmtlab_scale_unit", "FmtlabScaleUnit"]
+    priority = 0.5
+
+    def __init__(self, kind: str, block: int | None = None, sum_bits: int | None = None,
+                 tech_node: float = 45e-9, vdd: float | None = None, library: str = "nangate45"):
+        si = scale_unit_si(kind, block=block, sum_bits=sum_bits, tech_node=tech_node, vdd=vdd, library=library)
+        self.unit = si.unit
+        self.energy_per_op_j = si.energy_j
+        self.accuracy = ACCURACY
+        super().__init__(area=si.area_m2, leak_power=0.0)
+
+    @action
+    def compute(self) -> ActionCost:
+        """One operation of the unit: energy in J; latency 0 (not modelled)."""
+        return ActionCost(energy=self.energy_per_op_j, latency=0.0, throughput=float("inf"))

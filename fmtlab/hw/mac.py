@@ -38,6 +38,7 @@ from fmtlab.hw.components import (AdderStyle, BarrelShifter, CompressorTree, Gat
                                   LeadingZeroCounter, MultiplierStyle, Mux, XorRow, adder, clog2,
                                   ge_of)
 from fmtlab.hw.energy import calibrate
+from fmtlab.hw.ftz import ftz_parts
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
                                 KulischAcc, parse_accumulator, parse_operand, view)
 from fmtlab.hw.tech import Technology, get_library
@@ -127,7 +128,8 @@ class MacUnit:
 
     @property
     def name(self) -> str:
-        return f"{self.weight.name} x {self.activation.name} -> {self.accumulator.name}"
+        ftz = " ftz" if self.styles.ftz else ""
+        return f"{self.weight.name} x {self.activation.name} -> {self.accumulator.name}{ftz}"
 
     @property
     def is_mx(self) -> bool:
@@ -171,8 +173,12 @@ def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | 
               overflow: "AccOverflow | str | None" = None,
               rounding: "AccRounding | str | None" = None,
               adder_style: "AdderStyle | str" = AdderStyle.RIPPLE,
-              multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY) -> MacUnit:
-    """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`."""
+              multiplier_style: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
+              ftz: bool = False) -> MacUnit:
+    """Validate a (weight, activation, accumulator) triple and return its :class:`MacUnit`.
+
+    ftz: a flush-to-zero, no-special-value unit (:mod:`fmtlab.hw.ftz`; minifloat operands into a
+    float accumulator only)."""
     w, a = parse_operand(weight), parse_operand(activation)
     if isinstance(w, BlockFormat) != isinstance(a, BlockFormat):
         raise FmtlabError(f"MX and non-MX operands cannot share a MAC unit ({w} x {a})")
@@ -198,7 +204,12 @@ def make_unit(weight: "str | Format | BlockFormat", activation: "str | Format | 
         if pbits > acc.width:
             hint = f" (use int{pbits} or wider)" if pbits <= 64 else ""
             raise FmtlabError(f"{w} x {a} products need {pbits} bits; {acc.name} is narrower{hint}")
-    return MacUnit(w, a, acc, Styles(adder_style, multiplier_style))
+    if not isinstance(ftz, bool):
+        raise FmtlabError(f"ftz must be True or False, got {ftz!r}")
+    if ftz and (fixed or isinstance(w, BlockFormat) or not isinstance(acc, FloatAcc)):
+        raise FmtlabError(f"ftz=True applies to minifloat operands into a float accumulator, not {w} x {a} "
+                          f"-> {acc.name}")
+    return MacUnit(w, a, acc, Styles(adder_style, multiplier_style, ftz))
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,6 +232,8 @@ def build_parts(u: MacUnit) -> list[Part]:
             parts.append(Part("overflow detect", Gates.of(XOR2=2, AND2=2)))
         parts.append(accumulator_register(acc.width))
         return parts
+    if st.ftz:
+        return ftz_parts(w, a, acc, st)
     parts = float_product_parts(w, a, st)
     if isinstance(acc, KulischAcc):
         mag, _, width = kulisch_geometry(w, a, acc.guard)
@@ -374,7 +387,7 @@ def mac_cost(weight: "str | Format | BlockFormat", activation: "str | Format | B
              rounding: "AccRounding | str | None" = None,
              adder: "AdderStyle | str" = AdderStyle.RIPPLE,
              multiplier: "MultiplierStyle | str" = MultiplierStyle.ARRAY,
-             fa: str = "gates") -> MacCost:
+             fa: str = "gates", ftz: bool = False) -> MacCost:
     """Area and energy of the MAC unit for ``weight x activation`` into ``accumulator``.
 
     weight, activation: format names from the registry (``"int8"``, ``"dint4"``, ``"log4"``,
@@ -383,9 +396,10 @@ def mac_cost(weight: "str | Format | BlockFormat", activation: "str | Format | B
     ``"kulisch"``, ``"int24_sat"``, ``"bf16"`` ... node (nm) and vdd (V) scale area and energy
     from 45 nm / 0.9 V (Stillmaker & Baas 2017); library: ``nangate45`` or ``osu018`` GE;
     fa: full adders priced as ``gates`` (2 XOR2 + 3 NAND2, default) or library ``cells``;
-    adder: ``ripple``/``brent_kung``/``kogge_stone``; multiplier: ``array``/``booth``.
+    adder: ``ripple``/``brent_kung``/``kogge_stone``; multiplier: ``array``/``booth``;
+    ftz: price the flush-to-zero, no-special-value variant of an FP unit (:mod:`fmtlab.hw.ftz`).
     Returns a frozen :class:`MacCost` (area_ge, area_um2, energy_pj per MAC, breakdown).
     """
     u = make_unit(weight, activation, accumulator, overflow=overflow, rounding=rounding,
-                  adder_style=adder, multiplier_style=multiplier)
+                  adder_style=adder, multiplier_style=multiplier, ftz=ftz)
     return unit_cost(u, node, vdd, library, fa)

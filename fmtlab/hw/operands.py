@@ -37,7 +37,7 @@ from functools import cached_property
 import numpy as np
 
 from fmtlab.errors import FmtlabError, FormatError
-from fmtlab.formats import BlockFormat, Format, ScaleFormat, get_block_format, get_format
+from fmtlab.formats import BlockFormat, Format, QuantSpec, ScaleFormat, get_block_format, get_format
 from fmtlab.formats.capabilities import NotSupportedError, Subsystem, find_handler, register_handler
 from fmtlab.hw.accumulators import (AccOverflow, AccRounding, Accumulator, FloatAcc, IntAcc,
                                     KulischAcc, parse_accumulator)
@@ -67,11 +67,19 @@ def check_mx_operand(bf: BlockFormat) -> BlockFormat:
     return bf
 
 
-def parse_operand(x: "str | Format | BlockFormat") -> "Format | BlockFormat":
-    """A format (registry name or object) or an MX block format
-    (:func:`fmtlab.formats.get_block_format`: ``mxfp8``, ``mxfp6_e2m3``, ``mxfp4_b16`` ...)."""
+def parse_operand(x: "str | Format | BlockFormat | QuantSpec") -> "Format | BlockFormat":
+    """A format (registry name or object), an MX block format
+    (:func:`fmtlab.formats.get_block_format`: ``mxfp8``, ``mxfp6_e2m3``, ``mxfp4_b16`` ...), or a
+    parsed quantizer (:class:`fmtlab.formats.QuantSpec`: its block format, else its element
+    format; the scales of a per-tensor/channel/group quantizer are outside the MAC)."""
     if isinstance(x, Format):
         return x
+    if isinstance(x, QuantSpec):
+        if x.block_format is not None:
+            return check_mx_operand(x.block_format)
+        if x.format is None:
+            raise FormatError(f"quantizer {x} has no element format for a MAC operand")
+        return x.format
     if isinstance(x, BlockFormat):
         return check_mx_operand(x)
     if not isinstance(x, str):

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 
 from fmtlab.errors import FmtlabError
-from fmtlab.pytorch.kv_prefix import KVPrefix, kv_prefix_attached
+from fmtlab.models.record import find_linear_layers
+from fmtlab.pytorch.kv_prefix import KVPrefix, cache_kwarg, kv_prefix_attached
+from fmtlab.pytorch.perplexity import token_windows_of
 
 __all__ = ["CushionResult", "search_prefix", "tune_prefix", "linear_input_stats", "max_activation",
            "start_token", "candidate_tokens"]
@@ -65,8 +67,6 @@ class CushionResult:
 
 
 def _linear_layers(model) -> list[tuple[str, torch.nn.Module]]:
-    from fmtlab.models.record import find_linear_layers
-
     return [(n, m) for n, m, _ in find_linear_layers(model)]
 
 
@@ -153,8 +153,6 @@ def candidate_tokens(tokenizer, ids: torch.Tensor, n_candidates: int = 64) -> li
 
 
 def _windows(texts, tokenizer, seq_len: int, n_sequences: int) -> torch.Tensor:
-    from fmtlab.pytorch.perplexity import token_windows_of
-
     if isinstance(texts, torch.Tensor):
         return token_windows_of(texts, tokenizer, seq_len, n_sequences)
     if isinstance(texts, str):
@@ -243,8 +241,6 @@ def tune_prefix(model: torch.nn.Module, prefix: KVPrefix, ids: torch.Tensor, *, 
         raise FmtlabError(f"lam must be >= 0, got {lam=}")
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise FmtlabError(f"tuning windows must be [sequences, >= 2 tokens], got {tuple(ids.shape)}")
-    from fmtlab.pytorch.kv_prefix import cache_kwarg
-
     keys = [torch.nn.Parameter(k.detach().clone().float()) for k in prefix.keys]
     values = [torch.nn.Parameter(v.detach().clone().float()) for v in prefix.values]
     opt = torch.optim.AdamW(keys + values, lr=lr, weight_decay=0.0)

@@ -47,8 +47,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from fmtlab.errors import FmtlabError
+from fmtlab.sim.transforms import hadamard_matrix
 
 __all__ = ["FPTQuantTransforms", "LlamaShape", "llama_shape", "fit_fptquant", "merge_fptquant",
            "function_preserving", "merged_layer_weights", "merged_state", "base_layer_weights", "lp_loss",
@@ -122,8 +124,6 @@ def llama_shape(model: nn.Module) -> LlamaShape:
 
 def residual_rotation(hidden: int, seed: int | None = 0) -> torch.Tensor:
     """The float64 residual rotation: :func:`fmtlab.sim.transforms.hadamard_matrix` (orthonormal)."""
-    from fmtlab.sim.transforms import hadamard_matrix
-
     return torch.from_numpy(hadamard_matrix(hidden, seed)).to(torch.float64)
 
 
@@ -353,29 +353,21 @@ def _check_fit_args(steps: int, lr: float, p: float) -> None:
 def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None = None, steps: int = 200,
                  lr: float = 1e-2, p: float = 4.0, *, qk: bool = True, v: bool = True, up: bool = True,
                  residual: bool = True, seed: int | None = 0, weight_decay: float = 0.01,
-                 e2e_steps: int = 0, e2e_lr: float = 1e-3, e2e_weights: Any = "int4_per_channel",
-                 e2e_activations: Any = "int8", progress: bool = False) -> FPTQuantTransforms:
+                 progress: bool = False) -> FPTQuantTransforms:
     """Fit FPTQuant's transforms to ``model`` (a float Llama-architecture LM, left unchanged).
 
     Local step (always): ``steps`` AdamW steps (``lr``, ``weight_decay``) per layer on the L_p loss
     (:func:`lp_loss`) of the merged weights; data-free, as in the public implementation, so
-    ``calib_batches`` is only read by the optional end-to-end step. ``qk``/``v``/``up`` enable the
+    ``calib_batches`` is not read (kept for a uniform fit signature). ``qk``/``v``/``up`` enable the
     transforms (a)/(b)/(c), ``residual`` the residual rotation (random Hadamard signs from ``seed``).
-    End-to-end step (``e2e_steps`` > 0, off by default): see
-    :func:`fmtlab.methods.fptquant_quant.train_end_to_end` (``calib_batches``: token-id tensors
-    [batch, tokens]; the fake-quantizers ``e2e_weights`` / ``e2e_activations`` with static scales).
+    The optional end-to-end step is :func:`fmtlab.methods.fptquant_quant.train_end_to_end` (run on
+    the returned transforms; :func:`~fmtlab.methods.fptquant_quant.prepare_static` does both).
     Deterministic: the same arguments give bit-identical transforms on the same machine.
     """
     _check_fit_args(steps, lr, p)
-    if not isinstance(e2e_steps, int) or e2e_steps < 0:
-        raise FmtlabError(f"e2e_steps must be an integer >= 0, got {e2e_steps=!r}")
-    if e2e_steps and calib_batches is None:
-        raise FmtlabError("end-to-end training (e2e_steps > 0) needs calib_batches (token ids)")
     shape = llama_shape(model)
     tr = FPTQuantTransforms(shape, qk=qk, v=v, up=up, residual=residual, seed=seed)
     keys = changed_keys(tr)
-    from tqdm.auto import tqdm
-
     for i in tqdm(range(shape.layers), desc="fptquant local fit", disable=not progress, leave=False):
         base = base_layer_weights(model, i, tr.rotation, torch.float32)
         params = list(tr.layers[i].values())
@@ -393,11 +385,6 @@ def fit_fptquant(model: nn.Module, calib_batches: Iterable[torch.Tensor] | None 
             with torch.no_grad():
                 hist.append(float(lp_loss(merged_layer_weights(base, dict(tr.layers[i]), shape), p, keys)))
         tr.history.append(hist)
-    if e2e_steps:
-        from fmtlab.methods.fptquant_quant import train_end_to_end
-
-        train_end_to_end(model, tr, calib_batches, steps=e2e_steps, lr=e2e_lr, weights=e2e_weights,
-                         activations=e2e_activations)
     return tr
 
 

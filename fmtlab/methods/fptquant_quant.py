@@ -176,8 +176,12 @@ def prepare_static(model: nn.Module, method: str, calib_ids: torch.Tensor, *, we
         if merged is None:
             if transforms is None:
                 batches = [calib_ids[i:i + batch_size] for i in range(0, calib_ids.shape[0], batch_size)]
-                transforms = fit_fptquant(model, batches, steps=steps, lr=lr, p=p, seed=seed, e2e_steps=e2e_steps,
-                                          e2e_weights=weights, e2e_activations=activations)
+                if not isinstance(e2e_steps, int) or e2e_steps < 0:
+                    raise FmtlabError(f"e2e_steps must be an integer >= 0, got {e2e_steps=!r}")
+                transforms = fit_fptquant(model, steps=steps, lr=lr, p=p, seed=seed)
+                if e2e_steps:
+                    train_end_to_end(model, transforms, batches, steps=e2e_steps, weights=weights,
+                                     activations=activations)
             merged = merge_fptquant(model, transforms)
         q, _ = quantize_fptquant(merged, weights, activations, per_token=per_token)
     if activations is not None:  # weight-only quantization has nothing to calibrate

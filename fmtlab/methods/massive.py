@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.sim.outliers import massive_activations
 
 __all__ = ["MassiveSites", "find_massive", "massive_intervention", "MODES"]
 
@@ -54,8 +55,7 @@ def find_massive(model, tokenizer, texts: Sequence[str], *, seq_len: int = 128, 
     """The massive-activation site of ``model`` on calibration ``texts`` (None when no residual
     value meets the criterion). ``top_k``: values kept per block (enough for every sequence's
     sink tokens)."""
-    from fmtlab.sim.outliers import massive_activations
-    from fmtlab.models.record import find_blocks, record
+    from fmtlab.models.record import find_blocks, record  # lazy: imports torch
 
     with tempfile.TemporaryDirectory(prefix="fmtlab-massive-") as tmp:
         tr = record(model, tokenizer, list(texts), out=f"{tmp}/trace", seq_len=seq_len, n_sequences=n_sequences,
@@ -82,7 +82,7 @@ def find_massive(model, tokenizer, texts: Sequence[str], *, seq_len: int = 128, 
 def massive_intervention(model, sites: MassiveSites, mode: str = "mean") -> Iterator[dict[str, int]]:
     """Within the block, ``sites.block_name``'s output has its massive entries replaced (see the
     module doc). Yields a dict whose ``"replaced"`` counts the entries rewritten so far."""
-    import torch
+    import torch  # lazy: torch is slow to import
 
     if mode not in MODES:
         raise FmtlabError(f"mode must be one of {MODES}, got {mode!r}")

@@ -36,7 +36,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats import Quantizer
+from fmtlab.formats.scaling import PerTensor, Static
 from fmtlab.sim import stats as S
+from fmtlab.sim.data import token_windows
+from fmtlab.sim.quant import resolve
 
 __all__ = ["slac_curve", "slac_sqnr_curve", "format_rows", "DEFAULT_LENGTHS"]
 
@@ -59,9 +63,9 @@ def slac_curve(model, tokenizer, calib_texts: Sequence[str], eval_texts: Sequenc
     ``target_len`` when it is in ``lengths``, else the longest length. Raises FmtlabError for
     empty/invalid lengths, fewer than 2 eval windows, or a length beyond the model's context.
     """
-    from fmtlab.pytorch import calibrate, quantize_model
-    from fmtlab.pytorch.calibrate import static_activations
-    from fmtlab.models.perplexity import eval_windows, sequence_nll
+    from fmtlab.pytorch import calibrate, quantize_model  # lazy: imports torch
+    from fmtlab.pytorch.calibrate import static_activations  # lazy: imports torch
+    from fmtlab.models.perplexity import eval_windows, sequence_nll  # lazy: imports torch
 
     lens = _check_lengths(model, lengths, target_len, n_eval, calib_tokens)
     qmodel, _ = quantize_model(model, weights, activations, activation_scales="static")
@@ -100,7 +104,7 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _linears(model) -> list[tuple[str, Any]]:
-    import torch
+    import torch  # lazy: torch is slow to import
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
@@ -134,13 +138,9 @@ def slac_sqnr_curve(model, tokenizer, calib_texts: Sequence[str], eval_texts: Se
     d_excludes_zero, ref_len, scale_gmean. FmtlabError as :func:`slac_curve`, and for a spec
     that is not a per-tensor fmtlab quantizer.
     """
-    import torch
+    import torch  # lazy: torch is slow to import
 
-    from fmtlab.formats import Quantizer
-    from fmtlab.formats.scaling import PerTensor, Static
-    from fmtlab.sim.data import token_windows
-    from fmtlab.models.perplexity import eval_windows
-    from fmtlab.sim.quant import resolve
+    from fmtlab.models.perplexity import eval_windows  # lazy: imports torch
 
     lens = _check_lengths(model, lengths, target_len, n_eval, calib_tokens)
     specs = [activations] if isinstance(activations, str) else list(activations)

@@ -94,7 +94,8 @@ def cmd_record(args) -> int:
         t_load = time.perf_counter() - t0
         t1 = time.perf_counter()
         tr = record(model, tok, texts, out, seq_len=args.seq_len, n_sequences=args.n_sequences,
-                    batch_size=args.batch_size, prefix=args.prefix, layers=args.layers,
+                    batch_size=args.batch_size, prefix=args.prefix, window_start=args.window_start,
+                    layers=args.layers,
                     include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
                     residual=not args.no_residual, attention=args.attention, kv=args.kv,
                     memory_limit=memory_limit, max_bytes=max_bytes,
@@ -296,7 +297,7 @@ def register(subparsers) -> None:
                               description="Run a model on fixed windows of offline text and store Linear-layer "
                               "inputs, weights and outputs (and optionally residual stream, attention "
                               "probabilities, K/V) as a trace: safetensors shards + manifest.json.")
-    p.add_argument("--model", default="smollm2", help="smollm2 (default), minilm, a checkpoint dir or a .gguf file")
+    p.add_argument("--model", default="smollm2", help="smollm2 (default), minilm, gemma3, qwen2.5-coder-1.5b, mpnet, a checkpoint dir or a .gguf file")
     p.add_argument("--out", default="traces/smollm2", help="trace directory to create (default traces/smollm2)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     p.add_argument("--n-sequences", type=int, default=4, help="number of sequences (default 4)")
@@ -305,6 +306,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="calib", choices=("calib", "eval"))
     p.add_argument("--text-file", help="use this UTF-8 file instead (documents separated by blank lines)")
     p.add_argument("--prefix", help="text put before every sequence (attention-sink studies)")
+    p.add_argument("--window-start", default="request", choices=("request", "text"),
+                   help="request (default): each window starts as the tokenizer starts a request (Gemma's <bos>); "
+                        "text: bare text windows (studies of the attention sink itself)")
     p.add_argument("--layers", help="regular expression selecting Linear layers by name")
     p.add_argument("--include-head", action="store_true", help="also record the output head")
     p.add_argument("--no-outputs", action="store_true", help="do not store layer outputs")

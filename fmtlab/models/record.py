@@ -166,21 +166,26 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
            layers: Any = None, include_head: bool = False, inputs: bool = True, outputs: bool = True,
            weights: bool = True, residual: bool = False, attention: bool = False, kv: bool = False,
            memory_limit: int = 256 << 20, max_bytes: int | None = None, overwrite: bool = False,
-           progress: bool = True, text_info: dict[str, Any] | None = None, kv_prefix: Any = None) -> Trace:
+           progress: bool = True, text_info: dict[str, Any] | None = None, kv_prefix: Any = None,
+           window_start: str = "request") -> Trace:
     """Run ``model`` on ``n_sequences`` windows of ``seq_len`` tokens from ``texts``; write a trace at ``out``.
 
     ``model`` may also be a name or path understood by :func:`fmtlab.models.loading.load_model`.
     ``texts`` defaults to :func:`fmtlab.sim.data.default_texts` ("calib" split). Returns the
     opened :class:`Trace`. ``kv_prefix`` (a :class:`fmtlab.pytorch.kv_prefix.KVPrefix`, e.g. a
     CushionCache): every window runs behind it and only the window's tokens are recorded (not with
-    ``attention=True``). Raises FmtlabError when the texts are too short, no layer matches, or
+    ``attention=True``). ``window_start``: "request" (default) frames each window as the tokenizer
+    frames a request (Gemma's ``<bos>``; nothing for SmolLM2), "text" cuts bare text windows
+    (:func:`fmtlab.sim.data.token_windows`); the manifest states which, and, for a GGUF model, each
+    layer's stored weight type (``source_grid``). Raises FmtlabError when the texts are too short, no layer matches, or
     the estimated trace size exceeds ``max_bytes``.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from fmtlab.sim.data import default_texts, token_windows
     from fmtlab.models.loading import load_model
+    from fmtlab.models.source_grid import manifest_entry as source_grid_entry
+    from fmtlab.sim.data import default_texts, token_windows, window_start_info
 
     if not isinstance(model, torch.nn.Module):
         model, tokenizer = load_model(model, tokenizer)
@@ -196,7 +201,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
         text_info = text_info or {"source": "wiki", "split": "calib"}
     if isinstance(texts, str):
         texts = [texts]
-    windows, prefix_len = token_windows(tokenizer, texts, seq_len, n_sequences, prefix=prefix)
+    windows, prefix_len = token_windows(tokenizer, texts, seq_len, n_sequences, prefix=prefix, start=window_start)
     n_sequences = len(windows)
 
     blocks = find_blocks(model)
@@ -375,7 +380,9 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             vocab = {}
         manifest = {
             "model": _model_summary(model, tokenizer),
-            "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix},
+            "text": {**(text_info or {"source": "user texts"}), "n_documents": len(texts), "prefix": prefix,
+                     "window_start": window_start_info(tokenizer, window_start)},
+            "source_grid": source_grid_entry(model),
             "seq_len": int(seq_len), "n_sequences": int(n_sequences), "n_tokens": int(seq_len * n_sequences),
             "prefix_len": int(prefix_len), "batch_size": int(batch_size),
             "kv_prefix": None if kv_prefix is None else {"tokens": list(kv_prefix.tokens), "tuned": kv_prefix.tuned},

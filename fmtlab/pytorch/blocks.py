@@ -19,7 +19,9 @@ import torch
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
 from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
-from fmtlab.formats.mx import block_elem
+from fmtlab.formats.capabilities import NotSupportedError
+from fmtlab.formats.scaling import FourOverSix
+from fmtlab.formats.mx import block_elem, fp8_block_elem
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.elements import ElementOps
 from fmtlab.pytorch.encoding import encode_codes, stochastic_draws
@@ -75,6 +77,8 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
         rb = bits + (1 << (22 - be.mbits))
         rb = torch.where((rb >> 23) > 0, rb & ~((1 << 23) - 1), rb)
         e = _floor_log2_bits(rb) - be.emax
+    elif rule is SharedExpRule.NEURON:
+        e = _floor_log2_bits(bits) - be.emax + 1
     elif rule is SharedExpRule.RCEIL:
         d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
         db = d.view(torch.int32).to(torch.int64)
@@ -88,7 +92,7 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
 def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
     """NVFP4-style block scales: (E4M3 codes, effective float32 scales, tensor scale g)."""
     e4m3 = get_format(ScaleFormat.FP8_E4M3.value)
-    elem_max = torch.tensor(float(block_elem(q.format).elem_max), dtype=torch.float32)
+    elem_max = torch.tensor(float(fp8_block_elem(q.format).elem_max), dtype=torch.float32)
     if q.granularity.tensor_scale is True:
         a = amax.max()
         if not bool(torch.isfinite(a)):
@@ -119,6 +123,9 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
     """Block quantization of the working data ``w`` (x arranged by ``tl``)."""
     g = q.granularity
     name = str(q)
+    if isinstance(q.scale_rule, FourOverSix):
+        raise NotSupportedError(f"{name}: the Four Over Six block rule has no torch twin yet; "
+                                "use fmtlab.formats.Quantizer (numpy) for it")
     w = tl.slot_matrix(w)  # [nblocks, K] in the working layout
     if q.nan is not None:  # explicit policy; None is OCP MX's NaN block (as Quantizer._blocks)
         nanm = torch.isnan(w)

@@ -142,9 +142,12 @@ class KVPrefix:
 
 
 def fill(cache, keys, values, batch: int, device, dtype) -> None:
-    """Append the prefix keys/values (expanded to ``batch``) to an empty cache, layer by layer."""
+    """Append the prefix keys/values (expanded to ``batch``) to an empty cache, layer by layer.
+    A cache in a number format (:mod:`fmtlab.pytorch.kv_cache`) stores them unquantized: the
+    prefix entries stay as the float model computed them."""
+    update = getattr(cache, "fmtlab_float_update", None) or cache.update
     for i, (k, v) in enumerate(zip(keys, values)):
-        cache.update(k.to(device, dtype).expand(batch, -1, -1, -1).contiguous(),
+        update(k.to(device, dtype).expand(batch, -1, -1, -1).contiguous(),
                      v.to(device, dtype).expand(batch, -1, -1, -1).contiguous(), i)
 
 

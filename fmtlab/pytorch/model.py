@@ -96,6 +96,9 @@ class QuantLinear(nn.Module):
         self._fitted = None
         self.collect: list[np.ndarray] | None = None  # set by calibrate() to gather inputs
         self._wcache: tuple[Any, torch.Tensor] | None = None
+        self.accumulator = None  # an fmtlab.sim.accumulate.Accumulator: dot products as it computes them
+        self.acc_counts = [0, 0]  # [overflowing dot products, dot products] under the accumulator
+        self._wop: tuple[Any, Any] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -134,6 +137,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             return self._forward_transform(x)
+        if self.accumulator is not None and not getattr(self.act_q, "observing", False):
+            return self._forward_accumulated(x)
         if isinstance(self.act_q, StaticActivation):
             x = self.act_q(x, grad=self.grad)
         elif self.act_q is not None:
@@ -144,7 +149,7 @@ class QuantLinear(nn.Module):
         """The transform's decomposition, one sequence at a time (its dynamic activation scales
         are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
         calibration split; without calibration, on the first input the layer sees."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transform_base import Context
 
         if padding_mask() is not None:
             raise FmtlabError(f"layer {self.layer_name!r}: a transform's dynamic scales cannot leave padded "
@@ -169,10 +174,33 @@ class QuantLinear(nn.Module):
             y = y + self.bias.detach().to(torch.float32)
         return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
 
+    def _forward_accumulated(self, x: torch.Tensor) -> torch.Tensor:
+        """Q_a(x) Q_w(W)^T with every dot product accumulated as ``self.accumulator`` does
+        (:mod:`fmtlab.sim.accumulate`: numpy, no gradient, one sequence at a time)."""
+        from fmtlab.sim.accumulate import accumulated_matmul, operand
+
+        shape = x.shape
+        w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
+        wq = _codes_quantizer(self.weight_q, "weights")
+        key = (self.inner.weight.data_ptr(), self.inner.weight._version)
+        if self._wop is None or self._wop[0] != key:
+            self._wop = (key, operand(wq, w))
+        aq = _codes_quantizer(self.act_q, "activations")
+        ys = []
+        for s in sequences_of(x.detach()).to(torch.float32).cpu().numpy():
+            y, ovf = accumulated_matmul(s, w, aq, wq, self.accumulator, w_operand=self._wop[1])
+            self.acc_counts[0] += int(ovf.sum())
+            self.acc_counts[1] += int(ovf.size)
+            ys.append(y)
+        y = torch.from_numpy(np.stack(ys)).to(x.device)
+        if self.bias is not None:
+            y = y + self.bias.detach().to(torch.float32)
+        return y.to(x.dtype).reshape(*shape[:-1], y.shape[-1])
+
     def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
         """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
         sequences), replacing any earlier fit."""
-        from fmtlab.sim.transforms import Context
+        from fmtlab.sim.transform_base import Context
 
         x2 = np.concatenate(rows, axis=0)
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -186,6 +214,24 @@ class QuantLinear(nn.Module):
         if self.transform is not None:
             s += f", transform={getattr(self.transform, 'name', self.transform)}"
         return s
+
+
+def _codes_quantizer(q, role: str):
+    """The numpy Quantizer (codes and scales) behind a torch quantizer, for the accumulator path;
+    a static activation quantizer becomes its format with the frozen scale(s)."""
+    if q is None:
+        return None
+    if isinstance(q, StaticActivation):
+        from fmtlab.formats import Static
+
+        if not bool(q.calibrated):
+            raise FmtlabError(f"layer {q.layer!r}: static activation scales were never calibrated")
+        s = q.scale.detach().cpu().numpy()
+        return dataclasses.replace(q.tq.quantizer, scale_rule=Static(s if s.size > 1 else float(s[0])))
+    inner = getattr(q, "quantizer", None)
+    if inner is None:
+        raise FmtlabError(f"the accumulator path needs fmtlab quantizers; {role} use {q!r}")
+    return inner
 
 
 def _numpy_q(q):
@@ -211,6 +257,8 @@ class QuantizeSummary:
     requantized: list[str] = dataclasses.field(default_factory=list)
     restored: list[str] = dataclasses.field(default_factory=list)
     activation_scales: ActivationScales = ActivationScales.DYNAMIC
+    kv_cache: Any = None  # the KVCacheQuantizer attached (fmtlab.pytorch.kv_cache), or None
+    attention: Any = None  # the AttentionSpec attached (fmtlab.pytorch.attention), or None
 
     @property
     def changed(self) -> list[str]:
@@ -224,7 +272,9 @@ class QuantizeSummary:
                  + (f", {len(self.requantized)} already quantized: previous fake-quant replaced"
                     if self.requantized else "")
                  + (f", transform {self.transform}" if self.transform else "")
-                 + f", {self.activation_scales.value} activation scales"]
+                 + f", {self.activation_scales.value} activation scales"
+                 + (f", KV cache {self.kv_cache.spec.name}" if self.kv_cache is not None else "")
+                 + (f", attention {self.attention.name}" if self.attention is not None else "")]
         if self.rows:
             w = max(len(r["name"] or "<root>") for r in self.rows)
             lines.append(f"  {'layer':<{w}}  kind    in x out       weights / activations")
@@ -290,7 +340,9 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                    overrides: Mapping[Any, Any] | None = None, skip: Iterable[Any] | None = ("lm_head",),
                    skip_head: bool = True, transform: Any = None, grad: str = "ste",
                    activation_scales: "ActivationScales | str" = ActivationScales.DYNAMIC,
-                   inplace: bool = False, kv_prefix: Any = None) -> tuple[nn.Module, QuantizeSummary]:
+                   inplace: bool = False, kv_prefix: Any = None,
+                   kv_cache: Any = None, accumulator: Any = None,
+                   attention: Any = None) -> tuple[nn.Module, QuantizeSummary]:
     """Rewire Linear / Conv1D layers of ``model`` to W/A fake-quant; returns (model, summary).
 
     weights / activations: default specs for every layer (see module docstring).
@@ -311,6 +363,16 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     computed by the float model) attached to the returned model: every later forward (calibrate,
     evaluate_perplexity) runs behind it; the prefix is never quantized (``generate`` is not
     supported: its growing attention mask does not count the prefix).
+    kv_cache: store every key (after RoPE) and value in a format (:mod:`fmtlab.pytorch.kv_cache`:
+    ``"int8_sym_per_token"``, ``"fp8_e4m3_per_tensor"``, ``"kivi4"``, ``"...@static"``, a dict of
+    keys/values/scales or a :class:`~fmtlab.pytorch.kv_cache.KVCacheSpec`); the prefix's own entries
+    stay float. None: a float cache (re-quantizing replaces an earlier KV format with this one).
+    accumulator: compute every rewired layer's dot products as this accumulator does
+    (:mod:`fmtlab.sim.accumulate`: ``"int16"``, ``"int24_sat"``, ``"bf16"``, ``"fp16_k32"``,
+    ``"hopper_fp8_mma"``, ...; numpy, evaluation only; each layer counts its overflowing dot
+    products in ``acc_counts``). None: the float GEMM. Not with ``transform=``.
+    attention: run Q·Kᵀ and P·V in a format (:mod:`fmtlab.pytorch.attention`: ``"fp8_fa3"``,
+    ``"sage_int8_fp8"``, ``"mxfp8"``, ``"none"`` or an AttentionSpec). None: the model's own attention.
 
     A model that is already fake-quantized is re-quantized: each existing :class:`QuantLinear`
     gets this call's configuration instead of its old one (listed in ``summary.requantized``; a
@@ -327,6 +389,9 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         from fmtlab.sim.transforms import get_transform
 
         tr = get_transform(transform)
+        if tr is not None and accumulator is not None:
+            raise FmtlabError("accumulator= does not combine with transform= (the transform computes its "
+                              "own decomposition in float32)")
         if tr is not None and mode is ActivationScales.STATIC:
             raise FmtlabError("activation_scales='static' does not combine with transform= (the "
                               "transform fits and applies its own decomposition)")
@@ -373,6 +438,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         if aq is not None and mode is ActivationScales.STATIC:
             ql.act_q = StaticActivation(aq, ql.in_features, name)
         _check_layout(name, aq, (1, ql.in_features), "activations")
+        if accumulator is not None:
+            from fmtlab.sim.accumulate import parse as parse_accumulator
+
+            ql.accumulator = parse_accumulator(accumulator)
         new_root = _replace(model, name, ql, new_root)
         if old is not None:
             requantized.append(name)
@@ -381,6 +450,14 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
     track_padding(new_root)  # padded batches: dynamic scales over real positions only
+    if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
+        from fmtlab.pytorch.kv_cache import attach_kv_cache
+
+        summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
+    if attention is not None or "fmtlab_attention_prev" in new_root.__dict__:
+        from fmtlab.pytorch.attention import attach_attention
+
+        summary.attention = attach_attention(new_root, attention)
     if kv_prefix is not None:
         from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 

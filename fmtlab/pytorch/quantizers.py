@@ -68,13 +68,17 @@ def as_quantizer(spec: Any, **overrides: Any) -> Quantizer:
         return Quantizer(spec, **overrides)
     if isinstance(spec, str):
         try:
-            return get_quantizer(spec, **overrides)
+            q = get_quantizer(spec, **overrides)
         except FmtlabError as exc:
             try:
                 fmt = get_format(spec)
             except FormatError:
                 raise exc from None
             return Quantizer(fmt, **overrides)
+        if not isinstance(q, Quantizer):  # the identity (None), PEG, fitted-base log
+            raise FmtlabError(f"TorchQuantizer needs a scaled quantizer; {spec!r} is "
+                              f"{'the identity' if q is None else type(q).__name__}")
+        return q
     raise FmtlabError(f"TorchQuantizer needs a Quantizer, a preset name or a format, got {spec!r}")
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import Format, PerChannel, PerTensor, PerToken, Quantizer, get_format, get_quantizer
+from fmtlab.formats import (
+    Format, PerChannel, PerTensor, PerToken, QuantSpec, Quantizer, get_format, parse_quantizer,
+)
 from fmtlab.pytorch.quantizers import TorchQuantizer
 
-__all__ = ["resolve", "spec_name", "as_torch_quantizer", "default_quantizer", "IDENTITY"]
-
-#: spec strings that mean "no quantization"
-IDENTITY = ("none", "fp32", "float32", "identity")
+__all__ = ["resolve", "spec_name", "as_torch_quantizer", "default_quantizer"]
 
 
 def as_torch_quantizer(spec: Any) -> TorchQuantizer:
@@ -36,13 +35,14 @@ def default_quantizer(fmt: Format, role: str) -> TorchQuantizer:
 def resolve(spec: Any, role: str = "weights") -> Callable | None:
     """A torch quantizer ``q(x, grad=...)`` for a spec, or None for no quantization.
 
-    spec: None / "none" / "fp32"; a TorchQuantizer; a numpy Quantizer; a preset name
-    (``get_quantizer``: "mxfp4", "nvfp4", "int8_per_channel", "int4_g128", ..., with overrides as
-    ``"int8_per_token(pow2=yes)"``); a format name or
+    spec: None / "none" / "fp32"; a TorchQuantizer; a numpy Quantizer; a quantizer name or
+    QuantSpec (the one resolver, :func:`fmtlab.formats.parse_quantizer`: "mxfp4", "nvfp4",
+    "int8_per_channel", "int4_g128", ..., with options as ``"int8_per_token(pow2=yes)"``; PEG and
+    fitted-log names raise, pointing to their own plug-in entry points); a format name or
     Format (absmax per output channel for weights, per token for activations, see
     :func:`default_quantizer`); or any callable ``q(x, grad="ste") -> tensor`` used as is.
     """
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in IDENTITY):
+    if spec is None:
         return None
     if isinstance(spec, TorchQuantizer):
         return spec
@@ -50,17 +50,21 @@ def resolve(spec: Any, role: str = "weights") -> Callable | None:
         return TorchQuantizer(spec)
     if isinstance(spec, Format):
         return default_quantizer(spec, role)
-    if isinstance(spec, str):
-        if "(" in spec:  # "name(key=value, ...)": preset keyword overrides, as fmtlab.sim parses them
-            from fmtlab.formats.names import parse_call
-
-            name, kwargs = parse_call(spec)
-            return TorchQuantizer(get_quantizer(name, **kwargs))
+    if isinstance(spec, (str, QuantSpec)):
         try:
-            return TorchQuantizer(get_quantizer(spec))
+            qs = parse_quantizer(spec)
         except FmtlabError:
-            pass
-        return default_quantizer(get_format(spec), role)
+            if not isinstance(spec, str) or "(" in spec:
+                raise
+            return default_quantizer(get_format(spec), role)  # a bare format name
+        if qs.identity:
+            return None
+        if qs.method != "scaled":
+            raise FmtlabError(f"{spec!r} is a {qs.method} quantizer: in quantize_model use "
+                              + ("fmtlab.pytorch.peg.quantize_model_peg" if qs.method == "peg"
+                                 else "fmtlab.pytorch.logfit.torch_log_fit"))
+        base = None if not isinstance(spec, str) or "(" in spec else spec.strip().lower()
+        return TorchQuantizer(qs.build(name=base))
     if callable(spec):
         return spec
     raise FmtlabError(f"a quantizer spec must be None, a name, a Format, a Quantizer or a callable; got {spec!r}")

@@ -105,25 +105,55 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(out["input_ids"])
 
 
+WINDOW_STARTS = ("request", "text")
+
+
+def request_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids a tokenizer puts before and after the text of one request.
+
+    Measured, not assumed: the ids of ``tokenizer("a")`` around those of ``"a"`` without special
+    tokens. Gemma 3: ``([<bos>], [])``; BERT-style encoders: ``([CLS], [SEP])``; SmolLM2's
+    tokenizer adds none: ``([], [])``. A tokenizer without ``add_special_tokens`` gives ``([], [])``.
+    """
+    try:
+        full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        body = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    except TypeError:
+        return [], []
+    for i in range(len(full) - len(body) + 1):
+        if full[i:i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    return [], []
+
+
 def token_windows(tokenizer, texts: Sequence[str], seq_len: int, n_sequences: int | None = None,
-                  prefix: str | None = None, separator: str = "\n\n") -> tuple[list[list[int]], int]:
+                  prefix: str | None = None, separator: str = "\n\n",
+                  start: str = "request") -> tuple[list[list[int]], int]:
     """Cut ``texts`` into consecutive windows of exactly ``seq_len`` token ids.
 
     The texts are joined with ``separator``, tokenized once without special tokens, and cut into
-    non-overlapping windows; a ragged tail is dropped. With ``prefix``, its tokens are put in front
-    of every window (they count toward ``seq_len``), e.g. to study attention sinks. Returns the
-    windows and the number of prefix tokens. Raises FmtlabError when the text is too short.
+    non-overlapping windows; a ragged tail is dropped. ``start="request"`` (the default) frames
+    every window as the tokenizer frames a request (:func:`request_frame`: Gemma's ``<bos>`` in
+    front, an encoder's ``[CLS]`` ... ``[SEP]``; nothing for SmolLM2); ``start="text"`` cuts bare
+    text windows that begin mid-document (to study the attention sink itself). With ``prefix``,
+    its tokens follow the request's leading special tokens. Special and prefix tokens count toward
+    ``seq_len``. Returns the windows and the number of leading tokens (special + prefix). Raises
+    FmtlabError when the text is too short or ``start`` is unknown.
     """
     if seq_len < 1:
         raise FmtlabError(f"seq_len must be >= 1, got {seq_len=}")
     if n_sequences is not None and n_sequences < 1:
         raise FmtlabError(f"n_sequences must be >= 1, got {n_sequences=}")
-    prefix_ids: list[int] = []
+    if start not in WINDOW_STARTS:
+        raise FmtlabError(f"window start must be one of {WINDOW_STARTS}, got {start!r}")
+    lead, tail = request_frame(tokenizer) if start == "request" else ([], [])
+    prefix_ids: list[int] = list(lead)
     if prefix:
-        prefix_ids = _encode(tokenizer, prefix)
-        if len(prefix_ids) >= seq_len:
-            raise FmtlabError(f"the prefix has {len(prefix_ids)} tokens, not fewer than {seq_len=}")
-    body = seq_len - len(prefix_ids)
+        prefix_ids += _encode(tokenizer, prefix)
+    if len(prefix_ids) + len(tail) >= seq_len:
+        raise FmtlabError(f"the prefix and special tokens take {len(prefix_ids) + len(tail)} tokens, "
+                          f"not fewer than {seq_len=}")
+    body = seq_len - len(prefix_ids) - len(tail)
     ids: list[int] = []
     need = None if n_sequences is None else n_sequences * body
     for doc in texts:  # tokenize document by document so that a short request stays fast
@@ -137,4 +167,13 @@ def token_windows(tokenizer, texts: Sequence[str], seq_len: int, n_sequences: in
             f"the texts give {len(ids)} tokens: not enough for {n_sequences or 1} sequence(s) of "
             f"{body} text tokens")
     n = n_avail if n_sequences is None else n_sequences
-    return [prefix_ids + ids[i * body:(i + 1) * body] for i in range(n)], len(prefix_ids)
+    return [prefix_ids + ids[i * body:(i + 1) * body] + list(tail) for i in range(n)], len(prefix_ids)
+
+
+def window_start_info(tokenizer, start: str = "request") -> dict:
+    """What a trace manifest and a report's protocol state about how windows start."""
+    lead, tail = request_frame(tokenizer) if start == "request" else ([], [])
+    conv = getattr(tokenizer, "convert_ids_to_tokens", None)
+    names = (lambda ids: list(conv(ids)) if conv and ids else [str(i) for i in ids])
+    return {"start": start, "lead_ids": list(lead), "lead_tokens": names(lead),
+            "tail_ids": list(tail), "tail_tokens": names(tail)}

@@ -21,7 +21,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
+from tqdm.auto import tqdm
+
 from fmtlab.errors import FmtlabError, TraceError, compile_pattern
+from fmtlab.sim.replay_engine import Engine, Task, resolve_config
+from fmtlab.sim.trace import open_trace
 
 __all__ = ["Unit", "run_unit", "SerialExecutor", "DaskExecutor", "make_executor", "run_units",
            "replay_tasks", "WORKER_ENV"]
@@ -81,8 +85,6 @@ def _open(path: str, digest: str | None = None):
 
 @functools.lru_cache(maxsize=4)
 def _open_cached(path: str, digest: str | None, stamp: tuple):
-    from fmtlab.sim.trace import open_trace
-
     tr = open_trace(path, verify=False)
     if digest is not None and tr.digest != digest:
         raise TraceError(f"trace {path} changed since this run opened it (its manifest digest differs); "
@@ -98,16 +100,12 @@ def _engine(trace: str, calib: str | None, configs: tuple, max_tokens: int | Non
 
 @functools.lru_cache(maxsize=16)
 def _engine_cached(trace, calib, configs, max_tokens, top_k, label, digests, stamp, cstamp):
-    from fmtlab.sim.replay_engine import Engine, resolve_config
-
     return Engine(_open(trace, digests[0]), [resolve_config(c) for c in configs],
                   _open(calib, digests[1]) if calib else None, max_tokens, top_k, label)
 
 
 def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(unit key, rows, per-sequence entries) of one unit; runs anywhere the trace path exists."""
-    from fmtlab.sim.replay_engine import Task
-
     task = Task(unit.kind, list(unit.names), unit.tensor)
     try:
         eng = _engine(unit.trace, unit.calib, tuple(unit.configs), unit.max_tokens, unit.top_k, unit.label,
@@ -130,10 +128,9 @@ def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]
 
 
 def replay_tasks(trace, layers: str | None = None, kinds: Sequence[str] = ("linear",)) -> list[tuple[str, tuple, str]]:
-    """[(kind, layer names, tensor)] of a trace, in trace order, as :func:`fmtlab.sim.replay.replay`
-    builds them (Linear layers sharing an input are one task)."""
-    import re
-
+    """[(kind, layer names, tensor)] of a trace, in trace order: the replay tasks (of
+    :func:`fmtlab.sim.replay.replay` and the explore search; Linear layers sharing an input are one
+    task). ``layers``: regular expression over tensor names; ``kinds``: recorded kinds to include."""
     pat = compile_pattern(layers, "layers") if layers else None
     out: list[tuple[str, tuple, str]] = []
     if "linear" in kinds:
@@ -179,7 +176,7 @@ class DaskExecutor:
     def __init__(self, scheduler: str | None = None, workers: int = 2, processes: bool = True,
                  retries: int = 3):
         try:
-            from distributed import Client, LocalCluster
+            from distributed import Client, LocalCluster  # lazy: dask is optional and slow to import
         except ImportError as exc:  # pragma: no cover - declared dependency
             raise FmtlabError("Dask execution needs the 'distributed' package") from exc
         self.retries = retries
@@ -206,7 +203,7 @@ class DaskExecutor:
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})) or workers)
 
     def map_unordered(self, fn, items: Sequence[Any]) -> Iterator[Any]:
-        from distributed import as_completed
+        from distributed import as_completed  # lazy: dask is optional and slow to import
 
         futs = [self.client.submit(fn, it, key=f"{it.key}", pure=False, retries=self.retries) for it in items]
         for f in as_completed(futs):
@@ -246,7 +243,6 @@ def run_units(executor, units: Sequence[Unit], progress: bool = False, desc: str
     FmtlabError if a unit's result is missing or a (tensor, config) row comes back twice.
     ``on_result(key, rows)`` is called as results arrive (e.g. to checkpoint them).
     """
-    from tqdm.auto import tqdm
 
     by_key = {u.key: u for u in units}
     if len(by_key) != len(units):

@@ -3,8 +3,10 @@
 A *spec* is one of:
 
 * ``None``, ``"none"`` or ``"fp32"``: no quantization (identity);
-* a preset name for :func:`fmtlab.formats.get_quantizer` (``"int8_per_token"``, ``"mxfp4"``, ...),
-  optionally with keyword overrides as ``"name(key=value, ...)"``;
+* a quantizer name (``"int8_per_token"``, ``"mxfp4"``, ``"int8_peg6"``, ``"log4_fitb_per_channel"``,
+  ...), optionally with options as ``"name(key=value, ...)"``, or its parsed
+  :class:`fmtlab.formats.QuantSpec`: both go through the one resolver,
+  :func:`fmtlab.formats.parse_quantizer` / :func:`fmtlab.formats.get_quantizer`;
 * an object with ``fake_quantize(x) -> ndarray`` (an fmtlab ``Quantizer``);
 * any callable ``ndarray -> ndarray`` of the same shape.
 
@@ -22,59 +24,22 @@ Underflow needs no scale: nonzero inputs that come back as zero.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats.names import Grammar, parse_call
+from fmtlab.formats import QuantSpec, Quantizer, parse_quantizer
+from fmtlab.formats.scaling import (
+    PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
+)
 
-__all__ = ["CLIP_RTOL", "GRAMMAR", "QuantFn", "STATIC_RULES", "calibrate_static", "clip_mask",
-           "known_specs", "parse_call", "resolve"]
+__all__ = ["CLIP_RTOL", "QuantFn", "STATIC_RULES", "calibrate_static", "clip_mask", "resolve"]
 
-_IDENTITY_NAMES = ("none", "fp32", "float32", "identity")
 #: |x / scale| may exceed the format max by float32 rounding of the scale; beyond this it is clipping
 CLIP_RTOL = 2.0 ** -20
-
-
-def _method_kind(key: str) -> Callable[..., Any] | None:
-    # issue 12 hook: PEG (int8_peg6) and fitted-base log (log4_fitb_per_channel) specs
-    from fmtlab.formats.method_specs import get_method_quantizer, is_method_name
-
-    if not is_method_name(key):
-        return None
-    return lambda **kw: get_method_quantizer(key, **kw)
-
-
-def _preset_kind(key: str) -> Callable[..., Any] | None:
-    from fmtlab.formats import get_quantizer
-    from fmtlab.formats.presets import GRAMMAR as PRESET_GRAMMAR
-
-    if PRESET_GRAMMAR.find(key) is None:
-        return None
-    return lambda **kw: get_quantizer(key, **kw)
-
-
-def _preset_help() -> str:
-    from fmtlab.formats.presets import GRAMMAR as PRESET_GRAMMAR
-
-    return PRESET_GRAMMAR.kinds_help()
-
-
-#: quantizer spec names -> builders ``build(**overrides) -> quantizer object`` (None: identity)
-GRAMMAR: Grammar[Callable[..., Any]] = Grammar("quantizer", FmtlabError)
-for _n in _IDENTITY_NAMES:
-    GRAMMAR.exact(_n, lambda: (lambda **kw: None))
-GRAMMAR.kind("method", _method_kind, "<format>_peg<K>[_noperm], log<N>_fitb_per_tensor|per_channel[_grid]")
-GRAMMAR.kind("preset", _preset_kind, _preset_help)
-
-
-def known_specs() -> list[str]:
-    """The exact spec names: the identity names, then fmtlab.formats' standard presets."""
-    from fmtlab.formats.presets import list_quantizers
-
-    return list(_IDENTITY_NAMES) + list_quantizers()
 
 
 @dataclass
@@ -84,6 +49,7 @@ class QuantFn:
     name: str
     fn: Callable[[np.ndarray], np.ndarray] | None  # None = identity
     obj: Any = field(default=None, repr=False)
+    spec: QuantSpec | None = field(default=None, repr=False)  # None: not from a name / QuantSpec
 
     @property
     def identity(self) -> bool:
@@ -113,11 +79,7 @@ def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
     fn = getattr(obj, "clip_mask", None)
     if callable(fn):
         return np.asarray(fn(x), dtype=bool)
-    try:
-        from fmtlab.formats import Quantizer
-    except ImportError:  # pragma: no cover - formats without the scaling layer
-        Quantizer = None
-    if Quantizer is not None and isinstance(obj, Quantizer):
+    if isinstance(obj, Quantizer):
         return _fmtlab_clip_mask(obj, x)
     quantize = getattr(obj, "quantize", None)
     fmt = getattr(obj, "format", None) or getattr(obj, "fmt", None)
@@ -142,8 +104,6 @@ def _fmtlab_clip_mask(q: Any, x: np.ndarray) -> np.ndarray:
     beyond the rounding boundary of the largest (or most negative) finite grid value. Block
     formats (MX, NVFP4) get their scales from ``quantize``; others from ``compute_scales``.
     """
-    from fmtlab.formats.scaling import broadcast_scales, from_work, to_work, work_rows
-
     lay = q.layout(x.shape)
     w = to_work(x, lay)
     if q.is_block:
@@ -179,22 +139,25 @@ def _broadcast_scales(qt: Any, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def resolve(spec: Any) -> QuantFn:
     """Turn a quantizer spec (see module doc) into a :class:`QuantFn`."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in _IDENTITY_NAMES):
-        return QuantFn("fp32", None)
+    if spec is None:
+        return QuantFn("fp32", None, spec=parse_quantizer("fp32"))
     if isinstance(spec, QuantFn):
         return spec
-    if isinstance(spec, str):
-        name, kwargs = parse_call(spec)
-        q = GRAMMAR.resolve(name, known=known_specs())(**kwargs)
-        if q is None:
-            raise FmtlabError(f"quantizer spec {spec!r}: the identity takes no arguments")
-        return QuantFn(spec, q.fake_quantize, q)
+    if isinstance(spec, (str, QuantSpec)):
+        qs = parse_quantizer(spec)
+        if qs.identity:
+            return QuantFn("fp32", None, spec=qs)
+        name = spec if isinstance(spec, str) else str(spec)
+        base = None if not isinstance(spec, str) or "(" in spec else spec.strip().lower()
+        q = qs.build(name=base)
+        return QuantFn(name, q.fake_quantize, q, qs)
     fq = getattr(spec, "fake_quantize", None)
     if callable(fq):
         return QuantFn(getattr(spec, "name", None) or str(spec), fq, spec)
     if callable(spec):
         return QuantFn(getattr(spec, "__name__", None) or repr(spec), spec, spec)
-    raise FmtlabError(f"a quantizer spec must be None, a preset name, a Quantizer or a callable; got {spec!r}")
+    raise FmtlabError(f"a quantizer spec must be None, a quantizer name, a QuantSpec, a Quantizer or a "
+                      f"callable; got {spec!r}")
 
 
 #: scale rules a static activation quantizer may be calibrated with
@@ -209,11 +172,6 @@ def calibrate_static(q: QuantFn, x_calib: np.ndarray, rule: str = "absmax") -> Q
     fmtlab.formats.scaling). ``q`` must be an fmtlab per-tensor Quantizer preset (e.g.
     "int8_per_tensor"); anything else raises FmtlabError, as does empty calibration data.
     """
-    import dataclasses
-
-    from fmtlab.formats import Quantizer
-    from fmtlab.formats.scaling import PerTensor, Static, parse_scale_rule
-
     own = getattr(q.obj, "calibrate", None)  # issue 12 hook: quantizers with their own static
     if callable(own) and not isinstance(q.obj, Quantizer):  # calibration (PEG: K group scales)
         if not str(rule).split("(")[0].strip().lower() in STATIC_RULES:

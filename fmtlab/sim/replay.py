@@ -34,14 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from fmtlab.errors import FmtlabError, compile_pattern
+from fmtlab.errors import FmtlabError
 from fmtlab.formats.names import Grammar
 from fmtlab.sim import metrics as M
 from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, staged_dir
 from fmtlab.sim.quant import STATIC_RULES
 from fmtlab.sim.replay_engine import IN as _IN, METRICS as _METRICS, OUT as _OUT
-from fmtlab.sim.replay_engine import Engine, Resolved, Task, resolve_config
+from fmtlab.sim.executor import Unit, replay_tasks, run_units
+from fmtlab.sim.replay_engine import Engine, Task, resolve_config
 from fmtlab.sim.trace import Trace, open_trace
 COLUMNS = (["trace", "seq_len", "config", "tensor", "kind", "layer_type", "block", "op", "rows", "cols", "note"]
            + [f"in_{k}" for k in _IN] + ["in_top_channels", "in_top_tokens"]
@@ -64,8 +66,18 @@ class ReplayConfig:
     transform: Any = None
     hp_dtype: str = "float16"
     act_calib: str | None = None
+    accumulator: str | None = None
 
     def __post_init__(self) -> None:
+        if self.accumulator is not None:
+            from fmtlab.sim.accumulate import parse as parse_accumulator
+
+            try:
+                parse_accumulator(self.accumulator)
+            except (FmtlabError, TypeError) as exc:
+                raise FmtlabError(f"config {self.name!r}: {exc}") from None
+            if self.transform is not None:
+                raise FmtlabError(f"config {self.name!r}: an accumulator does not combine with a transform")
         if self.act_calib is not None and str(self.act_calib).split("(")[0].strip().lower() not in STATIC_RULES:
             raise FmtlabError(f"config {self.name!r}: act_calib must be one of {STATIC_RULES} "
                               f"(percentile(P) allowed) or None, got {self.act_calib!r}")
@@ -76,7 +88,8 @@ class ReplayConfig:
         t = self.transform
         tn = "" if t is None else f", t={t if isinstance(t, str) else getattr(t, 'name', repr(t))}"
         st = "" if self.act_calib is None else f" (static {self.act_calib})"
-        return f"w={nm(self.weight)}, a={nm(self.act)}{st}{tn}"
+        acc = "" if self.accumulator is None else f", acc={self.accumulator}"
+        return f"w={nm(self.weight)}, a={nm(self.act)}{st}{tn}{acc}"
 
 
 # The end-to-end set of the issue plus outlier-fighting variants. Names of quantizer presets are
@@ -110,7 +123,8 @@ E2E_CONFIGS = ("fp32", "w8a8_int_tensor", "w8a8_llm_int8", "w4a8_int_channel", "
 
 
 _FIELD_KEYS = {"w": "weight", "weight": "weight", "a": "act", "act": "act", "t": "transform",
-               "transform": "transform", "hp": "hp_dtype", "c": "act_calib", "act_calib": "act_calib"}
+               "transform": "transform", "hp": "hp_dtype", "c": "act_calib", "act_calib": "act_calib",
+               "acc": "accumulator", "accumulator": "accumulator"}
 
 
 def _inline_config(s: str) -> ReplayConfig | None:
@@ -127,7 +141,7 @@ def _inline_config(s: str) -> ReplayConfig | None:
         k, v = part.split("=", 1)
         key = _FIELD_KEYS.get(k.strip())
         if key is None:
-            raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c)")
+            raise FmtlabError(f"in config {s!r}: unknown field {k.strip()!r} (use w, a, t, hp, c, acc)")
         fields[key] = v.strip() or None
     return ReplayConfig(name.strip(), **fields)
 
@@ -136,7 +150,7 @@ def _inline_config(s: str) -> ReplayConfig | None:
 GRAMMAR: Grammar[ReplayConfig] = Grammar("config", FmtlabError, fold_case=False)
 for _name, _cfg in PRESETS.items():
     GRAMMAR.exact(_name, lambda _c=_cfg: _c)
-GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE'")
+GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE;acc=ACCUMULATOR'")
 
 
 #: the kinds of recorded tensors replay measures
@@ -156,10 +170,6 @@ def make_config(spec: Any) -> ReplayConfig:
     if isinstance(spec, str):
         return GRAMMAR.resolve(spec)
     raise FmtlabError(f"cannot make a replay config from {spec!r}")
-
-
-_Resolved = Resolved
-_resolve_config = resolve_config  # kept for callers of the old private name
 
 
 # ------------------------------------------------------------------------------------ results
@@ -320,8 +330,6 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     ``executor``: run the tasks on a :mod:`fmtlab.sim.executor` executor (e.g. a Dask cluster;
     ``workers`` is then ignored); the rows are the same.
     """
-    from tqdm.auto import tqdm
-
     tr = open_trace(trace)
     cal = open_trace(calib) if calib is not None else None
     if isinstance(configs, (str, ReplayConfig, dict, tuple)):
@@ -332,7 +340,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise FmtlabError(f"config names must be unique: {names}")
-    resolved = [_resolve_config(c) for c in cfgs]
+    resolved = [resolve_config(c) for c in cfgs]
     if max_tokens is not None and max_tokens < 1:
         raise FmtlabError(f"max_tokens must be >= 1, got {max_tokens=}")
     known = KINDS
@@ -340,21 +348,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     bad = [k for k in kinds if k not in known]
     if bad:
         raise FmtlabError(f"unknown kinds {bad}; expected some of {known}")
-    pat = compile_pattern(layers, "layers") if layers else None
-
-    tasks: list[Task] = []
-    if "linear" in kinds:
-        groups: dict[str, list[str]] = {}
-        for n, meta in tr.layers.items():
-            if pat and not pat.search(n):
-                continue
-            if not meta.get("input") or not meta.get("weight"):
-                continue
-            groups.setdefault(meta["input"], []).append(n)
-        tasks += [Task("linear", ns, inp) for inp, ns in groups.items()]
-    for n, info in tr.activations.items():
-        if info["kind"] in kinds and info["kind"] != "linear" and (not pat or pat.search(n)):
-            tasks.append(Task("activation", [n], info["tensor"]))
+    tasks = [Task(kind, list(names), tensor) for kind, names, tensor in replay_tasks(tr, layers, kinds)]
     if not tasks:
         raise FmtlabError(f"nothing to replay in {tr.path} (layers={layers!r}, kinds={list(kinds)}); "
                           "was the trace recorded with inputs and weights?")
@@ -365,8 +359,6 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     results: dict[int, list[dict[str, Any]]] = {}
     run = eng.run
     if executor is not None:
-        from fmtlab.sim.executor import Unit, run_units
-
         units = [Unit(tr.path, cal.path if cal is not None else None, t.kind, tuple(t.names), t.tensor,
                       tuple(cfgs), max_tokens, top_k, label,
                       digests=(tr.digest, cal.digest if cal is not None else None)) for t in tasks]

@@ -26,7 +26,8 @@ from fmtlab.errors import FmtlabError
 from fmtlab.sim import metrics as M
 from fmtlab.sim.quant import QuantFn, calibrate_static, resolve
 from fmtlab.sim.trace import Trace
-from fmtlab.sim.transforms import Context, Decomposition, Transform, get_transform
+from fmtlab.sim.transform_base import Context, Decomposition, Transform
+from fmtlab.sim.transforms import get_transform
 
 METRICS = ("underflow_rate", "underflow_energy_frac", "clip_rate", "clipped_energy_frac",
            "clip_error_share", "mse", "sqnr_db", "max_abs_err")
@@ -232,6 +233,8 @@ class Engine:
                     wq, wmask = cfg.wq.with_mask(d.w)
                     w_sums = [M.error_sums(d.w, wq, wmask)]
                     y = d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype)
+                    if getattr(cfg.cfg, "accumulator", None) is not None:
+                        y, note = self._accumulated(cfg, aq, x, w, bounds)
                 o = M.output_error_stats(refs[n], y)
                 row = self._base(cfg, n, "linear", meta["type"], meta["block"], meta["op"], x.shape)
                 row["note"] = note
@@ -242,6 +245,22 @@ class Engine:
                 rows.append(row)
                 seqs.append(_seq_entry(cfg.cfg.name, n, "linear", a_sums, refs[n], y, bounds))
         return rows, seqs
+
+    def _accumulated(self, cfg: Resolved, aq: QuantFn, x: np.ndarray, w: np.ndarray, bounds) -> tuple[np.ndarray, str]:
+        """The layer output with every dot product accumulated as ``cfg.cfg.accumulator`` does
+        (:mod:`fmtlab.sim.accumulate`; dynamic scales per sequence), and a note with the share of
+        overflowing dot products."""
+        from fmtlab.sim.accumulate import accumulated_matmul, operand
+
+        wop = operand(cfg.wq.obj if not cfg.wq.identity else None, w)
+        ys, n_ovf = [], 0
+        for a, b in bounds:
+            y, ovf = accumulated_matmul(x[a:b], w, aq.obj if not aq.identity else None, None,
+                                        cfg.cfg.accumulator, w_operand=wop)
+            ys.append(y)
+            n_ovf += int(ovf.sum())
+        total = x.shape[0] * w.shape[0]
+        return np.concatenate(ys, axis=0), f"accumulator {cfg.cfg.accumulator}: {n_ovf}/{total} dot products overflow"
 
     def _per_sequence(self, ft: Transform, aq: QuantFn, cfg: Resolved, x, w, positions, bounds):
         """A transform whose W' depends on X (LLM.int8(), MUXQ): decompose each sequence on its own."""

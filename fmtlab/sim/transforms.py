@@ -45,9 +45,7 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.names import Grammar, parse_call, split_plus
-from fmtlab.sim.transform_base import (  # noqa: F401 - re-exported: the public names live here too
-    Context, Decomposition, HPTerm, Identity, QFn, Transform, check_shapes as _check,
-)
+from fmtlab.sim.transform_base import Context, Decomposition, HPTerm, Transform, check_shapes as _check
 
 
 class LLMInt8(Transform):

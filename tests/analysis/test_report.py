@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from fmtlab.analysis.report import ReportOptions, hw_operand, run_report  # noqa: E402
+from fmtlab.analysis.report import ReportOptions, run_report  # noqa: E402
+from fmtlab.analysis.studies import hw_operand  # noqa: E402
 from fmtlab.cli import main  # noqa: E402
 from fmtlab.errors import FmtlabError  # noqa: E402
 
@@ -36,9 +37,15 @@ def test_report_files_exist(report):
     for rel in ("report.md", "report.html", "tables/configs.csv", "tables/perplexity.csv",
                 "tables/accumulation.csv", "tables/report.json", "tables/replay_seq32.csv",
                 "plots/format_grids.png", "plots/heatmap_output_sqnr.png", "plots/heatmap_underflow.png",
-                "plots/heatmap_clipping.png", "plots/outliers.png", "plots/tradeoff.png", "plots/accumulation.png"):
+                "plots/heatmap_clipping.png", "plots/outliers.png", "plots/tradeoff.png", "plots/accumulation.png",
+                "tables/energy_per_token.csv", "plots/energy_pareto.png", "plots/energy_breakdown.png"):
         assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
     assert len(summary["findings"]) >= 3
+    # energy per token (fmtlab.analysis.cost_section): every config at batch 1 and 64, of the trace's model
+    energy = json.loads((out / "tables" / "report.json").read_text())["energy_per_token"]
+    assert sorted({(r["config"], r["batch"]) for r in energy}) == sorted((c, b) for c in CONFIGS for b in (1, 64))
+    assert all(r["energy_uj"] > 0 for r in energy)
+    assert "Energy per token" in (out / "report.md").read_text()
 
 
 def test_report_dir_is_published_whole_with_umask_modes(report):

@@ -69,7 +69,7 @@ def test_same_seed_same_front(traces, medium_space, tmp_path):
 def test_report_configs_come_first(traces, medium_space, tmp_path):
     """By default the report's configs (those that are points of the space) are the first trials,
     in the report's order."""
-    from fmtlab.analysis.report import DEFAULT_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
 
     _nsga(traces, str(tmp_path / "a"), medium_space, trials=3, report_first=True)
     got = [r["report_config"] for r in _csv(tmp_path / "a" / "trials.csv")]
@@ -139,3 +139,16 @@ def test_cli_bad_space_key(capsys, tmp_path):
     assert main(["explore", "--space", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown key space.colour" in err and err.count("\n") == 1
+
+
+def test_energy_per_token_objective(traces, small_space, tmp_path):
+    """--cost energy_per_token: the cost column is fmtlab.hw.inference_cost's energy per decoded token
+    (uJ, batch 1), fewer weight bits cost less, and the batch-64 column is cheaper still."""
+    s = run_explore(small_space, str(tmp_path / "e"), trace=traces[0], calib=traces[1], trials=100, workers=1,
+                    quiet=True, cost="energy_per_token")
+    assert s["method"] == "exhaustive"
+    trials = _csv(tmp_path / "e" / "trials.csv")
+    assert all(float(r["cost"]) == float(r["energy_per_token_uj"]) > float(r["energy_per_token_b64_uj"]) > 0
+               for r in trials)
+    by = {(r["weight"], r["activation"]): float(r["cost"]) for r in trials}
+    assert by[("int4_per_channel", "int8_per_token")] < by[("int8_per_channel", "int8_per_token")]

@@ -20,7 +20,7 @@ def test_example_space_covers_report_configs_and_thousands_more():
     """Every priced config of the report (DEFAULT_CONFIGS but the fp32 reference) is a point of the
     shipped example space, with the report's own quantizer spellings, except w4a8_dint_aqas (left
     out for its fit cost, see example.toml); with "aqas" added it is a point too. Thousands of points."""
-    from fmtlab.analysis.report import DEFAULT_CONFIGS
+    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
     from fmtlab.sim.replay import PRESETS
 
     sp = load_space("example")
@@ -133,3 +133,19 @@ def test_config_strings_resolve_as_replay_configs():
     for c, _ in kept[::97]:
         assert make_config(c.config_string) == c.replay_config()
         assert resolve(c.weight).obj is not None and resolve(c.act).obj is not None
+
+
+def test_energy_objective_prices_each_point():
+    """With an energy-per-token objective, transforms change a point's cost (Hadamard's adds) and
+    merged ones do not (SmoothQuant)."""
+    import dataclasses
+
+    sp = dataclasses.replace(parse_space(_doc(transforms=["none", "hadamard", "smoothquant(alpha=0.5)"])),
+                             objectives=("pooled_out_sqnr_db", "energy_per_token_uj"))
+    kept, _ = sp.candidates(k_max=1536)
+    e = {(c.weight, c.transform): cost["energy_per_token_uj"] for c, cost in kept}
+    w = "int4_per_channel"
+    assert e[(w, "hadamard")] > e[(w, None)] == e[(w, "smoothquant(alpha=0.5)")]
+    assert all(cost["energy_per_token_b64_uj"] < cost["energy_per_token_uj"] for _, cost in kept)
+    with pytest.raises(SpaceError, match="objectives"):
+        parse_space(_doc(objectives=["pooled_out_sqnr_db", "joules"]))

@@ -2,7 +2,7 @@
 
 Invariants: every block format name round-trips (get_block_format(bf.name) == bf); the presets'
 named block quantizers are built from BlockFormat values and give the same quantizer as the
-BlockFormat's own .quantizer(); names that are not block formats give None; impossible options
+presets.block_quantizer(bf); names that are not block formats give None; impossible options
 raise FormatError naming the option; the enums equal their value strings (transition).
 """
 
@@ -15,7 +15,7 @@ from fmtlab.errors import FormatError
 from fmtlab.formats import (BlockFormat, PerBlock, ScaleFormat, SharedExp, SharedExpRule, get_block_format,
                             get_format, get_quantizer)
 from fmtlab.formats.blockfmt import BLOCK_NAMES
-from fmtlab.formats.presets import BLOCK_PRESETS
+from fmtlab.formats.presets import BLOCK_PRESETS, block_quantizer
 
 
 @pytest.mark.parametrize("name,element,block,sf,rule,ts", [
@@ -72,15 +72,15 @@ def test_enums_equal_their_strings():
 
 @pytest.mark.parametrize("key", sorted(BLOCK_PRESETS))
 def test_presets_are_block_formats(key):
-    """get_quantizer(<preset>) and BLOCK_PRESETS[<preset>].quantizer() quantize identically."""
+    """get_quantizer(<preset>) and block_quantizer(BLOCK_PRESETS[<preset>]) quantize identically."""
     bf = BLOCK_PRESETS[key]
-    q, q2 = get_quantizer(key), bf.quantizer()
+    q, q2 = get_quantizer(key), block_quantizer(bf)
     assert q == q2 and q.name == key
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     np.testing.assert_array_equal(q.quantize(x).codes, q2.quantize(x).codes)
 
 
 def test_quantizer_overrides():
-    q = get_block_format("mxfp8").quantizer(block_size=16, rounding="toward_zero")
+    q = block_quantizer(get_block_format("mxfp8"), block_size=16, rounding="toward_zero")
     assert q.granularity.size == 16 and q.rounding.value == "toward_zero"
     assert get_quantizer("mxfp4_b16") == get_quantizer("mxfp4", block_size=16)

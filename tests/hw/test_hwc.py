@@ -12,7 +12,9 @@ import pytest
 
 from fmtlab.errors import FmtlabError
 from fmtlab.hw import mac_cost
-from fmtlab.hw.hwc import ACCURACY, mac_si, node_nm_of
+from fmtlab.hw.hwc import ACCURACY, SCALE_UNITS, mac_si, node_nm_of, promoted_mac_si, scale_unit_si
+from fmtlab.hw.scale_units import (fp8_scale_multiply_parts, mx_shared_exponent_parts, price_parts,
+                                   promoted_mac_cost)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +65,7 @@ def test_hwcomponents_finds_and_prices_fmtlab_mac(monkeypatch):
     hwc = _hwcomponents()
     monkeypatch.syspath_prepend(str(REPO_ROOT))
     found = hwc.get_models(name_must_include="fmtlab")
-    assert [m.__name__ for m in found] == ["FmtlabMAC"]
+    assert sorted(m.__name__ for m in found) == ["FmtlabMAC", "FmtlabPromotedMAC", "FmtlabScaleUnit"]
     for w, a, acc, node in [("mxfp4", "mxfp4", None, 7e-9), ("fp8_e4m3", "fp8_e4m3", "fp32", 45e-9),
                             ("int8", "int8", "int32", 45e-9)]:
         attrs = dict(weight_format=w, activation_format=a, accumulator=acc, tech_node=node)
@@ -78,3 +80,36 @@ def test_hwcomponents_finds_and_prices_fmtlab_mac(monkeypatch):
     assert mx4 < fp8
     with pytest.raises(Exception, match="mixed integer-like"):
         hwc.get_area("fmtlab_mac", dict(weight_format="int8", activation_format="fp8_e4m3"))
+
+
+def test_promoted_mac_and_scale_units_in_si_units():
+    c = promoted_mac_cost("fp8_e4m3", "fp8_e4m3", "hopper_fp8_mma", node=7)
+    si = promoted_mac_si("fp8_e4m3", "fp8_e4m3", "hopper_fp8_mma", tech_node=7e-9)
+    assert si.unit == "fp8_e4m3 x fp8_e4m3 -> hopper_fp8_mma" and si.node_nm == 7
+    assert si.area_m2 == c.area_um2_per_mac * 1e-12 and si.energy_j == c.energy_pj * 1e-12
+    u = scale_unit_si("e4m3_scale_multiply", sum_bits=13)
+    r = price_parts("e4m3_scale_multiply", fp8_scale_multiply_parts(13))
+    assert u.area_m2 == r.area_um2 * 1e-12 and u.energy_j == r.energy_pj * 1e-12
+    mx = scale_unit_si("mx_shared_exponent", block=32, tech_node=7e-9)
+    assert mx.energy_j == price_parts("mx", mx_shared_exponent_parts(32), 7).energy_pj * 1e-12
+    assert set(SCALE_UNITS) >= {"e4m3_scale_multiply", "mx_shared_exponent", "absmax", "promotion_adder"}
+    for k in SCALE_UNITS:
+        assert scale_unit_si(k).area_m2 > 0
+    with pytest.raises(FmtlabError, match="unknown scale unit"):
+        scale_unit_si("divider")
+    with pytest.raises(FmtlabError, match="block"):
+        scale_unit_si("absmax", block=1)
+
+
+def test_hwcomponents_finds_scale_unit_and_promoted_mac(monkeypatch):
+    hwc = _hwcomponents()
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    attrs = dict(kind="e4m3_scale_multiply", sum_bits=13, tech_node=7e-9)
+    si = scale_unit_si("e4m3_scale_multiply", sum_bits=13, tech_node=7e-9)
+    assert hwc.get_area("fmtlab_scale_unit", attrs) == si.area_m2
+    assert hwc.get_action_cost("fmtlab_scale_unit", attrs, "compute", {}).energy == si.energy_j
+    pattrs = dict(weight_format="fp8_e4m3", activation_format="fp8_e4m3", accumulator="hopper_fp8_mma",
+                  tech_node=45e-9)
+    psi = promoted_mac_si("fp8_e4m3", "fp8_e4m3", "hopper_fp8_mma")
+    assert hwc.get_area("fmtlab_promoted_mac", pattrs) == psi.area_m2
+    assert hwc.get_action_cost("fmtlab_promoted_mac", pattrs, "compute", {}).energy == psi.energy_j

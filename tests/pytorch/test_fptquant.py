@@ -162,11 +162,13 @@ def test_merge_is_deterministic_with_a_seed():
 
 def test_bad_arguments_raise():
     m = _tiny()
-    for kw in (dict(steps=-1), dict(steps=1.5), dict(lr=0.0), dict(lr=float("nan")), dict(p=0.5), dict(e2e_steps=-2)):
+    for kw in (dict(steps=-1), dict(steps=1.5), dict(lr=0.0), dict(lr=float("nan")), dict(p=0.5)):
         with pytest.raises(FmtlabError):
             fit_fptquant(m, **kw)
+    with pytest.raises(FmtlabError, match="e2e_steps"):
+        prepare_static(m, "fptquant", torch.zeros(2, 8, dtype=torch.long), steps=0, e2e_steps=-2)
     with pytest.raises(FmtlabError, match="calib_batches"):
-        fit_fptquant(m, steps=0, e2e_steps=1)
+        train_end_to_end(m, fit_fptquant(m, steps=0), [], steps=1)
     with pytest.raises(FmtlabError, match="Llama"):
         fit_fptquant(nn.Linear(4, 4))
     with pytest.raises(FmtlabError, match="FPTQuantTransforms"):

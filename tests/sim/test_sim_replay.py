@@ -12,7 +12,8 @@ from sim_helpers import TEXTS, CharTokenizer, IntQ, tiny_llama
 
 from fmtlab.errors import FmtlabError
 from fmtlab.sim.metrics import error_stats
-from fmtlab.sim.quant import parse_call, resolve
+from fmtlab.formats.names import parse_call
+from fmtlab.sim.quant import resolve
 from fmtlab.models.record import record
 from fmtlab.sim.replay import PRESETS, ReplayConfig, make_config, replay
 from fmtlab.sim.trace import TraceWriter

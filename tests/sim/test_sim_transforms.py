@@ -7,8 +7,9 @@ import pytest
 from sim_helpers import IntQ
 
 from fmtlab.errors import FmtlabError
-from fmtlab.sim.transforms import (AQAS, AuxChannels, Compose, Context, Decomposition, ExcludeTokens, Hadamard,
-                                   LLMInt8, PerTokenScale, SmoothQuant, get_transform, hadamard_matrix)
+from fmtlab.sim.transform_base import Context, Decomposition
+from fmtlab.sim.transforms import (AQAS, AuxChannels, Compose, ExcludeTokens, Hadamard, LLMInt8, PerTokenScale,
+                                   SmoothQuant, get_transform, hadamard_matrix)
 
 
 def _xw(t=48, k=96, n=40, seed=0):

@@ -69,7 +69,8 @@ class Claim:
 #: modules whose import registers claims (the report imports them lazily, in this order)
 METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.cushion", "fmtlab.analysis.methods.massive",
                                   "fmtlab.analysis.methods.fptquant", "fmtlab.analysis.methods.peg",
-                                  "fmtlab.analysis.methods.slac", "fmtlab.analysis.methods.logb")
+                                  "fmtlab.analysis.methods.slac", "fmtlab.analysis.methods.logb",
+                                  "fmtlab.analysis.methods.llmint8")
 
 _CLAIMS: dict[str, Claim] = {}
 

@@ -68,14 +68,14 @@ def log10_ratio(top: np.ndarray, med: np.ndarray) -> float:
 
 
 def _ppl(model, ids, prefix=None):
-    from fmtlab.pytorch.perplexity import evaluate_perplexity
+    from fmtlab.pytorch.perplexity import evaluate_perplexity  # lazy: imports torch
 
     r = evaluate_perplexity(model, ids, kv_prefix=prefix, progress=False, batch_size=4)
     return np.asarray(r.seq_nll, dtype=np.float64), np.full(len(r.seq_nll), ids.shape[1] - 1, dtype=np.float64)
 
 
 def _static_w8a8(model, calib_ids, prefix=None):
-    from fmtlab.pytorch import calibrate, quantize_model
+    from fmtlab.pytorch import calibrate, quantize_model  # lazy: imports torch
 
     q, _ = quantize_model(model, W8, W8, activation_scales="static", kv_prefix=prefix)
     calibrate(q, calib_ids, batch_size=4)
@@ -84,8 +84,8 @@ def _static_w8a8(model, calib_ids, prefix=None):
 
 @register_claim("cushion", "CushionCache", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.pytorch.perplexity import token_windows_of
-    from fmtlab.methods.cushion import linear_input_stats, search_prefix
+    from fmtlab.pytorch.perplexity import token_windows_of  # lazy: imports torch
+    from fmtlab.methods.cushion import linear_input_stats, search_prefix  # lazy: imports torch
 
     t0 = time.perf_counter()
     model, tok = ctx.model, ctx.tokenizer

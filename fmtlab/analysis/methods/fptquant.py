@@ -56,7 +56,7 @@ def _iv(iv: S.Interval) -> dict[str, float]:
 
 
 def _nll(model, ids) -> tuple[np.ndarray, np.ndarray]:
-    from fmtlab.models.perplexity import sequence_nll
+    from fmtlab.models.perplexity import sequence_nll  # lazy: imports torch
 
     nll, tok = sequence_nll(model, ids, batch_size=4)
     return nll, tok.astype(np.float64)
@@ -86,9 +86,9 @@ def row_verdict(label: str, ppl_fp: float, ppl: dict[str, float], d_none: S.Inte
 
 @register_claim(KEY, "FPTQuant", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.methods.fptquant import fit_fptquant, function_preserving, llama_shape, merge_fptquant
-    from fmtlab.methods.fptquant_quant import prepare_static
-    from fmtlab.pytorch.perplexity import token_windows_of
+    from fmtlab.methods.fptquant import fit_fptquant, function_preserving, llama_shape, merge_fptquant  # lazy: imports torch
+    from fmtlab.methods.fptquant_quant import prepare_static  # lazy: imports torch
+    from fmtlab.pytorch.perplexity import token_windows_of  # lazy: imports torch
 
     t0 = time.perf_counter()
     model, tok = ctx.model, ctx.tokenizer

@@ -28,6 +28,7 @@ import numpy as np
 
 from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict, register_claim
 from fmtlab.sim import stats as S
+from fmtlab.sim.quant import resolve
 
 __all__ = ["run", "PAPER", "STATEMENT", "CONFIGS", "weight_errors", "output_errors"]
 
@@ -39,13 +40,11 @@ CONFIGS = (BASELINE, "log4_per_tensor", "log4_fitb_per_tensor", "log4_fitb_per_c
 
 
 def _quantizer(spec: str) -> Callable[[np.ndarray], np.ndarray]:
-    from fmtlab.sim.quant import resolve
-
     return resolve(spec)
 
 
 def _linears(model) -> list[tuple[str, Any]]:
-    import torch
+    import torch  # lazy: torch is slow to import
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
@@ -80,7 +79,7 @@ def mean_nsr_sqnr_db(noise: np.ndarray, signal: np.ndarray) -> float:
 def output_errors(model, ids, qweights: dict[str, dict[str, np.ndarray]]):
     """{config: (noise [sequences, layers], signal [sequences, layers])} of the weight-only layer
     outputs on token windows ``ids`` (float model inputs)."""
-    import torch
+    import torch  # lazy: torch is slow to import
 
     mods = dict(_linears(model))
     names = list(next(iter(qweights.values())))
@@ -115,7 +114,7 @@ def output_errors(model, ids, qweights: dict[str, dict[str, np.ndarray]]):
 
 @register_claim("logb", "Log_b Quant (fitted base)", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.models.perplexity import eval_windows
+    from fmtlab.models.perplexity import eval_windows  # lazy: imports torch
 
     t0 = time.perf_counter()
     configs = CONFIGS if not ctx.quick else (BASELINE, "log4_fitb_per_tensor")

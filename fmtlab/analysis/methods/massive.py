@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict, register_claim
+from fmtlab.methods.massive import find_massive, massive_intervention
 from fmtlab.sim import stats as S
 
 PAPER = "Sun et al. 2024, \"Massive Activations in Large Language Models\""
@@ -26,7 +27,7 @@ STATEMENT = ("Massive activations act as fixed biases: setting them to their mea
 
 
 def _ppl(model, ids):
-    from fmtlab.pytorch.perplexity import evaluate_perplexity
+    from fmtlab.pytorch.perplexity import evaluate_perplexity  # lazy: imports torch
 
     r = evaluate_perplexity(model, ids, progress=False, batch_size=4)
     return np.asarray(r.seq_nll, dtype=np.float64), np.full(len(r.seq_nll), ids.shape[1] - 1, dtype=np.float64)
@@ -34,8 +35,7 @@ def _ppl(model, ids):
 
 @register_claim("massive", "Massive activations as biases", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.pytorch.perplexity import token_windows_of
-    from fmtlab.methods.massive import find_massive, massive_intervention
+    from fmtlab.pytorch.perplexity import token_windows_of  # lazy: imports torch
 
     t0 = time.perf_counter()
     model, tok = ctx.model, ctx.tokenizer

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict, register_claim
+from fmtlab.hw.peg_cost import peg_row_cost
 from fmtlab.sim import stats as S
 
 __all__ = ["run", "PAPER", "STATEMENT", "GROUPS"]
@@ -34,7 +35,7 @@ GROUPS = 6
 
 
 def _nll(model, ids):
-    from fmtlab.models.perplexity import sequence_nll
+    from fmtlab.models.perplexity import sequence_nll  # lazy: imports torch
 
     nll, tok = sequence_nll(model, ids, batch_size=4)
     return nll, tok.astype(np.float64)
@@ -42,8 +43,8 @@ def _nll(model, ids):
 
 def _arms(ctx: MethodsContext, quick: bool):
     """(name, builder) of the quantized arms; each builder returns an uncalibrated model."""
-    from fmtlab.pytorch import quantize_model
-    from fmtlab.pytorch.peg import quantize_model_peg
+    from fmtlab.pytorch import quantize_model  # lazy: imports torch
+    from fmtlab.pytorch.peg import quantize_model_peg  # lazy: imports torch
 
     k = 2 if quick else GROUPS
     m = ctx.model
@@ -60,9 +61,8 @@ def _arms(ctx: MethodsContext, quick: bool):
 
 @register_claim("peg", "PEG", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.hw.peg_cost import peg_row_cost
-    from fmtlab.pytorch import calibrate
-    from fmtlab.models.perplexity import eval_windows
+    from fmtlab.pytorch import calibrate  # lazy: imports torch
+    from fmtlab.models.perplexity import eval_windows  # lazy: imports torch
 
     t0 = time.perf_counter()
     ids = eval_windows(ctx.tokenizer, ctx.seq_len, ctx.n_eval, list(ctx.eval_texts))

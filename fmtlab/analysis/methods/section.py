@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from fmtlab.analysis.document import Document
 from fmtlab.analysis.methods import Claim, ClaimResult, MethodsContext, get_claim, list_claims
+from fmtlab.analysis.tables import write_json
 from fmtlab.errors import FmtlabError
+from fmtlab.sim.data import default_texts
 
 __all__ = ["parse_methods", "make_context", "run_claims", "add_section", "result_rows", "register_cli",
            "write_methods"]
@@ -43,8 +46,6 @@ def make_context(model, tokenizer, *, seq_len: int = 128, n_calib: int = 4, n_ev
                  quick: bool = False, calib_texts: Sequence[str] | None = None,
                  eval_texts: Sequence[str] | None = None) -> MethodsContext:
     """A context on the fixed "calib" / "eval" splits of the shipped texts (unless given)."""
-    from fmtlab.sim.data import default_texts
-
     if seq_len < 2 or n_calib < 2 or n_eval < 2:
         raise FmtlabError(f"claims need seq_len >= 2 and >= 2 calibration and evaluation sequences (for "
                           f"intervals), got {seq_len=}, {n_calib=}, {n_eval=}")
@@ -75,7 +76,7 @@ def run_claims(keys: Sequence[str], ctx: MethodsContext,
 def run_for_report(opts, model, tokenizer, step) -> list[tuple[Claim, ClaimResult]]:
     """The claims of ``opts.methods`` (a ReportOptions) on the report's perplexity windows
     (``ppl_seq_len`` tokens, ``ppl_sequences`` eval / ``n_sequences`` calib windows, at least 2)."""
-    from fmtlab.models.record import check_seq_len
+    from fmtlab.models.record import check_seq_len  # lazy: imports torch
 
     check_seq_len(model, opts.ppl_seq_len + 8)  # room for a CushionCache prefix of up to 8 tokens
     step(f"method claims: {', '.join(opts.methods)}")
@@ -115,9 +116,6 @@ def add_section(doc, results: Sequence[tuple[Claim, ClaimResult]], ctx: MethodsC
 
 def write_methods(results, ctx: MethodsContext, out: str | Path, title: str) -> tuple[Path, Path, Path]:
     """methods.md, methods.html and methods.json in folder ``out`` (created; files written atomically)."""
-    from fmtlab.analysis.document import Document
-    from fmtlab.analysis.tables import write_json
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = Document(title)
@@ -156,8 +154,8 @@ def _run_cli(args) -> int:
     keys = parse_methods(args.claims)
     if not keys:
         raise FmtlabError("--claims selects no claim")
-    from fmtlab.models.loading import load_default_model, load_model, model_name
-    from fmtlab.models.record import check_seq_len
+    from fmtlab.models.loading import load_default_model, load_model, model_name  # lazy: imports torch
+    from fmtlab.models.record import check_seq_len  # lazy: imports torch
 
     model, tok = load_default_model() if args.model is None else load_model(args.model)
     check_seq_len(model, args.seq_len + 8)  # room for a CushionCache prefix of up to 8 tokens

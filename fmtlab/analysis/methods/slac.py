@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 
 from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict, register_claim
+from fmtlab.methods.slac import slac_sqnr_curve
 
 __all__ = ["run", "PAPER", "STATEMENT", "LENGTHS", "PRIMARY", "CONTROL"]
 
@@ -42,8 +43,6 @@ def _outcome(rows, target):
 
 @register_claim("slac", "SLAC", PAPER, STATEMENT)
 def run(ctx: MethodsContext) -> ClaimResult:
-    from fmtlab.methods.slac import slac_sqnr_curve
-
     t0 = time.perf_counter()
     target = int(ctx.seq_len)
     limit = getattr(getattr(ctx.model, "config", None), "max_position_embeddings", None) or 10 ** 9

@@ -1,0 +1,77 @@
+"""Encoder end-to-end metrics: cosine agreement and rank correlation of pairwise similarities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fmtlab.errors import FmtlabError
+from fmtlab.models import embeddings as E
+
+
+def test_spearman_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 6, 40).astype(float)  # many ties
+        b = a + rng.normal(0, 2, 40)
+        assert E.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_identical_embeddings_agree_perfectly():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    agree = E.embedding_agreement(x, x, n_boot=200)
+    assert agree["cosine"].value == pytest.approx(1.0, abs=1e-12)
+    assert agree["rank"].value == pytest.approx(1.0, abs=1e-12) and agree["rank"].lo == pytest.approx(1.0, abs=1e-12)
+
+
+def test_noise_lowers_both_metrics_and_intervals_bracket_the_point():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 16))
+    y = x + rng.normal(scale=0.8, size=x.shape)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    agree = E.embedding_agreement(x, y, n_boot=300, seed=3)
+    for k in ("cosine", "rank"):
+        iv = agree[k]
+        assert iv.lo <= iv.value <= iv.hi and iv.value < 0.99
+    assert agree == E.embedding_agreement(x, y, n_boot=300, seed=3)  # seeded
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(FmtlabError, match="one shape"):
+        E.embedding_agreement(np.ones((4, 3)), np.ones((5, 3)))
+
+
+def test_held_out_sentences_come_from_the_eval_split():
+    sents = E.held_out_sentences(10)
+    assert len(sents) == 10 and all(40 <= len(s) <= 300 for s in sents)
+    calib = set(E.held_out_sentences(10, split="calib"))
+    assert not calib & set(sents)
+    with pytest.raises(FmtlabError, match="at least 2"):
+        E.held_out_sentences(1)
+
+
+class _Tok:
+    def __call__(self, text, return_tensors=None, truncation=True, max_length=128):
+        import torch
+
+        ids = [101] + [1000 + (ord(c) % 50) for c in text[: max_length - 2]] + [102]
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+
+
+def test_encoder_quality_on_a_tiny_bert():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128)
+    model = transformers.BertModel(cfg).eval()
+    sents = [f"sentence number {i} about {'x' * i}" for i in range(8)]
+    rows = E.encoder_quality(model, _Tok(), [("fp32", None, None), ("w4a4", "int4_per_channel", "int4_per_token")],
+                             sentences=sents, n_boot=100)
+    fp, q = rows
+    assert fp["cosine"] == pytest.approx(1.0, abs=1e-9) and fp["rank"] == pytest.approx(1.0, abs=1e-9)
+    assert q["cosine"] < 1.0 and q["cosine_lo"] <= q["cosine"] <= q["cosine_hi"]
