@@ -235,11 +235,10 @@ def check_model_arg(spec: Any) -> None:
     if not isinstance(cfg.get("model_type", ""), str):
         raise FmtlabError(f"{cfg_path}: model_type is not a string")
     names = set(os.listdir(path))
-    if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
-        pickled = sorted(names & set(_PICKLE_WEIGHTS))
-        raise FmtlabError(f"{path} holds no safetensors weights"
-                          + (f" (only {pickled[0]}, a pickle/foreign checkpoint, which fmtlab does not load; "
-                             "convert it to safetensors)" if pickled else ""))
+    pickled = sorted(names & set(_PICKLE_WEIGHTS))
+    if pickled and not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        raise FmtlabError(f"{path} holds no safetensors weights, only {pickled[0]}: a pickle (or foreign) "
+                          "checkpoint, which fmtlab does not load; convert it to safetensors")
 
 
 def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None, *, trust_remote_code: bool = False):

@@ -101,7 +101,8 @@ class TraceWriter:
         except OSError as exc:
             raise TraceError(f"cannot create the trace {self.path}: {exc.strerror}") from None
         if self.path in _WRITING:
-            raise TraceError(f"trace {self.path} is being written by another writer in this process")
+            raise TraceError(f"trace {self.path} is being written by another fmtlab run (this process, pid "
+                             f"{os.getpid()}); wait for it to finish or choose another output")
         self._lock = trace_lock(self.path)
         try:
             self._lock.acquire()
