@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--quantizers", default="int4_per_channel,nvfp4")
     ap.add_argument("--all-layers", action="store_true")
+    ap.add_argument("--all-eval-sequences", type=int, default=8,
+                    help="eval windows for the all-layers point estimates (default 8 x seq-len)")
     a = ap.parse_args(argv)
 
     import torch
@@ -60,11 +62,12 @@ def main(argv=None) -> None:
                                seq_len=a.seq_len, n_sequences=a.n_sequences, layers=list(LAYERS),
                                outputs=False, overwrite=True, progress=False,
                                text_info={"source": "wiki", "split": split})
+    print(f"traces recorded: {os.popen('uptime').read().strip()}", flush=True)
     hs = trace_hessians(traces["calib"], LAYERS)
     ev = traces["eval"]
     S, L = a.n_sequences, a.seq_len
     stat = lambda sig, noi: _sqnr(sig, noi)  # noqa: E731
-    print(f"calibration: {S} x {L} 'calib' tokens; scored on {S} x {L} 'eval' tokens (disjoint)")
+    print(f"calibration: {S} x {L} 'calib' tokens; scored on {S} x {L} 'eval' tokens (disjoint)", flush=True)
     print("| layer | quantizer | RTN SQNR dB [95% CI] | GPTQ SQNR dB [95% CI] | GPTQ - RTN dB [95% CI] |")
     print("|---|---|---|---|---|")
     for spec in a.quantizers.split(","):
@@ -80,10 +83,11 @@ def main(argv=None) -> None:
             n_r, n_g = per_seq(Y - X @ Qr.T), per_seq(Y - X @ Qg.T)
             ir, ig = bootstrap(stat, sig, n_r), bootstrap(stat, sig, n_g)
             d = paired_difference(stat, (sig, n_g), (sig, n_r))
-            print(f"| {name} | {spec} | {ir.text()} | {ig.text()} | {d.text()} |")
+            print(f"| {name} | {spec} | {ir.text()} | {ig.text()} | {d.text()} |", flush=True)
     if a.all_layers:
         hcal = collect_hessians(model, tok, seq_len=a.seq_len, n_sequences=a.n_sequences)
-        mev = input_moments(model, tok, default_texts("eval"), seq_len=a.seq_len, n_sequences=a.n_sequences)
+        mev = input_moments(model, tok, default_texts("eval"), seq_len=a.seq_len,
+                            n_sequences=a.all_eval_sequences)
         for spec in a.quantizers.split(","):
             q = weight_quantizer(spec)
             better, rows = 0, []

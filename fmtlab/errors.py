@@ -24,6 +24,11 @@ def compile_pattern(pattern: str, option: str = "pattern"):
         raise FmtlabError(f"{option} {pattern!r:.80} is not a valid regular expression: {exc}") from None
 
 
+class SpaceError(FmtlabError, ValueError):
+    """A design space (``fmtlab explore``) that cannot be used: unknown key, empty range, impossible
+    format, malformed constraint."""
+
+
 class ChoiceError(FmtlabError, ValueError):
     """A value that is not one of an enum's choices (rounding mode, overflow policy, adder style,
     accumulator overflow, ...). A ValueError too, so callers catching either see it."""

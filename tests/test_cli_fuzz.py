@@ -60,20 +60,36 @@ def trace_path(tmp_path_factory):
 
 @pytest.fixture
 def tripwires(monkeypatch):
+    """Replace each heavy function by a tripwire wherever it is bound: in its own module and in
+    every loaded module that imported it by name."""
     import importlib
     import subprocess
+    import sys
+
+    import fmtlab.analysis.cli  # noqa: F401 - load every command module, so their bindings are found
+    import fmtlab.cli  # noqa: F401
 
     m = importlib.import_module
-    loading, record, replay, trace = (m("fmtlab.models.loading"), m("fmtlab.models.record"),
-                                      m("fmtlab.sim.replay"), m("fmtlab.sim.trace"))
-    report, search, explore_cli = m("fmtlab.analysis.report"), m("fmtlab.explore.search"), m("fmtlab.explore.cli")
-    executor = m("fmtlab.sim.executor")
-    for mod, name in ((loading, "load_model"), (loading, "load_default_model"), (loading, "_load_dir"),
-                      (record, "record"), (replay, "replay"), (trace.Trace, "verify"),
-                      (report, "run_report"), (search, "search"), (search, "Evaluator"),
-                      (explore_cli, "record_default_traces"), (executor, "make_executor"),
-                      (subprocess, "run"), (subprocess, "Popen")):
-        monkeypatch.setattr(mod, name, _tripwire(f"{getattr(mod, '__name__', mod)}.{name}"))
+    targets = [(m("fmtlab.models.loading"), "load_model"), (m("fmtlab.models.loading"), "load_default_model"),
+               (m("fmtlab.models.loading"), "_load_dir"), (m("fmtlab.models.record"), "record"),
+               (m("fmtlab.sim.replay"), "replay"), (m("fmtlab.analysis.report"), "run_report"),
+               (m("fmtlab.explore.search"), "search"), (m("fmtlab.explore.search"), "Evaluator"),
+               (m("fmtlab.sim.executor"), "make_executor"), (subprocess, "run"), (subprocess, "Popen")]
+    try:
+        run = m("fmtlab.explore.run")
+    except ImportError:  # older layout: these live in fmtlab.explore.cli
+        run = m("fmtlab.explore.cli")
+    targets.append((run, "record_default_traces"))
+    m("fmtlab.explore.cli")
+    for mod, name in targets:
+        original = getattr(mod, name)
+        trip = _tripwire(f"{mod.__name__}.{name}")
+        for other in list(sys.modules.values()):
+            if getattr(other, "__name__", "").startswith("fmtlab") and getattr(other, name, None) is original:
+                monkeypatch.setattr(other, name, trip)
+        monkeypatch.setattr(mod, name, trip)
+    trace = m("fmtlab.sim.trace")
+    monkeypatch.setattr(trace.Trace, "verify", _tripwire("Trace.verify"))
 
 
 def _bad_regex(text: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
+from fmtlab.analysis.methods.section import parse_methods, register_cli
 from fmtlab.errors import FmtlabError
 
 
@@ -22,8 +24,6 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers) -> None:
-    from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
-
     p = subparsers.add_parser(
         "report", help="record, replay, price and plot: a format-evaluation report",
         description="From a model and text to a report folder (report.md, report.html, CSV/JSON tables, PNG "
@@ -63,13 +63,12 @@ def register(subparsers) -> None:
     p.add_argument("--explore-trials", type=int, default=32, help="trials of --explore (default 32)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
-    from fmtlab.analysis.methods.section import register_cli
 
     register_cli(subparsers)
 
 
 def _run(args) -> int:
-    from fmtlab.analysis.methods.section import parse_methods
+    # lazy: the report pulls in numba (replay, the datapath); `fmtlab --help` imports this module
     from fmtlab.analysis.report import ReportOptions, run_report
     from fmtlab.models.record import compile_layers
 

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fmtlab.explore.pareto import pareto_front  # noqa: E402
 from fmtlab.formats import Format, get_format  # noqa: E402
 from fmtlab.safe_io import atomic_open  # noqa: E402
 
@@ -30,19 +31,6 @@ def _save(fig, out: Path) -> Path:
     finally:
         plt.close(fig)
     return out
-
-
-def pareto_front(cost: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """Boolean mask of points not dominated by another (lower-or-equal cost AND higher-or-equal
-    quality, strictly better in one). NaN points are never on the front."""
-    cost = np.asarray(cost, dtype=float)
-    quality = np.asarray(quality, dtype=float)
-    ok = np.isfinite(cost) & np.isfinite(quality)
-    front = np.zeros(cost.shape, dtype=bool)
-    for i in np.flatnonzero(ok):
-        dominated = ok & (cost <= cost[i]) & (quality >= quality[i]) & ((cost < cost[i]) | (quality > quality[i]))
-        front[i] = not dominated.any()
-    return front
 
 
 def plot_format_grids(formats: Sequence["Format | str"], activations: np.ndarray, out: Path,

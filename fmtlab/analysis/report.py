@@ -17,10 +17,12 @@ Pipeline (each step prints its progress on stderr):
 The protocol (fmtlab.analysis.protocol.PROTOCOL) is stated in the report; headline metrics carry
 seeded 95% bootstrap intervals over sequences and comparisons a paired-bootstrap interval.
 
-Pricing notes: a config is priced by the MAC unit of its (weight, activation) element formats;
-MX block quantizers by the MX block-dot unit; NVFP4 by an MX FP4 unit with block 16 (its E4M3
-block-scale multiply is not modelled); per-channel/per-token scale multiplies (once per output,
-not per MAC) and transform overheads (e.g. LLM.int8()'s FP16 outlier path) are not priced.
+Pricing: the configs table prices one MAC of each config's (weight, activation) unit (MX block
+quantizers by the MX block-dot unit, NVFP4 by an FP4 block-16 unit); the energy-per-token section
+(:mod:`fmtlab.analysis.cost_section`, :func:`fmtlab.hw.inference_cost`) prices the whole decoded
+token: those MACs, NVFP4's E4M3 block-scale multiplies, per-output scale multiplies, the dynamic
+quantizers, transform overheads (LLM.int8()'s fp16 outlier path at the measured share, Hadamard
+adds, merged transforms at 0), SRAM and DRAM/HBM traffic of weights and the KV cache.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from fmtlab.analysis import protocol
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
 from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
 from fmtlab.analysis.studies import accumulation_study, price_config
@@ -462,6 +465,7 @@ def _write(run: _Run) -> dict[str, Any]:
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
     cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
         add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
     md, html = doc.write(out)
@@ -470,7 +474,7 @@ def _write(run: _Run) -> dict[str, Any]:
                "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
-              "energy_per_token": cost_rows}
+              "energy_per_token": cost_rows, "source_grid": grid_rows}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")

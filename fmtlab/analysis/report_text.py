@@ -47,7 +47,8 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
     if under:
         best = max(under, key=lambda r: r["pooled_out_sqnr_db"])
         cheapest = min(under, key=lambda r: r["area_ge"])
-        caveat = " (its transform's overhead is not priced)" if best.get("transform") else ""
+        caveat = (" (its transform's per-token overhead is priced in the energy-per-token section, not in "
+                  "this per-MAC area)") if best.get("transform") else ""
         by_ppl = [r for r in under if finite(r.get("perplexity"))]
         if by_ppl:
             bp = min(by_ppl, key=lambda r: r["perplexity"])
@@ -114,7 +115,9 @@ def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massi
     d.paragraph("Pooled output SQNR = -10 log10(mean over layers of noise/signal energy of Q(X) Q(W) against "
                 "X W). Underflow = share of nonzero inputs quantized to 0; clip = share beyond the format's "
                 "range after scaling. Area and energy are per MAC at 45 nm, 0.9 V (fmtlab.hw; ratios to the "
-                f"{opts.area_budget} unit in `area_vs_budget`).")
+                f"{opts.area_budget} unit in `area_vs_budget`); what is paid per output or per token rather "
+                "than per MAC (scale multiplies, dynamic quantizers, transforms, memory traffic) is in the "
+                "energy-per-token section.")
     shown = []
     for r in rows:
         v = dict(r)

@@ -1,10 +1,4 @@
-"""The report's measurements beside replay: MAC pricing of a config and the accumulation study.
-
-Pricing: a config is priced by the MAC unit of its (weight, activation) element formats; MX block
-quantizers by the MX block-dot unit; NVFP4 by an MX FP4 unit with block 16 (its E4M3 block-scale
-multiply is not modelled); per-channel/per-token scale multiplies (once per output, not per MAC)
-and transform overheads are not priced.
-"""
+"""The report's accumulation study (MAC pricing of a config lives in :mod:`fmtlab.hw.config_pricing`)."""
 
 from __future__ import annotations
 
@@ -13,55 +7,9 @@ from typing import Any
 
 import numpy as np
 
-# --------------------------------------------------------------------------------- pricing
-
-def hw_operand(spec: Any) -> tuple[str | None, str]:
-    """(hw operand name, note) of a quantizer spec: element format, or an MX block unit."""
-    from fmtlab.formats import PerBlock, Quantizer, get_quantizer
-    from fmtlab.formats.names import parse_call
-
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "fp32", "float32", "identity")):
-        return None, "not quantized"
-    if isinstance(spec, Quantizer):
-        q = spec
-    elif isinstance(spec, str):
-        name, kw = parse_call(spec)
-        q = get_quantizer(name, **kw)
-    else:
-        return None, "custom quantizer (not priced)"
-    fmt = q.format
-    g = q.granularity
-    if isinstance(g, PerBlock):
-        if g.scale_format == "e8m0":
-            return (f"mx{fmt.name}" if g.size == 32 else f"mx{fmt.name}_b{g.size}"), "MX block unit"
-        return f"mx{fmt.name}_b{g.size}", (f"priced as an E8M0-scaled block-{g.size} unit "
-                                           f"({g.scale_format} block-scale multiply not modelled)")
-    return fmt.name, "element MAC"
-
-
-def price_config(cfg, node: int = 45) -> dict[str, Any]:
-    """MAC cost of a replay config: area (GE, um^2 per MAC) and energy per MAC, or NaN + a note."""
-    from fmtlab.hw import mac_cost
-
-    w, wn = hw_operand(cfg.weight)
-    a, an = hw_operand(cfg.act)
-    row: dict[str, Any] = {"config": cfg.name, "hw_weight": w, "hw_activation": a, "mac_unit": None,
-                           "area_ge": math.nan, "area_um2": math.nan, "energy_pj": math.nan, "hw_note": ""}
-    if w is None or a is None:
-        row["hw_note"] = "reference (not priced)" if w is None and a is None else f"w: {wn}; a: {an}"
-        return row
-    try:
-        c = mac_cost(w, a, node=node)
-    except Exception as exc:  # noqa: BLE001 - an unpriceable pair is reported, not fatal
-        row["hw_note"] = f"not priced: {exc}"
-        return row
-    notes = {wn, an} - {"element MAC", "MX block unit"}
-    if cfg.transform:
-        notes.add(f"transform {cfg.transform} overhead not priced")
-    row.update(mac_unit=c.unit, area_ge=c.area_ge_per_mac, area_um2=c.area_um2_per_mac,
-               energy_pj=c.energy_pj, hw_note="; ".join(sorted(notes)))
-    return row
-
+from fmtlab.formats import get_quantizer
+from fmtlab.hw.config_pricing import hw_operand, price_config  # noqa: F401 - re-exported for fmtlab.analysis.report
+from fmtlab.hw.datapath import dot
 
 # ------------------------------------------------------------------------- accumulation study
 
@@ -75,9 +23,6 @@ def accumulation_study(x: np.ndarray, w: np.ndarray, n_tokens: int = 16, n_rows:
     ||acc - exact||_2 / ||exact||_2 over the n_tokens x n_rows outputs; overflow_rate is the share
     of dot products with at least one overflow event.
     """
-    from fmtlab.formats import get_quantizer
-    from fmtlab.hw.datapath import dot
-
     x = np.ascontiguousarray(x[:n_tokens], dtype=np.float32)
     w = np.ascontiguousarray(w[:n_rows], dtype=np.float32)
     rows: list[dict[str, Any]] = []

@@ -7,6 +7,12 @@ Modules: :mod:`~fmtlab.explore.space` (TOML / Python design spaces), :mod:`~fmtl
 (CSV, plot, comparison with the report), :mod:`~fmtlab.explore.cli` (``fmtlab explore``).
 """
 
-from fmtlab.explore.space import Candidate, DesignSpace, Family, SideSpace, SpaceError, load_space, parse_space
-
 __all__ = ["Candidate", "DesignSpace", "Family", "SideSpace", "SpaceError", "load_space", "parse_space"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from fmtlab.explore import space  # lazy: space imports fmtlab.sim (numba); `fmtlab --help` imports this package
+
+        return getattr(space, name)
+    raise AttributeError(f"module 'fmtlab.explore' has no attribute {name!r}")

@@ -9,7 +9,7 @@ protocol of :mod:`fmtlab.sim.replay_engine`):
 * ``a_underflow_rate`` / ``a_clip_rate`` / ``w_underflow_rate`` / ``w_clip_rate``: means over layers.
 
 Cost (per candidate, from :func:`fmtlab.hw.mac_cost` at the space's node, priced like the report:
-:func:`fmtlab.analysis.studies.hw_operand`): ``area_um2`` and ``area_ge`` per MAC, ``energy_pj``
+:func:`fmtlab.hw.config_pricing.hw_operand`): ``area_um2`` and ``area_ge`` per MAC, ``energy_pj``
 per MAC; ``w_bits`` / ``a_bits`` are storage bits per element including shared scales.
 With the cost objective ``energy_per_token_uj`` (``fmtlab explore --cost energy_per_token``) each
 point also gets :func:`energy_columns`: energy per decoded token (uJ) of the trace's model from
@@ -31,10 +31,18 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from fmtlab.errors import FmtlabError
+import numpy as np
 
-__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "accuracy_from_rows",
-           "ACCURACY_COLUMNS", "COST_COLUMNS", "ENERGY_COLUMNS", "energy_columns"]
+from fmtlab.errors import FmtlabError, SpaceError
+from fmtlab.formats import get_format, parse_quantizer
+from fmtlab.hw import SMOLLM2_135M, inference_cost, mac_cost
+from fmtlab.hw.config_pricing import FP8_SCALE_NOTE, block_scale_per_mac, hw_operand
+from fmtlab.sim.metrics import sqnr_db
+from fmtlab.sim.quant import resolve
+
+__all__ = ["Constraint", "parse_constraint", "price", "int_acc_exact", "acc_measured", "accuracy_from_rows",
+           "element_formats", "group_size", "ACCURACY_COLUMNS", "COST_COLUMNS", "ENERGY_COLUMNS",
+           "energy_columns"]
 
 ACCURACY_COLUMNS = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db", "a_underflow_rate",
                     "a_clip_rate", "w_underflow_rate", "w_clip_rate", "n_layers")
@@ -65,8 +73,6 @@ class Constraint:
 
 def parse_constraint(text: str, node: int = 45) -> Constraint:
     """A :class:`Constraint` from ``"area <= 1.0 x int8"`` and the like (FmtlabError if malformed)."""
-    from fmtlab.explore.space import SpaceError
-
     m = _RE.fullmatch(text)
     if not m or m.group(1) not in _METRICS:
         raise SpaceError(f"constraints: cannot read {text!r}; write METRIC OP VALUE [x REF], METRIC one of "
@@ -90,26 +96,18 @@ def parse_constraint(text: str, node: int = 45) -> Constraint:
 
 @functools.lru_cache(maxsize=4096)
 def _mac(w: str, a: str, acc: str | None, node: int) -> tuple[str, float, float, float]:
-    from fmtlab.hw import mac_cost
-
     c = mac_cost(w, a, acc, node=node)
     return c.unit, float(c.area_um2_per_mac), float(c.area_ge_per_mac), float(c.energy_pj)
 
 
 @functools.lru_cache(maxsize=4096)
 def _operand(spec: str) -> tuple[str | None, str]:
-    from fmtlab.analysis.studies import hw_operand
-
     return hw_operand(spec)
 
 
 @functools.lru_cache(maxsize=1024)
 def product_bits(w_fmt: str, a_fmt: str) -> int | None:
     """Signed fixed-point bits of one w x a product (None for non-integer-like grids, e.g. FP)."""
-    import numpy as np
-
-    from fmtlab.formats import get_format
-
     spans = []
     for f in (w_fmt, a_fmt):
         v = np.asarray(get_format(f).values(), dtype=np.float64)
@@ -132,20 +130,42 @@ def int_acc_exact(acc: str, w_fmt: str, a_fmt: str, k_max: int) -> bool:
     return pb is not None and pb + math.ceil(math.log2(max(2, k_max))) <= int(m.group(1))
 
 
+def element_formats(spec: str) -> str:
+    """The element format name of a quantizer spec (parsed by the one resolver)."""
+    fmt = parse_quantizer(spec).format
+    if fmt is None:
+        raise SpaceError(f"quantizer {spec!r} has no element format")
+    return fmt.name
+
+
+def acc_measured(acc: str, w_spec: str, a_spec: str, k_max: int) -> bool:
+    """True when replay must compute a candidate's dot products with its accumulator: an
+    ``intN[_sat]`` that may overflow for K = ``k_max`` (:func:`int_acc_exact`), or any float
+    accumulator other than fp32 (bf16, fp16, tf32, e<E>m<M>, promoted, chunked ``_k<N>``).
+    ``auto``, ``fp32``, ``kulisch`` and exact integer accumulators share the float32-GEMM replay."""
+    if acc in ("auto", "fp32", "kulisch") or re.fullmatch(r"kulisch\d*", acc):
+        return False
+    if re.fullmatch(r"int(\d+)(_sat)?", acc):
+        return not int_acc_exact(acc, element_formats(w_spec), element_formats(a_spec), k_max)
+    return True
+
+
+def _priced_acc(acc: str | None) -> str | None:
+    """The MAC model's accumulator name: a chunk suffix ``_k<N>`` is an accuracy setting only."""
+    return None if acc is None else re.sub(r"_k\d+$", "", acc)
+
+
 @functools.lru_cache(maxsize=4096)
 def group_size(spec: str) -> int | None:
     """Elements per scale along the reduction axis of a quantizer spec (groups, blocks), or None."""
-    from fmtlab.sim.quant import resolve
-
     return getattr(resolve(spec).obj.granularity, "size", None)
 
 
 def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) -> dict[str, Any]:
     """Cost columns of a :class:`fmtlab.explore.space.Candidate`, or {"error": reason} when the MAC
-    model cannot price it, its integer accumulator is not exact for K = ``k_max``, or a group/block
-    size does not divide one of the trace's reduction lengths ``k_all``."""
-    from fmtlab.explore.space import element_formats
-
+    model cannot price it, or a group/block size does not divide one of the trace's reduction
+    lengths ``k_all`` (``k_max`` is kept for callers; accumulators are measured, see
+    :func:`acc_measured`)."""
     for spec in (cand.weight, cand.act):
         g = group_size(spec)
         bad = [k for k in k_all if g and k % g]
@@ -155,11 +175,12 @@ def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) 
     a, an = _operand(cand.act)
     if w is None or a is None:
         return {"error": f"not priceable: w {wn}, a {an}"}
-    acc = None if cand.accumulator == "auto" else cand.accumulator
-    if acc is not None and not int_acc_exact(acc, element_formats(cand.weight), element_formats(cand.act), k_max):
-        return {"error": f"{acc} may overflow for K={k_max} (replay assumes exact accumulation)"}
+    acc = None if cand.accumulator == "auto" else _priced_acc(cand.accumulator)
     try:
         unit, area, ge, pj = _mac(w, a, acc, node)
+        if FP8_SCALE_NOTE in wn + an:  # NVFP4-style E4M3 block scales: their multiply per block
+            dge, dum2, dpj = block_scale_per_mac(w, a, node)
+            area, ge, pj = area + dum2, ge + dge, pj + dpj
     except Exception as exc:  # noqa: BLE001 - unpriceable pairs are not points of the space
         return {"error": f"not priceable: {' '.join(str(exc).split())}"}
     return {"mac_unit": unit, "area_um2": area, "area_ge": ge, "energy_pj": pj,
@@ -168,10 +189,6 @@ def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) 
 
 def accuracy_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Accuracy columns (see the module doc) of one config's Linear-layer replay rows."""
-    import numpy as np
-
-    from fmtlab.sim.metrics import sqnr_db
-
     rows = [r for r in rows if r.get("kind", "linear") == "linear"]
     if not rows:
         raise FmtlabError("no Linear-layer rows to score")
@@ -202,10 +219,8 @@ def feasible(point: Mapping[str, Any], constraints: Iterable[Constraint]) -> lis
 def energy_columns(cand, node: int = 45, model=None) -> dict[str, Any]:
     """Energy per decoded token (uJ) of a candidate at batch 1 and 64 (:data:`ENERGY_COLUMNS`),
     or {"error": reason}. ``model``: a :class:`fmtlab.hw.ModelShape` (default SmolLM2-135M)."""
-    from fmtlab.hw import SMOLLM2_135M, inference_cost
-
     cfg = dict(name=cand.replay_key, weight=cand.weight, act=cand.act, transform=cand.transform,
-               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else cand.accumulator)
+               act_calib=cand.act_calib, accumulator=None if cand.accumulator == "auto" else _priced_acc(cand.accumulator))
     try:
         e1, e64 = (inference_cost(model or SMOLLM2_135M, cfg, batch=b, context=ENERGY_CONTEXT, node=node).energy_j
                    for b in (1, 64))

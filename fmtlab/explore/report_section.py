@@ -12,17 +12,16 @@ import os
 from typing import Any
 
 from fmtlab.errors import FmtlabError
+from fmtlab.explore.results import comparison_lines, write_outputs
+from fmtlab.explore.search import Evaluator, search
+from fmtlab.explore.space import load_space
+from fmtlab.sim.executor import make_executor
 
 __all__ = ["add_explore_section"]
 
 
 def add_explore_section(doc: Any, opts: Any, trace: str, calib: str, out: Any, step=lambda s: None) -> dict:
     """Run the search of ``opts.explore`` and append its section to ``doc``; returns the summary."""
-    from fmtlab.sim.executor import make_executor
-    from fmtlab.explore.results import comparison_lines, write_outputs
-    from fmtlab.explore.search import Evaluator, search
-    from fmtlab.explore.space import load_space
-
     if opts.explore_trials < 1:
         raise FmtlabError(f"--explore-trials must be >= 1, got {opts.explore_trials}")
     space = load_space(opts.explore)

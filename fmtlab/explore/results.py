@@ -16,6 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from fmtlab.explore.objectives import ACCURACY_COLUMNS, COST_COLUMNS, ENERGY_COLUMNS
+from fmtlab.explore.pareto import pareto_front
+from fmtlab.safe_io import atomic_open, atomic_write_text, dumps_json
+from fmtlab.sim.replay import rows_to_csv
 
 __all__ = ["front_mask", "compare_with_report", "write_outputs", "plot_front", "TRIAL_COLUMNS"]
 
@@ -25,8 +28,6 @@ TRIAL_COLUMNS = (["trial", "on_front", "report_config", "accuracy", "cost", "wei
 
 def front_mask(rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """Pareto mask over ``rows`` (maximise "accuracy", minimise "cost")."""
-    from fmtlab.analysis.plots import pareto_front
-
     acc = np.array([_f(r.get("accuracy")) for r in rows])
     cost = np.array([_f(r.get("cost")) for r in rows])
     return pareto_front(cost, acc) if len(rows) else np.zeros(0, dtype=bool)
@@ -64,12 +65,10 @@ def compare_with_report(rows: Sequence[dict[str, Any]], report_keys: dict[str, s
 
 def plot_front(rows: Sequence[dict[str, Any]], out: str, accuracy: str, cost: str, title: str = "") -> str:
     """Scatter of every measured point, the front in red, the report's configs labelled."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fmtlab.safe_io import atomic_open
 
     pts = [r for r in rows if math.isfinite(_f(r.get("accuracy"))) and math.isfinite(_f(r.get("cost")))]
     fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -104,9 +103,6 @@ def plot_front(rows: Sequence[dict[str, Any]], out: str, accuracy: str, cost: st
 def write_outputs(result, space, out_dir: str) -> dict[str, Any]:
     """Write trials.csv, pareto.csv, pareto.png and explore.json into ``out_dir`` (each atomically);
     returns a summary (front size, comparison with the report, paths)."""
-    from fmtlab.safe_io import atomic_write_text, dumps_json
-    from fmtlab.sim.replay import rows_to_csv
-
     rows = sorted(result.rows, key=lambda r: (r["trial"] is None, r["trial"]))
     mask = front_mask(rows)
     ref_by_key = {k: n for n, k in result.info.get("report_configs", {}).items()}
@@ -149,7 +145,7 @@ def front_perplexity(front: Sequence[dict[str, Any]], model, tokenizer, *, calib
     unless ``texts``) of each front member's config, plus the fp32 reference; one row per config
     ("config", "ppl", "nll", "tokens") in front order, the reference first. ``calib``: the
     calibration trace for static scales / fitted transforms."""
-    from fmtlab.models.perplexity import perplexity_table
+    from fmtlab.models.perplexity import perplexity_table  # lazy: imports torch; explore's replay side stays torch-free
 
     cfgs = ["fp32"] + [r["config"] for r in front]
     rows = perplexity_table(model, tokenizer, cfgs, seq_len=seq_len, n_sequences=n_sequences, texts=texts,

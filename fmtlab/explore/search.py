@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fmtlab.errors import FmtlabError
-from fmtlab.sim.executor import SerialExecutor, Unit, chunks, replay_tasks, run_units
+from fmtlab.explore.defaults import DEFAULT_CONFIGS
 from fmtlab.explore.objectives import accuracy_from_rows
 from fmtlab.hw.model_shape import ModelShape
 from fmtlab.explore.space import Candidate, DesignSpace
+from fmtlab.sim.executor import SerialExecutor, Unit, chunks, replay_tasks, run_units
+from fmtlab.sim.replay import PRESETS
+from fmtlab.sim.trace import open_trace
 
 __all__ = ["Evaluator", "SearchResult", "search", "report_candidates"]
 
@@ -50,8 +53,6 @@ class Evaluator:
     def __init__(self, trace: str, calib: str | None, executor=None, *, layers: str | None = None,
                  max_tokens: int | None = None, batch: int = 8, cache_path: str | None = None,
                  progress: bool = False):
-        from fmtlab.sim.trace import open_trace
-
         tr = open_trace(trace)  # verified once here; workers open by path without re-hashing
         cal = open_trace(calib) if calib is not None else None
         self.trace, self.calib = os.path.abspath(trace), (os.path.abspath(calib) if calib else None)
@@ -141,9 +142,6 @@ class SearchResult:
 def report_candidates(space: DesignSpace, feasible: dict[str, tuple[Candidate, dict]]) -> list[tuple[str, Candidate]]:
     """[(report config name, candidate)] of the report's priced configs that are points of ``space``
     (with the space's first accumulator that prices them)."""
-    from fmtlab.analysis.defaults import DEFAULT_CONFIGS
-    from fmtlab.sim.replay import PRESETS
-
     by_dims: dict[tuple, Candidate] = {}
     for c, _ in feasible.values():
         by_dims.setdefault((c.weight, c.act, c.transform, c.act_calib), c)

@@ -35,24 +35,37 @@ Rules between dimensions (points that break them are skipped, not errors): ``blo
 e8m0 (OCP MX) or fp8_e4m3 (NVFP4-style, with the FP32 tensor scale) block scale; the others take
 fp32, or e8m0 as a power-of-two absmax scale. Static activation calibration only applies to
 per-tensor activation scales. A point whose MAC unit :mod:`fmtlab.hw` cannot price (e.g. INT
-weights with FP activations) is not a point of the space. Accumulators only change the cost:
-replay multiplies in float32, so an integer accumulator is kept only where it is exact for the
-trace's dot-product length (product bits + log2 K <= width, see :func:`int_acc_exact`), and
-float accumulators narrower than fp32 are refused.
+weights with FP activations) is not a point of the space. Accumulators (``auto``, ``fp32``,
+``kulisch``, ``int<W>[_sat]``, ``bf16``, ``fp16``, ``tf32``, ``e<E>m<M>[_rtz]``, ``hopper_fp8_mma``, a
+float one with a chunk ``_k<N>``; :mod:`fmtlab.sim.accumulate`) change the cost, and the accuracy
+where they can: an integer accumulator that may overflow on the trace's dot-product length
+(product bits + log2 K > width, see :func:`int_acc_exact`) and every float accumulator other than
+fp32 are replayed with the accumulator (``Candidate.acc_measured``: replay config ``acc=``), so a
+narrower accumulator is scored, not filtered out and not rewarded for free; an exact integer
+accumulator, fp32 and Kulisch share the float32-GEMM replay of their quantizers. A measured
+accumulator does not combine with a transform (those points are left out, with the reason).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, FormatError, SpaceError
+from fmtlab.explore.objectives import acc_measured, energy_columns, feasible, parse_constraint, price
+from fmtlab.formats import get_format
+from fmtlab.formats.registry import builtin_name
+from fmtlab.sim.accumulate import parse as parse_accumulator
+from fmtlab.sim.replay import ReplayConfig
+from fmtlab.sim.transforms import get_transform
 
 __all__ = ["SpaceError", "Family", "SideSpace", "DesignSpace", "Candidate", "load_space", "parse_space",
-           "example_space_path", "element_formats", "quantizer_spec"]
+           "example_space_path", "quantizer_spec"]
 
 GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block")
 SCALES = ("fp32", "e8m0", "fp8_e4m3")
@@ -66,10 +79,6 @@ _FAMILY_KEYS = {"int": {"bits", "sym"}, "dint": {"bits", "denormals"}, "log": {"
 _SIDE_KEYS = {"family", "granularity", "scale", "rule"}
 _TOP_KEYS = {"name", "node", "objectives", "constraints", "accumulators", "transforms", "act_calib",
              "weights", "activations", "description"}
-
-
-class SpaceError(FmtlabError, ValueError):
-    """A design space that cannot be used: unknown key, empty range, impossible format."""
 
 
 # ------------------------------------------------------------------------------ value ranges
@@ -122,10 +131,6 @@ class Family:
 
     def formats(self, where: str = "family") -> list[str]:
         """Registry names of every format of this family (FormatError-free; SpaceError if none)."""
-        from fmtlab.errors import FormatError
-        from fmtlab.formats import get_format
-        from fmtlab.formats.registry import builtin_name
-
         if self.kind not in _FAMILY_KEYS:
             raise SpaceError(f"{where}.kind: unknown family {self.kind!r} (use {', '.join(_FAMILY_KEYS)})")
         _check_keys(self.params, _FAMILY_KEYS[self.kind], where)
@@ -242,8 +247,6 @@ def _is_float(t: str) -> bool:
 
 def _bits(fmt: str, gran: str, scale: str) -> float:
     """Storage bits per element: element bits plus the scale's bits shared over a group/block."""
-    from fmtlab.formats import get_format
-
     b = float(get_format(fmt).bits)
     kind, _, size = gran.partition(":")
     if kind in ("group", "block"):
@@ -281,23 +284,14 @@ def quantizer_spec(fmt: str, gran: str, scale: str, rule: str = "absmax") -> str
     return f"{fmt}_{g}{suffix}"
 
 
-def element_formats(spec: str) -> str:
-    """The element format name of a quantizer spec (parsed by the one resolver)."""
-    from fmtlab.formats import parse_quantizer
-
-    fmt = parse_quantizer(spec).format
-    if fmt is None:
-        raise SpaceError(f"quantizer {spec!r} has no element format")
-    return fmt.name
-
-
 # ----------------------------------------------------------------------------------- candidates
 
 @dataclass(frozen=True)
 class Candidate:
     """One point of a space: a replay config plus what the MAC model prices.
 
-    ``replay_key`` identifies the accuracy (accumulators do not change replay), ``key`` the point.
+    ``replay_key`` identifies the accuracy (the accumulator is part of it only when
+    ``acc_measured``: it may change the result, see the module doc), ``key`` the point.
     """
 
     weight: str
@@ -307,12 +301,14 @@ class Candidate:
     accumulator: str
     w_bits: float
     a_bits: float
+    acc_measured: bool = False
 
     @property
     def replay_key(self) -> str:
         t = f";t={self.transform}" if self.transform else ""
         c = f";c={self.act_calib}" if self.act_calib else ""
-        return f"w={self.weight};a={self.act}{t}{c}"
+        acc = f";acc={self.accumulator}" if self.acc_measured else ""
+        return f"w={self.weight};a={self.act}{t}{c}{acc}"
 
     @property
     def key(self) -> str:
@@ -325,14 +321,11 @@ class Candidate:
 
     @property
     def replay_name(self) -> str:
-        import hashlib
-
         return "x" + hashlib.sha1(self.replay_key.encode()).hexdigest()[:10]
 
     def replay_config(self):
-        from fmtlab.sim.replay import ReplayConfig
-
-        return ReplayConfig(self.replay_name, self.weight, self.act, self.transform, act_calib=self.act_calib)
+        return ReplayConfig(self.replay_name, self.weight, self.act, self.transform, act_calib=self.act_calib,
+                            accumulator=self.accumulator if self.acc_measured else None)
 
 
 @dataclass(frozen=True)
@@ -363,8 +356,6 @@ class DesignSpace:
         for c in self.act_calib:
             if c != "dynamic" and c.split("(")[0] not in ("absmax", "percentile", "mse"):
                 raise SpaceError(f"act_calib: {c!r} is not dynamic, absmax, mse or percentile(P)")
-        from fmtlab.explore.objectives import parse_constraint
-
         for c in self.constraints:
             parse_constraint(c)
         if not isinstance(self.node, int) or self.node <= 0:
@@ -404,8 +395,6 @@ class DesignSpace:
         ``k_all``: every reduction length of the trace (group and block sizes must divide them);
         ``model``: the :class:`fmtlab.hw.ModelShape` an energy-per-token objective prices (each
         point on its own: transforms and static scales change it)."""
-        from fmtlab.explore.objectives import energy_columns, feasible, parse_constraint, price
-
         cons = [parse_constraint(c, self.node) for c in self.constraints]
         ws = self.weights.quantizers("weights")
         as_ = self.activations.quantizers("activations")
@@ -416,6 +405,12 @@ class DesignSpace:
             for a, _, ab in as_:
                 for acc in self.accumulators:
                     pts = list(self._expand(w, a, acc, wb, ab))
+                    if pts and acc_measured(acc, w, a, k_max):
+                        n_t = sum(p.transform is not None for p in pts)
+                        if n_t:  # replay computes an accumulator without transforms only
+                            why_t = f"{acc} is measured by replay without transforms only"
+                            dropped[why_t] = dropped.get(why_t, 0) + n_t
+                        pts = [dataclasses.replace(p, acc_measured=True) for p in pts if p.transform is None]
                     cost = price(pts[0], self.node, k_max, tuple(sorted(set(k_all)))) if pts else {}
                     why = cost.get("error") or "; ".join(feasible(cost, cons))
                     if why:
@@ -441,23 +436,18 @@ class DesignSpace:
 
 
 def _check_acc(a: str, where: str) -> None:
-    import re
-
-    if a in ("auto", "kulisch", "fp32"):
+    if a == "auto":
         return
-    if re.fullmatch(r"int(\d+)(_sat)?", a):
-        return
-    if a in ("bf16", "fp16"):
-        raise SpaceError(f"{where}: {a} accumulation is not modelled by replay (float32 GEMMs), so its "
-                         "accuracy would be overstated; use auto, fp32, kulisch or intN[_sat]")
-    raise SpaceError(f"{where}: unknown accumulator {a!r} (auto, fp32, kulisch, intN, intN_sat)")
+    try:
+        parse_accumulator(a)
+    except (FmtlabError, TypeError) as exc:
+        raise SpaceError(f"{where}: unknown accumulator {a!r} (auto, fp32, kulisch, intN[_sat], bf16, fp16, "
+                         f"tf32, e<E>m<M>[_rtz], hopper_fp8_mma, a float one with _k<N>): {exc}") from None
 
 
 def _check_transform(t: str, where: str) -> None:
     if t == "none":
         return
-    from fmtlab.sim.transforms import get_transform
-
     try:
         get_transform(t)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad space entry
@@ -520,6 +510,4 @@ def load_space(path: str) -> DesignSpace:
 
 def example_space_path() -> str:
     """Path of the shipped example space (fmtlab/explore/spaces/example.toml)."""
-    import os
-
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "spaces", "example.toml")

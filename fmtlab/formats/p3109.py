@@ -44,6 +44,7 @@ from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
 from fmtlab.formats.capabilities import NotSupportedError, Subsystem, register_handler
 from fmtlab.formats.minifloat import MiniFloat
+from fmtlab.formats.oracle import OracleRule
 from fmtlab.formats.rounding import NanInput, Overflow
 from fmtlab.formats.special import CodePattern, Field, Special, SpecialRule, register_special_rule
 
@@ -200,8 +201,6 @@ def oracle_rule(fmt: P3109Unsigned, vals: list[float], codes: list[int]):
     the virtual value above max continues the top binade's spacing, even iff the max code is
     odd; the virtual value below 0 is -(smallest positive) (odd), so x <= -smallest/2 is a
     negative overflow (SATURATE: 0; NAN and INF: NaN, there is no -Inf)."""
-    from fmtlab.formats.oracle import OracleRule  # lazy: oracle imports the formats registry
-
     top, top_code = vals[-1], codes[-1]
     _, e = math.frexp(top)
     hi = top + math.ldexp(1.0, e - 1 - fmt.man_bits)

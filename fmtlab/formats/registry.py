@@ -21,6 +21,7 @@ from fmtlab.errors import FormatError
 from fmtlab.formats.base import Format
 from fmtlab.formats.dint import DInt
 from fmtlab.formats.e8m0 import E8M0
+from fmtlab.formats.hifloat8 import HiFloat8
 from fmtlab.formats.integer import IntFormat
 from fmtlab.formats.logfmt import LogFormat
 from fmtlab.formats.lookup import IQ4NL_VALUES, NF4_VALUES, LookupFormat
@@ -43,9 +44,11 @@ _NAMED: dict[str, Callable[[], Format]] = {
     "fp6_e3m2": lambda: MiniFloat(3, 2, special="fin", label="fp6_e3m2"),
     "fp6_e2m3": lambda: MiniFloat(2, 3, special="fin", label="fp6_e2m3"),
     "fp4_e2m1": lambda: MiniFloat(2, 1, special="fin", label="fp4_e2m1"),
-    # E1M2 (the second element of MixFP4, arXiv 2605.31035): OCP-style FP4 with one exponent
-    # bit, bias 2**(1-1) - 1 = 0, all codes finite: +/-{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5}.
-    "fp4_e1m2": lambda: MiniFloat(1, 2, special="fin", label="fp4_e1m2"),
+    # E1M2 (the second element of MixFP4, arXiv 2605.31035), as en_dtypes' float4_e1m2: one
+    # exponent bit, bias 1, all codes finite: +/-{0, 0.25, 0.5, ..., 1.75}.
+    "fp4_e1m2": lambda: MiniFloat(1, 2, bias=1, special="fin", label="fp4_e1m2"),
+    # Ascend HiFloat8 (arXiv 2409.16626; hifloat8.py)
+    "hifloat8": HiFloat8,
     "e8m0": E8M0,
     # IEEE 754 binary16 and bfloat16.
     "fp16": lambda: MiniFloat(5, 10, special="ieee", label="fp16"),
@@ -62,7 +65,7 @@ _ALIASES = {
     "e5m2": "fp8_e5m2", "float8_e5m2": "fp8_e5m2",
     "float8_e4m3fnuz": "fp8_e4m3fnuz", "float8_e5m2fnuz": "fp8_e5m2fnuz",
     "fp6_e3m2fn": "fp6_e3m2", "fp6_e2m3fn": "fp6_e2m3", "fp4_e2m1fn": "fp4_e2m1",
-    "fp4": "fp4_e2m1", "e2m1": "fp4_e2m1", "e1m2": "fp4_e1m2", "float16": "fp16", "half": "fp16",
+    "fp4": "fp4_e2m1", "e2m1": "fp4_e2m1", "e1m2": "fp4_e1m2", "hif8": "hifloat8", "float16": "fp16", "half": "fp16",
     "bfloat16": "bf16", "e8m0fnu": "e8m0", "float8_e8m0fnu": "e8m0",
 }
 
@@ -77,7 +80,7 @@ STANDARD_NAMES = (
     "int2", "int3", "int4", "int8", "int16", "uint4", "uint8", "int4_sym", "int8_sym",
     "dint4", "dint8", "log4", "log4_b1.4142135623730951", "log8",
     "fp8_e4m3", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1",
-    "fp4_e1m2", "e8m0", "fp16", "bf16", "nf4", "iq4nl",
+    "fp4_e1m2", "hifloat8", "e8m0", "fp16", "bf16", "nf4", "iq4nl",
 ) + P3109_NAMES
 
 #: formats registered with register_format (name -> format)

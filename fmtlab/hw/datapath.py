@@ -26,10 +26,11 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import BlockFormat, Format
 from fmtlab.hw import dp_kernels as K
-from fmtlab.hw.mac import kulisch_geometry, make_unit, MacUnit
+from fmtlab.hw.mac import kulisch_flag_bits, kulisch_geometry, make_unit, MacUnit
 from fmtlab.hw.operands import (AccOverflow, AccRounding, FixedView, FloatAcc, FloatView, IntAcc,
                                 KulischAcc, view)
-from fmtlab.hw.promotion import parse_promoted, promoted_dot
+from fmtlab.hw.promoted_acc import PRESETS as PROMOTED_PRESETS, PromotedAcc, parse_promoted
+from fmtlab.hw.promotion import promote_partials
 
 # ------------------------------------------------------------------------------------------
 # accumulator bit patterns
@@ -226,7 +227,7 @@ def dot(w_codes, a_codes, weight: "str | Format", activation: "str | Format",
     Codes are the formats' bit patterns (``fmt.encode(x)``). ``init``: initial accumulator
     value(s) (float; default 0). Returns a :class:`DotResult` shaped like the leading axes.
     ``accumulator`` may also be a two-level accumulator of a real accelerator (a
-    :class:`fmtlab.hw.promotion.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
+    :class:`fmtlab.hw.promoted_acc.PromotedAcc` or a preset name such as ``"hopper_fp8_mma"``).
     """
     if parse_promoted(accumulator) is not None:
         if overflow is not None or rounding is not None:
@@ -248,6 +249,46 @@ def dot(w_codes, a_codes, weight: "str | Format", activation: "str | Format",
     if isinstance(acc, FloatAcc):
         return _dot_float(unit, vw, va, W, X, init_arr, lead)
     return _dot_kulisch(unit, vw, va, W, X, init_arr, lead)
+
+
+def promoted_dot(w_codes, a_codes, weight, activation, accumulator: "str | PromotedAcc",
+                 *, init=None):
+    """Dot products over the last axis as a promoted accumulator computes them (:mod:`fmtlab.hw.promotion`).
+
+    Same arguments and result as :func:`dot` (floating-point operands only);
+    ``overflows`` counts inner and outer steps that overflowed; ``raw`` holds outer bit patterns.
+    """
+    acc = parse_promoted(accumulator)
+    if acc is None:
+        raise FmtlabError(f"unknown promoted accumulator {accumulator!r}; presets: {', '.join(PROMOTED_PRESETS)}")
+    w = np.asarray(w_codes)
+    x = np.asarray(a_codes)
+    if w.ndim == 0 or x.ndim == 0:
+        raise FmtlabError("promoted_dot needs arrays with a K axis (last axis)")
+    k = w.shape[-1]
+    if x.shape[-1] != k:
+        raise FmtlabError(f"w_codes and a_codes disagree on K: {w.shape} vs {x.shape}")
+    full = dot(w, x, weight, activation, acc.outer, init=init)  # exact reference and the init rounding
+    lead = full.value.shape
+    if k == 0:
+        return dataclasses.replace(full, accumulator=acc.name)
+    starts = range(0, k, acc.interval)
+    parts = []
+    ovf = np.zeros(int(np.prod(lead, dtype=np.int64)), np.int64)
+    for s in starts:
+        r = dot(w[..., s:s + acc.interval], x[..., s:s + acc.interval], weight, activation, acc.inner)
+        parts.append(r.value.reshape(-1))
+        ovf += r.overflows.reshape(-1)
+    partials = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
+    man, emin, emax, rtz, f64 = float_params(acc.outer)
+    init_arr = np.zeros(partials.shape[0]) if init is None else \
+        np.broadcast_to(np.asarray(init, np.float64), lead).reshape(-1)
+    acc0 = np.array([v if f64 else K.round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
+    out = np.empty(partials.shape[0])
+    out_ovf = np.empty(partials.shape[0], np.int64)
+    promote_partials(partials, acc0, man, emin, emax, rtz, f64, out, out_ovf)
+    return DotResult(out.reshape(lead), full.exact, (ovf + out_ovf).reshape(lead),
+                     float_to_bits(out, acc.outer).reshape(lead), 1.0, acc.name)
 
 
 def matvec(w_codes, x_codes, weight: "str | Format", activation: "str | Format",
@@ -432,8 +473,6 @@ def kulisch_step(unit: MacUnit, vw: FloatView, va: FloatView, acc_in, w, x) -> n
     """Kulisch register update on Python ints (exact, any width)."""
     acc: KulischAcc = unit.accumulator  # type: ignore[assignment]
     _, _, width = kulisch_geometry(vw, va, acc.guard)
-    from fmtlab.hw.mac import kulisch_flag_bits
-
     nf = kulisch_flag_bits(vw, va)
     valw, sigw, shw = float_tables(vw)
     valx, sigx, shx = float_tables(va)

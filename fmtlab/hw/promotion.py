@@ -6,7 +6,9 @@ in the ``inner`` float accumulator, one rounding per step in the inner rounding 
 are exact, as in :func:`fmtlab.hw.datapath.dot`); the chunk's partial sum is then added into the
 ``outer`` accumulator with one rounding in the outer mode (the "promotion"). ``interval >= K`` is
 one inner accumulation followed by one rounding into ``outer``; ``inner == outer`` with
-``interval = 1`` is a plain ``outer`` accumulation.
+``interval = 1`` is a plain ``outer`` accumulation. The accumulator and its presets live in
+:mod:`fmtlab.hw.promoted_acc`, this module holds the outer-rounding kernel;
+:func:`fmtlab.hw.datapath.promoted_dot` (and ``dot`` with a promoted accumulator) computes with them.
 
 Presets (cited; what is inferred is said so):
 
@@ -26,20 +28,17 @@ Presets (cited; what is inferred is said so):
 
 from __future__ import annotations
 
-import dataclasses
-
 import numba as nb
 import numpy as np
 
-from fmtlab.errors import FmtlabError
 from fmtlab.hw import dp_kernels as K
-from fmtlab.hw.promoted_acc import PRESETS, PromotedAcc, parse_promoted
+from fmtlab.hw.promoted_acc import PRESETS, PromotedAcc, parse_promoted  # noqa: F401 - their home before the move
 
-__all__ = ["PromotedAcc", "PRESETS", "parse_promoted", "promoted_dot"]
+__all__ = ["promote_partials"]
 
 
 @nb.njit(cache=True)
-def _promote(partials, acc0, man_bits, emin, emax, rtz, is_f64, out_acc, out_ovf):
+def promote_partials(partials, acc0, man_bits, emin, emax, rtz, is_f64, out_acc, out_ovf):
     """out_acc[i] = partials[i, :] added one by one into acc0[i], one outer rounding per add."""
     M, C = partials.shape
     for i in range(M):
@@ -53,45 +52,3 @@ def _promote(partials, acc0, man_bits, emin, emax, rtz, is_f64, out_acc, out_ovf
             acc = new
         out_acc[i] = acc
         out_ovf[i] = n
-
-
-def promoted_dot(w_codes, a_codes, weight, activation, accumulator: "str | PromotedAcc",
-                 *, init=None):
-    """Dot products over the last axis as a promoted accumulator computes them (module docstring).
-
-    Same arguments and result as :func:`fmtlab.hw.datapath.dot` (floating-point operands only);
-    ``overflows`` counts inner and outer steps that overflowed; ``raw`` holds outer bit patterns.
-    """
-    from fmtlab.hw.datapath import DotResult, dot, float_params, float_to_bits
-
-    acc = parse_promoted(accumulator)
-    if acc is None:
-        raise FmtlabError(f"unknown promoted accumulator {accumulator!r}; presets: {', '.join(PRESETS)}")
-    w = np.asarray(w_codes)
-    x = np.asarray(a_codes)
-    if w.ndim == 0 or x.ndim == 0:
-        raise FmtlabError("promoted_dot needs arrays with a K axis (last axis)")
-    k = w.shape[-1]
-    if x.shape[-1] != k:
-        raise FmtlabError(f"w_codes and a_codes disagree on K: {w.shape} vs {x.shape}")
-    full = dot(w, x, weight, activation, acc.outer, init=init)  # exact reference and the init rounding
-    lead = full.value.shape
-    if k == 0:
-        return dataclasses.replace(full, accumulator=acc.name)
-    starts = range(0, k, acc.interval)
-    parts = []
-    ovf = np.zeros(int(np.prod(lead, dtype=np.int64)), np.int64)
-    for s in starts:
-        r = dot(w[..., s:s + acc.interval], x[..., s:s + acc.interval], weight, activation, acc.inner)
-        parts.append(r.value.reshape(-1))
-        ovf += r.overflows.reshape(-1)
-    partials = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
-    man, emin, emax, rtz, f64 = float_params(acc.outer)
-    init_arr = np.zeros(partials.shape[0]) if init is None else \
-        np.broadcast_to(np.asarray(init, np.float64), lead).reshape(-1)
-    acc0 = np.array([v if f64 else K.round_fmt(float(v), man, emin, emax, rtz) for v in init_arr])
-    out = np.empty(partials.shape[0])
-    out_ovf = np.empty(partials.shape[0], np.int64)
-    _promote(partials, acc0, man, emin, emax, rtz, f64, out, out_ovf)
-    return DotResult(out.reshape(lead), full.exact, (ovf + out_ovf).reshape(lead),
-                     float_to_bits(out, acc.outer).reshape(lead), 1.0, acc.name)

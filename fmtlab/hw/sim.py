@@ -23,7 +23,8 @@ import tempfile
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.hw.datapath import float_to_bits, mac_step, mx_step
+from fmtlab.hw import dp_kernels as K
+from fmtlab.hw.datapath import float_params, float_to_bits, mac_step, mx_step
 from fmtlab.hw.mac import MacUnit, kulisch_flag_bits, kulisch_geometry
 from fmtlab.hw.operands import FloatAcc, IntAcc, KulischAcc, view
 from fmtlab.hw.rtl import RTL, generate
@@ -84,9 +85,6 @@ def _float_acc_inputs(rng: np.random.Generator, acc: FloatAcc, prods: np.ndarray
 
 
 def _round_to(x: np.ndarray, acc: FloatAcc) -> np.ndarray:
-    from fmtlab.hw import dp_kernels as K
-    from fmtlab.hw.datapath import float_params
-
     man, emin, emax, rtz, _ = float_params(acc)
     return np.array([K.round_fmt(float(v), man, emin, emax, rtz) for v in np.ravel(x)])
 

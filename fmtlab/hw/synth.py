@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from fmtlab.errors import FmtlabError
-from fmtlab.hw.rtl import RTL
+from fmtlab.hw.mac import unit_cost
+from fmtlab.hw.rtl import RTL, generate
 from fmtlab.safe_io import atomic_write_text
 
 DEFAULT_LIBERTY = "/usr/share/qflow/tech/osu018/osu018_stdcells.lib"
@@ -239,9 +240,6 @@ def compare(units, baseline, library: str = "osu018", fa: str = "gates",
     sides price cells alike. ``cache_only``: use cached results only (units without one are
     skipped) -- never runs Yosys.
     """
-    from fmtlab.hw.mac import unit_cost
-    from fmtlab.hw.rtl import generate
-
     lib = liberty_path() if liberty == "default" else liberty
     if lib is None and liberty == "default" and cache_only:
         lib = "shipped"

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from fmtlab.errors import FmtlabError
+
 __all__ = ["TransformCost", "transform_cost", "MERGED"]
 
 MERGED = ("smoothquant", "aqas", "fptquant", "fptquant_merged")
@@ -91,8 +93,6 @@ def transform_cost(spec, outlier_share: float | None = None) -> TransformCost:
                                  note="LLM.int8() outlier path: share of outlier columns not measured, priced 0")
         s = float(outlier_share)
         if not 0.0 <= s <= 1.0:
-            from fmtlab.errors import FmtlabError
-
             raise FmtlabError(f"outlier_share must be in [0, 1], got {outlier_share!r}")
         return TransformCost(n, "outlier", mac_share=s, compare_per_elem=1.0, gather_share=s,
                              note=f"LLM.int8() outlier path: {100 * s:.2f}% of input columns in fp16 (measured)")

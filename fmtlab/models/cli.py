@@ -11,6 +11,8 @@ import sys
 import time
 
 from fmtlab.errors import FmtlabError
+from fmtlab.models.loading import check_model_arg, load_model
+from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, locked_dir, staged_dir
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
@@ -28,6 +30,7 @@ def parse_size(text: str, option: str = "size") -> int:
 
 
 def _texts(args):
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.data import default_texts
 
     if args.text_file:
@@ -40,6 +43,7 @@ def _texts(args):
 
 def _layers_regex(args) -> None:
     """Check ``--layers`` before any work (a bad regular expression is a one-line error)."""
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import compile_layers
 
     if getattr(args, "layers", None):
@@ -66,7 +70,7 @@ def _check_writable_parent(path: str) -> None:
 
 
 def cmd_record(args) -> int:
-    from fmtlab.models.loading import check_model_arg, load_model
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len, record
     from fmtlab.sim.trace import check_trace_target, trace_lock
 
@@ -123,7 +127,7 @@ def trace_labels(paths: list[str]) -> list[str]:
 
 
 def cmd_replay(args) -> int:
-    from fmtlab.safe_io import check_file_stem, locked_dir
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.replay import E2E_CONFIGS, KINDS, PRESETS, ReplayResult, make_config, replay
     from fmtlab.sim.replay_engine import resolve_config
     from fmtlab.sim.trace import open_trace
@@ -158,6 +162,7 @@ def cmd_replay(args) -> int:
         t0 = time.perf_counter()
         executor = None
         if args.scheduler:  # Dask: a LocalCluster of --workers processes, or a running cluster
+            # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
             from fmtlab.sim.executor import make_executor
 
             executor = stack.enter_context(make_executor(args.scheduler, args.workers))
@@ -179,7 +184,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_outliers(args) -> int:
-    from fmtlab.safe_io import atomic_write_text, dumps_json
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.sim.outliers import massive_activations, summarize_massive
     from fmtlab.sim.trace import open_trace
 
@@ -220,8 +225,7 @@ def _read_replay_json(path: str) -> dict:
 
 
 def cmd_e2e(args) -> int:
-    from fmtlab.safe_io import locked_dir
-    from fmtlab.models.loading import check_model_arg, load_model
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len
     from fmtlab.sim.replay import E2E_CONFIGS, make_config
     from fmtlab.sim.replay_engine import resolve_config
@@ -250,10 +254,9 @@ def cmd_e2e(args) -> int:
 
 
 def _e2e(args, model, tok, configs) -> int:
-    from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+    # lazy: torch (models.perplexity) and numba (fmtlab.sim) stay out of `fmtlab --help`
     from fmtlab.models.perplexity import eval_windows, perplexity, rank_agreement
     from fmtlab.sim.replay import rows_to_csv
-
     from fmtlab.sim.trace import open_trace
 
     calib = open_trace(args.calib, verify=not args.no_verify) if args.calib else None

@@ -31,21 +31,27 @@ from fmtlab.sim.data import default_texts
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-def held_out_sentences(n: int = 64, *, split: str = "eval", source: str = "lee", min_chars: int = 40,
-                       max_chars: int = 300) -> list[str]:
-    """``n`` sentences from the offline texts' ``split`` (default: the evaluation half of the Lee
-    news corpus), in file order, each ``min_chars``..``max_chars`` characters long."""
+def sentences_from(texts: Sequence[str], n: int, *, min_chars: int = 40, max_chars: int = 300) -> list[str]:
+    """The first ``n`` sentences of ``texts`` (in order) that are ``min_chars``..``max_chars`` long."""
     if n < 2:
         raise FmtlabError(f"need at least 2 sentences for pairwise similarities, got {n=}")
     out: list[str] = []
-    for doc in default_texts(split, source):
+    for doc in texts:
         for sent in _SENTENCE_END.split(doc.strip()):
             sent = " ".join(sent.split())
             if min_chars <= len(sent) <= max_chars:
                 out.append(sent)
                 if len(out) == n:
                     return out
-    raise FmtlabError(f"the {source!r} {split!r} texts give only {len(out)} sentences, fewer than {n=}")
+    raise FmtlabError(f"the texts give only {len(out)} sentences of {min_chars}..{max_chars} characters, "
+                      f"fewer than {n=}")
+
+
+def held_out_sentences(n: int = 64, *, split: str = "eval", source: str = "lee", min_chars: int = 40,
+                       max_chars: int = 300) -> list[str]:
+    """``n`` sentences from the offline texts' ``split`` (default: the evaluation half of the Lee
+    news corpus), in file order, each ``min_chars``..``max_chars`` characters long."""
+    return sentences_from(default_texts(split, source), n, min_chars=min_chars, max_chars=max_chars)
 
 
 def sentence_embeddings(model: Any, tokenizer: Any, sentences: Sequence[str], *, max_length: int = 128) -> np.ndarray:

@@ -28,9 +28,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.models.record import find_linear_layers
+from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+from fmtlab.sim.accumulate import accumulated_matmul, operand
+from fmtlab.sim.data import default_texts, token_windows
 from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
+from fmtlab.sim.trace import open_trace
 from fmtlab.sim.transform_base import Context, Decomposition
 
 
@@ -62,8 +67,6 @@ class SimLinear(_torch_module_base()):
     def _seq(self, xs: np.ndarray):
         """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
         if self.ft is None and self.accumulator is not None:
-            from fmtlab.sim.accumulate import accumulated_matmul, operand
-
             if self.w_op is None:
                 self.w_op = operand(None if self.wq.identity else self.wq.obj, self.w)
             y, _ = accumulated_matmul(xs, self.w, None if self.aq.identity else self.aq.obj, None,
@@ -121,9 +124,6 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
     config has static scales or a fitted transform. The output head is kept in fp32 (computed per
     sequence when ``per_sequence_head``). The original modules are restored on exit.
     """
-    from fmtlab.models.record import find_linear_layers
-    from fmtlab.sim.trace import open_trace
-
     r: Resolved = resolve_config(make_config(config))
     cal = open_trace(calib) if calib is not None else None
     why = needs_calibration(r)
@@ -169,8 +169,6 @@ def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: 
     import torch
     from tqdm.auto import tqdm
 
-    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
-
     if batch_size < 1:
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
     if ids.ndim != 2 or ids.shape[1] < 2:
@@ -195,8 +193,6 @@ def sequence_nll(model, ids, batch_size: int = 4, progress: bool = False, desc: 
 def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Sequence[str] | None = None):
     """[n_sequences, seq_len] token ids from ``texts`` (default: the held-out "eval" split)."""
     import torch
-
-    from fmtlab.sim.data import default_texts, token_windows
 
     wins, _ = token_windows(tokenizer, list(texts) if texts is not None else default_texts("eval"),
                             seq_len, n_sequences)

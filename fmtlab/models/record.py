@@ -23,6 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fmtlab.errors import FmtlabError, compile_pattern
+from fmtlab.models.loading import load_model, model_name
+from fmtlab.models.source_grid import manifest_entry as source_grid_entry
+from fmtlab.sim.data import default_texts, token_windows, window_start_info
 from fmtlab.sim.trace import Trace, TraceWriter
 
 LayerFilter = "str | Sequence[str] | Callable[[str, Any], bool] | None"
@@ -151,8 +154,6 @@ def _set_eager(model) -> Callable[[], None]:
 
 
 def _model_summary(model, tokenizer) -> dict[str, Any]:
-    from fmtlab.models.loading import model_name
-
     cfg = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "vocab_size", "n_embd", "n_layer")
@@ -182,10 +183,6 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     """
     import torch
     from tqdm.auto import tqdm
-
-    from fmtlab.models.loading import load_model
-    from fmtlab.models.source_grid import manifest_entry as source_grid_entry
-    from fmtlab.sim.data import default_texts, token_windows, window_start_info
 
     if not isinstance(model, torch.nn.Module):
         model, tokenizer = load_model(model, tokenizer)
@@ -335,7 +332,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             fwd_kwargs["use_cache"] = False
         estimate_done = False
         bar = tqdm(total=n_sequences, unit="seq", desc="record", disable=not progress)
-        from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+        from fmtlab.pytorch.kv_prefix import kv_prefix_attached  # lazy: torch; `fmtlab replay` imports this module (compile_layers) torch-free
 
         try:
             with torch.no_grad(), kv_prefix_attached(model, kv_prefix):

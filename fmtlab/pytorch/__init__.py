@@ -47,7 +47,7 @@ if importlib.util.find_spec("torchao") is not None:  # star-import them only whe
 def __getattr__(name: str):
     """torchao is optional: its integration is imported on first use."""
     if name in _TORCHAO:
-        from fmtlab.pytorch import torchao_config
+        from fmtlab.pytorch import torchao_config  # lazy: torchao is an optional dependency
 
         return getattr(torchao_config, name)
     raise AttributeError(f"module 'fmtlab.pytorch' has no attribute {name!r}")

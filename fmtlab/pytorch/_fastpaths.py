@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-from fmtlab.formats import Format, IntFormat, MiniFloat, Rounding
+from fmtlab.formats import Format, IntFormat, MiniFloat, Rounding, get_format
 
 
 def _round(y: torch.Tensor, mode: Rounding) -> torch.Tensor:
@@ -137,8 +137,6 @@ def torch_twin(fmt: Format, mode: Rounding, x: torch.Tensor) -> torch.dtype | No
             or torch.compiler.is_compiling()):
         return None
     if _TWINS is None:
-        from fmtlab.formats import get_format
-
         _TWINS = {get_format(n): getattr(torch, t) for n, t in _TWIN_NAMES.items() if hasattr(torch, t)}
     return _TWINS.get(fmt)
 

@@ -19,7 +19,9 @@ from torch import nn
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.activations import StaticActivation
 from fmtlab.pytorch.model import QuantLinear
-from fmtlab.pytorch.perplexity import model_device, token_windows_of
+from fmtlab.pytorch.devices import model_device
+from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+from fmtlab.pytorch.perplexity import token_windows_of
 
 __all__ = ["CalibrationResult", "calibrate", "static_activations"]
 
@@ -72,8 +74,6 @@ def calibrate(model: nn.Module, calib_data: Any, tokenizer: Any = None, *, seq_l
         a.observing = True
     for m in tlayers:
         m.collect = []
-    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
-
     try:
         with kv_prefix_attached(model, kv_prefix):
             for start in range(0, ids.shape[0], batch_size):

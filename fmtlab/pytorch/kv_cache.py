@@ -55,6 +55,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Rounding
 from fmtlab.pytorch.activations import ActivationScales, StaticActivation
 from fmtlab.pytorch.autograd import apply_fake_quant
+from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.quantizers import TorchQuantizer
 from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.pytorch.specs import resolve, spec_name
@@ -289,8 +290,6 @@ def attach_kv_cache(model: nn.Module, spec: Any, grad: str = "ste") -> KVCacheQu
     One forward pre-hook (run before any other, e.g. a KV prefix's) gives every forward a cache
     whose ``update`` quantizes; it reads the quantizer from the model at call time, so a deep copy
     of the model carries its own."""
-    from fmtlab.pytorch.kv_prefix import cache_kwarg
-
     hook_id = model.__dict__.pop(_ATTR + "_hook", None)
     if hook_id is not None:
         model._forward_pre_hooks.pop(hook_id, None)

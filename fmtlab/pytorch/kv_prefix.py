@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from fmtlab.errors import FmtlabError
+from fmtlab.pytorch.devices import model_device
 
 __all__ = ["KVPrefix", "attach_kv_prefix", "kv_prefix_attached", "kv_prefix_of", "cache_kwarg"]
 
@@ -99,8 +100,6 @@ class KVPrefix:
             raise FmtlabError("a KV prefix needs at least one token")
         if kv_prefix_of(model) is not None:
             raise FmtlabError("the model already has a KV prefix attached; compute a prefix on the bare model")
-        from fmtlab.pytorch.perplexity import model_device
-
         was = model.training
         model.eval()
         try:
@@ -122,8 +121,6 @@ class KVPrefix:
         device and dtype). ``keys``/``values`` replace the stored tensors (the tuning loop passes
         its parameters, so gradients flow into them)."""
         from transformers import DynamicCache
-
-        from fmtlab.pytorch.perplexity import model_device
 
         keys = self.keys if keys is None else keys
         values = self.values if values is None else values

@@ -34,9 +34,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats import Static
 from fmtlab.pytorch.activations import (ActivationScales, StaticActivation, padding_mask, quantize_per_sequence,
                                         sequences_of, track_padding)
+from fmtlab.pytorch.attention import attach_attention
 from fmtlab.pytorch.autograd import check_grad
+from fmtlab.pytorch.kv_cache import attach_kv_cache
+from fmtlab.pytorch.kv_prefix import attach_kv_prefix
 from fmtlab.pytorch.specs import resolve, spec_name
 
 __all__ = ["LayerConfig", "QuantLinear", "QuantizeSummary", "quantize_model", "linear_kind"]
@@ -149,7 +153,7 @@ class QuantLinear(nn.Module):
         """The transform's decomposition, one sequence at a time (its dynamic activation scales
         are per sequence). The transform is fitted by :func:`fmtlab.pytorch.calibrate` on the
         calibration split; without calibration, on the first input the layer sees."""
-        from fmtlab.sim.transform_base import Context
+        from fmtlab.sim.transform_base import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         if padding_mask() is not None:
             raise FmtlabError(f"layer {self.layer_name!r}: a transform's dynamic scales cannot leave padded "
@@ -177,7 +181,7 @@ class QuantLinear(nn.Module):
     def _forward_accumulated(self, x: torch.Tensor) -> torch.Tensor:
         """Q_a(x) Q_w(W)^T with every dot product accumulated as ``self.accumulator`` does
         (:mod:`fmtlab.sim.accumulate`: numpy, no gradient, one sequence at a time)."""
-        from fmtlab.sim.accumulate import accumulated_matmul, operand
+        from fmtlab.sim.accumulate import accumulated_matmul, operand  # lazy: fmtlab.sim loads numba and scipy
 
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -200,7 +204,7 @@ class QuantLinear(nn.Module):
     def fit_transform(self, rows: "list[np.ndarray]", seq_len: int) -> None:
         """Fit the transform on calibration inputs (float32 [tokens, in] blocks of ``seq_len``-token
         sequences), replacing any earlier fit."""
-        from fmtlab.sim.transform_base import Context
+        from fmtlab.sim.transform_base import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         x2 = np.concatenate(rows, axis=0)
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
@@ -222,8 +226,6 @@ def _codes_quantizer(q, role: str):
     if q is None:
         return None
     if isinstance(q, StaticActivation):
-        from fmtlab.formats import Static
-
         if not bool(q.calibrated):
             raise FmtlabError(f"layer {q.layer!r}: static activation scales were never calibrated")
         s = q.scale.detach().cpu().numpy()
@@ -386,7 +388,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
         raise FmtlabError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
     tr = None
     if transform is not None:
-        from fmtlab.sim.transforms import get_transform
+        from fmtlab.sim.transforms import get_transform  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
         tr = get_transform(transform)
         if tr is not None and accumulator is not None:
@@ -439,7 +441,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
             ql.act_q = StaticActivation(aq, ql.in_features, name)
         _check_layout(name, aq, (1, ql.in_features), "activations")
         if accumulator is not None:
-            from fmtlab.sim.accumulate import parse as parse_accumulator
+            from fmtlab.sim.accumulate import parse as parse_accumulator  # lazy: fmtlab.sim loads numba and scipy
 
             ql.accumulator = parse_accumulator(accumulator)
         new_root = _replace(model, name, ql, new_root)
@@ -451,16 +453,10 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                               requantized, restored, mode)
     track_padding(new_root)  # padded batches: dynamic scales over real positions only
     if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
-        from fmtlab.pytorch.kv_cache import attach_kv_cache
-
         summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
     if attention is not None or "fmtlab_attention_prev" in new_root.__dict__:
-        from fmtlab.pytorch.attention import attach_attention
-
         summary.attention = attach_attention(new_root, attention)
     if kv_prefix is not None:
-        from fmtlab.pytorch.kv_prefix import attach_kv_prefix
-
         attach_kv_prefix(new_root, kv_prefix)
     return new_root, summary
 

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import torch
 
 from fmtlab.errors import FmtlabError
+from fmtlab.pytorch.devices import model_device
+from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 
 __all__ = ["PerplexityResult", "evaluate_perplexity", "token_windows_of"]
 
@@ -34,12 +36,6 @@ class PerplexityResult:
         return self.ppl
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int | None) -> torch.Tensor:
     """[sequences, tokens] int64 ids from texts (cut by ``fmtlab.sim.data.token_windows`` into
     ``seq_len``-token windows, default 128) or token ids (tensor / list of equal-length lists);
@@ -57,7 +53,7 @@ def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int
     elif isinstance(data, Sequence) and data and all(isinstance(t, str) for t in data):
         if tokenizer is None:
             raise FmtlabError("evaluating texts needs a tokenizer (tokenizer=...)")
-        from fmtlab.sim.data import token_windows
+        from fmtlab.sim.data import token_windows  # lazy: fmtlab.sim loads numba and scipy; only texts need it
 
         wins, _ = token_windows(tokenizer, list(data), seq_len or 128, n_sequences)
         ids = torch.tensor(wins, dtype=torch.long)
@@ -103,9 +99,7 @@ def evaluate_perplexity(model: torch.nn.Module, data: Any, tokenizer: Any = None
         raise FmtlabError(f"batch_size must be >= 1, got {batch_size=}")
     ids = token_windows_of(data, tokenizer, seq_len, n_sequences)
     device = model_device(model) if device is None else device
-    from tqdm.auto import tqdm
-
-    from fmtlab.pytorch.kv_prefix import kv_prefix_attached
+    from tqdm.auto import tqdm  # lazy: tqdm only when evaluating
 
     was_training = model.training
     model.eval()

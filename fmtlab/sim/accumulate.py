@@ -17,8 +17,9 @@ in float64. Asymmetric (zero-point) quantizers are refused.
 
 Accumulation (order: k = 0 .. K-1, the order of the reduction axis):
 
-- **integer** ``int<W>`` (wrap): V must be integers (an INT format with per-row scales; FmtlabError
-  otherwise); the exact integer dot product (a float64 GEMM of the codes, exact while
+- **integer** ``int<W>`` (wrap): V must lie on a fixed-point grid (INT, dINT, log formats with
+  per-row scales, as the datapath's integer-like operands; FmtlabError otherwise), taken in units
+  of its finest step 2^-f; the exact integer dot product (a float64 GEMM of the codes, exact while
   K max|V_x| max|V_w| < 2^53, checked) is wrapped to W-bit two's complement. Wrapping is
   order-independent, so this equals the sequential W-bit register bit for bit. An overflowing
   dot product is one whose exact value lies outside [-2^(W-1), 2^(W-1)).
@@ -33,7 +34,7 @@ Accumulation (order: k = 0 .. K-1, the order of the reduction axis):
   from finite inputs.
 - **promoted** (``hopper_fp8_mma``): chunks of ``interval`` products accumulate from zero in the
   inner format (k-chunked as above, k = 1 by default), each partial is added into the outer
-  accumulator with one rounding (:func:`fmtlab.hw.promotion.promoted_dot` for k = 1).
+  accumulator with one rounding (:func:`fmtlab.hw.datapath.promoted_dot` for k = 1).
 - **Kulisch**: the exact sum (one float64 chunk over the whole K), rounded once.
 """
 
@@ -47,10 +48,11 @@ import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
+from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
 from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
-from fmtlab.hw.promotion import PromotedAcc, parse_promoted
+from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
 
 __all__ = ["Accumulator", "parse", "Operand", "operand", "accumulate", "accumulated_matmul", "AccResult"]
 
@@ -109,8 +111,6 @@ class Operand:
 
 
 def _row_scales(q, scales: np.ndarray, rows: int) -> np.ndarray | None:
-    from fmtlab.formats import PerChannel, PerTensor, PerToken
-
     g = q.granularity
     s = np.asarray(scales, dtype=np.float64)
     if isinstance(g, PerTensor):
@@ -123,8 +123,6 @@ def _row_scales(q, scales: np.ndarray, rows: int) -> np.ndarray | None:
 def operand(q: Any, x: np.ndarray) -> Operand:
     """Element values and row scales of ``q`` (an fmtlab Quantizer, or None: x itself) applied to
     ``x`` [rows, K] (float32). FmtlabError for zero points or a quantizer without codes."""
-    from fmtlab.formats import Quantizer
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise FmtlabError(f"accumulated GEMM operands are [rows, K] matrices, got shape {x.shape}")
@@ -141,8 +139,35 @@ def operand(q: Any, x: np.ndarray) -> Operand:
         s = np.asarray(qt.scales, dtype=np.float64).reshape(x.shape[0], -1)
         v = v * np.repeat(s, x.shape[1] // s.shape[1], axis=1)
         return Operand(v, np.ones(x.shape[0]), False)
-    integer = bool(np.all(np.isfinite(v)) and np.all(v == np.rint(v)))
-    return Operand(v, r, integer)
+    unit = _fixed_unit(q.format)
+    if unit is None:
+        return Operand(v, r, False)
+    return Operand(v * 2.0 ** unit, r * 2.0 ** -unit, True)
+
+
+def _fixed_unit(fmt) -> int | None:
+    """f such that every finite value of ``fmt`` times 2^f is an integer (INT: 0; dINT / log
+    grids with fractional steps: their fraction bits), or None (floating point grids, > 24 bits)."""
+    vals = np.asarray(fmt.values(), dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    if vals.size > 4096:
+        return None
+    for f in range(0, 25):
+        sv = vals * 2.0 ** f
+        if np.all(sv == np.rint(sv)):
+            return f if np.abs(sv).max(initial=0) < 2.0 ** 24 and _is_fixed(fmt, f) else None
+    return None
+
+
+def _is_fixed(fmt, f: int) -> bool:
+    """Integer-like (a fixed-point grid) rather than a floating-point one: FP formats also have
+    values on a 2^-f grid but accumulate in float units (the datapath's FixedView vs FloatView)."""
+    try:
+        from fmtlab.hw.operands import FixedView, view
+
+        return isinstance(view(fmt), FixedView)
+    except Exception:  # noqa: BLE001 - a format the datapath does not model: integers only
+        return f == 0
 
 
 # ------------------------------------------------------------------------------ accumulation

@@ -23,6 +23,7 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.safe_io import dir_mode
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
+from fmtlab.sim.trace import open_trace
 
 __all__ = ["HessianAccumulator", "trace_hessians", "HessianCache", "calibration_key", "check_calibration_trace"]
 
@@ -76,8 +77,6 @@ def check_calibration_trace(trace) -> None:
 def trace_hessians(trace, layers: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """{layer name: H} for the Linear layers of a recorded trace (all, or ``layers``), streamed
     over each input's pieces; layers sharing a stored input share the array."""
-    from fmtlab.sim.trace import open_trace
-
     tr = open_trace(trace)
     check_calibration_trace(tr)
     meta = tr.layers

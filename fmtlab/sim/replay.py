@@ -40,6 +40,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats.names import Grammar
 from fmtlab.sim import metrics as M
 from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, staged_dir
+from fmtlab.sim.accumulate import parse as parse_accumulator
 from fmtlab.sim.quant import STATIC_RULES
 from fmtlab.sim.replay_engine import IN as _IN, METRICS as _METRICS, OUT as _OUT
 from fmtlab.sim.executor import Unit, replay_tasks, run_units
@@ -70,8 +71,6 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         if self.accumulator is not None:
-            from fmtlab.sim.accumulate import parse as parse_accumulator
-
             try:
                 parse_accumulator(self.accumulator)
             except (FmtlabError, TypeError) as exc:

@@ -24,6 +24,7 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.sim import metrics as M
+from fmtlab.sim.accumulate import accumulated_matmul, operand
 from fmtlab.sim.quant import QuantFn, calibrate_static, resolve
 from fmtlab.sim.trace import Trace
 from fmtlab.sim.transform_base import Context, Decomposition, Transform
@@ -250,8 +251,6 @@ class Engine:
         """The layer output with every dot product accumulated as ``cfg.cfg.accumulator`` does
         (:mod:`fmtlab.sim.accumulate`; dynamic scales per sequence), and a note with the share of
         overflowing dot products."""
-        from fmtlab.sim.accumulate import accumulated_matmul, operand
-
         wop = operand(cfg.wq.obj if not cfg.wq.identity else None, w)
         ys, n_ovf = [], 0
         for a, b in bounds:

@@ -1,14 +1,9 @@
 """The peg, slac and logb claims run end to end (quick mode) on a tiny random llama."""
 
-import sys
-from pathlib import Path
-
 import pytest
+from sim_helpers import TEXTS, CharTokenizer, tiny_llama
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
-
-from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict  # noqa: E402
-from sim_helpers import TEXTS, CharTokenizer, tiny_llama  # noqa: E402
+from fmtlab.analysis.methods import ClaimResult, MethodsContext, Verdict
 
 
 @pytest.fixture(scope="module")

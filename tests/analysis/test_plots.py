@@ -1,4 +1,4 @@
-"""Every plot renders to a non-empty PNG from small inputs; the Pareto front is right."""
+"""Every plot renders to a non-empty PNG from small inputs (the Pareto front: tests/explore/test_pareto.py)."""
 
 import numpy as np
 import pytest
@@ -9,18 +9,6 @@ from fmtlab.analysis import plots
 def _is_png(path):
     data = path.read_bytes()
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-
-
-def test_pareto_front_hand_case():
-    # cost, quality: (1, 10) and (2, 20) are on the front; (3, 15) is dominated by (2, 20);
-    # (2, 5) is dominated by (1, 10); NaN is never on the front.
-    cost = np.array([1, 2, 3, 2, np.nan])
-    quality = np.array([10, 20, 15, 5, 30])
-    assert plots.pareto_front(cost, quality).tolist() == [True, True, False, False, False]
-
-
-def test_pareto_front_ties_are_kept():
-    assert plots.pareto_front([1, 1], [5, 5]).tolist() == [True, True]
 
 
 def test_format_grids(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fmtlab.errors import FmtlabError
-from fmtlab.explore.cli import run_explore
+from fmtlab.explore.run import run_explore
 from fmtlab.explore.results import front_mask
 from fmtlab.explore.search import Evaluator, search
 from fmtlab.explore.space import load_space

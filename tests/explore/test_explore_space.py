@@ -63,7 +63,7 @@ def test_python_api_equals_toml():
     (_doc(activations={"family": [{"kind": "int", "bits": [8]}], "granularity": ["group"]}),
      "activations.granularity"),
     (_doc(activations={"family": [{"kind": "int", "bits": [8]}], "scale": ["fp64"]}), "activations.scale"),
-    (_doc(accumulators=["bf16"]), "accumulators[0]"),
+    (_doc(accumulators=["quad"]), "accumulators[0]"),
     (_doc(transforms=["none", "teleport"]), "transforms[1]"),
     (_doc(constraints=["area is small"]), "constraints"),
     (_doc(objectives=["ppl", "area_um2"]), "objectives"),
@@ -94,13 +94,25 @@ def test_constraints_filter_points():
     assert [c.weight for c, _ in sp.candidates(k_max=64)[0]] == ["int4_per_channel"]
 
 
-def test_int_accumulator_kept_only_where_exact():
-    """int24 holds int8 x int8 sums for K=64 (16 + 6 bits) but not for K=1536 (16 + 11 bits)."""
+def test_narrow_accumulators_are_measured_points():
+    """int24 holds int8 x int8 sums for K=64 (16 + 6 bits) but not for K=1536 (16 + 11 bits): there
+    it is kept as a point whose replay computes the accumulator (acc= in its config), as bf16 is."""
     sp = parse_space(_doc(weights={"family": [{"kind": "int", "bits": [8]}], "granularity": ["channel"]},
-                          accumulators=["int24"]))
-    assert len(sp.candidates(k_max=64)[0]) == 1
-    with pytest.raises(SpaceError, match="no point"):
-        sp.candidates(k_max=1536)
+                          accumulators=["int24", "auto"]))
+    (c64, _), (auto64, _) = sp.candidates(k_max=64)[0]
+    assert not c64.acc_measured and c64.replay_key == auto64.replay_key
+    (c, _), (auto, _) = sp.candidates(k_max=1536)[0]
+    assert c.acc_measured and c.replay_key.endswith(";acc=int24") and c.replay_config().accumulator == "int24"
+    assert c.replay_key != auto.replay_key and not auto.acc_measured
+    from fmtlab.sim.replay import make_config
+
+    assert make_config(c.config_string) == c.replay_config()
+    sp = parse_space(_doc(activations={"family": [{"kind": "minifloat", "exp": [4], "man": [3]}],
+                                       "granularity": ["token"]},
+                          weights={"family": [{"kind": "minifloat", "exp": [4], "man": [3]}], "granularity": ["channel"]},
+                          accumulators=["bf16_k32", "fp32"]))
+    kept, _ = sp.candidates(k_max=1536)
+    assert [p.acc_measured for p, _ in kept] == [True, False]
 
 
 def test_quantizer_spec_names():
@@ -149,3 +161,18 @@ def test_energy_objective_prices_each_point():
     assert all(cost["energy_per_token_b64_uj"] < cost["energy_per_token_uj"] for _, cost in kept)
     with pytest.raises(SpaceError, match="objectives"):
         parse_space(_doc(objectives=["pooled_out_sqnr_db", "joules"]))
+
+
+def test_fp8_block_scales_are_priced_like_the_report():
+    """An NVFP4-style point costs the block-dot unit plus its E4M3 scale multiply per block, the
+    same per-MAC price the report's configs table gives (fmtlab.hw.config_pricing)."""
+    from types import SimpleNamespace
+
+    from fmtlab.explore.objectives import price
+    from fmtlab.explore.space import Candidate
+    from fmtlab.hw.config_pricing import price_config
+
+    c = Candidate("nvfp4", "nvfp4", None, None, "auto", 4.5, 4.5)
+    got = price(c)
+    want = price_config(SimpleNamespace(name="nv", weight="nvfp4", act="nvfp4", transform=None))
+    assert got["area_um2"] == pytest.approx(want["area_um2"]) and got["energy_pj"] == pytest.approx(want["energy_pj"])

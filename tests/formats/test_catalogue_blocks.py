@@ -25,9 +25,9 @@ def _data(n_blocks, K, seed=0):
 
 def test_e1m2_values_and_block_use():
     f = get_format("fp4_e1m2")
-    assert get_format("e1m2") == f and get_format("e1m2_fin") == f
-    np.testing.assert_array_equal(f.values()[:8], np.arange(8) * 0.5)
-    np.testing.assert_array_equal(f.values()[8:], -np.arange(8) * 0.5)
+    assert get_format("e1m2") == f and get_format("e1m2_fin_b1") == f
+    np.testing.assert_array_equal(f.values()[:8], np.arange(8) * 0.25)
+    np.testing.assert_array_equal(f.values()[8:], -np.arange(8) * 0.25)
     assert get_quantizer("mxfp4_e1m2").format == f
 
 

@@ -15,7 +15,8 @@ from fmtlab.formats import get_format
 from fmtlab.hw.datapath import dot, matvec
 from fmtlab.hw.accumulators import AccRounding
 from fmtlab.hw.operands import FloatAcc
-from fmtlab.hw.promotion import PRESETS, PromotedAcc, promoted_dot
+from fmtlab.hw.datapath import promoted_dot
+from fmtlab.hw.promoted_acc import PRESETS, PromotedAcc
 
 E4M3 = get_format("fp8_e4m3")
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from fmtlab.errors import FmtlabError
 
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))  # the shared tiny models
 
 from fmtlab.methods.outlier_features import analysed_inputs, outlier_feature_stats  # noqa: E402
 from sim_helpers import TEXTS, CharTokenizer, tiny_llama  # noqa: E402

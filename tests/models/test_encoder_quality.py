@@ -75,3 +75,29 @@ def test_encoder_quality_on_a_tiny_bert():
     fp, q = rows
     assert fp["cosine"] == pytest.approx(1.0, abs=1e-9) and fp["rank"] == pytest.approx(1.0, abs=1e-9)
     assert q["cosine"] < 1.0 and q["cosine_lo"] <= q["cosine"] <= q["cosine_hi"]
+
+
+def test_peg_encoder_claim_runs_quick_on_a_tiny_bert():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from fmtlab.analysis.methods import MethodsContext, get_claim
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128)
+    model = transformers.BertModel(cfg).eval()
+
+    class Tok(_Tok):
+        def __call__(self, text, return_tensors=None, truncation=True, max_length=128, add_special_tokens=True):
+            out = super().__call__(text, return_tensors="pt", max_length=max_length)
+            if return_tensors is None:  # token_windows asks for lists, with or without the frame
+                ids = out["input_ids"][0].tolist()
+                return {"input_ids": ids if add_special_tokens else ids[1:-1]}
+            return out
+
+    texts = [" ".join(f"Sentence {i} says something about topic {j} in enough words." for j in range(5))
+             for i in range(20)]
+    ctx = MethodsContext(model, Tok(), texts[:10], texts[10:], seq_len=32, n_calib=2, n_eval=2, quick=True)
+    res = get_claim("peg_encoder").run(ctx)
+    assert res.key == "peg_encoder" and "cosine to fp32" in res.measured
+    assert set(res.numbers) >= {"per-tensor static", "PEG K=2 permuted", "peg_minus_per_tensor"}

@@ -161,3 +161,20 @@ def test_perplexity_config_with_accumulator():
     p10 = perplexity(m, None, "a10:w=int8_per_channel;a=int8_per_token;acc=int10", ids=ids, progress=False)["ppl"]
     assert abs(p32 - base) < 1e-3 * base
     assert abs(p10 - base) > 1e-3 * base
+
+
+def test_fixed_point_grids_in_units_of_their_step():
+    """dINT4 weights (half-integer steps) x INT8 activations: the integer accumulator counts in units
+    of 2^-1 and equals the datapath's W-bit register bit for bit."""
+    x, w = _data(k=64)
+    x[:3] = np.abs(x[:3])
+    w[:2] = np.abs(w[:2])
+    qa, qw = get_quantizer("int8_per_token"), get_quantizer("dint4_per_channel")
+    xo, wo = operand(qa, x), operand(qw, w)
+    assert xo.integer and wo.integer
+    W, X = _pairs(qa, qw, x, w)
+    for acc in ("int14", "int20", "int14_sat"):
+        r = accumulate(xo, wo, acc)
+        ref = dot(W, X, "dint4", "int8", acc)
+        assert np.array_equal(r.acc * 2.0 ** -1, ref.value), acc
+    assert not operand(get_quantizer("fp8_e4m3_per_token"), x).integer

@@ -1,4 +1,4 @@
-"""Test helpers for tests/sim: a stand-in quantizer, a character tokenizer, tiny random models."""
+"""Test helpers for the numpy-replay and model-side tests (tests/sim, tests/models, tests/methods): a stand-in quantizer, a character tokenizer, tiny random models."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """CushionCache (fmtlab.methods.cushion), the KV prefix (fmtlab.pytorch.kv_prefix) in record /
 quantize_model / calibrate / evaluate_perplexity, and the massive-activation intervention
-(fmtlab.methods.massive), on the tiny seeded Llama of conftest.py."""
+(fmtlab.methods.massive), on the tiny seeded Llama of tests/torch_helpers.py (the `llama` fixture)."""
 
 import math
 
