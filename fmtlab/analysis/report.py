@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
@@ -74,7 +74,7 @@ class ReportOptions:
     trace: str | None = None  # reuse this (evaluation) trace instead of recording (its seq_len is used)
     calib_trace: str | None = None  # calibration trace for static scales / fitted transforms
     perplexity: bool = True
-    ppl_configs: tuple[str, ...] = DEFAULT_PPL_CONFIGS
+    ppl_configs: tuple[str, ...] = REPORT_PPL_CONFIGS
     ppl_seq_len: int = 256
     ppl_sequences: int = 8
     area_budget: str = "int8 x int8"  # "best config under the area of this MAC unit"
