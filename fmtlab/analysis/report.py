@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.source_grid_section import add_source_grid_section
@@ -52,13 +52,14 @@ from fmtlab.explore.report_section import add_explore_section
 from fmtlab.explore.space import load_space
 from fmtlab.hw import mac_cost
 from fmtlab.methods.variants import ModelVariant, VariantSession, parse_variant_config
-from fmtlab.safe_io import atomic_write_text, staged_dir
+from fmtlab.models.loading import check_model_arg
+from fmtlab.safe_io import staged_dir
 from fmtlab.sim.data import default_texts
 from fmtlab.sim.executor import make_executor
 from fmtlab.sim.outliers import massive_activations
 from fmtlab.sim.replay import ReplayConfig, replay
 from fmtlab.sim.replay_engine import needs_calibration, resolve_config
-from fmtlab.sim.trace import open_trace
+from fmtlab.sim.trace import annotate_trace, open_trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ReportOptions:
     trace: str | None = None  # reuse this (evaluation) trace instead of recording (its seq_len is used)
     calib_trace: str | None = None  # calibration trace for static scales / fitted transforms
     perplexity: bool = True
-    ppl_configs: tuple[str, ...] = DEFAULT_PPL_CONFIGS
+    ppl_configs: tuple[str, ...] = REPORT_PPL_CONFIGS
     ppl_seq_len: int = 256
     ppl_sequences: int = 8
     area_budget: str = "int8 x int8"  # "best config under the area of this MAC unit"
@@ -100,6 +101,27 @@ class ReportOptions:
             load_space(self.explore)
         if len(self.area_budget.split(" x ")) != 2:
             raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
+        check_report_options(self)
+
+
+def check_report_options(opts: "ReportOptions") -> None:
+    """The checks of ``opts`` that need other packages, made before any trace is opened or recorded:
+    the area budget is a priceable MAC unit, counts are >= 1, the model and traces exist."""
+    bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
+    try:
+        mac_cost(bw, ba)
+    except (FmtlabError, ValueError, KeyError) as exc:
+        raise FmtlabError(f"area_budget {opts.area_budget!r} is not a MAC unit the cost model prices: {exc}") from None
+    for name in ("max_tokens", "workers", "explore_trials", "ppl_sequences"):
+        v = getattr(opts, name)
+        if v is not None and v < 1:
+            raise FmtlabError(f"{name} must be >= 1, got {v}")
+    if opts.model is not None:
+        check_model_arg(opts.model)
+    for name in ("trace", "calib_trace"):
+        p = getattr(opts, name)
+        if p is not None and not os.path.isdir(p):
+            raise FmtlabError(f"{name} {p} is not a trace directory")
 
 
 class _Steps:
@@ -134,10 +156,7 @@ def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, la
 
 def _stamp_report_layers(path: Path, layers: str | None) -> None:
     """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
-    mpath = path / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m["report"] = {"layers": layers}
-    atomic_write_text(mpath, json.dumps(m, indent=1))
+    annotate_trace(path, {"report": {"layers": layers}})  # re-signs the manifest (its digest)
 
 
 def _grouped(specs, variant_of) -> dict[ModelVariant | None, list]:

@@ -11,11 +11,12 @@ lower quantization error:
 - candidate "6": the NVFP4 rule of ``mx.fp8_blocks`` (block scale = E4M3 RNE of
   fl32(fl32(amax / 6) / g), at least code 1), elements RNE of fl32(x / fl32(g * s));
 - candidate "4": the same with amax / 4 (the block max maps to the element value 4);
-- per block, error of the dequantized values against x in float64: "mse" sum of squares
-  (the reference's default), "l1" sum of absolute values, "abs_max" the largest; candidate 4
-  is kept iff its error is strictly smaller (ties keep 6).
+- per block, error of the dequantized values against x in float64 (summed in element order):
+  "mse" sum of squares (the reference's default), "l1" sum of absolute values, "abs_max" the
+  largest; candidate 4 is kept iff its error is strictly smaller (ties keep 6).
 Non-finite blocks get the E4M3 NaN scale as in NVFP4. STOCHASTIC rounding draws one uniform
-per element (``default_rng(seed).random(n)``), shared by both candidates.
+per element (``default_rng(seed).random(n)``), shared by both candidates. The torch twin is
+``fmtlab.pytorch.blocks`` (same scales, same choice, same bits).
 For elements other than E2M1, the second candidate maps the block max to 2/3 of the element's
 max (4 of 6 for E2M1).
 """
@@ -47,13 +48,17 @@ def tensor_scale_4o6(amax_tensor: float, elem_max: float) -> np.float32:
 
 
 def _block_error(out: np.ndarray, x: np.ndarray, K_: int, metric: str) -> np.ndarray:
+    """Per block error in float64, summed element by element in order (the torch twin sums the
+    same way, so both pick the same candidate)."""
     with np.errstate(invalid="ignore", over="ignore"):
         d = out.astype(np.float64).reshape(-1, K_) - x.astype(np.float64).reshape(-1, K_)
-        if metric == "mse":
-            return np.sum(d * d, axis=1)
-        if metric == "l1":
-            return np.sum(np.abs(d), axis=1)
-        return np.max(np.abs(d), axis=1)
+        e = np.abs(d) if metric != "mse" else d * d
+        if metric == "abs_max":
+            return np.max(e, axis=1)
+        acc = e[:, 0].copy()
+        for j in range(1, K_):
+            acc = acc + e[:, j]
+        return acc
 
 
 def four_over_six_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: "bool | float",

@@ -44,6 +44,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -282,10 +283,10 @@ def block_vectors(q, seed: int = 0, n: int = 1000) -> BlockVectors:
     hi = np.full(targets.size, hi_u, dtype=np.int64)  # code(hi) >= c
     for i, c in enumerate(targets):
         above = probe[pc >= c]
-        below = probe[pc < c]
         if above.size:
             hi[i] = above.min()
-        if below.size:
+        below = probe[(pc < c) & (probe < hi[i])]  # a rule whose code is not monotone in the
+        if below.size:                             # block max (four_over_six) still brackets
             lo[i] = below.max()
     while np.any(hi - lo > 1):
         mid = (lo + hi) // 2
@@ -324,18 +325,26 @@ def block_vectors(q, seed: int = 0, n: int = 1000) -> BlockVectors:
 
 # ---- resolution -------------------------------------------------------------------------------
 
-def resolve(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, seed: int = 0):
-    """(element Format, block quantizer or None) for a format or quantizer name."""
+def resolve(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, seed: int = 0,
+            scale_rule: str | None = None):
+    """(element Format, block quantizer or None) for a format or quantizer name; ``scale_rule``
+    overrides a quantizer's scale rule (e.g. "four_over_six", "neuron")."""
     if not isinstance(name, str) or not name.strip():
         raise FormatError(f"vectors need a format or quantizer name, got {name!r}")
     try:
-        return get_format(name), None
+        fmt = get_format(name)
     except FormatError as fexc:
         ferr = fexc
+    else:
+        if scale_rule is not None:
+            raise FormatError(f"{name!r} is an element format: a scale rule needs a quantizer name")
+        return fmt, None
     rounding = Rounding.parse(rounding)
     kw: dict[str, Any] = {"rounding": rounding}
     if rounding is Rounding.STOCHASTIC:
         kw["seed"] = seed + 1
+    if scale_rule is not None:
+        kw["scale_rule"] = scale_rule
     try:
         q = get_quantizer(name, **kw)
     except FmtlabError as qexc:
@@ -346,16 +355,19 @@ def resolve(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, seed:
 
 
 def vector_set(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, seed: int = 0,
-               n: int = 1000) -> VectorSet:
+               n: int = 1000, scale_rule: str | None = None) -> VectorSet:
     """Every vector of ``name`` (a format or a quantizer; block quantizers add blocks)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise FmtlabError(f"seed must be an int >= 0, got {seed!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= 10_000_000:
         raise FmtlabError(f"n must be an int in 0 .. 10000000, got {n!r}")
-    fmt, q = resolve(name, rounding, seed)
+    fmt, q = resolve(name, rounding, seed, scale_rule)
     ev = element_vectors(fmt, rounding, seed, n)
     bv = block_vectors(q, seed, n) if q is not None else None
-    return VectorSet(name.strip().lower(), ev, bv, int(seed), int(n))
+    label = name.strip().lower()
+    if scale_rule is not None:  # files of another rule get their own names
+        label += "_" + re.sub(r"[^a-z0-9]+", "_", str(q.scale_rule).lower()).strip("_")
+    return VectorSet(label, ev, bv, int(seed), int(n))
 
 
 # ---- conventions ------------------------------------------------------------------------------
@@ -539,10 +551,11 @@ def render(vs: VectorSet) -> dict[str, str]:
 
 
 def write_vectors(name: str, out: "str | Path", rounding: "Rounding | str" = Rounding.NEAREST_EVEN,
-                  seed: int = 0, n: int = 1000) -> list[Path]:
+                  seed: int = 0, n: int = 1000, scale_rule: str | None = None) -> list[Path]:
     """Write every vector file of ``name`` into folder ``out`` (created if missing), all together
-    or none (a staging folder inside ``out``); returns the paths written."""
-    vs = vector_set(name, rounding, seed, n)
+    or none (a staging folder inside ``out``); returns the paths written. ``scale_rule``
+    overrides a block quantizer's rule; the files are then named NAME_<rule>.*"""
+    vs = vector_set(name, rounding, seed, n, scale_rule)
     files = render(vs)
     if any("/" in k or k.startswith(".") for k in files):
         raise FmtlabError(f"{name!r} does not make a safe file name")

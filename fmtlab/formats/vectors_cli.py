@@ -1,4 +1,4 @@
-"""``fmtlab vectors NAME --out DIR [--rounding MODE] [--seed S] [--n N]``: golden conformance vectors.
+"""``fmtlab vectors NAME --out DIR [--rounding MODE] [--seed S] [--n N] [--scale-rule RULE]``: golden conformance vectors.
 
 NAME is any format (``fp8_e4m3``, ``binary8p3se``, ``e3m4_ieee``) or quantizer (``mxfp4``,
 ``nvfp4``); see :mod:`fmtlab.formats.vectors` for what the files hold. Bad input (an unknown
@@ -15,7 +15,8 @@ from fmtlab.formats.vectors import write_vectors
 
 
 def cmd_vectors(args: argparse.Namespace) -> int:
-    paths = write_vectors(args.name, args.out, Rounding.parse(args.rounding), args.seed, args.n)
+    paths = write_vectors(args.name, args.out, Rounding.parse(args.rounding), args.seed, args.n,
+                          args.scale_rule)
     for p in paths:
         sys.stdout.write(f"{p}\n")
     return 0
@@ -36,4 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    choices=[r.value for r in Rounding], help="rounding mode (default nearest_even)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--n", type=int, default=1000, help="number of random inputs (default 1000)")
+    p.add_argument("--scale-rule", default=None, metavar="RULE",
+                   help="override a block quantizer's scale rule (four_over_six, neuron, ceil, ...); "
+                   "files are then named NAME_<rule>.*")
     p.set_defaults(func=cmd_vectors)

@@ -16,6 +16,8 @@ cheaper (one pass). Per batch X^T X is a float32 matmul, summed in float64.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -25,15 +27,18 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.models.record import find_linear_layers
-from fmtlab.sim.gptq import GPTQResult, gptq, prepare_hessian
-from fmtlab.sim.hessian import HessianAccumulator, HessianCache, calibration_key
+from fmtlab.sim.awq import awq
+from fmtlab.sim.data import default_texts, token_windows
+from fmtlab.sim.gptq import gptq, prepare_hessian
+from fmtlab.sim.hessian import HessianAccumulator, HessianCache, calibration_key, trace_hessians
+from fmtlab.sim.scale_search import searched_fake_quantize
 from fmtlab.sim.quant import resolve
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
 
-__all__ = ["collect_hessians", "input_moments", "weight_quantizer", "fit_weights", "apply_weights", "save_weights",
-           "load_weights", "WEIGHT_METHODS"]
+__all__ = ["collect_hessians", "input_moments", "weight_quantizer", "fit_weights", "quantize_model",
+           "apply_weights", "save_weights", "load_weights", "model_key", "WEIGHT_METHODS"]
 
-#: weight methods of fit_weights (AWQ lives in fmtlab.methods.awq and plugs in here)
+#: weight methods of fit_weights / quantize_model
 WEIGHT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 
 
@@ -44,15 +49,13 @@ def _layer_weight(mod, op: str) -> np.ndarray:
 
 def collect_hessians(model, tokenizer, texts: Sequence[str] | None = None, *, seq_len: int = 256,
                      n_sequences: int = 32, batch_size: int = 8, layers: Any = None,
-                     cache_dir: str | os.PathLike | None = None, model_key: str | None = None,
+                     cache_dir: str | os.PathLike | None = None, model_id: str | None = None,
                      split: str = "calib", progress: bool = False) -> dict[str, np.ndarray]:
     """{layer name: H [in, in] float64} of every Linear-like layer (``layers`` as in ``record``)
     over ``n_sequences`` windows of ``seq_len`` tokens of ``texts`` (default: the ``split`` texts,
     "calib"; "eval" is refused: scored text never calibrates). With ``cache_dir`` the Hessians are
-    read from / written to a :class:`~fmtlab.sim.hessian.HessianCache` keyed on (``model_key`` or
-    the model's class and config, the calibration data description)."""
-    from fmtlab.sim.data import default_texts
-
+    read from / written to a :class:`~fmtlab.sim.hessian.HessianCache` keyed on (``model_id`` or
+    :func:`model_key`, the calibration data description)."""
     if split != "calib":
         raise FmtlabError(f"Hessians are calibration: split must be 'calib', got {split!r}")
     lin = find_linear_layers(model, layers)
@@ -64,7 +67,7 @@ def collect_hessians(model, tokenizer, texts: Sequence[str] | None = None, *, se
     calib_desc = {"texts": src, "seq_len": seq_len, "n_sequences": n_sequences}
     cache = None
     if cache_dir is not None:
-        mk = model_key or _model_key(model)
+        mk = model_id or model_key(model)
         cache = HessianCache(cache_dir, calibration_key(mk, calib_desc))
         hit = {name: cache.get(name) for name, _, _ in lin}
         if all(v is not None for v in hit.values()):
@@ -92,8 +95,6 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
     :func:`collect_hessians` is the calibration entry; scoring uses these on "eval" text, where
     ||X W^T - X Q^T||^2 = tr((W - Q) X^T X (W - Q)^T)). Layers sharing an input share the object."""
     import torch  # lazy: torch model side
-
-    from fmtlab.sim.data import token_windows
 
     lin = find_linear_layers(model, layers)
     if not lin:
@@ -143,8 +144,6 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -152,14 +151,17 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_key(model) -> str:
+def model_key(model) -> str:
+    """A key of the model's identity: class, model type, parameter count and a SHA-256 of its
+    first and last parameters (cheap; two checkpoints of one architecture differ there)."""
     cfg = getattr(model, "config", None)
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
-    n = sum(int(p.numel()) for p in model.parameters())
-    import hashlib
-
-    p0 = next(iter(model.parameters())).detach().float().cpu().numpy()
-    return f"{type(model).__name__}:{d.get('model_type')}:{n}:{hashlib.sha256(p0.tobytes()).hexdigest()[:12]}"
+    params = list(model.parameters())
+    n = sum(int(p.numel()) for p in params)
+    h = hashlib.sha256()
+    for p in (params[0], params[-1]):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return f"{type(model).__name__}:{d.get('model_type')}:{n}:{h.hexdigest()[:12]}"
 
 
 def weight_quantizer(spec: Any) -> Quantizer:
@@ -173,39 +175,78 @@ def weight_quantizer(spec: Any) -> Quantizer:
 
 def fit_weights(model, weights: Any, hessians: Mapping[str, np.ndarray] | None = None, *,
                 method: str = "gptq", layers: Any = None, block_size: int = 128, damp: float = 0.01,
-                act_order: bool = False, static_groups: bool = False,
-                log: Callable[[str], None] = lambda s: None) -> dict[str, np.ndarray]:
-    """{layer name: fitted float32 weight [out, in]} for ``method`` "rtn" (the quantizer's
-    fake-quant) or "gptq" (needs ``hessians`` for every layer). The output head is skipped."""
+                act_order: bool = False, static_groups: bool = False, scale_search: str | None = None,
+                n_grid: int = 20, log: Callable[[str], None] = lambda s: None) -> dict[str, np.ndarray]:
+    """{layer name: fitted float32 weight [out, in]} of every Linear-like layer (the output head
+    skipped) under the weight quantizer ``weights``, by ``method``:
+
+    "rtn": the quantizer's fake-quant (with ``scale_search``: its block scale search); "gptq":
+    :func:`fmtlab.sim.gptq.gptq`; "awq" / "awq+gptq": :func:`fmtlab.sim.awq.awq` (alpha grid of
+    ``n_grid``; the per-input-channel scale folded back into the weight). Every method but "rtn"
+    needs ``hessians`` for every layer (:func:`collect_hessians`)."""
     q = weight_quantizer(weights)
-    if method not in ("rtn", "gptq"):
-        raise FmtlabError(f"fit_weights: method must be 'rtn' or 'gptq' here, got {method!r} "
-                          "(AWQ: fmtlab.methods.awq)")
+    if method not in WEIGHT_METHODS:
+        raise FmtlabError(f"fit_weights: method must be one of {WEIGHT_METHODS}, got {method!r}")
+    gkw = dict(block_size=block_size, damp=damp, act_order=act_order, static_groups=static_groups,
+               scale_search=scale_search)
     out = {}
     t0 = time.perf_counter()
     prepared: dict[int, Any] = {}  # id(H) -> PreparedHessian: q/k/v and gate/up share one factor
     for name, mod, op in find_linear_layers(model, layers):
         W = _layer_weight(mod, op)
         if method == "rtn":
-            out[name] = q.fake_quantize(W)
+            out[name] = searched_fake_quantize(W, q, scale_search) if scale_search else q.fake_quantize(W)
             continue
         if hessians is None or name not in hessians:
-            raise FmtlabError(f"gptq needs the Hessian of layer {name}")
+            raise FmtlabError(f"{method} needs the Hessian of layer {name}")
         H = hessians[name]
-        if id(H) not in prepared:
-            prepared = {id(H): (H, prepare_hessian(H, damp, act_order))}  # inputs come in layer order
-        res: GPTQResult = gptq(W, prepared[id(H)][1], q, block_size=block_size, damp=damp,
-                               act_order=act_order, static_groups=static_groups)
-        out[name] = res.weight
+        if method == "gptq":
+            if id(H) not in prepared:
+                prepared = {id(H): (H, prepare_hessian(H, damp, act_order))}  # inputs come in layer order
+            out[name] = gptq(W, prepared[id(H)][1], q, **gkw).weight
+        else:
+            out[name] = awq(W, H, q, n_grid=n_grid, method="gptq" if method == "awq+gptq" else "rtn",
+                            **gkw if method == "awq+gptq" else {"scale_search": scale_search}).weight
     log(f"{method}: {len(out)} layers under {q} in {time.perf_counter() - t0:.1f} s")
     return out
+
+
+def quantize_model(model, weights: Any = None, activations: Any = None, *, weight_method: str = "rtn",
+                   calib: Any = None, tokenizer: Any = None, seq_len: int = 256, n_sequences: int = 32,
+                   cache_dir: str | os.PathLike | None = None, fit_kw: Mapping[str, Any] | None = None,
+                   **quantize_kw):
+    """:func:`fmtlab.pytorch.quantize_model` with the weights fitted by ``weight_method``:
+
+    "rtn" is that function itself; "gptq" / "awq" / "awq+gptq" fit every Linear weight under the
+    quantizer ``weights`` on ``calib`` (a recorded calibration trace or its path: Hessians from
+    its inputs; a sequence of texts, with ``tokenizer``; a {layer: Hessian} mapping; None: the
+    "calib" texts), put the fitted weights into a copy of the model and fake-quantize only the
+    activations (the weights are on the format's grid already). ``fit_kw`` go to
+    :func:`fit_weights` (block_size, damp, act_order, static_groups, scale_search, n_grid);
+    ``quantize_kw`` to :func:`fmtlab.pytorch.quantize_model`. Returns (model, summary)."""
+    from fmtlab.pytorch import quantize_model as _quantize  # lazy: torch model side
+
+    if weight_method == "rtn":
+        return _quantize(model, weights, activations, **quantize_kw)
+    if weights is None:
+        raise FmtlabError(f"weight_method={weight_method!r} needs a weight quantizer (weights=...)")
+    if isinstance(calib, Mapping):
+        hs = calib
+    elif isinstance(calib, (str, os.PathLike)) or hasattr(calib, "manifest"):
+        hs = trace_hessians(calib)
+    else:
+        if tokenizer is None:
+            raise FmtlabError("fitting weights on texts needs the tokenizer (tokenizer=...)")
+        hs = collect_hessians(model, tokenizer, calib, seq_len=seq_len, n_sequences=n_sequences,
+                              cache_dir=cache_dir)
+    fitted = fit_weights(model, weights, hs, method=weight_method, **dict(fit_kw or {}))
+    m = apply_weights(model, fitted)
+    return _quantize(m, None, activations, inplace=True, **quantize_kw)
 
 
 def apply_weights(model, fitted: Mapping[str, np.ndarray], *, inplace: bool = False):
     """``model`` (a deep copy unless ``inplace``) with each named layer's weight replaced by the
     fitted float32 weight (nn.Linear layout; Conv1D transposed back)."""
-    import copy
-
     import torch  # lazy: torch model side
 
     m = model if inplace else copy.deepcopy(model)

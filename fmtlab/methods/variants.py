@@ -131,6 +131,13 @@ class VariantHandler(abc.ABC):
     def apply(self, variant: ModelVariant, state: Any, model: Any) -> Applied:
         """``model`` behind the fitted ``state``; never mutates ``model``."""
 
+    def bind(self, variant: ModelVariant, cfg: ReplayConfig) -> tuple[ReplayConfig, ModelVariant]:
+        """The (config, variant) pair measured for ``<cfg>+<variant>`` (called by
+        :func:`parse_variant_config`; the default changes nothing). A variant that takes over part
+        of the config binds it here: ``+gptq`` fits the config's weight quantizer and leaves the
+        config's weights alone (they are quantized already)."""
+        return cfg, variant
+
     def describe(self, fitted: Fitted) -> dict[str, Any]:
         """The report's row: variant spelling, what it fitted, its cost (fit seconds)."""
         return {"variant": str(fitted.variant), "fitted": fitted.summary, "fit_seconds": round(fitted.seconds, 1)}
@@ -258,7 +265,9 @@ def parse_variant_config(spec: Any) -> tuple[ReplayConfig, ModelVariant | None]:
         raise
     if variant is None:
         return cfg, None
-    return dataclasses.replace(cfg, name=cfg.name + str(variant)), variant
+    name = cfg.name + str(variant)
+    cfg, variant = handler_for(variant).bind(variant, cfg)
+    return dataclasses.replace(cfg, name=name), variant
 
 
 class FitCache:

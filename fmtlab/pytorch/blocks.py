@@ -19,7 +19,7 @@ import torch
 from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
 from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
-from fmtlab.formats.capabilities import NotSupportedError
+from fmtlab.formats.four_over_six import E4M3_MAX_FOUR_OVER_SIX
 from fmtlab.formats.scaling import FourOverSix
 from fmtlab.formats.mx import block_elem, fp8_block_elem
 from fmtlab.pytorch._tables import torch_grid
@@ -89,10 +89,15 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
     return e.clamp(-127, 127)
 
 
-def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
-    """NVFP4-style block scales: (E4M3 codes, effective float32 scales, tensor scale g)."""
+def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer, block_max: float | None = None,
+                scale_target: float | None = None):
+    """NVFP4-style block scales: (E4M3 codes, effective float32 scales, tensor scale g).
+    block_max: the element value a block max maps to (default the element's max);
+    scale_target: the E4M3 value the tensor max maps to (default 448; Four Over Six: 256)."""
     e4m3 = get_format(ScaleFormat.FP8_E4M3.value)
-    elem_max = torch.tensor(float(fp8_block_elem(q.format).elem_max), dtype=torch.float32)
+    full = float(fp8_block_elem(q.format).elem_max)
+    elem_max = torch.tensor(full, dtype=torch.float32)
+    target = float(e4m3.max) if scale_target is None else scale_target
     if q.granularity.tensor_scale is True:
         a = amax.max()
         if not bool(torch.isfinite(a)):
@@ -100,7 +105,7 @@ def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
         if float(a) == 0:
             gt = torch.tensor(1.0, dtype=torch.float32)
         else:
-            gt = a.cpu() / (torch.tensor(float(e4m3.max), dtype=torch.float32) * elem_max)
+            gt = a.cpu() / (torch.tensor(target, dtype=torch.float32) * elem_max)
             if not float(gt) > 0:
                 gt = torch.tensor(TINY32, dtype=torch.float32)
         ts = float(gt)
@@ -108,6 +113,8 @@ def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
         gt = torch.tensor(1.0, dtype=torch.float32)
         ts = None
     gt = gt.to(amax.device)
+    if block_max is not None:
+        elem_max = torch.tensor(block_max, dtype=torch.float32)
     s_rel = (amax / elem_max.to(amax.device)) / gt
     c8 = encode_codes(s_rel, e4m3, Rounding.NEAREST_EVEN, "saturate", nan="raise")
     c8 = c8.clamp(1, e4m3.max_code())
@@ -118,14 +125,41 @@ def _fp8_scales(amax: torch.Tensor, bad: torch.Tensor, q: Quantizer):
     return codes, S, ts
 
 
+def _block_error(out: torch.Tensor, w: torch.Tensor, metric: str) -> torch.Tensor:
+    """As four_over_six._block_error: float64, summed element by element in order."""
+    d = out.to(torch.float64) - w.to(torch.float64)
+    e = d.abs() if metric != "mse" else d * d
+    if metric == "abs_max":
+        return e.max(dim=1).values
+    acc = e[:, 0].clone()
+    for j in range(1, e.shape[1]):
+        acc = acc + e[:, j]
+    return acc
+
+
+def _four_over_six_scales(q: Quantizer, ops: ElementOps, w: torch.Tensor, r, amax, bad):
+    """Four Over Six (fmtlab.formats.four_over_six): per block the "6" or the "4" E4M3 scale,
+    whichever gives the lower block error (ties keep 6); tensor scale amax / (256 * elem_max)."""
+    full = float(fp8_block_elem(q.format).elem_max)
+    cands = [_fp8_scales(amax, bad, q, None, E4M3_MAX_FOUR_OVER_SIX),
+             _fp8_scales(amax, bad, q, full * 2.0 / 3.0, E4M3_MAX_FOUR_OVER_SIX)]
+    errs = []
+    for _, S, _ in cands:
+        s = torch.where(bad, torch.ones_like(S), S)
+        wz = torch.where(bad[:, None], torch.zeros_like(w), w)
+        out = ops.scaled_values(wz / s[:, None].to(w.dtype), s[:, None], None, r, "raise")
+        errs.append(_block_error(out, wz, q.scale_rule.metric))
+    pick4 = torch.isfinite(cands[1][1]) & (errs[1] < errs[0])
+    codes = torch.where(pick4, cands[1][0], cands[0][0])
+    scales = torch.where(pick4, cands[1][1], cands[0][1])
+    return codes, scales, cands[0][2]
+
+
 def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, seed, draws,
                want_codes: bool, need_mask: bool) -> BlockOut:
     """Block quantization of the working data ``w`` (x arranged by ``tl``)."""
     g = q.granularity
     name = str(q)
-    if isinstance(q.scale_rule, FourOverSix):
-        raise NotSupportedError(f"{name}: the Four Over Six block rule has no torch twin yet; "
-                                "use fmtlab.formats.Quantizer (numpy) for it")
     w = tl.slot_matrix(w)  # [nblocks, K] in the working layout
     if q.nan is not None:  # explicit policy; None is OCP MX's NaN block (as Quantizer._blocks)
         nanm = torch.isnan(w)
@@ -148,6 +182,8 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
         scale_codes = torch.where(bad, 255, e + 127).to(torch.uint8)
         ee = (e + block_elem(q.format).eoff).to(torch.float64)
         scales = torch.where(bad, float("nan"), torch.pow(2.0, ee)).to(torch.float32)
+    elif isinstance(q.scale_rule, FourOverSix):
+        scale_codes, scales, ts = _four_over_six_scales(q, ops, w, r, amax, bad)
     else:
         scale_codes, scales, ts = _fp8_scales(amax, bad, q)
     s = torch.where(bad, torch.ones_like(scales), scales)

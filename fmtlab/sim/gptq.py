@@ -47,11 +47,13 @@ from scipy.linalg import cholesky, lapack
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import mx as _mx
 from fmtlab.formats.base import make_rng
+from fmtlab.formats.four_over_six import four_over_six_blocks, tensor_scale_4o6
 from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, fq_vector
 from fmtlab.formats.quantizer import QTensor, QuantReport, Quantizer
 from fmtlab.formats.rounding import NanInput, Rounding
 from fmtlab.formats.scaling import (
-    MinMax, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout, to_work,
+    FourOverSix, MinMax, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
+    to_work,
 )
 from fmtlab.sim.scale_search import block_scale_search
 
@@ -124,12 +126,14 @@ class ColumnScheme:
             raise FmtlabError(f"gptq: static scales with {g} (scales per input column) are not supported; "
                               "use a per-row or per-input-group layout")
         self.tensor_g = None
+        self.four_six = isinstance(quantizer.scale_rule, FourOverSix)
         if self.block and g.scale_format != "e8m0" and g.tensor_scale:
             be = _mx.block_elem(quantizer.format)
             a = np.abs(np.asarray(W0, np.float32))
             if not np.all(np.isfinite(a)):
                 raise FmtlabError("gptq: the weights hold NaN or Inf")
-            self.tensor_g = _mx.tensor_scale_of(float(a.max()), be.elem_max)
+            tsf = tensor_scale_4o6 if self.four_six else _mx.tensor_scale_of
+            self.tensor_g = tsf(float(a.max()), be.elem_max)
         self.nan = NanInput.RAISE if self.block else quantizer.nan
         self.search = scale_search
         if scale_search is not None and not (self.block and self.kind == "group"):
@@ -152,6 +156,10 @@ class ColumnScheme:
         if g.scale_format == "e8m0":
             res = _mx.mx_blocks(q.format, flat, g.size, q.scale_rule.mode, q.rounding, q.overflow,
                                 None, want_out=False, want_codes=False)
+        elif self.four_six:  # the catalogue's Four Over Six rule (fmtlab.formats.four_over_six)
+            ts = self.tensor_g if self.tensor_g is not None else False
+            res = four_over_six_blocks(q.format, flat, g.size, ts, q.rounding, q.overflow, None,
+                                       want_out=False, want_codes=False, metric=q.scale_rule.metric)
         else:
             ts = self.tensor_g if self.tensor_g is not None else False
             res = _mx.fp8_blocks(q.format, flat, g.size, ts, q.rounding, q.overflow, None,
@@ -284,8 +292,9 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
     block_size: lazy-batch width (speed only); damp: fraction of mean(diag H) added to the
     diagonal (the reference's percdamp); act_order: quantize columns by descending diag H;
     static_groups: group / block scales from the original weights instead of the updated ones;
-    scale_search: "mse" / "4over6" picks each block's scale by ``fmtlab.sim.scale_search`` (block
-    quantizers; the search runs on the current weights when the block starts), None = the rule's.
+    scale_search: "mse" picks each block's scale by ``fmtlab.sim.scale_search`` (block
+    quantizers; the search runs on the current weights when the block starts), None = the rule's
+    (Four Over Six is a rule: ``scale_rule="four_over_six"`` on an NVFP4 quantizer).
     Raises FmtlabError for non-finite or mis-shaped input, a quantizer whose layout does not fit
     W, or a Hessian that stays indefinite after dampening.
     """

@@ -6,13 +6,12 @@ quantizer's own element rounding (``fq_scaled``, the block element pass of ``mx.
 
 * ``"mse"`` on FP8-scaled blocks (NVFP4; NVIDIA ModelOpt's MSE calibration of block scales): the
   E4M3 scale codes c0 - 8 .. c0 + 2 around the absmax code c0 (codes 1..126);
-* ``"4over6"`` on FP8-scaled blocks (Four Over Six, 2025): the block max maps to 6 (the absmax
-  rule) or to 4 (s_rel = fl32(fl32(A / 4) / g) rounded to E4M3), whichever has the lower error;
 * ``"mse"`` on E8M0 blocks (MX): the shared exponent e - 1, e, e + 1 around the rule's e.
 
 Ties keep the quantizer's own scale (the absmax / rule one). The FP32 tensor scale of NVFP4 is the
-quantizer's (from the whole tensor). The branch ``catalogue`` was to add a Four-Over-Six scale
-rule to the formats; it had not landed when this was written, so the search lives here.
+quantizer's (from the whole tensor). "Four Over Six" (each NVFP4 block's max maps to 6 or to 4) is
+a scale rule of the formats (``scale_rule="four_over_six"``, :mod:`fmtlab.formats.four_over_six`):
+GPTQ uses it as any rule, and it is not repeated here.
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ from fmtlab.formats import mx as _mx
 from fmtlab.formats.kernels import Rows, fq_scaled
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.registry import get_format
-from fmtlab.formats.rounding import NanInput, Overflow, Rounding
-from fmtlab.formats.scaling import PerBlock
+from fmtlab.formats.rounding import NanInput
+from fmtlab.formats.scaling import FourOverSix, PerBlock
 
 __all__ = ["SEARCHES", "block_scale_search", "searched_fake_quantize"]
 
-SEARCHES = ("mse", "4over6")
+SEARCHES = ("mse",)
 _E4M3 = get_format("fp8_e4m3")
 
 
@@ -39,16 +38,9 @@ def _check(q: Quantizer, search: str) -> PerBlock:
     g = q.granularity
     if not isinstance(g, PerBlock) or g.axis % 2 != 1:
         raise FmtlabError(f"scale search {search!r} needs a block quantizer along the input axis, got {q}")
-    if search == "4over6" and g.scale_format == "e8m0":
-        raise FmtlabError("'4over6' applies to FP8-scaled blocks (NVFP4), not E8M0 (MX)")
+    if isinstance(q.scale_rule, FourOverSix):
+        raise FmtlabError(f"{q} already searches its block scales (Four Over Six); no scale search on top")
     return g
-
-
-def _e4m3_codes(v: np.ndarray) -> np.ndarray:
-    """E4M3 codes (RNE, saturating) of positive float32 values, at least code 1."""
-    c = _E4M3.encode(np.asarray(v, np.float32), Rounding.NEAREST_EVEN, Overflow.SATURATE, NanInput.RAISE)
-    c = np.asarray(c, np.int64) & 0x7F
-    return np.clip(c, 1, 126)
 
 
 def block_scale_search(A: np.ndarray, q: Quantizer, search: str = "mse",
@@ -67,7 +59,6 @@ def block_scale_search(A: np.ndarray, q: Quantizer, search: str = "mse",
         base = _mx.mx_blocks(fmt, flat, K, q.scale_rule.mode, q.rounding, q.overflow, None, False, False).scales
         cands = [base, base * np.float32(0.5), base * np.float32(2.0)]
     else:
-        be = _mx.block_elem(fmt)
         if tensor_scale is None:
             ts = bool(g.tensor_scale)
         else:
@@ -77,15 +68,8 @@ def block_scale_search(A: np.ndarray, q: Quantizer, search: str = "mse",
         gv = np.float32(res.tensor_scale if res.tensor_scale is not None else 1.0)
         c0 = np.asarray(res.scale_codes, np.int64) & 0x7F
         vals = _E4M3.values().astype(np.float32)
-        if search == "mse":
-            cands = [base] + [(gv * vals[np.clip(c0 + d, 1, 126)]).astype(np.float32)
-                              for d in range(-8, 3) if d != 0]
-        else:  # 4over6: the block max maps to 4 instead of 6
-            amax = np.abs(A.reshape(-1, K)).max(axis=1).astype(np.float32)
-            rel = (amax / np.float32(4.0)) / gv
-            c4 = _e4m3_codes(rel)
-            cands = [base, (gv * vals[c4]).astype(np.float32)]
-            del be
+        cands = [base] + [(gv * vals[np.clip(c0 + d, 1, 126)]).astype(np.float32)
+                          for d in range(-8, 3) if d != 0]
     x = flat.reshape(-1, K).astype(np.float64)
     best = base.astype(np.float32).copy()
     best_err = None

@@ -71,11 +71,13 @@ def test_names_and_refusals():
         FourOverSix("max")
 
 
-def test_torch_path_refuses_rather_than_guessing():
+@pytest.mark.parametrize("metric", ["mse", "abs_max"])
+def test_torch_path_is_bit_exact(metric):
     torch = pytest.importorskip("torch")
-    from fmtlab.formats.capabilities import NotSupportedError
     from fmtlab.pytorch import fake_quantize
 
-    q = get_quantizer("nvfp4", scale_rule="four_over_six")
-    with pytest.raises(NotSupportedError):
-        fake_quantize(torch.ones(4, 16), q)
+    rng = np.random.default_rng(7)
+    x = (rng.standard_t(3, size=(64, 32)) * np.exp2(rng.integers(-6, 6, (64, 1)))).astype(F32)
+    q = get_quantizer("nvfp4", scale_rule=f"four_over_six({metric})")
+    got = fake_quantize(torch.from_numpy(x.copy()), q).numpy()
+    np.testing.assert_array_equal(got.view(np.uint32), q.fake_quantize(x).view(np.uint32))

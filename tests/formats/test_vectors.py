@@ -231,3 +231,25 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_scale_rule_override_four_over_six(tmp_path):
+    """nvfp4 under Four Over Six: own file names, header names the rule, pairs still bracket a
+    scale-code change between adjacent float32 block maxima."""
+    assert main(["vectors", "nvfp4", "--out", str(tmp_path), "--n", "64",
+                 "--scale-rule", "four_over_six"]) == 0
+    rows, x, sc, codes = _blocks(tmp_path, "nvfp4_four_over_six")
+    assert _boundary_pairs_any(rows, x, sc) > 50
+    head = (tmp_path / "nvfp4_four_over_six.blocks.hex").read_text()
+    assert "scale_rule: four_over_six" in head
+    assert main(["vectors", "fp8_e4m3", "--out", str(tmp_path), "--scale-rule", "ceil"]) == 2
+
+
+def _boundary_pairs_any(rows, x, sc):
+    n = 0
+    for i, r in enumerate(rows):
+        if r["kind"] == "scale_boundary_below":
+            a, b = np.abs(x[i]).max(), np.abs(x[i + 1]).max()
+            assert np.nextafter(a, F32(np.inf)) == b and sc[i] != sc[i + 1]
+            n += 1
+    return n

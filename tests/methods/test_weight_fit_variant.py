@@ -1,0 +1,82 @@
+"""+gptq / +awq model variants and quantize_model(weight_method=...) on a tiny Llama."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmtlab.errors import FmtlabError
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))  # the shared tiny models
+
+from fmtlab.methods import variants as V  # noqa: E402
+from fmtlab.methods.weight_fit_variant import AWQVariant, GPTQVariant  # noqa: E402
+from sim_helpers import TEXTS, CharTokenizer, tiny_llama  # noqa: E402
+
+Q0 = "model.layers.0.self_attn.q_proj"
+
+
+def test_bind_moves_the_weight_quantizer_into_the_variant():
+    cfg, v = V.parse_variant_config("w4a8_int_channel+gptq")
+    assert cfg.name == "w4a8_int_channel+gptq" and cfg.weight is None and cfg.act == "int8_per_token"
+    assert v == GPTQVariant(weights="int4_per_channel")
+    cfg2, v2 = V.parse_variant_config("nvfp4+awq(gptq=true,n_grid=4)")
+    assert cfg2.weight is None and cfg2.act == "nvfp4" and v2 == AWQVariant("nvfp4", n_grid=4, gptq=True)
+    assert v2.method == "awq+gptq"
+    with pytest.raises(FmtlabError, match="transform"):
+        V.parse_variant_config("w4a8_dint_aqas+gptq")
+    with pytest.raises(FmtlabError, match="no weight quantizer"):
+        V.parse_variant_config("fp32+gptq")
+    with pytest.raises(FmtlabError, match="differs"):
+        V.parse_variant_config("w4a8_int_channel+gptq(weights=nvfp4)")
+    assert "+gptq" in V.known_variants() and "+awq" in V.known_variants()
+
+
+def test_fit_once_cache_on_disk_and_apply(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    model, tok = tiny_llama(), CharTokenizer()
+    _, v = V.parse_variant_config("w4a8_int_channel+gptq(seq_len=32,n_sequences=4)")
+    calib = V.CalibData("test", tuple(TEXTS))
+    logs: list[str] = []
+    f1 = V.FitCache().get(v, model, tok, calib, logs.append)
+    assert "below RTN on" in f1.summary and "gptq weights under int4_per_channel" in f1.summary
+    assert any("fitting gptq" in s for s in logs)
+    assert list((tmp_path / "fitted-weights").glob("gptq-*.safetensors"))
+    assert list((tmp_path / "hessians").rglob("*.safetensors"))
+    logs.clear()
+    f2 = V.FitCache().get(v, model, tok, calib, logs.append)  # a new run: read back, not refitted
+    assert any("read from" in s for s in logs)
+    assert all(np.array_equal(f1.state[k], f2.state[k]) for k in f1.state)
+    ap = V.handler_for(v).apply(v, f1.state, model)
+    w_new = dict(ap.model.named_modules())[Q0].weight.detach().numpy()
+    w_old = dict(model.named_modules())[Q0].weight.detach().numpy()
+    assert np.array_equal(w_new, f1.state[Q0]) and not np.array_equal(w_new, w_old)
+    assert ap.text_info == {"weights": "int4_per_channel", "weight_method": "gptq"}
+
+
+def test_quantize_model_weight_methods():
+    from fmtlab.methods.gptq import collect_hessians, quantize_model
+    from fmtlab.sim.gptq import hessian_error
+
+    model, tok = tiny_llama(), CharTokenizer()
+    hs = collect_hessians(model, tok, TEXTS, seq_len=32, n_sequences=4)
+    W0 = dict(model.named_modules())[Q0].weight.detach().numpy()
+    errs = {}
+    for method in ("rtn", "gptq", "awq", "awq+gptq"):
+        calib = None if method == "rtn" else hs
+        qm, summary = quantize_model(model, "int4_per_channel", "int8_per_token", weight_method=method, calib=calib)
+        ql = dict(qm.named_modules())[Q0]
+        Wq = ql.quantized_weight().detach().numpy()
+        errs[method] = hessian_error(W0, Wq, hs[Q0])
+        assert summary.rows and summary.rows[0]["activations"] is not None
+    assert errs["gptq"] < errs["rtn"] and errs["awq"] <= errs["rtn"] * (1 + 1e-9)
+    qm, _ = quantize_model(model, "int4_per_channel", weight_method="gptq", calib=TEXTS, tokenizer=tok,
+                           seq_len=32, n_sequences=4)
+    with pytest.raises(FmtlabError, match="tokenizer"):
+        quantize_model(model, "int4_per_channel", weight_method="gptq", calib=TEXTS)
+    with pytest.raises(FmtlabError, match="method must be"):
+        quantize_model(model, "int4_per_channel", weight_method="smooth", calib=hs)
