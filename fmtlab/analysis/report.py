@@ -40,6 +40,7 @@ import numpy as np
 
 from fmtlab.analysis import protocol
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
@@ -466,6 +467,7 @@ def _write(run: _Run) -> dict[str, Any]:
                          variant_rows)
     cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
     grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
+    beyond = add_beyond_section(doc, run)  # KV cache / attention / accumulator configs (fmtlab.analysis.beyond_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
         add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
     md, html = doc.write(out)
@@ -474,7 +476,7 @@ def _write(run: _Run) -> dict[str, Any]:
                "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
-              "energy_per_token": cost_rows, "source_grid": grid_rows}
+              "energy_per_token": cost_rows, "source_grid": grid_rows, "beyond_linear": beyond}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")
