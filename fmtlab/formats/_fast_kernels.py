@@ -59,11 +59,46 @@ _WHERE = {name: mod for mod, names in _KERNELS.items() for name in names}
 __all__ = [*_PARAM_NAMES, *_WHERE]
 
 
+#: calls whose largest array holds fewer elements run the parallel kernels on one thread. A
+#: numba parallel region needs every worker thread scheduled: on busy cores (load above the core
+#: count) a 150k-element fake-quant took 50-110 ms with 2 threads against 0.14-0.4 ms with one
+#: (benchmarks/bench_formats.py; issue 22), and the gain on idle cores is at most the core count.
+#: The kernels' results do not depend on the thread count (elementwise work, integer counts).
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
+
+def _size_gated(fn):
+    import numpy as np
+    import numba  # lazy: loaded with the first kernel (this facade stays numba-free on import)
+
+    get, set_ = numba.get_num_threads, numba.set_num_threads
+
+    def run(*args):
+        if get() > 1 and max((a.size for a in args if isinstance(a, np.ndarray)), default=0) \
+                < PARALLEL_MIN_ELEMENTS:
+            prev = get()
+            set_(1)  # per calling thread
+            try:
+                return fn(*args)
+            finally:
+                set_(prev)
+        return fn(*args)
+
+    run.__name__ = getattr(fn, "__name__", "kernel")
+    run.__doc__ = fn.__doc__
+    run.py_func = getattr(fn, "py_func", None)
+    run.dispatcher = fn
+    return run
+
+
 def __getattr__(name: str):
-    """Load a numba kernel on first use (PEP 562): ``import fmtlab.formats`` stays numba-free."""
+    """Load a numba kernel on first use (PEP 562): ``import fmtlab.formats`` stays numba-free.
+    Parallel kernels come wrapped so that small calls run on one thread (PARALLEL_MIN_ELEMENTS)."""
     mod = _WHERE.get(name)
     if mod is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     fn = getattr(importlib.import_module(mod), name)
+    if getattr(fn, "targetoptions", {}).get("parallel"):
+        fn = _size_gated(fn)
     globals()[name] = fn
     return fn

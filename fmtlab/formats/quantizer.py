@@ -362,17 +362,25 @@ class Quantizer:
 
     def fake_quantize(self, x) -> np.ndarray:
         """Fused quantize-dequantize of x (float32 or float64 in, same dtype and shape out)."""
+        return self.fake_quantize_scaled(x)[0]
+
+    def fake_quantize_scaled(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``fake_quantize(x)`` and the scales and zero points it used: (out, scales, zero_points),
+        scales flat float32 one per slot of ``layout(x.shape)`` (a block format's effective block
+        scales, NaN for non-finite blocks), zero points flat int64 or None. The same numbers as
+        ``compute_scales`` / ``quantize(x).scales``, from one pass (the simulator derives its clip
+        mask from them instead of recomputing the scales)."""
         a = _as_input(x)
         lay = self.layout(a.shape)
         w = to_work(a, lay)
         flat = w.reshape(-1)
         if self.is_block:
             res = self._blocks(flat, lay, want_out=True, want_codes=False)
-            return from_work(res.out, lay)
+            return from_work(res.out, lay), np.asarray(res.scales).reshape(-1), None
         s, z = self._scales(w, lay)
         out = fq_scaled(self.format, flat, lay.kl, s, z, pow2=_is_pow2(s), **self._kw(self._rand(a, lay)))
         self._check_range(flat, out, s)
-        return from_work(out, lay)
+        return from_work(out, lay), s, z
 
     def _check_range(self, x: np.ndarray, out: np.ndarray, s: np.ndarray) -> None:
         """Raise if a finite input's result left the float range of its dtype. Only power-of-two

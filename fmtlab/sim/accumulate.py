@@ -44,12 +44,10 @@ import dataclasses
 import re
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
-from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
 from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
@@ -181,17 +179,37 @@ class AccResult:
     overflow: np.ndarray
 
 
-@nb.njit(cache=True, parallel=False)
-def _fp_steps(acc, p, man, emin, emax, rtz, f64, ovf):
-    """acc <- round(acc + p) elementwise, one rounding each; ovf |= finite -> Inf."""
-    a = acc.reshape(-1)
-    q = p.reshape(-1)
-    o = ovf.reshape(-1)
-    for i in range(a.size):
-        new = K.fp_step(a[i], q[i], man, emin, emax, rtz, f64)
-        if np.isinf(new) and np.isfinite(a[i]) and np.isfinite(q[i]):
-            o[i] = True
-        a[i] = new
+def _fp_steps(acc: np.ndarray, p: np.ndarray, man: int, emin: int, emax: int, rtz: bool, f64: bool,
+              ovf: np.ndarray) -> None:
+    """acc <- round(acc + p) elementwise with ONE rounding each, in place; ovf |= (finite -> Inf).
+
+    Vectorized :func:`fmtlab.hw.dp_kernels.fp_step`: the float64 sum rounded to odd (TwoSum error
+    term; Boldo & Melquiond 2008), then rounded to ``man`` fraction bits with exponents
+    [emin, emax] and subnormals (nearest-even, overflow -> Inf; toward zero, overflow -> max)."""
+    with np.errstate(all="ignore"):
+        a, b = acc, p
+        s = a + b
+        if not f64:
+            bb = s - a
+            err = (a - (s - bb)) + (b - bb)
+            m, _ = np.frexp(s)
+            odd = (np.ldexp(np.abs(m), 53).astype(np.int64) & 1) == 1
+            bump = (err != 0) & ~odd & np.isfinite(s)
+            s = np.where(bump, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+            ax = np.abs(s)
+            _, e = np.frexp(ax)
+            q = np.maximum(e - 1, emin) - man
+            y = np.ldexp(ax, -q)
+            r = np.floor(y) if rtz else np.rint(y)
+            res = np.ldexp(r, q)
+            maxf = np.ldexp(2.0 - np.ldexp(1.0, -man), emax)
+            res = np.where(res > maxf, maxf if rtz else np.inf, res)
+            res = np.copysign(res, s)
+            s = np.where((s == 0) | ~np.isfinite(s), s, res)
+        special = ~(np.isfinite(a) & np.isfinite(b))
+        new = np.where(special, a + b, s)
+        ovf |= np.isinf(new) & ~special
+        acc[...] = new
 
 
 def _chunks(k: int, size: int):

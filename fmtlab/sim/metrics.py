@@ -23,6 +23,7 @@ outlier criterion), and the top channels (columns by max |x|) and top tokens (ro
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -70,6 +71,129 @@ def _error_pass(x, q, clipped, has_mask):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _error_pass_thresholds(x, q, t_lo, t_hi, Q, C, cols):  # pragma: no cover - compiled
+    """``_error_pass`` with the clip mask computed in the same pass: element i (slot k = (i // Q) % C,
+    or i % C with ``cols``, Q = C) is clipped where x_i > t_hi[k] or x_i < t_lo[k] (float32
+    thresholds, see :meth:`ScaledClip.thresholds`). Same sums in the same order."""
+    signal = 0.0
+    noise = 0.0
+    under_e = 0.0
+    clip_e = 0.0
+    clip_n = 0.0
+    max_err = 0.0
+    n_nz = 0
+    n_under = 0
+    n_clip = 0
+    nrows = x.size // Q
+    for r in range(nrows):
+        base = r * Q
+        kr = r % C
+        for j in range(Q):
+            k = j if cols else kr
+            i = base + j
+            xv = np.float64(x[i])
+            qv = np.float64(q[i])
+            e = qv - xv
+            xx = xv * xv
+            ee = e * e
+            signal += xx
+            noise += ee
+            ae = abs(e)
+            if ae > max_err or ae != ae:
+                max_err = ae
+            if xv != 0.0:
+                n_nz += 1
+                if qv == 0.0:
+                    n_under += 1
+                    under_e += xx
+            if x[i] > t_hi[k] or x[i] < t_lo[k]:
+                n_clip += 1
+                clip_e += xx
+                clip_n += ee
+    return signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err
+
+
+def _div32(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return (x / s).astype(np.float64)
+
+
+def _last_at_most(bound: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    with np.errstate(all="ignore"):
+        return _last_at_most_(bound, s)
+
+
+def _last_at_most_(bound: np.ndarray, s: np.ndarray) -> np.ndarray | None:
+    """Per slot, the largest float32 t with fl64(fl32(t / s)) <= bound (s > 0), or None if the
+    search did not settle (the caller then evaluates the mask directly).
+    x / s is monotonic in x for s > 0 (correct rounding), so {x: fl32(x/s) > bound} = {x > t}."""
+    with np.errstate(all="ignore"):
+        t = (bound * s.astype(np.float64)).astype(np.float32)
+    t = np.where(np.isnan(t), np.float32(np.inf), t)
+    for _ in range(64):  # step down while t is too large (at most a few ulps)
+        bad = ~(_div32(t, s) <= bound)
+        if not bad.any():
+            break
+        t = np.where(bad, np.nextafter(t, np.float32(-np.inf)), t)
+    for _ in range(64):  # step up while the next float still qualifies
+        nxt = np.nextafter(t, np.float32(np.inf))
+        up = (nxt > t) & (_div32(nxt, s) <= bound)
+        if not up.any():
+            break
+        t = np.where(up, nxt, t)
+    nxt = np.nextafter(t, np.float32(np.inf))
+    ok = bool(np.all(_div32(t, s) <= bound)) and not bool(np.any((nxt > t) & (_div32(nxt, s) <= bound)))
+    return t if ok else None
+
+
+@dataclass(frozen=True)
+class ScaledClip:
+    """A clip mask held as the slot scales that decide it (no per-element mask materialized).
+
+    For flat row-major float32 x: element i belongs to slot (i // Q) % C (``cols`` False) or
+    i % C (``cols`` True, Q = C); it is clipped where y = fl64(fl32(x_i / scales[k])) (+ zps[k])
+    lies above ``hi`` or below ``lo`` (NaN y: not clipped), the QuantReport's definition.
+    ``scales``: float32 [C]; ``zps``: int64 [C] or None.
+    """
+
+    scales: np.ndarray
+    zps: np.ndarray | None
+    Q: int
+    C: int
+    cols: bool
+    lo: float
+    hi: float
+
+    def thresholds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(t_lo, t_hi) float32 per slot with clipped <=> x < t_lo or x > t_hi, exactly the mask's
+        definition (None when a slot's scale is not a positive finite float, e.g. a NaN block:
+        then the mask is evaluated directly)."""
+        s = self.scales.astype(np.float32)
+        if not np.all(np.isfinite(s) & (s > 0)):
+            return None
+        z = np.zeros(s.shape) if self.zps is None else self.zps.astype(np.float64)
+        hi = np.float64(self.hi) - z  # y + z > hi <=> y > hi - z (small integers: exact)
+        lo = np.float64(self.lo) - z
+        t_hi = _last_at_most(hi, s)
+        t_lo = _last_at_most(-lo, s)  # y < lo <=> -y > -lo, and fl32(-x / s) = -fl32(x / s)
+        if t_hi is None or t_lo is None:
+            return None
+        return (-t_lo).astype(np.float32), t_hi.astype(np.float32)
+
+    def mask(self, x: np.ndarray) -> np.ndarray:
+        """The boolean clip mask of ``x`` (its shape), computed as numpy would."""
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        w = xf.reshape(-1, self.C) if self.cols else xf.reshape(-1, self.Q)
+        s = self.scales.reshape(1, -1) if self.cols else np.tile(self.scales, w.shape[0] // self.C).reshape(-1, 1)
+        with np.errstate(all="ignore"):
+            y = w / s
+            if self.zps is not None:
+                z = self.zps.reshape(1, -1) if self.cols else np.tile(self.zps, w.shape[0] // self.C).reshape(-1, 1)
+                y = y + z
+            return ((y > np.float64(self.hi)) | (y < np.float64(self.lo))).reshape(xf.shape)
+
+
+@numba.njit(cache=True, nogil=True)
 def _moments(x):  # pragma: no cover - compiled
     """(mean, m2, m4) of flat x about its mean, in float64 (two passes)."""
     n = x.size
@@ -110,6 +234,9 @@ _SUM_KEYS = ("n", "signal", "noise", "n_nonzero", "n_under", "under_energy", "n_
 def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) -> dict[str, float]:
     """The additive sums behind :func:`error_stats` (float64 energies, integer counts, max |e|).
 
+    ``clipped``: a boolean mask of x's shape, a :class:`ScaledClip` (the mask computed in the same
+    pass, identical sums), or None (clipping unknown).
+
     Sums of disjoint parts (e.g. the sequences of a trace) merge with :func:`merge_sums`; the merged
     sums give the metrics of the whole with :func:`stats_from_sums`.
     """
@@ -117,6 +244,15 @@ def error_sums(x: np.ndarray, q: np.ndarray, clipped: np.ndarray | None = None) 
     q = np.asarray(q)
     if x.shape != q.shape:
         raise ValueError(f"quantized tensor has shape {q.shape}, input {x.shape}")
+    if isinstance(clipped, ScaledClip):
+        if x.dtype == np.float32 and x.size % clipped.Q == 0:
+            xf = np.ascontiguousarray(x).reshape(-1)
+            qf = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
+            th = clipped.thresholds()
+            if th is not None:
+                vals = _error_pass_thresholds(xf, qf, th[0], th[1], clipped.Q, clipped.C, clipped.cols)
+                return dict(zip(_SUM_KEYS, (float(x.size),) + tuple(float(v) for v in vals) + (1.0,)))
+        clipped = clipped.mask(x)
     has_mask = clipped is not None
     if has_mask:
         clipped = np.asarray(clipped, dtype=bool)
@@ -186,10 +322,17 @@ def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
         raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
     s = error_stats(y_ref, y_q)
     signal, noise = s["signal"], s["noise"]
-    r = np.asarray(y_ref, dtype=np.float64).reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
-    e = np.asarray(y_q, dtype=np.float64).reshape(r.shape) - r
-    rs = np.einsum("ij,ij->i", r, r)
-    rn = np.einsum("ij,ij->i", e, e)
+    r32 = y_ref.reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
+    q32 = np.asarray(y_q).reshape(r32.shape)
+    rs = np.empty(r32.shape[0])
+    rn = np.empty(r32.shape[0])
+    step = max(1, 32768 // max(1, r32.shape[1]))  # row blocks of <= 256 KiB float64: cache-resident
+    for a in range(0, r32.shape[0], step):  # per-row sums do not depend on the blocking
+        r = r32[a:a + step].astype(np.float64)
+        e = q32[a:a + step].astype(np.float64)
+        e -= r
+        np.einsum("ij,ij->i", r, r, out=rs[a:a + step])
+        np.einsum("ij,ij->i", e, e, out=rn[a:a + step])
     with np.errstate(divide="ignore", invalid="ignore"):
         tok = np.where(rs > 0, 10.0 * np.log10(rs / rn), np.nan)
     tok = tok[~np.isnan(tok)]

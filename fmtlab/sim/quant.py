@@ -33,8 +33,9 @@ import numpy as np
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import QuantSpec, Quantizer, parse_quantizer
 from fmtlab.formats.scaling import (
-    PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
+    Cols, PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
 )
+from fmtlab.sim.metrics import ScaledClip
 
 __all__ = ["CLIP_RTOL", "QuantFn", "STATIC_RULES", "calibrate_static", "clip_mask", "resolve"]
 
@@ -66,10 +67,30 @@ class QuantFn:
 
     def with_mask(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(x_q, clipped mask or None when the quantizer cannot tell)."""
+        q, c = self.with_clip(x)
+        return q, c.mask(x) if isinstance(c, ScaledClip) else c
+
+    def with_clip(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | ScaledClip | None]:
+        """``with_mask`` where the mask may come as a :class:`fmtlab.sim.metrics.ScaledClip` (the
+        scales the fake-quant pass used; :func:`fmtlab.sim.metrics.error_sums` evaluates it in its
+        own pass): an fmtlab Quantizer's scales are taken from its fake-quant, not recomputed."""
         if self.fn is None:
             return x, np.zeros(x.shape, dtype=bool)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self(x), clip_mask(self.obj, x)
+        obj = self.obj
+        if type(obj) is Quantizer and self.fn == obj.fake_quantize:
+            q, s, z = obj.fake_quantize_scaled(x)
+            q = q.astype(np.float32, copy=False)
+            lay = obj.layout(x.shape)
+            if lay.moved is not None:
+                return q, _mask_from_scales(obj, x, s, z)
+            kl = lay.kl
+            cols = isinstance(kl, Cols)
+            bounds = obj.format.grid.bounds
+            return q, ScaledClip(np.asarray(s, dtype=np.float32).reshape(-1),
+                                 None if z is None else np.asarray(z, dtype=np.int64).reshape(-1),
+                                 kl.C if cols else kl.Q, kl.C, cols, float(bounds[0]), float(bounds[-1]))
+        return self(x), clip_mask(obj, x)
 
 
 def clip_mask(obj: Any, x: np.ndarray) -> np.ndarray | None:
@@ -104,13 +125,18 @@ def _fmtlab_clip_mask(q: Any, x: np.ndarray) -> np.ndarray:
     beyond the rounding boundary of the largest (or most negative) finite grid value. Block
     formats (MX, NVFP4) get their scales from ``quantize``; others from ``compute_scales``.
     """
-    lay = q.layout(x.shape)
-    w = to_work(x, lay)
     if q.is_block:
-        qt = q.quantize(x)
-        s, z = np.asarray(qt.scales).reshape(-1), None
+        s, z = np.asarray(q.quantize(x).scales).reshape(-1), None
     else:
         s, z = q.compute_scales(x)
+    return _mask_from_scales(q, x, s, z)
+
+
+def _mask_from_scales(q: Any, x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+    """The clip mask of :func:`_fmtlab_clip_mask` given the slot scales ``s`` (and zero points) that
+    ``q`` picked for ``x``."""
+    lay = q.layout(x.shape)
+    w = to_work(x, lay)
     lo, hi = q.format.grid.bounds[0], q.format.grid.bounds[-1]
     with np.errstate(all="ignore"):
         y = work_rows(w, lay) / broadcast_scales(np.asarray(s).astype(w.dtype), lay)

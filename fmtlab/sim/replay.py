@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -315,6 +316,15 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+def _one_numba_thread(fn, *args):
+    """``fn(*args)`` with numba's parallel kernels on one thread in this (pool) thread: the pool
+    already runs one task per core, and nested numba threads on busy cores wait at barriers
+    (measured 100x slower per kernel at load ~15 on 2 cores). numba's thread count is per calling
+    thread; results do not depend on it."""
+    numba.set_num_threads(1)
+    return fn(*args)
+
+
 def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None = None,
            kinds: Sequence[str] | None = None, calib: Trace | str | None = None,
            max_tokens: int | None = None, workers: int | None = None, progress: bool = True,
@@ -373,7 +383,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
                 bar.update(1)
         else:
             with cf.ThreadPoolExecutor(max_workers=workers) as ex:
-                futs = {ex.submit(run, t): i for i, t in enumerate(tasks)}
+                futs = {ex.submit(_one_numba_thread, run, t): i for i, t in enumerate(tasks)}
                 for f in cf.as_completed(futs):
                     results[futs[f]] = f.result()
                     bar.update(1)

@@ -104,7 +104,7 @@ def quantize_rows(q: QuantFn, x: np.ndarray, bounds: list[tuple[int, int]]) -> t
     parts, sums = [], []
     for a, b in bounds:
         xs = np.ascontiguousarray(x[a:b])
-        qs, mask = q.with_mask(xs)
+        qs, mask = q.with_clip(xs)
         parts.append(qs)
         sums.append(M.error_sums(xs, qs, mask))
     return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)), sums
@@ -231,7 +231,7 @@ class Engine:
                     else:
                         xq, a_sums = quantize_rows(aq, d.x, bounds)
                         shared_x = {"xq": xq, "sums": a_sums}
-                    wq, wmask = cfg.wq.with_mask(d.w)
+                    wq, wmask = cfg.wq.with_clip(d.w)
                     w_sums = [M.error_sums(d.w, wq, wmask)]
                     y = d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype)
                     if getattr(cfg.cfg, "accumulator", None) is not None:
@@ -269,8 +269,8 @@ class Engine:
             ctx = Context(positions=None if positions is None else positions[a:b], prefix_len=self.prefix_len,
                           act_q=None if aq.identity else aq, weight_q=wqf)
             d = ft.decompose(np.ascontiguousarray(x[a:b]), w, ctx)
-            xq, amask = aq.with_mask(d.x)
-            wq, wmask = cfg.wq.with_mask(d.w)
+            xq, amask = aq.with_clip(d.x)
+            wq, wmask = cfg.wq.with_clip(d.w)
             a_sums.append(M.error_sums(d.x, xq, amask))
             w_sums.append(M.error_sums(d.w, wq, wmask))
             ys.append(d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype))
