@@ -42,6 +42,7 @@ from fmtlab.analysis import protocol
 from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.model_plan import model_params, record_plan
 from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
@@ -182,6 +183,7 @@ class _Run:
     model: Any = None
     tok: Any = None
     mname: str | None = None
+    record_plan: str = "every Linear layer"  # what the traces hold (fmtlab.analysis.model_plan)
     variants: VariantSession | None = None
     traces: list = dataclasses.field(default_factory=list)
     calibs: list = dataclasses.field(default_factory=list)
@@ -241,11 +243,17 @@ def _load_model(run: _Run) -> None:
                 run.calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
         if not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) or run.used_variants():
             from fmtlab.models.loading import load_default_model, load_model, model_name  # lazy: imports torch
-            from fmtlab.models.record import check_seq_len  # lazy: imports torch
+            from fmtlab.models.record import check_seq_len, find_blocks  # lazy: imports torch
 
             run.step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
             run.model, run.tok = load_default_model() if opts.model is None else load_model(opts.model)
             run.mname = run.mname or model_name(run.model)
+            if not opts.trace:  # a large model records a block subset (fmtlab.analysis.model_plan)
+                plan = record_plan(model_params(run.model), [b for b, _ in find_blocks(run.model)], opts.layers)
+                run.record_plan = plan.note
+                if plan.layers != opts.layers:
+                    run.step(f"recording plan: {plan.note}")
+                    run.opts = opts = dataclasses.replace(opts, layers=plan.layers)
             for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
                 check_seq_len(run.model, L)  # before any recording or scoring
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
@@ -466,6 +474,8 @@ def _write(run: _Run) -> dict[str, Any]:
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
     cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    if run.record_plan != "every Linear layer":
+        doc.paragraph(f"Recorded and replayed: {run.record_plan} (fmtlab.analysis.model_plan).")
     grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
     beyond = add_beyond_section(doc, run)  # KV cache / attention / accumulator configs (fmtlab.analysis.beyond_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
@@ -473,7 +483,7 @@ def _write(run: _Run) -> dict[str, Any]:
     md, html = doc.write(out)
     final = Path(opts.out)  # where the staged files land
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings,
-               "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
+               "timings_s": run.timings, "model": run.mname, "record_plan": run.record_plan, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
               "energy_per_token": cost_rows, "source_grid": grid_rows, "beyond_linear": beyond}

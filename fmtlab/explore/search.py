@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fmtlab.errors import FmtlabError
+from fmtlab.safe_io import file_mode
 from fmtlab.explore.defaults import DEFAULT_CONFIGS
 from fmtlab.explore.objectives import accuracy_from_rows
 from fmtlab.hw.model_shape import ModelShape
@@ -115,7 +116,13 @@ class Evaluator:
                                          "max_tokens": self.max_tokens, "layers": self.layers,
                                          "metrics": _jsonable(m)}) + "\n")
             if self.cache_path:
-                with open(self.cache_path, "a", encoding="utf-8") as fh:
+                try:  # never appended through a planted symlink
+                    fd = os.open(self.cache_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, file_mode())
+                except OSError as exc:
+                    raise FmtlabError(f"cannot append to {self.cache_path}: {exc.strerror}"
+                                      + (" (a symbolic link)" if os.path.islink(self.cache_path) else "")) from None
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.writelines(lines)
                     fh.flush()
                     os.fsync(fh.fileno())

@@ -126,8 +126,8 @@ class FormatFakeQuantize(FakeQuantizeBase):
                               f"{tuple(x.shape)}: the channel axis is out of range")
         if self.observer_enabled[0] == 1:
             xd = x.detach()
-            if xd.is_floating_point() and not bool(torch.isfinite(xd).all()):
-                xd = torch.where(torch.isfinite(xd), xd, torch.zeros_like(xd))  # never observe NaN/Inf
+            if xd.is_floating_point():  # never observe NaN/Inf (branch-free: no host sync on CUDA)
+                xd = torch.where(torch.isfinite(xd), xd, torch.zeros_like(xd))
             self.activation_post_process(xd)
             s = self._observed_scale().to(self.scale.device)
             if self.scale.shape != s.shape:

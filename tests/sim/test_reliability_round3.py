@@ -180,6 +180,20 @@ def test_explore_cache_is_keyed_by_trace_content(tmp_path):
     assert ev2.evaluations == 1 and second != first
 
 
+def test_explore_cache_is_never_appended_through_a_symlink(tmp_path):
+    from fmtlab.explore.search import Evaluator
+    from fmtlab.explore.space import Candidate
+
+    tiny_trace(tmp_path / "t").close()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, tmp_path / "metrics.jsonl")
+    cand = Candidate("int4_per_channel", "int8_per_tensor", None, None, "auto", 4.0, 8.0)
+    with pytest.raises(FmtlabError, match="symbolic link"):
+        Evaluator(str(tmp_path / "t"), None, cache_path=str(tmp_path / "metrics.jsonl")).evaluate([cand])
+    assert victim.read_text() == "precious\n"
+
+
 def test_explore_space_with_an_enormous_range_is_refused_at_once(tmp_path, capsys):
     space = tmp_path / "s.toml"
     space.write_text('name = "big"\nobjectives = ["pooled_out_sqnr_db", "area_um2"]\n'
