@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--accs", default="int32,int24,int20,int18,int16,int16_sat")
     p.add_argument("--float-accs", default="fp32_k32,bf16_k32,fp16_k32")
     p.add_argument("--skip-ppl", action="store_true")
+    p.add_argument("--skip-int", action="store_true", help="part 1 without the W8A8 integer accumulators")
+    p.add_argument("--skip-rows", action="store_true", help="only part 1")
     args = p.parse_args(argv)
     import torch
 
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     if not args.skip_ppl:
         print(f"# 1. perplexity, {ids.shape[0]} x {ids.shape[1]} held-out tokens; W8A8 (int8 per channel x per token)")
         base = None
-        for acc in [None] + args.accs.split(","):
+        for acc in ([] if args.skip_int else [None] + args.accs.split(",")):
             nll = _ppl(model, ids, W8A8, acc, base)
             base = nll if base is None else base
         print("# FP8 E4M3 (per channel x per token)")
@@ -100,6 +102,8 @@ def main(argv=None) -> int:
             nll = _ppl(model, ids, FP8, acc, base)
             base = nll if base is None else base
 
+    if args.skip_rows:
+        return 0
     print("# 2. int16 vs int32 on the float model's Linear inputs (window 0), all layers")
     acts = _layer_inputs(model, ids[:1])
     qa, qw = get_quantizer("int8_per_token"), get_quantizer("int8_per_channel")

@@ -38,6 +38,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--quantizers", default="int4_per_channel,nvfp4")
     ap.add_argument("--all-layers", action="store_true")
+    ap.add_argument("--only-all-layers", action="store_true", help="skip the five-layer traces")
     ap.add_argument("--all-eval-sequences", type=int, default=8,
                     help="eval windows for the all-layers point estimates (default 8 x seq-len)")
     a = ap.parse_args(argv)
@@ -56,6 +57,8 @@ def main(argv=None) -> None:
     model, tok = load_model("smollm2")
     model.eval()
     out = a.out or tempfile.mkdtemp(prefix="gptq-layers-")
+    if a.only_all_layers:
+        return _all_layers(a, model, tok)
     traces = {}
     for split in ("calib", "eval"):
         traces[split] = record(model, tok, default_texts(split), out=os.path.join(out, f"{split}-trace"),
@@ -85,27 +88,45 @@ def main(argv=None) -> None:
             d = paired_difference(stat, (sig, n_g), (sig, n_r))
             print(f"| {name} | {spec} | {ir.text()} | {ig.text()} | {d.text()} |", flush=True)
     if a.all_layers:
-        hcal = collect_hessians(model, tok, seq_len=a.seq_len, n_sequences=a.n_sequences)
-        mev = input_moments(model, tok, default_texts("eval"), seq_len=a.seq_len,
-                            n_sequences=a.all_eval_sequences)
-        for spec in a.quantizers.split(","):
-            q = weight_quantizer(spec)
-            better, rows = 0, []
-            for name, mod, _ in find_linear_layers(model):
-                W = mod.weight.detach().float().numpy()
-                He = mev[name].hessian()
-                sig = hessian_error(W, np.zeros_like(W), He)
-                eg = hessian_error(W, gptq(W, hcal[name], q).weight, He)
-                er = hessian_error(W, rtn(W, q), He)
-                better += eg < er
-                rows.append((name, 10 * math.log10(sig / er), 10 * math.log10(sig / eg)))
-            gains = np.array([g - r for _, r, g in rows])
-            print(f"{spec}: GPTQ lowers the eval layer-output error on {better}/{len(rows)} layers; "
-                  f"SQNR gain median {np.median(gains):.2f} dB, min {gains.min():.2f} dB "
-                  f"({rows[int(np.argmin(gains))][0]}), max {gains.max():.2f} dB")
-            worst = sorted(rows, key=lambda r: r[2] - r[1])[:5]
-            for name, r, g in worst:
-                print(f"   {name}: RTN {r:.2f} dB, GPTQ {g:.2f} dB")
+        _all_layers(a, model, tok)
+
+
+def _all_layers(a, model, tok) -> None:
+    """Every Linear layer: calibration Hessians (hooks, cached), eval second moments (hooks), the
+    eval layer-output SQNR of RTN and GPTQ as point estimates."""
+    from fmtlab.methods.gptq import collect_hessians, input_moments, weight_quantizer
+    from fmtlab.models.loading import cache_dir
+    from fmtlab.models.record import find_linear_layers
+    from fmtlab.sim.data import default_texts
+    from fmtlab.sim.gptq import gptq, hessian_error, prepare_hessian, rtn
+
+    hcal = collect_hessians(model, tok, seq_len=a.seq_len, n_sequences=a.n_sequences,
+                            cache_dir=os.path.join(cache_dir(), "hessians"))
+    print(f"calibration Hessians: {a.n_sequences} x {a.seq_len} 'calib' tokens", flush=True)
+    mev = input_moments(model, tok, default_texts("eval"), seq_len=a.seq_len, n_sequences=a.all_eval_sequences)
+    print(f"eval second moments: {a.all_eval_sequences} x {a.seq_len} 'eval' tokens", flush=True)
+    for spec in a.quantizers.split(","):
+        q = weight_quantizer(spec)
+        better, rows, prep = 0, [], {}
+        for name, mod, _ in find_linear_layers(model):
+            W = mod.weight.detach().float().numpy()
+            He = mev[name].hessian()
+            H = hcal[name]
+            if id(H) not in prep:
+                prep = {id(H): prepare_hessian(H)}
+            sig = hessian_error(W, np.zeros_like(W), He)
+            eg = hessian_error(W, gptq(W, prep[id(H)], q).weight, He)
+            er = hessian_error(W, rtn(W, q), He)
+            better += eg < er
+            rows.append((name, 10 * math.log10(sig / er), 10 * math.log10(sig / eg)))
+            if name in LAYERS:
+                print(f"   {spec} {name}: RTN {rows[-1][1]:.2f} dB, GPTQ {rows[-1][2]:.2f} dB", flush=True)
+        gains = np.array([g - r for _, r, g in rows])
+        print(f"{spec}: GPTQ lowers the eval layer-output error on {better}/{len(rows)} layers; "
+              f"SQNR gain median {np.median(gains):.2f} dB, min {gains.min():.2f} dB "
+              f"({rows[int(np.argmin(gains))][0]}), max {gains.max():.2f} dB", flush=True)
+        for name, r, g in sorted(rows, key=lambda r: r[2] - r[1])[:5]:
+            print(f"   smallest gains: {name}: RTN {r:.2f} dB, GPTQ {g:.2f} dB", flush=True)
 
 
 if __name__ == "__main__":

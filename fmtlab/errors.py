@@ -13,6 +13,17 @@ class TraceError(FmtlabError, ValueError):
     """A trace file that is truncated, corrupt, foreign or inconsistent with its manifest."""
 
 
+def compile_pattern(pattern: str, option: str = "pattern"):
+    """``re.compile(pattern)``; FmtlabError naming ``option`` for an invalid regular expression,
+    including those the compiler cannot hold (a repetition count too large, nesting too deep)."""
+    import re  # lazy: keeps this module free of imports
+
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, MemoryError) as exc:
+        raise FmtlabError(f"{option} {pattern!r:.80} is not a valid regular expression: {exc}") from None
+
+
 class SpaceError(FmtlabError, ValueError):
     """A design space (``fmtlab explore``) that cannot be used: unknown key, empty range, impossible
     format, malformed constraint."""

@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -291,6 +292,20 @@ def clean_stale(parent: str | os.PathLike, pattern: str, *, quiet: bool = False)
 # ------------------------------------------------------------------------------------ locks
 
 _HELD: dict[str, list] = {}  # lock path -> [fd, count, reentrant]
+_LOCK_TEXT = re.compile(rb"(pid \d+ on [^\n]{0,255})?")
+
+
+def _check_lock_file(fd: int, path: str) -> None:
+    """FmtlabError unless ``fd`` is a lock file fmtlab may truncate: a regular file with one link
+    whose content is empty or an fmtlab holder line ("pid N on HOST"). Anything else (a hard link
+    to another file, a FIFO, a user's file that happens to carry the name) is left untouched."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_size > 300:
+        raise FmtlabError(f"{path} exists and is not an fmtlab lock file (a link, a special file or "
+                          "a large file); refusing to overwrite it; remove it if it is not needed")
+    if not _LOCK_TEXT.fullmatch(os.pread(fd, 301, 0)):
+        raise FmtlabError(f"{path} exists and is not an fmtlab lock file (unexpected content); "
+                          "refusing to overwrite it; remove it if it is not needed")
 _HELD_GUARD = threading.Lock()
 
 
@@ -318,11 +333,20 @@ class DirLock:
                 self._held = True
                 return self
             for _ in range(100):
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+                try:  # never through a planted symlink (O_NOFOLLOW), never blocking on a FIFO
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                                 | os.O_NONBLOCK, file_mode())
                 except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.EMLINK):
+                        raise FmtlabError(f"the lock file {self.path} is a symbolic link; refusing to "
+                                          "write through it (remove it if it is not yours)") from None
                     raise FmtlabError(f"cannot write {self.what}: {exc.strerror} "
                                       f"({os.path.dirname(self.path)})") from None
+                try:
+                    _check_lock_file(fd, self.path)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -364,6 +388,17 @@ class DirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_file_stem(stem: str, option: str = "stem") -> str:
+    """``stem`` if it is a plain file-name stem (files ``<stem>.csv`` etc. stay inside their output
+    folder), else FmtlabError: empty, a path (``/``, ``..``), a hidden name, or control characters."""
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or stem.startswith(".") \
+            or "/" in stem or "\\" in stem or any(ord(ch) < 32 or ord(ch) == 127 for ch in stem) \
+            or len(stem.encode("utf-8", "surrogateescape")) > 200:
+        raise FmtlabError(f"{option} {stem!r} is not a plain file name (no '/', no leading '.', no "
+                          "control characters, at most 200 bytes); files are written inside the output folder")
+    return stem
 
 
 def check_output_dir(path: str | os.PathLike) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.methods.section import parse_methods, register_cli
 from fmtlab.errors import FmtlabError
 
@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                    help="calibration trace for static scales and fitted transforms (default: record one "
                         "from the calibration texts)")
     p.add_argument("--no-perplexity", action="store_true", help="skip the end-to-end perplexity check")
-    p.add_argument("--ppl-configs", type=_csv, default=DEFAULT_PPL_CONFIGS,
+    p.add_argument("--ppl-configs", type=_csv, default=REPORT_PPL_CONFIGS,
                    help="configs whose perplexity is measured (default: %(default)s)")
     p.add_argument("--ppl-seq-len", type=int, default=256, help="perplexity sequence length (default: 256)")
     p.add_argument("--ppl-sequences", type=int, default=8, help="perplexity sequences (default: 8)")

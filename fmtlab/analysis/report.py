@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,8 +39,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GRID_FORMATS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.model_plan import model_params, record_plan
 from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
 from fmtlab.analysis.report_text import build_document, finite, headline_findings, layer_label
@@ -51,13 +53,14 @@ from fmtlab.explore.report_section import add_explore_section
 from fmtlab.explore.space import load_space
 from fmtlab.hw import mac_cost
 from fmtlab.methods.variants import ModelVariant, VariantSession, parse_variant_config
-from fmtlab.safe_io import atomic_write_text, staged_dir
+from fmtlab.models.loading import check_model_arg
+from fmtlab.safe_io import staged_dir
 from fmtlab.sim.data import default_texts
 from fmtlab.sim.executor import make_executor
 from fmtlab.sim.outliers import massive_activations
 from fmtlab.sim.replay import ReplayConfig, replay
 from fmtlab.sim.replay_engine import needs_calibration, resolve_config
-from fmtlab.sim.trace import open_trace
+from fmtlab.sim.trace import annotate_trace, open_trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +76,7 @@ class ReportOptions:
     trace: str | None = None  # reuse this (evaluation) trace instead of recording (its seq_len is used)
     calib_trace: str | None = None  # calibration trace for static scales / fitted transforms
     perplexity: bool = True
-    ppl_configs: tuple[str, ...] = DEFAULT_PPL_CONFIGS
+    ppl_configs: tuple[str, ...] = REPORT_PPL_CONFIGS
     ppl_seq_len: int = 256
     ppl_sequences: int = 8
     area_budget: str = "int8 x int8"  # "best config under the area of this MAC unit"
@@ -99,6 +102,27 @@ class ReportOptions:
             load_space(self.explore)
         if len(self.area_budget.split(" x ")) != 2:
             raise FmtlabError(f"area_budget must read 'WEIGHT x ACTIVATION', got {self.area_budget!r}")
+        check_report_options(self)
+
+
+def check_report_options(opts: "ReportOptions") -> None:
+    """The checks of ``opts`` that need other packages, made before any trace is opened or recorded:
+    the area budget is a priceable MAC unit, counts are >= 1, the model and traces exist."""
+    bw, ba = (s.strip() for s in opts.area_budget.split(" x "))
+    try:
+        mac_cost(bw, ba)
+    except (FmtlabError, ValueError, KeyError) as exc:
+        raise FmtlabError(f"area_budget {opts.area_budget!r} is not a MAC unit the cost model prices: {exc}") from None
+    for name in ("max_tokens", "workers", "explore_trials", "ppl_sequences"):
+        v = getattr(opts, name)
+        if v is not None and v < 1:
+            raise FmtlabError(f"{name} must be >= 1, got {v}")
+    if opts.model is not None:
+        check_model_arg(opts.model)
+    for name in ("trace", "calib_trace"):
+        p = getattr(opts, name)
+        if p is not None and not os.path.isdir(p):
+            raise FmtlabError(f"{name} {p} is not a trace directory")
 
 
 class _Steps:
@@ -133,10 +157,7 @@ def _reuse_trace(path: Path, model_name: str, seq_len: int, n_sequences: int, la
 
 def _stamp_report_layers(path: Path, layers: str | None) -> None:
     """Record the report's layer filter in the manifest so a later run can tell whether to reuse."""
-    mpath = path / "manifest.json"
-    m = json.loads(mpath.read_text())
-    m["report"] = {"layers": layers}
-    atomic_write_text(mpath, json.dumps(m, indent=1))
+    annotate_trace(path, {"report": {"layers": layers}})  # re-signs the manifest (its digest)
 
 
 def _grouped(specs, variant_of) -> dict[ModelVariant | None, list]:
@@ -162,6 +183,7 @@ class _Run:
     model: Any = None
     tok: Any = None
     mname: str | None = None
+    record_plan: str = "every Linear layer"  # what the traces hold (fmtlab.analysis.model_plan)
     variants: VariantSession | None = None
     traces: list = dataclasses.field(default_factory=list)
     calibs: list = dataclasses.field(default_factory=list)
@@ -221,11 +243,17 @@ def _load_model(run: _Run) -> None:
                 run.calibs.append(open_trace(opts.calib_trace, verify=opts.verify))
         if not opts.trace or opts.perplexity or not opts.calib_trace or bool(opts.methods) or run.used_variants():
             from fmtlab.models.loading import load_default_model, load_model, model_name  # lazy: imports torch
-            from fmtlab.models.record import check_seq_len  # lazy: imports torch
+            from fmtlab.models.record import check_seq_len, find_blocks  # lazy: imports torch
 
             run.step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
             run.model, run.tok = load_default_model() if opts.model is None else load_model(opts.model)
             run.mname = run.mname or model_name(run.model)
+            if not opts.trace:  # a large model records a block subset (fmtlab.analysis.model_plan)
+                plan = record_plan(model_params(run.model), [b for b, _ in find_blocks(run.model)], opts.layers)
+                run.record_plan = plan.note
+                if plan.layers != opts.layers:
+                    run.step(f"recording plan: {plan.note}")
+                    run.opts = opts = dataclasses.replace(opts, layers=plan.layers)
             for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
                 check_seq_len(run.model, L)  # before any recording or scoring
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
@@ -446,16 +474,19 @@ def _write(run: _Run) -> dict[str, Any]:
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
     cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    if run.record_plan != "every Linear layer":
+        doc.paragraph(f"Recorded and replayed: {run.record_plan} (fmtlab.analysis.model_plan).")
     grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
+    beyond = add_beyond_section(doc, run)  # KV cache / attention / accumulator configs (fmtlab.analysis.beyond_section)
     if opts.explore:  # design-space search on the same traces (fmtlab.explore.report_section)
         add_explore_section(doc, opts, run.traces[0].path, run.calibs[0].path, out, run.step)
     md, html = doc.write(out)
     final = Path(opts.out)  # where the staged files land
     summary = {"report_md": str(final / md.name), "report_html": str(final / html.name), "findings": findings,
-               "timings_s": run.timings, "model": run.mname, "configs": [c.name for c in run.cfgs]}
+               "timings_s": run.timings, "model": run.mname, "record_plan": run.record_plan, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
-              "energy_per_token": cost_rows, "source_grid": grid_rows}
+              "energy_per_token": cost_rows, "source_grid": grid_rows, "beyond_linear": beyond}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")

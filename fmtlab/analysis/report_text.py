@@ -87,8 +87,30 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
             b = next(r for r in ppl_rows if r["config"] == "fp32")
             out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
                        f"{worst['config']}, reaches {with_ci(worst['ppl'], worst.get('ppl_lo'), worst.get('ppl_hi'))}.")
+    out.extend(weight_fit_findings(ppl_rows or []))
     if res is not None:
         out.extend(comparisons(res, ppl_rows))
+    return out
+
+
+def weight_fit_findings(ppl_rows) -> list[str]:
+    """RTN vs fitted (``+gptq`` / ``+awq``) weights: each pair's perplexity, and whether the
+    ranking of the paired configs by perplexity changes between RTN and the fitted weights."""
+    by = {r["config"]: r for r in ppl_rows if finite(r.get("ppl"))}
+    out = []
+    for method in ("gptq", "awq"):
+        pairs = [(c, by[c], by[f"{c}+{method}"]) for c in by if f"{c}+{method}" in by]
+        if not pairs:
+            continue
+        txt = "; ".join(f"{c} {with_ci(a['ppl'], a.get('ppl_lo'), a.get('ppl_hi'))} -> "
+                        f"{with_ci(b['ppl'], b.get('ppl_lo'), b.get('ppl_hi'))}" for c, a, b in pairs)
+        line = f"{method.upper()} weights (perplexity RTN -> {method.upper()}): {txt}."
+        if len(pairs) > 1:
+            rtn_order = [c for c, a, _ in sorted(pairs, key=lambda p: p[1]["ppl"])]
+            fit_order = [c for c, _, b in sorted(pairs, key=lambda p: p[2]["ppl"])]
+            line += (f" Ranking by perplexity unchanged ({' < '.join(rtn_order)})." if rtn_order == fit_order else
+                     f" The ranking changes: RTN {' < '.join(rtn_order)}; {method.upper()} {' < '.join(fit_order)}.")
+        out.append(line)
     return out
 
 

@@ -4,7 +4,6 @@ outputs, and optionally measure the front's perplexity (see :mod:`fmtlab.explore
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from fmtlab.safe_io import atomic_write_text, locked_dir
 from fmtlab.sim.data import default_texts
 from fmtlab.sim.executor import make_executor
 from fmtlab.sim.replay import rows_to_csv
-from fmtlab.sim.trace import open_trace
+from fmtlab.sim.trace import annotate_trace, open_trace
 from fmtlab.sim.transforms import get_transform
 
 __all__ = ["run_explore", "record_default_traces"]
@@ -60,11 +59,7 @@ def record_default_traces(out: str, seq_len: int, n_sequences: int, layers: str 
 
 
 def _stamp(path: str, layers: str | None) -> None:
-    mp = os.path.join(path, "manifest.json")
-    with open(mp, encoding="utf-8") as fh:
-        m = json.load(fh)
-    m["explore_layers"] = layers
-    atomic_write_text(mp, json.dumps(m, indent=1))
+    annotate_trace(path, {"explore_layers": layers})  # re-signs the manifest (its digest)
 
 
 def _needs_calib(space) -> str | None:

@@ -10,7 +10,8 @@
   are measured.
 
 Both keep every measured replay config in ``metrics.jsonl`` in the output folder (one JSON line
-per config, appended after each batch): a rerun, or a resumed run after Ctrl-C, never replays a
+per config, appended after each batch, keyed by the content of the trace and calibration trace:
+their manifest digests, not their paths, so a trace replaced at the same path is measured anew): a rerun, or a resumed run after Ctrl-C, never replays a
 config twice. The Optuna study lives in ``study.journal`` (Optuna's JournalFileStorage) in the same
 folder, so ``fmtlab explore`` with the same arguments resumes it; trials left running by an
 interrupt are marked failed and asked again. With the same seed, space and trace, a run that is
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fmtlab.errors import FmtlabError
+from fmtlab.safe_io import file_mode
 from fmtlab.explore.defaults import DEFAULT_CONFIGS
 from fmtlab.explore.objectives import accuracy_from_rows
 from fmtlab.hw.model_shape import ModelShape
@@ -53,9 +55,10 @@ class Evaluator:
                  max_tokens: int | None = None, batch: int = 8, cache_path: str | None = None,
                  progress: bool = False):
         tr = open_trace(trace)  # verified once here; workers open by path without re-hashing
-        if calib is not None:
-            open_trace(calib)
+        cal = open_trace(calib) if calib is not None else None
         self.trace, self.calib = os.path.abspath(trace), (os.path.abspath(calib) if calib else None)
+        # the cache is keyed by content: the manifest digests (each lists its shards' SHA-256)
+        self.trace_digest, self.calib_digest = tr.digest, (cal.digest if cal is not None else None)
         self.tasks = replay_tasks(tr, layers, ("linear",))
         if not self.tasks:
             raise FmtlabError(f"nothing to replay in {trace}: no Linear layer with input and weight"
@@ -79,7 +82,9 @@ class Evaluator:
                         d = json.loads(line)
                     except json.JSONDecodeError:
                         continue  # a line cut by an interrupt: that config is measured again
-                    if d.get("trace") == self.trace and d.get("calib") == self.calib \
+                    if not isinstance(d, dict) or "replay_key" not in d or "metrics" not in d:
+                        continue
+                    if d.get("trace_digest") == self.trace_digest and d.get("calib_digest") == self.calib_digest \
                             and d.get("max_tokens") == self.max_tokens and d.get("layers") == layers:
                         self.cache[d["replay_key"]] = d["metrics"]
         self.layers = layers
@@ -91,7 +96,8 @@ class Evaluator:
             first = {c.replay_key: c for c in cands}
             cfgs = [first[k].replay_config() for k in todo]
             units = [Unit(self.trace, self.calib, kind, names, tensor, batch, self.max_tokens, 3,
-                          os.path.basename(self.trace), isolate_errors=True)
+                          os.path.basename(self.trace), isolate_errors=True,
+                          digests=(self.trace_digest, self.calib_digest))
                      for kind, names, tensor in self.tasks for batch in chunks(cfgs, self.batch)]
             got = run_units(self.executor, units, progress=self.progress, desc=f"replay {len(todo)} configs")
             by_cfg: dict[str, list[dict[str, Any]]] = {}
@@ -106,10 +112,17 @@ class Evaluator:
                 self.cache[k] = m
                 self.evaluations += 1
                 lines.append(json.dumps({"replay_key": k, "trace": self.trace, "calib": self.calib,
+                                         "trace_digest": self.trace_digest, "calib_digest": self.calib_digest,
                                          "max_tokens": self.max_tokens, "layers": self.layers,
                                          "metrics": _jsonable(m)}) + "\n")
             if self.cache_path:
-                with open(self.cache_path, "a", encoding="utf-8") as fh:
+                try:  # never appended through a planted symlink
+                    fd = os.open(self.cache_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, file_mode())
+                except OSError as exc:
+                    raise FmtlabError(f"cannot append to {self.cache_path}: {exc.strerror}"
+                                      + (" (a symbolic link)" if os.path.islink(self.cache_path) else "")) from None
+                with os.fdopen(fd, "a", encoding="utf-8") as fh:
                     fh.writelines(lines)
                     fh.flush()
                     os.fsync(fh.fileno())

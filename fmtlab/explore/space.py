@@ -83,6 +83,11 @@ _TOP_KEYS = {"name", "node", "objectives", "constraints", "accumulators", "trans
 
 # ------------------------------------------------------------------------------ value ranges
 
+#: most values one dimension (a range or list) may hold: bounds the space's size before any work
+MAX_VALUES = 256
+#: most points a space may span (enumerated and priced before the search starts)
+MAX_POINTS = 200_000
+
 def _values(v: Any, key: str, kind: type | tuple = (int, float, str)) -> list:
     """A list from a scalar, a list, or a range table {min, max[, step]}; SpaceError if empty."""
     if isinstance(v, Mapping):
@@ -92,13 +97,17 @@ def _values(v: Any, key: str, kind: type | tuple = (int, float, str)) -> list:
         lo, hi, st = v["min"], v["max"], v.get("step", 1)
         if not all(isinstance(t, int) for t in (lo, hi, st)) or st < 1:
             raise SpaceError(f"{key}: range bounds and step must be integers (step >= 1), got {dict(v)}")
-        out = list(range(lo, hi + 1, st))
-        if not out:
+        r = range(lo, hi + 1, st)
+        if not r:
             raise SpaceError(f"{key}: empty range (min {lo} > max {hi})")
-        return out
+        if len(r) > MAX_VALUES:
+            raise SpaceError(f"{key}: the range holds {len(r)} values; at most {MAX_VALUES} per dimension")
+        return list(r)
     out = list(v) if isinstance(v, (list, tuple)) else [v]
     if not out:
         raise SpaceError(f"{key}: empty list")
+    if len(out) > MAX_VALUES:
+        raise SpaceError(f"{key}: the list holds {len(out)} values; at most {MAX_VALUES} per dimension")
     for x in out:
         if isinstance(x, bool) or not isinstance(x, kind):
             raise SpaceError(f"{key}: value {x!r} has the wrong type")
@@ -368,6 +377,17 @@ class DesignSpace:
                     continue
                 yield Candidate(w, a, None if t == "none" else t, None if c == "dynamic" else c, acc, wb, ab)
 
+    def check_size(self, n_w: int | None = None, n_a: int | None = None) -> int:
+        """The number of points the space spans (before pricing); SpaceError above :data:`MAX_POINTS`."""
+        n_w = len(self.weights.quantizers("weights")) if n_w is None else n_w
+        n_a = len(self.activations.quantizers("activations")) if n_a is None else n_a
+        n = n_w * n_a * len(self.accumulators) * len(self.transforms) * len(self.act_calib)
+        if n > MAX_POINTS:
+            raise SpaceError(f"space {self.name!r} spans about {n:,} points ({n_w} weight x {n_a} "
+                             f"activation quantizers x accumulators, transforms, calibrations); at most "
+                             f"{MAX_POINTS:,}: narrow its ranges")
+        return n
+
     def candidates(self, k_max: int = 4096, k_all: Sequence[int] = (),
                    model=None) -> tuple[list[tuple[Candidate, dict]], dict[str, int]]:
         """([(candidate, cost columns)] of every priced point meeting the constraints, {reason: count}
@@ -378,6 +398,7 @@ class DesignSpace:
         cons = [parse_constraint(c, self.node) for c in self.constraints]
         ws = self.weights.quantizers("weights")
         as_ = self.activations.quantizers("activations")
+        self.check_size(len(ws), len(as_))
         kept: list[tuple[Candidate, dict]] = []
         dropped: dict[str, int] = {}
         for w, _, wb in ws:
@@ -480,7 +501,9 @@ def load_space(path: str) -> DesignSpace:
     except FileNotFoundError:
         raise SpaceError(f"space file {path} does not exist") from None
     try:
-        return parse_space(doc)
+        space = parse_space(doc)
+        space.check_size()  # bounded before any trace is recorded or opened
+        return space
     except SpaceError as exc:
         raise SpaceError(f"{path}: {exc}") from None
 

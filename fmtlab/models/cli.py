@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import re
@@ -12,18 +11,22 @@ import sys
 import time
 
 from fmtlab.errors import FmtlabError
-from fmtlab.models.loading import load_model
-from fmtlab.safe_io import atomic_write_text, dumps_json, locked_dir, staged_dir
+from fmtlab.models.loading import check_model_arg, load_model
+from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, locked_dir, staged_dir
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.I)
 
 
-def parse_size(text: str) -> int:
-    """'256M' -> 268435456 (powers of 1024; plain numbers are bytes)."""
+def parse_size(text: str, option: str = "size") -> int:
+    """'256M' -> 268435456 (powers of 1024; plain numbers are bytes); FmtlabError unless >= 1 byte
+    and below 2**63."""
     m = _SIZE.match(str(text))
     if not m:
-        raise FmtlabError(f"cannot read size {text!r}; use e.g. 512M, 4G or a byte count")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+        raise FmtlabError(f"cannot read {option} {text!r:.40}; use e.g. 512M, 4G or a byte count")
+    v = int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+    if not 1 <= v < 2 ** 63:
+        raise FmtlabError(f"{option} {text!r:.40} is {v} bytes; give at least 1 byte and less than 8 EiB")
+    return v
 
 
 def _texts(args):
@@ -47,6 +50,14 @@ def _layers_regex(args) -> None:
         compile_layers(args.layers, "--layers")
 
 
+def _positive(args, *names: str) -> None:
+    """FmtlabError unless each option ``--name`` that is set is an integer >= 1."""
+    for n in names:
+        v = getattr(args, n, None)
+        if v is not None and v < 1:
+            raise FmtlabError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
+
+
 def _check_writable_parent(path: str) -> None:
     """FmtlabError unless ``path`` could be created: its nearest existing ancestor is a writable folder."""
     parent = os.path.dirname(path)
@@ -61,34 +72,64 @@ def _check_writable_parent(path: str) -> None:
 def cmd_record(args) -> int:
     # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len, record
-    from fmtlab.sim.trace import check_trace_target
+    from fmtlab.sim.trace import check_trace_target, trace_lock
 
+    # every argument is checked, and the target locked, before the model is loaded
     _layers_regex(args)
-    check_trace_target(os.path.abspath(args.out), args.overwrite)  # fail before loading the model
-    _check_writable_parent(os.path.abspath(args.out))
-    memory_limit = parse_size(args.memory_limit)
-    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
-    t0 = time.perf_counter()
-    model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    check_seq_len(model, args.seq_len)
-    t_load = time.perf_counter() - t0
-    texts, info = _texts(args)
-    t1 = time.perf_counter()
-    tr = record(model, tok, texts, args.out, seq_len=args.seq_len, n_sequences=args.n_sequences,
-                batch_size=args.batch_size, prefix=args.prefix, window_start=args.window_start, layers=args.layers,
-                include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
-                residual=not args.no_residual, attention=args.attention, kv=args.kv,
-                memory_limit=memory_limit, max_bytes=max_bytes,
-                overwrite=args.overwrite, progress=not args.quiet, text_info=info)
-    t_rec = time.perf_counter() - t1
+    _positive(args, "seq_len", "n_sequences", "batch_size")
+    out = os.path.abspath(args.out)
+    check_trace_target(out, args.overwrite)
+    _check_writable_parent(out)
+    memory_limit = parse_size(args.memory_limit, "--memory-limit")
+    max_bytes = parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None
+    if args.text_file is not None and not os.path.isfile(args.text_file):
+        raise FmtlabError(f"--text-file {args.text_file} is not a readable file")
+    check_model_arg(args.model)
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    except OSError as exc:
+        raise FmtlabError(f"cannot create {os.path.dirname(out)}: {exc.strerror}") from None
+    with trace_lock(out):  # a second `record` to the same --out fails now, not after the model loads
+        check_trace_target(out, args.overwrite)
+        texts, info = _texts(args)
+        t0 = time.perf_counter()
+        model, tok = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        check_seq_len(model, args.seq_len)
+        t_load = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        tr = record(model, tok, texts, out, seq_len=args.seq_len, n_sequences=args.n_sequences,
+                    batch_size=args.batch_size, prefix=args.prefix, window_start=args.window_start,
+                    layers=args.layers,
+                    include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
+                    residual=not args.no_residual, attention=args.attention, kv=args.kv,
+                    memory_limit=memory_limit, max_bytes=max_bytes,
+                    overwrite=args.overwrite, progress=not args.quiet, text_info=info)
+        t_rec = time.perf_counter() - t1
     print(f"{tr}\n  model load {t_load:.1f} s, recording {t_rec:.1f} s, "
           f"{len(tr.manifest['shards'])} shard(s)")
     return 0
 
 
+def trace_labels(paths: list[str]) -> list[str]:
+    """A distinct row label per trace path: its folder name, or as many trailing path parts as it
+    takes to tell traces apart whose folders share a name (``a/t``, ``b/t``); FmtlabError if a
+    trace is given twice."""
+    real = [os.path.realpath(p) for p in paths]
+    dup = next((p for i, p in enumerate(paths) if real[i] in real[:i]), None)
+    if dup is not None:
+        raise FmtlabError(f"trace {dup} is given twice")
+    parts = [os.path.abspath(p).strip(os.sep).split(os.sep) for p in paths]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return real  # pragma: no cover - distinct real paths always differ in some suffix
+
+
 def cmd_replay(args) -> int:
     # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
-    from fmtlab.sim.replay import E2E_CONFIGS, PRESETS, ReplayResult, replay
+    from fmtlab.sim.replay import E2E_CONFIGS, KINDS, PRESETS, ReplayResult, make_config, replay
+    from fmtlab.sim.replay_engine import resolve_config
     from fmtlab.sim.trace import open_trace
 
     if args.list:
@@ -97,9 +138,24 @@ def cmd_replay(args) -> int:
         return 0
     if not args.traces:
         raise FmtlabError("replay needs a trace directory (or --list)")
+    # every argument is checked before any trace is opened or the output is locked
     _layers_regex(args)
+    check_file_stem(args.stem, "--stem")
+    labels = trace_labels(args.traces)
     configs = args.config or list(E2E_CONFIGS)
+    names = [make_config(c).name for c in configs]
+    for c in configs:  # their quantizer specs and transforms resolve now, not after the traces open
+        resolve_config(make_config(c))
+    if len(set(names)) != len(names):
+        raise FmtlabError(f"config names must be unique: {names}")
     kinds = args.kinds.split(",") if args.kinds else None
+    bad = [k for k in kinds or () if k not in KINDS]
+    if bad:
+        raise FmtlabError(f"--kinds: unknown kinds {bad}; expected some of {list(KINDS)}")
+    _positive(args, "max_tokens", "workers")
+    for p in [*args.traces, *([args.calib] if args.calib else [])]:
+        if not os.path.isdir(p):
+            raise FmtlabError(f"no trace directory at {p}")
     verify = not args.no_verify
     total: ReplayResult | None = None
     with locked_dir(args.out), contextlib.ExitStack() as stack:  # locked before any work
@@ -111,10 +167,10 @@ def cmd_replay(args) -> int:
 
             executor = stack.enter_context(make_executor(args.scheduler, args.workers))
         calib = open_trace(args.calib, verify=verify) if args.calib else None
-        for path in args.traces:
+        for path, label in zip(args.traces, labels):
             res = replay(open_trace(path, verify=verify), configs, layers=args.layers, kinds=kinds, calib=calib,
                          max_tokens=args.max_tokens, workers=args.workers, progress=not args.quiet,
-                         executor=executor)
+                         executor=executor, label=label)
             total = res if total is None else total + res
         dt = time.perf_counter() - t0
         files = total.write(args.out, args.stem)
@@ -132,6 +188,11 @@ def cmd_outliers(args) -> int:
     from fmtlab.sim.outliers import massive_activations, summarize_massive
     from fmtlab.sim.trace import open_trace
 
+    _positive(args, "top_k")
+    for opt in ("min_ratio", "min_abs"):
+        v = getattr(args, opt)
+        if not (math.isfinite(v) and v >= 0):
+            raise FmtlabError(f"--{opt.replace('_', '-')} must be a finite number >= 0, got {v}")
     if args.json and os.path.isdir(args.json):
         raise FmtlabError(f"--json {args.json} is a directory; give a file name")
     rows = massive_activations(open_trace(args.trace, verify=not args.no_verify), top_k=args.top_k, min_ratio=args.min_ratio, min_abs=args.min_abs)
@@ -148,11 +209,41 @@ def cmd_outliers(args) -> int:
     return 0
 
 
+def _read_replay_json(path: str) -> dict:
+    """The replay.json at ``path``; FmtlabError unless it is a JSON object with a ``by_model`` list."""
+    from fmtlab.sim.trace_checks import strict_json
+
+    try:
+        with open(path, "rb") as fh:
+            doc = strict_json(fh.read(256 << 20).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FmtlabError(f"--replay {path}: cannot read it as JSON ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("by_model", []), list) \
+            or not all(isinstance(r, dict) for r in doc.get("by_model", [])):
+        raise FmtlabError(f"--replay {path} is not a replay.json (an object with a 'by_model' list of rows)")
+    return doc
+
+
 def cmd_e2e(args) -> int:
     # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
     from fmtlab.models.record import check_seq_len
-    from fmtlab.sim.replay import E2E_CONFIGS
+    from fmtlab.sim.replay import E2E_CONFIGS, make_config
+    from fmtlab.sim.replay_engine import resolve_config
 
+    # every argument is checked before the model is loaded
+    _positive(args, "n_sequences", "batch_size")
+    if args.seq_len < 2:
+        raise FmtlabError(f"--seq-len must be >= 2 (a window predicts tokens 2..T), got {args.seq_len}")
+    names = [make_config(c).name for c in args.config or ()]
+    for c in args.config or ():
+        resolve_config(make_config(c))
+    if len(set(names)) != len(names):
+        raise FmtlabError(f"config names must be unique: {names}")
+    if args.replay:
+        _read_replay_json(args.replay)
+    if args.calib and not os.path.isdir(args.calib):
+        raise FmtlabError(f"--calib {args.calib} is not a trace directory")
+    check_model_arg(args.model)
     with contextlib.ExitStack() as stack:
         if args.out:  # checked and locked before any work; a second run fails at once
             stack.enter_context(locked_dir(args.out))
@@ -179,8 +270,7 @@ def _e2e(args, model, tok, configs) -> int:
     doc = {"model": args.model, "seq_len": args.seq_len, "n_sequences": args.n_sequences,
            "tokens": rows[0]["tokens"] if rows else 0, "rows": rows}
     if args.replay:
-        with open(args.replay, encoding="utf-8") as fh:
-            rep = json.load(fh)
+        rep = _read_replay_json(args.replay)
         ppl = {r["config"]: r["ppl"] for r in rows}
         doc["rank_agreement"] = {}
         for key in ("pooled_out_sqnr_db", "mean_out_tok_sqnr_db", "mean_out_sqnr_db", "min_out_sqnr_db",

@@ -139,14 +139,22 @@ def _load_dir(directory: str, causal: bool = True, gguf_file: str | None = None,
     kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": bool(trust_remote_code)}
     if gguf_file:
         kw["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(directory, **kw)
-    cls = AutoModelForCausalLM if causal else AutoModel
+    if not gguf_file:
+        kw["use_safetensors"] = True  # never unpickle a checkpoint
     try:
-        model = cls.from_pretrained(directory, dtype=torch.float32, **kw)
-    except ValueError:
-        if not causal:
-            raise
-        model = AutoModel.from_pretrained(directory, dtype=torch.float32, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **{k: v for k, v in kw.items() if k != "use_safetensors"})
+        cls = AutoModelForCausalLM if causal else AutoModel
+        try:
+            model = cls.from_pretrained(directory, dtype=torch.float32, **kw)
+        except ValueError:
+            if not causal:
+                raise
+            model = AutoModel.from_pretrained(directory, dtype=torch.float32, **kw)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers' many error types: one line naming the folder
+        raise FmtlabError(f"cannot load the model in {directory}: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
     model.eval()
     return model, tokenizer
 
@@ -192,6 +200,47 @@ def load_default_model(name: str = DEFAULT_MODEL, *, refresh: bool = False):
                       "a checkpoint directory or a .gguf file")
 
 
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index",
+                   "flax_model.msgpack")
+
+
+def check_model_arg(spec: Any) -> None:
+    """FmtlabError unless ``spec`` names a model :func:`load_model` can try, checked without loading
+    it: an embedded name, a ``.gguf`` file, or a checkpoint folder whose ``config.json`` is a JSON
+    object (with a string ``model_type``) and whose weights are safetensors (a pickle checkpoint,
+    ``pytorch_model.bin``, is refused: fmtlab never unpickles data files)."""
+    if not isinstance(spec, str):
+        return
+    if spec in EMBEDDED_MODELS:
+        return
+    path = os.path.expanduser(spec)
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise FmtlabError(f"model {spec!r} is a file but not a .gguf file")
+        return
+    if not os.path.isdir(path):
+        raise FmtlabError(f"model {spec!r} is neither an embedded name {EMBEDDED_MODELS}, "
+                          "a checkpoint directory nor a .gguf file")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FmtlabError(f"{path} has no config.json: not a transformers checkpoint directory")
+    try:
+        with open(cfg_path, "rb") as fh:
+            raw = fh.read(16 << 20)
+        cfg = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FmtlabError(f"{cfg_path} is not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(cfg, dict):
+        raise FmtlabError(f"{cfg_path} is not a JSON object")
+    if not isinstance(cfg.get("model_type", ""), str):
+        raise FmtlabError(f"{cfg_path}: model_type is not a string")
+    names = set(os.listdir(path))
+    pickled = sorted(names & set(_PICKLE_WEIGHTS))
+    if pickled and not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        raise FmtlabError(f"{path} holds no safetensors weights, only {pickled[0]}: a pickle (or foreign) "
+                          "checkpoint, which fmtlab does not load; convert it to safetensors")
+
+
 def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None, *, trust_remote_code: bool = False):
     """Resolve ``spec`` to ``(model, tokenizer)``.
 
@@ -203,6 +252,7 @@ def load_model(spec: Any = DEFAULT_MODEL, tokenizer: Any = None, *, trust_remote
     if isinstance(spec, str):
         if spec in EMBEDDED_MODELS:
             return load_default_model(spec)
+        check_model_arg(spec)
         path = os.path.expanduser(spec)
         if os.path.isfile(path) and path.endswith(".gguf"):
             model, tok = _load_dir(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path),

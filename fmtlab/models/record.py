@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, compile_pattern
 from fmtlab.models.loading import load_model, model_name
 from fmtlab.models.source_grid import manifest_entry as source_grid_entry
 from fmtlab.sim.data import default_texts, token_windows, window_start_info
@@ -110,10 +110,7 @@ def find_linear_layers(model, layers: Any = None, include_head: bool = False) ->
 
 def compile_layers(pattern: str, option: str = "layers") -> "re.Pattern[str]":
     """``re.compile(pattern)``; FmtlabError naming ``option`` if it is not a valid regular expression."""
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise FmtlabError(f"{option} {pattern!r} is not a valid regular expression: {exc}") from None
+    return compile_pattern(pattern, option)
 
 
 def context_length(model) -> int | None:

@@ -13,6 +13,12 @@ every leading index (dims ``x.shape[:-2]``, flattened) is a separate sequence (a
   features without a tensor scale, deterministic rounding) run on the whole batch in one call,
   which is the same computation; the others run once per sequence. Stochastic rounding runs per
   sequence too, so each sequence gets the draws it gets alone.
+- **Padded batches** (the rule): in a model rewired by ``quantize_model``, a forward pass with an
+  ``attention_mask`` holding zeros (padding) takes every dynamic scale that spans several tokens
+  over each sequence's real positions only; padded positions are quantized apart and never move a
+  real position's scale. A sequence so gets the logits it gets alone, right- or left-padded. Where
+  an activation cannot be aligned with the mask (a 2-D input, another batch size), or with a
+  fitted transform, the forward raises FmtlabError instead of mixing padding into the scales.
 - **Static** (:class:`ActivationScales.STATIC`): one frozen scale per tensor (per-tensor quantizer)
   or per input feature (per-channel quantizer on the feature axis, ``axis=1`` / ``-1``), observed
   by :func:`fmtlab.pytorch.calibrate` over a calibration split and then fixed: the
@@ -27,6 +33,7 @@ every leading index (dims ``x.shape[:-2]``, flattened) is a separate sequence (a
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any, Callable
 
 import torch
@@ -37,7 +44,8 @@ from fmtlab.formats import MSE, AbsMax, Percentile, PerBlock, PerChannel, PerGro
 from fmtlab.pytorch.autograd import apply_fake_quant
 from fmtlab.pytorch.quantizers import TorchQuantizer
 
-__all__ = ["ActivationScales", "StaticActivation", "quantize_per_sequence", "sequences_of"]
+__all__ = ["ActivationScales", "StaticActivation", "quantize_per_sequence", "sequences_of", "padding_mask",
+           "track_padding"]
 
 
 class ActivationScales(enum.Enum):
@@ -83,12 +91,77 @@ def _rows_independent(q: Any) -> bool:
     return False
 
 
+_PADDING = threading.local()  # .mask: the running forward pass's attention_mask when it pads
+
+
+def padding_mask() -> "torch.Tensor | None":
+    """The [sequences, positions] attention mask of the model forward running in this thread if it
+    marks padded positions (zeros), else None (see :func:`track_padding`)."""
+    return getattr(_PADDING, "mask", None)
+
+
+def track_padding(model: nn.Module) -> None:
+    """Hook ``model`` (once) so its forward passes publish a 2-D ``attention_mask`` with zeros to
+    :func:`padding_mask` for their duration: dynamic activation scales then span only the
+    sequence's real (mask 1) positions (padded batch rule, see :func:`quantize_per_sequence`)."""
+    if getattr(model, "_fmtlab_tracks_padding", False):
+        return
+    import inspect  # lazy: only here
+
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    pos = params.index("attention_mask") if "attention_mask" in params else None
+
+    def pre(module, args, kwargs):
+        m = kwargs.get("attention_mask")
+        if m is None and pos is not None and len(args) > pos:
+            m = args[pos]
+        padded = isinstance(m, torch.Tensor) and m.dim() == 2 and not bool((m != 0).all())
+        _PADDING.mask = (m != 0) if padded else None
+
+    def post(module, args, kwargs, output):
+        _PADDING.mask = None
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post, with_kwargs=True, always_call=True)
+    model._fmtlab_tracks_padding = True
+
+
+def _masked_per_sequence(q: Callable, x: torch.Tensor, mask: torch.Tensor, grad: str) -> torch.Tensor:
+    """Per sequence: real positions quantized together (their scales see only them), padded ones
+    separately; the result at real positions equals the sequence run alone without padding."""
+    if x.dim() != 3 or x.shape[0] != mask.shape[0] or x.shape[1] > mask.shape[1]:
+        raise FmtlabError(f"a padded batch (attention_mask {tuple(mask.shape)} with zeros) reaches an "
+                          f"activation of shape {tuple(x.shape)} that cannot be aligned with the mask, and "
+                          "its dynamic scales would include padded positions; run sequences unpadded "
+                          "(batch_size=1 or equal lengths) or use per-token activation scales")
+    keep = mask[:, mask.shape[1] - x.shape[1]:].to(x.device)
+    out = []
+    for xb, kb in zip(x.unbind(0), keep.unbind(0)):
+        yb = torch.zeros_like(xb)
+        for part in (kb, ~kb):
+            idx = part.nonzero().squeeze(1)
+            if idx.numel():
+                yb = yb.index_put((idx,), q(xb.index_select(0, idx), grad=grad))
+        out.append(yb)
+    return torch.stack(out)
+
+
 def quantize_per_sequence(q: Callable, x: torch.Tensor, grad: str = "ste") -> torch.Tensor:
     """Fake-quantize activations ``x`` [..., features] with dynamic scales per sequence.
 
     ``q(x2d, grad=...)`` is called on [tokens, features] matrices: once on all rows where that is
-    the same computation (see :func:`_rows_independent`), else once per sequence."""
+    the same computation (see :func:`_rows_independent`), else once per sequence. Padded batches:
+    inside a forward of a model hooked by :func:`track_padding` whose ``attention_mask`` has zeros,
+    scales spanning several tokens are taken over each sequence's real positions only (padded
+    positions are quantized apart), so a sequence gets the result it gets alone; an activation that
+    cannot be aligned with the mask raises FmtlabError."""
     shape = x.shape
+    mask = padding_mask()
+    if mask is not None and not _rows_independent(q):
+        return _masked_per_sequence(q, x, mask, grad)
     if x.dim() <= 2 or _rows_independent(q):
         return q(x.reshape(-1, shape[-1]), grad=grad).reshape(shape)
     seqs = sequences_of(x)

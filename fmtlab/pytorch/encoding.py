@@ -27,7 +27,7 @@ import torch
 
 from fmtlab.errors import FormatError
 from fmtlab.formats import Format, NanInput, Overflow, Rounding, get_format
-from fmtlab.formats.base import make_rng
+from fmtlab.formats.base import check_exact_in_float64, make_rng
 from fmtlab.pytorch._fastpaths import special_index
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.cores import torch_core
@@ -137,6 +137,19 @@ def apply_overrides(c: torch.Tensor, x: torch.Tensor, neg: torch.Tensor, fmt: Fo
     return c
 
 
+def check_exact_int64(x: torch.Tensor) -> None:
+    """FormatError if an int64 tensor holds a value float64 cannot hold exactly (|v| > 2**53 off
+    the float64 grid): it would be rounded twice. The numpy path's rule
+    (:func:`fmtlab.formats.base.check_exact_in_float64`), checked on the few large values only.
+    Under ``torch.compile`` (no data-dependent raise) the check is skipped."""
+    if x.dtype != torch.int64 or torch.compiler.is_compiling():
+        return
+    flat = x.detach().reshape(-1)
+    big = flat[(flat > (1 << 53)) | (flat < -(1 << 53))]
+    if big.numel():
+        check_exact_in_float64(big.cpu().numpy())
+
+
 def encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed=None, draws=None,
                  nan="raise", method: str = "auto") -> torch.Tensor:
     """Flat int32 codes of ``x`` (any shape, real dtype, device), as ``fmt.encode`` computes them.
@@ -151,6 +164,7 @@ def encode_codes(x: torch.Tensor, fmt: Format, rounding, overflow, *, seed=None,
     if x.is_complex():
         raise TypeError("complex input cannot be encoded")
     mode, overflow, nan = conventions(fmt, rounding, overflow, nan)
+    check_exact_int64(x)
     core = torch_core(fmt)
     r = None
     if mode is Rounding.STOCHASTIC:

@@ -13,6 +13,12 @@ Static(s)).fake_quantize(x)`` (torch ops, bit-identical to the numpy path for fl
 gradient by straight-through estimator (``grad="ste"``) or its clipped variant
 (``grad="clipped"``: zero where ``x / s`` is clipped, the comparison of ``QuantReport.clipped``).
 ``calculate_qparams()`` returns ``(scale, zero_point)`` with zero_point 0 (symmetric).
+
+Non-finite inputs (the rule, as torch's own FakeQuantize behaves): a NaN input gives a NaN output
+at its position (with ``fmt=``; a ``quantizer=`` applies its own NaN policy); +-Inf is out of
+range like any large value, so it saturates (or follows ``overflow``). The observer sees only
+finite values (non-finite ones are replaced by 0, which never raises ``max(|min|, |max|)``), so a
+batch holding NaN or Inf never changes the scale that later batches get.
 :func:`fmtlab.pytorch.convert_qat` turns a trained QAT model into plain modules whose weights hold
 the fake-quantized values.
 """
@@ -50,6 +56,9 @@ class FormatFakeQuantize(FakeQuantizeBase):
                  overflow: "Overflow | str | None" = Overflow.SATURATE, grad: str = "ste",
                  quantizer=None, factory_kwargs: dict | None = None, **observer_kwargs) -> None:
         super().__init__()
+        if ch_axis is not None and (not isinstance(ch_axis, int) or isinstance(ch_axis, bool)):
+            raise FmtlabError(f"ch_axis must be an int or None, got {ch_axis!r}")
+        self.nan_propagates = quantizer is None
         if quantizer is not None:
             if fmt is not None:
                 raise ValueError("pass either fmt= or quantizer=, not both")
@@ -112,8 +121,14 @@ class FormatFakeQuantize(FakeQuantizeBase):
         return self.scale.clone(), torch.zeros_like(self.zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ch_axis is not None and not -x.dim() <= self.ch_axis < x.dim():
+            raise FmtlabError(f"FormatFakeQuantize(ch_axis={self.ch_axis}) got a {x.dim()}-d tensor of shape "
+                              f"{tuple(x.shape)}: the channel axis is out of range")
         if self.observer_enabled[0] == 1:
-            self.activation_post_process(x.detach())
+            xd = x.detach()
+            if xd.is_floating_point():  # never observe NaN/Inf (branch-free: no host sync on CUDA)
+                xd = torch.where(torch.isfinite(xd), xd, torch.zeros_like(xd))
+            self.activation_post_process(xd)
             s = self._observed_scale().to(self.scale.device)
             if self.scale.shape != s.shape:
                 self.scale.resize_(s.shape)
@@ -122,8 +137,9 @@ class FormatFakeQuantize(FakeQuantizeBase):
             self.scale.copy_(s)
         if self.fake_quant_enabled[0] == 1:
             scale = self.scale
-            x = apply_fake_quant(
+            y = apply_fake_quant(
                 x, lambda t, m: self.tq.fake_quantize_with_mask(t, need_mask=m, scales=scale), self.grad)
+            x = torch.where(torch.isnan(x), x, y) if self.nan_propagates and x.is_floating_point() else y
         return x
 
     def extra_repr(self) -> str:

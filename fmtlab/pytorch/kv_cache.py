@@ -195,10 +195,11 @@ class KVCacheQuantizer(nn.Module):
         if spec.scales is ActivationScales.STATIC:
             for i in range(n_layers):
                 for role, q in (("keys", spec.keys), ("values", spec.values)):
-                    feats = head_dim if q is None or kv_granularity(q) is KVGranularity.TENSOR \
-                        else kv_heads * head_dim
-                    tq = q if q is not None else TorchQuantizer("int8_per_tensor")  # placeholder, never run
-                    self.static.append(StaticActivation(tq, feats, f"kv_cache.layer{i}.{role}"))
+                    if q is None:  # a float K or V: a slot that calibration does not observe
+                        self.static.append(nn.Identity())
+                        continue
+                    feats = head_dim if kv_granularity(q) is KVGranularity.TENSOR else kv_heads * head_dim
+                    self.static.append(StaticActivation(q, feats, f"kv_cache.layer{i}.{role}"))
 
     def extra_repr(self) -> str:
         return f"{self.spec.name}, {self.n_layers} layers x {self.kv_heads} kv heads x {self.head_dim}"

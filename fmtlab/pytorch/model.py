@@ -35,7 +35,8 @@ from torch.nn import functional as F
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import Static
-from fmtlab.pytorch.activations import ActivationScales, StaticActivation, quantize_per_sequence, sequences_of
+from fmtlab.pytorch.activations import (ActivationScales, StaticActivation, padding_mask, quantize_per_sequence,
+                                        sequences_of, track_padding)
 from fmtlab.pytorch.attention import attach_attention
 from fmtlab.pytorch.autograd import check_grad
 from fmtlab.pytorch.kv_cache import attach_kv_cache
@@ -154,6 +155,9 @@ class QuantLinear(nn.Module):
         calibration split; without calibration, on the first input the layer sees."""
         from fmtlab.sim.transform_base import Context  # lazy: fmtlab.sim loads numba and scipy; only transforms need it
 
+        if padding_mask() is not None:
+            raise FmtlabError(f"layer {self.layer_name!r}: a transform's dynamic scales cannot leave padded "
+                              "positions out; run its sequences unpadded (batch_size=1 or equal lengths)")
         shape = x.shape
         w = self.linear_weight().detach().to(torch.float32).cpu().numpy()
         seqs = sequences_of(x.detach()).to(torch.float32).cpu().numpy()
@@ -447,6 +451,7 @@ def quantize_model(model: nn.Module, weights: Any = None, activations: Any = Non
                      "weights": spec_name(wq), "activations": spec_name(ql.act_q)})
     summary = QuantizeSummary(rows, skipped, getattr(tr, "name", None) if tr is not None else None,
                               requantized, restored, mode)
+    track_padding(new_root)  # padded batches: dynamic scales over real positions only
     if kv_cache is not None or "fmtlab_kv_cache" in new_root.__dict__:
         summary.kv_cache = attach_kv_cache(new_root, kv_cache, grad)
     if attention is not None or "fmtlab_attention_prev" in new_root.__dict__:

@@ -40,6 +40,8 @@ def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int
     """[sequences, tokens] int64 ids from texts (cut by ``fmtlab.sim.data.token_windows`` into
     ``seq_len``-token windows, default 128) or token ids (tensor / list of equal-length lists);
     the first ``n_sequences`` windows (all when None)."""
+    if seq_len is not None and (not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 2):
+        raise FmtlabError(f"seq_len must be an integer >= 2 or None, got {seq_len!r}")
     if isinstance(data, str):
         data = [data]
     if isinstance(data, torch.Tensor):
@@ -64,7 +66,11 @@ def token_windows_of(data: Any, tokenizer, seq_len: int | None, n_sequences: int
         raise FmtlabError("data must be texts (str or list of str), token ids (tensor or list of "
                           f"lists), got {type(data).__name__}")
     if n_sequences is not None:
+        if not isinstance(n_sequences, int) or isinstance(n_sequences, bool) or n_sequences < 1:
+            raise FmtlabError(f"n_sequences must be an integer >= 1 or None, got {n_sequences!r}")
         ids = ids[:n_sequences]
+    if ids.shape[0] == 0:
+        raise FmtlabError("no token windows to evaluate (empty data)")
     if ids.shape[1] < 2:
         raise FmtlabError(f"windows need at least 2 tokens to predict one, got {ids.shape[1]}")
     return ids

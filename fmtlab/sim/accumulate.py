@@ -44,12 +44,10 @@ import dataclasses
 import re
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
-from fmtlab.hw import dp_kernels as K
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
 from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
@@ -181,17 +179,64 @@ class AccResult:
     overflow: np.ndarray
 
 
-@nb.njit(cache=True, parallel=False)
-def _fp_steps(acc, p, man, emin, emax, rtz, f64, ovf):
-    """acc <- round(acc + p) elementwise, one rounding each; ovf |= finite -> Inf."""
-    a = acc.reshape(-1)
-    q = p.reshape(-1)
-    o = ovf.reshape(-1)
-    for i in range(a.size):
-        new = K.fp_step(a[i], q[i], man, emin, emax, rtz, f64)
-        if np.isinf(new) and np.isfinite(a[i]) and np.isfinite(q[i]):
-            o[i] = True
-        a[i] = new
+def _round_slow(s: np.ndarray, man: int, emin: int, emax: int, rtz: bool) -> np.ndarray:
+    """Round float64 ``s`` (finite, nonzero) to the format: frexp / ldexp path (any exponent)."""
+    ax = np.abs(s)
+    _, e = np.frexp(ax)
+    q = np.maximum(e - 1, emin) - man
+    y = np.ldexp(ax, -q)
+    r = np.floor(y) if rtz else np.rint(y)
+    res = np.ldexp(r, q)
+    maxf = np.ldexp(2.0 - np.ldexp(1.0, -man), emax)
+    res = np.where(res > maxf, maxf if rtz else np.inf, res)
+    return np.copysign(res, s)
+
+
+_MAG = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+_ONE = np.int64(1)
+
+
+def _fp_steps(acc: np.ndarray, p: np.ndarray, man: int, emin: int, emax: int, rtz: bool, f64: bool,
+              ovf: np.ndarray) -> None:
+    """acc <- round(acc + p) elementwise with ONE rounding each, in place; ovf |= (finite -> Inf).
+
+    Vectorized :func:`fmtlab.hw.dp_kernels.fp_step`: the float64 sum rounded to odd (TwoSum error
+    term; Boldo & Melquiond 2008), then rounded to ``man`` fraction bits with exponents
+    [emin, emax] and subnormals (nearest-even, overflow -> Inf; toward zero, overflow -> max), on
+    the float64 bit pattern (results that would drop 52 or more of its fraction bits, deep in the
+    format's subnormals, take the frexp path)."""
+    with np.errstate(all="ignore"):
+        a, b = acc, p
+        s = a + b
+        if not f64:
+            bb = s - a
+            err = (a - (s - bb)) + (b - bb)
+            bits = s.view(np.int64)
+            ok = np.isfinite(s) & (s != 0)
+            bump = ok & (err != 0) & ((bits & _ONE) == 0)
+            bits = bits + np.where(bump, np.where((err > 0) == (s > 0), _ONE, -_ONE), 0)
+            mag = bits & _MAG
+            e = (mag >> 52) - 1023
+            shift = (52 - man) + np.maximum(emin - e, 0)
+            slow = ok & (shift > 51)
+            sh = np.minimum(shift, 51)
+            mask = (_ONE << sh) - _ONE
+            if rtz:
+                r = mag & ~mask
+            else:
+                r = (mag + (mask >> _ONE) + ((mag >> sh) & _ONE)) & ~mask
+            maxf = np.ldexp(2.0 - np.ldexp(1.0, -man), emax)
+            res = r.view(np.float64)
+            res = np.where(res > maxf, maxf if rtz else np.inf, res)
+            res = np.copysign(res, s)
+            if slow.any():
+                so = bits.view(np.float64)
+                res[slow] = _round_slow(so[slow], man, emin, emax, rtz)
+            s = np.where(ok, res, s)
+        special = ~(np.isfinite(a) & np.isfinite(b))
+        new = np.where(special, a + b, s)
+        ovf |= np.isinf(new) & ~special
+        acc[...] = new
 
 
 def _chunks(k: int, size: int):

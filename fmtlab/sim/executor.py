@@ -3,7 +3,7 @@
 The unit of work is :class:`Unit` = (trace path, calibration trace path, one replay task of
 :mod:`fmtlab.sim.replay_engine` (a group of Linear layers sharing an input, or one activation),
 a batch of configs) -> (rows, per-sequence entries). Units are small and pure: a worker opens the
-trace shards by path, memory-mapped (:func:`fmtlab.sim.trace.open_trace`, without re-hashing:
+trace shards by path (:func:`fmtlab.sim.trace.open_trace`, without re-hashing, checking the manifest digest:
 the client verified them), and arrays never travel through the scheduler. Each unit has a
 deterministic key; Dask reruns the units of a lost worker (``retries`` covers exceptions too),
 and :func:`run_units` keeps one result per key and checks that every (tensor, config) row
@@ -18,13 +18,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from fmtlab.errors import FmtlabError
+from fmtlab.errors import FmtlabError, TraceError, compile_pattern
 from fmtlab.sim.replay_engine import Engine, Task, resolve_config
 from fmtlab.sim.trace import open_trace
 
@@ -52,13 +51,16 @@ class Unit:
     label: str = ""
     #: a config that raises gets one row {"config", "tensor", "error"} instead of failing the unit
     isolate_errors: bool = False
+    #: manifest digests of (trace, calib) as the client opened them: a worker refuses a trace whose
+    #: content changed since, and a trace replaced at the same path is never served from a cache
+    digests: tuple[str | None, str | None] = (None, None)
 
     @property
     def key(self) -> str:
         """Deterministic id of this unit (same inputs -> same key, on every machine)."""
         h = hashlib.sha1()
         for part in (self.trace, self.calib, self.kind, self.names, self.tensor, self.max_tokens, self.top_k,
-                     self.label, tuple(_config_id(c) for c in self.configs)):
+                     self.label, tuple(_config_id(c) for c in self.configs), self.digests):
             h.update(repr(part).encode())
             h.update(b"\0")
         return "fmtlab-unit-" + h.hexdigest()[:20]
@@ -68,22 +70,46 @@ def _config_id(c: Any) -> str:
     return f"{c.name}|{c.weight!r}|{c.act!r}|{c.transform!r}|{c.hp_dtype}|{c.act_calib}"
 
 
+def _stamp(path: str) -> tuple:
+    """Identity of the manifest file now (a rewritten trace gets a new manifest inode)."""
+    try:
+        st = os.stat(os.path.join(path, "manifest.json"))
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _open(path: str, digest: str | None = None):
+    return _open_cached(path, digest, _stamp(path))
+
+
 @functools.lru_cache(maxsize=4)
-def _open(path: str):
-    return open_trace(path, verify=False)
+def _open_cached(path: str, digest: str | None, stamp: tuple):
+    tr = open_trace(path, verify=False)
+    if digest is not None and tr.digest != digest:
+        raise TraceError(f"trace {path} changed since this run opened it (its manifest digest differs); "
+                         "run again")
+    return tr
+
+
+def _engine(trace: str, calib: str | None, configs: tuple, max_tokens: int | None, top_k: int, label: str,
+            digests: tuple = (None, None)):
+    return _engine_cached(trace, calib, configs, max_tokens, top_k, label, digests,
+                          _stamp(trace), _stamp(calib) if calib else ())
 
 
 @functools.lru_cache(maxsize=16)
-def _engine(trace: str, calib: str | None, configs: tuple, max_tokens: int | None, top_k: int, label: str):
-    return Engine(_open(trace), [resolve_config(c) for c in configs], _open(calib) if calib else None,
-                  max_tokens, top_k, label)
+def _engine_cached(trace, calib, configs, max_tokens, top_k, label, digests, stamp, cstamp):
+    return Engine(_open(trace, digests[0]), [resolve_config(c) for c in configs],
+                  _open(calib, digests[1]) if calib else None, max_tokens, top_k, label)
 
 
 def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """(unit key, rows, per-sequence entries) of one unit; runs anywhere the trace path exists."""
     task = Task(unit.kind, list(unit.names), unit.tensor)
     try:
-        eng = _engine(unit.trace, unit.calib, tuple(unit.configs), unit.max_tokens, unit.top_k, unit.label)
+        eng = _engine(unit.trace, unit.calib, tuple(unit.configs), unit.max_tokens, unit.top_k, unit.label,
+                      unit.digests)
         rows, seqs = eng.run(task)
     except (FmtlabError, ValueError, ArithmeticError) as exc:
         if not unit.isolate_errors:
@@ -95,7 +121,7 @@ def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]
         rows, seqs = [], []
         for c in unit.configs:
             _, r, s = run_unit(Unit(unit.trace, unit.calib, unit.kind, unit.names, unit.tensor, (c,),
-                                    unit.max_tokens, unit.top_k, unit.label, True))
+                                    unit.max_tokens, unit.top_k, unit.label, True, unit.digests))
             rows += r
             seqs += s
     return unit.key, rows, seqs
@@ -105,7 +131,7 @@ def replay_tasks(trace, layers: str | None = None, kinds: Sequence[str] = ("line
     """[(kind, layer names, tensor)] of a trace, in trace order: the replay tasks (of
     :func:`fmtlab.sim.replay.replay` and the explore search; Linear layers sharing an input are one
     task). ``layers``: regular expression over tensor names; ``kinds``: recorded kinds to include."""
-    pat = re.compile(layers) if layers else None
+    pat = compile_pattern(layers, "layers") if layers else None
     out: list[tuple[str, tuple, str]] = []
     if "linear" in kinds:
         groups: dict[str, list[str]] = {}

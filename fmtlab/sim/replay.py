@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from fmtlab.errors import FmtlabError
 from fmtlab.formats.names import Grammar
 from fmtlab.sim import metrics as M
-from fmtlab.safe_io import atomic_write_text, dumps_json, staged_dir
+from fmtlab.safe_io import atomic_write_text, check_file_stem, dumps_json, staged_dir
 from fmtlab.sim.accumulate import parse as parse_accumulator
 from fmtlab.sim.quant import STATIC_RULES
 from fmtlab.sim.replay_engine import IN as _IN, METRICS as _METRICS, OUT as _OUT
@@ -153,6 +153,10 @@ for _name, _cfg in PRESETS.items():
 GRAMMAR.kind("inline", _inline_config, "'name:w=SPEC;a=SPEC;t=TRANSFORM;hp=DTYPE;c=RULE;acc=ACCUMULATOR'")
 
 
+#: the kinds of recorded tensors replay measures
+KINDS = ("linear", "residual", "attn_probs", "key", "value")
+
+
 def make_config(spec: Any) -> ReplayConfig:
     """A ReplayConfig from a ReplayConfig, a preset name, a dict, a (name, w, a[, t]) tuple, or a
     string ``"name:w=SPEC;a=SPEC;t=TRANSFORM;c=RULE"`` (fields separated by ';', each optional;
@@ -257,6 +261,11 @@ class ReplayResult:
         return [r for r in self.rows if all(r.get(k) == v for k, v in equals.items())]
 
     def __add__(self, other: "ReplayResult") -> "ReplayResult":
+        both = {(r["trace"], r["config"]) for r in self.rows} & {(r["trace"], r["config"]) for r in other.rows}
+        if both:  # their rows would be merged into one model row: refuse, never average two traces
+            trace, config = sorted(both, key=str)[0]
+            raise FmtlabError(f"both results hold trace label {trace!r} with config {config!r}; replay "
+                              "distinct traces under distinct labels (replay(..., label=...))")
         meta = {"runs": [self.meta.get("runs", [self.meta]), other.meta.get("runs", [other.meta])]}
         return ReplayResult(self.rows + other.rows, meta, self.per_sequence + other.per_sequence)
 
@@ -278,6 +287,7 @@ class ReplayResult:
         All four appear together or not at all: they are built in a staging folder inside the
         locked ``out_dir`` (see :func:`fmtlab.safe_io.staged_dir`) and moved into place at the end.
         """
+        check_file_stem(stem)
         names = [f"{stem}.csv", f"{stem}_by_layer_type.csv", f"{stem}_by_model.csv", f"{stem}.json"]
         with staged_dir(out_dir) as stage:
             self.to_csv(os.path.join(stage, names[0]))
@@ -342,7 +352,7 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     resolved = [resolve_config(c) for c in cfgs]
     if max_tokens is not None and max_tokens < 1:
         raise FmtlabError(f"max_tokens must be >= 1, got {max_tokens=}")
-    known = ("linear", "residual", "attn_probs", "key", "value")
+    known = KINDS
     kinds = tuple(kinds) if kinds is not None else known
     bad = [k for k in kinds if k not in known]
     if bad:
@@ -359,7 +369,8 @@ def replay(trace: Trace | str | os.PathLike, configs: Any, *, layers: str | None
     run = eng.run
     if executor is not None:
         units = [Unit(tr.path, cal.path if cal is not None else None, t.kind, tuple(t.names), t.tensor,
-                      tuple(cfgs), max_tokens, top_k, label) for t in tasks]
+                      tuple(cfgs), max_tokens, top_k, label,
+                      digests=(tr.digest, cal.digest if cal is not None else None)) for t in tasks]
         got = run_units(executor, units, progress=progress)
         results = {i: got[u.key] for i, u in enumerate(units)}
     bar = tqdm(total=len(tasks), unit="tensor", desc="replay", disable=not progress or executor is not None)

@@ -4,7 +4,7 @@ Layout (the safetensors spec): u64 little-endian header length, a JSON header (t
 dtype, shape, data_offsets; optional ``__metadata__`` of strings) padded with spaces to a
 multiple of 8, then the raw little-endian tensor bytes. :func:`write_safetensors` streams
 arrays to an atomically renamed file; :class:`SafetensorsFile` validates the header against the
-file size (bounds, dtypes, shapes, offsets; TraceError on any defect) and memory-maps the data.
+file size (bounds, dtypes, shapes, offsets; TraceError on any defect) and reads tensors with pread.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from fmtlab.errors import TraceError
 from fmtlab.safe_io import atomic_open
+from fmtlab.sim.trace_checks import strict_json
 
 __all__ = ["DTYPES", "DTYPE_NAMES", "MAX_HEADER", "sha256_file", "write_safetensors",
            "TensorEntry", "SafetensorsFile"]
@@ -89,82 +90,130 @@ class TensorEntry:
 
 
 class SafetensorsFile:
-    """A validated, memory-mapped safetensors file (read-only). Raises TraceError on any defect."""
+    """A validated safetensors file, read-only. Raises TraceError on any defect.
+
+    Tensors are read with ``pread`` from a file descriptor held open (not memory-mapped): a file
+    truncated while it is read gives a TraceError, never a SIGBUS; a file replaced meanwhile is
+    still read from the version that was opened.
+    """
 
     def __init__(self, path: str):
         self.path = path
+        self._fd: int | None = None
         try:
-            size = os.path.getsize(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise TraceError(f"cannot read shard {path}: {exc}") from exc
+            raise TraceError(f"cannot read shard {path}: {exc.strerror}") from None
+        try:
+            self._parse(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _parse(self, fd: int) -> None:
+        path = self.path
+        size = os.fstat(fd).st_size
         if size < 8:
             raise TraceError(f"{path} is truncated or not a safetensors file ({size} bytes)")
-        with open(path, "rb") as fh:
-            (hlen,) = struct.unpack("<Q", fh.read(8))
-            if hlen > MAX_HEADER or 8 + hlen > size:
-                raise TraceError(f"{path} is not a safetensors file or is truncated "
-                                 f"(header length {hlen}, file size {size})")
-            raw = fh.read(hlen)
+        (hlen,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+        if hlen > MAX_HEADER or 8 + hlen > size:
+            raise TraceError(f"{path} is not a safetensors file or is truncated "
+                             f"(header length {hlen}, file size {size})")
+        raw = os.pread(fd, hlen, 8)
+        if len(raw) != hlen:
+            raise TraceError(f"{path} is truncated (header of {hlen} bytes, read {len(raw)})")
         try:
-            header = json.loads(raw.decode("utf-8"))
+            header = strict_json(raw.decode("utf-8"))
             if not isinstance(header, dict):
                 raise ValueError("header is not a JSON object")
         except (UnicodeDecodeError, ValueError) as exc:
-            raise TraceError(f"{path} has a corrupt safetensors header: {exc}") from exc
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            raise TraceError(f"{path} has a corrupt safetensors header: {' '.join(str(exc).split())[:200]}") from None
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise TraceError(f"{path} has a corrupt safetensors header: __metadata__ is not an object of strings")
+        self.metadata: dict[str, str] = meta
         self.data_start = 8 + hlen
         self.entries: dict[str, TensorEntry] = {}
         data_len = 0
         for key, info in header.items():
-            try:
-                dtype = DTYPES[info["dtype"]]
-                shape = tuple(int(d) for d in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise TraceError(f"{path}: corrupt header entry for {key!r}: {info!r}") from exc
-            if any(d < 0 for d in shape) or begin < 0 or end < begin:
-                raise TraceError(f"{path}: impossible shape/offsets for {key!r}: {info!r}")
+            ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] in DTYPES
+                  and isinstance(info.get("shape"), list) and all(_is_uint(d) for d in info["shape"])
+                  and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+                  and all(_is_uint(o) for o in info["data_offsets"]))
+            if not ok:
+                raise TraceError(f"{path}: corrupt header entry for {key!r:.80}: {info!r:.200} (expected "
+                                 "{dtype: known name, shape: [int >= 0, ...], data_offsets: [int, int]})")
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            if end < begin or end > size:
+                raise TraceError(f"{path}: impossible offsets for {key!r:.80}: {info['data_offsets']!r:.80}")
             if end - begin != math.prod(shape) * dtype.itemsize:
-                raise TraceError(f"{path}: {key!r} spans {end - begin} bytes but shape {list(shape)} "
+                raise TraceError(f"{path}: {key!r:.80} spans {end - begin} bytes but shape {list(shape)!s:.80} "
                                  f"of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
             self.entries[key] = TensorEntry(dtype, shape, begin, end)
             data_len = max(data_len, end)
+        pos = 0  # the spec: the byte ranges tile the data section, no overlap and no hole
+        for key, e in sorted(self.entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            if e.begin != pos:
+                raise TraceError(f"{path}: {key!r:.80} starts at byte {e.begin} of the data, expected {pos} "
+                                 "(tensors overlap or leave a hole)")
+            pos = e.end
         expected = self.data_start + data_len
         if size < expected:
             raise TraceError(f"{path} is truncated: {size} bytes, its header needs {expected}")
         if size > expected:
             raise TraceError(f"{path} is corrupt: {size} bytes, its header accounts for {expected}")
-        self._mm: np.memmap | None = None
 
-    def _map(self) -> np.ndarray:
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._mm
+    def _read(self, offset: int, n: int) -> np.ndarray:
+        """``n`` bytes at ``offset`` as a fresh uint8 array; TraceError on a short read."""
+        if self._fd is None:
+            raise TraceError(f"{self.path} is closed")
+        buf = np.empty(n, np.uint8)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = os.preadv(self._fd, [view[got:]], offset + got)
+            if k == 0:
+                raise TraceError(f"{self.path} was truncated while being read (got {got} of {n} bytes at "
+                                 f"offset {offset}); re-record the trace or restore the file")
+            got += k
+        return buf
 
     def sha256(self, chunk: int = 8 << 20) -> str:
-        """SHA-256 hex digest of the whole file, read through the memory map (so it is read once)."""
+        """SHA-256 hex digest of the whole file (read through the open descriptor)."""
         h = hashlib.sha256()
-        mm = self._map()
-        n = mm.shape[0]
-        for start in range(0, n, chunk):
-            h.update(memoryview(mm[start:min(n, start + chunk)]))
+        size = os.fstat(self._fd).st_size if self._fd is not None else 0
+        for start in range(0, size, chunk):
+            h.update(memoryview(self._read(start, min(chunk, size - start))))
         return h.hexdigest()
 
     def get(self, key: str) -> np.ndarray:
-        """The tensor ``key`` as a read-only array backed by the memory map."""
+        """The tensor ``key`` as a read-only array (read from the file now)."""
         try:
             e = self.entries[key]
         except KeyError:
             raise TraceError(f"{self.path} has no tensor {key!r}") from None
         if e.end == e.begin:
             return np.zeros(e.shape, e.dtype)
-        buf = self._map()[self.data_start + e.begin:self.data_start + e.end]
-        return buf.view(e.dtype).reshape(e.shape)
+        a = self._read(self.data_start + e.begin, e.end - e.begin).view(e.dtype).reshape(e.shape)
+        a.flags.writeable = False
+        return a
 
     def close(self) -> None:
-        mm, self._mm = self._mm, None
-        if mm is not None and hasattr(mm, "_mmap") and mm._mmap is not None:
-            try:
-                mm._mmap.close()
-            except BufferError:  # arrays still reference it; the GC closes it later
-                pass
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -8,8 +8,8 @@ Layout of a trace directory::
 
 A tensor recorded over many batches is stored as *pieces* along its first axis (token rows, or
 sequences for attention probabilities); the manifest lists, per tensor, the pieces in order with
-their shard, key and row range. Readers memory-map the shards (no copy for single-piece tensors)
-and check everything against the manifest before handing data out.
+their shard, key and row range. Readers read the shards with ``pread`` (a shard truncated during a
+run is a TraceError, never a SIGBUS) and check everything against the manifest before handing data out.
 
 Guarantees:
 * never pickle: only safetensors (parsed here, with bounds checks) and JSON;
@@ -18,6 +18,12 @@ Guarantees:
   trace at the target path;
 * safe replacement: only a directory that is an fmtlab trace is ever replaced (atomic swap), a
   lock beside the target stops a second writer, partials of dead writers are cleaned;
+* the manifest is as trusted as the shards: it carries the SHA-256 of its own canonical JSON
+  (``manifest_sha256``, recorded at write time, checked at every open, even with ``verify=False``),
+  is parsed strictly (duplicate keys, NaN tokens, deep nesting refused), must be of a known format
+  version (2; a version-1 trace, written before the digest, must be re-recorded) and must agree
+  with the shards it describes (sequences x length = tokens, one row per token, each layer's weight
+  [out, in] and its own, widths, block indices);
 * clear errors (:class:`fmtlab.errors.TraceError`) for a missing or foreign manifest, manifest
   fields of the wrong JSON type, shard names that leave the trace directory, a shard from another
   trace, a truncated or corrupt shard (size, header, offsets, dtype, shape), and (by default;
@@ -46,14 +52,26 @@ from fmtlab.safe_io import (DirLock, atomic_write_bytes, clean_stale, dir_mode, 
                             rename_noreplace, write_owner_marker, OWNER_FILE)
 from fmtlab.sim.safetensors_io import (DTYPE_NAMES, DTYPES, SafetensorsFile,  # noqa: F401
                                        sha256_file, write_safetensors)
-from fmtlab.sim.trace_checks import (MANIFEST, TRACE_FORMAT, check_trace_target, confined_shard_path,  # noqa: F401
-                                     is_int, validate_manifest)
+from fmtlab.sim.trace_checks import (DIGEST_KEY, MANIFEST, RESERVED, TRACE_FORMAT, TRACE_VERSION,  # noqa: F401
+                                     check_consistency, check_trace_target, confined_shard_path, is_int,
+                                     load_manifest, manifest_digest, validate_manifest)
 
-TRACE_VERSION = 1
 _META_KEY = "fmtlab_trace_id"
 
 
 # --------------------------------------------------------------------------------------- writer
+
+_WRITING: set[str] = set()  # trace paths with an open TraceWriter in this process
+
+
+def trace_lock(path: str | os.PathLike) -> DirLock:
+    """The (not yet acquired) lock of trace ``path``: ``.<name>.lock`` beside it, re-entrant, so a
+    command may take it before loading a model (a second run fails at once) and the writer later
+    takes it again. Its parent folder must exist."""
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    return DirLock(os.path.join(parent, f".{name}.lock"), f"trace {path}", reentrant=True)
+
 
 class TraceWriter:
     """Builds a trace directory piece by piece with a bounded in-memory buffer.
@@ -82,11 +100,15 @@ class TraceWriter:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
             raise TraceError(f"cannot create the trace {self.path}: {exc.strerror}") from None
-        self._lock = DirLock(os.path.join(parent, f".{name}.lock"), f"trace {self.path}")
+        if self.path in _WRITING:
+            raise TraceError(f"trace {self.path} is being written by another fmtlab run (this process, pid "
+                             f"{os.getpid()}); wait for it to finish or choose another output")
+        self._lock = trace_lock(self.path)
         try:
             self._lock.acquire()
         except FmtlabError as exc:
             raise TraceError(str(exc)) from None
+        _WRITING.add(self.path)
         try:
             clean_stale(parent, re.escape(f".{name}.") + r"(partial|old)-.*")
             check_trace_target(self.path, overwrite)
@@ -94,7 +116,7 @@ class TraceWriter:
             os.chmod(self._tmp, dir_mode())
             write_owner_marker(self._tmp)
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
         self.memory_limit = int(memory_limit)
         self.trace_id = uuid.uuid4().hex
@@ -163,6 +185,9 @@ class TraceWriter:
         """
         if self._closed:
             raise TraceError("the trace writer is closed")
+        clash = sorted(k for k in manifest if k in RESERVED)
+        if clash:
+            raise TraceError(f"manifest fields {clash} are the writer's; the recording may not set them")
         try:
             self.flush()
             full = {
@@ -172,6 +197,7 @@ class TraceWriter:
                 **manifest,
                 "shards": self._shards, "tensors": self._tensors,
             }
+            full[DIGEST_KEY] = manifest_digest(full)
             atomic_write_bytes(os.path.join(self._tmp, MANIFEST),
                                json.dumps(full, indent=1, allow_nan=False).encode("utf-8"))
             os.unlink(os.path.join(self._tmp, OWNER_FILE))
@@ -191,7 +217,7 @@ class TraceWriter:
             raise
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._closed = True
-        self._lock.release()
+        self._release()
         return Trace(self.path, verify=False)
 
     def abort(self) -> None:
@@ -199,6 +225,10 @@ class TraceWriter:
         self._closed = True
         self._buffer.clear()
         shutil.rmtree(self._tmp, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        _WRITING.discard(self.path)
         self._lock.release()
 
     def __enter__(self) -> "TraceWriter":
@@ -212,12 +242,12 @@ class TraceWriter:
 # --------------------------------------------------------------------------------------- reader
 
 class Trace:
-    """A recorded trace, opened read-only. Tensors are memory-mapped, never loaded eagerly.
+    """A recorded trace, opened read-only. Tensors are read on demand, never loaded eagerly.
 
-    ``Trace(path)`` validates the manifest (types, ranges, shard names confined to the directory)
-    and every shard's header and size, and checks each shard's SHA-256 against the manifest
-    (hashing the memory map once, shards in parallel; ~1 GB/s per core). ``verify=False`` skips
-    only the SHA-256 check (the CLI's ``--no-verify``).
+    ``Trace(path)`` checks the manifest's own digest and validates it (types, ranges, shard names
+    confined to the directory, consistency with the shards), every shard's header and size, and
+    each shard's SHA-256 against the manifest (before parsing its header; shards in parallel;
+    ~1 GB/s per core). ``verify=False`` skips only the shards' SHA-256 (the CLI's ``--no-verify``).
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
@@ -229,28 +259,23 @@ class Trace:
             raise TraceError(f"no trace at {self.path}")
         if not os.path.exists(mpath):
             raise TraceError(f"{self.path} has no {MANIFEST}: not an fmtlab trace, or an interrupted recording")
-        try:
-            with open(mpath, encoding="utf-8") as fh:
-                m = json.load(fh)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise TraceError(f"{mpath} is truncated or corrupt: {exc}") from exc
-        if not isinstance(m, dict) or m.get("format") != TRACE_FORMAT:
-            raise TraceError(f"{mpath} is not an fmtlab trace manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
-        if not is_int(m.get("version")) or m["version"] > TRACE_VERSION:
-            raise TraceError(f"{mpath} has trace version {m.get('version')!r}; this fmtlab reads up to {TRACE_VERSION}")
+        m = load_manifest(mpath)  # strict JSON, known version, digest
         for key in ("trace_id", "shards", "tensors"):
             if key not in m:
                 raise TraceError(f"{mpath} is corrupt: missing {key!r}")
         validate_manifest(m, mpath, DTYPES)
         self.manifest: dict[str, Any] = m
         self.trace_id: str = m["trace_id"]
+        #: SHA-256 of the manifest, which lists every shard's SHA-256: names the trace's content
+        self.digest: str = m[DIGEST_KEY]
         self._files: dict[int, SafetensorsFile] = {}
         try:
+            if verify:
+                self.verify()  # hash the shards before parsing their headers
             for i in range(len(m["shards"])):
                 self._open_shard(i)
-            if verify:
-                self.verify()
             self._check_index()
+            check_consistency(m, mpath)
         except BaseException:
             self.close()
             raise
@@ -278,6 +303,7 @@ class Trace:
         return sf
 
     def _check_index(self) -> None:
+        listed: set[tuple[int, str]] = set()
         for name, info in self.manifest["tensors"].items():
             rows = 0
             for p in info["pieces"]:
@@ -285,13 +311,22 @@ class Trace:
                 e = sf.entries.get(p["key"])
                 if e is None:
                     raise TraceError(f"{sf.path} lacks piece {p['key']!r} of tensor {name!r}")
-                if DTYPE_NAMES.get(e.dtype) != info["dtype"] or list(e.shape[1:]) != info["shape"][1:] \
+                if DTYPE_NAMES.get(e.dtype) != info["dtype"] or len(e.shape) != len(info["shape"]) \
+                        or list(e.shape[1:]) != info["shape"][1:] \
                         or p["rows"] != [rows, rows + e.shape[0]]:
                     raise TraceError(f"{sf.path}: piece {p['key']!r} does not match the manifest "
                                      f"({DTYPE_NAMES.get(e.dtype)} {list(e.shape)} vs {info['dtype']} {info['shape']})")
                 rows += e.shape[0]
+                if (p["shard"], p["key"]) in listed:
+                    raise TraceError(f"{sf.path}: piece {p['key']!r} is listed twice in the manifest")
+                listed.add((p["shard"], p["key"]))
             if rows != info["shape"][0]:
                 raise TraceError(f"tensor {name!r}: pieces hold {rows} rows, the manifest says {info['shape'][0]}")
+        for i, sf in sorted(self._files.items()):
+            extra = sorted(k for k in sf.entries if (i, k) not in listed)
+            if extra:
+                raise TraceError(f"{sf.path} holds pieces the manifest does not list ({extra[:3]}); "
+                                 "the manifest and the shards disagree")
 
     def verify(self) -> None:
         """Check every shard's SHA-256 against the manifest (hashes each memory map once, in parallel).
@@ -300,13 +335,19 @@ class Trace:
         """
         import concurrent.futures as cf
 
-        n = len(self.manifest["shards"])
-        files = [self._open_shard(i) for i in range(n)]
+        shards = self.manifest["shards"]
+        n = len(shards)
+        paths = []
+        for info in shards:
+            fpath = confined_shard_path(self.path, info["file"])
+            if not os.path.isfile(fpath):
+                raise TraceError(f"shard {info['file']} of trace {self.path} is missing")
+            paths.append(fpath)
         with cf.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1, n))) as ex:
-            digests = list(ex.map(SafetensorsFile.sha256, files))
-        for sf, info, got in zip(files, self.manifest["shards"], digests):
+            digests = list(ex.map(sha256_file, paths))
+        for fpath, info, got in zip(paths, shards, digests):
             if got != info["sha256"]:
-                raise TraceError(f"shard {sf.path} is corrupt: its SHA-256 differs from the manifest's "
+                raise TraceError(f"shard {fpath} is corrupt: its SHA-256 differs from the manifest's "
                                  "(re-record the trace, or pass --no-verify / verify=False to read it anyway)")
 
     # -- access
@@ -335,12 +376,12 @@ class Trace:
             raise TraceError(f"trace {self.path} has no tensor {name!r}") from None
 
     def pieces(self, name: str) -> Iterator[np.ndarray]:
-        """Stream the pieces of tensor ``name`` in row order (each memory-mapped, read-only)."""
+        """Stream the pieces of tensor ``name`` in row order (each read now, read-only)."""
         for p in self.info(name)["pieces"]:
             yield self._open_shard(p["shard"]).get(p["key"])
 
     def tensor(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as one array: a read-only memory map if stored in one piece, else a copy."""
+        """Tensor ``name`` as one array (read-only if stored in one piece)."""
         parts = list(self.pieces(name))
         if not parts:
             info = self.info(name)
@@ -362,6 +403,38 @@ class Trace:
         m = self.manifest
         return (f"Trace({self.path!r}, model={m.get('model', {}).get('name')!r}, "
                 f"layers={len(self.layers)}, tokens={m.get('n_tokens')}, {self.nbytes / 2**20:.1f} MiB)")
+
+
+#: manifest fields that describe the recording; :func:`annotate_trace` may not change them
+DESCRIPTIVE = ("layers", "activations", "seq_len", "n_sequences", "n_tokens", "prefix_len", "batch_size",
+               "blocks", "model", "text", "vocab", "row_order", "options", "kv_prefix")
+
+
+def annotate_trace(path: str | os.PathLike, fields: dict[str, Any]) -> None:
+    """Set top-level note fields of the trace at ``path`` (e.g. the report's layer filter) and
+    re-sign its manifest; the only sanctioned edit of a manifest after recording.
+
+    The manifest must pass its own digest first (an edited manifest is not re-signed); fields that
+    describe the recording or belong to the writer are refused. Holds the trace's writer lock, so a
+    concurrent recording of the same path fails at once instead of racing.
+    """
+    path = os.path.abspath(os.fspath(path))
+    bad = sorted(k for k in fields if k in RESERVED or k in DESCRIPTIVE)
+    if bad:
+        raise TraceError(f"annotate_trace may not change {bad}: they describe the recording")
+    lock = trace_lock(path)
+    try:
+        lock.acquire()
+    except FmtlabError as exc:
+        raise TraceError(str(exc)) from None
+    try:
+        mpath = os.path.join(path, MANIFEST)
+        m = load_manifest(mpath)
+        m.update(fields)
+        m[DIGEST_KEY] = manifest_digest(m)
+        atomic_write_bytes(mpath, json.dumps(m, indent=1, allow_nan=False).encode("utf-8"))
+    finally:
+        lock.release()
 
 
 def open_trace(trace: "Trace | str | os.PathLike", verify: bool = True) -> Trace:

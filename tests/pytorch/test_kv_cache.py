@@ -271,3 +271,14 @@ def test_install_on_cache_is_idempotent(models):
     k, _ = c.update(x, x, 0)
     assert torch.equal(k, kvq.spec.keys(x.reshape(-1, 16)).reshape(x.shape))
     assert not np.array_equal(k.numpy(), x.numpy())
+
+
+def test_static_keys_only(models):
+    qm, _ = quantize_model(models["llama"], kv_cache="k=int8_sym_per_tensor,v=none@static")
+    res = calibrate(qm, _ids(2, 8, seed=4), batch_size=2)
+    assert res.layers == 2  # one static K scale per layer, no V slot observed
+    with torch.no_grad():
+        cache = _cache(qm(_ids(1, 6)))
+        ref = _cache(models["llama"](_ids(1, 6), use_cache=True))
+    assert torch.equal(cache.layers[0].values, ref.layers[0].values)
+    assert not torch.equal(cache.layers[0].keys, ref.layers[0].keys)

@@ -178,3 +178,28 @@ def test_fixed_point_grids_in_units_of_their_step():
         ref = dot(W, X, "dint4", "int8", acc)
         assert np.array_equal(r.acc * 2.0 ** -1, ref.value), acc
     assert not operand(get_quantizer("fp8_e4m3_per_token"), x).integer
+
+
+@pytest.mark.parametrize("acc", ["fp16", "bf16", "e5m2", "fp16_rtz", "e8m13_rtz", "fp32"])
+def test_vectorized_step_equals_scalar_fp_step(acc):
+    """The vectorized accumulation step equals hw.dp_kernels.fp_step on random pairs spanning
+    subnormals, ties, cancellation and overflow."""
+    from fmtlab.hw import dp_kernels as DK
+    from fmtlab.hw.accumulators import parse_accumulator
+    from fmtlab.hw.datapath import float_params
+    from fmtlab.sim.accumulate import _fp_steps
+
+    man, emin, emax, rtz, f64 = float_params(parse_accumulator(acc))
+    rng = np.random.default_rng(1)
+    n = 20000
+    a = np.ldexp(rng.standard_normal(n), rng.integers(emin - man - 3, emax + 2, n))
+    a = np.array([DK.round_fmt(float(v), man, emin, emax, rtz) for v in a])  # accumulators lie on the grid
+    p = np.ldexp(rng.standard_normal(n), rng.integers(emin - man - 6, emax + 2, n))
+    p[::7] = -a[::7] * (1 + 2.0 ** -30)  # near-cancellation
+    p[::11] = np.ldexp(1.0, rng.integers(emin - man, emax, n))[::11] * 1.5  # ties
+    want = np.array([DK.fp_step(float(x), float(y), man, emin, emax, rtz, f64) for x, y in zip(a, p)])
+    got = a.copy()
+    ovf = np.zeros(n, dtype=bool)
+    _fp_steps(got, p, man, emin, emax, rtz, f64, ovf)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert np.array_equal(ovf, np.isinf(want) & np.isfinite(a) & np.isfinite(p))

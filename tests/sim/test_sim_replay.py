@@ -135,8 +135,11 @@ def test_layer_filter_max_tokens_and_calibration(tiny_traces):
     assert rc.rows[0]["out_sqnr_db"] != rs.rows[0]["out_sqnr_db"]  # scales fitted elsewhere
     with pytest.raises(FmtlabError, match="needs calibration data"):
         replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], progress=False)
+    with pytest.raises(FmtlabError, match="trace label 'a'"):  # one model row would average both runs
+        rc + rs
+    rs = replay(a, CONFIGS[3], layers="down_proj", kinds=["linear"], calib=a, progress=False, label="a-self")
     both = rc + rs
-    assert len(both.rows) == 4
+    assert len(both.rows) == 4 and len(both.by_model) == 2
 
 
 def test_config_parsing_and_errors(tiny_traces):

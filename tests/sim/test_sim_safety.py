@@ -21,7 +21,7 @@ import pytest
 
 from fmtlab.cli import main
 from fmtlab.errors import FmtlabError, TraceError
-from fmtlab.sim.trace import MANIFEST, Trace, TraceWriter, write_safetensors
+from fmtlab.sim.trace import DIGEST_KEY, MANIFEST, Trace, TraceWriter, manifest_digest, write_safetensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPLAY_FILES = ["replay.csv", "replay.json", "replay_by_layer_type.csv", "replay_by_model.csv"]
@@ -49,6 +49,8 @@ def _manifest(path):
 
 
 def _set_manifest(path, m):
+    """Write ``m`` with a fresh digest (so the checks behind the digest are what is tested)."""
+    m[DIGEST_KEY] = manifest_digest(m)
     (path / MANIFEST).write_text(json.dumps(m))
 
 
