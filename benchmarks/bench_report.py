@@ -54,7 +54,7 @@ def run_once(label: str, args: list[str], env: dict[str, str], out: str) -> dict
     with open(os.path.join(out, "tables", "report.json")) as f:
         timings = json.load(f)["summary"]["timings_s"]
     rss_gb = ru.ru_maxrss * 1024 / 1e9  # Linux: KiB
-    return {"label": label, "wall_s": wall, "rss_gb": rss_gb, "timings": timings, "load": f"{l0} -> {_load()}"}
+    return {"label": label, "wall_s": wall, "rss_gb": rss_gb, "cpu_s": ru.ru_utime + ru.ru_stime, "timings": timings, "load": f"{l0}->{_load()}"}
 
 
 def main() -> int:
@@ -87,7 +87,8 @@ def main() -> int:
         print(f"{k:<34}" + "".join(f"{r['timings'].get(k, float('nan')):>12.1f}" for r in results))
     print(f"{'wall (process)':<34}" + "".join(f"{r['wall_s']:>12.1f}" for r in results))
     print(f"{'peak RSS (GB)':<34}" + "".join(f"{r['rss_gb']:>12.2f}" for r in results))
-    print(f"{'load avg (before -> after)':<34}" + "".join(f"{r['load']:>12}" for r in results))
+    print(f"{'load avg (before->after)':<34}" + "".join(f"{r['load']:>12}" for r in results))
+    print(f"{'user+sys CPU (s)':<34}" + "".join(f"{r['cpu_s']:>12.1f}" for r in results))
     print("\ntargets (issue 22): cold <= 240 s, warm <= 120 s, peak RSS <= 2.5 GB")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

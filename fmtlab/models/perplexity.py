@@ -37,6 +37,7 @@ from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
 from fmtlab.sim.trace import open_trace
 from fmtlab.sim.transform_base import Context, Decomposition
+from fmtlab.sim.transforms import Hadamard
 
 
 def _torch_module_base():
@@ -74,6 +75,12 @@ class SimLinear(_torch_module_base()):
             return torch_from(y)
         if self.ft is None:
             return torch_from(self.aq(xs)) @ self.wq_torch
+        if type(self.ft) is Hadamard:  # X R per sequence; W R (and its quantization) once per layer
+            r = self.ft.matrix(xs.shape[1])
+            if self.wq_fixed is None:
+                self.wq_fixed = self.wq(self.w @ r)  # = wq(decompose(x, w).w): the same W R product
+            xr = xs @ r
+            return Decomposition(xr, self.w).output(xq=self.aq(xr), wq=self.wq_fixed, hp_dtype=self.hp_dtype)
         ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
                       weight_q=None if self.wq.identity else self.wq)
         d: Decomposition = self.ft.decompose(xs, self.w, ctx)

@@ -137,6 +137,15 @@ def _seq_entry(cfg: str, tensor: str, kind: str, a_sums: list[dict], ref=None, y
     return e
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 array that numba sees as writable. Trace tensors are read-only
+    memory maps, and numba compiles a second specialization of every kernel for read-only
+    arrays: copying (one layer at a time) halves what a cold run compiles (issue 22)."""
+    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, dtype=np.float32, order="C", copy=True)
+
+
 @dataclass
 class Task:
     kind: str
@@ -173,7 +182,7 @@ class Engine:
     def _x(self, name: str, trace: Trace | None = None) -> np.ndarray:
         a = (trace or self.trace).tensor(name)
         a = a[: self._rows(a.shape[0])]
-        return np.ascontiguousarray(a, dtype=np.float32)
+        return _writable(a)
 
     def _calib_x(self, name: str) -> np.ndarray | None:
         if self.calib is None:
@@ -205,7 +214,7 @@ class Engine:
             and len(self.cal_positions) == xcal.shape[0] else None
         rows: list[dict[str, Any]] = []
         seqs: list[dict[str, Any]] = []
-        weights = {n: np.ascontiguousarray(self.trace.tensor(layers[n]["weight"]), dtype=np.float32)
+        weights = {n: _writable(self.trace.tensor(layers[n]["weight"]))
                    for n in task.names}
         refs = {n: x @ weights[n].T for n in task.names}
         for cfg in self.configs:
@@ -283,9 +292,9 @@ class Engine:
         if info["kind"] == "attn_probs":
             n_seq, heads, s, _ = a.shape
             n_keep = n_seq if self.max_tokens is None else max(1, min(n_seq, self.max_tokens // s))
-            x = np.ascontiguousarray(a[:n_keep].reshape(-1, s), dtype=np.float32)
+            x = _writable(a[:n_keep].reshape(-1, s))
             return x, np.tile(np.arange(s), n_keep * heads), heads * s
-        x = np.ascontiguousarray(a[: self._rows(a.shape[0])], dtype=np.float32)
+        x = _writable(a[: self._rows(a.shape[0])])
         pos = self.positions if tr is self.trace else self.cal_positions
         return x.reshape(-1, x.shape[-1]), pos, tr.manifest.get("seq_len")
 
