@@ -211,7 +211,7 @@ def cmd_outliers(args) -> int:
 
 def _read_replay_json(path: str) -> dict:
     """The replay.json at ``path``; FmtlabError unless it is a JSON object with a ``by_model`` list."""
-    from fmtlab.sim.trace_checks import strict_json
+    from fmtlab.sim.trace_checks import strict_json  # lazy: fmtlab.sim loads numba; `fmtlab --help` imports this module
 
     try:
         with open(path, "rb") as fh:

@@ -50,6 +50,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
+from fmtlab.hw.operands import FixedView, view
 from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
 
 __all__ = ["Accumulator", "parse", "Operand", "operand", "accumulate", "accumulated_matmul", "AccResult"]
@@ -161,8 +162,6 @@ def _is_fixed(fmt, f: int) -> bool:
     """Integer-like (a fixed-point grid) rather than a floating-point one: FP formats also have
     values on a 2^-f grid but accumulate in float units (the datapath's FixedView vs FloatView)."""
     try:
-        from fmtlab.hw.operands import FixedView, view
-
         return isinstance(view(fmt), FixedView)
     except Exception:  # noqa: BLE001 - a format the datapath does not model: integers only
         return f == 0
