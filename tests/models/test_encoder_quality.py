@@ -62,13 +62,17 @@ class _Tok:
         return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
 
 
-def test_encoder_quality_on_a_tiny_bert():
+def _tiny_bert():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=128)
-    model = transformers.BertModel(cfg).eval()
+    return transformers.BertModel(cfg).eval()
+
+
+def test_encoder_quality_on_a_tiny_bert():
+    model = _tiny_bert()
     sents = [f"sentence number {i} about {'x' * i}" for i in range(8)]
     rows = E.encoder_quality(model, _Tok(), [("fp32", None, None), ("w4a4", "int4_per_channel", "int4_per_token")],
                              sentences=sents, n_boot=100)
@@ -78,14 +82,9 @@ def test_encoder_quality_on_a_tiny_bert():
 
 
 def test_peg_encoder_claim_runs_quick_on_a_tiny_bert():
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     from fmtlab.analysis.methods import MethodsContext, get_claim
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=128)
-    model = transformers.BertModel(cfg).eval()
+    model = _tiny_bert()
 
     class Tok(_Tok):
         def __call__(self, text, return_tensors=None, truncation=True, max_length=128, add_special_tokens=True):
