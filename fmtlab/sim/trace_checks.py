@@ -209,7 +209,8 @@ def check_consistency(m: dict[str, Any], mpath: str) -> None:
                 raise bad(f"layer {name!r}: bias {tname!r} is {shape}, not {n} wide")
             if width is not None and role in ("input", "output") and (len(shape) != 2 or shape[1] != width):
                 raise bad(f"layer {name!r}: {role} {tname!r} is {shape}, not [tokens, {width}]")
-            if role == "output" or (role == "input" and meta.get("per_token", True) is not False):
+            # a layer fed one row per sequence (a BERT pooler reads the [CLS] token) is not per token
+            if role in ("input", "output") and meta.get("per_token", True) is not False:
                 rows_ok(tname, f"layer {name!r}: {role}")
     for name, meta in m.get("activations", {}).items():
         if n_blocks is not None and meta.get("block") is not None and meta["block"] >= n_blocks:
