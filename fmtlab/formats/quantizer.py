@@ -170,7 +170,7 @@ class Quantizer:
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
                 raise FmtlabError(f"E8M0 block scales take a shared-exponent rule (floor, ceil, even, "
-                                  f"rceil, neuron), got scale_rule={rule}")
+                                  f"rceil, neuron, midmax), got scale_rule={rule}")
             if g.scale_format != "e8m0" and not isinstance(rule, (AbsMax, FourOverSix)):
                 raise FmtlabError(f"FP8 block scales are computed from the block absmax; got "
                                   f"scale_rule={rule}")

@@ -254,7 +254,8 @@ SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 @dataclasses.dataclass(frozen=True)
 class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
-    (the rules torchao exposes) and "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale);
+    (the rules torchao exposes), "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale) and
+    "midmax" (Brevitas: FLOOR, one step up where the block max is nearer 2**(emax+1) * X);
     see mx.py for the exact definitions."""
 
     mode: SharedExpRule | str = SharedExpRule.FLOOR

@@ -79,6 +79,10 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
         e = _floor_log2_bits(rb) - be.emax
     elif rule is SharedExpRule.NEURON:
         e = _floor_log2_bits(bits) - be.emax + 1
+    elif rule is SharedExpRule.MIDMAX:  # mx.py: one up where A / 2**floor(log2 A) > 1 + max / 2**(emax+1)
+        fl = _floor_log2_bits(torch.where(bits == 0, 1, bits))
+        sig = amax.to(torch.float64) * torch.exp2(-fl.to(torch.float64))
+        e = fl - be.emax + (sig > 1.0 + float(be.elem_max) * 2.0 ** -(be.emax + 1)).to(torch.int64)
     elif rule is SharedExpRule.RCEIL:
         d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
         db = d.view(torch.int32).to(torch.int64)
