@@ -46,7 +46,7 @@ from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
 from fmtlab.formats.names import Grammar, parse_call
 from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 from fmtlab.formats.quantizer import Quantizer
-from fmtlab.formats.quantspec import IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
+from fmtlab.formats.quantspec import FP8_RULE_PRESETS, IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
 from fmtlab.formats.scaling import (
     MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
 )
@@ -67,9 +67,7 @@ BLOCK_PRESETS: dict[str, BlockFormat] = {
 #: FP8-scaled block presets with a block rule of their own: NVFP4 Four Over Six (arXiv
 #: 2512.02010, four_over_six.py) and MixFP4 (arXiv 2605.31035, mixfp4.py)
 RULE_PRESETS: dict[str, tuple[BlockFormat, str]] = {
-    "nvfp4_4over6": (BLOCK_PRESETS["nvfp4"], "four_over_six"),
-    "mixfp4": (BLOCK_PRESETS["nvfp4"], "mixfp4"),
-}
+    k: (BLOCK_PRESETS[b], r) for k, (b, r) in FP8_RULE_PRESETS.items()}
 _ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4",
             "nvfp4_four_over_six": "nvfp4_4over6"}
 
