@@ -171,3 +171,34 @@ def test_replay_rows_and_errors(traces, tmp_path):
     assert not AR.has_attention(plain)
     with pytest.raises(FmtlabError, match="--qkv"):
         AR.replay_attention(plain, ["kv=int8_sym_per_token"])
+
+
+def test_cli_replay_attention(traces, tmp_path, capsys):
+    import json
+
+    from fmtlab.cli import main
+
+    _, tr = traces["gemma3"]
+    out = tmp_path / "rows.json"
+    assert main(["replay-attention", tr.path, "-c", "kv=int8_sym_per_token", "-c", "attn=sage_int8_fp8",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "kv=int8_sym_per_token" in text and "model.layers.1.self_attn" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 6 and {r["layer"] for r in rows} == {"model.layers.0.self_attn", "model.layers.1.self_attn", "all"}
+    assert main(["replay-attention", tr.path, "-c", "kv=int8;bogus"]) == 2
+    assert "kv=SPEC" in capsys.readouterr().err
+
+
+def test_report_section_shows_the_attention_replay(traces, tmp_path):
+    from types import SimpleNamespace
+
+    from fmtlab.analysis.beyond_section import add_beyond_section
+    from fmtlab.analysis.document import Document
+
+    _, tr = traces["llama"]
+    doc = Document("t")
+    rows = add_beyond_section(doc, SimpleNamespace(ppl_rows=[], out=tmp_path, traces=[tr], calibs=[]))
+    att = [r for r in rows if r["kind"] == "attention replay"]
+    assert len(att) == 7 * 3 and (tmp_path / "tables" / "attention_replay.csv").exists()
+    assert any(b[0] == "table" for b in doc.blocks)
