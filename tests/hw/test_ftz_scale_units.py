@@ -91,8 +91,9 @@ def test_promoted_accumulator_is_priced():
 
 def test_cost_units_track_yosys():
     """Shipped Yosys results (fmtlab hw synth --cost-units): every new datapath within 15% of
-    synthesis, as a ratio to the int8 MAC; the inner e8m13 unit of hopper_fp8_mma is the known
-    exception (see the note in fmtlab.hw.synth_units)."""
+    synthesis, absolute and as a ratio to the int8 MAC; the inner e8m13 unit of hopper_fp8_mma is
+    the known exception, allowed 25% (what Yosys shows about it: the docstring of
+    fmtlab.hw.synth_units)."""
     rows = {r.unit: r for r in cost_unit_rows(cache_only=True)}
     new = ["fp8_e4m3 x fp8_e4m3 -> fp32 ftz", "e4m3_scale_mul_s13", "mx_shared_exp_k32", "absmax_k16",
            "promote_e8m13_fp32"]
