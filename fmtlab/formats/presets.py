@@ -16,6 +16,8 @@ quantizer object. A name is ``<base>[(key=value, ...)]``; the base is one of
   mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0: block 32 along the
       last axis, E8M0 scale, FLOOR), nvfp4 (E2M1, blocks of 16, E4M3 block scale, FP32 tensor
       scale); aliases mxfp8, mxfp6, mxfp4_e2m1
+  nvfp4_4over6 (alias nvfp4_four_over_six): NVFP4 with Four Over Six block scales;
+  mixfp4: NVFP4 blocks choosing E2M1 or E1M2 elements (flag: bit 7 of the E4M3 scale code)
   mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]   any block format (blockfmt.py)
   <format>_peg<K>[_noperm]            PEG: K feature groups, range permutation (peg.py)
   log<N>_fitb_per_tensor|per_channel[_grid]   log weights with a fitted base (logfit.py)
@@ -44,12 +46,12 @@ from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
 from fmtlab.formats.names import Grammar, parse_call
 from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 from fmtlab.formats.quantizer import Quantizer
-from fmtlab.formats.quantspec import IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
+from fmtlab.formats.quantspec import FP8_RULE_PRESETS, IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
 from fmtlab.formats.scaling import (
     MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
 )
 
-__all__ = ["GRAMMAR", "BLOCK_PRESETS", "METHOD_EXAMPLES", "block_quantizer", "get_quantizer",
+__all__ = ["GRAMMAR", "BLOCK_PRESETS", "RULE_PRESETS", "METHOD_EXAMPLES", "block_quantizer", "get_quantizer",
            "known_quantizers", "list_quantizers", "parse_quantizer"]
 
 #: the named block formats (OCP MX v1.0 and NVFP4), one BlockFormat each
@@ -62,7 +64,12 @@ BLOCK_PRESETS: dict[str, BlockFormat] = {
     "mxint8": BlockFormat("int8_sym"),
     "nvfp4": BlockFormat("fp4_e2m1", 16, ScaleFormat.FP8_E4M3, tensor_scale=True),
 }
-_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4"}
+#: FP8-scaled block presets with a block rule of their own: NVFP4 Four Over Six (arXiv
+#: 2512.02010, four_over_six.py) and MixFP4 (arXiv 2605.31035, mixfp4.py)
+RULE_PRESETS: dict[str, tuple[BlockFormat, str]] = {
+    k: (BLOCK_PRESETS[b], r) for k, (b, r) in FP8_RULE_PRESETS.items()}
+_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4",
+            "nvfp4_four_over_six": "nvfp4_4over6"}
 
 _STANDARD = (
     "int8_per_tensor", "int8_per_token", "int8_per_channel", "int8_per_token_asym",
@@ -78,7 +85,7 @@ METHOD_EXAMPLES = ("int8_peg6", "int8_peg6_noperm", "log4_fitb_per_tensor", "log
 
 def list_quantizers() -> list[str]:
     """Names of the standard presets (every ``<format>_<granularity>[_<rule>]`` also parses)."""
-    return list(BLOCK_PRESETS) + list(_STANDARD)
+    return list(BLOCK_PRESETS) + list(RULE_PRESETS) + list(_STANDARD)
 
 
 def known_quantizers() -> list[str]:
@@ -92,9 +99,9 @@ def block_quantizer(bf: BlockFormat, **options: Any) -> Quantizer:
     return _block_spec(bf).with_options(**options).build(name=None if options else bf.name)
 
 
-def _block_spec(bf: BlockFormat) -> QuantSpec:
+def _block_spec(bf: BlockFormat, fp8_rule: str | None = None) -> QuantSpec:
     g = PerBlock(bf.block, scale_format=bf.scale_format, tensor_scale=bf.tensor_scale)
-    rule = SharedExp(bf.shared_exp) if bf.scale_format is ScaleFormat.E8M0 else None
+    rule = SharedExp(bf.shared_exp) if bf.scale_format is ScaleFormat.E8M0 else fp8_rule
     return QuantSpec.of(Quantizer(bf.element, g, rule))
 
 
@@ -134,6 +141,8 @@ for _n in IDENTITY_NAMES:
     GRAMMAR.exact(_n, lambda: IDENTITY)
 for _k, _bf in BLOCK_PRESETS.items():
     GRAMMAR.exact(_k, lambda _bf=_bf: _block_spec(_bf))
+for _k, (_bf, _r) in RULE_PRESETS.items():
+    GRAMMAR.exact(_k, lambda _bf=_bf, _r=_r: _block_spec(_bf, _r))
 for _a, _t in _ALIASES.items():
     GRAMMAR.alias(_a, _t)
 GRAMMAR.kind("peg", _peg, "<format>_peg<K>[_noperm]")

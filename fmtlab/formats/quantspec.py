@@ -37,7 +37,8 @@ from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 from fmtlab.formats.scaling import (
-    MSE, AbsMax, Granularity, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
+    MSE, AbsMax, FourOverSix, Granularity, MinMax, MixFP4, Percentile, PerBlock, PerChannel, PerGroup,
+    PerTensor, PerToken,
     ScaleRule, SharedExp, Static, parse_granularity, parse_scale_rule,
 )
 
@@ -257,10 +258,20 @@ def _call(base: str, options: list[tuple[str, Any]]) -> str:
     return base + "(" + ", ".join(f"{k}={_value(v)}" for k, v in options) + ")"
 
 
+#: block presets whose FP8-scale rule is part of the name: name -> (block format name, rule name)
+#: (NVFP4 Four Over Six, arXiv 2512.02010; MixFP4, arXiv 2605.31035); presets.py registers them
+FP8_RULE_PRESETS: dict[str, tuple[str, str]] = {
+    "nvfp4_4over6": ("nvfp4", "four_over_six"),
+    "mixfp4": ("nvfp4", "mixfp4"),
+}
+
+
 def _rule_option(rule: ScaleRule) -> str | float | None:
     """A scale rule as a scale_rule= option value, or None when no name spells it."""
     if isinstance(rule, AbsMax):
         return "absmax"
+    if isinstance(rule, (FourOverSix, MixFP4)):
+        return str(rule)
     if isinstance(rule, MinMax):
         return "minmax"
     if isinstance(rule, SharedExp):
@@ -314,9 +325,14 @@ def _scaled_name(spec: QuantSpec) -> str:
             base, opts = std.name, [("format", fmt.name)]
         if g.axis != -1:
             opts.append(("axis", g.axis))
+        e8m0 = g.scale_format == ScaleFormat.E8M0
+        fp8_rule = None
+        for preset, (block_name, rule_name) in FP8_RULE_PRESETS.items():
+            if base == block_name and spec.scale_rule == parse_scale_rule(rule_name):
+                base, fp8_rule = preset, spec.scale_rule
         base_kw = dict(format=fmt, granularity=dataclasses.replace(g, axis=-1),
-                       scale_rule=SharedExp(bf.shared_exp) if g.scale_format == ScaleFormat.E8M0 else None)
-        rule_spelled = True
+                       scale_rule=SharedExp(bf.shared_exp) if e8m0 else fp8_rule)
+        rule_spelled = e8m0 or fp8_rule is not None
     else:
         tok, axis = _gran_token(g)
         suffix = _suffix(spec.scale_rule, spec.pow2)

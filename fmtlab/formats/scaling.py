@@ -36,7 +36,8 @@ from fmtlab.formats.kernels import Cols, Rows
 
 __all__ = [
     "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock", "Granularity",
-    "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp", "ScaleRule",
+    "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp", "FourOverSix", "MixFP4",
+    "ScaleRule",
     "parse_granularity", "parse_scale_rule", "Layout", "plan_layout", "pow2_ceil",
     "SHARED_EXP_RULES",
 ]
@@ -254,7 +255,8 @@ SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 @dataclasses.dataclass(frozen=True)
 class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
-    (the rules torchao exposes) and "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale);
+    (the rules torchao exposes), "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale) and
+    "midmax" (Brevitas: FLOOR, one step up where the block max is nearer 2**(emax+1) * X);
     see mx.py for the exact definitions."""
 
     mode: SharedExpRule | str = SharedExpRule.FLOOR
@@ -286,14 +288,30 @@ class FourOverSix:
         return "four_over_six" + ("" if self.metric == "mse" else f"({self.metric})")
 
 
-ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix]
-_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix)
+@dataclasses.dataclass(frozen=True)
+class MixFP4:
+    """MixFP4 (arXiv 2605.31035; fmtlab/formats/mixfp4.py): each NVFP4 block stores E2M1 or E1M2
+    elements, flagged in bit 7 of its E4M3 scale code; E1M2 is kept iff its block error
+    (``metric``: "mse" (default), "l1", "abs_max") is strictly lower (fmtlab's rule)."""
+
+    metric: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("mse", "l1", "abs_max"):
+            raise FmtlabError(f"MixFP4 metric must be mse, l1 or abs_max, got {self.metric!r}")
+
+    def __str__(self) -> str:
+        return "mixfp4" + ("" if self.metric == "mse" else f"({self.metric})")
+
+
+ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix, MixFP4]
+_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix, MixFP4)
 
 
 def parse_scale_rule(r) -> ScaleRule:
     """A rule from itself, a number (static scale) or a name: "absmax", "percentile",
     "percentile(99.99)", "mse", "minmax" (alias "asymmetric"), "floor", "ceil", "even", "rceil",
-    "four_over_six" (alias "4over6"; "four_over_six(l1)")."""
+    "four_over_six" (alias "4over6"; "four_over_six(l1)"), "mixfp4" ("mixfp4(l1)")."""
     if isinstance(r, _RULES):
         return r
     if isinstance(r, (int, float, np.floating, np.integer)) and not isinstance(r, bool):
@@ -312,6 +330,9 @@ def parse_scale_rule(r) -> ScaleRule:
     m = re.fullmatch(r"(?:four_over_six|4over6|4/6)(?:\((mse|l1|abs_max)\))?", key)
     if m:
         return FourOverSix(m.group(1) or "mse")
+    m = re.fullmatch(r"mixfp4(?:\((mse|l1|abs_max)\))?", key)
+    if m:
+        return MixFP4(m.group(1) or "mse")
     m = re.fullmatch(r"percentile(?:\(([0-9.eE+-]+)\)|:([0-9.eE+-]+))?", key)
     if m:
         arg = m.group(1) or m.group(2)
