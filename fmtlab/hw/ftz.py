@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from fmtlab.hw.blocks import Part, Styles, accumulator_register, fp_adder_parts
+from fmtlab.hw.blocks import Part, Styles, accumulator_register, fp_adder_parts, signed_width
 from fmtlab.hw.components import Gates, Incrementer, Mux, adder
 from fmtlab.hw.components import ArrayMultiplier as _Array
 from fmtlab.hw.operands import FloatAcc, FloatView
@@ -52,15 +52,8 @@ def ftz_geometry(a: FloatView, b: FloatView, acc: FloatAcc) -> dict[str, int]:
     hi = max(x_hi, c_hi) + acc.bias + 2
     span = max(abs(lo), abs(hi), hi - lo, abs(hi - lo))
     we = span.bit_length() + 1
-    wx = min(we, _signed_width(x_lo, x_hi))
+    wx = min(we, signed_width(x_lo, x_hi))
     return dict(np=np_, pc=pc, wm=wm, wa=wa, n=n, we=we, wx=wx, x_lo=x_lo, x_hi=x_hi)
-
-
-def _signed_width(lo: int, hi: int) -> int:
-    w = 1
-    while not (-(1 << (w - 1)) <= lo and hi <= (1 << (w - 1)) - 1):
-        w += 1
-    return w
 
 
 def ftz_parts(a: FloatView, b: FloatView, acc: FloatAcc, st: Styles) -> list[Part]:
