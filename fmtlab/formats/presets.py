@@ -37,6 +37,7 @@ known names and the patterns.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -46,7 +47,9 @@ from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
 from fmtlab.formats.names import Grammar, parse_call
 from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 from fmtlab.formats.quantizer import Quantizer
-from fmtlab.formats.quantspec import FP8_RULE_PRESETS, IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
+from fmtlab.formats.quantspec import (
+    FP8_RULE_PRESETS, IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, TILED_BLOCK_RE, QuantSpec,
+)
 from fmtlab.formats.scaling import (
     MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
 )
@@ -106,16 +109,18 @@ def _block_spec(bf: BlockFormat, fp8_rule: str | None = None) -> QuantSpec:
 
 
 def _scaled(m: re.Match, name: str) -> QuantSpec:
-    fmt, gran, size, rule, pct = m.groups()
+    fmt, gran, size, tr, tc, rule, pct = m.groups()
     g = {"per_tensor": PerTensor(), "per_token": PerToken(), "per_channel": PerChannel(0)}.get(gran)
-    if g is None:
+    if g is None and tr is not None:
+        g = PerGroup(int(tr) * int(tc), tile=(int(tr), int(tc)))
+    elif g is None:
         g = PerGroup(int(size))
     kw: dict[str, Any] = {}
     if rule == "asym":
         kw["scale_rule"] = MinMax()
     elif rule == "mse":
         kw["scale_rule"] = MSE()
-    elif rule == "pow2":
+    elif rule in ("pow2", "ue8m0"):  # UE8M0 scales: absmax rounded up to a power of two
         kw["pow2"] = True
     elif rule is not None:
         kw["scale_rule"] = Percentile(float(pct))
@@ -125,6 +130,22 @@ def _scaled(m: re.Match, name: str) -> QuantSpec:
 def _block(key: str) -> QuantSpec | None:
     bf = get_block_format(key)
     return None if bf is None else _block_spec(bf)
+
+
+def _tiled_block(key: str) -> QuantSpec | None:
+    """``<block preset>_<r>x<c>``: the block preset with one scale per r x c tile."""
+    m = TILED_BLOCK_RE.fullmatch(key)
+    if m is None:
+        return None
+    try:
+        spec = _base(m.group(1))
+    except FmtlabError:
+        return None
+    if not spec.is_block:
+        return None
+    r, c = int(m.group(2)), int(m.group(3))
+    g = dataclasses.replace(spec.granularity, size=r * c, tile=(r, c))
+    return spec.with_options(granularity=g)
 
 
 def _peg(key: str) -> QuantSpec | None:
@@ -148,8 +169,9 @@ for _a, _t in _ALIASES.items():
 GRAMMAR.kind("peg", _peg, "<format>_peg<K>[_noperm]")
 GRAMMAR.kind("logfit", _logfit, "log<N>_fitb_per_tensor|per_channel[_grid]")
 GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]")
-GRAMMAR.kind("scaled", SCALED_NAME_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
-             "[_asym|_mse|_pow2|_p<P>]", _scaled)
+GRAMMAR.kind("tiled_block", _tiled_block, "2-D block tiles <block name>_<R>x<C> (nvfp4_16x16)")
+GRAMMAR.kind("scaled", SCALED_NAME_RE, "<format>_per_tensor|per_token|per_channel|g<N>|b<R>x<C>"
+             "[_asym|_mse|_pow2|_ue8m0|_p<P>]", _scaled)
 
 
 def _base(key: str) -> QuantSpec:

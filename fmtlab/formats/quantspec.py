@@ -42,14 +42,17 @@ from fmtlab.formats.scaling import (
     ScaleRule, SharedExp, Static, parse_granularity, parse_scale_rule,
 )
 
-__all__ = ["QuantSpec", "IDENTITY", "IDENTITY_NAMES", "SCALED_NAME_RE", "METHODS"]
+__all__ = ["QuantSpec", "IDENTITY", "IDENTITY_NAMES", "SCALED_NAME_RE", "TILED_BLOCK_RE", "METHODS"]
 
 #: names that mean "no quantization" (all resolve to :data:`IDENTITY`)
 IDENTITY_NAMES = ("none", "fp32", "float32", "identity")
 METHODS = ("identity", "scaled", "peg", "logfit")
 
 #: ``<format>_per_tensor|per_token|per_channel|g<N>[_asym|_mse|_pow2|_p<P>]``
-SCALED_NAME_RE = re.compile(r"(.+?)_(per_tensor|per_token|per_channel|g(\d+))(?:_(asym|mse|pow2|p([0-9.]+)))?")
+SCALED_NAME_RE = re.compile(r"(.+?)_(per_tensor|per_token|per_channel|g(\d+)|b(\d+)x(\d+))"
+                            r"(?:_(asym|mse|pow2|ue8m0|p([0-9.]+)))?")
+#: a block preset on 2-D tiles: ``<block name>_<r>x<c>`` (nvfp4_16x16, mxfp8_32x32, mixfp4_16x16)
+TILED_BLOCK_RE = re.compile(r"(.+)_(\d+)x(\d+)")
 
 _PEG_OVERRIDES = ("scale_rule", "permute", "groups")
 _LOGFIT_OVERRIDES = ("tol", "method")
@@ -309,6 +312,8 @@ def _gran_token(g: Granularity) -> tuple[str, int | None]:
         return "per_token", None
     if isinstance(g, PerChannel):
         return "per_channel", (None if g.axis == 0 else g.axis)
+    if g.tile is not None:
+        return f"b{g.tile[0]}x{g.tile[1]}", None
     return f"g{g.size}", (None if g.axis == -1 else g.axis)
 
 
@@ -319,9 +324,11 @@ def _scaled_name(spec: QuantSpec) -> str:
     opts: list[tuple[str, Any]] = []
     if isinstance(g, PerBlock):
         bf = spec.block_format
+        if g.tile is not None:  # named as the default-size block preset plus _<r>x<c>
+            bf = dataclasses.replace(bf, block=16 if g.scale_format == ScaleFormat.FP8_E4M3 else 32)
         base = bf.name
         if get_block_format(base) != bf:  # an element name the block grammar would misread
-            std = BlockFormat("fp4_e2m1", g.size, g.scale_format, bf.shared_exp, g.tensor_scale)
+            std = BlockFormat("fp4_e2m1", bf.block, g.scale_format, bf.shared_exp, g.tensor_scale)
             base, opts = std.name, [("format", fmt.name)]
         if g.axis != -1:
             opts.append(("axis", g.axis))
@@ -333,6 +340,8 @@ def _scaled_name(spec: QuantSpec) -> str:
         base_kw = dict(format=fmt, granularity=dataclasses.replace(g, axis=-1),
                        scale_rule=SharedExp(bf.shared_exp) if e8m0 else fp8_rule)
         rule_spelled = e8m0 or fp8_rule is not None
+        if g.tile is not None:
+            base = f"{base}_{g.tile[0]}x{g.tile[1]}"
     else:
         tok, axis = _gran_token(g)
         suffix = _suffix(spec.scale_rule, spec.pow2)

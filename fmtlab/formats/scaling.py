@@ -55,6 +55,26 @@ def _check_size(size, name: str) -> int:
     return int(size)
 
 
+def _check_tile(g) -> None:
+    """A 2-D tile (r, c) of a group/block granularity: r * c == size, over the last two axes."""
+    t = g.tile
+    if t is None:
+        return
+    if (not isinstance(t, (tuple, list)) or len(t) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in t)):
+        raise FmtlabError(f"tile must be two positive ints (rows, cols), got tile={t!r}")
+    t = (int(t[0]), int(t[1]))
+    object.__setattr__(g, "tile", t)
+    if t[0] * t[1] != g.size:
+        raise FmtlabError(f"a {t[0]}x{t[1]} tile holds {t[0] * t[1]} elements, but size={g.size}")
+    if g.axis != -1:
+        raise FmtlabError(f"2-D tiles lie on the last two axes; axis must be -1, got axis={g.axis}")
+
+
+def _tile_str(g) -> str:
+    return "" if g.tile is None else f", tile={g.tile[0]}x{g.tile[1]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Granularities: small frozen types
 # ---------------------------------------------------------------------------------------------
@@ -89,17 +109,21 @@ class PerToken:
 
 @dataclasses.dataclass(frozen=True)
 class PerGroup:
-    """One scale per ``size`` consecutive elements along ``axis`` (which ``size`` must divide)."""
+    """One scale per ``size`` consecutive elements along ``axis`` (which ``size`` must divide);
+    with ``tile=(r, c)`` (r * c == size) one scale per r x c tile of the last two axes instead
+    (DeepSeek-V3's 128 x 128 weight blocks; see ``plan_layout``)."""
 
     size: int
     axis: int = -1
+    tile: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _check_size(self.size, "PerGroup"))
         object.__setattr__(self, "axis", _check_axis(self.axis, "PerGroup"))
+        _check_tile(self)
 
     def __str__(self) -> str:
-        return f"group({self.size}, axis={self.axis})"
+        return f"group({self.size}, axis={self.axis}{_tile_str(self)})"
 
 
 SCALE_FORMATS = tuple(m.value for m in ScaleFormat)
@@ -117,6 +141,7 @@ class PerBlock:
     axis: int = -1
     scale_format: ScaleFormat | str = ScaleFormat.E8M0
     tensor_scale: bool = False
+    tile: tuple[int, int] | None = None  # (r, c): one scale per r x c tile (NVFP4 16 x 16 weights)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _check_size(self.size, "PerBlock"))
@@ -128,10 +153,11 @@ class PerBlock:
                               f"scale_format={self.scale_format!r}") from None
         if self.tensor_scale and self.scale_format != "fp8_e4m3":
             raise FmtlabError("tensor_scale=True (two-level NVFP4 scaling) needs scale_format='fp8_e4m3'")
+        _check_tile(self)
 
     def __str__(self) -> str:
         extra = ", tensor_scale" if self.tensor_scale else ""
-        return f"block({self.size}, axis={self.axis}, {self.scale_format}{extra})"
+        return f"block({self.size}, axis={self.axis}, {self.scale_format}{extra}{_tile_str(self)})"
 
 
 Granularity = Union[PerTensor, PerChannel, PerToken, PerGroup, PerBlock]
@@ -358,7 +384,9 @@ class Layout(NamedTuple):
     moved: the axis moved last before working (groups/blocks along another axis), else None;
     work_shape: the working array's shape; kl: the kernel layout (Rows/Cols) over its flat data;
     nslots: number of scales; scale_shape: the shape scales are reported in;
-    bshape: the shape that broadcasts scales against the working array.
+    bshape: the shape that broadcasts scales against the working array; tile: (r, c) for 2-D
+    tiles: the last two axes [M, N] become [M / r, N / c, r * c], tile (i, j) in row-major order
+    inside its row (scale_shape [..., M / r, N / c]).
     """
 
     shape: tuple
@@ -368,6 +396,7 @@ class Layout(NamedTuple):
     nslots: int
     scale_shape: tuple
     bshape: tuple
+    tile: tuple | None = None  # (r, c): the working array holds r x c tiles as rows (to_work)
 
 
 def _norm_axis(axis: int, ndim: int, what: str) -> int:
@@ -397,6 +426,15 @@ def plan_layout(g: Granularity, shape: tuple) -> Layout:
     if isinstance(g, PerToken):
         C = int(np.prod(shape[:-1]))
         return Layout(shape, None, shape, Rows(shape[-1], C), C, shape[:-1], shape[:-1] + (1,))
+    if isinstance(g, (PerGroup, PerBlock)) and g.tile is not None:
+        r, c = g.tile
+        if nd < 2 or shape[-2] % r or shape[-1] % c:
+            raise FmtlabError(f"{g}: 2-D tiles of {r}x{c} need an array whose last two axes are "
+                              f"multiples of ({r}, {c}); got shape {shape}")
+        sshape = shape[:-2] + (shape[-2] // r, shape[-1] // c)
+        work = sshape + (r * c,)
+        nslots = n // (r * c)
+        return Layout(shape, None, work, Rows(r * c, nslots), nslots, sshape, sshape + (1,), (r, c))
     if isinstance(g, (PerGroup, PerBlock)):
         kind = "group" if isinstance(g, PerGroup) else "block"
         a = _norm_axis(g.axis, nd, str(g))
@@ -415,6 +453,12 @@ def plan_layout(g: Granularity, shape: tuple) -> Layout:
 
 def to_work(x: np.ndarray, lay: Layout) -> np.ndarray:
     """x arranged as the working array (C-contiguous)."""
+    if lay.tile is not None:
+        r, c = lay.tile
+        M, N = lay.shape[-2:]
+        lead = tuple(lay.shape[:-2])
+        t = np.asarray(x).reshape(lead + (M // r, r, N // c, c))
+        return np.ascontiguousarray(np.swapaxes(t, -3, -2)).reshape(lay.work_shape)
     if lay.moved is not None:
         x = np.moveaxis(x, lay.moved, -1)
     return np.ascontiguousarray(x)
@@ -422,6 +466,11 @@ def to_work(x: np.ndarray, lay: Layout) -> np.ndarray:
 
 def from_work(w: np.ndarray, lay: Layout) -> np.ndarray:
     """Inverse of ``to_work`` (a view where possible)."""
+    if lay.tile is not None:
+        r, c = lay.tile
+        M, N = lay.shape[-2:]
+        t = np.asarray(w).reshape(tuple(lay.shape[:-2]) + (M // r, N // c, r, c))
+        return np.swapaxes(t, -3, -2).reshape(lay.shape)
     w = w.reshape(lay.work_shape)
     if lay.moved is not None:
         w = np.moveaxis(w, -1, lay.moved)

@@ -53,9 +53,11 @@ def hw_operand(spec: Any) -> tuple[str | None, str]:
     fmt = q.format
     g = q.granularity
     if isinstance(g, PerBlock):
+        # a 2-D r x c tile holds c elements of the reduction axis per scale (weights [out, in])
+        k = g.size if g.tile is None else g.tile[1]
         if g.scale_format == "e8m0":
-            return (f"mx{fmt.name}" if g.size == 32 else f"mx{fmt.name}_b{g.size}"), "MX block unit"
-        return f"mx{fmt.name}_b{g.size}", f"block-{g.size} unit with its {g.scale_format} {FP8_SCALE_NOTE}"
+            return (f"mx{fmt.name}" if k == 32 else f"mx{fmt.name}_b{k}"), "MX block unit"
+        return f"mx{fmt.name}_b{k}", f"block-{k} unit with its {g.scale_format} {FP8_SCALE_NOTE}"
     return fmt.name, "element MAC"
 
 
