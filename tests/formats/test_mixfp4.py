@@ -178,3 +178,16 @@ def test_vectors_carry_the_flag(tmp_path):
     want = q.fake_quantize(x)[fin]
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
     assert (sc[fin] >= 0x80).any() and (sc[fin] < 0x80).any()
+
+
+def test_hw_prices_the_internal_e2m2_operand():
+    """``fmtlab hw`` / explore price MixFP4 as its unified internal E2M2 block operand."""
+    from fmtlab.hw import mac_cost
+    from fmtlab.hw.config_pricing import hw_operand
+
+    op, note = hw_operand("mixfp4")
+    assert op == "mxe2m2_fin_b16" and "E2M2" in note
+    assert hw_operand("mixfp4_16x16")[0] == "mxe2m2_fin_b16"
+    mix = mac_cost(op, "mxfp4_e2m1_b16")
+    nv = mac_cost(hw_operand("nvfp4")[0], "mxfp4_e2m1_b16")
+    assert mix.area_ge > nv.area_ge  # the wider internal significand costs area
