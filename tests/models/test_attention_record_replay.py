@@ -50,6 +50,16 @@ def traces(tmp_path_factory):
     return out
 
 
+def _cache_kv(cache, layer):
+    """(keys, values) of a cache layer: transformers 5 (``layers``), 4.x (``key_cache``), a legacy tuple."""
+    if isinstance(cache, tuple):
+        return cache[layer]
+    if hasattr(cache, "layers"):
+        lay = cache.layers[layer]
+        return lay.keys, lay.values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
 def _bits(a) -> np.ndarray:
     a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
@@ -100,8 +110,7 @@ def test_kv_replay_is_bit_equal_to_the_torch_cache(traces, arch):
                 want = kvq.quantize(torch.from_numpy(x), layer, role, {})
                 np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=f"{arch} {spec} {layer} {rec}")
                 if layer == 0:
-                    lay = cache.layers[0]
-                    stored = lay.keys if role == "keys" else lay.values
+                    stored = _cache_kv(cache, 0)[role == "values"]
                     n = stored.shape[2]  # a sliding-window layer keeps its last window - 1 entries
                     np.testing.assert_array_equal(_bits(got[:, :, -n:]), _bits(stored), err_msg=f"{arch} {spec} {rec}")
 
