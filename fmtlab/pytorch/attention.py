@@ -33,7 +33,8 @@ tokens (softmax is invariant to it: each query's scores shift by one constant) a
 runs P·V in FP8 with V per channel. The static P scale 1/448 (P <= 1 maps onto E4M3's range) is
 this module's choice. A custom spec is an :class:`AttentionSpec` of four quantizer specs and the
 granularity of each ("head", "token", "channel", or "block" for a block format's own layout).
-Needs transformers with ``AttentionInterface`` (>= 4.48).
+Needs transformers with ``AttentionInterface`` (>= 4.51; tested 4.51.3, 4.53.0 and 5.24.0: 4.48 - 4.50
+have no ``AttentionInterface``).
 """
 
 from __future__ import annotations
@@ -215,10 +216,14 @@ def quantized_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
 def _register() -> None:
     try:
         from transformers import AttentionInterface  # lazy: transformers is optional for fmtlab.pytorch
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
     except ImportError as exc:
-        raise FmtlabError("attention= needs transformers >= 4.48 (AttentionInterface)") from exc
+        raise FmtlabError("attention= needs transformers >= 4.51 (AttentionInterface)") from exc
     AttentionInterface.register(IMPLEMENTATION, quantized_attention)
+    try:  # transformers >= 4.53 builds masks per implementation; older ones give any non-SDPA /
+        # flash / flex implementation the eager 4-D float mask
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    except ImportError:
+        return
     ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
 
 

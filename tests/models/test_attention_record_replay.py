@@ -141,7 +141,10 @@ def test_static_kv_scales_match_torch_calibration(traces, tmp_path):
                  qkv=True, progress=False, residual=False, layers="nothing_matches^", )
     qm, _ = quantize_model(m, kv_cache="fp8_e4m3_per_tensor@static")
     # the recording ran eager attention; later layers' K see the attention implementation's rounding
-    qm.set_attn_implementation("eager")
+    if hasattr(qm, "set_attn_implementation"):
+        qm.set_attn_implementation("eager")
+    else:  # transformers 4.x
+        qm.config._attn_implementation = "eager"
     calibrate(qm, torch.as_tensor(np.asarray(cal.tensor("tokens:input_ids"))), batch_size=2)
     kvq = qm.fmtlab_kv_cache_quant
     kq, vq, scales, _ = kv_quantizers("fp8_e4m3_per_tensor@static")
