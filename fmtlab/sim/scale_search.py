@@ -39,7 +39,8 @@ def _check(q: Quantizer, search: str) -> PerBlock:
     if not isinstance(g, PerBlock) or g.axis % 2 != 1 or g.tile is not None:
         raise FmtlabError(f"scale search {search!r} needs a block quantizer along the input axis, got {q}")
     if isinstance(q.scale_rule, (FourOverSix, MixFP4)):
-        raise FmtlabError(f"{q} already chooses its block scales ({q.scale_rule}); no scale search on top")
+        who = "Four Over Six" if isinstance(q.scale_rule, FourOverSix) else "MixFP4"
+        raise FmtlabError(f"{q} already searches its block scales ({who}); no scale search on top")
     return g
 
 
