@@ -113,6 +113,9 @@ class Applied:
     record_kw: dict[str, Any] = dataclasses.field(default_factory=dict)
     perplexity_kw: dict[str, Any] = dataclasses.field(default_factory=dict)
     text_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: why configs behind this variant cannot be replayed on recorded traces (None: they can); the
+    #: variant then works through ``perplexity_kw`` only
+    replay_refusal: str | None = None
 
 
 class VariantHandler(abc.ABC):
@@ -351,6 +354,9 @@ class VariantSession:
     def replay(self, variant: ModelVariant, cfgs: Sequence[ReplayConfig], eval_path: Path, calib_path: Path,
                seq_len: int, n_sequences: int, layers: str | None, cal_layers: str | None, **replay_kw):
         """Replay ``cfgs`` on evaluation / calibration traces recorded behind ``variant``."""
+        refusal = self.applied(variant).replay_refusal
+        if refusal:
+            raise FmtlabError(f"{', '.join(c.name for c in cfgs)}: {refusal}")
         tr = self.trace(variant, eval_path, "eval", seq_len, n_sequences, layers)
         cal = self.trace(variant, calib_path, "calib", seq_len, n_sequences, cal_layers)
         return replay(tr, list(cfgs), calib=cal, **replay_kw)

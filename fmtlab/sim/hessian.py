@@ -30,7 +30,8 @@ from fmtlab.safe_io import dir_mode
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
 from fmtlab.sim.trace import open_trace
 
-__all__ = ["HessianAccumulator", "trace_hessians", "HessianCache", "calibration_key", "check_calibration_trace"]
+__all__ = ["HessianAccumulator", "trace_hessians", "HessianCache", "calibration_key", "check_calibration_trace",
+           "transformed_hessian"]
 
 
 class HessianAccumulator:
@@ -82,6 +83,21 @@ class HessianAccumulator:
         if self.n == 0:
             raise FmtlabError("no calibration rows were added to the Hessian")
         return self.xtx * (2.0 / self.n)
+
+
+def transformed_hessian(H, A) -> np.ndarray:
+    """The Hessian of the transformed input X' = X A: A^T H A (float64). A diagonal A = diag(1/s)
+    (SmoothQuant, AQAS) is done elementwise, H_ij / (s_i s_j); otherwise two matmuls (a rotation
+    R: R^T H R)."""
+    H = np.asarray(H, np.float64)
+    A = np.asarray(A, np.float64)
+    if A.ndim != 2 or A.shape[0] != H.shape[0] or H.shape[0] != H.shape[1]:
+        raise FmtlabError(f"transformed_hessian: H [K, K] and A [K, K'] needed, got {H.shape} and {A.shape}")
+    if A.shape[0] == A.shape[1]:
+        a = np.diagonal(A)
+        if np.count_nonzero(A) == np.count_nonzero(a):
+            return H * np.outer(a, a)
+    return A.T @ H @ A
 
 
 def check_calibration_trace(trace) -> None:
