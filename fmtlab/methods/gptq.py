@@ -39,7 +39,7 @@ from fmtlab.sim.quant import resolve
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
 
 __all__ = ["collect_hessians", "input_moments", "weight_quantizer", "fit_weights", "quantize_model",
-           "apply_weights", "save_weights", "load_weights", "model_key", "WEIGHT_METHODS"]
+           "apply_weights", "save_weights", "load_weights", "model_key", "WEIGHT_METHODS", "FittedWeights"]
 
 #: weight methods of fit_weights / quantize_model
 WEIGHT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
@@ -306,3 +306,42 @@ def load_weights(path: str | os.PathLike, expect: Mapping[str, Any] | None = Non
         return {k: np.array(f.get(k), dtype=np.float32) for k in f.entries}
     finally:
         f.close()
+
+
+class FittedWeights:
+    """Fitted weights as a weight "quantizer" of a replay config: called with a layer's original
+    float32 weight, it returns that layer's fitted weight (looked up by the SHA-256 of the
+    original's bytes), so a config replays on traces of the float model with GPTQ / AWQ weights.
+    A weight it was not fitted for raises FmtlabError (never a silent RTN); so does one whose
+    bytes match two layers with different fits. ``name``: e.g. "int4_per_channel[gptq]"."""
+
+    def __init__(self, fitted: Mapping[str, np.ndarray], originals: Mapping[str, np.ndarray], name: str):
+        self.name = name
+        self._by: dict[str, np.ndarray | None] = {}
+        for layer, w in fitted.items():
+            if layer not in originals:
+                raise FmtlabError(f"FittedWeights: no original weight of layer {layer}")
+            k = self._key(originals[layer])
+            prev = self._by.get(k, ...)
+            f = np.ascontiguousarray(w, np.float32)
+            self._by[k] = f if prev is ... or (prev is not None and np.array_equal(prev, f)) else None
+
+    @staticmethod
+    def _key(w: np.ndarray) -> str:
+        a = np.ascontiguousarray(w, np.float32)
+        return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+    def fake_quantize(self, w: np.ndarray) -> np.ndarray:
+        k = self._key(w)
+        if k not in self._by:
+            raise FmtlabError(f"{self.name}: a weight of shape {np.shape(w)} that was not fitted (a trace of another "
+                              "model, or a transform rewrote it)")
+        f = self._by[k]
+        if f is None:
+            raise FmtlabError(f"{self.name}: two layers hold these weights with different fits")
+        return f.copy()
+
+    __call__ = fake_quantize
+
+    def __repr__(self) -> str:
+        return self.name

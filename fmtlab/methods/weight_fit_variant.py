@@ -41,10 +41,11 @@ from typing import Any, Callable
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.methods.gptq import (apply_weights, collect_hessians, fit_weights, load_weights, model_key,
-                                 save_weights, weight_quantizer)
+from fmtlab.methods.gptq import (FittedWeights, apply_weights, collect_hessians, fit_weights, load_weights,
+                                 model_key, save_weights, weight_quantizer)
 from fmtlab.methods.variants import Applied, CalibData, Fitted, ModelVariant, VariantHandler, register_variant_handler
 from fmtlab.models.loading import cache_dir
+from fmtlab.models.record import find_linear_layers
 from fmtlab.sim.gptq import gptq, hessian_error
 from fmtlab.sim.hessian import transformed_hessian
 from fmtlab.sim.transforms import get_transform
@@ -169,6 +170,19 @@ class WeightFitHandler(VariantHandler):
                                            "not supported (measure its perplexity)"))
         return Applied(apply_weights(model, state).eval(),
                        text_info={"weights": variant.weights, "weight_method": variant.method})
+
+    def replay_config(self, variant, state: Any, model: Any, cfg):
+        """Fitted weights replay on the plain model's traces: the config with a
+        :class:`~fmtlab.methods.gptq.FittedWeights` weight quantizer (same layer inputs as the
+        RTN config's rows, so the two are side by side); None behind a transform."""
+        if isinstance(state, _InTransform) or cfg.weight is not None:
+            return None
+        orig = {}
+        for n, mod, op in find_linear_layers(model, None, include_head=True):
+            if n in state:
+                w = mod.weight.detach().float().cpu().numpy()
+                orig[n] = np.ascontiguousarray(w.T if op == "conv1d" else w)
+        return dataclasses.replace(cfg, weight=FittedWeights(state, orig, f"{variant.weights}[{variant.method}]"))
 
     def describe(self, fitted: Fitted) -> dict[str, Any]:
         row = super().describe(fitted)

@@ -127,3 +127,36 @@ def test_gptq_behind_aqas_fits_in_the_transformed_space(tmp_path, monkeypatch):
     sess = V.VariantSession(model, tok, calib=V.CalibData("test", tuple(TEXTS)))  # Hessians from the disk cache
     with pytest.raises(FmtlabError, match="replaying"):
         sess.replay(v, [cfg], tmp_path / "e", tmp_path / "c", 16, 2, None, None)
+
+
+def test_fitted_weights_replay_on_the_plain_traces(tmp_path, monkeypatch):
+    """``+gptq`` in replay: the config with FittedWeights as its weight quantizer replays on the
+    plain model's traces (no recording behind the variant), its weights are the fit's bit for bit,
+    and a weight that was not fitted raises."""
+    from fmtlab.methods.gptq import FittedWeights
+    from fmtlab.models.record import record
+
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    model, tok = tiny_llama(), CharTokenizer()
+    tr = record(model, tok, TEXTS, str(tmp_path / "ev"), seq_len=16, n_sequences=2, progress=False,
+                text_info={"split": "eval"})
+    cal = record(model, tok, TEXTS, str(tmp_path / "cal"), seq_len=16, n_sequences=2, progress=False,
+                 text_info={"split": "calib"})
+    cfg, v = V.parse_variant_config("w4a8_int_channel+gptq(seq_len=32,n_sequences=4)")
+    sess = V.VariantSession(model, tok, calib=V.CalibData("test", tuple(TEXTS)))
+    res = sess.replay(v, [cfg], tmp_path / "nope-ev", tmp_path / "nope-cal", 16, 2, None, None,
+                      base_trace=tr, base_calib=cal, progress=False, workers=1)
+    assert not (tmp_path / "nope-ev").exists()  # nothing recorded behind the variant
+    rows = [r for r in res.rows if r["kind"] == "linear"]
+    assert rows and all(r["config"] == cfg.name for r in rows)
+    base = V.replay(tr, ["w4a8_int_channel"], calib=cal, progress=False, workers=1)
+    b = {r["tensor"]: r for r in base.rows if r["kind"] == "linear"}
+    assert any(r["out_sqnr_db"] != b[r["tensor"]]["out_sqnr_db"] for r in rows)
+    fitted = sess.fitted(v).state
+    alt = V.handler_for(v).replay_config(v, fitted, model, cfg)
+    w0 = dict(model.named_modules())[Q0].weight.detach().numpy()
+    assert np.array_equal(alt.weight.fake_quantize(w0), fitted[Q0])
+    with pytest.raises(FmtlabError, match="not fitted"):
+        alt.weight.fake_quantize(w0 + 1)
+    with pytest.raises(FmtlabError, match="different fits"):
+        FittedWeights({"a": w0 * 0, "b": w0 * 0 + 1}, {"a": w0, "b": w0}, "x").fake_quantize(w0)
