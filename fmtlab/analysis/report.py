@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import GRID_FORMATS, REPORT_CONFIGS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.model_plan import model_params, record_plan
@@ -515,6 +515,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
+    if opts.configs == REPORT_CONFIGS and opts.trace and not opts.perplexity and not opts.methods:
+        # a trace-only run needs no model: the default +gptq replay rows (weights fitted on the
+        # model) are left out rather than loading the model and fitting 210 layers for them
+        opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
     parsed = [parse_variant_config(c) for c in opts.configs]
     run = _Run(opts, out, _Steps(opts.progress), cfgs=[c for c, _ in parsed],
                variant_of={c.name: v for c, v in parsed})
