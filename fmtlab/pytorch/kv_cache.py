@@ -59,17 +59,13 @@ from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.quantizers import TorchQuantizer
 from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.pytorch.specs import resolve, spec_name
+from fmtlab.sim.attention_specs import KV_PRESETS  # the KIVI pairs (shared with the numpy replay)
 
 __all__ = ["KVCacheSpec", "KVGranularity", "KVCacheQuantizer", "KV_PRESETS", "parse_kv_spec",
            "attach_kv_cache", "kv_cache_of", "install_on_cache"]
 
 _ATTR = "fmtlab_kv_cache"
 
-#: named K/V pairs: KIVI (Liu et al. 2024): keys per channel, values per token, asymmetric min/max
-KV_PRESETS: dict[str, tuple[str, str]] = {
-    "kivi4": ("int4_per_channel_asym", "int4_per_token_asym"),
-    "kivi2": ("int2_per_channel_asym", "int2_per_token_asym"),
-}
 
 
 class KVGranularity(enum.Enum):
