@@ -107,10 +107,10 @@ def bench_gemm(path, repeats) -> dict:
     xs = [np.ascontiguousarray(tr.tensor(f"{n}:input")) for n in tr.layers]
     ws = [np.ascontiguousarray(tr.tensor(f"{n}:weight")) for n in tr.layers]
 
-    def gemms():  # what replay must compute: the reference once per (layer, unit) + one per config
-        for x, w in zip(xs, ws):
+    def gemms():  # what replay must compute: the reference X W^T once per layer (a worker computes
+        for x, w in zip(xs, ws):  # it once for the layer's units, LayerCache) + one GEMM per config
+            x @ w.T
             for _ in CONFIGS:
-                x @ w.T
                 x @ w.T
 
     t_gemm = median_time(gemms, repeats)
@@ -119,7 +119,7 @@ def bench_gemm(path, repeats) -> dict:
     t_wq = median_time(lambda: [q.fake_quantize(w) for q in qw for w in ws], repeats)
     t_aq = median_time(lambda: [q.fake_quantize(x) for q in qa for x in xs], repeats)
     n_cfg_layers = len(CONFIGS) * len(ws)
-    flops = 2 * 2 * n_cfg_layers * xs[0].shape[0] * K * N
+    flops = 2 * (n_cfg_layers + len(ws)) * xs[0].shape[0] * K * N
     print(f"replay in-process: {t_replay:.2f} s; its float32 GEMMs alone: {t_gemm:.2f} s "
           f"-> replay / GEMM = {t_replay / t_gemm:.1f}x (target <= 2x)   ({load()})")
     print(f"  of which weight fake-quant {t_wq:.2f} s, activation fake-quant {t_aq:.2f} s, "

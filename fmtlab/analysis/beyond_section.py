@@ -13,6 +13,13 @@ dot products as exact integer sums instead of a float32 GEMM), the perplexity ch
 two arithmetics is that config's *spread*. A difference is called (``called``) only when its
 paired interval excludes zero and it exceeds the spread of its base; without a measured spread
 the column says so.
+
+Where an evaluation trace holds attention tensors (``fmtlab record --qkv``, e.g. a trace given to
+the report with ``--trace``), the section also shows their replay
+(:func:`fmtlab.sim.attention_replay.replay_attention`, the default KV / attention configs): the
+SQNR of the attention output per layer with its bootstrap interval over sequences and the
+underflow / clipping shares of K, V and P (``tables/attention_replay.csv``). The report's own
+traces stay as they were (no attention tensors) unless recorded so.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fmtlab.analysis.tables import write_csv
+from fmtlab.sim.attention_replay import DEFAULT_ATTENTION_CONFIGS, has_attention, replay_attention
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.stats import paired_difference, perplexity_of
 
@@ -79,20 +87,52 @@ def beyond_rows(ppl_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def attention_rows(traces, calibs=()) -> list[dict[str, Any]]:
+    """The attention replay rows of every trace that holds attention tensors (tagged by
+    ``seq_len``); the calibration trace of the same index serves ``@static`` specs."""
+    out: list[dict[str, Any]] = []
+    calibs = list(calibs)
+    for i, tr in enumerate(traces):
+        if not has_attention(tr):
+            continue
+        cal = calibs[i] if i < len(calibs) and has_attention(calibs[i]) else None
+        for r in replay_attention(tr, DEFAULT_ATTENTION_CONFIGS, calib=cal):
+            out.append({"seq_len": tr.manifest.get("seq_len"), **r})
+    return out
+
+
+_ATT_COLS = ["seq_len", "config", "layer", "sqnr_db", "sqnr_lo", "sqnr_hi", "kv_k_underflow", "kv_k_clip",
+             "kv_v_underflow", "kv_v_clip", "q_underflow", "k_underflow", "p_underflow", "p_clip", "v_underflow",
+             "p_check"]
+
+
 def add_beyond_section(doc, run) -> list[dict[str, Any]]:
     """Write ``tables/beyond_linear.csv`` and the section (nothing when no perplexity config goes
-    beyond the Linear layers). Returns the rows."""
+    beyond the Linear layers and no trace holds attention tensors). Returns the perplexity rows
+    followed by the attention replay rows (``kind`` "attention replay")."""
     rows = beyond_rows(run.ppl_rows)
-    if not rows:
+    att = attention_rows(getattr(run, "traces", ()), getattr(run, "calibs", ()))
+    if not rows and not att:
         return []
     doc.heading("Beyond the Linear layers: KV cache, attention, accumulators")
-    doc.paragraph("Perplexity of configs that store the KV cache in a format (`+kv`), run Q·Kᵀ and P·V in "
-                  "a format (`+attn`) or accumulate dot products in a given accumulator (`acc=`), with the "
-                  "paired difference to the same config without that change (95% bootstrap over windows). "
-                  "`spread`: the perplexity change of the base config between a float32 GEMM and exact "
-                  "int32 sums (both scored when the report has `acc=int32` beside it); a difference is "
-                  "called only when its interval excludes 0 and it exceeds that spread.")
-    doc.table(rows, ["config", "kind", "ppl", "ppl_lo", "ppl_hi", "base", "diff", "diff_lo", "diff_hi",
-                     "spread", "called"])
-    write_csv(rows, run.out / "tables" / "beyond_linear.csv")
-    return rows
+    if rows:
+        doc.paragraph("Perplexity of configs that store the KV cache in a format (`+kv`), run Q·Kᵀ and P·V in "
+                      "a format (`+attn`) or accumulate dot products in a given accumulator (`acc=`), with the "
+                      "paired difference to the same config without that change (95% bootstrap over windows). "
+                      "`spread`: the perplexity change of the base config between a float32 GEMM and exact "
+                      "int32 sums (both scored when the report has `acc=int32` beside it); a difference is "
+                      "called only when its interval excludes 0 and it exceeds that spread.")
+        doc.table(rows, ["config", "kind", "ppl", "ppl_lo", "ppl_hi", "base", "diff", "diff_lo", "diff_hi",
+                         "spread", "called"])
+        write_csv(rows, run.out / "tables" / "beyond_linear.csv")
+    if att:
+        doc.paragraph("Attention replay of the recorded Q, K, V (after RoPE) per layer: K and V quantized as the "
+                      "KV cache stores them (`kv=`), Q, K, P, V as the attention preset (`attn=`), the attention "
+                      "output recomputed per head in float32; SQNR of that output against the float operands "
+                      "with its 95% bootstrap interval over sequences (`all`: pooled over layers). Underflow: "
+                      "share of nonzero inputs that became 0; clip: share beyond the range after scaling "
+                      "(`kv_k`, `kv_v`: the cache; `q`, `k`, `p`, `v`: the attention preset). `p_check`: the "
+                      "largest difference between the recomputed and the recorded softmax (when P was recorded).")
+        doc.table(att, _ATT_COLS)
+        write_csv(att, run.out / "tables" / "attention_replay.csv")
+    return rows + [{"kind": "attention replay", **r} for r in att]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.defaults import REPORT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.methods.section import parse_methods, register_cli
 from fmtlab.errors import FmtlabError
 from fmtlab.models.loading import EMBEDDED_MODELS
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                    help=f"embedded model name ({', '.join(EMBEDDED_MODELS)}) or a local checkpoint directory / "
                         ".gguf file; an encoder (minilm, mpnet) is scored by sentence-embedding agreement "
                         "instead of perplexity")
-    p.add_argument("--configs", type=_csv, default=DEFAULT_CONFIGS,
+    p.add_argument("--configs", type=_csv, default=REPORT_CONFIGS,
                    help="comma-separated replay configs: presets (see `fmtlab replay --list`) or "
                         "'name:w=SPEC;a=SPEC;t=TRANSFORM'; a suffix '+cushion' / '+fptquant' (options: "
                         "'+fptquant(steps=50)') measures the config behind that model variant (default: %(default)s)")

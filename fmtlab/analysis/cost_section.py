@@ -195,7 +195,8 @@ def add_cost_section(doc, rows: Sequence[Mapping[str, Any]], out: Path, *, model
         "the outlier-column share measured on this trace; SmoothQuant / AQAS merged: 0); on-chip SRAM (every "
         "off-chip bit written and read once, layer inputs read and outputs written once) and off-chip reads of "
         "the weights (shared by the batch) and of each sequence's KV cache. "
-        f"Memory energy per bit: off-chip {mem.offchip_pj_per_bit:g} pJ/bit (HBM2, O'Connor et al., MICRO 2017), "
+        f"Memory energy per bit: off-chip {mem.offchip_pj_per_bit:g} pJ/bit (HBM2, attributed to O'Connor et al., "
+        "MICRO 2017, not verified against the paper's text: an order-of-magnitude figure), "
         f"SRAM {mem.sram_pj_per_bit:.4g} pJ/bit at 45 nm (32 KB array, Horowitz ISSCC 2014: 20 pJ per 64-bit "
         "read). Softmax, norms and nonlinearities are not priced.")
     cols = ["config", "batch", "energy_uj", *[f"{k}_uj" for k in BREAKDOWN_KEYS], "memory_share",

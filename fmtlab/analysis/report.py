@@ -39,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
 from fmtlab.analysis.encoder_section import add_encoder_section, encoder_rows
@@ -71,7 +71,7 @@ class ReportOptions:
 
     out: str = "fmtlab-report"
     model: str | None = None  # None: the embedded default; else an embedded name or a local directory
-    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    configs: tuple[str, ...] = REPORT_CONFIGS
     seq_lens: tuple[int, ...] = (128,)
     n_sequences: int = 4
     layers: str | None = None  # regular expression over layer names
@@ -327,7 +327,8 @@ def _replay(run: _Run) -> None:
                     else:
                         more = run.variants.replay(v, cfgs, run.trace_dir / f"seq{L}_{v.slug}",
                                                    run.trace_dir / f"calib_seq{L}_{v.slug}", L, opts.n_sequences,
-                                                   opts.layers, run.cal_layers, **kw)
+                                                   opts.layers, run.cal_layers, base_trace=tr,
+                                                   base_calib=run.calibs[i], **kw)
                     res = more if res is None else res + more
                 res.write(str(run.out / "tables"), stem=f"replay_seq{L}")
                 run.results.append(res)
@@ -343,6 +344,9 @@ def _price(run: _Run) -> None:
         bw, ba = (s.strip() for s in run.opts.area_budget.split(" x "))
         run.budget = mac_cost(bw, ba)
         for c in run.cfgs:
+            fitted_w = getattr(run.variant_of.get(c.name), "weights", "")
+            if c.weight is None and fitted_w:  # +gptq / +awq hold the config's weight quantizer
+                c = dataclasses.replace(c, weight=fitted_w)
             p = price_config(c)
             m = by_model.get(c.name, {})
             run.summary_rows.append({
@@ -533,6 +537,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
+    if opts.configs == REPORT_CONFIGS and opts.trace and not opts.perplexity and not opts.methods:
+        # a trace-only run needs no model: the default +gptq replay rows (weights fitted on the
+        # model) are left out rather than loading the model and fitting 210 layers for them
+        opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
     parsed = [parse_variant_config(c) for c in opts.configs]
     run = _Run(opts, out, _Steps(opts.progress), cfgs=[c for c, _ in parsed],
                variant_of={c.name: v for c, v in parsed})

@@ -88,6 +88,7 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
             out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
                        f"{worst['config']}, reaches {with_ci(worst['ppl'], worst.get('ppl_lo'), worst.get('ppl_hi'))}.")
     out.extend(weight_fit_findings(ppl_rows or []))
+    out.extend(weight_fit_sqnr_findings(rows or []))
     if res is not None:
         out.extend(comparisons(res, ppl_rows))
     return out
@@ -110,6 +111,27 @@ def weight_fit_findings(ppl_rows) -> list[str]:
             fit_order = [c for c, _, b in sorted(pairs, key=lambda p: p[2]["ppl"])]
             line += (f" Ranking by perplexity unchanged ({' < '.join(rtn_order)})." if rtn_order == fit_order else
                      f" The ranking changes: RTN {' < '.join(rtn_order)}; {method.upper()} {' < '.join(fit_order)}.")
+        out.append(line)
+    return out
+
+
+def weight_fit_sqnr_findings(rows) -> list[str]:
+    """RTN vs fitted weights by pooled layer-output SQNR (the configs table's rows, replayed on the
+    same recorded inputs): each pair with its interval, and whether the ranking of the paired
+    configs changes (higher SQNR first)."""
+    by = {r["config"]: r for r in rows if finite(r.get("pooled_out_sqnr_db"))}
+    out = []
+    for method in ("gptq", "awq"):
+        pairs = [(c, by[c], by[f"{c}+{method}"]) for c in by if f"{c}+{method}" in by]
+        if not pairs:
+            continue
+        txt = "; ".join(f"{c} {sqnr_text(a)} -> {sqnr_text(b)}" for c, a, b in pairs)
+        line = f"{method.upper()} weights (pooled layer-output SQNR RTN -> {method.upper()}): {txt}."
+        if len(pairs) > 1:
+            rtn_order = [c for c, a, _ in sorted(pairs, key=lambda p: -p[1]["pooled_out_sqnr_db"])]
+            fit_order = [c for c, _, b in sorted(pairs, key=lambda p: -p[2]["pooled_out_sqnr_db"])]
+            line += (f" Ranking by SQNR unchanged ({' > '.join(rtn_order)})." if rtn_order == fit_order else
+                     f" The ranking changes: RTN {' > '.join(rtn_order)}; {method.upper()} {' > '.join(fit_order)}.")
         out.append(line)
     return out
 

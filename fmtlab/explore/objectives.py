@@ -157,8 +157,11 @@ def _priced_acc(acc: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def group_size(spec: str) -> int | None:
-    """Elements per scale along the reduction axis of a quantizer spec (groups, blocks), or None."""
-    return getattr(resolve(spec).obj.granularity, "size", None)
+    """Elements per scale along the reduction axis of a quantizer spec (groups, blocks; a 2-D
+    r x c tile: c), or None."""
+    g = resolve(spec).obj.granularity
+    tile = getattr(g, "tile", None)
+    return tile[1] if tile else getattr(g, "size", None)
 
 
 def price(cand, node: int = 45, k_max: int = 4096, k_all: tuple[int, ...] = ()) -> dict[str, Any]:

@@ -19,9 +19,9 @@ TOML layout (every key is checked; an unknown key, an empty range or an impossib
     act_calib = ["dynamic", "absmax"]          # "dynamic" = per-sequence scales; others: static, calib split
 
     [weights]
-    granularity = ["channel", "group:128", "block:32"]   # tensor | channel | token | group:N | block:N
+    granularity = ["channel", "group:128", "block:32"]   # tensor | channel | token | group:N | block:N | tile:RxC
     scale = ["fp32", "e8m0", "fp8_e4m3"]                 # fp32 (float scales), e8m0 (power of two), fp8_e4m3
-    rule = ["absmax"]                                    # absmax | mse | asym | pNN.N (percentile)
+    rule = ["absmax"]                                    # absmax | mse | asym | pNN.N (percentile) | 4over6 | mixfp4
     [[weights.family]]
     kind = "int"          # int: bits | dint: bits, denormals | log: bits, base
     bits = [4, 8]         # minifloat: exp, man, special, bits_max | table: names (registry names)
@@ -32,7 +32,10 @@ TOML layout (every key is checked; an unknown key, an empty range or an impossib
     special = ["fn", "fin"]
 
 Rules between dimensions (points that break them are skipped, not errors): ``block:N`` takes an
-e8m0 (OCP MX) or fp8_e4m3 (NVFP4-style, with the FP32 tensor scale) block scale; the others take
+e8m0 (OCP MX) or fp8_e4m3 (NVFP4-style, with the FP32 tensor scale) block scale; ``tile:RxC``
+(weights only: one scale per R x C tile, NVFP4's 16 x 16, DeepSeek-V3's 128 x 128) takes those or
+fp32 (``fp8_e4m3_b128x128``); rules ``4over6`` (Four Over Six) and ``mixfp4`` (E2M1/E1M2 per
+block, fp4_e2m1 only) apply to fp8_e4m3-scaled blocks and tiles; the others take
 fp32, or e8m0 as a power-of-two absmax scale. Static activation calibration only applies to
 per-tensor activation scales. A point whose MAC unit :mod:`fmtlab.hw` cannot price (e.g. INT
 weights with FP activations) is not a point of the space. Accumulators (``auto``, ``fp32``,
@@ -67,7 +70,8 @@ from fmtlab.sim.transforms import get_transform
 __all__ = ["SpaceError", "Family", "SideSpace", "DesignSpace", "Candidate", "load_space", "parse_space",
            "example_space_path", "quantizer_spec"]
 
-GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block")
+GRANULARITY_KINDS = ("tensor", "channel", "token", "group", "block", "tile")
+RULES = ("absmax", "mse", "asym", "4over6", "mixfp4")  # and pNN.N (percentile)
 SCALES = ("fp32", "e8m0", "fp8_e4m3")
 OBJECTIVE_ACCURACY = ("pooled_out_sqnr_db", "min_out_sqnr_db", "mean_out_sqnr_db")
 OBJECTIVE_COST = ("area_um2", "energy_pj", "area_ge", "bits", "energy_per_token_uj", "energy_per_token_b64_uj")
@@ -204,9 +208,14 @@ class SideSpace:
         for g in self.granularity:
             kind, _, size = g.partition(":")
             if kind not in GRANULARITY_KINDS:
-                raise SpaceError(f"{side}.granularity: unknown {g!r} (use tensor, channel, token, group:N, block:N)")
+                raise SpaceError(f"{side}.granularity: unknown {g!r} (use tensor, channel, token, group:N, "
+                                 "block:N, tile:RxC)")
             if kind in ("group", "block") and (not size.isdigit() or int(size) < 2):
                 raise SpaceError(f"{side}.granularity: {g!r} needs a size >= 2, e.g. '{kind}:32'")
+            if kind == "tile" and _tile(size) is None:
+                raise SpaceError(f"{side}.granularity: {g!r} needs rows x cols >= 2, e.g. 'tile:16x16'")
+            if kind == "tile" and side != "weights":
+                raise SpaceError(f"{side}.granularity: 'tile' (2-D r x c blocks) is a weight granularity")
             if kind in ("tensor", "channel", "token") and size:
                 raise SpaceError(f"{side}.granularity: {g!r} takes no size")
             if side == "weights" and kind == "token":
@@ -218,8 +227,9 @@ class SideSpace:
             if s not in SCALES:
                 raise SpaceError(f"{side}.scale: unknown scale format {s!r} (supported: {', '.join(SCALES)})")
         for r in self.rule:
-            if r not in ("absmax", "mse", "asym") and not (r.startswith("p") and _is_float(r[1:])):
-                raise SpaceError(f"{side}.rule: unknown scale rule {r!r} (absmax, mse, asym, pNN.N)")
+            if r not in RULES and not (r.startswith("p") and _is_float(r[1:])):
+                raise SpaceError(f"{side}.rule: unknown scale rule {r!r} (absmax, mse, asym, pNN.N, "
+                                 "4over6, mixfp4)")
         for i, f in enumerate(self.families):
             f.formats(f"{side}.family[{i}]")
 
@@ -245,12 +255,23 @@ def _is_float(t: str) -> bool:
         return False
 
 
+def _tile(size: str) -> tuple[int, int] | None:
+    """(r, c) of a ``tile:RxC`` size, or None when it is not two ints with r * c >= 2."""
+    r, _, c = size.partition("x")
+    if not (r.isdigit() and c.isdigit()) or int(r) < 1 or int(c) < 1 or int(r) * int(c) < 2:
+        return None
+    return int(r), int(c)
+
+
 def _bits(fmt: str, gran: str, scale: str) -> float:
     """Storage bits per element: element bits plus the scale's bits shared over a group/block."""
     b = float(get_format(fmt).bits)
     kind, _, size = gran.partition(":")
     if kind in ("group", "block"):
         b += _SCALE_BITS[scale] / int(size)
+    if kind == "tile":
+        r, c = _tile(size)
+        b += _SCALE_BITS[scale] / (r * c)
     return b
 
 
@@ -259,6 +280,24 @@ def quantizer_spec(fmt: str, gran: str, scale: str, rule: str = "absmax") -> str
     dimensions exclude it (see the module doc). Named presets are used where one matches, so the
     report's configs come out under their own spellings (``mxfp4``, ``nvfp4``, ``int8_per_token``)."""
     kind, _, size = gran.partition(":")
+    if rule in ("4over6", "mixfp4"):  # NVFP4 block rules: FP8-scaled blocks/tiles only
+        if scale != "fp8_e4m3" or kind not in ("block", "tile") or (rule == "mixfp4" and fmt != "fp4_e2m1"):
+            return None
+        base = "nvfp4_4over6" if rule == "4over6" else "mixfp4"
+        if kind == "tile":
+            base = f"{base}_{size}"
+        elif int(size) != 16:
+            return f"{base}(block_size={size})" if fmt == "fp4_e2m1" else f"{base}(format={fmt}, block_size={size})"
+        return base if fmt == "fp4_e2m1" else f"{base}(format={fmt})"
+    if kind == "tile":  # 2-D r x c weight tiles (NVFP4 16x16, DeepSeek-V3 128x128)
+        if rule != "absmax" and scale != "fp32":
+            return None
+        if scale == "fp8_e4m3":
+            return f"nvfp4_{size}" if fmt == "fp4_e2m1" else f"nvfp4_{size}(format={fmt})"
+        if scale == "e8m0":
+            return f"mxfp4_{size}" if fmt == "fp4_e2m1" else f"mxfp4_{size}(format={fmt})"
+        suffix = {"absmax": "", "mse": "_mse", "asym": "_asym"}.get(rule, f"_{rule}")
+        return f"{fmt}_b{size}{suffix}"
     if kind == "block":
         if rule != "absmax" or scale == "fp32":
             return None  # block scales come from the shared-exponent / NVFP4 rule

@@ -7,6 +7,8 @@ from ``_kernel_dispatch``. CORE_DIGEST: as in ``_layout_kernels``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -21,6 +23,7 @@ __all__ = ["mx_shared_exp", "mx_fq", "fp8scale_fq", "mx_exps", "fp8_scales"]
 
 CORE_DIGEST = "5e7e1c41125c01d8"
 NEURON = 4  # shared-exponent rule id beyond _kernel_params' FLOOR..RCEIL (mx.RULE_ID["neuron"])
+MIDMAX = 5  # Brevitas "midmax" (mx.RULE_ID["midmax"])
 check_core_digest(CORE_DIGEST, "_block_kernels.py")
 
 
@@ -60,6 +63,8 @@ def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
            (amax_bits + 2**(22 - mbits)) >> 23 gives A''s exponent field
     RCEIL  ceil(log2 D), D = fl32(A / elem_max)
     NEURON floor(log2 A) - emax + 1: twice the FLOOR scale (AWS Neuron ``nki.isa.quantize_mx``)
+    MIDMAX FLOOR's e, plus 1 where A > 2**e * (2**(emax + 1) + elem_max) / 2, i.e. where A's
+           significand A / 2**floor(log2 A) exceeds 1 + elem_max / 2**(emax + 1) (Brevitas)
     """
     if amax_bits == 0:
         return -127
@@ -73,6 +78,10 @@ def mx_shared_exp(amax_bits, rule, emax, mbits, elem_max):
         e = _floor_log2_bits(rb) - emax
     elif rule == NEURON:
         e = _floor_log2_bits(amax_bits) - emax + 1
+    elif rule == MIDMAX:
+        fl = _floor_log2_bits(amax_bits)
+        sig = math.ldexp(np.float64(bits_f32(amax_bits)), -fl)  # exact, in [1, 2)
+        e = fl - emax + (1 if sig > 1.0 + math.ldexp(np.float64(elem_max), -(emax + 1)) else 0)
     else:
         d = bits_f32(amax_bits) / elem_max
         db = f32_bits(d)

@@ -13,7 +13,7 @@ Names (``get_block_format``; case-insensitive)::
 
 <element> is ``fp8`` (= fp8_e4m3), ``fp6`` (= fp6_e3m2), ``fp4`` (= fp4_e2m1), ``int8``
 (= int8_sym, MXINT8) or any registry name (``mxfp8_e5m2``, ``mxfp6_e2m3``); <rule> is floor,
-ceil, even, rceil or neuron. Examples: mxfp8, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4,
+ceil, even, rceil, neuron or midmax. Examples: mxfp8, mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4,
 mxint8, nvfp4, mxfp4_b16, mxfp8_ceil. Vocabularies are enums (:class:`ScaleFormat`,
 :class:`SharedExpRule`) that also compare equal to their lowercase value strings.
 """
@@ -68,6 +68,7 @@ class SharedExpRule(_StrEnum):
     EVEN = "even"
     RCEIL = "rceil"
     NEURON = "neuron"  # AWS Neuron nki.isa.quantize_mx: twice the FLOOR scale
+    MIDMAX = "midmax"  # Brevitas PR 1409: FLOOR, one up where the block max passes the midmax
 
 
 # INT block elements are symmetric (MX v1.0 MXINT8 clamps to +/-127; MXINT4/6 and NVINT4 use
@@ -134,7 +135,7 @@ class BlockFormat:
         return self.element.bits + 8 / self.block
 
 
-_OPT_RE = re.compile(r"(.+?)(?:_b(\d+))?(?:_(floor|ceil|even|rceil|neuron))?(_notensor)?")
+_OPT_RE = re.compile(r"(.+?)(?:_b(\d+))?(?:_(floor|ceil|even|rceil|neuron|midmax))?(_notensor)?")
 
 #: the standard block format names (each parses with get_block_format)
 BLOCK_NAMES = ("mxfp8", "mxfp8_e5m2", "mxfp6", "mxfp6_e2m3", "mxfp4", "mxint8", "nvfp4")

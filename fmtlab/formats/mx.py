@@ -11,6 +11,12 @@ X = 2**e, stored as E8M0 (code e + 127). From the block's largest finite magnitu
          from D's bits, where torch's float32 log2 can round a D just above 2**k down to k)
   NEURON e = floor(log2 A) - emax_elem + 1        (AWS Neuron nki.isa.quantize_mx: a scale twice
          the OCP sample algorithm's, so the block max never clips)
+  MIDMAX e = FLOOR's e, plus 1 where A > 2**e * midmax, midmax = (2**(emax_elem + 1) + elem_max) / 2
+         (the midpoint between the element max and the next power of two: 7 for E2M1, 480 for
+         E4M3, 61440 for E5M2, 30 for E3M2, 7.75 for E2M3). Brevitas' "midmax" scale rounding
+         (Xilinx/brevitas PR 1409; its reference quantizer ``MXFP.quantize(select=True)`` in
+         tests/brevitas/core/test_quant_mx.py): the block max rounds to the nearer of elem_max * X
+         (saturating) and 2**(emax_elem + 1) * X, at the cost of the smallest elements.
 e is clamped to [-127, 127]; an all-zero block gets e = -127 (code 0). emax_elem = floor(log2 of
 the element's max) (E4M3 8, E5M2 15, E3M2 4, E2M3 2, E2M1 2); mbits = its mantissa bits.
 Elements: y = fl32(x / 2**e) (exact unless below float32's range), rounded to the element format
@@ -49,7 +55,9 @@ from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 __all__ = ["BlockElem", "block_elem", "fp8_block_elem", "BlockResult", "mx_blocks", "fp8_blocks", "RULE_ID"]
 
 NEURON = 4  # _block_kernels.NEURON
-RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL, "neuron": NEURON}
+MIDMAX = 5  # _block_kernels.MIDMAX
+RULE_ID = {"floor": K.FLOOR, "ceil": K.CEIL, "even": K.EVEN, "rceil": K.RCEIL, "neuron": NEURON,
+           "midmax": MIDMAX}
 
 
 class BlockElem(NamedTuple):

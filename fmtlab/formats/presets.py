@@ -16,6 +16,8 @@ quantizer object. A name is ``<base>[(key=value, ...)]``; the base is one of
   mxfp8_e4m3, mxfp8_e5m2, mxfp6_e3m2, mxfp6_e2m3, mxfp4, mxint8 (OCP MX v1.0: block 32 along the
       last axis, E8M0 scale, FLOOR), nvfp4 (E2M1, blocks of 16, E4M3 block scale, FP32 tensor
       scale); aliases mxfp8, mxfp6, mxfp4_e2m1
+  nvfp4_4over6 (alias nvfp4_four_over_six): NVFP4 with Four Over Six block scales;
+  mixfp4: NVFP4 blocks choosing E2M1 or E1M2 elements (flag: bit 7 of the E4M3 scale code)
   mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]   any block format (blockfmt.py)
   <format>_peg<K>[_noperm]            PEG: K feature groups, range permutation (peg.py)
   log<N>_fitb_per_tensor|per_channel[_grid]   log weights with a fitted base (logfit.py)
@@ -35,6 +37,7 @@ known names and the patterns.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -44,12 +47,14 @@ from fmtlab.formats.logfit import FittedLogQuantizer, parse_logfit_name
 from fmtlab.formats.names import Grammar, parse_call
 from fmtlab.formats.peg import PegQuantizer, parse_peg_name
 from fmtlab.formats.quantizer import Quantizer
-from fmtlab.formats.quantspec import IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, QuantSpec
+from fmtlab.formats.quantspec import (
+    FP8_RULE_PRESETS, IDENTITY, IDENTITY_NAMES, SCALED_NAME_RE, TILED_BLOCK_RE, QuantSpec,
+)
 from fmtlab.formats.scaling import (
     MSE, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, SharedExp,
 )
 
-__all__ = ["GRAMMAR", "BLOCK_PRESETS", "METHOD_EXAMPLES", "block_quantizer", "get_quantizer",
+__all__ = ["GRAMMAR", "BLOCK_PRESETS", "RULE_PRESETS", "METHOD_EXAMPLES", "block_quantizer", "get_quantizer",
            "known_quantizers", "list_quantizers", "parse_quantizer"]
 
 #: the named block formats (OCP MX v1.0 and NVFP4), one BlockFormat each
@@ -62,7 +67,12 @@ BLOCK_PRESETS: dict[str, BlockFormat] = {
     "mxint8": BlockFormat("int8_sym"),
     "nvfp4": BlockFormat("fp4_e2m1", 16, ScaleFormat.FP8_E4M3, tensor_scale=True),
 }
-_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4"}
+#: FP8-scaled block presets with a block rule of their own: NVFP4 Four Over Six (arXiv
+#: 2512.02010, four_over_six.py) and MixFP4 (arXiv 2605.31035, mixfp4.py)
+RULE_PRESETS: dict[str, tuple[BlockFormat, str]] = {
+    k: (BLOCK_PRESETS[b], r) for k, (b, r) in FP8_RULE_PRESETS.items()}
+_ALIASES = {"mxfp8": "mxfp8_e4m3", "mxfp6": "mxfp6_e3m2", "mxfp4_e2m1": "mxfp4",
+            "nvfp4_four_over_six": "nvfp4_4over6"}
 
 _STANDARD = (
     "int8_per_tensor", "int8_per_token", "int8_per_channel", "int8_per_token_asym",
@@ -78,7 +88,7 @@ METHOD_EXAMPLES = ("int8_peg6", "int8_peg6_noperm", "log4_fitb_per_tensor", "log
 
 def list_quantizers() -> list[str]:
     """Names of the standard presets (every ``<format>_<granularity>[_<rule>]`` also parses)."""
-    return list(BLOCK_PRESETS) + list(_STANDARD)
+    return list(BLOCK_PRESETS) + list(RULE_PRESETS) + list(_STANDARD)
 
 
 def known_quantizers() -> list[str]:
@@ -92,23 +102,25 @@ def block_quantizer(bf: BlockFormat, **options: Any) -> Quantizer:
     return _block_spec(bf).with_options(**options).build(name=None if options else bf.name)
 
 
-def _block_spec(bf: BlockFormat) -> QuantSpec:
+def _block_spec(bf: BlockFormat, fp8_rule: str | None = None) -> QuantSpec:
     g = PerBlock(bf.block, scale_format=bf.scale_format, tensor_scale=bf.tensor_scale)
-    rule = SharedExp(bf.shared_exp) if bf.scale_format is ScaleFormat.E8M0 else None
+    rule = SharedExp(bf.shared_exp) if bf.scale_format is ScaleFormat.E8M0 else fp8_rule
     return QuantSpec.of(Quantizer(bf.element, g, rule))
 
 
 def _scaled(m: re.Match, name: str) -> QuantSpec:
-    fmt, gran, size, rule, pct = m.groups()
+    fmt, gran, size, tr, tc, rule, pct = m.groups()
     g = {"per_tensor": PerTensor(), "per_token": PerToken(), "per_channel": PerChannel(0)}.get(gran)
-    if g is None:
+    if g is None and tr is not None:
+        g = PerGroup(int(tr) * int(tc), tile=(int(tr), int(tc)))
+    elif g is None:
         g = PerGroup(int(size))
     kw: dict[str, Any] = {}
     if rule == "asym":
         kw["scale_rule"] = MinMax()
     elif rule == "mse":
         kw["scale_rule"] = MSE()
-    elif rule == "pow2":
+    elif rule in ("pow2", "ue8m0"):  # UE8M0 scales: absmax rounded up to a power of two
         kw["pow2"] = True
     elif rule is not None:
         kw["scale_rule"] = Percentile(float(pct))
@@ -118,6 +130,22 @@ def _scaled(m: re.Match, name: str) -> QuantSpec:
 def _block(key: str) -> QuantSpec | None:
     bf = get_block_format(key)
     return None if bf is None else _block_spec(bf)
+
+
+def _tiled_block(key: str) -> QuantSpec | None:
+    """``<block preset>_<r>x<c>``: the block preset with one scale per r x c tile."""
+    m = TILED_BLOCK_RE.fullmatch(key)
+    if m is None:
+        return None
+    try:
+        spec = _base(m.group(1))
+    except FmtlabError:
+        return None
+    if not spec.is_block:
+        return None
+    r, c = int(m.group(2)), int(m.group(3))
+    g = dataclasses.replace(spec.granularity, size=r * c, tile=(r, c))
+    return spec.with_options(granularity=g)
 
 
 def _peg(key: str) -> QuantSpec | None:
@@ -134,13 +162,16 @@ for _n in IDENTITY_NAMES:
     GRAMMAR.exact(_n, lambda: IDENTITY)
 for _k, _bf in BLOCK_PRESETS.items():
     GRAMMAR.exact(_k, lambda _bf=_bf: _block_spec(_bf))
+for _k, (_bf, _r) in RULE_PRESETS.items():
+    GRAMMAR.exact(_k, lambda _bf=_bf, _r=_r: _block_spec(_bf, _r))
 for _a, _t in _ALIASES.items():
     GRAMMAR.alias(_a, _t)
 GRAMMAR.kind("peg", _peg, "<format>_peg<K>[_noperm]")
 GRAMMAR.kind("logfit", _logfit, "log<N>_fitb_per_tensor|per_channel[_grid]")
 GRAMMAR.kind("block", _block, "block formats mx<element>[_b<N>][_<rule>], nv<element>[_b<N>][_notensor]")
-GRAMMAR.kind("scaled", SCALED_NAME_RE, "<format>_per_tensor|per_token|per_channel|g<N>"
-             "[_asym|_mse|_pow2|_p<P>]", _scaled)
+GRAMMAR.kind("tiled_block", _tiled_block, "2-D block tiles <block name>_<R>x<C> (nvfp4_16x16)")
+GRAMMAR.kind("scaled", SCALED_NAME_RE, "<format>_per_tensor|per_token|per_channel|g<N>|b<R>x<C>"
+             "[_asym|_mse|_pow2|_ue8m0|_p<P>]", _scaled)
 
 
 def _base(key: str) -> QuantSpec:

@@ -32,8 +32,9 @@ from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, generic, para
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
 from fmtlab.formats.four_over_six import four_over_six_blocks
+from fmtlab.formats import mixfp4 as _mix
 from fmtlab.formats.scaling import (
-    MSE, AbsMax, FourOverSix, Granularity, Layout, MinMax, Percentile, PerBlock, PerTensor,
+    MSE, AbsMax, FourOverSix, Granularity, MixFP4, Layout, MinMax, Percentile, PerBlock, PerTensor,
     ScaleRule, SharedExp, Static, broadcast_scales, from_work, parse_granularity, parse_scale_rule, plan_layout,
     pow2_ceil, slot_matrix, to_work, work_rows,
 )
@@ -170,8 +171,8 @@ class Quantizer:
         if block:
             if g.scale_format == "e8m0" and not isinstance(rule, SharedExp):
                 raise FmtlabError(f"E8M0 block scales take a shared-exponent rule (floor, ceil, even, "
-                                  f"rceil, neuron), got scale_rule={rule}")
-            if g.scale_format != "e8m0" and not isinstance(rule, (AbsMax, FourOverSix)):
+                                  f"rceil, neuron, midmax), got scale_rule={rule}")
+            if g.scale_format != "e8m0" and not isinstance(rule, (AbsMax, FourOverSix, MixFP4)):
                 raise FmtlabError(f"FP8 block scales are computed from the block absmax; got "
                                   f"scale_rule={rule}")
             if self.pow2:
@@ -180,9 +181,11 @@ class Quantizer:
             _mx.block_elem(fmt)  # validates the element format
         elif isinstance(rule, SharedExp):
             raise FmtlabError(f"shared-exponent rule {rule} needs PerBlock(scale_format='e8m0')")
-        if isinstance(rule, FourOverSix) and not (block and g.scale_format != "e8m0"):
+        if isinstance(rule, (FourOverSix, MixFP4)) and not (block and g.scale_format != "e8m0"):
             raise FmtlabError(f"scale rule {rule} needs FP8-scaled blocks (PerBlock(scale_format="
                               "'fp8_e4m3'), e.g. nvfp4)")
+        if isinstance(rule, MixFP4):
+            _mix.check_element(fmt)
         if isinstance(rule, MinMax) or (isinstance(rule, Static) and rule.zero_point is not None):
             if not _integer_grid(fmt):
                 raise FmtlabError(f"asymmetric scaling (zero points) needs an INT format (consecutive "
@@ -269,6 +272,18 @@ class Quantizer:
         hi = np.take_along_axis(v, np.minimum(i + 1, np.maximum(n - 1, 0))[:, None], axis=1)[:, 0]
         c = (lo + (hi.astype(np.float64) - lo) * t).astype(np.float32)
         return np.where(n == 0, np.float32(0), c)
+
+    def mse_clip_values(self, M: np.ndarray, rule: MSE | None = None) -> np.ndarray:
+        """The clip value per row of a slot matrix M [nslots, L] (float32 or float64) that the MSE
+        rule picks (``rule``, default the quantizer's own), float32, before the scale conversion
+        (the torch twin calls this on CPU: fmtlab.pytorch.scales)."""
+        rule = self.scale_rule if rule is None else rule
+        if not isinstance(rule, MSE):
+            raise FmtlabError(f"mse_clip_values needs an MSE rule, got {rule}")
+        M = np.asarray(M)
+        if M.ndim != 2 or M.dtype not in (np.float32, np.float64):
+            raise FmtlabError(f"mse_clip_values needs a float32/float64 [slots, L] matrix, got {M.dtype} {M.shape}")
+        return self._mse(M, rule)
 
     def _mse(self, M: np.ndarray, rule: MSE) -> np.ndarray:
         amax = self._slot_absmax(M)
@@ -420,6 +435,10 @@ class Quantizer:
             return four_over_six_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
                                         self.overflow, self.seed, want_out, want_codes,
                                         metric=self.scale_rule.metric)
+        if isinstance(self.scale_rule, MixFP4):
+            return _mix.mixfp4_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
+                                      self.overflow, self.seed, want_out, want_codes,
+                                      metric=self.scale_rule.metric)
         return _mx.fp8_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
                               self.overflow, self.seed, want_out, want_codes)
 
@@ -442,7 +461,7 @@ class Quantizer:
                      None if z is None else z.reshape(lay.scale_shape), scodes, ts, self, lay,
                      a.dtype, QuantReport(0, 0, 0, 0))
         out = self.dequantize(qt)
-        object.__setattr__(qt, "report", self._report(a, w, out, lay, s, z))
+        object.__setattr__(qt, "report", self._report(a, w, out, lay, s, z, scodes))
         return qt
 
     def dequantize(self, q: QTensor) -> np.ndarray:
@@ -450,8 +469,12 @@ class Quantizer:
         if not isinstance(q, QTensor):
             raise FmtlabError(f"dequantize takes a QTensor, got {type(q).__name__}")
         lay = q.layout
-        v = self.format.values()[to_work(q.codes, lay).reshape(-1).astype(np.intp)]
-        rows = work_rows(v, lay)
+        cw = to_work(q.codes, lay).reshape(-1).astype(np.intp)
+        if isinstance(self.scale_rule, MixFP4):  # per block E2M1 or E1M2 (scale-code bit 7)
+            alt = broadcast_scales(_mix.block_is_e1m2(q.scale_codes).reshape(-1), lay)
+            rows = _mix.element_values(work_rows(cw, lay), alt)
+        else:
+            rows = work_rows(self.format.values()[cw], lay)
         if q.zero_points is not None:
             rows = rows - broadcast_scales(q.zero_points, lay)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -461,11 +484,16 @@ class Quantizer:
             self._check_range(np.where(finite_codes, 0.0, np.inf), out.reshape(-1), q.scales)
         return from_work(out, lay)
 
-    def _report(self, a, w, out, lay, s, z) -> QuantReport:
+    def _report(self, a, w, out, lay, s, z, scodes=None) -> QuantReport:
         fin = np.isfinite(a)
         nonzero = int(np.count_nonzero(fin & (a != 0)))
         flushed = int(np.count_nonzero(fin & (a != 0) & (out == 0)))
         hi, lo = self.format.grid.bounds[-1], self.format.grid.bounds[0]  # max|virtual, virtual|min
+        if isinstance(self.scale_rule, MixFP4):  # E1M2 blocks clip at E1M2's bounds
+            alt_g = get_format(_mix.ALT_ELEMENT).grid
+            alt = broadcast_scales(_mix.block_is_e1m2(scodes).reshape(-1), lay)
+            hi = np.where(alt, alt_g.bounds[-1], hi)
+            lo = np.where(alt, alt_g.bounds[0], lo)
         with np.errstate(all="ignore"):
             y = work_rows(w, lay) / broadcast_scales(s.astype(w.dtype), lay)
             if z is not None:

@@ -37,18 +37,22 @@ from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding
 from fmtlab.formats.scaling import (
-    MSE, AbsMax, Granularity, MinMax, Percentile, PerBlock, PerChannel, PerGroup, PerTensor, PerToken,
+    MSE, AbsMax, FourOverSix, Granularity, MinMax, MixFP4, Percentile, PerBlock, PerChannel, PerGroup,
+    PerTensor, PerToken,
     ScaleRule, SharedExp, Static, parse_granularity, parse_scale_rule,
 )
 
-__all__ = ["QuantSpec", "IDENTITY", "IDENTITY_NAMES", "SCALED_NAME_RE", "METHODS"]
+__all__ = ["QuantSpec", "IDENTITY", "IDENTITY_NAMES", "SCALED_NAME_RE", "TILED_BLOCK_RE", "METHODS"]
 
 #: names that mean "no quantization" (all resolve to :data:`IDENTITY`)
 IDENTITY_NAMES = ("none", "fp32", "float32", "identity")
 METHODS = ("identity", "scaled", "peg", "logfit")
 
 #: ``<format>_per_tensor|per_token|per_channel|g<N>[_asym|_mse|_pow2|_p<P>]``
-SCALED_NAME_RE = re.compile(r"(.+?)_(per_tensor|per_token|per_channel|g(\d+))(?:_(asym|mse|pow2|p([0-9.]+)))?")
+SCALED_NAME_RE = re.compile(r"(.+?)_(per_tensor|per_token|per_channel|g(\d+)|b(\d+)x(\d+))"
+                            r"(?:_(asym|mse|pow2|ue8m0|p([0-9.]+)))?")
+#: a block preset on 2-D tiles: ``<block name>_<r>x<c>`` (nvfp4_16x16, mxfp8_32x32, mixfp4_16x16)
+TILED_BLOCK_RE = re.compile(r"(.+)_(\d+)x(\d+)")
 
 _PEG_OVERRIDES = ("scale_rule", "permute", "groups")
 _LOGFIT_OVERRIDES = ("tol", "method")
@@ -257,10 +261,20 @@ def _call(base: str, options: list[tuple[str, Any]]) -> str:
     return base + "(" + ", ".join(f"{k}={_value(v)}" for k, v in options) + ")"
 
 
+#: block presets whose FP8-scale rule is part of the name: name -> (block format name, rule name)
+#: (NVFP4 Four Over Six, arXiv 2512.02010; MixFP4, arXiv 2605.31035); presets.py registers them
+FP8_RULE_PRESETS: dict[str, tuple[str, str]] = {
+    "nvfp4_4over6": ("nvfp4", "four_over_six"),
+    "mixfp4": ("nvfp4", "mixfp4"),
+}
+
+
 def _rule_option(rule: ScaleRule) -> str | float | None:
     """A scale rule as a scale_rule= option value, or None when no name spells it."""
     if isinstance(rule, AbsMax):
         return "absmax"
+    if isinstance(rule, (FourOverSix, MixFP4)):
+        return str(rule)
     if isinstance(rule, MinMax):
         return "minmax"
     if isinstance(rule, SharedExp):
@@ -298,6 +312,8 @@ def _gran_token(g: Granularity) -> tuple[str, int | None]:
         return "per_token", None
     if isinstance(g, PerChannel):
         return "per_channel", (None if g.axis == 0 else g.axis)
+    if g.tile is not None:
+        return f"b{g.tile[0]}x{g.tile[1]}", None
     return f"g{g.size}", (None if g.axis == -1 else g.axis)
 
 
@@ -308,15 +324,24 @@ def _scaled_name(spec: QuantSpec) -> str:
     opts: list[tuple[str, Any]] = []
     if isinstance(g, PerBlock):
         bf = spec.block_format
+        if g.tile is not None:  # named as the default-size block preset plus _<r>x<c>
+            bf = dataclasses.replace(bf, block=16 if g.scale_format == ScaleFormat.FP8_E4M3 else 32)
         base = bf.name
         if get_block_format(base) != bf:  # an element name the block grammar would misread
-            std = BlockFormat("fp4_e2m1", g.size, g.scale_format, bf.shared_exp, g.tensor_scale)
+            std = BlockFormat("fp4_e2m1", bf.block, g.scale_format, bf.shared_exp, g.tensor_scale)
             base, opts = std.name, [("format", fmt.name)]
         if g.axis != -1:
             opts.append(("axis", g.axis))
+        e8m0 = g.scale_format == ScaleFormat.E8M0
+        fp8_rule = None
+        for preset, (block_name, rule_name) in FP8_RULE_PRESETS.items():
+            if base == block_name and spec.scale_rule == parse_scale_rule(rule_name):
+                base, fp8_rule = preset, spec.scale_rule
         base_kw = dict(format=fmt, granularity=dataclasses.replace(g, axis=-1),
-                       scale_rule=SharedExp(bf.shared_exp) if g.scale_format == ScaleFormat.E8M0 else None)
-        rule_spelled = True
+                       scale_rule=SharedExp(bf.shared_exp) if e8m0 else fp8_rule)
+        rule_spelled = e8m0 or fp8_rule is not None
+        if g.tile is not None:
+            base = f"{base}_{g.tile[0]}x{g.tile[1]}"
     else:
         tok, axis = _gran_token(g)
         suffix = _suffix(spec.scale_rule, spec.pow2)

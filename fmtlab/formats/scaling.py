@@ -36,7 +36,8 @@ from fmtlab.formats.kernels import Cols, Rows
 
 __all__ = [
     "PerTensor", "PerChannel", "PerToken", "PerGroup", "PerBlock", "Granularity",
-    "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp", "ScaleRule",
+    "AbsMax", "Percentile", "MSE", "Static", "MinMax", "SharedExp", "FourOverSix", "MixFP4",
+    "ScaleRule",
     "parse_granularity", "parse_scale_rule", "Layout", "plan_layout", "pow2_ceil",
     "SHARED_EXP_RULES",
 ]
@@ -52,6 +53,26 @@ def _check_size(size, name: str) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise FmtlabError(f"{name} size must be a positive int, got size={size!r}")
     return int(size)
+
+
+def _check_tile(g) -> None:
+    """A 2-D tile (r, c) of a group/block granularity: r * c == size, over the last two axes."""
+    t = g.tile
+    if t is None:
+        return
+    if (not isinstance(t, (tuple, list)) or len(t) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in t)):
+        raise FmtlabError(f"tile must be two positive ints (rows, cols), got tile={t!r}")
+    t = (int(t[0]), int(t[1]))
+    object.__setattr__(g, "tile", t)
+    if t[0] * t[1] != g.size:
+        raise FmtlabError(f"a {t[0]}x{t[1]} tile holds {t[0] * t[1]} elements, but size={g.size}")
+    if g.axis != -1:
+        raise FmtlabError(f"2-D tiles lie on the last two axes; axis must be -1, got axis={g.axis}")
+
+
+def _tile_str(g) -> str:
+    return "" if g.tile is None else f", tile={g.tile[0]}x{g.tile[1]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,17 +109,21 @@ class PerToken:
 
 @dataclasses.dataclass(frozen=True)
 class PerGroup:
-    """One scale per ``size`` consecutive elements along ``axis`` (which ``size`` must divide)."""
+    """One scale per ``size`` consecutive elements along ``axis`` (which ``size`` must divide);
+    with ``tile=(r, c)`` (r * c == size) one scale per r x c tile of the last two axes instead
+    (DeepSeek-V3's 128 x 128 weight blocks; see ``plan_layout``)."""
 
     size: int
     axis: int = -1
+    tile: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _check_size(self.size, "PerGroup"))
         object.__setattr__(self, "axis", _check_axis(self.axis, "PerGroup"))
+        _check_tile(self)
 
     def __str__(self) -> str:
-        return f"group({self.size}, axis={self.axis})"
+        return f"group({self.size}, axis={self.axis}{_tile_str(self)})"
 
 
 SCALE_FORMATS = tuple(m.value for m in ScaleFormat)
@@ -116,6 +141,7 @@ class PerBlock:
     axis: int = -1
     scale_format: ScaleFormat | str = ScaleFormat.E8M0
     tensor_scale: bool = False
+    tile: tuple[int, int] | None = None  # (r, c): one scale per r x c tile (NVFP4 16 x 16 weights)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _check_size(self.size, "PerBlock"))
@@ -127,10 +153,11 @@ class PerBlock:
                               f"scale_format={self.scale_format!r}") from None
         if self.tensor_scale and self.scale_format != "fp8_e4m3":
             raise FmtlabError("tensor_scale=True (two-level NVFP4 scaling) needs scale_format='fp8_e4m3'")
+        _check_tile(self)
 
     def __str__(self) -> str:
         extra = ", tensor_scale" if self.tensor_scale else ""
-        return f"block({self.size}, axis={self.axis}, {self.scale_format}{extra})"
+        return f"block({self.size}, axis={self.axis}, {self.scale_format}{extra}{_tile_str(self)})"
 
 
 Granularity = Union[PerTensor, PerChannel, PerToken, PerGroup, PerBlock]
@@ -254,7 +281,8 @@ SHARED_EXP_RULES = tuple(m.value for m in SharedExpRule)
 @dataclasses.dataclass(frozen=True)
 class SharedExp:
     """E8M0 shared-exponent rule of MX blocks: "floor" (OCP MX v1.0), "ceil", "even", "rceil"
-    (the rules torchao exposes) and "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale);
+    (the rules torchao exposes), "neuron" (AWS Neuron's quantize_mx, twice the FLOOR scale) and
+    "midmax" (Brevitas: FLOOR, one step up where the block max is nearer 2**(emax+1) * X);
     see mx.py for the exact definitions."""
 
     mode: SharedExpRule | str = SharedExpRule.FLOOR
@@ -286,14 +314,30 @@ class FourOverSix:
         return "four_over_six" + ("" if self.metric == "mse" else f"({self.metric})")
 
 
-ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix]
-_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix)
+@dataclasses.dataclass(frozen=True)
+class MixFP4:
+    """MixFP4 (arXiv 2605.31035; fmtlab/formats/mixfp4.py): each NVFP4 block stores E2M1 or E1M2
+    elements, flagged in bit 7 of its E4M3 scale code; E1M2 is kept iff its block error
+    (``metric``: "mse" (default), "l1", "abs_max") is strictly lower (fmtlab's rule)."""
+
+    metric: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("mse", "l1", "abs_max"):
+            raise FmtlabError(f"MixFP4 metric must be mse, l1 or abs_max, got {self.metric!r}")
+
+    def __str__(self) -> str:
+        return "mixfp4" + ("" if self.metric == "mse" else f"({self.metric})")
+
+
+ScaleRule = Union[AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix, MixFP4]
+_RULES = (AbsMax, Percentile, MSE, Static, MinMax, SharedExp, FourOverSix, MixFP4)
 
 
 def parse_scale_rule(r) -> ScaleRule:
     """A rule from itself, a number (static scale) or a name: "absmax", "percentile",
     "percentile(99.99)", "mse", "minmax" (alias "asymmetric"), "floor", "ceil", "even", "rceil",
-    "four_over_six" (alias "4over6"; "four_over_six(l1)")."""
+    "four_over_six" (alias "4over6"; "four_over_six(l1)"), "mixfp4" ("mixfp4(l1)")."""
     if isinstance(r, _RULES):
         return r
     if isinstance(r, (int, float, np.floating, np.integer)) and not isinstance(r, bool):
@@ -312,6 +356,9 @@ def parse_scale_rule(r) -> ScaleRule:
     m = re.fullmatch(r"(?:four_over_six|4over6|4/6)(?:\((mse|l1|abs_max)\))?", key)
     if m:
         return FourOverSix(m.group(1) or "mse")
+    m = re.fullmatch(r"mixfp4(?:\((mse|l1|abs_max)\))?", key)
+    if m:
+        return MixFP4(m.group(1) or "mse")
     m = re.fullmatch(r"percentile(?:\(([0-9.eE+-]+)\)|:([0-9.eE+-]+))?", key)
     if m:
         arg = m.group(1) or m.group(2)
@@ -337,7 +384,9 @@ class Layout(NamedTuple):
     moved: the axis moved last before working (groups/blocks along another axis), else None;
     work_shape: the working array's shape; kl: the kernel layout (Rows/Cols) over its flat data;
     nslots: number of scales; scale_shape: the shape scales are reported in;
-    bshape: the shape that broadcasts scales against the working array.
+    bshape: the shape that broadcasts scales against the working array; tile: (r, c) for 2-D
+    tiles: the last two axes [M, N] become [M / r, N / c, r * c], tile (i, j) in row-major order
+    inside its row (scale_shape [..., M / r, N / c]).
     """
 
     shape: tuple
@@ -347,6 +396,7 @@ class Layout(NamedTuple):
     nslots: int
     scale_shape: tuple
     bshape: tuple
+    tile: tuple | None = None  # (r, c): the working array holds r x c tiles as rows (to_work)
 
 
 def _norm_axis(axis: int, ndim: int, what: str) -> int:
@@ -376,6 +426,15 @@ def plan_layout(g: Granularity, shape: tuple) -> Layout:
     if isinstance(g, PerToken):
         C = int(np.prod(shape[:-1]))
         return Layout(shape, None, shape, Rows(shape[-1], C), C, shape[:-1], shape[:-1] + (1,))
+    if isinstance(g, (PerGroup, PerBlock)) and g.tile is not None:
+        r, c = g.tile
+        if nd < 2 or shape[-2] % r or shape[-1] % c:
+            raise FmtlabError(f"{g}: 2-D tiles of {r}x{c} need an array whose last two axes are "
+                              f"multiples of ({r}, {c}); got shape {shape}")
+        sshape = shape[:-2] + (shape[-2] // r, shape[-1] // c)
+        work = sshape + (r * c,)
+        nslots = n // (r * c)
+        return Layout(shape, None, work, Rows(r * c, nslots), nslots, sshape, sshape + (1,), (r, c))
     if isinstance(g, (PerGroup, PerBlock)):
         kind = "group" if isinstance(g, PerGroup) else "block"
         a = _norm_axis(g.axis, nd, str(g))
@@ -394,6 +453,12 @@ def plan_layout(g: Granularity, shape: tuple) -> Layout:
 
 def to_work(x: np.ndarray, lay: Layout) -> np.ndarray:
     """x arranged as the working array (C-contiguous)."""
+    if lay.tile is not None:
+        r, c = lay.tile
+        M, N = lay.shape[-2:]
+        lead = tuple(lay.shape[:-2])
+        t = np.asarray(x).reshape(lead + (M // r, r, N // c, c))
+        return np.ascontiguousarray(np.swapaxes(t, -3, -2)).reshape(lay.work_shape)
     if lay.moved is not None:
         x = np.moveaxis(x, lay.moved, -1)
     return np.ascontiguousarray(x)
@@ -401,6 +466,11 @@ def to_work(x: np.ndarray, lay: Layout) -> np.ndarray:
 
 def from_work(w: np.ndarray, lay: Layout) -> np.ndarray:
     """Inverse of ``to_work`` (a view where possible)."""
+    if lay.tile is not None:
+        r, c = lay.tile
+        M, N = lay.shape[-2:]
+        t = np.asarray(w).reshape(tuple(lay.shape[:-2]) + (M // r, N // c, r, c))
+        return np.swapaxes(t, -3, -2).reshape(lay.shape)
     w = w.reshape(lay.work_shape)
     if lay.moved is not None:
         w = np.moveaxis(w, -1, lay.moved)

@@ -439,10 +439,22 @@ def _block_rule_base(q, bv: BlockVectors, K: int) -> str:
         return (f"OCP MX v1.0: {K} elements share X = 2**(scale_code - 127) (E8M0), shared-exponent "
                 f"rule {q.scale_rule}; element code = {q.format.name} {q.rounding.value} rounding of "
                 f"fl32(x / X), saturating; a block with NaN/Inf gets scale code 0xFF and element codes 0")
-    return (f"FP8-scaled blocks (NVFP4): {K} elements, block scale = {bv.scale_format.name} code of "
+    base = (f"FP8-scaled blocks (NVFP4): {K} elements, block scale = {bv.scale_format.name} code of "
             f"fl32(fl32(amax / {q.format.max:g}) / g), g = the per-tensor FP32 scale (header "
             f"tensor_scale; 1 without); element code = {q.format.name} rounding of fl32(x / "
             f"fl32(g * scale))")
+    rule = str(q.scale_rule)
+    if rule.startswith("four_over_six"):
+        return (base + f"; Four Over Six: a second candidate maps amax to {q.format.max * 2 / 3:g} "
+                f"(amax / {q.format.max * 2 / 3:g} in place of amax / {q.format.max:g}); per block "
+                f"the candidate with the strictly lower error ({rule}) is kept, ties keep the first")
+    if rule.startswith("mixfp4"):
+        return (base + "; MixFP4: a second candidate stores fp4_e1m2 elements (block scale from "
+                "amax / 1.75, same g); per block the candidate with the strictly lower error "
+                f"({rule}) is kept, ties keep fp4_e2m1; scale_code bit 7 = 1 marks an fp4_e1m2 "
+                "block (its element codes decode as fp4_e1m2: S.E.MM, +/-{0, 0.25, ..., 1.75}), "
+                "bits 6..0 are the E4M3 scale magnitude")
+    return base
 
 
 # ---- writing ----------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> l
 
 def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bool,
                    label: str = "acc", acc_zero: bool = False, wx: int | None = None,
-                   x_special: bool = True) -> list[Part]:
+                   x_special: bool = True, ftz: bool = False) -> list[Part]:
     """Single-path FP adder: operand X (normalised ``np_``-bit significand, ``we``-bit exponent)
     plus accumulator A, rounded once to ``acc`` -- the parts of
     :func:`fmtlab.hw.rtl.fp_adder_module`, step by step.
@@ -225,7 +225,16 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     comparing it with A's exponent takes a ``wx``-bit comparator plus a check that A's high bits
     are all 0 or all 1 (A within X's range), not a ``we``-bit one. ``x_special``: X can be
     Inf/NaN (False when neither product operand has Inf or NaN: those inputs are constant 0).
+
+    ``ftz``: the flush-to-zero, no-special-value variant (:mod:`fmtlab.hw.ftz`; ``fp_adder_module(...,
+    ftz=True)``): A's decode is a zero test of its exponent field (no hidden-bit OR, no Inf/NaN),
+    the normalising shift is the leading-zero count itself (no minimum-exponent limit), and the
+    result is flushed below the smallest normal and saturated above the largest finite value
+    instead of the Inf/NaN/overflow select. The compare, swap, alignment, significand adder,
+    leading-zero counter, normalising shifter and rounding are the same parts.
     """
+    if ftz and (denormalise or acc_zero):
+        raise ValueError("an FTZ adder has no denormalise path and a real accumulator operand")
     wx = we if wx is None else min(wx, we)
     pc = acc.man_bits + 1
     wm = max(pc, np_)
@@ -233,11 +242,16 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     n = wa + 1
     lzw = clog2(max(n, 2))
     parts: list[Part] = []
-    if not acc_zero:
+    if ftz:
+        parts += [Part(f"{label} zero (exponent field 0)", Gates.of(OR2=acc.exp_bits - 1, INV=1)),
+                  Part(f"{label} exponent (E - bias)", Incrementer(min(we, acc.exp_bits))),
+                  Part("zero operands (select gating)", Gates.of(AND2=2, OR2=1))]
+    elif not acc_zero:
         parts += float_decode_parts(acc, label)
         # E (exp_bits wide, zero-extended) + a constant: above bit exp_bits each sum bit is the
         # constant's bit, the carry or its complement -- wiring and inverters, not half adders
         parts.append(Part(f"{label} exponent (E + const)", Incrementer(min(we, acc.exp_bits))))
+    if not acc_zero:
         if denormalise:
             parts += [Part(f"{label} pre-normalise LZC", LeadingZeroCounter(pc)),
                       Part(f"{label} pre-normalise shifter", BarrelShifter(pc, pc - 1, "right")),
@@ -264,16 +278,16 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     # with A = 0 the sum is X: only its np_ top bits can be nonzero and the left shift is
     # below np_, so the LZC and the normalising shifter see np_ live bits
     live_n = min(np_, n) if acc_zero else n
-    parts += [
-        Part("leading-zero counter", LeadingZeroCounter(live_n)),
-        Part("room above min exponent (bt + const)", Incrementer(we)),
-        Part("normalise limit compare", Comparator(lzw)),
-        Part("normalise limit compare (high bits)", OrTree(we - lzw)),
-        Part("normalise limit select", Mux(lzw, 3)),
-        Part("normalise shifter", BarrelShifter(live_n, live_n - 1, "right")),
-        Part("biased result exponent (bt + const - shl)", adder(we, st.adder)),
-        Part("result exponent select", Mux(acc.exp_bits)),
-    ]
+    parts.append(Part("leading-zero counter", LeadingZeroCounter(live_n)))
+    if not ftz:
+        parts += [Part("room above min exponent (bt + const)", Incrementer(we)),
+                  Part("normalise limit compare", Comparator(lzw)),
+                  Part("normalise limit compare (high bits)", OrTree(we - lzw)),
+                  Part("normalise limit select", Mux(lzw, 3))]
+    parts += [Part("normalise shifter", BarrelShifter(live_n, live_n - 1, "right")),
+              Part("biased result exponent (bt + const - shl)", adder(we, st.adder))]
+    if not ftz:
+        parts.append(Part("result exponent select", Mux(acc.exp_bits)))
     if denormalise:
         kd = clog2(n + 1)
         parts += [Part("denormalise amount (-room)", XorRow(we)),
@@ -281,8 +295,17 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
                   Part("denormalise clamp", Comparator(we)),
                   Part("denormalise clamp select", Mux(kd, 3)),
                   Part("denormalise shifter (sticky)", BarrelShifter(n, n, "right", sticky=True))]
-    parts += [
-        Part("sticky OR", OrTree(max(n - pc, 1))),
+    parts.append(Part("sticky OR", OrTree(max(n - pc, 1))))
+    if ftz:
+        return parts + [
+            Part("round decision", Gates.of(AND2=2, OR2=1)),
+            Part("round incrementer", Incrementer(acc.exp_bits + acc.man_bits)),
+            Part("flush test (exponent < 1)", OrTree(acc.exp_bits)),
+            Part("overflow compare (exponent > max)", Comparator(we)),
+            Part("result sign", Gates.of(AND2=2, OR2=1)),
+            Part("zero / flush / saturate select", Gates.of(AND2=acc.bits, OR2=acc.bits)),
+        ]
+    return parts + [
         Part("overflow (compare with a constant)", Gates.of(AND2=we)),
         Part("exponent field select", Gates.of(AND2=acc.exp_bits)),
         Part("round decision", Gates.of(AND2=2, OR2=1)),
@@ -291,7 +314,6 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
              Gates.of(AND2=6, OR2=4, XOR2=2) if x_special else Gates.of(AND2=2, OR2=1)),
         Part("Inf / NaN / overflow select (constant patterns)", Gates.of(AND2=acc.bits, OR2=acc.bits)),
     ]
-    return parts
 
 
 def fp_multiplier_parts(a: FloatView | FloatAcc, out: FloatAcc, st: Styles) -> list[Part]:

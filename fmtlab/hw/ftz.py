@@ -13,10 +13,12 @@ rounded result below the smallest normal becomes a zero of the result's sign, on
 largest finite value saturates to it; an exact zero sum is -0 only when both addends are -0
 (round-to-nearest rule).
 
-Hardware (the parts below, the RTL of :mod:`fmtlab.hw.rtl_ftz`): operand decode is a zero test of
-the exponent field; the significand product has a constant hidden 1 and always lies in [1, 4)
-(1-bit normalisation, no LZC); the adder has no pre-normalisation, no minimum-exponent limit on
-the normalising shift, no denormalising shift and no Inf/NaN logic: a flush test and a saturating
+Hardware (the parts below; the RTL is ``float_core`` of :mod:`fmtlab.hw.rtl_cores` with the FTZ
+product): operand decode is a zero test of the exponent field; the significand product has a
+constant hidden 1 and always lies in [1, 4) (1-bit normalisation, no LZC); the adder is the shared
+single-path FP adder with ``ftz=True`` (:func:`fmtlab.hw.blocks.fp_adder_parts`,
+:func:`fmtlab.hw.rtl_parts.fp_adder_module`): no pre-normalisation, no minimum-exponent limit on
+the normalising shift, no denormalising shift and no Inf/NaN logic, a flush test and a saturating
 select instead.
 """
 
@@ -24,9 +26,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from fmtlab.hw.blocks import Part, Styles
-from fmtlab.hw.components import (BarrelShifter, Comparator, Gates, Incrementer, LeadingZeroCounter,
-                                  Mux, OrTree, Register, XorRow, adder, clog2)
+from fmtlab.hw.blocks import Part, Styles, accumulator_register, fp_adder_parts, signed_width
+from fmtlab.hw.components import Gates, Incrementer, Mux, adder
 from fmtlab.hw.components import ArrayMultiplier as _Array
 from fmtlab.hw.operands import FloatAcc, FloatView
 
@@ -51,24 +52,17 @@ def ftz_geometry(a: FloatView, b: FloatView, acc: FloatAcc) -> dict[str, int]:
     hi = max(x_hi, c_hi) + acc.bias + 2
     span = max(abs(lo), abs(hi), hi - lo, abs(hi - lo))
     we = span.bit_length() + 1
-    wx = min(we, _signed_width(x_lo, x_hi))
+    wx = min(we, signed_width(x_lo, x_hi))
     return dict(np=np_, pc=pc, wm=wm, wa=wa, n=n, we=we, wx=wx, x_lo=x_lo, x_hi=x_hi)
 
 
-def _signed_width(lo: int, hi: int) -> int:
-    w = 1
-    while not (-(1 << (w - 1)) <= lo and hi <= (1 << (w - 1)) - 1):
-        w += 1
-    return w
-
-
 def ftz_parts(a: FloatView, b: FloatView, acc: FloatAcc, st: Styles) -> list[Part]:
-    """Parts of an FTZ / no-special FP MAC (module docstring), in RTL order."""
+    """Parts of an FTZ / no-special FP MAC (module docstring), in RTL order: the product (zero
+    tests, hidden-one multiplier, exponent sum with the normalise carry folded in, 1-bit
+    normalisation), then the shared single-path FP adder with ``ftz=True``
+    (:func:`fmtlab.hw.blocks.fp_adder_parts`) and the accumulator register."""
     g = ftz_geometry(a, b, acc)
-    np_, pc, wm, wa, n, we, wx = (g[k] for k in ("np", "pc", "wm", "wa", "n", "we", "wx"))
-    lzw = clog2(max(n, 2))
-    live = min(np_, pc)
-    ma, mb = a.man_bits, b.man_bits
+    np_, we, wx = g["np"], g["we"], g["wx"]
     parts = [
         Part(f"{a.name} zero (exponent field 0)", Gates.of(OR2=a.exp_bits - 1, INV=1)),
         Part(f"{b.name} zero (exponent field 0)", Gates.of(OR2=b.exp_bits - 1, INV=1)),
@@ -80,32 +74,9 @@ def ftz_parts(a: FloatView, b: FloatView, acc: FloatAcc, st: Styles) -> list[Par
         Part("product exponent adder", adder(max(a.exp_bits, b.exp_bits) + 1, st.adder)),
         Part("product exponent bias (constant) + normalise carry", Incrementer(wx)),
         Part("product 1-bit normalise", Mux(np_ - 1)),
-        Part("acc zero (exponent field 0)", Gates.of(OR2=acc.exp_bits - 1, INV=1)),
-        Part("acc exponent (E - bias)", Incrementer(acc.exp_bits)),
-        Part("magnitude compare (exponent, significand)", Comparator(we + live)),
-        Part("magnitude compare (zero-padded bits)", OrTree(wm - live)),
-        Part("exponent equal", Gates.of(XNOR2=we, AND2=we - 1)),
-        Part("zero operands (select gating)", Gates.of(AND2=2, OR2=1)),
-        Part("swap", Mux(live + we), 2),
-        Part("swap (zero-padded bits)", Gates.of(AND2=2 * (wm - live))),
-        Part("exponent difference", adder(we, st.adder)),
-        Part("shift clamp (compare with a constant)", OrTree(we)),
-        Part("shift clamp select", Mux(clog2(wa + 1))),
-        Part("alignment shifter (sticky)", BarrelShifter(wa, wa, "right", sticky=True)),
-        Part("effective subtract (XOR row)", XorRow(wa + 1)),
-        Part("significand adder", adder(wa + 2, st.adder)),
-        Part("leading-zero counter", LeadingZeroCounter(n)),
-        Part("normalise shifter", BarrelShifter(n, n - 1, "right")),
-        Part("result exponent (bt + 1 + bias - lz)", adder(we, st.adder)),
-        Part("sticky OR", OrTree(max(n - pc - 1, 1))),
-        Part("round decision", Gates.of(AND2=2, OR2=1)),
-        Part("round incrementer", Incrementer(acc.exp_bits + acc.man_bits)),
-        Part("flush test (exponent < 1)", OrTree(acc.exp_bits)),
-        Part("overflow compare (exponent > max)", Comparator(we)),
-        Part("zero / flush / saturate select", Gates.of(AND2=acc.bits, OR2=acc.bits)),
-        Part("result sign", Gates.of(AND2=2, OR2=1)),
-        Part("accumulator register", Register(acc.bits)),
     ]
+    parts += fp_adder_parts(np_, we, acc, st, False, wx=wx, x_special=False, ftz=True)
+    parts.append(accumulator_register(acc.bits))
     return parts
 
 

@@ -7,8 +7,9 @@ Values and sources live in ``fmtlab/hw/data/memory.json``:
   energy factor of :class:`fmtlab.hw.tech.Technology` (an assumption: SRAM arrays scale like
   logic);
 - off-chip: ``ddr_horowitz45`` (Horowitz 2014, DRAM 1.3 nJ per 64 bits = 20.3 pJ/bit) or
-  ``hbm2`` (O'Connor et al., MICRO-50 2017: 3.9 pJ/bit); these are device figures and do not scale
-  with the logic node.
+  ``hbm2`` (3.9 pJ/bit, attributed to O'Connor et al., MICRO-50 2017 but not verified against the
+  paper's text: ``"verified": false`` in the data file, which says what could be checked); these are
+  device figures and do not scale with the logic node.
 
 A :class:`MemorySystem` is a plain value: pass one to :func:`fmtlab.hw.inference_cost`, or a
 preset name (``"hbm2"``, ``"ddr45"``), or build your own with other per-bit energies.

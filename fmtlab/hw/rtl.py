@@ -28,7 +28,6 @@ import re
 from fmtlab.hw.accumulators import KulischAcc
 from fmtlab.hw.mac import MacUnit, UnitKind
 from fmtlab.hw.rtl_cores import fixed_core, float_core, kulisch_core, mx_core
-from fmtlab.hw.rtl_ftz import ftz_core
 
 __all__ = ["RTL", "module_name", "generate"]
 
@@ -64,9 +63,7 @@ def generate(unit: MacUnit) -> RTL:
                f"  wire [{accb - 1}:0] nxt;",
                f"  {name}_core core(.w(w), .a(a), .sw(sw), .sx(sx), .acc_in(acc), .acc_out(nxt));"]
     else:
-        if unit.styles.ftz:
-            core, accb = ftz_core(name, unit)
-        elif unit.kind is UnitKind.FIXED:
+        if unit.kind is UnitKind.FIXED:
             core, accb = fixed_core(name, unit)
         elif isinstance(unit.accumulator, KulischAcc):
             core, accb = kulisch_core(name, unit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from fmtlab.formats.capabilities import NotSupportedError
 from fmtlab.hw.accumulators import AccOverflow, AccRounding, FloatAcc, IntAcc, KulischAcc
 from fmtlab.hw.blocks import fixed_product_bits
+from fmtlab.hw.ftz import ftz_geometry
 from fmtlab.hw.mac import (MacUnit, fp_acc_geometry, fp_adder_we, kulisch_flag_bits,
                            kulisch_geometry, mx_geometry)
 from fmtlab.hw.operands import FixedKind, FixedView, FloatView, view
@@ -156,12 +157,14 @@ def float_core(name: str, unit: MacUnit) -> tuple[str, int]:
     acc: FloatAcc = unit.accumulator  # type: ignore[assignment]
     if acc.rounding is not AccRounding.NEAREST_EVEN:
         raise NotSupportedError("the RTL generator implements nearest-even FP accumulation only")
-    g = fp_acc_geometry(a, b, acc)
-    np_, we = g["np"], g["we"]
     accb = acc.bits
     subs = [mult_module(f"{name}_mul", a.sig_bits, b.sig_bits, False)]
     L = [f"module {name}_core(input [{a.bits - 1}:0] w, input [{b.bits - 1}:0] a, "
          f"input [{accb - 1}:0] acc_in, output [{accb - 1}:0] acc_out);"]
+    if unit.styles.ftz:
+        return ftz_float_core(name, a, b, acc, subs, L)
+    g = fp_acc_geometry(a, b, acc)
+    np_, we = g["np"], g["we"]
     L += float_product(a, b, f"{name}_mul")
     # exponent of product bit np-1: (max(Ea,1) - ba) + (max(Eb,1) - bb) + 1
     off = 1 - a.bias - b.bias
@@ -182,6 +185,35 @@ def float_core(name: str, unit: MacUnit) -> tuple[str, int]:
     L += [f"  {name}_fpadd uadd(.xs(psn), .xt(pt), .xsig(pn), .xzero(pzero), .xinf(pinf), "
           ".xnan(pnan), .acc_in(acc_in), .acc_out(acc_out));", "endmodule", ""]
     return "\n".join(subs + L), accb
+
+
+def ftz_float_core(name: str, a: FloatView, b: FloatView, acc: FloatAcc, subs: list[str],
+                   L: list[str]) -> tuple[str, int]:
+    """The flush-to-zero, no-special-value core (:mod:`fmtlab.hw.ftz`): operands with exponent
+    field 0 are zeros, the hidden bit is a constant 1 (the multiplier's top inputs are constants),
+    the product lies in [1, 4) (1-bit normalisation, its carry folded into the exponent sum), and
+    the shared FP adder with ``ftz=True`` adds it into the accumulator; widths from
+    :func:`fmtlab.hw.ftz.ftz_geometry`."""
+    g = ftz_geometry(a, b, acc)
+    np_, we = g["np"], g["we"]
+    off = -a.bias - b.bias
+    for p, v, src in (("da", a, "w"), ("db", b, "a")):
+        e, m = v.exp_bits, v.man_bits
+        L += [f"  wire {p}_s = {src}[{e + m}];",
+              f"  wire [{e - 1}:0] {p}_E = {src}[{e + m - 1}:{m}];",
+              f"  wire [{m}:0] {p}_sig = {{1'b1, {src}[{m - 1}:0]}};",
+              f"  wire {p}_z = ~(|{p}_E);"]
+    L += [f"  wire [{np_ - 1}:0] ps;",
+          f"  {name}_mul umul(.a(da_sig), .b(db_sig), .y(ps));",
+          "  wire psn = da_s ^ db_s;",
+          "  wire pzero = da_z | db_z;",
+          f"  wire [{np_ - 1}:0] pn = pzero ? {np_}'d0 : ps[{np_ - 1}] ? ps : {{ps[{np_ - 2}:0], 1'b0}};",
+          f"  wire signed [{we - 1}:0] pt = $signed({extend('da_E', a.exp_bits, we, False)}) + "
+          f"$signed({extend('db_E', b.exp_bits, we, False)}) + (ps[{np_ - 1}] ? {const(off + 1, we)} : {const(off, we)});"]
+    subs.append(fp_adder_module(f"{name}_fpadd", np_, we, acc, False, ftz=True))
+    L += [f"  {name}_fpadd uadd(.xs(psn), .xt(pt), .xsig(pn), .xzero(pzero), .xinf(1'b0), "
+          ".xnan(1'b0), .acc_in(acc_in), .acc_out(acc_out));", "endmodule", ""]
+    return "\n".join(subs + L), acc.bits
 
 
 def mx_core(name: str, unit: MacUnit) -> tuple[str, int]:

@@ -128,7 +128,7 @@ def mult_module(name: str, n: int, m: int, signed: bool) -> str:
 # ------------------------------------------------------------------------------------------
 
 
-def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -> str:
+def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool, ftz: bool = False) -> str:
     """Module ``name``(xs, xt, xsig, xzero, xinf, xnan, acc_in) -> acc_out.
 
     X = (-1)^xs * xsig * 2^(xt - npx + 1): xsig normalised (MSB set) unless X is zero, or X a
@@ -137,7 +137,16 @@ def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -
     (``denorm``: right shift with sticky when the larger exponent lies below emin, and the
     accumulator is pre-normalised so that magnitudes compare by (exponent, significand)),
     round to nearest even on the packed exponent|fraction, Inf/NaN/overflow select.
+
+    ``ftz``: the flush-to-zero, no-special-value adder (:mod:`fmtlab.hw.ftz`): an accumulator code
+    with exponent field 0 is a zero and every other code a normal number (E = all ones included),
+    xsig must be 0 when X is zero, xinf / xnan are ignored; the normalising shift is the
+    leading-zero count (no emin limit), a rounded result below the smallest normal becomes a
+    signed zero and one above the largest finite value saturates to it. The compare, swap,
+    alignment, add, leading-zero count, normalising shift and rounding are the same lines.
     """
+    if ftz and denorm:
+        raise AssertionError("an FTZ adder has no denormalise path")
     ec, mc = acc.exp_bits, acc.man_bits
     pc = mc + 1
     bias = acc.bias
@@ -160,7 +169,13 @@ def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -
     L = [f"module {name}(input xs, input signed [{we - 1}:0] xt, input [{npx - 1}:0] xsig,",
          f"    input xzero, input xinf, input xnan, input [{accb - 1}:0] acc_in, output [{accb - 1}:0] acc_out);",
          f"  wire cs = acc_in[{ec + mc}];",
-         f"  wire [{ec - 1}:0] ce = acc_in[{ec + mc - 1}:{mc}];",
+         f"  wire [{ec - 1}:0] ce = acc_in[{ec + mc - 1}:{mc}];"]
+    if ftz:
+        L += ["  wire czero = ~(|ce);",
+              f"  wire [{pc - 1}:0] csig = czero ? {pc}'d0 : {{1'b1, acc_in[{mc - 1}:0]}};",
+              f"  wire signed [{we - 1}:0] ct = $signed({extend('ce', ec, we, False)}) - {S(bias)};"]
+    else:
+        L += [
          f"  wire [{mc - 1}:0] cf = acc_in[{mc - 1}:0];",
          "  wire ch = |ce;",
          f"  wire [{pc - 1}:0] csig0 = {{ch, cf}};",
@@ -174,7 +189,7 @@ def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -
               f"  wire [{pc - 1}:0] csig;",
               f"  {name}_cnorm ucn(.x(csig0), .amt(ch ? {lzcw}'d0 : clz), .y(csig));",
               f"  wire signed [{we - 1}:0] ct = ct0 - (ch ? {S(0)} : $signed({extend('clz', lzcw, we, False)}));"]
-    else:
+    elif not ftz:
         L += [f"  wire [{pc - 1}:0] csig = csig0;", f"  wire signed [{we - 1}:0] ct = ct0;"]
     xpad = f"{{xsig, {wm - npx}'d0}}" if wm > npx else "xsig"
     cpad = f"{{csig, {wm - pc}'d0}}" if wm > pc else "csig"
@@ -197,7 +212,13 @@ def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -
           f"  wire [{wa + 1}:0] tsum = {{1'b0, bs, 3'd0, 1'b1}} + {{({{1'b0, sm}} ^ {{{wa + 1}{{sub}}}}), sub}};",
           f"  wire [{wa}:0] sum = tsum[{wa + 1}:1];",
           f"  wire [{lzw - 1}:0] lz; wire nz;",
-          f"  {name}_lzc ulz(.x(sum), .cnt(lz), .v(nz));",
+          f"  {name}_lzc ulz(.x(sum), .cnt(lz), .v(nz));"]
+    if ftz:
+        L += [f"  wire [{wa}:0] nl;",
+              f"  {name}_norm unl(.x(sum), .amt(lz), .y(nl));",
+              f"  wire signed [{we - 1}:0] eb = bt + {S(1 + bias)} - $signed({extend('lz', lzw, we, False)});"]
+    else:
+        L += [
           f"  wire signed [{we - 1}:0] tt = bt + {S(1)};",
           f"  wire signed [{we - 1}:0] room = tt - {S(emin)};",
           f"  wire signed [{we - 1}:0] lzs = $signed({extend('lz', lzw, we, False)});",
@@ -216,8 +237,18 @@ def fp_adder_module(name: str, npx: int, we: int, acc: FloatAcc, denorm: bool) -
         L += [f"  wire [{wa}:0] nrm = nl;", "  wire stk2 = 1'b0;"]
     L += [f"  wire [{pc - 1}:0] keep = nrm[{wa}:{wa - pc + 1}];",
           f"  wire rb = nrm[{wa - pc}];",
-          f"  wire sb = (|nrm[{wa - pc - 1}:0]) | stk2;",
-          f"  wire signed [{we - 1}:0] eb = tr + {S(bias)};",
+          f"  wire sb = (|nrm[{wa - pc - 1}:0]) | stk2;"]
+    if ftz:
+        L += ["  wire inc = rb & (keep[0] | sb);",
+              f"  wire [{ec + mc}:0] rnd = {{1'b0, eb[{ec - 1}:0], keep[{pc - 2}:0]}} + {{{ec + mc}'d0, inc}};",
+              f"  wire flush = eb[{we - 1}] | ~(|rnd[{ec + mc - 1}:{mc}]);",
+              f"  wire ovf = ~eb[{we - 1}] & ((eb > {S(allone)}) | rnd[{ec + mc}]);",
+              "  wire rs = nz ? bsg : (bsg & ssg);",
+              f"  assign acc_out = ~nz ? {{rs, {ec + mc}'d0}} : ovf ? {{rs, {ec}'d{allone}, {{{mc}{{1'b1}}}}}} :",
+              f"                   flush ? {{rs, {ec + mc}'d0}} : {{rs, rnd[{ec + mc - 1}:0]}};",
+              "endmodule", ""]
+        return "\n".join(subs + L)
+    L += [f"  wire signed [{we - 1}:0] eb = tr + {S(bias)};",
           f"  wire ovf = nrm[{wa}] & (eb >= {S(allone)});",
           f"  wire [{ec - 1}:0] ef = nrm[{wa}] ? eb[{ec - 1}:0] : {ec}'d0;",
           f"  wire [{ec + mc - 1}:0] packed = {{ef, keep[{pc - 2}:0]}};",

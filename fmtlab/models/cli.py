@@ -101,7 +101,7 @@ def cmd_record(args) -> int:
                     batch_size=args.batch_size, prefix=args.prefix, window_start=args.window_start,
                     layers=args.layers,
                     include_head=args.include_head, outputs=not args.no_outputs, weights=not args.no_weights,
-                    residual=not args.no_residual, attention=args.attention, kv=args.kv,
+                    residual=not args.no_residual, attention=args.attention, kv=args.kv, qkv=args.qkv,
                     memory_limit=memory_limit, max_bytes=max_bytes,
                     overwrite=args.overwrite, progress=not args.quiet, text_info=info)
         t_rec = time.perf_counter() - t1
@@ -180,6 +180,32 @@ def cmd_replay(args) -> int:
             print(f"\n[{kind}]")
             print(total.summary(kind))
     print(f"\nreplay: {len(total.rows)} rows in {dt:.1f} s -> " + ", ".join(files))
+    return 0
+
+
+def cmd_replay_attention(args) -> int:
+    # lazy: fmtlab.sim loads numba and scipy; `fmtlab --help` imports this module
+    from fmtlab.sim.attention_replay import (DEFAULT_ATTENTION_CONFIGS, parse_attention_config,
+                                             replay_attention, summary_table)
+    from fmtlab.sim.trace import open_trace  # lazy: as above
+
+    configs = args.config or list(DEFAULT_ATTENTION_CONFIGS)
+    for c in configs:  # resolved before any trace is opened
+        parse_attention_config(c)
+    _layers_regex(args)
+    if args.json and os.path.isdir(args.json):
+        raise FmtlabError(f"--json {args.json} is a directory; give a file name")
+    for p in [args.trace, *([args.calib] if args.calib else [])]:
+        if not os.path.isdir(p):
+            raise FmtlabError(f"no trace directory at {p}")
+    verify = not args.no_verify
+    t0 = time.perf_counter()
+    rows = replay_attention(open_trace(args.trace, verify=verify), configs, layers=args.layers,
+                            calib=open_trace(args.calib, verify=verify) if args.calib else None, seed=args.seed)
+    print(summary_table(rows))
+    print(f"\nreplay-attention: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        atomic_write_text(args.json, dumps_json({"rows": rows}))
     return 0
 
 
@@ -318,7 +344,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-weights", action="store_true", help="do not store weights (replay then skips layers)")
     p.add_argument("--no-residual", action="store_true", help="do not store the residual stream")
     p.add_argument("--attention", action="store_true", help="store attention probabilities")
-    p.add_argument("--kv", action="store_true", help="mark/store K and V projections")
+    p.add_argument("--kv", action="store_true", help="mark/store K and V projections (before RoPE: statistics)")
+    p.add_argument("--qkv", action="store_true",
+                   help="store what each attention layer reads: Q after RoPE and the cache's K, V after RoPE, per "
+                        "head (for `fmtlab replay-attention`; with --attention also P, heads x seq_len^2 x 4 bytes "
+                        "per sequence and layer)")
     p.add_argument("--memory-limit", default="256M", help="RAM buffered before a shard is written (default 256M)")
     p.add_argument("--max-bytes", help="refuse traces estimated larger than this (e.g. 4G)")
     p.add_argument("--overwrite", action="store_true",
@@ -349,6 +379,22 @@ def register(subparsers) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the trace shards")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_replay)
+
+    p = subparsers.add_parser("replay-attention", help="score KV-cache / attention specs on a trace recorded with --qkv",
+                              description="Quantize the recorded K, V (KV-cache spec) and Q, K, P, V (attention preset) "
+                              "as quantize_model does, recompute the attention output per head in float32 and report "
+                              "its SQNR per layer (seeded bootstrap over sequences) and the underflow / clipping of "
+                              "K, V and P.")
+    p.add_argument("trace", help="trace directory recorded with `fmtlab record --qkv`")
+    p.add_argument("--config", "-c", action="append",
+                   help="'kv=SPEC', 'attn=PRESET' or 'kv=SPEC;attn=PRESET'; repeatable (default: KV INT8 / INT4 "
+                        "per token, FP8 per tensor, NVFP4, fp8_fa3, sage_int8_fp8, mxfp8)")
+    p.add_argument("--calib", help="calibration trace (recorded with --qkv) for @static KV specs")
+    p.add_argument("--layers", help="regular expression selecting attention layers by name")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA-256 check of the trace shards")
+    p.set_defaults(func=cmd_replay_attention)
 
     p = subparsers.add_parser("outliers", help="list massive activations of a trace's residual stream")
     p.add_argument("trace")

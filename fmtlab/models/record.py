@@ -5,8 +5,18 @@ layer input X [tokens, in_features], the output Y [tokens, out_features] and, on
 nn.Linear layout [out_features, in_features] (Conv1D weights are transposed) and bias. Layers fed by
 the same tensor object in one forward pass (q/k/v, gate/up) share one stored input. Options add the
 residual stream after each block, the attention probabilities [sequences, heads, query, key] (the
-model is switched to eager attention while recording) and K/V (the key/value projection outputs,
-before rotary embedding). Token rows are ordered sequence-major: row = sequence * seq_len + position.
+model is switched to eager attention while recording), K/V (the key/value projection outputs,
+before rotary embedding: statistics of the projections) and, with ``qkv=True``, what the attention
+itself reads: per attention layer Q after RoPE [sequences, heads, tokens, head_dim] and the cache's
+K and V after RoPE (Gemma 3: Q and K also after their q-/k-norm) [sequences, kv_heads, tokens,
+head_dim], listed in the manifest's ``attention`` section with the layer's softmax scaling, logit
+softcap and sliding window (:mod:`fmtlab.sim.attention_replay` replays them). Token rows are
+ordered sequence-major: row = sequence * seq_len + position.
+
+Sizes per sequence and attention layer (float32): Q heads x seq_len x head_dim x 4 bytes (as a
+Linear input), K and V kv_heads x seq_len x head_dim x 4 each, P (``attention=True``) heads x
+seq_len^2 x 4: SmolLM2-135M at seq_len 256 is 9 x 65,536 x 4 = 2.4 MB per layer, 71 MB per
+sequence over its 30 layers (Q, K, V: 2.0 MB per sequence).
 
 Sequences are consecutive windows of exactly ``seq_len`` tokens cut from the texts (no padding),
 optionally each starting with a fixed ``prefix`` (counted in ``seq_len``), e.g. to study attention
@@ -153,6 +163,58 @@ def _set_eager(model) -> Callable[[], None]:
     return lambda: setattr(cfg, "_attn_implementation", old)
 
 
+def _attach_qkv_taps(model, blocks, block_names, state, put, attn_meta, with_probs: bool) -> Callable[[], None]:
+    """Run ``model``'s attention through ``fmtlab_quant`` (the eager computation; a spec already
+    attached stays, its taps see the float operands) with a tap per attention layer that stores
+    Q, K, V (after RoPE, float32) and fills ``attn_meta``; returns the undo."""
+    from fmtlab.pytorch.attention import TAP, _attention_modules, attach_attention  # lazy: torch
+
+    if not blocks:
+        raise FmtlabError("qkv=True but no repeated block list was found in the model")
+    mods = _attention_modules(model)
+    if not mods:
+        raise FmtlabError(f"qkv=True: {type(model).__name__} has no transformers attention layers "
+                          "(layer_idx, num_key_value_groups)")
+    names = {id(m): n for n, m in model.named_modules()}
+    own = "fmtlab_attention_prev" not in model.__dict__
+    if own:
+        attach_attention(model, "none")
+    state["qkv_modules"] = [names[id(m)] for m in mods]
+    state["qkv_done"] = set()
+
+    def make_tap(lname: str):
+        blk, _ = _block_of(lname, block_names)
+
+        def tap(module, query, key, value, probs, scaling=None, softcap=None, **kwargs):
+            if lname in state["qkv_done"]:
+                return
+            state["qkv_done"].add(lname)
+            arrs = {r: t.detach().float().cpu().clone().numpy() for r, t in (("q", query), ("k", key), ("v", value))}
+            for r, a in arrs.items():
+                put(f"{lname}:attn_{r}", a, kind=f"attn_{r}", layer=lname)
+            if state["first"]:
+                sw = kwargs.get("sliding_window", getattr(module, "sliding_window", None))  # < 4.53: the attribute
+                attn_meta[lname] = {
+                    "block": blk, "q": f"{lname}:attn_q", "k": f"{lname}:attn_k", "v": f"{lname}:attn_v",
+                    "probs": f"{lname}:attn_probs" if with_probs else None,  # the name record's P hook uses
+                    "heads": int(arrs["q"].shape[1]), "kv_heads": int(arrs["k"].shape[1]),
+                    "head_dim": int(arrs["q"].shape[3]), "scaling": float(scaling),
+                    "softcap": None if softcap is None else float(softcap),
+                    "sliding_window": int(sw) if isinstance(sw, int) and not isinstance(sw, bool) else None,
+                    "layout": "sequences x heads x tokens x head_dim (q after RoPE; k, v: the cache's, kv heads)"}
+        return tap
+
+    for m in mods:
+        m.__dict__[TAP] = make_tap(names[id(m)])
+
+    def undo() -> None:
+        for m in mods:
+            m.__dict__.pop(TAP, None)
+        if own:
+            attach_attention(model, None)
+    return undo
+
+
 def _model_summary(model, tokenizer) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -166,7 +228,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
            seq_len: int = 128, n_sequences: int = 8, batch_size: int = 1, prefix: str | None = None,
            layers: Any = None, include_head: bool = False, inputs: bool = True, outputs: bool = True,
            weights: bool = True, residual: bool = False, attention: bool = False, kv: bool = False,
-           memory_limit: int = 256 << 20, max_bytes: int | None = None, overwrite: bool = False,
+           qkv: bool = False, memory_limit: int = 256 << 20, max_bytes: int | None = None, overwrite: bool = False,
            progress: bool = True, text_info: dict[str, Any] | None = None, kv_prefix: Any = None,
            window_start: str = "request") -> Trace:
     """Run ``model`` on ``n_sequences`` windows of ``seq_len`` tokens from ``texts``; write a trace at ``out``.
@@ -193,6 +255,8 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     check_seq_len(model, seq_len + (kv_prefix.length if kv_prefix is not None else 0))
     if kv_prefix is not None and attention:
         raise FmtlabError("attention=True does not combine with kv_prefix (the probabilities would not be square)")
+    if kv_prefix is not None and qkv:
+        raise FmtlabError("qkv=True does not combine with kv_prefix (the recorded keys would include the prefix)")
     if texts is None:
         texts = default_texts("calib")
         text_info = text_info or {"source": "wiki", "split": "calib"}
@@ -204,7 +268,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
     blocks = find_blocks(model)
     block_names = [b for b, _ in blocks]
     lin = find_linear_layers(model, layers, include_head)
-    if not lin and not residual and not attention:
+    if not lin and not residual and not attention and not qkv:
         raise FmtlabError("no Linear-like layer selected and no residual/attention recording asked for")
 
     writer = TraceWriter(os.fspath(out), memory_limit=memory_limit, overwrite=overwrite)
@@ -327,6 +391,11 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
                                 return
                     handles.append(sub.register_forward_hook(ahook))
 
+        # ---- Q, K, V as the attention reads them (after RoPE)
+        attn_meta: dict[str, dict[str, Any]] = {}
+        restore_qkv = _attach_qkv_taps(model, blocks, block_names, state, put, attn_meta, attention) if qkv \
+            else (lambda: None)
+
         fwd_kwargs: dict[str, Any] = {}
         if hasattr(getattr(model, "config", None), "use_cache"):
             fwd_kwargs["use_cache"] = False
@@ -343,6 +412,11 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
                     state["batch_bytes"] = 0
                     state["n_tok"] = ids.numel()
                     model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd_kwargs)
+                    if qkv and len(state["qkv_done"]) < len(state["qkv_modules"]):
+                        raise FmtlabError("qkv=True but the attention of "
+                                          f"{len(state['qkv_modules']) - len(state['qkv_done'])} layer(s) did not run "
+                                          "through the recording attention function")
+                    state["qkv_done"] = set()
                     if attention and len(state["probs_done"]) < len(blocks):
                         raise FmtlabError("attention=True but the model returned no attention probabilities "
                                           f"for {len(blocks) - len(state['probs_done'])} block(s)")
@@ -367,6 +441,7 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             bar.close()
             for h in handles:
                 h.remove()
+            restore_qkv()
             restore_attn()
 
         vocab = {}
@@ -385,10 +460,12 @@ def record(model, tokenizer=None, texts: Sequence[str] | None = None, out: str |
             "kv_prefix": None if kv_prefix is None else {"tokens": list(kv_prefix.tokens), "tuned": kv_prefix.tuned},
             "blocks": block_names,
             "options": {"inputs": inputs, "outputs": outputs, "weights": weights, "residual": residual,
-                        "attention": attention, "kv": kv, "include_head": include_head},
+                        "attention": attention, "kv": kv, "qkv": qkv, "include_head": include_head},
             "row_order": "row = sequence * seq_len + position",
             "layers": layer_meta, "activations": act_meta, "vocab": vocab,
         }
+        if qkv:
+            manifest["attention"] = attn_meta
         return writer.close(manifest)
     except BaseException:
         writer.abort()

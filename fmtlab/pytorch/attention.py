@@ -33,7 +33,8 @@ tokens (softmax is invariant to it: each query's scores shift by one constant) a
 runs P·V in FP8 with V per channel. The static P scale 1/448 (P <= 1 maps onto E4M3's range) is
 this module's choice. A custom spec is an :class:`AttentionSpec` of four quantizer specs and the
 granularity of each ("head", "token", "channel", or "block" for a block format's own layout).
-Needs transformers with ``AttentionInterface`` (>= 4.48).
+Needs transformers with ``AttentionInterface`` (>= 4.51: 4.48 - 4.50 have none). Tested (tiny random
+models): Llama and Qwen2 with 4.51.3, 4.53.0 and 5.24.0; Gemma 3 with 4.53.0 and 5.24.0.
 """
 
 from __future__ import annotations
@@ -45,17 +46,21 @@ import torch
 from torch import nn
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import PerTensor, Quantizer, Static
-from fmtlab.pytorch.quantizers import TorchQuantizer
 from fmtlab.formats.quantspec import IDENTITY_NAMES
-from fmtlab.pytorch.specs import resolve
+from fmtlab.pytorch.quantizers import TorchQuantizer
+from fmtlab.sim.attention_specs import ATTENTION_GRANS as _GRANS
+from fmtlab.sim.attention_specs import ATTENTION_PRESETS as _PRESET_NAMES
+from fmtlab.sim.attention_specs import attention_preset
 
 __all__ = ["AttentionSpec", "ATTENTION_PRESETS", "parse_attention_spec", "attach_attention",
-           "quantized_attention", "IMPLEMENTATION"]
+           "quantized_attention", "quantize_qk", "quantize_pv", "smooth_keys", "IMPLEMENTATION", "TAP"]
 
 IMPLEMENTATION = "fmtlab_quant"
 _ATTR = "fmtlab_attention"
-_GRANS = ("head", "token", "channel", "block", "static")
+#: module attribute: a callable ``tap(module, query, key, value, probs)`` that sees every
+#: attention call's Q (after RoPE), K and V (after RoPE, before repeat_kv) and P (float), e.g.
+#: :func:`fmtlab.models.record.record` with ``qkv=True``
+TAP = "fmtlab_attention_tap"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,29 +87,19 @@ class AttentionSpec:
         return all(x is None for x in (self.q, self.k, self.p, self.v))
 
 
-def _rows(name: str) -> TorchQuantizer:
-    """A per-row quantizer of a format (rows chosen by the caller's reshape)."""
-    return TorchQuantizer(resolve(f"{name}_per_token", "activations").quantizer)
-
-
-def _p_static(fmt: str = "fp8_e4m3") -> TorchQuantizer:
-    return TorchQuantizer(Quantizer(fmt, PerTensor(), scale_rule=Static(1.0 / 448.0), name=f"{fmt}_static_1/448"))
-
-
 def _presets() -> dict[str, AttentionSpec]:
-    e4m3 = _rows("fp8_e4m3")
-    mx = TorchQuantizer("mxfp8_e4m3")
-    return {
-        "fp8_fa3": AttentionSpec(e4m3, e4m3, _p_static(), e4m3, ("head", "head", "static", "head"), False, "fp8_fa3"),
-        "sage_int8_fp8": AttentionSpec(_rows("int8"), _rows("int8"), _p_static(), e4m3,
-                                       ("token", "token", "static", "channel"), True, "sage_int8_fp8"),
-        "mxfp8": AttentionSpec(mx, mx, mx, mx, ("block",) * 4, False, "mxfp8"),
-        "none": AttentionSpec(name="none"),
-    }
+    """The presets, built from the numpy quantizers of :func:`fmtlab.sim.attention_specs.attention_preset`
+    (one definition for this plug-in and the torch-free replay of recorded attention)."""
+    out = {}
+    for name in _PRESET_NAMES:
+        a = attention_preset(name)
+        t = [None if x is None else TorchQuantizer(x) for x in (a.q, a.k, a.p, a.v)]
+        out[name] = AttentionSpec(*t, a.grans, a.smooth_k, a.name)
+    return out
 
 
 #: preset names (see the module docstring's table)
-ATTENTION_PRESETS = ("fp8_fa3", "sage_int8_fp8", "mxfp8", "none")
+ATTENTION_PRESETS = _PRESET_NAMES
 
 
 def parse_attention_spec(spec: Any) -> AttentionSpec | None:
@@ -153,6 +148,39 @@ def _repeat_kv(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n, t, d).reshape(b, h * n, t, d)
 
 
+def smooth_keys(k: torch.Tensor) -> torch.Tensor:
+    """SageAttention's smoothing: K minus its per-head mean over tokens (axis 2), the mean summed
+    in float64 and rounded to K's dtype (so the numpy replay, which does the same, agrees bit for bit
+    except where the two float64 sums round to different neighbours)."""
+    return k - k.to(torch.float64).mean(dim=2, keepdim=True).to(k.dtype)
+
+
+def quantize_qk(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operands of Q·Kᵀ as ``spec`` quantizes them (q [B, H, T, D]; k after repeat_kv)."""
+    if spec.smooth_k:
+        k = smooth_keys(k)
+    return _quant(spec.q, q, spec.grans[0]), _quant(spec.k, k, spec.grans[1])
+
+
+def quantize_pv(spec: AttentionSpec, p: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operands of P·V as ``spec`` quantizes them (p [B, H, T, S]; v after repeat_kv)."""
+    if spec.p is not None:
+        if spec.grans[2] == "block":  # blocks along the keys: P's reduction axis in P·V
+            size = spec.p.granularity.size
+            pp, n = _pad_last(p.reshape(-1, p.shape[-1]), size)
+            p = spec.p(pp)[:, :n].reshape(p.shape)
+        else:
+            p = _quant(spec.p, p, spec.grans[2])
+    if spec.v is not None:
+        if spec.grans[3] == "block":  # blocks along the keys: V's reduction axis in P·V
+            vt = v.transpose(2, 3)
+            vt = _quant(spec.v, vt.contiguous(), "block")
+            v = vt.transpose(2, 3)
+        else:
+            v = _quant(spec.v, v, spec.grans[3])
+    return p, v
+
+
 def quantized_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                         softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,35 +192,23 @@ def quantized_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     k = _repeat_kv(key, groups)
     v = _repeat_kv(value, groups)
     q = query
-    if spec is not None and not spec.identity:
-        if spec.smooth_k:
-            k = k - k.mean(dim=2, keepdim=True)
-        q = _quant(spec.q, q, spec.grans[0])
-        k = _quant(spec.k, k, spec.grans[1])
+    quant = spec is not None and not spec.identity
+    if quant:
+        q, k = quantize_qk(spec, q, k)
     w = torch.matmul(q, k.transpose(2, 3)) * scaling
     if softcap is not None:
         w = w / softcap
         w = torch.tanh(w)
         w = w * softcap
-    if attention_mask is not None:
-        w = w + attention_mask
+    if attention_mask is not None:  # transformers < 4.53 may pass a mask wider than the keys
+        w = w + attention_mask[:, :, :, : k.shape[-2]]
     p = nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
     p = nn.functional.dropout(p, p=dropout, training=module.training)
-    if spec is not None and not spec.identity:
-        if spec.p is not None:
-            if spec.grans[2] == "block":  # blocks along the keys: P's reduction axis in P·V
-                size = spec.p.granularity.size
-                pp, n = _pad_last(p.reshape(-1, p.shape[-1]), size)
-                p = spec.p(pp)[:, :n].reshape(p.shape)
-            else:
-                p = _quant(spec.p, p, spec.grans[2])
-        if spec.v is not None:
-            if spec.grans[3] == "block":  # blocks along the keys: V's reduction axis in P·V
-                vt = v.transpose(2, 3)
-                vt = _quant(spec.v, vt.contiguous(), "block")
-                v = vt.transpose(2, 3)
-            else:
-                v = _quant(spec.v, v, spec.grans[3])
+    tap = module.__dict__.get(TAP)
+    if tap is not None:
+        tap(module, query, key, value, p, scaling=scaling, softcap=softcap, **kwargs)
+    if quant:
+        p, v = quantize_pv(spec, p, v)
     out = torch.matmul(p, v)
     return out.transpose(1, 2).contiguous(), p
 
@@ -200,10 +216,14 @@ def quantized_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
 def _register() -> None:
     try:
         from transformers import AttentionInterface  # lazy: transformers is optional for fmtlab.pytorch
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
     except ImportError as exc:
-        raise FmtlabError("attention= needs transformers >= 4.48 (AttentionInterface)") from exc
+        raise FmtlabError("attention= needs transformers >= 4.51 (AttentionInterface)") from exc
     AttentionInterface.register(IMPLEMENTATION, quantized_attention)
+    try:  # transformers >= 4.53 builds masks per implementation; older ones give any non-SDPA /
+        # flash / flex implementation the eager 4-D float mask
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    except ImportError:
+        return
     ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, eager_mask)
 
 

@@ -12,6 +12,7 @@ Stochastic rounding draws one value per element of the working layout (axis move
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -20,7 +21,8 @@ from fmtlab.errors import FmtlabError, FormatError
 from fmtlab.formats import NanInput, Quantizer, Rounding, get_format
 from fmtlab.formats.blockfmt import ScaleFormat, SharedExpRule
 from fmtlab.formats.four_over_six import E4M3_MAX_FOUR_OVER_SIX
-from fmtlab.formats.scaling import FourOverSix
+from fmtlab.formats.mixfp4 import ALT_ELEMENT, E1M2_FLAG
+from fmtlab.formats.scaling import FourOverSix, MixFP4
 from fmtlab.formats.mx import block_elem, fp8_block_elem
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.elements import ElementOps
@@ -79,6 +81,10 @@ def mx_exponents(amax: torch.Tensor, q: Quantizer) -> torch.Tensor:
         e = _floor_log2_bits(rb) - be.emax
     elif rule is SharedExpRule.NEURON:
         e = _floor_log2_bits(bits) - be.emax + 1
+    elif rule is SharedExpRule.MIDMAX:  # mx.py: one up where A / 2**floor(log2 A) > 1 + max / 2**(emax+1)
+        fl = _floor_log2_bits(torch.where(bits == 0, 1, bits))
+        sig = amax.to(torch.float64) * torch.exp2(-fl.to(torch.float64))
+        e = fl - be.emax + (sig > 1.0 + float(be.elem_max) * 2.0 ** -(be.emax + 1)).to(torch.int64)
     elif rule is SharedExpRule.RCEIL:
         d = amax / torch.tensor(float(be.elem_max), dtype=torch.float32)
         db = d.view(torch.int32).to(torch.int64)
@@ -155,6 +161,33 @@ def _four_over_six_scales(q: Quantizer, ops: ElementOps, w: torch.Tensor, r, ama
     return codes, scales, cands[0][2]
 
 
+def _mixfp4(q: Quantizer, ops: ElementOps, w: torch.Tensor, r, amax, bad, want_codes: bool):
+    """MixFP4 (fmtlab.formats.mixfp4): per block the E2M1 or the E1M2 candidate, whichever gives
+    the lower block error (ties E2M1); E1M2 blocks get bit 7 of their scale code set.
+    Returns (out, codes or None, in-range mask, scale codes, scales, tensor scale)."""
+    alt_q = dataclasses.replace(q, format=ALT_ELEMENT, scale_rule=None, name=None)
+    alt_ops = ElementOps(alt_q)
+    alt_max = float(fp8_block_elem(alt_q.format).elem_max)
+    cands = [(ops, _fp8_scales(amax, bad, q)), (alt_ops, _fp8_scales(amax, bad, q, alt_max))]
+    res = []
+    wz = torch.where(bad[:, None], torch.zeros_like(w), w)
+    for o, (c8, S, ts) in cands:
+        s = torch.where(bad, torch.ones_like(S), S)
+        y = wz / s[:, None].to(w.dtype)
+        out = o.scaled_values(y, s[:, None], None, r, "raise")
+        codes = o.codes(y, q.rounding, draws=r, nan="raise") if want_codes else None
+        res.append((y, out, codes, _block_error(out, wz, q.scale_rule.metric)))
+    pick = torch.isfinite(cands[1][1][1]) & (res[1][3] < res[0][3])
+    rows = pick[:, None]
+    out = torch.where(rows, res[1][1], res[0][1])
+    codes = torch.where(rows, res[1][2], res[0][2]) if want_codes else None
+    mask = torch.where(rows, alt_ops.in_range(res[1][0]), ops.in_range(res[0][0]))
+    scale_codes = torch.where(pick, cands[1][1][0].to(torch.int64) | E1M2_FLAG,
+                              cands[0][1][0].to(torch.int64)).to(torch.uint8)
+    scales = torch.where(pick, cands[1][1][1], cands[0][1][1])
+    return out, codes, mask, scale_codes, scales, cands[0][1][2]
+
+
 def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, seed, draws,
                want_codes: bool, need_mask: bool) -> BlockOut:
     """Block quantization of the working data ``w`` (x arranged by ``tl``)."""
@@ -184,6 +217,15 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
         scales = torch.where(bad, float("nan"), torch.pow(2.0, ee)).to(torch.float32)
     elif isinstance(q.scale_rule, FourOverSix):
         scale_codes, scales, ts = _four_over_six_scales(q, ops, w, r, amax, bad)
+    elif isinstance(q.scale_rule, MixFP4):
+        out, codes, mask, scale_codes, scales, ts = _mixfp4(q, ops, w, r, amax, bad, want_codes)
+        out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+        if want_codes:
+            codes = tl.from_work(torch.where(bad[:, None], torch.zeros_like(codes), codes))
+        mask = tl.from_work(mask & ~bad[:, None]) if need_mask else None
+        shape = tl.scale_shape
+        return BlockOut(tl.from_work(out), codes, scales.reshape(shape), scale_codes.reshape(shape),
+                        ts, mask)
     else:
         scale_codes, scales, ts = _fp8_scales(amax, bad, q)
     s = torch.where(bad, torch.ones_like(scales), scales)

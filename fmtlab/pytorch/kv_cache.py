@@ -8,7 +8,10 @@ they are stored and returned to the attention. A forward without a cache gets a 
 ``DynamicCache`` (``use_cache=True``), so a plain prefill (perplexity) goes through the same path.
 Keys arrive after RoPE (the model applies the rotary embedding before ``cache.update``; Gemma 3
 also after its k-norm). Works for Llama, Qwen2, Gemma 3 (sliding-window layers included) and any
-model that writes its cache through ``Cache.update``.
+model that writes its cache through ``Cache.update``. Tested (tiny random models, the KV-cache
+tests): Llama and Qwen2 with transformers 4.45.0, 4.48.0, 4.51.3, 4.53.0 and 5.24.0; Gemma 3 (added
+in 4.50) with 4.53.0 and 5.24.0: with 4.51.3 its token-by-token decoding does not reproduce the
+prefill (sliding-window layers in a ``DynamicCache``), so Gemma 3 needs transformers >= 4.53.
 
 Tensors are [batch, kv_heads, tokens, head_dim]; every batch index is one sequence (request).
 Granularity comes from the quantizer (:class:`KVCacheSpec`):
@@ -59,17 +62,13 @@ from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.quantizers import TorchQuantizer
 from fmtlab.formats.quantspec import IDENTITY_NAMES
 from fmtlab.pytorch.specs import resolve, spec_name
+from fmtlab.sim.attention_specs import KV_PRESETS  # the KIVI pairs (shared with the numpy replay)
 
 __all__ = ["KVCacheSpec", "KVGranularity", "KVCacheQuantizer", "KV_PRESETS", "parse_kv_spec",
            "attach_kv_cache", "kv_cache_of", "install_on_cache"]
 
 _ATTR = "fmtlab_kv_cache"
 
-#: named K/V pairs: KIVI (Liu et al. 2024): keys per channel, values per token, asymmetric min/max
-KV_PRESETS: dict[str, tuple[str, str]] = {
-    "kivi4": ("int4_per_channel_asym", "int4_per_token_asym"),
-    "kivi2": ("int2_per_channel_asym", "int2_per_token_asym"),
-}
 
 
 class KVGranularity(enum.Enum):

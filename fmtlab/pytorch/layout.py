@@ -45,12 +45,22 @@ class TorchLayout:
 
     def to_work(self, x: torch.Tensor) -> torch.Tensor:
         """x arranged as the working array (C-contiguous), as ``scaling.to_work``."""
+        if self.lay.tile is not None:
+            r, c = self.lay.tile
+            M, N = self.lay.shape[-2:]
+            t = x.reshape(tuple(self.lay.shape[:-2]) + (M // r, r, N // c, c))
+            return t.transpose(-3, -2).contiguous().reshape(self.lay.work_shape)
         if self.lay.moved is not None:
             x = x.movedim(self.lay.moved, -1)
         return x.contiguous()
 
     def from_work(self, w: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_work` (any view of the working data, e.g. :meth:`rows`)."""
+        if self.lay.tile is not None:
+            r, c = self.lay.tile
+            M, N = self.lay.shape[-2:]
+            t = w.reshape(tuple(self.lay.shape[:-2]) + (M // r, N // c, r, c))
+            return t.transpose(-3, -2).reshape(self.lay.shape)
         w = w.reshape(self.lay.work_shape)
         if self.lay.moved is not None:
             w = w.movedim(-1, self.lay.moved)

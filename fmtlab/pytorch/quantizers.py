@@ -28,6 +28,8 @@ from fmtlab.formats import MSE, AbsMax, Format, Percentile, PerBlock, Quantizer,
 from fmtlab.pytorch._ops import quantizer_op
 from fmtlab.pytorch._tables import torch_grid
 from fmtlab.pytorch.autograd import apply_fake_quant
+from fmtlab.formats.mixfp4 import ALT_ELEMENT, E1M2_FLAG
+from fmtlab.formats.scaling import MixFP4
 from fmtlab.pytorch.blocks import run_blocks
 from fmtlab.pytorch.elements import ElementOps, is_pow2
 from fmtlab.pytorch.encoding import stochastic_draws, warm
@@ -267,6 +269,11 @@ class TorchQuantizer:
         tl = self.layout(q.codes.shape)
         rows = tl.rows(tl.to_work(q.codes))
         v = torch_grid(self.format, q.codes.device).values[rows.long()]
+        if isinstance(self.quantizer.scale_rule, MixFP4):  # E1M2 blocks: scale-code bit 7
+            sc = q.scale_codes.to(torch.int64)
+            alt = tl.per_slot(((sc & E1M2_FLAG) != 0) & ((sc & 0x7F) != 0x7F))
+            va = torch_grid(get_format(ALT_ELEMENT), q.codes.device).values[rows.long()]
+            v = torch.where(alt, va, v)
         if q.zero_points is not None:
             v = v - tl.per_slot(q.zero_points).to(torch.float64)
         out = (v * tl.per_slot(q.scales).to(torch.float64)).to(dtype)

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from fmtlab.errors import FmtlabError, TraceError, compile_pattern
-from fmtlab.sim.replay_engine import Engine, Task, resolve_config
+from fmtlab.sim.replay_engine import Engine, LayerCache, Task, resolve_config
 from fmtlab.sim.trace import open_trace
 
 __all__ = ["Unit", "run_unit", "SerialExecutor", "DaskExecutor", "make_executor", "run_units",
@@ -98,10 +98,15 @@ def _engine(trace: str, calib: str | None, configs: tuple, max_tokens: int | Non
                           _stamp(trace), _stamp(calib) if calib else ())
 
 
+#: this process's last replay task inputs, shared by the engines of all config batches: the units
+#: of one layer (one per config in the explore search) read X and W and compute X W^T once
+_LAYER_CACHE = LayerCache()
+
+
 @functools.lru_cache(maxsize=16)
 def _engine_cached(trace, calib, configs, max_tokens, top_k, label, digests, stamp, cstamp):
     return Engine(_open(trace, digests[0]), [resolve_config(c) for c in configs],
-                  _open(calib, digests[1]) if calib else None, max_tokens, top_k, label)
+                  _open(calib, digests[1]) if calib else None, max_tokens, top_k, label, cache=_LAYER_CACHE)
 
 
 def run_unit(unit: Unit) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:

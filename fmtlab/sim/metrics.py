@@ -113,6 +113,48 @@ def _error_pass_thresholds(x, q, t_lo, t_hi, Q, C, cols):  # pragma: no cover - 
     return signal, noise, n_nz, n_under, under_e, n_clip, clip_e, clip_n, max_err
 
 
+@numba.njit(cache=True, nogil=True)
+def _error_pass_segments(x, q, ends):  # pragma: no cover - compiled
+    """``_error_pass`` without a mask over flat float32 x, q, plus the signal and noise sums of
+    each segment [ends[k-1], ends[k]) (ends[-1] == x.size), each summed from 0 in element order:
+    the whole-array sums equal ``_error_pass``'s and each segment's equal ``_error_pass`` of that
+    segment alone (same operations in the same order)."""
+    signal = 0.0
+    noise = 0.0
+    under_e = 0.0
+    max_err = 0.0
+    n_nz = 0
+    n_under = 0
+    seg_s = np.zeros(ends.size)
+    seg_n = np.zeros(ends.size)
+    i = 0
+    for k in range(ends.size):
+        ss = 0.0
+        sn = 0.0
+        while i < ends[k]:
+            xv = np.float64(x[i])
+            qv = np.float64(q[i])
+            e = qv - xv
+            xx = xv * xv
+            ee = e * e
+            signal += xx
+            noise += ee
+            ss += xx
+            sn += ee
+            ae = abs(e)
+            if ae > max_err or ae != ae:
+                max_err = ae
+            if xv != 0.0:
+                n_nz += 1
+                if qv == 0.0:
+                    n_under += 1
+                    under_e += xx
+            i += 1
+        seg_s[k] = ss
+        seg_n[k] = sn
+    return signal, noise, n_nz, n_under, under_e, max_err, seg_s, seg_n
+
+
 def _div32(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         return (x / s).astype(np.float64)
@@ -320,7 +362,34 @@ def output_error_stats(y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
     """
     if y_ref.shape != y_q.shape:
         raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
-    s = error_stats(y_ref, y_q)
+    return _output_stats(error_stats(y_ref, y_q), y_ref, y_q)
+
+
+def output_error_stats_by_rows(y_ref: np.ndarray, y_q: np.ndarray, bounds: "list[tuple[int, int]]"
+                               ) -> tuple[dict[str, float], list[float], list[float]]:
+    """(:func:`output_error_stats`, per-part signal sums, per-part noise sums) of 2-D outputs whose
+    rows split into the consecutive ranges ``bounds`` [(start, stop)] covering all rows: one pass
+    for the float32 case, every number identical to ``output_error_stats`` and
+    ``error_sums(y_ref[a:b], y_q[a:b])`` computed separately."""
+    if y_ref.shape != y_q.shape:
+        raise ValueError(f"output shapes differ: {y_q.shape} vs reference {y_ref.shape}")
+    ok = (y_ref.ndim == 2 and y_ref.dtype == np.float32 and y_q.dtype == np.float32 and bounds
+          and bounds[0][0] == 0 and bounds[-1][1] == y_ref.shape[0]
+          and all(b0 == a1 for (_, b0), (a1, _) in zip(bounds, bounds[1:])))
+    if not ok:
+        parts = [error_sums(y_ref[a:b], y_q[a:b]) for a, b in bounds]
+        return (output_error_stats(y_ref, y_q), [p["signal"] for p in parts], [p["noise"] for p in parts])
+    r = np.ascontiguousarray(y_ref)
+    q = np.ascontiguousarray(y_q)
+    ends = np.array([b * r.shape[1] for _, b in bounds], dtype=np.int64)
+    sig, noi, n_nz, n_under, under_e, max_err, seg_s, seg_n = _error_pass_segments(
+        r.reshape(-1), q.reshape(-1), ends)
+    sums = dict(zip(_SUM_KEYS, (float(r.size), float(sig), float(noi), float(n_nz), float(n_under),
+                                float(under_e), 0.0, 0.0, 0.0, float(max_err), 0.0)))
+    return _output_stats(stats_from_sums(sums), r, q), [float(v) for v in seg_s], [float(v) for v in seg_n]
+
+
+def _output_stats(s: dict[str, float], y_ref: np.ndarray, y_q: np.ndarray) -> dict[str, float]:
     signal, noise = s["signal"], s["noise"]
     r32 = y_ref.reshape(-1, y_ref.shape[-1]) if y_ref.ndim else y_ref.reshape(1, 1)
     q32 = np.asarray(y_q).reshape(r32.shape)

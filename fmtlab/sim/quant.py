@@ -82,7 +82,7 @@ class QuantFn:
             q, s, z = obj.fake_quantize_scaled(x)
             q = q.astype(np.float32, copy=False)
             lay = obj.layout(x.shape)
-            if lay.moved is not None:
+            if lay.moved is not None or lay.tile is not None:
                 return q, _mask_from_scales(obj, x, s, z)
             kl = lay.kl
             cols = isinstance(kl, Cols)

@@ -17,6 +17,7 @@ bootstrap over sequences (:mod:`fmtlab.sim.stats`).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -126,15 +127,40 @@ def in_stats(x: np.ndarray, positions: np.ndarray | None, top_k: int) -> dict[st
     return d
 
 
-def _seq_entry(cfg: str, tensor: str, kind: str, a_sums: list[dict], ref=None, y=None, bounds=None) -> dict:
+def _seq_entry(cfg: str, tensor: str, kind: str, a_sums: list[dict],
+               out: tuple[list[float], list[float]] | None = None) -> dict:
+    """Per-sequence sums of one (tensor, config); ``out``: the output's per-sequence (signal, noise)."""
     e = {"config": cfg, "tensor": tensor, "kind": kind,
          "a_nonzero": [s["n_nonzero"] for s in a_sums], "a_under": [s["n_under"] for s in a_sums],
          "a_signal": [s["signal"] for s in a_sums], "a_noise": [s["noise"] for s in a_sums]}
-    if ref is not None:
-        o = [M.error_sums(ref[a:b], y[a:b]) for a, b in bounds]
-        e["out_signal"] = [s["signal"] for s in o]
-        e["out_noise"] = [s["noise"] for s in o]
+    if out is not None:
+        e["out_signal"], e["out_noise"] = list(out[0]), list(out[1])
     return e
+
+
+class LayerCache:
+    """The inputs one replay task reads and derives before any config runs: the recorded input,
+    its outlier statistics, the weights and the float32 reference outputs X W^T (and the
+    calibration input). An executor that runs a layer's configs as separate units (the explore
+    search: one config per unit) computes them once per layer instead of once per unit.
+
+    Holds the most recent task only (dropped before the next one is read, so peak memory does not
+    grow); thread-safe. Entries are keyed by trace path and manifest digest, task and row limit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: Any = None
+        self._val: dict[str, Any] | None = None
+
+    def get(self, key: Any, make) -> dict[str, Any]:
+        with self._lock:
+            if self._key == key and self._val is not None:
+                return self._val
+            self._key, self._val = None, None
+        val = make()
+        with self._lock:
+            self._key, self._val = key, val
+        return val
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
@@ -157,7 +183,8 @@ class Engine:
     """Runs replay tasks; ``run`` returns (rows, per-sequence entries) of one task."""
 
     def __init__(self, trace: Trace, configs: list[Resolved], calib: Trace | None, max_tokens: int | None,
-                 top_k: int, trace_label: str):
+                 top_k: int, trace_label: str, cache: LayerCache | None = None):
+        self.cache = cache
         self.trace = trace
         self.configs = configs
         self.calib = calib
@@ -180,9 +207,9 @@ class Engine:
         return n if self.max_tokens is None else min(n, self.max_tokens)
 
     def _x(self, name: str, trace: Trace | None = None) -> np.ndarray:
-        a = (trace or self.trace).tensor(name)
-        a = a[: self._rows(a.shape[0])]
-        return _writable(a)
+        a = (trace or self.trace).tensor(name, writable=True)
+        n = self._rows(a.shape[0])
+        return _writable(a if n == a.shape[0] else a[:n].copy())
 
     def _calib_x(self, name: str) -> np.ndarray | None:
         if self.calib is None:
@@ -200,23 +227,40 @@ class Engine:
     def run(self, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         return self.run_linear(task) if task.kind == "linear" else self.run_activation(task)
 
-    def run_linear(self, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _task_inputs(self, task: Task, make) -> dict[str, Any]:
+        if self.cache is None:
+            return make()
+        key = (self.trace.path, self.trace.digest, task.kind, tuple(task.names), task.tensor, self.max_tokens,
+               self.top_k)
+        return self.cache.get(key, make)
+
+    def _linear_inputs(self, task: Task) -> dict[str, Any]:
         layers = self.trace.layers
         x = self._x(task.tensor)
         per_token = layers[task.names[0]].get("per_token", True)
         positions = self.positions if per_token and self.positions is not None \
             and len(self.positions) == x.shape[0] else None
-        bounds = sequence_bounds(x.shape[0], self.seq_len if per_token else None)
-        instats = in_stats(x, positions, self.top_k)
-        xcal = self._calib_x(layers[task.names[0]]["input"]) if any(needs_calibration(c) for c in self.configs) \
-            else None
+        weights = {n: _writable(self.trace.tensor(layers[n]["weight"], writable=True)) for n in task.names}
+        return {"x": x, "positions": positions,
+                "bounds": sequence_bounds(x.shape[0], self.seq_len if per_token else None),
+                "instats": in_stats(x, positions, self.top_k), "weights": weights,
+                "refs": {n: x @ weights[n].T for n in task.names}}
+
+    def run_linear(self, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        layers = self.trace.layers
+        inp = self._task_inputs(task, lambda: self._linear_inputs(task))
+        x, positions, bounds, instats = inp["x"], inp["positions"], inp["bounds"], inp["instats"]
+        weights, refs = inp["weights"], inp["refs"]
+        if any(needs_calibration(c) for c in self.configs):
+            if "xcal" not in inp:
+                inp["xcal"] = self._calib_x(layers[task.names[0]]["input"])
+            xcal = inp["xcal"]
+        else:
+            xcal = None
         cpos = self.cal_positions if xcal is not None and self.cal_positions is not None \
             and len(self.cal_positions) == xcal.shape[0] else None
         rows: list[dict[str, Any]] = []
         seqs: list[dict[str, Any]] = []
-        weights = {n: _writable(self.trace.tensor(layers[n]["weight"]))
-                   for n in task.names}
-        refs = {n: x @ weights[n].T for n in task.names}
         for cfg in self.configs:
             shared_x: dict[str, Any] | None = None
             wqf = None if cfg.wq.identity else cfg.wq
@@ -245,7 +289,7 @@ class Engine:
                     y = d.output(xq=xq, wq=wq, hp_dtype=cfg.hp_dtype)
                     if getattr(cfg.cfg, "accumulator", None) is not None:
                         y, note = self._accumulated(cfg, aq, x, w, bounds)
-                o = M.output_error_stats(refs[n], y)
+                o, out_signal, out_noise = M.output_error_stats_by_rows(refs[n], y, bounds)
                 row = self._base(cfg, n, "linear", meta["type"], meta["block"], meta["op"], x.shape)
                 row["note"] = note
                 row.update(instats)
@@ -253,7 +297,7 @@ class Engine:
                 row.update(_prefixed("w_", M.stats_from_sums(M.merge_sums(w_sums)), METRICS))
                 row.update({f"out_{k}": o[k] for k in OUT})
                 rows.append(row)
-                seqs.append(_seq_entry(cfg.cfg.name, n, "linear", a_sums, refs[n], y, bounds))
+                seqs.append(_seq_entry(cfg.cfg.name, n, "linear", a_sums, (out_signal, out_noise)))
         return rows, seqs
 
     def _accumulated(self, cfg: Resolved, aq: QuantFn, x: np.ndarray, w: np.ndarray, bounds) -> tuple[np.ndarray, str]:
@@ -288,7 +332,7 @@ class Engine:
     def _activation_rows(self, name: str, tr: Trace) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """(rows [n, last dim], positions, rows per sequence) of a stand-alone activation."""
         info = tr.activations[name]
-        a = tr.tensor(info["tensor"])
+        a = tr.tensor(info["tensor"], writable=True)
         if info["kind"] == "attn_probs":
             n_seq, heads, s, _ = a.shape
             n_keep = n_seq if self.max_tokens is None else max(1, min(n_seq, self.max_tokens // s))
@@ -298,13 +342,17 @@ class Engine:
         pos = self.positions if tr is self.trace else self.cal_positions
         return x.reshape(-1, x.shape[-1]), pos, tr.manifest.get("seq_len")
 
+    def _activation_inputs(self, name: str) -> dict[str, Any]:
+        x, positions, per_seq = self._activation_rows(name, self.trace)
+        return {"x": x, "positions": positions, "bounds": sequence_bounds(x.shape[0], per_seq),
+                "instats": in_stats(x, positions, self.top_k)}
+
     def run_activation(self, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         name = task.names[0]
         info = self.trace.activations[name]
         kind = info["kind"]
-        x, positions, per_seq = self._activation_rows(name, self.trace)
-        bounds = sequence_bounds(x.shape[0], per_seq)
-        instats = in_stats(x, positions, self.top_k)
+        inp = self._task_inputs(task, lambda: self._activation_inputs(name))
+        x, positions, bounds, instats = inp["x"], inp["positions"], inp["bounds"], inp["instats"]
         rows, seqs = [], []
         for cfg in self.configs:
             row = self._base(cfg, name, kind, kind, info.get("block"), kind, x.shape)

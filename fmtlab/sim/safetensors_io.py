@@ -191,8 +191,10 @@ class SafetensorsFile:
             h.update(memoryview(self._read(start, min(chunk, size - start))))
         return h.hexdigest()
 
-    def get(self, key: str) -> np.ndarray:
-        """The tensor ``key`` as a read-only array (read from the file now)."""
+    def get(self, key: str, writable: bool = False) -> np.ndarray:
+        """The tensor ``key`` as a fresh array read from the file now: read-only unless ``writable``
+        (a caller that hands it to numba kernels asks for a writable one: numba compiles separate
+        specializations for read-only arrays)."""
         try:
             e = self.entries[key]
         except KeyError:
@@ -200,7 +202,7 @@ class SafetensorsFile:
         if e.end == e.begin:
             return np.zeros(e.shape, e.dtype)
         a = self._read(self.data_start + e.begin, e.end - e.begin).view(e.dtype).reshape(e.shape)
-        a.flags.writeable = False
+        a.flags.writeable = writable
         return a
 
     def close(self) -> None:

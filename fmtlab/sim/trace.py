@@ -375,14 +375,16 @@ class Trace:
         except KeyError:
             raise TraceError(f"trace {self.path} has no tensor {name!r}") from None
 
-    def pieces(self, name: str) -> Iterator[np.ndarray]:
-        """Stream the pieces of tensor ``name`` in row order (each read now, read-only)."""
+    def pieces(self, name: str, writable: bool = False) -> Iterator[np.ndarray]:
+        """Stream the pieces of tensor ``name`` in row order (each read now into a fresh buffer,
+        read-only unless ``writable``)."""
         for p in self.info(name)["pieces"]:
-            yield self._open_shard(p["shard"]).get(p["key"])
+            yield self._open_shard(p["shard"]).get(p["key"], writable)
 
-    def tensor(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as one array (read-only if stored in one piece)."""
-        parts = list(self.pieces(name))
+    def tensor(self, name: str, writable: bool = False) -> np.ndarray:
+        """Tensor ``name`` as one array read now (read-only if stored in one piece, unless
+        ``writable``: then a fresh writable array the caller owns)."""
+        parts = list(self.pieces(name, writable))
         if not parts:
             info = self.info(name)
             return np.zeros(info["shape"], DTYPES[info["dtype"]])

@@ -81,3 +81,17 @@ def test_torch_path_is_bit_exact(metric):
     q = get_quantizer("nvfp4", scale_rule=f"four_over_six({metric})")
     got = fake_quantize(torch.from_numpy(x.copy()), q).numpy()
     np.testing.assert_array_equal(got.view(np.uint32), q.fake_quantize(x).view(np.uint32))
+
+
+def test_own_quantizer_name():
+    """``nvfp4_4over6`` (alias ``nvfp4_four_over_six``) is NVFP4 with the Four Over Six rule, and
+    canonical names spell the rule (``str`` round-trips)."""
+    from fmtlab.formats import parse_quantizer
+
+    x = np.random.default_rng(8).standard_normal((8, 64)).astype(F32)
+    want = get_quantizer("nvfp4", scale_rule="four_over_six").fake_quantize(x)
+    for name in ("nvfp4_4over6", "nvfp4_four_over_six", "NVFP4_4over6"):
+        np.testing.assert_array_equal(get_quantizer(name).fake_quantize(x).view(np.uint32),
+                                      want.view(np.uint32))
+    assert str(parse_quantizer("nvfp4", scale_rule="4over6")) == "nvfp4_4over6"
+    assert str(parse_quantizer("nvfp4", scale_rule="4over6(l1)")) == "nvfp4(scale_rule=four_over_six(l1))"

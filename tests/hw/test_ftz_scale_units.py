@@ -33,6 +33,22 @@ def test_ftz_is_a_unit_parameter():
             make_unit(*bad, ftz=True)
 
 
+def test_ftz_is_the_shared_adder_with_a_flag():
+    """FTZ and IEEE units of the same widths share the adder's datapath parts (one formula with an
+    ``ftz`` parameter, not a copy); FTZ drops the minimum-exponent limit and the Inf/NaN select.
+    (Formats whose all-ones exponent is Inf/NaN in IEEE, e.g. E5M2, get one more live product
+    exponent bit in an FTZ unit, where those codes are numbers: not compared here.)"""
+    for w, acc in (("fp8_e4m3", "fp32"), ("fp8_e4m3", "e8m13"), ("fp4_e2m1", "bf16"), ("fp4_e2m1", "fp32")):
+        ieee = {p.label: p.component for p in make_unit(w, w, acc).parts()}
+        ftz = {p.label: p.component for p in make_unit(w, w, acc, ftz=True).parts()}
+        for label in ("magnitude compare (exponent, significand)", "swap", "exponent difference",
+                      "alignment shifter (sticky)", "effective subtract (XOR row)", "significand adder",
+                      "leading-zero counter", "normalise shifter", "round incrementer"):
+            assert ftz[label] == ieee[label], (w, acc, label)
+        assert "normalise limit select" in ieee and "normalise limit select" not in ftz
+        assert any("Inf / NaN" in k for k in ieee) and not any("Inf" in k or "NaN" in k for k in ftz)
+
+
 @settings(max_examples=200, deadline=None)
 @given(w=st.integers(0, 255), a=st.integers(0, 255))
 def test_ftz_reference_products_are_exact_in_fp32(w, a):
@@ -91,8 +107,9 @@ def test_promoted_accumulator_is_priced():
 
 def test_cost_units_track_yosys():
     """Shipped Yosys results (fmtlab hw synth --cost-units): every new datapath within 15% of
-    synthesis, as a ratio to the int8 MAC; the inner e8m13 unit of hopper_fp8_mma is the known
-    exception (see the note in fmtlab.hw.synth_units)."""
+    synthesis, absolute and as a ratio to the int8 MAC; the inner e8m13 unit of hopper_fp8_mma is
+    the known exception, allowed 25% (what Yosys shows about it: the docstring of
+    fmtlab.hw.synth_units)."""
     rows = {r.unit: r for r in cost_unit_rows(cache_only=True)}
     new = ["fp8_e4m3 x fp8_e4m3 -> fp32 ftz", "e4m3_scale_mul_s13", "mx_shared_exp_k32", "absmax_k16",
            "promote_e8m13_fp32"]

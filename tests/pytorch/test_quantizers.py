@@ -31,6 +31,7 @@ EXTRA = {
     "mxfp6_rceil": lambda: get_quantizer("mxfp6_e2m3", scale_rule="rceil"),
     "mxint8_even": lambda: get_quantizer("mxint8", scale_rule="even"),
     "mxint8_rceil": lambda: get_quantizer("mxint8", scale_rule="rceil"),
+    "mxfp6_midmax": lambda: get_quantizer("mxfp6_e3m2", scale_rule="midmax"),
     "mxfp8_e5m2_axis0": lambda: Quantizer("fp8_e5m2", PerBlock(32, axis=0)),
     "nvfp4_no_tensor_scale": lambda: Quantizer("fp4_e2m1", PerBlock(16, scale_format="fp8_e4m3")),
     "int8_channel_axis1": lambda: get_quantizer("int8_per_channel", axis=1),

@@ -142,3 +142,55 @@ def test_output_stats_row_blocks_equal_whole_array():
     got = M.output_error_stats(y, yq)
     assert got["tok_sqnr_db"] == float(np.median(tok))
     assert got["sqnr_db"] == M.error_stats(y, yq)["sqnr_db"]
+
+
+@pytest.mark.parametrize("bounds", [[(0, 301)], [(0, 64), (64, 128), (128, 301)], [(0, 1)] + [(1, 301)]])
+def test_output_stats_by_rows_equal_separate_passes(bounds):
+    """The one-pass output statistics with per-sequence sums equal output_error_stats of the whole
+    and error_sums of each row range (exact, NaN and zero rows included)."""
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal((301, 96)).astype(np.float32)
+    yq = (y + rng.standard_normal(y.shape).astype(np.float32) * 1e-2).astype(np.float32)
+    y[7] = 0.0
+    yq[9, 3] = np.nan
+    yq[11, :5] = 0.0
+    got, sig, noi = M.output_error_stats_by_rows(y, yq, bounds)
+    assert repr(got) == repr(M.output_error_stats(y, yq))
+    parts = [M.error_sums(y[a:b], yq[a:b]) for a, b in bounds]
+    assert repr(sig) == repr([p["signal"] for p in parts])
+    assert repr(noi) == repr([p["noise"] for p in parts])
+
+
+def test_units_of_one_layer_share_its_inputs(tmp_path, monkeypatch):
+    """Run one config per unit (the explore search): the layer's inputs are read once per layer
+    (LayerCache), and the rows and per-sequence sums equal a replay of all configs at once."""
+    from fmtlab.sim.executor import SerialExecutor, Unit, replay_tasks, run_units
+    from fmtlab.sim.trace import Trace, open_trace
+
+    rng = np.random.default_rng(4)
+    wr = TraceWriter(str(tmp_path / "t"))
+    meta = {}
+    for i in range(2):
+        x = rng.standard_normal((64, 64)).astype(np.float32)
+        x[:, :2] *= 40
+        wr.add(f"L{i}:input", x)
+        wr.add(f"L{i}:weight", (rng.standard_normal((32, 64)) * 0.05).astype(np.float32))
+        meta[f"L{i}"] = {"op": "linear", "type": "proj", "block": i, "in_features": 64, "out_features": 32,
+                         "input": f"L{i}:input", "weight": f"L{i}:weight"}
+    path = wr.close({"seq_len": 32, "n_tokens": 64, "layers": meta})
+    cfgs = [ReplayConfig("a", "int4_per_channel", "int8_per_token"), ReplayConfig("b", "mxfp4", "mxfp4"),
+            ReplayConfig("c", "int8_per_tensor", "fp8_e4m3_per_tensor")]
+    whole = replay(path, cfgs, progress=False, workers=1)
+    reads = []
+    orig = Trace.tensor
+    monkeypatch.setattr(Trace, "tensor", lambda self, name, writable=False: reads.append(name)
+                        or orig(self, name, writable))
+    tr = open_trace(path)
+    units = [Unit(tr.path, None, k, names, t, (c,), label="t", digests=(tr.digest, None))
+             for k, names, t in replay_tasks(tr) for c in cfgs]
+    got = run_units(SerialExecutor(), units)
+    rows = [r for u in units for r in got[u.key][0]]
+    seqs = [s for u in units for s in got[u.key][1]]
+    assert repr(rows) == repr(whole.rows) and repr(seqs) == repr(whole.per_sequence)
+    assert sorted(n for n in reads if n != "tokens:position") == sorted(
+        [f"L{i}:input" for i in range(2)] + [f"L{i}:weight" for i in range(2)])
