@@ -273,6 +273,18 @@ class Quantizer:
         c = (lo + (hi.astype(np.float64) - lo) * t).astype(np.float32)
         return np.where(n == 0, np.float32(0), c)
 
+    def mse_clip_values(self, M: np.ndarray, rule: MSE | None = None) -> np.ndarray:
+        """The clip value per row of a slot matrix M [nslots, L] (float32 or float64) that the MSE
+        rule picks (``rule``, default the quantizer's own), float32, before the scale conversion
+        (the torch twin calls this on CPU: fmtlab.pytorch.scales)."""
+        rule = self.scale_rule if rule is None else rule
+        if not isinstance(rule, MSE):
+            raise FmtlabError(f"mse_clip_values needs an MSE rule, got {rule}")
+        M = np.asarray(M)
+        if M.ndim != 2 or M.dtype not in (np.float32, np.float64):
+            raise FmtlabError(f"mse_clip_values needs a float32/float64 [slots, L] matrix, got {M.dtype} {M.shape}")
+        return self._mse(M, rule)
+
     def _mse(self, M: np.ndarray, rule: MSE) -> np.ndarray:
         amax = self._slot_absmax(M)
         rnd = Rounding.NEAREST_EVEN if self.rounding is Rounding.STOCHASTIC else self.rounding

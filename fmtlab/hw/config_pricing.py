@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from fmtlab.formats import PerBlock, Quantizer, get_quantizer
+from fmtlab.formats.scaling import MixFP4
 from fmtlab.formats.names import parse_call
 from fmtlab.hw.mac import mac_cost, mx_geometry
 from fmtlab.hw.operands import parse_operand, view
@@ -55,6 +56,10 @@ def hw_operand(spec: Any) -> tuple[str | None, str]:
     if isinstance(g, PerBlock):
         # a 2-D r x c tile holds c elements of the reduction axis per scale (weights [out, in])
         k = g.size if g.tile is None else g.tile[1]
+        if isinstance(q.scale_rule, MixFP4):  # arXiv 2605.31035: both element types decode to E2M2
+            return (f"mxe2m2_fin_b{k}", f"MixFP4: E2M1/E1M2 elements priced as the internal E2M2 "
+                    f"(e2m2_fin) block-{k} unit with its {g.scale_format} {FP8_SCALE_NOTE}; the "
+                    "per-block format-select decode is not priced")
         if g.scale_format == "e8m0":
             return (f"mx{fmt.name}" if k == 32 else f"mx{fmt.name}_b{k}"), "MX block unit"
         return f"mx{fmt.name}_b{k}", f"block-{k} unit with its {g.scale_format} {FP8_SCALE_NOTE}"

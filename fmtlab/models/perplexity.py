@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,12 +31,13 @@ from fmtlab.errors import FmtlabError
 from fmtlab.models.record import find_linear_layers
 from fmtlab.pytorch.kv_prefix import kv_prefix_attached
 from fmtlab.sim.accumulate import accumulated_matmul, operand
+from fmtlab.sim.blas_threads import blas_threads
 from fmtlab.sim.data import default_texts, token_windows
 from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
 from fmtlab.sim.trace import open_trace
-from fmtlab.sim.transform_base import Context, Decomposition
+from fmtlab.sim.transform_base import Context, Decomposition, linear_input_map
 from fmtlab.sim.transforms import Hadamard
 
 
@@ -51,11 +52,23 @@ class SimLinear(_torch_module_base()):
 
     ``w`` is the weight in nn.Linear layout [out, in]; ``bias`` a torch tensor or None. ``ft`` is
     the (already fitted) transform, ``aq``/``wq`` the activation/weight quantizers.
+
+    ``gemm``: where the float32 GEMMs of a layer without a transform or with the Hadamard rotation
+    run. ``"torch"`` (default; torch's BLAS, on torch's threads): the quantizers and W' are replay's,
+    but X R and the output GEMM sum in another order than numpy's, so X R differs from replay's by
+    at most twice the float32 GEMM error bound, 2 gamma_K sum_k |x_k| |r_kj| (gamma_K = K u / (1 - K u),
+    u = 2^-24), and an activation code differs only where X R lies that close to a rounding boundary
+    (tests/models/test_simlinear_hadamard.py). ``"numpy"``: the Hadamard layer output is replay's,
+    bit for bit (other transforms always compute in numpy, as replay does).
     """
 
     def __init__(self, w: np.ndarray, bias, ft, aq: QuantFn, wq: QuantFn, hp_dtype: Any, name: str = "",
-                 accumulator: Any = None):
+                 accumulator: Any = None, gemm: str = "torch"):
         super().__init__()
+        if gemm not in ("torch", "numpy"):
+            raise FmtlabError(f"SimLinear gemm must be 'torch' or 'numpy', got {gemm!r}")
+        self.gemm = gemm
+        self.r_torch = None
         self.accumulator = accumulator  # fmtlab.sim.accumulate: dot products as this accumulator computes them
         self.w_op = None
         self.w = np.ascontiguousarray(w, dtype=np.float32)
@@ -63,22 +76,31 @@ class SimLinear(_torch_module_base()):
         self.ft, self.aq, self.wq, self.hp_dtype, self.layer_name = ft, aq, wq, hp_dtype, name
         self.wq_fixed = None if ft is not None else wq(self.w)  # W' of a row-wise transform: see _seq
         # without a transform the GEMM runs in torch (float32, one sequence at a time)
-        self.wq_torch = None if ft is not None else torch_from(np.ascontiguousarray(self.wq_fixed.T))
+        self.wq_torch = None if ft is not None or gemm != "torch" else torch_from(np.ascontiguousarray(self.wq_fixed.T))
 
     def _seq(self, xs: np.ndarray):
-        """Layer output [S, N] of one sequence's rows xs [S, K] (torch without a transform, else numpy)."""
+        """Layer output [S, N] of one sequence's rows xs [S, K] (GEMMs in torch without a transform
+        and for the Hadamard rotation when ``gemm == "torch"``, else numpy)."""
         if self.ft is None and self.accumulator is not None:
             if self.w_op is None:
                 self.w_op = operand(None if self.wq.identity else self.wq.obj, self.w)
             y, _ = accumulated_matmul(xs, self.w, None if self.aq.identity else self.aq.obj, None,
                                       self.accumulator, w_operand=self.w_op)
             return torch_from(y)
-        if self.ft is None:
+        if self.ft is None and self.gemm == "torch":
             return torch_from(self.aq(xs)) @ self.wq_torch
+        if self.ft is None:
+            return self.aq(xs) @ self.wq_fixed.T
         if type(self.ft) is Hadamard:  # X R per sequence; W R (and its quantization) once per layer
             r = self.ft.matrix(xs.shape[1])
             if self.wq_fixed is None:
                 self.wq_fixed = self.wq(self.w @ r)  # = wq(decompose(x, w).w): the same W R product
+            if self.gemm == "torch":  # no hp terms, no row scale: Y = Q_a(X R) Q_w(W R)^T
+                if self.r_torch is None:
+                    self.r_torch = torch_from(r)
+                    self.wq_torch = torch_from(np.ascontiguousarray(self.wq_fixed.T))
+                xr = (torch_from(xs) @ self.r_torch).numpy()
+                return torch_from(self.aq(xr)) @ self.wq_torch
             xr = xs @ r
             return Decomposition(xr, self.w).output(xq=self.aq(xr), wq=self.wq_fixed, hp_dtype=self.hp_dtype)
         ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
@@ -124,13 +146,33 @@ def _calib_inputs(calib, name: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 @contextlib.contextmanager
-def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True) -> Iterator[Any]:
+def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True,
+                  gemm: str = "torch",
+                  weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Iterator[Any]:
     """Within the block, ``model``'s Linear-like layers are :class:`SimLinear` layers of ``config``.
 
     ``calib``: a trace (or path) recorded from this model on calibration text; required when the
     config has static scales or a fitted transform. The output head is kept in fp32 (computed per
-    sequence when ``per_sequence_head``). The original modules are restored on exit.
+    sequence when ``per_sequence_head``). The original modules are restored on exit. ``gemm``: see
+    :class:`SimLinear` ("torch", or "numpy" for replay's Hadamard layer outputs bit for bit).
+
+    ``weight_fit(layer, W', A) -> Q'`` (a config with a transform only, e.g. ``+gptq`` behind
+    AQAS): after the layer's transform is fitted as usual, its quantized weight is Q' instead of
+    the weight quantizer's RTN of W'; W' is the transformed weight and A the input map (X' = X A,
+    :func:`fmtlab.sim.transform_base.linear_input_map`, which refuses transforms that are not one).
+
+    numpy's OpenBLAS runs on one thread within the block (:func:`fmtlab.sim.blas_threads.blas_threads`):
+    its GEMMs run inside torch's forward pass, and the two thread pools competing for the cores
+    made fp32 perplexity 2.5x slower on 2 cores (issue 22).
     """
+    with blas_threads(1):
+        with _sim_quantized(model, config, calib, per_sequence_head, gemm, weight_fit) as m:
+            yield m
+
+
+@contextlib.contextmanager
+def _sim_quantized(model, config: Any, calib, per_sequence_head: bool, gemm: str,
+                   weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Iterator[Any]:
     r: Resolved = resolve_config(make_config(config))
     cal = open_trace(calib) if calib is not None else None
     why = needs_calibration(r)
@@ -150,7 +192,8 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
             w = mod.weight.detach().to("cpu").float().numpy()
             w = np.ascontiguousarray(w.T if op == "conv1d" else w)
             if op == "head":
-                new = SimLinear(w, mod.bias, None, QuantFn("fp32", None), QuantFn("fp32", None), None, name)
+                new = SimLinear(w, mod.bias, None, QuantFn("fp32", None), QuantFn("fp32", None), None, name,
+                                gemm=gemm)
             else:
                 xcal = cpos = None
                 if why:
@@ -158,7 +201,13 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
                 ctx = Context(positions=cpos, act_q=None if r.aq.identity else r.aq,
                               weight_q=None if r.wq.identity else r.wq)
                 ft, aq = fit_layer(r, w, xcal, ctx, f" (layer {name})")
-                new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name, getattr(r.cfg, "accumulator", None))
+                new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name, getattr(r.cfg, "accumulator", None),
+                                gemm=gemm)
+                if weight_fit is not None:
+                    if ft is None:
+                        raise FmtlabError(f"config {r.cfg.name!r}: weight_fit is for configs with a transform")
+                    A, wt = linear_input_map(ft, w)
+                    new.wq_fixed = np.ascontiguousarray(weight_fit(name, wt, A), np.float32)
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, new)
@@ -208,11 +257,13 @@ def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Se
 
 def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] | None = None,
                seq_len: int = 256, n_sequences: int = 16, batch_size: int = 4, progress: bool = True,
-               ids=None, calib=None, kv_prefix=None) -> dict[str, Any]:
+               ids=None, calib=None, kv_prefix=None,
+               weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Perplexity of ``model`` with ``config`` (a replay config / preset name) on held-out text.
 
     ``calib``: calibration trace for static scales / fitted transforms (see :func:`sim_quantized`).
     ``kv_prefix``: a KV prefix (CushionCache) every window runs behind; its tokens are not scored.
+    ``weight_fit``: fitted weights in a transform's space (see :func:`sim_quantized`).
     Returns a dict: config, description, ppl, nll, tokens, seconds, seq_nll and seq_tokens (per
     sequence, for bootstrap intervals).
     """
@@ -220,7 +271,7 @@ def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] |
     if ids is None:
         ids = eval_windows(tokenizer, seq_len, n_sequences, texts)
     t0 = time.perf_counter()
-    with sim_quantized(model, cfg, calib) as qmodel:
+    with sim_quantized(model, cfg, calib, weight_fit=weight_fit) as qmodel:
         nll, tok = sequence_nll(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name,
                                 kv_prefix=kv_prefix)
     total, count = float(nll.sum()), int(tok.sum())

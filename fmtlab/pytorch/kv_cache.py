@@ -8,7 +8,10 @@ they are stored and returned to the attention. A forward without a cache gets a 
 ``DynamicCache`` (``use_cache=True``), so a plain prefill (perplexity) goes through the same path.
 Keys arrive after RoPE (the model applies the rotary embedding before ``cache.update``; Gemma 3
 also after its k-norm). Works for Llama, Qwen2, Gemma 3 (sliding-window layers included) and any
-model that writes its cache through ``Cache.update``.
+model that writes its cache through ``Cache.update``. Tested (tiny random models, the KV-cache
+tests): Llama and Qwen2 with transformers 4.45.0, 4.48.0, 4.51.3, 4.53.0 and 5.24.0; Gemma 3 (added
+in 4.50) with 4.53.0 and 5.24.0: with 4.51.3 its token-by-token decoding does not reproduce the
+prefill (sliding-window layers in a ``DynamicCache``), so Gemma 3 needs transformers >= 4.53.
 
 Tensors are [batch, kv_heads, tokens, head_dim]; every batch index is one sequence (request).
 Granularity comes from the quantizer (:class:`KVCacheSpec`):

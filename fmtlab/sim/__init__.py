@@ -13,6 +13,8 @@ Public API (imported lazily so that ``import fmtlab.sim`` stays light)::
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS = {
@@ -32,11 +34,21 @@ def __getattr__(name: str) -> Any:
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'fmtlab.sim' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
 
 
-# ``replay`` is also a submodule name: once the submodule is imported, Python sets the package
-# attribute to the module, which would shadow the lazy function export above. Binding the function
-# eagerly (its module imports only numpy and fmtlab) keeps ``from fmtlab.sim import replay`` the
-# function in every import order.
-from fmtlab.sim.replay import replay  # noqa: E402
+class _Package(types.ModuleType):
+    """``replay`` is also a submodule name: importing the submodule makes Python set the package
+    attribute to the module, which would shadow the function export. The package keeps
+    ``fmtlab.sim.replay`` the function in every import order (the submodule stays in sys.modules),
+    without importing replay (and numba) when the package loads: ``fmtlab --help`` stays light."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "replay" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fmtlab.formats import get_block_format, get_format, get_quantizer
 
@@ -129,3 +131,42 @@ def test_midmax_lowers_block_max_error():
         eb = np.abs(b[r, i].astype(np.float64) - x[r, i])
         assert np.all(eb <= ea), name
     assert math.isclose(get_format("fp4_e2m1").max, 6.0)
+
+
+@pytest.mark.parametrize("name", list(ELEMS) + ["mxint8"])
+def test_midmax_exhaustive_over_significands(name):
+    """Every float32 significand pattern with its low 7 bits 0 or 1..1 (2 x 2**16 block maxima at
+    three exponents), blocks of 2: the scale code is FLOOR's plus (A / 2**floor(log2 A) >
+    1 + elem_max / 2**(emax + 1))."""
+    from fmtlab.formats.mx import block_elem
+
+    be = block_elem(get_quantizer(name).format)
+    q = get_quantizer(name, scale_rule="midmax", block_size=2)
+    hi = np.arange(1 << 16, dtype=np.uint32) << 7
+    man = np.concatenate([hi, hi | 0x7F])
+    for e in (-100, 0, 90):
+        bits = ((e + 127) << 23) | man
+        a = bits.view(F32)
+        x = np.stack([a, -a / 3], axis=1).astype(F32)
+        sc = q.quantize(x).scale_codes.reshape(-1).astype(np.int64) - 127
+        sig = a.astype(np.float64) / 2.0 ** e
+        want = e - be.emax + (sig > 1 + float(be.elem_max) / 2.0 ** (be.emax + 1))
+        np.testing.assert_array_equal(sc, np.clip(want, -127, 127))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2 ** 31), st.integers(-60, 60), st.sampled_from(sorted(ELEMS)))
+def test_midmax_laws(seed, e, name):
+    """Scale code = FLOOR's or one more; the block max's error never exceeds FLOOR's;
+    dequantize(quantize) == fake_quantize; sign symmetry."""
+    x = (np.random.default_rng(seed).standard_normal((4, 32)) * 2.0 ** e).astype(F32)
+    q, q0 = get_quantizer(name, scale_rule="midmax"), get_quantizer(name)
+    qt = q.quantize(x)
+    d = qt.scale_codes.reshape(-1).astype(int) - q0.quantize(x).scale_codes.reshape(-1).astype(int)
+    assert set(d.tolist()) <= {0, 1}
+    fq, f0 = q.fake_quantize(x), q0.fake_quantize(x)
+    np.testing.assert_array_equal(q.dequantize(qt).view(np.uint32), fq.view(np.uint32))
+    np.testing.assert_array_equal((-q.fake_quantize(-x)).view(np.uint32), fq.view(np.uint32))
+    i = np.abs(x).argmax(axis=1)
+    r = np.arange(4)
+    assert np.all(np.abs(fq[r, i].astype(np.float64) - x[r, i]) <= np.abs(f0[r, i].astype(np.float64) - x[r, i]))

@@ -174,3 +174,34 @@ def test_tile_names_in_replay_quantize_model_and_explore():
     assert all(get_quantizer(n) == resolve(n).obj for n in names)
     with pytest.raises(SpaceError, match="weight granularity"):
         side.check("activations")
+
+
+def test_tile_layout_laws():
+    """For random tile sizes and shapes: the tile quantizer equals the per-tile wrapper bit for bit,
+    its scales are [..., M / r, N / c], and dequantize(quantize) == fake_quantize."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fmtlab.formats.quantizer import Quantizer
+    from fmtlab.formats.scaling import PerBlock, PerGroup
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.integers(1, 8), st.integers(1, 8), st.integers(1, 4), st.integers(1, 4),
+           st.sampled_from(["group", "mx", "nv"]), st.integers(0, 2 ** 31))
+    def check(r, c, mi, ni, kind, seed):
+        if r * c < 2:
+            return
+        g = {"group": PerGroup(r * c, tile=(r, c)),
+             "mx": PerBlock(r * c, tile=(r, c)),
+             "nv": PerBlock(r * c, scale_format="fp8_e4m3", tensor_scale=True, tile=(r, c))}[kind]
+        fmt = "fp8_e4m3" if kind != "nv" else "fp4_e2m1"
+        q = Quantizer(fmt, g)
+        w = _w((mi * r, ni * c), seed)
+        ref = Tiled2D(Quantizer(fmt, dataclasses.replace(g, tile=None)), (r, c))
+        np.testing.assert_array_equal(q.fake_quantize(w).view(np.uint32), ref.fake_quantize(w).view(np.uint32))
+        qt = q.quantize(w)
+        assert qt.scales.shape == (mi, ni)
+        np.testing.assert_array_equal(q.dequantize(qt).view(np.uint32), q.fake_quantize(w).view(np.uint32))
+
+    import dataclasses
+    check()

@@ -28,6 +28,12 @@ new difference in either library fails the test. The differences, and which side
    y = fl(x / fl(g * S8)). On random data the two never differed in these tests; at exact ties
    (x = (k + 1/2) * g * S8) the reciprocal's rounding error can push y off the tie. The test builds
    such blocks and checks which side gives round_E2M1(x / (g * S8)) computed exactly (Fraction).
+5. MX RCEIL where D = fl32(amax / elem_max) lies just above a power of two 2**k: torchao's eager
+   (CPU) path takes ceil(torch.log2(D)) in float32, and log2(D) rounds to k exactly for most k, so it
+   picks 2**k and the block max saturates; fmtlab takes ceil(log2 D) exactly from D's bits (k + 1),
+   which is what the hardware rule it restates does (``cvt.rp.satfinite.ue8m0x2.f32``: round D up
+   to a power of two; torchao's own compiled GPU path uses that instruction). fmtlab follows the
+   instruction; torchao's eager fallback differs from its GPU path there.
 """
 
 from __future__ import annotations
@@ -284,3 +290,26 @@ def test_nvfp4_ties_division_vs_reciprocal():
     # float32 here): it equals the exact rounding everywhere; torchao's reciprocal misses some.
     assert ours_right == n, (ours_right, n)
     assert ta_right < n, "torchao's reciprocal multiply hit every tie exactly: difference 4 gone?"
+
+
+def test_rceil_just_above_a_power_of_two():
+    """Difference 5: blocks whose D = fl32(amax / 6) is the first float32 values above 2**k."""
+    rows, ks = [], []
+    for k in range(-100, 100, 3):
+        a = F32(6 * 2.0 ** k)
+        for _ in range(3):
+            a = np.nextafter(a, F32(np.inf))
+            if F32(a / F32(6)) > 2.0 ** k:
+                rows.append(a)
+                ks.append(k)
+                break
+    x = np.zeros((len(rows), 32), F32)
+    x[:, 0] = rows
+    x[:, 1] = -np.asarray(rows, F32) / 3
+    ours = get_quantizer("mxfp4", scale_rule="rceil").quantize(x).scale_codes.reshape(-1).astype(int)
+    ta, _ = _torchao_mx(x, torch.float4_e2m1fn_x2, "rceil")
+    D = (x[:, 0] / F32(6)).astype(F32)
+    assert np.all(ours - 127 == np.asarray(ks) + 1)  # exact ceil(log2 D): D > 2**k
+    t_log2 = torch.log2(torch.from_numpy(D)).numpy()  # torchao's eager rule, restated
+    np.testing.assert_array_equal(ta.astype(int) - 127, np.ceil(t_log2).astype(int))
+    assert np.count_nonzero(ta.astype(int) != ours) > len(rows) // 2, "torchao's log2 now exact?"
