@@ -181,9 +181,12 @@ def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massi
     notes = [f"{r['config']}: {r['hw_note']}" for r in rows if r.get("hw_note")]
     if notes:
         d.bullets(notes)
-    d.paragraph("Caveat: SmolLM2-135M ships as a Q4_1 GGUF, so its weights already lie on a 4-bit grid per "
-                "block of 32; weight-quantization error measured on it understates what a full-precision "
-                "checkpoint would show. Use `--model` with a full-precision checkpoint for weight studies.")
+    stored = sorted(set(((m.get("source_grid") or {}).get("types") or {}).values()))
+    if stored:  # a GGUF-shipped model: its weights already lie on the stored grid (source grid section)
+        d.paragraph(f"Caveat: `{mname}` ships as a GGUF whose Linear weights are stored as {', '.join(stored)}, so "
+                    "they already lie on a quantization grid; weight-quantization error measured on them "
+                    "understates what a full-precision checkpoint would show (see the source-grid section). Use "
+                    "`--model` with a full-precision checkpoint (e.g. `mpnet`, `minilm`) for weight studies.")
     if "tradeoff" in figs:
         d.image("plots/tradeoff.png", "Pooled layer-output SQNR against MAC area and energy per config; "
                 "red: Pareto front (no other config is both cheaper and more accurate).")

@@ -48,6 +48,8 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
+from fmtlab.formats.mixfp4 import block_is_e1m2, element_values
+from fmtlab.formats.scaling import MixFP4, broadcast_scales, from_work, to_work, work_rows
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
 from fmtlab.hw.operands import FixedView, view
@@ -133,6 +135,10 @@ def operand(q: Any, x: np.ndarray) -> Operand:
     qt = q.quantize(x)
     if qt.zero_points is not None:
         raise FmtlabError(f"{q}: asymmetric (zero-point) quantizers are not supported in the accumulator path")
+    if getattr(q.granularity, "tile", None) is not None or isinstance(q.scale_rule, MixFP4):
+        # 2-D tiles / MixFP4's per-block element type: each element's value and scale from the
+        # quantizer's own layout (the scale stays with each element)
+        return Operand(_element_values_scaled(q, qt), np.ones(x.shape[0]), False)
     v = q.format.decode(qt.codes).astype(np.float64)
     r = _row_scales(q, qt.scales, x.shape[0])
     if r is None:  # groups / blocks along K: the scale stays with each element
@@ -143,6 +149,20 @@ def operand(q: Any, x: np.ndarray) -> Operand:
     if unit is None:
         return Operand(v, r, False)
     return Operand(v * 2.0 ** unit, r * 2.0 ** -unit, True)
+
+
+def _element_values_scaled(q, qt) -> np.ndarray:
+    """float64 v * s per element of a QTensor (exact: element values and float32 scales), with
+    MixFP4 blocks read in their flagged element format."""
+    lay = qt.layout
+    cw = to_work(qt.codes, lay).reshape(-1)
+    s = broadcast_scales(np.asarray(qt.scales, dtype=np.float64).reshape(-1), lay)
+    if isinstance(q.scale_rule, MixFP4):
+        alt = broadcast_scales(block_is_e1m2(qt.scale_codes).reshape(-1), lay)
+        v = element_values(work_rows(cw, lay), alt)
+    else:
+        v = work_rows(q.format.values()[cw.astype(np.intp)], lay)
+    return np.ascontiguousarray(from_work((v * s).reshape(lay.work_shape), lay))
 
 
 def _fixed_unit(fmt) -> int | None:

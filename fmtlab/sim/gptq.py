@@ -64,7 +64,7 @@ from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, fq_vector
 from fmtlab.formats.quantizer import QTensor, QuantReport, Quantizer
 from fmtlab.formats.rounding import NanInput, Rounding
 from fmtlab.formats.scaling import (
-    FourOverSix, MinMax, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
+    FourOverSix, MinMax, MixFP4, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
     to_work,
 )
 from fmtlab.sim.scale_search import block_scale_search
@@ -125,6 +125,11 @@ class ColumnScheme:
         self.R, self.C = R, C = shape
         self.layout = plan_layout(quantizer.granularity, shape)  # validates sizes vs shape
         g = quantizer.granularity
+        if getattr(g, "tile", None) is not None:
+            raise FmtlabError(f"gptq: 2-D tiles ({g}) are not supported: GPTQ rounds column by column, "
+                              "a tile's scale spans rows and columns; use 1-D groups or blocks")
+        if isinstance(quantizer.scale_rule, MixFP4):
+            raise FmtlabError(f"gptq: {quantizer} (MixFP4's per-block element choice) is not supported")
         self.block = quantizer.is_block
         self.g = 1
         self.static = isinstance(quantizer.scale_rule, Static)
