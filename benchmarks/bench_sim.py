@@ -70,7 +70,8 @@ def _beyond(repeats: int) -> int:
       model plain, measured interleaved (target: at most 1.3x);
     * one Linear layer's GEMM [256 tokens, 1536] x [1536, 576]: the exact integer accumulator
       (int32 wrap: a float64 GEMM of the codes, then wrap) and the chunked float emulation
-      (bf16, k = 32) vs the float32 GEMM ``x @ w.T`` they replace (targets: 2x and 10x); the
+      (bf16 / fp32, k = 32; a fused numba kernel, parallel over rows, also timed on one numba
+      thread) vs the float32 GEMM ``x @ w.T`` they replace (targets: 2x and 10x); the
       quantization to codes (``operand``) is timed apart, as the float32 path quantizes too.
     """
     import torch
@@ -118,6 +119,16 @@ def _beyond(repeats: int) -> int:
         for acc in accs:
             t = _median_time(lambda: accumulate(xo, wo, acc), max(1, repeats // 2) if "sat" in acc else repeats)
             print(f"{'  accumulate ' + acc:<52}{t * 1e3:>10.2f} ms{t / g:>8.2f}x")
+            if "_k" in acc:  # the fused float kernel runs parallel over rows: also on one numba thread
+                import numba
+
+                n = numba.get_num_threads()
+                numba.set_num_threads(1)
+                try:
+                    t1 = _median_time(lambda: accumulate(xo, wo, acc), repeats)
+                finally:
+                    numba.set_num_threads(n)
+                print(f"{'  accumulate ' + acc + ' (1 numba thread)':<52}{t1 * 1e3:>10.2f} ms{t1 / g:>8.2f}x")
     return 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.defaults import REPORT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.methods.section import parse_methods, register_cli
 from fmtlab.errors import FmtlabError
+from fmtlab.models.loading import EMBEDDED_MODELS
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -30,8 +31,10 @@ def register(subparsers) -> None:
                     "plots). With no arguments: the embedded SmolLM2-135M model and the shipped Wikipedia text.")
     p.add_argument("--out", default="fmtlab-report", help="output folder (default: %(default)s)")
     p.add_argument("--model", default=None,
-                   help="embedded model name (smollm2, minilm) or a local checkpoint directory / .gguf file")
-    p.add_argument("--configs", type=_csv, default=DEFAULT_CONFIGS,
+                   help=f"embedded model name ({', '.join(EMBEDDED_MODELS)}) or a local checkpoint directory / "
+                        ".gguf file; an encoder (minilm, mpnet) is scored by sentence-embedding agreement "
+                        "instead of perplexity")
+    p.add_argument("--configs", type=_csv, default=REPORT_CONFIGS,
                    help="comma-separated replay configs: presets (see `fmtlab replay --list`) or "
                         "'name:w=SPEC;a=SPEC;t=TRANSFORM'; a suffix '+cushion' / '+fptquant' (options: "
                         "'+fptquant(steps=50)') measures the config behind that model variant (default: %(default)s)")

@@ -39,9 +39,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from fmtlab.analysis import protocol
-from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_PPL_CONFIGS
+from fmtlab.analysis.defaults import DEFAULT_CONFIGS, GRID_FORMATS, REPORT_CONFIGS, REPORT_PPL_CONFIGS
 from fmtlab.analysis.beyond_section import add_beyond_section
 from fmtlab.analysis.cost_section import add_report_cost_section
+from fmtlab.analysis.encoder_section import add_encoder_section, encoder_rows
 from fmtlab.analysis.model_plan import model_params, record_plan
 from fmtlab.analysis.source_grid_section import add_source_grid_section
 from fmtlab.analysis.methods.section import result_rows, run_for_report
@@ -53,6 +54,7 @@ from fmtlab.explore.report_section import add_explore_section
 from fmtlab.explore.space import load_space
 from fmtlab.hw import mac_cost
 from fmtlab.methods.variants import ModelVariant, VariantSession, parse_variant_config
+from fmtlab.models.embeddings import is_language_model
 from fmtlab.models.loading import check_model_arg
 from fmtlab.safe_io import staged_dir
 from fmtlab.sim.data import default_texts
@@ -69,7 +71,7 @@ class ReportOptions:
 
     out: str = "fmtlab-report"
     model: str | None = None  # None: the embedded default; else an embedded name or a local directory
-    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    configs: tuple[str, ...] = REPORT_CONFIGS
     seq_lens: tuple[int, ...] = (128,)
     n_sequences: int = 4
     layers: str | None = None  # regular expression over layer names
@@ -184,6 +186,9 @@ class _Run:
     tok: Any = None
     mname: str | None = None
     record_plan: str = "every Linear layer"  # what the traces hold (fmtlab.analysis.model_plan)
+    encoder: bool = False  # a sentence encoder: embedding agreement instead of perplexity
+    enc_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    enc_skipped: list[str] = dataclasses.field(default_factory=list)
     variants: VariantSession | None = None
     traces: list = dataclasses.field(default_factory=list)
     calibs: list = dataclasses.field(default_factory=list)
@@ -216,7 +221,8 @@ class _Run:
     def used_variants(self) -> list[ModelVariant]:
         """The variants the replay and perplexity configs run behind, in order of first appearance."""
         found = [self.variant_of[c.name] for c in self.cfgs]
-        found += [parse_variant_config(c)[1] for c in self.ppl_specs]
+        if not self.encoder:  # an encoder's end-to-end check skips variant configs (encoder_section)
+            found += [parse_variant_config(c)[1] for c in self.ppl_specs]
         return list(dict.fromkeys(v for v in found if v is not None))
 
     @property
@@ -248,13 +254,14 @@ def _load_model(run: _Run) -> None:
             run.step(f"loading model {opts.model or 'SmolLM2-135M-Instruct (embedded default)'}")
             run.model, run.tok = load_default_model() if opts.model is None else load_model(opts.model)
             run.mname = run.mname or model_name(run.model)
+            run.encoder = not is_language_model(run.model)
             if not opts.trace:  # a large model records a block subset (fmtlab.analysis.model_plan)
                 plan = record_plan(model_params(run.model), [b for b, _ in find_blocks(run.model)], opts.layers)
                 run.record_plan = plan.note
                 if plan.layers != opts.layers:
                     run.step(f"recording plan: {plan.note}")
                     run.opts = opts = dataclasses.replace(opts, layers=plan.layers)
-            for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity else []):
+            for L in list(opts.seq_lens) + ([opts.ppl_seq_len] if opts.perplexity and not run.encoder else []):
                 check_seq_len(run.model, L)  # before any recording or scoring
     # the perplexity check fits static scales on every Linear layer: its calibration trace holds all
     ppl_cal = any(needs_calibration(resolve_config(parse_variant_config(c)[0])) for c in run.ppl_specs)
@@ -320,7 +327,8 @@ def _replay(run: _Run) -> None:
                     else:
                         more = run.variants.replay(v, cfgs, run.trace_dir / f"seq{L}_{v.slug}",
                                                    run.trace_dir / f"calib_seq{L}_{v.slug}", L, opts.n_sequences,
-                                                   opts.layers, run.cal_layers, **kw)
+                                                   opts.layers, run.cal_layers, base_trace=tr,
+                                                   base_calib=run.calibs[i], **kw)
                     res = more if res is None else res + more
                 res.write(str(run.out / "tables"), stem=f"replay_seq{L}")
                 run.results.append(res)
@@ -336,6 +344,9 @@ def _price(run: _Run) -> None:
         bw, ba = (s.strip() for s in run.opts.area_budget.split(" x "))
         run.budget = mac_cost(bw, ba)
         for c in run.cfgs:
+            fitted_w = getattr(run.variant_of.get(c.name), "weights", "")
+            if c.weight is None and fitted_w:  # +gptq / +awq hold the config's weight quantizer
+                c = dataclasses.replace(c, weight=fitted_w)
             p = price_config(c)
             m = by_model.get(c.name, {})
             run.summary_rows.append({
@@ -359,7 +370,13 @@ def _perplexity(run: _Run) -> None:
     """Perplexity of the perplexity configs on held-out windows (variant configs behind their
     variant); then the headline intervals and the configs table."""
     opts = run.opts
-    if run.ppl_specs:
+    if run.ppl_specs and run.encoder:
+        with run.timed("embedding agreement"):
+            run.step(f"sentence-embedding agreement of {len(run.ppl_specs)} configs with fp32 (encoder: "
+                     "no perplexity)")
+            run.enc_rows, run.enc_skipped = encoder_rows(run.model, run.tok, run.ppl_specs, run.calibs[0],
+                                                         run.out / "tables")
+    elif run.ppl_specs:
         from fmtlab.models.perplexity import eval_windows, perplexity_table  # lazy: imports torch
 
         with run.timed("perplexity"):
@@ -473,7 +490,15 @@ def _write(run: _Run) -> dict[str, Any]:
     doc = build_document(opts, run.mname, run.traces, run.results, run.summary_rows, run.ppl_rows, run.acc_rows,
                          run.massive, run.figs, findings, run.worst["tensor"], run.timings, out, run.methods,
                          variant_rows)
-    cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
+    add_encoder_section(doc, run.enc_rows, run.enc_skipped)  # fmtlab.analysis.encoder_section
+    if run.encoder:  # inference_cost prices a decoded token (KV cache, LM head): not an encoder's forward
+        cost_rows: list[dict[str, Any]] = []
+        doc.heading("Energy per token: the whole inference")
+        doc.paragraph("Not computed for an encoder: `fmtlab.hw.inference_cost` prices one decoded token of a "
+                      "causal LM (KV-cache reads, LM head); an encoder runs whole sentences once. The per-MAC "
+                      "area and energy of each config are in the configs table.")
+    else:
+        cost_rows = add_report_cost_section(doc, run)  # energy per token (fmtlab.analysis.cost_section)
     if run.record_plan != "every Linear layer":
         doc.paragraph(f"Recorded and replayed: {run.record_plan} (fmtlab.analysis.model_plan).")
     grid_rows = add_source_grid_section(doc, run)  # the weights' stored grid (fmtlab.analysis.source_grid_section)
@@ -486,7 +511,8 @@ def _write(run: _Run) -> dict[str, Any]:
                "timings_s": run.timings, "model": run.mname, "record_plan": run.record_plan, "configs": [c.name for c in run.cfgs]}
     report = {"summary": summary, "configs": run.summary_rows, "perplexity": run.ppl_rows,
               "accumulation": run.acc_rows, "massive_activations": run.massive, "methods": result_rows(run.methods),
-              "energy_per_token": cost_rows, "source_grid": grid_rows, "beyond_linear": beyond}
+              "energy_per_token": cost_rows,
+              "embedding_agreement": run.enc_rows, "source_grid": grid_rows, "beyond_linear": beyond}
     if variant_rows:
         report["variants"] = variant_rows
     write_json(report, out / "tables" / "report.json")
@@ -511,6 +537,10 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
+    if opts.configs == REPORT_CONFIGS and opts.trace and not opts.perplexity and not opts.methods:
+        # a trace-only run needs no model: the default +gptq replay rows (weights fitted on the
+        # model) are left out rather than loading the model and fitting 210 layers for them
+        opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
     parsed = [parse_variant_config(c) for c in opts.configs]
     run = _Run(opts, out, _Steps(opts.progress), cfgs=[c for c, _ in parsed],
                variant_of={c.name: v for c, v in parsed})

@@ -88,6 +88,7 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
             out.append(f"Perplexity: FP32 {with_ci(base, b.get('ppl_lo'), b.get('ppl_hi'))}; the worst config, "
                        f"{worst['config']}, reaches {with_ci(worst['ppl'], worst.get('ppl_lo'), worst.get('ppl_hi'))}.")
     out.extend(weight_fit_findings(ppl_rows or []))
+    out.extend(weight_fit_sqnr_findings(rows or []))
     if res is not None:
         out.extend(comparisons(res, ppl_rows))
     return out
@@ -110,6 +111,27 @@ def weight_fit_findings(ppl_rows) -> list[str]:
             fit_order = [c for c, _, b in sorted(pairs, key=lambda p: p[2]["ppl"])]
             line += (f" Ranking by perplexity unchanged ({' < '.join(rtn_order)})." if rtn_order == fit_order else
                      f" The ranking changes: RTN {' < '.join(rtn_order)}; {method.upper()} {' < '.join(fit_order)}.")
+        out.append(line)
+    return out
+
+
+def weight_fit_sqnr_findings(rows) -> list[str]:
+    """RTN vs fitted weights by pooled layer-output SQNR (the configs table's rows, replayed on the
+    same recorded inputs): each pair with its interval, and whether the ranking of the paired
+    configs changes (higher SQNR first)."""
+    by = {r["config"]: r for r in rows if finite(r.get("pooled_out_sqnr_db"))}
+    out = []
+    for method in ("gptq", "awq"):
+        pairs = [(c, by[c], by[f"{c}+{method}"]) for c in by if f"{c}+{method}" in by]
+        if not pairs:
+            continue
+        txt = "; ".join(f"{c} {sqnr_text(a)} -> {sqnr_text(b)}" for c, a, b in pairs)
+        line = f"{method.upper()} weights (pooled layer-output SQNR RTN -> {method.upper()}): {txt}."
+        if len(pairs) > 1:
+            rtn_order = [c for c, a, _ in sorted(pairs, key=lambda p: -p[1]["pooled_out_sqnr_db"])]
+            fit_order = [c for c, _, b in sorted(pairs, key=lambda p: -p[2]["pooled_out_sqnr_db"])]
+            line += (f" Ranking by SQNR unchanged ({' > '.join(rtn_order)})." if rtn_order == fit_order else
+                     f" The ranking changes: RTN {' > '.join(rtn_order)}; {method.upper()} {' > '.join(fit_order)}.")
         out.append(line)
     return out
 
@@ -159,9 +181,12 @@ def build_document(opts, mname, traces, results, rows, ppl_rows, acc_rows, massi
     notes = [f"{r['config']}: {r['hw_note']}" for r in rows if r.get("hw_note")]
     if notes:
         d.bullets(notes)
-    d.paragraph("Caveat: SmolLM2-135M ships as a Q4_1 GGUF, so its weights already lie on a 4-bit grid per "
-                "block of 32; weight-quantization error measured on it understates what a full-precision "
-                "checkpoint would show. Use `--model` with a full-precision checkpoint for weight studies.")
+    stored = sorted(set(((m.get("source_grid") or {}).get("types") or {}).values()))
+    if stored:  # a GGUF-shipped model: its weights already lie on the stored grid (source grid section)
+        d.paragraph(f"Caveat: `{mname}` ships as a GGUF whose Linear weights are stored as {', '.join(stored)}, so "
+                    "they already lie on a quantization grid; weight-quantization error measured on them "
+                    "understates what a full-precision checkpoint would show (see the source-grid section). Use "
+                    "`--model` with a full-precision checkpoint (e.g. `mpnet`, `minilm`) for weight studies.")
     if "tradeoff" in figs:
         d.image("plots/tradeoff.png", "Pooled layer-output SQNR against MAC area and energy per config; "
                 "red: Pareto front (no other config is both cheaper and more accurate).")

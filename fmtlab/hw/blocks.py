@@ -124,19 +124,30 @@ def fixed_product_parts(w: FixedView, a: FixedView, st: Styles) -> list[Part]:
 
 
 def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
-    """Hidden bit (OR of the exponent field), zero / Inf / NaN detection."""
+    """Hidden bit (OR of the exponent field), zero / Inf / NaN detection.
+
+    These are OR / AND trees of the code's bits; synthesis maps a tree of 2-input ORs or ANDs
+    to alternating NOR2 / NAND2 levels (1 GE per 2-input node, not OR2's / AND2's 1.33 in OSU
+    0.18 um), as it does the leading-zero counter's valid tree
+    (:class:`fmtlab.hw.components.LeadingZeroCounter`), so every node is priced as one NOR2 or
+    NAND2. Measured (issue 21, session 6, ``/tmp/cost6/dec.py``: the project's own
+    ``float_decode`` RTL with ``max(E, 1)`` synthesised alone, Yosys 0.70, OSU 0.18 um GE;
+    model incl. ``max(E, 1)``, was / now): fp8_e4m3 13.7 (19.3 / 15.0), fp8_e5m2 14.3
+    (18.0 / 14.0), fp4_e2m1 4.0 (4.7 / 4.0), fp6_e3m2 8.3 (7.3 / 6.0), fp6_e2m3 7.0 (7.3 / 6.0),
+    bf16 26.3 (32.7 / 25.0), fp16 31.2 (28.7 / 22.0): sum 104.8 GE, was 118.0 (+13%), now 92.0
+    (-12%); in the product of two operands (flags included) synthesis finds less still."""
     e, m = v.exp_bits, v.man_bits
-    g = dict(OR2=(e - 1) + (m - 1) + 1)  # hidden bit; fraction nonzero; zero = ~(hidden | frac)
+    g = dict(NOR2=(e - 1) + (m - 1) + 1)  # hidden bit; fraction nonzero; zero = ~(hidden | frac)
     how = SpecialDecode.IEEE if isinstance(v, FloatAcc) else v.special_decode
-    if how is SpecialDecode.CODES:  # one (bits - 1)-AND2 compare per code (literals: INV), OR
+    if how is SpecialDecode.CODES:  # one (bits - 1)-AND compare per code (literals: INV), OR
         n = len(v.nan_codes) + len(v.inf_codes)
-        g["AND2"] = n * (v.bits - 1)
+        g["NAND2"] = n * (v.bits - 1)
         g["INV"] = v.bits
-        g["OR2"] += max(len(v.nan_codes) - 1, 0) + max(len(v.inf_codes) - 1, 0)
+        g["NOR2"] += max(len(v.nan_codes) - 1, 0) + max(len(v.inf_codes) - 1, 0)
     elif how is not SpecialDecode.NONE:
-        g["AND2"] = (e - 1) + 2  # exponent all ones; inf / nan
+        g["NAND2"] = (e - 1) + 2  # exponent all ones; inf / nan
         if how is SpecialDecode.ALL_ONES:
-            g["AND2"] += m - 1  # NaN is S.1111.111: mantissa all ones
+            g["NAND2"] += m - 1  # NaN is S.1111.111: mantissa all ones
     return [Part(f"{label} decode (hidden bit, specials)", Gates.of(**g))]
 
 
@@ -156,12 +167,13 @@ def product_flag_gates(a: FloatView, b: FloatView) -> dict[str, int]:
     """Gates of the product's zero / Inf / NaN flags (the RTL's pnan, pinf, pzero). Inputs a
     format cannot produce are constant 0, so: with Inf, nan = nan_a | nan_b | inf_a & zero_b |
     inf_b & zero_a, inf and zero gated by it; NaN only (e.g. E4M3): nan = nan_a | nan_b and
-    zero gated by it; neither (e.g. E2M1): zero = zero_a | zero_b."""
+    zero gated by it; neither (e.g. E2M1): zero = zero_a | zero_b. Priced as NAND2 / NOR2 (AND-OR
+    logic maps to inverting gates; see :func:`float_decode_parts`)."""
     if a.has_inf or b.has_inf:
-        return dict(AND2=4, OR2=3)
+        return dict(NAND2=4, NOR2=3)
     if a.has_nan or b.has_nan:
-        return dict(AND2=1, OR2=2)
-    return dict(OR2=1)
+        return dict(NAND2=1, NOR2=2)
+    return dict(NOR2=1)
 
 
 def signed_width(lo: int, hi: int) -> int:
@@ -187,7 +199,9 @@ def product_exponent_parts(a: FloatView, b: FloatView, we: int, st: Styles) -> l
     np_ = a.sig_bits + b.sig_bits
     ew = max(a.exp_bits, b.exp_bits) + 1
     wx = product_exponent_width(a, b, we)
-    parts = [Part("product exponent adder", adder(ew, st.adder)),
+    # two zero-extended (ew - 1)-bit fields: an (ew - 1)-bit adder whose carry-out is the sum's
+    # top bit (an FA on the two zero top bits would be the carry itself: a wire)
+    parts = [Part("product exponent adder", adder(ew - 1, st.adder)),
              Part("product exponent bias (constant)", Incrementer(max(wx, ew)))]
     if a.subnormals or b.subnormals:
         lzw = clog2(max(np_, 2))
@@ -243,7 +257,7 @@ def fp_adder_parts(np_: int, we: int, acc: FloatAcc, st: Styles, denormalise: bo
     lzw = clog2(max(n, 2))
     parts: list[Part] = []
     if ftz:
-        parts += [Part(f"{label} zero (exponent field 0)", Gates.of(OR2=acc.exp_bits - 1, INV=1)),
+        parts += [Part(f"{label} zero (exponent field 0)", Gates.of(NOR2=acc.exp_bits - 1, INV=1)),
                   Part(f"{label} exponent (E - bias)", Incrementer(min(we, acc.exp_bits))),
                   Part("zero operands (select gating)", Gates.of(AND2=2, OR2=1))]
     elif not acc_zero:

@@ -64,14 +64,14 @@ def ftz_parts(a: FloatView, b: FloatView, acc: FloatAcc, st: Styles) -> list[Par
     g = ftz_geometry(a, b, acc)
     np_, we, wx = g["np"], g["we"], g["wx"]
     parts = [
-        Part(f"{a.name} zero (exponent field 0)", Gates.of(OR2=a.exp_bits - 1, INV=1)),
-        Part(f"{b.name} zero (exponent field 0)", Gates.of(OR2=b.exp_bits - 1, INV=1)),
+        Part(f"{a.name} zero (exponent field 0)", Gates.of(NOR2=a.exp_bits - 1, INV=1)),
+        Part(f"{b.name} zero (exponent field 0)", Gates.of(NOR2=b.exp_bits - 1, INV=1)),
         # (1.F)(1.G) = 1 + F + G + F*G: the hidden ones are constants, so only the F x G partial
         # products need AND gates; the reduction is that of the full multiplier
         Part(f"significand multiplier {a.sig_bits}x{b.sig_bits} (hidden 1 constant)",
              _HiddenOneMultiplier(a.sig_bits, b.sig_bits)),
         Part("product sign + zero", Gates.of(XOR2=1, OR2=1)),
-        Part("product exponent adder", adder(max(a.exp_bits, b.exp_bits) + 1, st.adder)),
+        Part("product exponent adder", adder(max(a.exp_bits, b.exp_bits), st.adder)),  # carry-out: top bit
         Part("product exponent bias (constant) + normalise carry", Incrementer(wx)),
         Part("product 1-bit normalise", Mux(np_ - 1)),
     ]

@@ -29,12 +29,12 @@ from fmtlab.hw.scale_units import (absmax_tree_parts, fp8_scale_multiply_parts, 
 ACCURACY = (
     "Area: analytical gate-level model; its area ratios to an int8 x int8 -> int32 MAC are "
     "within 15% of Yosys synthesis of fmtlab's own RTL (OSU 0.18 um cells) for all 16 units of "
-    "`fmtlab hw synth` (mean |error| 7%, max 14.7%); absolute GE lie within -5%..+20% of "
+    "`fmtlab hw synth` (mean |error| 6%, max 13.6%); absolute GE lie within -5%..+19% of "
     "synthesis. Energy: per-class fJ/GE fitted to Horowitz (ISSCC 2014) 45 nm add/mult "
-    "energies (mean |error| 20%, max 49% over the 8 calibration ops). Node scaling: Stillmaker "
+    "energies (mean |error| 20%, max 50% over the 8 calibration ops). Node scaling: Stillmaker "
     "& Baas 2017. Scale / quantizer units and the promotion adder (FmtlabScaleUnit, FmtlabPromotedMAC): "
     "within 15% of Yosys synthesis of fmtlab's RTL of each datapath (`fmtlab hw synth --cost-units`); "
-    "the e8m13 inner MAC of hopper_fp8_mma is the exception (+23% as a ratio to the int8 MAC). "
+    "the e8m13 inner MAC of hopper_fp8_mma is the exception (+19% as a ratio to the int8 MAC). "
     "Leakage and latency are not modelled (0)."
 )
 

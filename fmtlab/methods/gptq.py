@@ -11,7 +11,8 @@ calibration windows (the ``record`` convention: windows of exactly ``seq_len`` t
 share one accumulation. The reference implementation (IST-DASLab/gptq, llama.py) instead feeds
 each block the outputs of the already quantized blocks before it ("sequential"); with float
 inputs every layer is fitted independently, which is what a recorded trace can give and is
-cheaper (one pass). Per batch X^T X is a float32 matmul, summed in float64.
+cheaper (one pass). Per batch X^T X is one float32 symmetric rank-k update (BLAS ssyrk), summed in
+float64, on a worker thread while torch runs the forward (the output head is not run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import copy
 import hashlib
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,7 +39,7 @@ from fmtlab.sim.quant import resolve
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
 
 __all__ = ["collect_hessians", "input_moments", "weight_quantizer", "fit_weights", "quantize_model",
-           "apply_weights", "save_weights", "load_weights", "model_key", "WEIGHT_METHODS"]
+           "apply_weights", "save_weights", "load_weights", "model_key", "WEIGHT_METHODS", "FittedWeights"]
 
 #: weight methods of fit_weights / quantize_model
 WEIGHT_METHODS = ("rtn", "gptq", "awq", "awq+gptq")
@@ -104,6 +107,10 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
     owner: dict[str, str] = {}  # layer -> the layer whose accumulator it shares
     seen: dict[int, tuple[Any, str]] = {}  # id -> (tensor, layer): the tensor is held so its id stays unique
     handles = []
+    # the rank-k updates run on one worker thread (BLAS releases the GIL) while torch runs the
+    # forward: FIFO, so the float64 sums are added in one fixed order; at most 16 batches queued
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: deque = deque()
 
     def make_hook(name: str, in_f: int):
         def hook(module, args, kwargs, output):
@@ -114,26 +121,32 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
                 return
             seen[id(x)] = (x, name)
             owner.setdefault(name, name)
-            x2 = x.detach().reshape(-1, in_f).float()
-            xtx = (x2.T @ x2).double().cpu().numpy()
-            acc.setdefault(name, HessianAccumulator(in_f)).add_xtx(xtx, x2.shape[0])
+            x2 = x.detach().reshape(-1, in_f).float().cpu().numpy().copy()
+            a = acc.setdefault(name, HessianAccumulator(in_f))
+            while len(pending) >= 16:
+                pending.popleft().result()
+            pending.append(pool.submit(a.add, x2))
         return hook
 
     for name, mod, op in lin:
         in_f = mod.weight.shape[0] if op == "conv1d" else mod.weight.shape[1]
         handles.append(mod.register_forward_hook(make_hook(name, int(in_f)), with_kwargs=True))
     fwd = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
+    runner = _body(model, [name for name, _, _ in lin])
     try:
         with torch.no_grad():
             for start in range(0, len(windows), batch_size):
                 ids = torch.tensor(windows[start:start + batch_size], dtype=torch.long)
                 seen.clear()
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd)
+                runner(input_ids=ids, attention_mask=torch.ones_like(ids), **fwd)
                 if progress:
                     print(f"moments: {min(start + batch_size, len(windows))}/{len(windows)} sequences", flush=True)
+        while pending:
+            pending.popleft().result()
     finally:
         for h in handles:
             h.remove()
+        pool.shutdown(wait=True, cancel_futures=True)
     out = {}
     for name, _, _ in lin:
         src_name = owner.get(name)
@@ -141,6 +154,16 @@ def input_moments(model, tokenizer, texts: Sequence[str], *, seq_len: int = 256,
             raise FmtlabError(f"layer {name} was not run by the model's forward pass")
         out[name] = acc[src_name]
     return out
+
+
+def _body(model, names: Sequence[str]):
+    """The module to run for the inputs of ``names``: the base model (no output head: the LM head
+    is ~25% of SmolLM2's forward FLOPs and feeds no selected layer) when every name lies in it."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if base is not None and base is not model and all(n.startswith(prefix + ".") for n in names):
+        return base
+    return model
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -283,3 +306,42 @@ def load_weights(path: str | os.PathLike, expect: Mapping[str, Any] | None = Non
         return {k: np.array(f.get(k), dtype=np.float32) for k in f.entries}
     finally:
         f.close()
+
+
+class FittedWeights:
+    """Fitted weights as a weight "quantizer" of a replay config: called with a layer's original
+    float32 weight, it returns that layer's fitted weight (looked up by the SHA-256 of the
+    original's bytes), so a config replays on traces of the float model with GPTQ / AWQ weights.
+    A weight it was not fitted for raises FmtlabError (never a silent RTN); so does one whose
+    bytes match two layers with different fits. ``name``: e.g. "int4_per_channel[gptq]"."""
+
+    def __init__(self, fitted: Mapping[str, np.ndarray], originals: Mapping[str, np.ndarray], name: str):
+        self.name = name
+        self._by: dict[str, np.ndarray | None] = {}
+        for layer, w in fitted.items():
+            if layer not in originals:
+                raise FmtlabError(f"FittedWeights: no original weight of layer {layer}")
+            k = self._key(originals[layer])
+            prev = self._by.get(k, ...)
+            f = np.ascontiguousarray(w, np.float32)
+            self._by[k] = f if prev is ... or (prev is not None and np.array_equal(prev, f)) else None
+
+    @staticmethod
+    def _key(w: np.ndarray) -> str:
+        a = np.ascontiguousarray(w, np.float32)
+        return hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest()
+
+    def fake_quantize(self, w: np.ndarray) -> np.ndarray:
+        k = self._key(w)
+        if k not in self._by:
+            raise FmtlabError(f"{self.name}: a weight of shape {np.shape(w)} that was not fitted (a trace of another "
+                              "model, or a transform rewrote it)")
+        f = self._by[k]
+        if f is None:
+            raise FmtlabError(f"{self.name}: two layers hold these weights with different fits")
+        return f.copy()
+
+    __call__ = fake_quantize
+
+    def __repr__(self) -> str:
+        return self.name

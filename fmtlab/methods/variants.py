@@ -113,6 +113,9 @@ class Applied:
     record_kw: dict[str, Any] = dataclasses.field(default_factory=dict)
     perplexity_kw: dict[str, Any] = dataclasses.field(default_factory=dict)
     text_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: why configs behind this variant cannot be replayed on recorded traces (None: they can); the
+    #: variant then works through ``perplexity_kw`` only
+    replay_refusal: str | None = None
 
 
 class VariantHandler(abc.ABC):
@@ -120,6 +123,12 @@ class VariantHandler(abc.ABC):
 
     def check(self, variant: ModelVariant, model: Any) -> None:
         """Refuse a model the variant cannot handle (FmtlabError naming why) before any work."""
+
+    def replay_config(self, variant: ModelVariant, state: Any, model: Any, cfg: ReplayConfig) -> ReplayConfig | None:
+        """A config that replays on the traces of the plain model and measures what ``cfg`` behind
+        the variant does (e.g. fitted weights as its weight quantizer), or None (the default): the
+        configs then replay on traces recorded behind the variant."""
+        return None
 
     @abc.abstractmethod
     def fit(self, variant: ModelVariant, model: Any, tokenizer: Any, calib: CalibData,
@@ -349,8 +358,20 @@ class VariantSession:
         return self._traces[key]
 
     def replay(self, variant: ModelVariant, cfgs: Sequence[ReplayConfig], eval_path: Path, calib_path: Path,
-               seq_len: int, n_sequences: int, layers: str | None, cal_layers: str | None, **replay_kw):
-        """Replay ``cfgs`` on evaluation / calibration traces recorded behind ``variant``."""
+               seq_len: int, n_sequences: int, layers: str | None, cal_layers: str | None, *,
+               base_trace: Any = None, base_calib: Any = None, **replay_kw):
+        """Replay ``cfgs`` on evaluation / calibration traces recorded behind ``variant``; or, when
+        ``base_trace`` (the plain model's traces) is given and the variant's handler has a
+        :meth:`VariantHandler.replay_config` for every config, on those (no new recording)."""
+        refusal = self.applied(variant).replay_refusal
+        if refusal:
+            raise FmtlabError(f"{', '.join(c.name for c in cfgs)}: {refusal}")
+        if base_trace is not None:
+            h = handler_for(variant)
+            fitted = self.fitted(variant).state
+            alt = [h.replay_config(variant, fitted, self.model, c) for c in cfgs]
+            if all(a is not None for a in alt):
+                return replay(base_trace, alt, calib=base_calib, **replay_kw)
         tr = self.trace(variant, eval_path, "eval", seq_len, n_sequences, layers)
         cal = self.trace(variant, calib_path, "calib", seq_len, n_sequences, cal_layers)
         return replay(tr, list(cfgs), calib=cal, **replay_kw)

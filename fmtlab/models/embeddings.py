@@ -20,6 +20,7 @@ dynamic activation scales are per sentence and no padding enters a scale.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -124,6 +125,44 @@ def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, *, n_boot:
 
     return {"cosine": S.bootstrap(np.mean, cos, n_boot=n_boot, seed=seed),
             "rank": S.bootstrap(rank_stat, np.arange(len(ref)), n_boot=n_boot, seed=seed)}
+
+
+def is_language_model(model: Any) -> bool:
+    """True when ``model`` has an output head over the vocabulary (perplexity applies); False for a
+    bare encoder (BERT / MPNet ``AutoModel``), whose end-to-end metric is embedding agreement."""
+    get = getattr(model, "get_output_embeddings", None)
+    return callable(get) and get() is not None
+
+
+def replay_config_agreement(model: Any, tokenizer: Any, configs: Sequence[Any], *, calib: Any = None,
+                            sentences: Sequence[str] | None = None, n_boot: int = S.DEFAULT_N_BOOT,
+                            seed: int = S.DEFAULT_SEED) -> list[dict[str, Any]]:
+    """Embedding agreement with fp32 for replay configs (preset names or ReplayConfig), the
+    encoder's counterpart of :func:`fmtlab.models.perplexity.perplexity_table`.
+
+    Each config runs through :func:`fmtlab.models.perplexity.sim_quantized`, i.e. the same numpy
+    quantizers and transforms as replay (static scales and fitted transforms from ``calib``, a
+    calibration trace of this model); dynamic scales see one sentence at a time. One row per config:
+    config, n_sentences, cosine / rank with ``_lo`` / ``_hi`` (95% bootstrap over sentences), seconds.
+    """
+    from fmtlab.models.perplexity import sim_quantized  # lazy: imports torch (this module must not)
+    from fmtlab.sim.replay import make_config  # lazy: loads numba; the CLI imports this module
+
+    sents = list(sentences) if sentences is not None else held_out_sentences()
+    ref = sentence_embeddings(model, tokenizer, sents)
+    rows = []
+    for config in configs:
+        cfg = make_config(config)
+        t0 = time.perf_counter()
+        with sim_quantized(model, cfg, calib, per_sequence_head=False) as qmodel:
+            emb = sentence_embeddings(qmodel, tokenizer, sents)
+        agree = embedding_agreement(ref, emb, n_boot=n_boot, seed=seed)
+        rows.append({"config": cfg.name, "n_sentences": len(sents),
+                     **{k: v.value for k, v in agree.items()},
+                     **{f"{k}_lo": v.lo for k, v in agree.items()},
+                     **{f"{k}_hi": v.hi for k, v in agree.items()},
+                     "seconds": time.perf_counter() - t0})
+    return rows
 
 
 def encoder_quality(model: Any, tokenizer: Any, configs: Sequence[tuple[str, Any, Any]], *,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from fmtlab.sim.quant import QuantFn
 from fmtlab.sim.replay import make_config
 from fmtlab.sim.replay_engine import Resolved, fit_layer, needs_calibration, resolve_config
 from fmtlab.sim.trace import open_trace
-from fmtlab.sim.transform_base import Context, Decomposition
+from fmtlab.sim.transform_base import Context, Decomposition, linear_input_map
 from fmtlab.sim.transforms import Hadamard
 
 
@@ -147,7 +147,8 @@ def _calib_inputs(calib, name: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 @contextlib.contextmanager
 def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True,
-                  gemm: str = "torch") -> Iterator[Any]:
+                  gemm: str = "torch",
+                  weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Iterator[Any]:
     """Within the block, ``model``'s Linear-like layers are :class:`SimLinear` layers of ``config``.
 
     ``calib``: a trace (or path) recorded from this model on calibration text; required when the
@@ -155,17 +156,23 @@ def sim_quantized(model, config: Any, calib=None, per_sequence_head: bool = True
     sequence when ``per_sequence_head``). The original modules are restored on exit. ``gemm``: see
     :class:`SimLinear` ("torch", or "numpy" for replay's Hadamard layer outputs bit for bit).
 
+    ``weight_fit(layer, W', A) -> Q'`` (a config with a transform only, e.g. ``+gptq`` behind
+    AQAS): after the layer's transform is fitted as usual, its quantized weight is Q' instead of
+    the weight quantizer's RTN of W'; W' is the transformed weight and A the input map (X' = X A,
+    :func:`fmtlab.sim.transform_base.linear_input_map`, which refuses transforms that are not one).
+
     numpy's OpenBLAS runs on one thread within the block (:func:`fmtlab.sim.blas_threads.blas_threads`):
     its GEMMs run inside torch's forward pass, and the two thread pools competing for the cores
     made fp32 perplexity 2.5x slower on 2 cores (issue 22).
     """
     with blas_threads(1):
-        with _sim_quantized(model, config, calib, per_sequence_head, gemm) as m:
+        with _sim_quantized(model, config, calib, per_sequence_head, gemm, weight_fit) as m:
             yield m
 
 
 @contextlib.contextmanager
-def _sim_quantized(model, config: Any, calib, per_sequence_head: bool, gemm: str) -> Iterator[Any]:
+def _sim_quantized(model, config: Any, calib, per_sequence_head: bool, gemm: str,
+                   weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> Iterator[Any]:
     r: Resolved = resolve_config(make_config(config))
     cal = open_trace(calib) if calib is not None else None
     why = needs_calibration(r)
@@ -196,6 +203,11 @@ def _sim_quantized(model, config: Any, calib, per_sequence_head: bool, gemm: str
                 ft, aq = fit_layer(r, w, xcal, ctx, f" (layer {name})")
                 new = SimLinear(w, mod.bias, ft, aq, r.wq, r.hp_dtype, name, getattr(r.cfg, "accumulator", None),
                                 gemm=gemm)
+                if weight_fit is not None:
+                    if ft is None:
+                        raise FmtlabError(f"config {r.cfg.name!r}: weight_fit is for configs with a transform")
+                    A, wt = linear_input_map(ft, w)
+                    new.wq_fixed = np.ascontiguousarray(weight_fit(name, wt, A), np.float32)
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, new)
@@ -245,11 +257,13 @@ def eval_windows(tokenizer, seq_len: int = 256, n_sequences: int = 16, texts: Se
 
 def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] | None = None,
                seq_len: int = 256, n_sequences: int = 16, batch_size: int = 4, progress: bool = True,
-               ids=None, calib=None, kv_prefix=None) -> dict[str, Any]:
+               ids=None, calib=None, kv_prefix=None,
+               weight_fit: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Perplexity of ``model`` with ``config`` (a replay config / preset name) on held-out text.
 
     ``calib``: calibration trace for static scales / fitted transforms (see :func:`sim_quantized`).
     ``kv_prefix``: a KV prefix (CushionCache) every window runs behind; its tokens are not scored.
+    ``weight_fit``: fitted weights in a transform's space (see :func:`sim_quantized`).
     Returns a dict: config, description, ppl, nll, tokens, seconds, seq_nll and seq_tokens (per
     sequence, for bootstrap intervals).
     """
@@ -257,7 +271,7 @@ def perplexity(model, tokenizer, config: Any = "fp32", *, texts: Sequence[str] |
     if ids is None:
         ids = eval_windows(tokenizer, seq_len, n_sequences, texts)
     t0 = time.perf_counter()
-    with sim_quantized(model, cfg, calib) as qmodel:
+    with sim_quantized(model, cfg, calib, weight_fit=weight_fit) as qmodel:
         nll, tok = sequence_nll(qmodel, ids, batch_size=batch_size, progress=progress, desc=cfg.name,
                                 kv_prefix=kv_prefix)
     total, count = float(nll.sum()), int(tok.sum())

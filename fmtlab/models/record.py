@@ -193,7 +193,7 @@ def _attach_qkv_taps(model, blocks, block_names, state, put, attn_meta, with_pro
             for r, a in arrs.items():
                 put(f"{lname}:attn_{r}", a, kind=f"attn_{r}", layer=lname)
             if state["first"]:
-                sw = kwargs.get("sliding_window")
+                sw = kwargs.get("sliding_window", getattr(module, "sliding_window", None))  # < 4.53: the attribute
                 attn_meta[lname] = {
                     "block": blk, "q": f"{lname}:attn_q", "k": f"{lname}:attn_k", "v": f"{lname}:attn_v",
                     "probs": f"{lname}:attn_probs" if with_probs else None,  # the name record's P hook uses

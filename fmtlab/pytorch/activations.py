@@ -85,9 +85,9 @@ def _rows_independent(q: Any) -> bool:
     if isinstance(g, PerChannel):
         return g.axis in (0, -2)
     if isinstance(g, PerBlock):
-        return g.axis in (1, -1) and not g.tensor_scale
+        return g.axis in (1, -1) and not g.tensor_scale and g.tile is None
     if isinstance(g, PerGroup):
-        return g.axis in (1, -1)
+        return g.axis in (1, -1) and g.tile is None
     return False
 
 

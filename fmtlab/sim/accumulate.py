@@ -26,9 +26,9 @@ Accumulation (order: k = 0 .. K-1, the order of the reduction axis):
   ``int<W>_sat``: sequential, saturating after every product (k ascending); an overflowing dot
   product is one that saturated at least once.
 - **float** (``fp32``, ``bf16``, ``fp16``, ``e<E>m<M>``): chunked emulation. The K products are cut
-  into consecutive chunks of k (the last may be shorter); a chunk's sum is formed in float64
-  (exact where the products' bits fit 53 bits, as INT8 / FP8 element products do; otherwise one
-  float64 rounding, <= 2^-53 relative) and added to the accumulator with ONE rounding to its
+  into consecutive chunks of k (the last may be shorter); a chunk's sum is formed in float64, the
+  products added in k order (exact where the products' bits fit 53 bits, as INT8 / FP8 element
+  products do; otherwise float64 roundings, <= k 2^-53 relative) and added to the accumulator with ONE rounding to its
   format (nearest-even or toward zero; :func:`fmtlab.hw.dp_kernels.fp_step`). k = 1 is sequential
   accumulation and equals :func:`fmtlab.hw.datapath.dot` bit for bit. Overflow: a step giving Inf
   from finite inputs.
@@ -48,10 +48,13 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import PerChannel, PerTensor, PerToken, Quantizer
+from fmtlab.formats.mixfp4 import block_is_e1m2, element_values
+from fmtlab.formats.scaling import MixFP4, broadcast_scales, from_work, to_work, work_rows
 from fmtlab.hw.accumulators import FloatAcc, IntAcc, KulischAcc, parse_accumulator
 from fmtlab.hw.datapath import float_params
 from fmtlab.hw.operands import FixedView, view
 from fmtlab.hw.promoted_acc import PromotedAcc, parse_promoted
+from fmtlab.sim._acc_kernels import float_acc_partials, float_acc_rows
 
 __all__ = ["Accumulator", "parse", "Operand", "operand", "accumulate", "accumulated_matmul", "AccResult"]
 
@@ -132,6 +135,10 @@ def operand(q: Any, x: np.ndarray) -> Operand:
     qt = q.quantize(x)
     if qt.zero_points is not None:
         raise FmtlabError(f"{q}: asymmetric (zero-point) quantizers are not supported in the accumulator path")
+    if getattr(q.granularity, "tile", None) is not None or isinstance(q.scale_rule, MixFP4):
+        # 2-D tiles / MixFP4's per-block element type: each element's value and scale from the
+        # quantizer's own layout (the scale stays with each element)
+        return Operand(_element_values_scaled(q, qt), np.ones(x.shape[0]), False)
     v = q.format.decode(qt.codes).astype(np.float64)
     r = _row_scales(q, qt.scales, x.shape[0])
     if r is None:  # groups / blocks along K: the scale stays with each element
@@ -142,6 +149,20 @@ def operand(q: Any, x: np.ndarray) -> Operand:
     if unit is None:
         return Operand(v, r, False)
     return Operand(v * 2.0 ** unit, r * 2.0 ** -unit, True)
+
+
+def _element_values_scaled(q, qt) -> np.ndarray:
+    """float64 v * s per element of a QTensor (exact: element values and float32 scales), with
+    MixFP4 blocks read in their flagged element format."""
+    lay = qt.layout
+    cw = to_work(qt.codes, lay).reshape(-1)
+    s = broadcast_scales(np.asarray(qt.scales, dtype=np.float64).reshape(-1), lay)
+    if isinstance(q.scale_rule, MixFP4):
+        alt = broadcast_scales(block_is_e1m2(qt.scale_codes).reshape(-1), lay)
+        v = element_values(work_rows(cw, lay), alt)
+    else:
+        v = work_rows(q.format.values()[cw.astype(np.intp)], lay)
+    return np.ascontiguousarray(from_work((v * s).reshape(lay.work_shape), lay))
 
 
 def _fixed_unit(fmt) -> int | None:
@@ -242,7 +263,52 @@ def _chunks(k: int, size: int):
     return [(s, min(s + size, k)) for s in range(0, k, size)]
 
 
+#: chunks of at least this many products take their sums from a batched float64 GEMM
+_BLAS_CHUNK = 8
+#: bytes of chunk partials [chunks, rows, columns] formed at a time (few, large parallel regions:
+#: 4 MiB blocks ran 3x slower with 2 numba threads on a loaded 2-core machine than 32 MiB ones)
+_PARTS_BYTES = 32 << 20
+
+
 def _float_acc(vx: np.ndarray, vw: np.ndarray, acc: FloatAcc, chunk: int, lo: int = 0, hi: int | None = None):
+    """Chunked float accumulation of products lo..hi-1 (module docstring), fused:
+    chunks of >= 8 products sum in a batched float64 GEMM (row blocks of a few MiB) and
+    :func:`fmtlab.sim._acc_kernels.float_acc_partials` adds them in order with one rounding each;
+    shorter chunks form their products in :func:`fmtlab.sim._acc_kernels.float_acc_rows`."""
+    man, emin, emax, rtz, f64 = float_params(acc)
+    hi = vx.shape[1] if hi is None else hi
+    M, N, L = vx.shape[0], vw.shape[0], hi - lo
+    out = np.zeros((M, N))
+    ovf = np.zeros(out.shape, dtype=bool)
+    if L <= 0 or M == 0 or N == 0:
+        return out, ovf
+    args = (int(man), int(emin), int(emax), bool(rtz), bool(f64))
+    if chunk < _BLAS_CHUNK:
+        float_acc_rows(np.ascontiguousarray(vx[:, lo:hi], dtype=np.float64),
+                       np.ascontiguousarray(vw[:, lo:hi].T, dtype=np.float64), int(chunk), 0, L, *args, out, ovf)
+        return out, ovf
+    c = -(-L // chunk)
+    wp = np.zeros((N, c * chunk))
+    wp[:, :L] = vw[:, lo:hi]  # zero products pad the last chunk: an exact sum is unchanged
+    wp = np.ascontiguousarray(wp.reshape(N, c, chunk).transpose(1, 2, 0))  # [c, chunk, N]
+    cols = N if c * N * 8 <= _PARTS_BYTES else max(1, _PARTS_BYTES // (c * 8))
+    rows = max(1, _PARTS_BYTES // (c * cols * 8))
+    for r in range(0, M, rows):
+        rb = min(rows, M - r)
+        xp = np.zeros((rb, c * chunk))
+        xp[:, :L] = vx[r:r + rb, lo:hi]
+        xp = xp.reshape(rb, c, chunk).transpose(1, 0, 2)
+        for j in range(0, N, cols):
+            parts = np.matmul(xp, wp[:, :, j:j + cols])  # [c, rb, cols]
+            float_acc_partials(np.ascontiguousarray(parts), *args, out[r:r + rb, j:j + cols],
+                               ovf[r:r + rb, j:j + cols])
+    return out, ovf
+
+
+def _float_acc_numpy(vx: np.ndarray, vw: np.ndarray, acc: FloatAcc, chunk: int, lo: int = 0,
+                     hi: int | None = None):
+    """The former implementation (a float64 GEMM per chunk, then the vectorized rounding step):
+    the reference the fused kernel is tested against."""
     man, emin, emax, rtz, f64 = float_params(acc)
     hi = vx.shape[1] if hi is None else hi
     out = np.zeros((vx.shape[0], vw.shape[0]))
@@ -292,7 +358,7 @@ def accumulate(x: Operand, w: Operand, accumulator: "Accumulator | str") -> AccR
         for a, b in _chunks(vx.shape[1], acc.interval):
             inner, iovf = _float_acc(vx, vw, acc.inner, accum.chunk, a, b)
             ovf |= iovf
-            _fp_steps(out, inner, man, emin, emax, rtz, f64, ovf)
+            float_acc_partials(inner[None], int(man), int(emin), int(emax), bool(rtz), bool(f64), out, ovf)
         return AccResult(out, ovf)
     if isinstance(acc, KulischAcc):
         return AccResult(vx @ vw.T, np.zeros((vx.shape[0], vw.shape[0]), dtype=bool))

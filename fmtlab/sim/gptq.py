@@ -34,6 +34,18 @@ element from ``np.random.default_rng(seed)`` in C order, as the quantizer does.
 
 Calibration: H = 2 X^T X / n over calibration rows only (``fmtlab.sim.hessian``); then
 ``||X W^T - X Q^T||_F^2 = (n / 2) tr((W - Q) H (W - Q)^T)`` (see :func:`hessian_error`).
+
+RTN fallback (``rtn_fallback=True``, the default; a deviation from the reference): OPTQ is greedy
+(Babai's nearest plane on the lattice of H), so on some rows its calibration error
+``d H d^T`` (d = w - q, the undamped H) is above round-to-nearest's. After the OPTQ pass every
+independent unit of rows is compared with the quantizer's own RTN (``quantizer.quantize(W)``)
+and keeps RTN's codes and scales where RTN's error is strictly lower. A unit is one row when the
+scales are per row, per input-axis group / block, or one per tensor equal in both (NVFP4's tensor
+scale is RTN's by construction); ``q_len`` rows for groups / blocks along the output axis; the whole
+matrix for scales per input column (every row shares them). Hence GPTQ's calibration error is never
+above RTN's, row unit by row unit (:func:`row_errors`). Fallback rows are RTN's exactly (dead
+columns keep RTN's values: they do not change the calibration error). ``rtn_fallback=False`` is
+the reference algorithm (the residual and Cholesky laws in the tests are about it).
 """
 
 from __future__ import annotations
@@ -52,12 +64,13 @@ from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, fq_vector
 from fmtlab.formats.quantizer import QTensor, QuantReport, Quantizer
 from fmtlab.formats.rounding import NanInput, Rounding
 from fmtlab.formats.scaling import (
-    FourOverSix, MinMax, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
+    FourOverSix, MinMax, MixFP4, PerBlock, PerChannel, PerGroup, PerTensor, PerToken, Static, from_work, plan_layout,
     to_work,
 )
 from fmtlab.sim.scale_search import block_scale_search
 
-__all__ = ["GPTQResult", "gptq", "PreparedHessian", "prepare_hessian", "rtn", "hessian_error", "ColumnScheme"]
+__all__ = ["GPTQResult", "gptq", "PreparedHessian", "prepare_hessian", "rtn", "hessian_error", "row_errors",
+           "ColumnScheme"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,7 +83,9 @@ class GPTQResult:
     INT) or None; scale_codes: E8M0 / E4M3 codes of block scales or None; tensor_scale: NVFP4's
     FP32 tensor scale or None; perm: the column order (act_order) or None; dead: bool [in], the
     inputs with ``H[j, j] == 0`` (their weights are set to 0 before quantizing); proxy_loss: the
-    OPTQ objective sum_j ||w_j - q_j||^2 / (2 U[j, j]^2) summed over columns (float64)."""
+    OPTQ objective sum_j ||w_j - q_j||^2 / (2 U[j, j]^2) summed over columns (float64) of the OPTQ
+    pass (before any RTN fallback); fallback: bool [out], the rows that kept RTN's codes and scales
+    (``rtn_fallback=True``), None without the fallback."""
 
     weight: np.ndarray
     codes: np.ndarray
@@ -81,6 +96,7 @@ class GPTQResult:
     perm: np.ndarray | None
     dead: np.ndarray
     proxy_loss: float
+    fallback: np.ndarray | None = None
 
     def qtensor(self, quantizer: Quantizer):
         """The result as a :class:`fmtlab.formats.quantizer.QTensor` of ``quantizer``."""
@@ -109,6 +125,11 @@ class ColumnScheme:
         self.R, self.C = R, C = shape
         self.layout = plan_layout(quantizer.granularity, shape)  # validates sizes vs shape
         g = quantizer.granularity
+        if getattr(g, "tile", None) is not None:
+            raise FmtlabError(f"gptq: 2-D tiles ({g}) are not supported: GPTQ rounds column by column, "
+                              "a tile's scale spans rows and columns; use 1-D groups or blocks")
+        if isinstance(quantizer.scale_rule, MixFP4):
+            raise FmtlabError(f"gptq: {quantizer} (MixFP4's per-block element choice) is not supported")
         self.block = quantizer.is_block
         self.g = 1
         self.static = isinstance(quantizer.scale_rule, Static)
@@ -253,20 +274,23 @@ def _inverse_cholesky(H: np.ndarray) -> np.ndarray:
 class PreparedHessian:
     """The part of GPTQ that depends on the Hessian only (shared by layers with one input, e.g.
     q/k/v): U = chol((H_d)^-1) upper of the dampened, dead-fixed (and act-order permuted) H_d;
-    dead: bool [in]; perm: the act-order permutation or None."""
+    dead: bool [in]; perm: the act-order permutation or None; hessian: the original H (float64,
+    undamped, unpermuted), which the RTN fallback scores rows with."""
 
     U: np.ndarray
     dead: np.ndarray
     perm: np.ndarray | None
     damp: float
     act_order: bool
+    hessian: np.ndarray | None = None
 
 
 def prepare_hessian(hessian, damp: float = 0.01, act_order: bool = False) -> PreparedHessian:
     """Dead columns (H[j, j] == 0 -> 1), act-order permutation (descending diag H), dampening
     (``damp`` * mean diag added to the diagonal) and the inverse Cholesky factor of H, as
     :func:`gptq` does them; pass the result to several ``gptq`` calls on layers sharing an input."""
-    H = np.array(hessian, dtype=np.float64)
+    H0 = np.asarray(hessian, dtype=np.float64)
+    H = H0.copy()
     if H.ndim != 2 or H.shape[0] != H.shape[1] or H.size == 0:
         raise FmtlabError(f"gptq: hessian must be a square [in, in] array, got shape {H.shape}")
     if not np.all(np.isfinite(H)):
@@ -280,12 +304,12 @@ def prepare_hessian(hessian, damp: float = 0.01, act_order: bool = False) -> Pre
         perm = np.argsort(-np.diag(H), kind="stable")
         H = H[np.ix_(perm, perm)]
     H[np.diag_indices(H.shape[0])] += damp * float(np.mean(np.diag(H)))
-    return PreparedHessian(_inverse_cholesky(H), dead, perm, float(damp), bool(act_order))
+    return PreparedHessian(_inverse_cholesky(H), dead, perm, float(damp), bool(act_order), H0)
 
 
 def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: float = 0.01,
          act_order: bool = False, static_groups: bool = False,
-         scale_search: str | None = None) -> GPTQResult:
+         scale_search: str | None = None, rtn_fallback: bool = True) -> GPTQResult:
     """OPTQ-quantize ``weight`` [out, in] under ``quantizer`` with the calibration Hessian
     ``hessian`` [in, in] (H = 2 X^T X / n); see the module docstring for the exact algorithm.
 
@@ -294,7 +318,9 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
     static_groups: group / block scales from the original weights instead of the updated ones;
     scale_search: "mse" picks each block's scale by ``fmtlab.sim.scale_search`` (block
     quantizers; the search runs on the current weights when the block starts), None = the rule's
-    (Four Over Six is a rule: ``scale_rule="four_over_six"`` on an NVFP4 quantizer).
+    (Four Over Six is a rule: ``scale_rule="four_over_six"`` on an NVFP4 quantizer);
+    rtn_fallback: keep RTN's codes and scales on every unit of rows where RTN's calibration error
+    is lower (module docstring; False = the reference OPTQ).
     Raises FmtlabError for non-finite or mis-shaped input, a quantizer whose layout does not fit
     W, or a Hessian that stays indefinite after dampening.
     """
@@ -353,19 +379,26 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
     loss = 0.0
     for i1 in range(0, C, B):
         i2 = min(i1 + B, C)
-        W1 = W[:, i1:i2].copy()
-        Err1 = np.zeros_like(W1)
+        # the batch transposed (row i = column i1 + i); the in-batch updates are applied just in
+        # time: column i gets the errors of columns [base, i) when it is reached (one vector-matrix
+        # product) and all pending columns are applied to the rest of the batch at a group start
+        W1T = np.ascontiguousarray(W[:, i1:i2].T)
+        ErrT = np.zeros_like(W1T)
         U1 = U[i1:i2, i1:i2]
+        base = 0
         for i in range(i2 - i1):
             j = i1 + i
             jo = int(perm[j]) if perm is not None else j  # original column index
-            w = W1[:, i]
+            if scheme.kind == "group" and not static_groups and j % g == 0 and i > base:
+                W1T[i:] -= U1[base:i, i:].T @ ErrT[base:i]  # the group sees fully updated weights
+                base = i
+            w = W1T[i] - U1[base:i, i] @ ErrT[base:i] if i > base else W1T[i].copy()
             if scheme.kind == "fixed":
                 s, z = fixed[0], fixed[1]
             elif scheme.kind == "group":
                 k = jo // g
                 if not static_groups and j % g == 0:  # group starts: scales from current weights
-                    s, z, sc = scheme.slot_scales(W1[:, i:i + g])
+                    s, z, sc = scheme.slot_scales(W1T[i:i + g].T)
                     gs[:, k] = s
                     if gz is not None:
                         gz[:, k] = z
@@ -379,15 +412,14 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
                     col_z[jo] = z
                 if sc is not None:
                     col_codes[jo] = sc
-            qcol = scheme.round(np.ascontiguousarray(w), s, z, None if rand is None else rand[:, j])
+            qcol = scheme.round(w, s, z, None if rand is None else rand[:, j])
             Q[:, j] = qcol
             d = U1[i, i]
-            e = (w - qcol) / d
-            loss += float(np.dot(w - qcol, w - qcol)) / (2.0 * d * d)
-            W1[:, i:] -= np.outer(e, U1[i, i:])
-            Err1[:, i] = e
+            r = w - qcol
+            loss += float(np.dot(r, r)) / (2.0 * d * d)
+            ErrT[i] = r / d
         if i2 < C:
-            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            W[:, i2:] -= ErrT.T @ U[i1:i2, i2:]
     if perm is not None:
         inv = np.argsort(perm)
         Q = Q[:, inv]
@@ -412,8 +444,75 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
         enc_s = scales
     codes = scheme.encode(Q, np.asarray(enc_s, np.float32), zps)
     tg = float(scheme.tensor_g) if scheme.tensor_g is not None else None
-    return GPTQResult(Q.astype(np.float32), codes, np.ascontiguousarray(scales, np.float32), zps, scodes,
-                      tg, perm, dead, loss)
+    res = GPTQResult(Q.astype(np.float32), codes, np.ascontiguousarray(scales, np.float32), zps, scodes,
+                     tg, perm, dead, loss)
+    if rtn_fallback:
+        H0 = prep.hessian if isinstance(hessian, PreparedHessian) else H
+        if H0 is None:
+            raise FmtlabError("gptq: rtn_fallback needs the original hessian; make the prepared one "
+                              "with prepare_hessian, or pass rtn_fallback=False")
+        res = _rtn_fallback(res, weight, H0, quantizer, scheme)
+    return res
+
+
+def row_errors(weight, quantized, hessian) -> np.ndarray:
+    """Per output row r: d_r H d_r^T with d = W - Q (float64 [out]); their sum is
+    :func:`hessian_error`."""
+    D = np.asarray(weight, np.float64) - np.asarray(quantized, np.float64)
+    return np.einsum("ij,ij->i", D @ np.asarray(hessian, np.float64), D)
+
+
+def _fallback_unit(res: GPTQResult, rt: QTensor, scheme: ColumnScheme) -> int:
+    """Rows per independent unit: scales that couple rows (per tensor unless equal, per input
+    column, groups along the output axis) make the unit larger."""
+    R = scheme.R
+    if res.tensor_scale is not None and (rt.tensor_scale is None or
+                                         np.float32(rt.tensor_scale) != np.float32(res.tensor_scale)):
+        return R
+    if scheme.kind == "column":
+        return scheme.q_len  # R for one scale per input column, g for output-axis groups / blocks
+    if scheme.layout.scale_shape == ():  # one per-tensor scale: rows are independent when RTN's is the same
+        for a, b in ((res.scales, rt.scales), (res.zero_points, rt.zero_points)):
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a.reshape(-1), np.reshape(b, -1))):
+                return R
+    return 1
+
+
+def _rtn_fallback(res: GPTQResult, weight, H: np.ndarray, q: Quantizer, scheme: ColumnScheme) -> GPTQResult:
+    """``res`` with RTN's codes and scales on the row units where RTN's calibration error is lower."""
+    W = np.asarray(weight, np.float64)
+    rt = q.quantize(np.asarray(weight, np.float32))
+    wr = np.asarray(q.dequantize(rt), np.float32)
+    R = scheme.R
+    u = _fallback_unit(res, rt, scheme)
+    eg = row_errors(W, res.weight, H).reshape(R // u, u).sum(axis=1)
+    er = row_errors(W, wr, H).reshape(R // u, u).sum(axis=1)
+    take = er < eg  # ties keep GPTQ
+    rows = np.repeat(take, u)
+    if not take.any():
+        return dataclasses.replace(res, fallback=rows)
+    weight, codes = res.weight.copy(), res.codes.copy()
+    weight[rows], codes[rows] = wr[rows], rt.codes[rows]
+
+    def merge(a, b):
+        if a is None:
+            return None
+        a = a.copy()
+        if u == R:  # the whole matrix falls back
+            return np.asarray(b, a.dtype).reshape(a.shape).copy()
+        if scheme.layout.scale_shape == ():  # one per-tensor scale, equal in both
+            return a
+        if scheme.kind == "column":  # [C, R // u] (output-axis groups): unit k is column k of the scales
+            a[:, take] = np.asarray(b)[:, take]
+        else:  # [R] or [R, groups]: one row per output row
+            a[rows] = np.asarray(b)[rows]
+        return a
+
+    return dataclasses.replace(res, weight=weight, codes=codes, scales=merge(res.scales, rt.scales),
+                               zero_points=merge(res.zero_points, rt.zero_points),
+                               scale_codes=merge(res.scale_codes, rt.scale_codes),
+                               tensor_scale=rt.tensor_scale if u == R and rt.tensor_scale is not None
+                               else res.tensor_scale, fallback=rows)
 
 
 def _asym(q: Quantizer) -> bool:

@@ -1,7 +1,10 @@
 """Layer Hessians for GPTQ: H = 2 X^T X / n over calibration rows, streamed and cached.
 
-* :class:`HessianAccumulator` sums X^T X (float64) over row batches of one layer input; any
-  source feeds it (trace pieces here, torch forward hooks in ``fmtlab.methods.gptq``).
+* :class:`HessianAccumulator` sums X^T X over row batches of one layer input; any source feeds it
+  (trace pieces here, torch forward hooks in ``fmtlab.methods.gptq``). Each batch is one symmetric
+  rank-k update (BLAS ``ssyrk`` for float32 / float16 / bfloat16 rows, ``dsyrk`` for float64: the
+  upper triangle only), added to a float64 sum; the reference (IST-DASLab/gptq ``add_batch``)
+  keeps the whole sum in float32.
 * :func:`trace_hessians` streams the inputs of a recorded trace piece by piece; layers fed by one
   stored input (q/k/v, gate/up) share one Hessian. It refuses a trace recorded on the "eval" split:
   a Hessian is calibration, and scoring text must never calibrate.
@@ -20,25 +23,29 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from scipy.linalg import blas
+
 from fmtlab.errors import FmtlabError
 from fmtlab.safe_io import dir_mode
 from fmtlab.sim.safetensors_io import SafetensorsFile, write_safetensors
 from fmtlab.sim.trace import open_trace
 
-__all__ = ["HessianAccumulator", "trace_hessians", "HessianCache", "calibration_key", "check_calibration_trace"]
+__all__ = ["HessianAccumulator", "trace_hessians", "HessianCache", "calibration_key", "check_calibration_trace",
+           "transformed_hessian"]
 
 
 class HessianAccumulator:
     """Streaming H = 2 X^T X / n of one layer input with ``features`` columns.
 
-    ``add(X)`` takes rows [..., features] (float32/float64; NaN/Inf raise); the sum is float64.
-    ``hessian()`` is float64 [features, features]; raises if no row was added."""
+    ``add(X)`` takes rows [..., features] (NaN/Inf raise): one rank-k update per call, in float32
+    for float32 (and narrower) rows, float64 for float64 rows, summed in float64 (upper triangle).
+    ``hessian()`` is float64 [features, features], symmetric; raises if no row was added."""
 
     def __init__(self, features: int):
         if isinstance(features, bool) or not isinstance(features, (int, np.integer)) or features < 1:
             raise FmtlabError(f"HessianAccumulator needs a positive feature count, got {features!r}")
         self.features = int(features)
-        self.xtx = np.zeros((self.features, self.features), np.float64)
+        self._upper = np.zeros((self.features, self.features), np.float64)  # X^T X, upper triangle
         self.n = 0
 
     def add(self, X) -> None:
@@ -46,24 +53,51 @@ class HessianAccumulator:
         if X.shape[-1] != self.features:
             raise FmtlabError(f"Hessian rows have {X.shape[-1]} features, expected {self.features}")
         X = X.reshape(-1, self.features)
+        if X.shape[0] == 0:
+            return
         if not np.all(np.isfinite(X)):
             raise FmtlabError("Hessian input holds NaN or Inf")
-        X64 = X.astype(np.float64, copy=False)
-        self.xtx += X64.T @ X64
+        if X.dtype == np.float64:
+            syrk, X = blas.dsyrk, np.ascontiguousarray(X)
+        else:
+            syrk, X = blas.ssyrk, np.ascontiguousarray(X, np.float32)
+        # X is C-contiguous [n, f], i.e. X^T in Fortran order: syrk(A = X^T) = A A^T = X^T X (upper)
+        self._upper += syrk(1.0, X.T, trans=0, lower=0)
         self.n += X.shape[0]
 
     def add_xtx(self, xtx: np.ndarray, n: int) -> None:
-        """Add a precomputed X^T X of ``n`` rows (e.g. from torch)."""
+        """Add a precomputed (symmetric) X^T X of ``n`` rows."""
         xtx = np.asarray(xtx, np.float64)
-        if xtx.shape != self.xtx.shape:
-            raise FmtlabError(f"X^T X has shape {xtx.shape}, expected {self.xtx.shape}")
-        self.xtx += xtx
+        if xtx.shape != self._upper.shape:
+            raise FmtlabError(f"X^T X has shape {xtx.shape}, expected {self._upper.shape}")
+        self._upper += np.triu(xtx)
         self.n += int(n)
+
+    @property
+    def xtx(self) -> np.ndarray:
+        """The symmetric float64 X^T X summed so far."""
+        up = self._upper
+        return np.triu(up) + np.triu(up, 1).T
 
     def hessian(self) -> np.ndarray:
         if self.n == 0:
             raise FmtlabError("no calibration rows were added to the Hessian")
         return self.xtx * (2.0 / self.n)
+
+
+def transformed_hessian(H, A) -> np.ndarray:
+    """The Hessian of the transformed input X' = X A: A^T H A (float64). A diagonal A = diag(1/s)
+    (SmoothQuant, AQAS) is done elementwise, H_ij / (s_i s_j); otherwise two matmuls (a rotation
+    R: R^T H R)."""
+    H = np.asarray(H, np.float64)
+    A = np.asarray(A, np.float64)
+    if A.ndim != 2 or A.shape[0] != H.shape[0] or H.shape[0] != H.shape[1]:
+        raise FmtlabError(f"transformed_hessian: H [K, K] and A [K, K'] needed, got {H.shape} and {A.shape}")
+    if A.shape[0] == A.shape[1]:
+        a = np.diagonal(A)
+        if np.count_nonzero(A) == np.count_nonzero(a):
+            return H * np.outer(a, a)
+    return A.T @ H @ A
 
 
 def check_calibration_trace(trace) -> None:

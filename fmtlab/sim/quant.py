@@ -32,8 +32,9 @@ import numpy as np
 
 from fmtlab.errors import FmtlabError
 from fmtlab.formats import QuantSpec, Quantizer, parse_quantizer
+from fmtlab.formats.mixfp4 import block_is_e1m2, clip_bounds
 from fmtlab.formats.scaling import (
-    Cols, PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
+    Cols, MixFP4, PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
 )
 from fmtlab.sim.metrics import ScaledClip
 
@@ -82,6 +83,8 @@ class QuantFn:
             q, s, z = obj.fake_quantize_scaled(x)
             q = q.astype(np.float32, copy=False)
             lay = obj.layout(x.shape)
+            if isinstance(obj.scale_rule, MixFP4):  # per-block element type: per-block bounds
+                return q, _fmtlab_clip_mask(obj, x)
             if lay.moved is not None or lay.tile is not None:
                 return q, _mask_from_scales(obj, x, s, z)
             kl = lay.kl
@@ -125,19 +128,24 @@ def _fmtlab_clip_mask(q: Any, x: np.ndarray) -> np.ndarray:
     beyond the rounding boundary of the largest (or most negative) finite grid value. Block
     formats (MX, NVFP4) get their scales from ``quantize``; others from ``compute_scales``.
     """
+    scodes = None
     if q.is_block:
-        s, z = np.asarray(q.quantize(x).scales).reshape(-1), None
+        qt = q.quantize(x)
+        s, z, scodes = np.asarray(qt.scales).reshape(-1), None, qt.scale_codes
     else:
         s, z = q.compute_scales(x)
-    return _mask_from_scales(q, x, s, z)
+    return _mask_from_scales(q, x, s, z, scodes)
 
 
-def _mask_from_scales(q: Any, x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+def _mask_from_scales(q: Any, x: np.ndarray, s: np.ndarray, z: np.ndarray | None,
+                      scale_codes: np.ndarray | None = None) -> np.ndarray:
     """The clip mask of :func:`_fmtlab_clip_mask` given the slot scales ``s`` (and zero points) that
-    ``q`` picked for ``x``."""
+    ``q`` picked for ``x`` (MixFP4: and its scale codes, whose flag names each block's element)."""
     lay = q.layout(x.shape)
     w = to_work(x, lay)
     lo, hi = q.format.grid.bounds[0], q.format.grid.bounds[-1]
+    if isinstance(q.scale_rule, MixFP4):
+        lo, hi = clip_bounds(broadcast_scales(block_is_e1m2(scale_codes).reshape(-1), lay), lo, hi)
     with np.errstate(all="ignore"):
         y = work_rows(w, lay) / broadcast_scales(np.asarray(s).astype(w.dtype), lay)
         if z is not None:

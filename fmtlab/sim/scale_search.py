@@ -24,7 +24,7 @@ from fmtlab.formats.kernels import Rows, fq_scaled
 from fmtlab.formats.quantizer import Quantizer
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput
-from fmtlab.formats.scaling import FourOverSix, PerBlock
+from fmtlab.formats.scaling import FourOverSix, MixFP4, PerBlock
 
 __all__ = ["SEARCHES", "block_scale_search", "searched_fake_quantize"]
 
@@ -36,10 +36,11 @@ def _check(q: Quantizer, search: str) -> PerBlock:
     if search not in SEARCHES:
         raise FmtlabError(f"unknown scale search {search!r}; use one of {SEARCHES}")
     g = q.granularity
-    if not isinstance(g, PerBlock) or g.axis % 2 != 1:
+    if not isinstance(g, PerBlock) or g.axis % 2 != 1 or g.tile is not None:
         raise FmtlabError(f"scale search {search!r} needs a block quantizer along the input axis, got {q}")
-    if isinstance(q.scale_rule, FourOverSix):
-        raise FmtlabError(f"{q} already searches its block scales (Four Over Six); no scale search on top")
+    if isinstance(q.scale_rule, (FourOverSix, MixFP4)):
+        who = "Four Over Six" if isinstance(q.scale_rule, FourOverSix) else "MixFP4"
+        raise FmtlabError(f"{q} already searches its block scales ({who}); no scale search on top")
     return g
 
 

@@ -136,3 +136,29 @@ def check_shapes(x: np.ndarray, w: np.ndarray) -> None:
     """Raise FmtlabError unless X is [tokens, K] and W is [N, K] with the same K."""
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise FmtlabError(f"transform needs X [tokens, K] and W [N, K]; got {x.shape} and {w.shape}")
+
+
+def linear_input_map(t: Transform, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A [K, K'] float64, W' [N, K'] float32) of a fitted transform whose quantized part is
+    X' = X A, W' = f(W) for every X (SmoothQuant / AQAS: A = diag(1/s), W' = W diag(s); Hadamard:
+    A = R, W' = W R), so that weights fitted in the transformed space see the Hessian A^T H A.
+
+    A is read off the decomposition of the identity matrix (rows e_j) and checked on a random
+    probe. Raises FmtlabError for a transform that is not such a map: one that splits off
+    high-precision terms, scales rows, depends on token positions or rewrites W per X
+    (LLM.int8(), MUXQ, per-token scale, sink exclusion)."""
+    check_shapes(np.zeros((1, w.shape[1]), np.float32), w)
+    if t.weight_depends_on_x or t.needs_positions:
+        raise FmtlabError(f"transform {t.name}: its weights or rows depend on the input, so it is not a "
+                          "fixed linear map of the input (X' = X A)")
+    K = w.shape[1]
+    d = t.decompose(np.eye(K, dtype=np.float32), w)
+    if d.hp or d.row_scale is not None or d.x.shape[0] != K or d.w.shape[1] != d.x.shape[1]:
+        raise FmtlabError(f"transform {t.name} is not a linear map X' = X A of the input (it keeps "
+                          "high-precision terms or scales rows)")
+    A = np.asarray(d.x, np.float64)
+    probe = np.random.default_rng(0).standard_normal((4, K)).astype(np.float32)
+    dp = t.decompose(probe, w)
+    if dp.hp or dp.row_scale is not None or not np.allclose(dp.x, probe @ A, rtol=1e-4, atol=1e-5 * float(np.abs(dp.x).max() + 1)):
+        raise FmtlabError(f"transform {t.name} is not a linear map X' = X A of the input")
+    return A, np.ascontiguousarray(d.w, np.float32)

@@ -1,4 +1,4 @@
-"""The peg, slac and logb claims run end to end (quick mode) on a tiny random llama."""
+"""The peg, slac, logb and dint_optq claims run end to end (quick mode) on a tiny random llama."""
 
 import pytest
 from sim_helpers import TEXTS, CharTokenizer, tiny_llama
@@ -21,8 +21,8 @@ def ctx():
     numba.set_num_threads(nb_before)
 
 
-@pytest.mark.parametrize("key", ["peg", "slac", "logb"])
-def test_claim_runs_and_reports_intervals(ctx, key):
+@pytest.mark.parametrize("key", ["peg", "slac", "logb", "dint_optq"])
+def test_claim_runs_and_reports_intervals(ctx, key, tmp_path, monkeypatch):
     """Each claim registers under its key, returns a ClaimResult with a verdict, a measured line
     carrying bracketed intervals, and JSON-safe numbers."""
     import importlib
@@ -30,6 +30,7 @@ def test_claim_runs_and_reports_intervals(ctx, key):
 
     from fmtlab.analysis.methods import get_claim
 
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))  # dint_optq's Hessians / fitted weights
     importlib.import_module(f"fmtlab.analysis.methods.{key}")
     claim = get_claim(key)
     res = claim.run(ctx)

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from fmtlab.analysis.defaults import DEFAULT_PPL_CONFIGS, GPTQ_PPL_CONFIGS, REPORT_PPL_CONFIGS
-from fmtlab.analysis.report_text import weight_fit_findings
+from fmtlab.analysis.defaults import (DEFAULT_CONFIGS, DEFAULT_PPL_CONFIGS, GPTQ_CONFIGS, GPTQ_PPL_CONFIGS,
+                                      REPORT_CONFIGS, REPORT_PPL_CONFIGS)
+from fmtlab.analysis.report_text import weight_fit_findings, weight_fit_sqnr_findings
 
 
 def test_default_ppl_configs_pair_rtn_and_gptq():
@@ -18,6 +19,23 @@ def test_default_ppl_configs_pair_rtn_and_gptq():
         assert base in DEFAULT_PPL_CONFIGS
         cfg, v = parse_variant_config(name)
         assert cfg.weight is None and v.weights == parse_variant_config(base)[0].weight
+
+
+def test_default_replay_configs_pair_rtn_and_gptq():
+    assert REPORT_CONFIGS == DEFAULT_CONFIGS + GPTQ_CONFIGS
+    assert all(c.removesuffix("+gptq") in DEFAULT_CONFIGS for c in GPTQ_CONFIGS)
+
+
+def test_sqnr_findings_name_the_ranking_change():
+    def r(c, v):
+        return {"config": c, "pooled_out_sqnr_db": v, "pooled_out_sqnr_lo": v - 1, "pooled_out_sqnr_hi": v + 1}
+
+    rows = [r("a", 20), r("b", 18), r("a+gptq", 21), r("b+gptq", 23)]
+    (line,) = weight_fit_sqnr_findings(rows)
+    assert "pooled layer-output SQNR RTN -> GPTQ" in line and "a 20.0 [19.0, 21.0] dB -> 21.0" in line
+    assert "The ranking changes: RTN a > b; GPTQ b > a." in line
+    rows[-1] = r("b+gptq", 19)
+    assert "Ranking by SQNR unchanged (a > b)" in weight_fit_sqnr_findings(rows)[0]
 
 
 def _row(c, p):

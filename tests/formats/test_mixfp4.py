@@ -191,3 +191,40 @@ def test_hw_prices_the_internal_e2m2_operand():
     mix = mac_cost(op, "mxfp4_e2m1_b16")
     nv = mac_cost(hw_operand("nvfp4")[0], "mxfp4_e2m1_b16")
     assert mix.area_ge > nv.area_ge  # the wider internal significand costs area
+
+
+def test_consumers_read_the_flag_or_refuse():
+    """The accumulator replay reads each block's element type (it decoded E1M2 codes as E2M1
+    before); GPTQ and the block scale search refuse MixFP4 and 2-D tiles by name."""
+    from fmtlab.sim.accumulate import operand
+    from fmtlab.sim.gptq import gptq
+    from fmtlab.sim.scale_search import block_scale_search
+
+    x = _data(6, 64).reshape(32, 32)
+    for name in ("mixfp4", "nvfp4_16x16", "mixfp4_16x16"):
+        q = get_quantizer(name)
+        op = operand(q, x)
+        got = (op.values * op.row_scale[:, None]).astype(F32)
+        np.testing.assert_array_equal(got.view(np.uint32), q.fake_quantize(x).view(np.uint32))
+    H = np.eye(32)
+    for name, needle in (("mixfp4", "MixFP4"), ("nvfp4_16x16", "2-D tiles")):
+        with pytest.raises(FmtlabError, match=needle):
+            gptq(x, H, get_quantizer(name))
+    with pytest.raises(FmtlabError, match="mixfp4"):
+        block_scale_search(x, get_quantizer("mixfp4"))
+    with pytest.raises(FmtlabError, match="block quantizer along the input axis"):
+        block_scale_search(x, get_quantizer("nvfp4_16x16"))
+
+
+def test_replay_clip_mask_uses_each_blocks_element():
+    """The replay's clip mask equals the QuantReport's count (E1M2 blocks clip at E1M2's bounds)."""
+    from fmtlab.sim.quant import resolve
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256)).astype(F32)
+    x[:, :16] = rng.uniform(-1, 1, (64, 16))
+    q = get_quantizer("mixfp4")
+    out, clip = resolve("mixfp4").with_mask(x)
+    np.testing.assert_array_equal(out.view(np.uint32), q.fake_quantize(x).view(np.uint32))
+    rep = q.quantize(x).report
+    assert int(clip.sum()) == rep.clipped > 0  # saturated-scale E1M2 blocks clip

@@ -95,6 +95,30 @@ def test_lzc_grows_like_n_log_n():
     g = [LeadingZeroCounter(n).ge(LIB) for n in (8, 16, 32, 64)]
     assert all(b > a for a, b in zip(g, g[1:]))
     assert g[-1] < 64 * 6 * 2.5
+    assert all(LeadingZeroCounter(n).ge(LIB) <= LeadingZeroCounter(n + 1).ge(LIB) for n in range(1, 70))
+
+
+def test_lzc_tree_counts():
+    """2^k bits: 2^k - 1 nodes (NOR2 + INV each), level l has 2^(k-l) nodes with l - 1 OAI21;
+    zero padding below the LSB folds (a node whose lower half is padding has no valid gate)."""
+    for k in range(1, 7):
+        c = LeadingZeroCounter(1 << k).cells()
+        assert c["NOR2"] == c["INV"] == (1 << k) - 1
+        assert c["OAI21"] == sum((1 << (k - lvl)) * (lvl - 1) for lvl in range(1, k + 1))
+    # 5 bits in 8 slots: level 1 (x4 x3)(x2 x1)(x0 0)(0 0): 2 full + 1 half + 1 constant;
+    # level 2: 1 full (+1 OAI21) + 1 half (+1 NOR2: c_h | ~v_h); level 3: 1 full (+2 OAI21)
+    assert LeadingZeroCounter(5).cells() == {"INV": 6, "NOR2": 4 + 1, "OAI21": 3}
+
+
+def test_lzc_is_near_its_synthesised_rtl():
+    """The fit's data (LeadingZeroCounter docstring): the project's own ``lzc_module(n)``
+    synthesised alone with Yosys 0.70 into OSU 0.18 um cells, GE = area / NAND2X1."""
+    osu = get_library("osu018")
+    yosys = {4: 5.0, 8: 15.4, 11: 27.5, 16: 35.8, 18: 44.1, 24: 60.1, 28: 71.8, 32: 80.6,
+             40: 106.5, 48: 129.0}
+    errs = {n: LeadingZeroCounter(n).ge(osu) / g - 1 for n, g in yosys.items()}
+    assert all(abs(e) < 0.2 for e in errs.values()), errs
+    assert sum(abs(e) for e in errs.values()) / len(errs) < 0.08, errs
 
 
 def test_misc_components():

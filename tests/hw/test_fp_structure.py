@@ -69,9 +69,9 @@ def test_product_shifter_covers_exactly_the_reachable_shifts(name):
 
 def test_product_flags_follow_the_formats_specials():
     e2m1, e4m3, e5m2 = (view(get_format(n)) for n in ("fp4_e2m1", "fp8_e4m3", "fp8_e5m2"))
-    assert product_flag_gates(e2m1, e2m1) == dict(OR2=1)  # no Inf, no NaN: only the zero flag
-    assert product_flag_gates(e4m3, e4m3) == dict(AND2=1, OR2=2)  # NaN only
-    assert product_flag_gates(e5m2, e5m2) == dict(AND2=4, OR2=3)
+    assert product_flag_gates(e2m1, e2m1) == dict(NOR2=1)  # no Inf, no NaN: only the zero flag
+    assert product_flag_gates(e4m3, e4m3) == dict(NAND2=1, NOR2=2)  # NaN only
+    assert product_flag_gates(e5m2, e5m2) == dict(NAND2=4, NOR2=3)
 
 
 def test_every_standard_unit_within_15_percent_of_synthesis():

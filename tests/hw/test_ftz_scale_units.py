@@ -108,8 +108,8 @@ def test_promoted_accumulator_is_priced():
 def test_cost_units_track_yosys():
     """Shipped Yosys results (fmtlab hw synth --cost-units): every new datapath within 15% of
     synthesis, absolute and as a ratio to the int8 MAC; the inner e8m13 unit of hopper_fp8_mma is
-    the known exception, allowed 25% (what Yosys shows about it: the docstring of
-    fmtlab.hw.synth_units)."""
+    the known exception, allowed 20% (+18.8% as a ratio; what Yosys shows about it, and how much
+    the reference moves with the abc script: the docstring of fmtlab.hw.synth_units)."""
     rows = {r.unit: r for r in cost_unit_rows(cache_only=True)}
     new = ["fp8_e4m3 x fp8_e4m3 -> fp32 ftz", "e4m3_scale_mul_s13", "mx_shared_exp_k32", "absmax_k16",
            "promote_e8m13_fp32"]
@@ -117,5 +117,5 @@ def test_cost_units_track_yosys():
     assert not missing, f"regenerate: fmtlab hw synth --cost-units --write-cache fmtlab/hw/data/synth_cache.json ({missing})"
     for n in new:
         assert abs(rows[n].ratio_error) < 0.15 and abs(rows[n].error) < 0.15, (n, rows[n])
-    assert abs(rows["fp8_e4m3 x fp8_e4m3 -> e8m13"].ratio_error) < 0.25
+    assert abs(rows["fp8_e4m3 x fp8_e4m3 -> e8m13"].ratio_error) < 0.20
     assert "IEEE / FTZ" in cost_unit_table(list(rows.values()))

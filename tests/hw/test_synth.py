@@ -63,3 +63,29 @@ def test_yosys_reproduces_a_cached_result(tmp_path, monkeypatch):
         assert fresh.ge == pytest.approx(shipped.ge, rel=0.15)
     again = synth.synthesize(rtl, lib, use_cache=True)  # user cache or shipped
     assert again.transistors in (fresh.transistors, shipped.transistors if shipped else -1)
+
+
+def test_script_variants_leave_the_reference_flow_alone():
+    """The documented abc variants change only the Liberty-mapping step; ``default`` is the flow
+    every cached result was made with (its keys must not move)."""
+    rtl = generate(make_unit("int4", "int4", "int32"))
+    ref = synth.script(rtl.top, "L")
+    assert ref == synth.script(rtl.top, "L", "default") and "abc -liberty L\n" in ref
+    assert synth.cache_key(rtl, None) == synth.cache_key(rtl, None, "default")
+    texts = {v: synth.script(rtl.top, "L", v) for v in synth.SCRIPT_VARIANTS}
+    assert len(set(texts.values())) == len(texts)
+    assert "abc -dff -liberty L" in texts["dff"] and "-noabc" in texts["noabc"]
+    with pytest.raises(synth.FmtlabError, match="unknown synthesis script variant"):
+        synth.script(rtl.top, "L", "fastest")
+
+
+@needs_yosys
+def test_synthesis_spread_runs_the_variants(tmp_path, monkeypatch):
+    lib = synth.liberty_path()
+    if lib is None:
+        pytest.skip("no Liberty file")
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    rtl = generate(make_unit("int4", "int4", "int32"))
+    got = synth.synthesis_spread(rtl, lib, ("default", "map"))
+    assert got["default"] == synth.run_yosys(rtl, lib).ge
+    assert got["map"] > 100 and got["map"] != got["default"]

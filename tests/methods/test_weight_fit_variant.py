@@ -27,8 +27,12 @@ def test_bind_moves_the_weight_quantizer_into_the_variant():
     cfg2, v2 = V.parse_variant_config("nvfp4+awq(gptq=true,n_grid=4)")
     assert cfg2.weight is None and cfg2.act == "nvfp4" and v2 == AWQVariant("nvfp4", n_grid=4, gptq=True)
     assert v2.method == "awq+gptq"
+    cfg3, v3 = V.parse_variant_config("w4a8_dint_aqas+gptq")  # the dINT paper's AQAS + dINT4 + OPTQ
+    assert cfg3.transform == "aqas" and cfg3.weight == "dint4_per_channel" and v3.transformed
+    with pytest.raises(FmtlabError, match="not a fixed linear map"):
+        V.parse_variant_config("w8a8_llm_int8+gptq")
     with pytest.raises(FmtlabError, match="transform"):
-        V.parse_variant_config("w4a8_dint_aqas+gptq")
+        V.parse_variant_config("w4a8_dint_aqas+awq")
     with pytest.raises(FmtlabError, match="no weight quantizer"):
         V.parse_variant_config("fp32+gptq")
     with pytest.raises(FmtlabError, match="differs"):
@@ -80,3 +84,79 @@ def test_quantize_model_weight_methods():
         quantize_model(model, "int4_per_channel", weight_method="gptq", calib=TEXTS)
     with pytest.raises(FmtlabError, match="method must be"):
         quantize_model(model, "int4_per_channel", weight_method="smooth", calib=hs)
+
+
+def test_gptq_behind_aqas_fits_in_the_transformed_space(tmp_path, monkeypatch):
+    """``w4a8_dint_aqas+gptq``: AQAS is fitted per layer as for the RTN config (same scales s);
+    the layer's weight is then GPTQ of W diag(s) under dINT4 with diag(1/s) H diag(1/s), on the
+    quantizer's grid, with a calibration error in the transformed space never above RTN's; the
+    perplexity runs, replay is refused."""
+    import torch
+
+    from fmtlab.methods.gptq import weight_quantizer
+    from fmtlab.models.perplexity import perplexity, sim_quantized
+    from fmtlab.models.record import record
+    from fmtlab.sim.gptq import gptq, hessian_error
+
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    model, tok = tiny_llama(), CharTokenizer()
+    cfg, v = V.parse_variant_config("w4a8_dint_aqas+gptq(seq_len=32,n_sequences=4)")
+    fitted = V.FitCache().get(v, model, tok, V.CalibData("test", tuple(TEXTS)))
+    ap = V.handler_for(v).apply(v, fitted.state, model)
+    assert ap.model is model and ap.replay_refusal and "weight_fit" in ap.perplexity_kw
+    fit = ap.perplexity_kw["weight_fit"]
+    cal = record(model, tok, TEXTS, str(tmp_path / "cal"), seq_len=16, n_sequences=2, progress=False,
+                 text_info={"split": "calib"})
+    q = weight_quantizer("dint4_per_channel")
+    H = fitted.state.hessians[Q0]
+    with sim_quantized(model, cfg, cal, weight_fit=fit) as qm:
+        lin = dict(qm.named_modules())[Q0]
+        s = lin.ft.scales.astype(np.float64)
+        W0 = lin.w
+        Hs = H / s[:, None] / s[None, :]
+        Wt = (W0 * lin.ft.scales).astype(np.float32)
+        expect = gptq(Wt, Hs, q).weight
+        assert np.array_equal(lin.wq_fixed, expect)
+        assert hessian_error(Wt, lin.wq_fixed, Hs) <= hessian_error(Wt, q.fake_quantize(Wt), Hs)
+    with sim_quantized(model, cfg, cal) as qm:  # the RTN config: the same AQAS scales
+        assert np.array_equal(dict(qm.named_modules())[Q0].ft.scales, lin.ft.scales)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    row = perplexity(model, tok, cfg, ids=ids, calib=cal, progress=False, **ap.perplexity_kw)
+    rtn_row = perplexity(model, tok, "w4a8_dint_aqas", ids=ids, calib=cal, progress=False)
+    assert np.isfinite(row["ppl"]) and row["ppl"] != rtn_row["ppl"]
+    sess = V.VariantSession(model, tok, calib=V.CalibData("test", tuple(TEXTS)))  # Hessians from the disk cache
+    with pytest.raises(FmtlabError, match="replaying"):
+        sess.replay(v, [cfg], tmp_path / "e", tmp_path / "c", 16, 2, None, None)
+
+
+def test_fitted_weights_replay_on_the_plain_traces(tmp_path, monkeypatch):
+    """``+gptq`` in replay: the config with FittedWeights as its weight quantizer replays on the
+    plain model's traces (no recording behind the variant), its weights are the fit's bit for bit,
+    and a weight that was not fitted raises."""
+    from fmtlab.methods.gptq import FittedWeights
+    from fmtlab.models.record import record
+
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    model, tok = tiny_llama(), CharTokenizer()
+    tr = record(model, tok, TEXTS, str(tmp_path / "ev"), seq_len=16, n_sequences=2, progress=False,
+                text_info={"split": "eval"})
+    cal = record(model, tok, TEXTS, str(tmp_path / "cal"), seq_len=16, n_sequences=2, progress=False,
+                 text_info={"split": "calib"})
+    cfg, v = V.parse_variant_config("w4a8_int_channel+gptq(seq_len=32,n_sequences=4)")
+    sess = V.VariantSession(model, tok, calib=V.CalibData("test", tuple(TEXTS)))
+    res = sess.replay(v, [cfg], tmp_path / "nope-ev", tmp_path / "nope-cal", 16, 2, None, None,
+                      base_trace=tr, base_calib=cal, progress=False, workers=1)
+    assert not (tmp_path / "nope-ev").exists()  # nothing recorded behind the variant
+    rows = [r for r in res.rows if r["kind"] == "linear"]
+    assert rows and all(r["config"] == cfg.name for r in rows)
+    base = V.replay(tr, ["w4a8_int_channel"], calib=cal, progress=False, workers=1)
+    b = {r["tensor"]: r for r in base.rows if r["kind"] == "linear"}
+    assert any(r["out_sqnr_db"] != b[r["tensor"]]["out_sqnr_db"] for r in rows)
+    fitted = sess.fitted(v).state
+    alt = V.handler_for(v).replay_config(v, fitted, model, cfg)
+    w0 = dict(model.named_modules())[Q0].weight.detach().numpy()
+    assert np.array_equal(alt.weight.fake_quantize(w0), fitted[Q0])
+    with pytest.raises(FmtlabError, match="not fitted"):
+        alt.weight.fake_quantize(w0 + 1)
+    with pytest.raises(FmtlabError, match="different fits"):
+        FittedWeights({"a": w0 * 0, "b": w0 * 0 + 1}, {"a": w0, "b": w0}, "x").fake_quantize(w0)

@@ -50,6 +50,16 @@ def traces(tmp_path_factory):
     return out
 
 
+def _cache_kv(cache, layer):
+    """(keys, values) of a cache layer: transformers 5 (``layers``), 4.x (``key_cache``), a legacy tuple."""
+    if isinstance(cache, tuple):
+        return cache[layer]
+    if hasattr(cache, "layers"):
+        lay = cache.layers[layer]
+        return lay.keys, lay.values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
 def _bits(a) -> np.ndarray:
     a = a.detach().numpy() if isinstance(a, torch.Tensor) else a
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
@@ -100,8 +110,7 @@ def test_kv_replay_is_bit_equal_to_the_torch_cache(traces, arch):
                 want = kvq.quantize(torch.from_numpy(x), layer, role, {})
                 np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=f"{arch} {spec} {layer} {rec}")
                 if layer == 0:
-                    lay = cache.layers[0]
-                    stored = lay.keys if role == "keys" else lay.values
+                    stored = _cache_kv(cache, 0)[role == "values"]
                     n = stored.shape[2]  # a sliding-window layer keeps its last window - 1 entries
                     np.testing.assert_array_equal(_bits(got[:, :, -n:]), _bits(stored), err_msg=f"{arch} {spec} {rec}")
 
@@ -132,7 +141,10 @@ def test_static_kv_scales_match_torch_calibration(traces, tmp_path):
                  qkv=True, progress=False, residual=False, layers="nothing_matches^", )
     qm, _ = quantize_model(m, kv_cache="fp8_e4m3_per_tensor@static")
     # the recording ran eager attention; later layers' K see the attention implementation's rounding
-    qm.set_attn_implementation("eager")
+    if hasattr(qm, "set_attn_implementation"):
+        qm.set_attn_implementation("eager")
+    else:  # transformers 4.x
+        qm.config._attn_implementation = "eager"
     calibrate(qm, torch.as_tensor(np.asarray(cal.tensor("tokens:input_ids"))), batch_size=2)
     kvq = qm.fmtlab_kv_cache_quant
     kq, vq, scales, _ = kv_quantizers("fp8_e4m3_per_tensor@static")

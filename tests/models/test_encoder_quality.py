@@ -100,3 +100,47 @@ def test_peg_encoder_claim_runs_quick_on_a_tiny_bert():
     res = get_claim("peg_encoder").run(ctx)
     assert res.key == "peg_encoder" and "cosine to fp32" in res.measured
     assert set(res.numbers) >= {"per-tensor static", "PEG K=2 permuted", "peg_minus_per_tensor"}
+
+
+def test_is_language_model_tells_encoders_from_causal_lms():
+    transformers = pytest.importorskip("transformers")
+    assert not E.is_language_model(_tiny_bert())
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1)
+    assert E.is_language_model(transformers.LlamaForCausalLM(cfg))
+
+
+def test_replay_config_agreement_scores_replay_configs_on_a_tiny_bert():
+    model = _tiny_bert()
+    sents = [f"sentence number {i} about {'y' * i}" for i in range(8)]
+    rows = E.replay_config_agreement(model, _Tok(), ["fp32", "w8a8_int_token", "w4a8_int_channel"],
+                                     sentences=sents, n_boot=100)
+    fp, w8, w4 = rows
+    assert [r["config"] for r in rows] == ["fp32", "w8a8_int_token", "w4a8_int_channel"]
+    assert fp["cosine"] == 1.0 and fp["rank"] == 1.0  # the identity config leaves every layer alone
+    for r in (w8, w4):
+        assert r["cosine_lo"] <= r["cosine"] <= r["cosine_hi"] < 1.0 and r["n_sentences"] == 8
+    assert w4["cosine"] < w8["cosine"]  # 4-bit weights disturb the embedding more than 8-bit
+    # the model is left as it was: the float embeddings are unchanged after the quantized runs
+    again = E.replay_config_agreement(model, _Tok(), ["fp32"], sentences=sents, n_boot=100)
+    assert again[0]["cosine"] == 1.0
+
+
+def test_static_replay_config_without_calibration_is_refused():
+    with pytest.raises(FmtlabError, match="calibration trace"):
+        E.replay_config_agreement(_tiny_bert(), _Tok(), ["w8a8_int_tensor_static"],
+                                  sentences=["one sentence here.", "another one there.", "and a third."])
+
+
+def test_encoder_section_lists_rows_and_skipped_variants(tmp_path):
+    from fmtlab.analysis.document import Document
+    from fmtlab.analysis.encoder_section import add_encoder_section, encoder_rows
+
+    sents_rows, skipped = encoder_rows(_tiny_bert(), _Tok(), ("fp32", "w8a8_int_token", "mxfp4+gptq"), None,
+                                       tmp_path, n_sentences=6)
+    assert [r["config"] for r in sents_rows] == ["fp32", "w8a8_int_token"] and skipped == ["mxfp4+gptq"]
+    assert (tmp_path / "encoder_quality.csv").read_text().splitlines()[0].startswith("config,cosine")
+    doc = Document("t")
+    add_encoder_section(doc, sents_rows, skipped)
+    md = doc.to_markdown()
+    assert "sentence-embedding agreement" in md and "w8a8_int_token" in md and "Skipped" in md and "mxfp4+gptq" in md

@@ -8,6 +8,7 @@ import torch
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch import quantize_model
 from fmtlab.pytorch.attention import AttentionSpec, _quant, parse_attention_spec, quantized_attention
+from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.quantizers import TorchQuantizer
 
 VOCAB = 97
@@ -64,9 +65,9 @@ def test_decoding_with_attention_format_matches_prefill():
     with torch.no_grad():
         full = qm(ids).logits
         out = qm(ids[:, :5])
-        cache, steps = out.past_key_values, [out.logits]
+        cache, steps = getattr(out, "cache", None) or out.past_key_values, [out.logits]
         for t in range(5, ids.shape[1]):
-            o = qm(ids[:, t:t + 1], cache=cache)
+            o = qm(ids[:, t:t + 1], **{cache_kwarg(qm): cache})
             steps.append(o.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=3e-6)
 

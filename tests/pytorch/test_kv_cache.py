@@ -8,6 +8,7 @@ import torch
 
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch import calibrate, quantize_model
+from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.kv_cache import KVCacheSpec, attach_kv_cache, install_on_cache, kv_cache_of, parse_kv_spec
 
 VOCAB = 97
@@ -42,8 +43,18 @@ def _ids(b=2, t=12, seed=1):
 
 
 def _cache_kv(cache, layer):
-    lay = cache.layers[layer]
-    return lay.keys, lay.values
+    """(keys, values) of a cache layer: transformers 5 (``layers``), 4.x (``key_cache``), a legacy tuple."""
+    if isinstance(cache, tuple):
+        return cache[layer]
+    if hasattr(cache, "layers"):
+        lay = cache.layers[layer]
+        return lay.keys, lay.values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def _with_cache(model, cache) -> dict:
+    """The forward keyword carrying a KV cache: ``cache=`` (transformers 5) or ``past_key_values=``."""
+    return {cache_kwarg(model): cache}
 
 
 def _cache(out):
@@ -70,7 +81,7 @@ def test_decoding_equals_prefill_per_token(models, arch):
         out = qm(ids[:, :5])
         cache, steps = _cache(out), [out.logits]
         for t in range(5, ids.shape[1]):
-            o = qm(ids[:, t:t + 1], cache=cache)
+            o = qm(ids[:, t:t + 1], **_with_cache(qm, cache))
             steps.append(o.logits)
         ref = m_ref = models[arch](ids).logits
     dec = torch.cat(steps, 1)
@@ -107,11 +118,11 @@ def test_decoding_logits_are_a_prefill_over_its_cache(models, arch):
     with torch.no_grad():
         cache, steps = None, []
         for t in range(ids.shape[1]):
-            o = qm(ids[:, t:t + 1], cache=cache)
+            o = qm(ids[:, t:t + 1], **_with_cache(qm, cache))
             cache = _cache(o)
             steps.append(o.logits)
         replay = Replay([_cache_kv(cache, layer) for layer in range(2)])
-        pre = qm(ids, cache=replay).logits
+        pre = qm(ids, **_with_cache(qm, replay)).logits
     torch.testing.assert_close(torch.cat(steps, 1), pre, rtol=0, atol=2e-6)
 
 
@@ -126,7 +137,7 @@ def test_decoding_equals_prefill_over_frozen_scales(models, spec):
         out = qm(ids[:, :6])
         cache, steps = _cache(out), [out.logits]
         for t in range(6, ids.shape[1]):
-            steps.append(qm(ids[:, t:t + 1], cache=cache).logits)
+            steps.append(qm(ids[:, t:t + 1], **_with_cache(qm, cache)).logits)
         dec = torch.cat(steps, 1)
         frozen = cache.fmtlab_kv_scales
         for b in range(ids.shape[0]):  # the same prefill, sequence by sequence, over static scales
@@ -280,5 +291,5 @@ def test_static_keys_only(models):
     with torch.no_grad():
         cache = _cache(qm(_ids(1, 6)))
         ref = _cache(models["llama"](_ids(1, 6), use_cache=True))
-    assert torch.equal(cache.layers[0].values, ref.layers[0].values)
-    assert not torch.equal(cache.layers[0].keys, ref.layers[0].keys)
+    assert torch.equal(_cache_kv(cache, 0)[1], _cache_kv(ref, 0)[1])
+    assert not torch.equal(_cache_kv(cache, 0)[0], _cache_kv(ref, 0)[0])

@@ -203,3 +203,61 @@ def test_vectorized_step_equals_scalar_fp_step(acc):
     _fp_steps(got, p, man, emin, emax, rtz, f64, ovf)
     assert np.array_equal(got.view(np.int64), want.view(np.int64))
     assert np.array_equal(ovf, np.isinf(want) & np.isfinite(a) & np.isfinite(p))
+    # the fused kernels' steps: the branch-free row pass (+ its subnormal fix-up) and the scalar one
+    from fmtlab.sim._acc_kernels import float_acc_partials, float_acc_rows
+
+    for run in ("partials", "rows"):
+        out = np.zeros((1, n))
+        kovf = np.zeros((1, n), dtype=bool)
+        if run == "partials":  # round(0 + a) = a (on the grid), then round(a + p)
+            float_acc_partials(np.stack([a, p])[:, None, :], man, emin, emax, rtz, f64, out, kovf)
+        else:  # products 1 * a, 1 * p, chunk 1
+            float_acc_rows(np.ones((1, 2)), np.stack([a, p]), 1, 0, 2, man, emin, emax, rtz, f64, out, kovf)
+        assert np.array_equal(out[0].view(np.int64), want.view(np.int64)), run
+        assert np.array_equal(kovf[0], np.isinf(want) & np.isfinite(a) & np.isfinite(p)), run
+
+
+@pytest.mark.parametrize("acc", ["bf16", "fp16", "fp32", "tf32", "e5m2_rtz", "fp64"])
+@pytest.mark.parametrize("chunk", [1, 7, 8, 32, 200])
+def test_fused_float_kernel_equals_the_chunked_numpy_reference(acc, chunk):
+    """The numba kernel (k ascending within a chunk) equals the former float64-GEMM-per-chunk
+    implementation bit for bit (values and overflow flags) on FP8 E4M3 element products, whose
+    chunk sums are exact in float64; N not a multiple of the kernel's 8 columns, K of the chunk."""
+    from fmtlab.formats import get_quantizer
+    from fmtlab.hw.accumulators import parse_accumulator
+    from fmtlab.sim.accumulate import _float_acc, _float_acc_numpy, operand
+
+    rng = np.random.default_rng(chunk)
+    x = (rng.standard_normal((9, 101)) * np.exp(rng.standard_normal((9, 101)))).astype(np.float32)
+    w = rng.standard_normal((11, 101)).astype(np.float32)
+    q = get_quantizer("fp8_e4m3_per_token")
+    xo, wo = operand(q, x), operand(q, w)
+    fa = parse_accumulator(acc)
+    got, govf = _float_acc(xo.values, wo.values, fa, chunk)
+    want, wovf = _float_acc_numpy(xo.values, wo.values, fa, chunk)
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    np.testing.assert_array_equal(govf, wovf)
+    if acc == "fp16":
+        assert govf.any()  # raw E4M3 x E4M3 products overflow fp16 (448^2 > 65504)
+    lo_got, _ = _float_acc(xo.values, wo.values, fa, chunk, 13, 77)
+    lo_want, _ = _float_acc_numpy(xo.values, wo.values, fa, chunk, 13, 77)
+    np.testing.assert_array_equal(lo_got.view(np.uint64), lo_want.view(np.uint64))
+
+
+def test_fused_float_kernel_in_row_and_column_blocks(monkeypatch):
+    """Partials formed in small row x column blocks give the same bits as in one block."""
+    import fmtlab.sim.accumulate as A
+    from fmtlab.formats import get_quantizer
+    from fmtlab.hw.accumulators import parse_accumulator
+
+    rng = np.random.default_rng(5)
+    q = get_quantizer("fp8_e4m3_per_token")
+    xo = A.operand(q, rng.standard_normal((13, 90)).astype(np.float32))
+    wo = A.operand(q, rng.standard_normal((21, 90)).astype(np.float32))
+    fa = parse_accumulator("bf16")
+    want, wovf = A._float_acc_numpy(xo.values, wo.values, fa, 16)
+    for budget in (8 * 6 * 3, 8 * 6 * 25):  # 3 columns of one row per block; one whole row per block
+        monkeypatch.setattr(A, "_PARTS_BYTES", budget)
+        got, govf = A._float_acc(xo.values, wo.values, fa, 16)
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+        np.testing.assert_array_equal(govf, wovf)

@@ -161,3 +161,31 @@ def test_model_hessians_trace_hessians_and_fit(tmp_path):
     m2 = apply_weights(model, fitted)
     assert np.array_equal(dict(m2.named_modules())[q0].weight.detach().numpy(), fitted[q0])
     assert not np.array_equal(dict(model.named_modules())[q0].weight.detach().numpy(), fitted[q0])
+
+
+def test_linear_input_map_and_transformed_hessian():
+    """SmoothQuant / AQAS: A = diag(1/s), W' = W diag(s); Hadamard: A = R; A^T H A is the Hessian
+    of X A. Row-wise, token-dependent or split transforms are refused."""
+    from fmtlab.sim.hessian import transformed_hessian
+    from fmtlab.sim.transform_base import linear_input_map
+    from fmtlab.sim.transforms import Hadamard, LLMInt8, PerTokenScale, SmoothQuant
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 16)) * rng.lognormal(0, 1, 16)
+    W = rng.standard_normal((8, 16)).astype(np.float32)
+    H = 2 * X.T @ X / 64
+    sq = SmoothQuant(0.5).fit(X.astype(np.float32), W)
+    A, Wt = linear_input_map(sq, W)
+    assert np.count_nonzero(A - np.diag(np.diagonal(A))) == 0
+    np.testing.assert_allclose(np.diagonal(A), 1 / sq.scales, rtol=1e-6)
+    np.testing.assert_array_equal(Wt, W * sq.scales)
+    Xa = X @ A
+    np.testing.assert_allclose(transformed_hessian(H, A), 2 * Xa.T @ Xa / 64, rtol=1e-10)
+    R = Hadamard(seed=1)
+    A2, Wt2 = linear_input_map(R, W)
+    np.testing.assert_allclose(A2, R.matrix(16), rtol=0, atol=0)
+    Xr = X @ A2
+    np.testing.assert_allclose(transformed_hessian(H, A2), 2 * Xr.T @ Xr / 64, rtol=1e-9, atol=1e-9)
+    for t in (LLMInt8(), PerTokenScale()):
+        with pytest.raises(FmtlabError, match="linear map"):
+            linear_input_map(t, W)

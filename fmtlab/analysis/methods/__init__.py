@@ -70,6 +70,7 @@ class Claim:
 METHOD_MODULES: tuple[str, ...] = ("fmtlab.analysis.methods.cushion", "fmtlab.analysis.methods.massive",
                                   "fmtlab.analysis.methods.fptquant", "fmtlab.analysis.methods.peg",
                                   "fmtlab.analysis.methods.slac", "fmtlab.analysis.methods.logb",
+                                  "fmtlab.analysis.methods.dint_optq",
                                   "fmtlab.analysis.methods.llmint8", "fmtlab.analysis.methods.peg_encoder")
 
 _CLAIMS: dict[str, Claim] = {}
