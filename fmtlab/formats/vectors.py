@@ -122,6 +122,7 @@ class VectorSet:
     blocks: BlockVectors | None
     seed: int
     n: int
+    tile: tuple | None = None  # (r, c) of a 2-D tile quantizer: each block row is one tile
 
 
 # ---- element vectors --------------------------------------------------------------------------
@@ -251,6 +252,16 @@ def _row(amax: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return np.concatenate([a, rest], axis=1)
 
 
+def _untiled(q):
+    """A 2-D tile quantizer's 1-D twin: blocks of r * c consecutive elements, one block row per
+    tile in row-major order (every block rule depends only on its block's elements and, for
+    NVFP4's tensor scale, the tensor's max, so the codes are those of the tiled quantizer)."""
+    g = q.granularity
+    if getattr(g, "tile", None) is None:
+        return q
+    return dataclasses.replace(q, granularity=dataclasses.replace(g, tile=None), name=None)
+
+
 def block_vectors(q, seed: int = 0, n: int = 1000) -> BlockVectors:
     """Whole-block vectors of the block quantizer ``q`` (module docstring)."""
     K, sfmt, tensor = _block_facts(q)
@@ -363,11 +374,12 @@ def vector_set(name: str, rounding: "Rounding | str" = Rounding.NEAREST_EVEN, se
         raise FmtlabError(f"n must be an int in 0 .. 10000000, got {n!r}")
     fmt, q = resolve(name, rounding, seed, scale_rule)
     ev = element_vectors(fmt, rounding, seed, n)
-    bv = block_vectors(q, seed, n) if q is not None else None
+    bv = block_vectors(_untiled(q), seed, n) if q is not None else None
     label = name.strip().lower()
     if scale_rule is not None:  # files of another rule get their own names
         label += "_" + re.sub(r"[^a-z0-9]+", "_", str(q.scale_rule).lower()).strip("_")
-    return VectorSet(label, ev, bv, int(seed), int(n))
+    tile = None if q is None else getattr(q.granularity, "tile", None)
+    return VectorSet(label, ev, bv, int(seed), int(n), tile)
 
 
 # ---- conventions ------------------------------------------------------------------------------
@@ -418,6 +430,11 @@ def conventions(vs: VectorSet) -> dict[str, Any]:
         q = bv.quantizer
         d["quantizer"] = q.describe()
         d["block_size"] = int(bv.inputs.shape[1])
+        if vs.tile is not None:
+            r, c = vs.tile
+            d["tile"] = (f"{r}x{c}: each block row is one {r} x {c} tile of a matrix, its elements in "
+                         f"row-major order (x[i0 + i][j0 + j] at position i * {c} + j); the codes "
+                         "equal those of the same rows quantized as 1-D blocks")
         d["scale_format"] = bv.scale_format.name
         d["scale_rule"] = str(q.scale_rule)
         d["tensor_scale"] = None if bv.tensor_scale is None else float(bv.tensor_scale).hex()

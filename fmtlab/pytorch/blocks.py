@@ -228,15 +228,17 @@ def run_blocks(q: Quantizer, ops: ElementOps, tl: TorchLayout, w: torch.Tensor, 
                         ts, mask)
     else:
         scale_codes, scales, ts = _fp8_scales(amax, bad, q)
-    s = torch.where(bad, torch.ones_like(scales), scales)
-    wz = torch.where(bad[:, None], torch.zeros_like(w), w)
+    any_bad = bool(bad.any())  # no NaN / Inf block (the common case): the where passes are skipped
+    s = torch.where(bad, torch.ones_like(scales), scales) if any_bad else scales
+    wz = torch.where(bad[:, None], torch.zeros_like(w), w) if any_bad else w
     y = wz / s[:, None].to(w.dtype)
     out = ops.scaled_values(y, s[:, None], None, r, "raise")
-    out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+    if any_bad:
+        out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
     codes = None
     if want_codes:
         codes = ops.codes(y, q.rounding, draws=r, nan="raise")
-        codes = tl.from_work(torch.where(bad[:, None], torch.zeros_like(codes), codes))
+        codes = tl.from_work(torch.where(bad[:, None], torch.zeros_like(codes), codes) if any_bad else codes)
     mask = tl.from_work(ops.in_range(y) & ~bad[:, None]) if need_mask else None
     shape = tl.scale_shape
     return BlockOut(tl.from_work(out), codes, scales.reshape(shape), scale_codes.reshape(shape),

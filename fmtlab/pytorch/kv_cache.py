@@ -277,6 +277,21 @@ def _new_cache(model: nn.Module):
         return DynamicCache()
 
 
+def _check_transformers(model: nn.Module) -> None:
+    """FmtlabError for Gemma 3 with transformers < 4.53 (its sliding-window layers decode wrongly
+    through the wrapped ``DynamicCache``: tested with 4.51.3)."""
+    import transformers  # lazy: transformers is only needed for a model with a cache
+
+    mtype = str(getattr(getattr(model, "config", None), "model_type", ""))
+    try:
+        major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    except ValueError:  # a development version string: assume recent
+        return
+    if mtype.startswith("gemma3") and (major, minor) < (4, 53):
+        raise FmtlabError(f"a KV cache in a format for Gemma 3 needs transformers >= 4.53 (installed "
+                          f"{transformers.__version__}: its sliding-window layers do not decode through the cache)")
+
+
 def kv_cache_of(model: nn.Module) -> KVCacheQuantizer | None:
     """The KV-cache quantizer attached to ``model`` (None when there is none)."""
     return model.__dict__.get(_ATTR)
@@ -299,6 +314,7 @@ def attach_kv_cache(model: nn.Module, spec: Any, grad: str = "ste") -> KVCacheQu
     kv = parse_kv_spec(spec)
     if kv is None:
         return None
+    _check_transformers(model)
     key = cache_kwarg(model)
     kvq = KVCacheQuantizer(kv, *_model_dims(model), grad=grad)
     model.add_module("fmtlab_kv_cache_quant", kvq)

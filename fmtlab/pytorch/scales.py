@@ -37,6 +37,10 @@ Products = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def finite_absmax(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(max finite |x| per row as float32, row has NaN, row has Inf)."""
     b = M.abs()
+    amax = b.amax(dim=1)  # NaN or Inf in a row makes its amax non-finite: then the full path
+    if M.shape[1] > 0 and bool(torch.isfinite(amax).all()):
+        none = torch.zeros(M.shape[0], dtype=torch.bool, device=M.device)
+        return amax.to(torch.float32), none, none
     fin = torch.isfinite(b)
     amax = torch.where(fin, b, torch.zeros((), dtype=b.dtype, device=b.device)).amax(dim=1)
     return amax.to(torch.float32), torch.isnan(b).any(dim=1), torch.isinf(b).any(dim=1)

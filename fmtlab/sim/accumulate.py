@@ -353,7 +353,7 @@ def accumulate(x: Operand, w: Operand, accumulator: "Accumulator | str") -> AccR
         for a, b in _chunks(vx.shape[1], acc.interval):
             inner, iovf = _float_acc(vx, vw, acc.inner, accum.chunk, a, b)
             ovf |= iovf
-            _fp_steps(out, inner, man, emin, emax, rtz, f64, ovf)
+            float_acc_partials(inner[None], int(man), int(emin), int(emax), bool(rtz), bool(f64), out, ovf)
         return AccResult(out, ovf)
     if isinstance(acc, KulischAcc):
         return AccResult(vx @ vw.T, np.zeros((vx.shape[0], vw.shape[0]), dtype=bool))

@@ -379,19 +379,26 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
     loss = 0.0
     for i1 in range(0, C, B):
         i2 = min(i1 + B, C)
-        W1 = W[:, i1:i2].copy()
-        Err1 = np.zeros_like(W1)
+        # the batch transposed (row i = column i1 + i); the in-batch updates are applied just in
+        # time: column i gets the errors of columns [base, i) when it is reached (one vector-matrix
+        # product) and all pending columns are applied to the rest of the batch at a group start
+        W1T = np.ascontiguousarray(W[:, i1:i2].T)
+        ErrT = np.zeros_like(W1T)
         U1 = U[i1:i2, i1:i2]
+        base = 0
         for i in range(i2 - i1):
             j = i1 + i
             jo = int(perm[j]) if perm is not None else j  # original column index
-            w = W1[:, i]
+            if scheme.kind == "group" and not static_groups and j % g == 0 and i > base:
+                W1T[i:] -= U1[base:i, i:].T @ ErrT[base:i]  # the group sees fully updated weights
+                base = i
+            w = W1T[i] - U1[base:i, i] @ ErrT[base:i] if i > base else W1T[i].copy()
             if scheme.kind == "fixed":
                 s, z = fixed[0], fixed[1]
             elif scheme.kind == "group":
                 k = jo // g
                 if not static_groups and j % g == 0:  # group starts: scales from current weights
-                    s, z, sc = scheme.slot_scales(W1[:, i:i + g])
+                    s, z, sc = scheme.slot_scales(W1T[i:i + g].T)
                     gs[:, k] = s
                     if gz is not None:
                         gz[:, k] = z
@@ -405,15 +412,14 @@ def gptq(weight, hessian, quantizer: Quantizer, *, block_size: int = 128, damp: 
                     col_z[jo] = z
                 if sc is not None:
                     col_codes[jo] = sc
-            qcol = scheme.round(np.ascontiguousarray(w), s, z, None if rand is None else rand[:, j])
+            qcol = scheme.round(w, s, z, None if rand is None else rand[:, j])
             Q[:, j] = qcol
             d = U1[i, i]
-            e = (w - qcol) / d
-            loss += float(np.dot(w - qcol, w - qcol)) / (2.0 * d * d)
-            W1[:, i:] -= np.outer(e, U1[i, i:])
-            Err1[:, i] = e
+            r = w - qcol
+            loss += float(np.dot(r, r)) / (2.0 * d * d)
+            ErrT[i] = r / d
         if i2 < C:
-            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            W[:, i2:] -= ErrT.T @ U[i1:i2, i2:]
     if perm is not None:
         inv = np.argsort(perm)
         Q = Q[:, inv]

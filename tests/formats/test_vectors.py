@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fmtlab.cli import main
-from fmtlab.formats import get_format
+from fmtlab.formats import get_format, get_quantizer
 from fmtlab.formats.oracle import oracle_encode
 from fmtlab.formats.vectors import f32_from_bits, f64_from_bits, read_hex, vector_set
 
@@ -253,3 +253,18 @@ def _boundary_pairs_any(rows, x, sc):
             assert np.nextafter(a, F32(np.inf)) == b and sc[i] != sc[i + 1]
             n += 1
     return n
+
+
+def test_tile_vectors_are_tiles(tmp_path):
+    """``fmtlab vectors nvfp4_16x16``: each block row is one 16 x 16 tile; laid side by side as a
+    [16, 16 * n] matrix they quantize under the tile quantizer to the file's codes."""
+    assert main(["vectors", "nvfp4_16x16", "--out", str(tmp_path), "--n", "16"]) == 0
+    rows, x, sc, codes = _blocks(tmp_path, "nvfp4_16x16")
+    assert x.shape[1] == 256
+    assert "tile: 16x16" in (tmp_path / "nvfp4_16x16.blocks.hex").read_text()
+    m = x.reshape(-1, 16, 16).transpose(1, 0, 2).reshape(16, -1)  # tile k -> columns 16k..16k+15
+    qt = get_quantizer("nvfp4_16x16").quantize(m)
+    assert qt.scale_codes.shape == (1, len(rows))
+    np.testing.assert_array_equal(qt.scale_codes.reshape(-1), sc)
+    got = qt.codes.reshape(16, -1, 16).transpose(1, 0, 2).reshape(-1, 256)
+    np.testing.assert_array_equal(got, codes)
