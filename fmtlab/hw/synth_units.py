@@ -9,8 +9,8 @@ of each unit relative to the int8 x int8 -> int32 MAC, as ``fmtlab hw synth`` do
 The known exception is the inner e8m13 unit of ``hopper_fp8_mma``: +24.0% absolute, +18.8% as a
 ratio (session 6 of issue 21, after the leading-zero counter and the FP product were priced from
 their own RTL synthesised; before: +28.9% / +23.4%). What dominates (same flow; commands in the
-session-5 and session-6 notes of issue 21): synthesised apart, the FP adder is 12% *below* the
-model (Yosys 1438 GE, model 1271) and the fp8 product 40 GE above it (Yosys 230, model 270), but
+session-5 and session-6 notes of issue 21): synthesised apart, the model prices the FP adder 12%
+*below* Yosys (model 1271 GE, Yosys 1438) and the fp8 product 40 GE above it (270 vs 230), but
 the whole unit synthesises 420 GE (25%) smaller than its two parts apart; that saving is 6-7%
 into fp32, e8m12 and bf16 and does not follow the operand widths, so a sum-of-parts model cannot
 price it without a per-unit fit. The reference itself is sensitive to the abc step: the same RTL
