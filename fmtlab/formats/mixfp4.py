@@ -34,7 +34,7 @@ from fmtlab.formats.four_over_six import _block_error
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import Overflow, Rounding
 
-__all__ = ["E1M2_FLAG", "ALT_ELEMENT", "mixfp4_blocks", "block_is_e1m2", "element_values"]
+__all__ = ["E1M2_FLAG", "ALT_ELEMENT", "mixfp4_blocks", "block_is_e1m2", "element_values", "clip_bounds"]
 
 #: bit of the E4M3 block-scale code that marks an E1M2 block
 E1M2_FLAG = 0x80
@@ -62,6 +62,13 @@ def element_values(codes: np.ndarray, e1m2_rows: np.ndarray) -> np.ndarray:
     v2 = get_format("fp4_e2m1").values()[c]
     v1 = get_format(ALT_ELEMENT).values()[c]
     return np.where(e1m2_rows, v1, v2)
+
+
+def clip_bounds(e1m2_rows: np.ndarray, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) clip boundaries per element row: E1M2's where ``e1m2_rows``, else the given
+    (E2M1's) ones (the QuantReport's and the replay's clip test)."""
+    g = get_format(ALT_ELEMENT).grid
+    return np.where(e1m2_rows, g.bounds[0], lo), np.where(e1m2_rows, g.bounds[-1], hi)
 
 
 def mixfp4_blocks(fmt: Format, flat: np.ndarray, K_: int, tensor_scale: "bool | float",

@@ -31,7 +31,7 @@ from fmtlab.formats.base import Format, check_exact_in_float64, make_rng
 from fmtlab.formats.kernels import Rows, encode_scaled, fq_scaled, generic, params, scale_args
 from fmtlab.formats.registry import get_format
 from fmtlab.formats.rounding import NanInput, Overflow, Rounding, parse_bool
-from fmtlab.formats.four_over_six import four_over_six_blocks
+from fmtlab.formats.block_rules import run_block_rule
 from fmtlab.formats import mixfp4 as _mix
 from fmtlab.formats.scaling import (
     MSE, AbsMax, FourOverSix, Granularity, MixFP4, Layout, MinMax, Percentile, PerBlock, PerTensor,
@@ -419,7 +419,6 @@ class Quantizer:
         return self.dequantize(q), q.report
 
     def _blocks(self, flat: np.ndarray, lay: Layout, want_out: bool, want_codes: bool):
-        g = self.granularity
         if self.nan is not None:
             with np.errstate(invalid="ignore"):
                 nan = np.isnan(flat)
@@ -428,19 +427,7 @@ class Quantizer:
                     raise FormatError(f"{self}: the input holds {int(nan.sum())} NaN value(s) and nan='raise' "
                                       "(the default nan=None makes their MX blocks NaN; nan='zero' reads them as 0)")
                 flat = np.where(nan, flat.dtype.type(0), flat)
-        if g.scale_format == "e8m0":
-            return _mx.mx_blocks(self.format, flat, g.size, self.scale_rule.mode, self.rounding,
-                                 self.overflow, self.seed, want_out, want_codes)
-        if isinstance(self.scale_rule, FourOverSix):
-            return four_over_six_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
-                                        self.overflow, self.seed, want_out, want_codes,
-                                        metric=self.scale_rule.metric)
-        if isinstance(self.scale_rule, MixFP4):
-            return _mix.mixfp4_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
-                                      self.overflow, self.seed, want_out, want_codes,
-                                      metric=self.scale_rule.metric)
-        return _mx.fp8_blocks(self.format, flat, g.size, g.tensor_scale, self.rounding,
-                              self.overflow, self.seed, want_out, want_codes)
+        return run_block_rule(self, flat, want_out, want_codes)
 
     def quantize(self, x) -> QTensor:
         """Codes, scales (and zero points / block scale codes) of x, with a QuantReport."""
@@ -490,10 +477,7 @@ class Quantizer:
         flushed = int(np.count_nonzero(fin & (a != 0) & (out == 0)))
         hi, lo = self.format.grid.bounds[-1], self.format.grid.bounds[0]  # max|virtual, virtual|min
         if isinstance(self.scale_rule, MixFP4):  # E1M2 blocks clip at E1M2's bounds
-            alt_g = get_format(_mix.ALT_ELEMENT).grid
-            alt = broadcast_scales(_mix.block_is_e1m2(scodes).reshape(-1), lay)
-            hi = np.where(alt, alt_g.bounds[-1], hi)
-            lo = np.where(alt, alt_g.bounds[0], lo)
+            lo, hi = _mix.clip_bounds(broadcast_scales(_mix.block_is_e1m2(scodes).reshape(-1), lay), lo, hi)
         with np.errstate(all="ignore"):
             y = work_rows(w, lay) / broadcast_scales(s.astype(w.dtype), lay)
             if z is not None:

@@ -31,8 +31,8 @@ from typing import Any, Callable
 import numpy as np
 
 from fmtlab.errors import FmtlabError
-from fmtlab.formats import QuantSpec, Quantizer, get_format, parse_quantizer
-from fmtlab.formats.mixfp4 import ALT_ELEMENT, block_is_e1m2
+from fmtlab.formats import QuantSpec, Quantizer, parse_quantizer
+from fmtlab.formats.mixfp4 import block_is_e1m2, clip_bounds
 from fmtlab.formats.scaling import (
     Cols, MixFP4, PerTensor, Static, broadcast_scales, from_work, parse_scale_rule, to_work, work_rows,
 )
@@ -145,9 +145,7 @@ def _mask_from_scales(q: Any, x: np.ndarray, s: np.ndarray, z: np.ndarray | None
     w = to_work(x, lay)
     lo, hi = q.format.grid.bounds[0], q.format.grid.bounds[-1]
     if isinstance(q.scale_rule, MixFP4):
-        alt_g = get_format(ALT_ELEMENT).grid
-        alt = broadcast_scales(block_is_e1m2(scale_codes).reshape(-1), lay)
-        lo, hi = np.where(alt, alt_g.bounds[0], lo), np.where(alt, alt_g.bounds[-1], hi)
+        lo, hi = clip_bounds(broadcast_scales(block_is_e1m2(scale_codes).reshape(-1), lay), lo, hi)
     with np.errstate(all="ignore"):
         y = work_rows(w, lay) / broadcast_scales(np.asarray(s).astype(w.dtype), lay)
         if z is not None:

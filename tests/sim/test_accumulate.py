@@ -242,3 +242,22 @@ def test_fused_float_kernel_equals_the_chunked_numpy_reference(acc, chunk):
     lo_got, _ = _float_acc(xo.values, wo.values, fa, chunk, 13, 77)
     lo_want, _ = _float_acc_numpy(xo.values, wo.values, fa, chunk, 13, 77)
     np.testing.assert_array_equal(lo_got.view(np.uint64), lo_want.view(np.uint64))
+
+
+def test_fused_float_kernel_in_row_and_column_blocks(monkeypatch):
+    """Partials formed in small row x column blocks give the same bits as in one block."""
+    import fmtlab.sim.accumulate as A
+    from fmtlab.formats import get_quantizer
+    from fmtlab.hw.accumulators import parse_accumulator
+
+    rng = np.random.default_rng(5)
+    q = get_quantizer("fp8_e4m3_per_token")
+    xo = A.operand(q, rng.standard_normal((13, 90)).astype(np.float32))
+    wo = A.operand(q, rng.standard_normal((21, 90)).astype(np.float32))
+    fa = parse_accumulator("bf16")
+    want, wovf = A._float_acc_numpy(xo.values, wo.values, fa, 16)
+    for budget in (8 * 6 * 3, 8 * 6 * 25):  # 3 columns of one row per block; one whole row per block
+        monkeypatch.setattr(A, "_PARTS_BYTES", budget)
+        got, govf = A._float_acc(xo.values, wo.values, fa, 16)
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+        np.testing.assert_array_equal(govf, wovf)
