@@ -13,11 +13,14 @@ round-robin after one warm-up each, so machine noise hits all of them alike) of:
   fmtlab  blocks   MXFP8 (E4M3), MXFP4 and NVFP4 fake-quant (block amax, scale, elements fused)
   ml_dtypes        x.astype(dtype).astype(float32) (single-threaded by design)
   torch            torch.from_numpy(x).to(float8).float()
-and a float32 copy (``x.copy()``, the memory-bound limit; issue 22: fake-quant within 2x of it, i.e.
-"x float32 copy" >= 0.5), and prints ratios against torch's FP8 E4M3 round trip (the target: element formats >= 3x,
-block formats >= 2x) and against ml_dtypes' round trip of the same format (E4M3 where ml_dtypes
-has no such format; target >= 5x). The machine may be shared: read the ratios, not the times;
-the load average before and after each table is printed with it.
+and a float32 copy (``x.copy()``, the memory-bound limit), and prints ratios against torch's FP8
+E4M3 round trip, against ml_dtypes' round trip of the same format (E4M3 where ml_dtypes has no
+such format) and against the copy, all measured in the same run. Issue 22's targets for every
+element format (static and dynamic): >= 4x torch, >= 5x ml_dtypes, and within 2x of the copy
+("x float32 copy" >= 0.5). The issue sets none for the block formats; they keep the older >= 2x
+torch. The "target met" column says "yes", or "no:" followed by each target missed (measured <
+target, medians). The machine may be shared: read the ratios, not the times; the load average
+before and after each table is printed with it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ import sys
 import time
 
 import numpy as np
+
+#: issue 22's targets for element fake-quant (medians, same run): x torch fp8_e4m3 round trip,
+#: x ml_dtypes round trip, x float32 copy (within 2x of the memory-bound copy).
+ELEMENT_TARGETS = {"torch": 4.0, "ml_dtypes": 5.0, "copy": 0.5}
+#: block formats: no target in issue 22; the older >= 2x torch is kept.
+BLOCK_TARGETS = {"torch": 2.0}
 
 ELEMENT_FORMATS = ["fp8_e4m3", "fp8_e5m2", "fp6_e3m2", "fp6_e2m3", "fp4_e2m1", "int8", "int4",
                    "dint4", "log4", "bf16", "fp16"]
@@ -97,37 +106,54 @@ def table(n: int, med: dict[str, float], best: dict[str, float]) -> list[dict]:
     torch_ref, torch_best = rate["torch fp8_e4m3"], brate["torch fp8_e4m3"]
     rows = []
 
-    def row(op, key, ml_key, t_torch, t_ml):
+    def row(op, key, ml_key, targets):
         r, b = rate[key], brate[key]
         ml = rate.get(ml_key) if ml_key else None
         return dict(op=op, rate=r, best=b, vs_torch=r / torch_ref, vs_torch_best=b / torch_best,
                     vs_copy=r / rate["float32 copy"],
                     vs_ml=None if ml is None else r / ml, ml_peer=ml_key and ml_key.split()[-1],
-                    target_torch=t_torch, target_ml=t_ml)
+                    targets=targets)
 
     for name in ELEMENT_FORMATS:
         ml_key = f"ml_dtypes {name}" if f"ml_dtypes {name}" in rate else "ml_dtypes fp8_e4m3"
         for kind in ("static", "dynamic"):
-            rows.append(row(f"{name} ({kind})", f"fmtlab {name} {kind}", ml_key, 3.0, 5.0))
+            rows.append(row(f"{name} ({kind})", f"fmtlab {name} {kind}", ml_key, ELEMENT_TARGETS))
     for name in BLOCK_PRESETS:
-        rows.append(row(name, f"fmtlab {name}", "ml_dtypes fp8_e4m3", 2.0, None))
+        rows.append(row(name, f"fmtlab {name}", "ml_dtypes fp8_e4m3", BLOCK_TARGETS))
     for k in ("float32 copy", "torch fp8_e4m3", "torch fp8_e5m2", "ml_dtypes fp8_e4m3", "ml_dtypes fp4_e2m1", "ml_dtypes bf16",
               "ml_dtypes fp16"):
-        rows.append(row(k, k, None, None, None))
+        rows.append(row(k, k, None, None))
+    for r in rows:
+        r["missed"] = missed_targets(r)
     return rows
+
+
+def missed_targets(r: dict) -> list[str] | None:
+    """The targets of row ``r`` it misses, as "name measured<target" (None: the row has no targets)."""
+    if not r["targets"]:
+        return None
+    measured = {"torch": r["vs_torch"], "ml_dtypes": r["vs_ml"], "copy": r["vs_copy"]}
+    out = []
+    for name, target in r["targets"].items():
+        v = measured[name]
+        if v is None:
+            out.append(f"{name} not measured")
+        elif v < target:
+            out.append(f"{name} {v:.2f}<{target:g}")
+    return out
 
 
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n### {title}\n")
     print("| operation | Melem/s (median) | Melem/s (best) | x torch fp8_e4m3 (median) | x torch (best/best) "
-          "| x ml_dtypes (median, peer) | x float32 copy (median) | target met |")
-    print("|---|---:|---:|---:|---:|---:|---:|:---:|")
+          "| x ml_dtypes (median, peer) | x float32 copy (median) "
+          "| target met (>= 4x torch, >= 5x ml_dtypes, >= 0.5x copy; blocks >= 2x torch) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         ml = "" if r["vs_ml"] is None else f"{r['vs_ml']:.1f} ({r['ml_peer']})"
         ok = ""
-        if r["target_torch"] is not None:
-            good = r["vs_torch"] >= r["target_torch"] and (r["target_ml"] is None or r["vs_ml"] >= r["target_ml"])
-            ok = "yes" if good else "**no**"
+        if r["missed"] is not None:
+            ok = "yes" if not r["missed"] else "**no**: " + ", ".join(r["missed"])
         print(f"| {r['op']} | {r['rate'] / 1e6:,.0f} | {r['best'] / 1e6:,.0f} | {r['vs_torch']:.2f} "
               f"| {r['vs_torch_best']:.2f} | {ml} | {r['vs_copy']:.2f} | {ok} |")
 
