@@ -345,8 +345,43 @@ def _nlimbs(vw: FloatView, va: FloatView, k: int, width: int = 0) -> int:
     return max(bits, width) // K.LIMB + 3
 
 
+def _sum_exact_in_f64(vw: FloatView, va: FloatView, k: int) -> bool:
+    """True when every partial sum of ``k`` finite products, in any order, is a float64 value:
+    each is a multiple of 2^(lsb_w + lsb_a) below k * 2^(msb_w + msb_a + 2) in magnitude, so at
+    most 53 significant bits suffice (e.g. fp8_e4m3 x fp8_e4m3 for k < 2^17)."""
+    bits = (vw.msb_max + va.msb_max + 2) - (vw.lsb_min + va.lsb_min) + max(k, 1).bit_length()
+    return (bits <= 53 and vw.sig_bits + va.sig_bits <= 53 and vw.lsb_min + va.lsb_min >= -1074
+            and vw.msb_max + va.msb_max + 2 + max(k, 1).bit_length() <= 1023)
+
+
+def _exact_float_f64(W, X, valw, sigw, shw, valx, sigx, shx, lsb_w: int, lsb_a: int) -> np.ndarray:
+    """``dot_exact_float``'s out_exact (with its specials) where :func:`_sum_exact_in_f64` holds:
+    a plain float64 sum of the products is then exact whatever the order. Finite products are
+    sign * sig_w * sig_x * 2^(shifts + lsb) as in the limb kernel; a product with a NaN or
+    infinite operand is val_w * val_x; a NaN result is ``np.nan``, a zero result +0.0."""
+    tw = np.where(valw < 0, -1.0, 1.0) * np.ldexp(sigw.astype(np.float64), shw + lsb_w)
+    tx = np.where(valx < 0, -1.0, 1.0) * np.ldexp(sigx.astype(np.float64), shx + lsb_a)
+    fin_w, fin_x = np.isfinite(valw), np.isfinite(valx)
+    m, k = W.shape
+    out = np.empty(m)
+    step = max(1, (1 << 20) // max(k, 1))
+    for r0 in range(0, m, step):
+        w = W[r0:r0 + step]
+        x = X if X.shape[0] == 1 else X[r0:r0 + step]
+        terms = tw[w] * tx[x]
+        special = ~(fin_w[w] & fin_x[x])
+        if special.any():
+            terms = np.where(special, valw[w] * valx[x], terms)
+        out[r0:r0 + step] = terms.sum(axis=1)
+    out = np.where(np.isnan(out), np.nan, out)
+    return out + 0.0  # -0.0 -> +0.0, as the limb sum gives
+
+
 def _exact_float(vw, va, W, X, valw, sigw, shw, valx, sigx, shx, width):
     m = W.shape[0]
+    if width <= 0 and _sum_exact_in_f64(vw, va, W.shape[1]):
+        exact = _exact_float_f64(W, X, valw, sigw, shw, valx, sigx, shx, vw.lsb_min, va.lsb_min)
+        return exact, exact.copy(), np.zeros(m, np.int64)
     exact = np.empty(m)
     wrapped = np.empty(m)
     ovf = np.empty(m, np.int64)

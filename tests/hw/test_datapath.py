@@ -341,3 +341,31 @@ def test_fp32_fast_path_equals_the_general_kernel():
         assert (float_to_bits(out, FloatAcc()) == float_to_bits(out32.astype(float), FloatAcc())).all()
         assert (ovf == ovf32).all()
     assert not products_exact_in_fp32(view(get_format("bf16")), view(get_format("bf16")), FloatAcc())
+
+
+def test_float64_exact_reference_matches_the_limb_kernel_bit_for_bit():
+    """fp8_e4m3 x fp8_e4m3 (K < 2^17) takes the float64-sum exact reference instead of the limb
+    kernel: every pair of codes (NaN included) and random K = 576 rows give the same float64 bits."""
+    from fmtlab.hw import datapath as D
+    from fmtlab.hw import dp_kernels as K
+
+    u = make_unit("fp8_e4m3", "fp8_e4m3", "fp32")
+    vw, va = D.view(u.weight), D.view(u.activation)
+    tw, tx = D.float_tables(vw), D.float_tables(va)
+    rng = np.random.default_rng(1)
+    a, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    cases = [(a.reshape(-1, 1), b.reshape(-1, 1)),
+             (rng.integers(0, 256, (200, 576)), rng.integers(0, 256, (200, 576))),
+             (rng.integers(0, 127, (50, 576)), rng.integers(0, 127, (1, 576)))]
+    for W, X in cases:
+        W, X = np.ascontiguousarray(W, np.int64), np.ascontiguousarray(X, np.int64)
+        assert D._sum_exact_in_f64(vw, va, W.shape[1])
+        m = W.shape[0]
+        ex, wr, ov, sp = np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m)
+        K.dot_exact_float(W, X, tw[1], tw[2], tx[1], tx[2], tw[0], tx[0], vw.lsb_min + va.lsb_min,
+                          D._nlimbs(vw, va, W.shape[1], 0), 0, ex, wr, ov, sp)
+        ref = np.where(sp != 0, sp, ex)
+        got = D._exact_float_f64(W, X, *tw, *tx, vw.lsb_min, va.lsb_min)
+        assert np.array_equal(ref.view(np.uint64), got.view(np.uint64))
+    assert not D._sum_exact_in_f64(D.view(make_unit("fp8_e5m2", "fp8_e5m2", "fp32").weight),
+                                   D.view(make_unit("fp8_e5m2", "fp8_e5m2", "fp32").activation), 576)
