@@ -130,8 +130,8 @@ def float_decode_parts(v: "FloatView | FloatAcc", label: str) -> list[Part]:
     to alternating NOR2 / NAND2 levels (1 GE per 2-input node, not OR2's / AND2's 1.33 in OSU
     0.18 um), as it does the leading-zero counter's valid tree
     (:class:`fmtlab.hw.components.LeadingZeroCounter`), so every node is priced as one NOR2 or
-    NAND2. Measured (issue 21, session 6, ``/tmp/cost6/dec.py``: the project's own
-    ``float_decode`` RTL with ``max(E, 1)`` synthesised alone, Yosys 0.70, OSU 0.18 um GE;
+    NAND2. Measured (issue 21, session-6 note: the project's own ``float_decode`` RTL, outputs
+    sign, significand, max(E, 1), flags, synthesised alone, Yosys 0.70, OSU 0.18 um GE;
     model incl. ``max(E, 1)``, was / now): fp8_e4m3 13.7 (19.3 / 15.0), fp8_e5m2 14.3
     (18.0 / 14.0), fp4_e2m1 4.0 (4.7 / 4.0), fp6_e3m2 8.3 (7.3 / 6.0), fp6_e2m3 7.0 (7.3 / 6.0),
     bf16 26.3 (32.7 / 25.0), fp16 31.2 (28.7 / 22.0): sum 104.8 GE, was 118.0 (+13%), now 92.0

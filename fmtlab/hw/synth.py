@@ -266,12 +266,12 @@ class ComparisonRow:
 
 def compare(units, baseline, library: str = "osu018", fa: str = "gates",
             liberty: str | None = "default", use_cache: bool = True,
-            cache_only: bool = False) -> list[ComparisonRow]:
+            cache_only: bool = False, variant: str = "default") -> list[ComparisonRow]:
     """Model area vs synthesised area for ``units``, each also as a ratio to ``baseline``.
 
     The model is evaluated with the cell library the synthesis maps to (``osu018``), so both
     sides price cells alike. ``cache_only``: use cached results only (units without one are
-    skipped) -- never runs Yosys.
+    skipped) -- never runs Yosys. ``variant``: the Yosys script (:data:`SCRIPT_VARIANTS`).
     """
     lib = liberty_path() if liberty == "default" else liberty
     if lib is None and liberty == "default" and cache_only:
@@ -280,8 +280,8 @@ def compare(units, baseline, library: str = "osu018", fa: str = "gates",
     def get(u):
         rtl = generate(u)
         if cache_only:
-            return cached(rtl, lib)
-        return synthesize(rtl, lib, use_cache)
+            return cached(rtl, lib, variant)
+        return synthesize(rtl, lib, use_cache, variant)
 
     b = get(baseline)
     if b is None:

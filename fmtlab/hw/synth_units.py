@@ -9,8 +9,8 @@ of each unit relative to the int8 x int8 -> int32 MAC, as ``fmtlab hw synth`` do
 The known exception is the inner e8m13 unit of ``hopper_fp8_mma``: +24.0% absolute, +18.8% as a
 ratio (session 6 of issue 21, after the leading-zero counter and the FP product were priced from
 their own RTL synthesised; before: +28.9% / +23.4%). What dominates (same flow; commands in the
-session-5 and session-6 notes of issue 21): synthesised apart, the FP adder is 12% *below* the
-model (Yosys 1438 GE, model 1271) and the fp8 product 40 GE above it (Yosys 230, model 270), but
+session-5 and session-6 notes of issue 21): synthesised apart, the model prices the FP adder 12%
+*below* Yosys (model 1271 GE, Yosys 1438) and the fp8 product 40 GE above it (270 vs 230), but
 the whole unit synthesises 420 GE (25%) smaller than its two parts apart; that saving is 6-7%
 into fp32, e8m12 and bf16 and does not follow the operand widths, so a sum-of-parts model cannot
 price it without a per-unit fit. The reference itself is sensitive to the abc step: the same RTL
@@ -58,19 +58,20 @@ class CostUnitRow:
         return (self.model_ge / self.base_model_ge) / (self.synth_ge / self.base_synth_ge) - 1.0
 
 
-def _synth(rtl, cache_only: bool):
+def _synth(rtl, cache_only: bool, variant: str = "default"):
     lib = liberty_path()
     if cache_only:
-        return cached(rtl, lib if lib else "shipped")
+        return cached(rtl, lib if lib else "shipped", variant)
     if lib is None:
         raise FmtlabError("the OSU 0.18 um Liberty file is missing (Debian: apt-get install qflow-tech-osu018)")
-    return synthesize(rtl, lib)
+    return synthesize(rtl, lib, variant=variant)
 
 
-def cost_unit_rows(cache_only: bool = False) -> list[CostUnitRow]:
-    """One row per datapath (units without a cached result are skipped when ``cache_only``)."""
+def cost_unit_rows(cache_only: bool = False, variant: str = "default") -> list[CostUnitRow]:
+    """One row per datapath (units without a cached result are skipped when ``cache_only``);
+    ``variant``: the Yosys script (:data:`fmtlab.hw.synth.SCRIPT_VARIANTS`)."""
     base = make_unit(*BASELINE)
-    bs = _synth(generate(base), cache_only)
+    bs = _synth(generate(base), cache_only, variant)
     if bs is None:
         raise FmtlabError("no cached synthesis result for the int8 baseline")
     bm = unit_cost(base, library="osu018").area_ge
@@ -82,7 +83,7 @@ def cost_unit_rows(cache_only: bool = False) -> list[CostUnitRow]:
             rtl, name, model = generate(mu), mu.name, unit_cost(mu, library="osu018").area_ge
         else:
             rtl, name, model = su.rtl, su.name, price_parts(su.name, list(su.parts), library="osu018").area_ge
-        s = _synth(rtl, cache_only)
+        s = _synth(rtl, cache_only, variant)
         if s is None or s.ge is None:
             continue
         rows.append(CostUnitRow(name, model, s.ge, s.transistors, bm, bs.ge))

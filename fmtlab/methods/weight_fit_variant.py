@@ -26,6 +26,11 @@ the perplexity check (``perplexity(..., weight_fit=...)``), so such configs give
 replaying them on recorded traces is refused. Transforms that are not such a map (LLM.int8(), MUXQ,
 per-token scale, sink exclusion) are refused, and so is ``+awq`` behind any transform.
 
+In replay (the report's layer-output SQNR rows) a ``+gptq`` / ``+awq`` config without a transform
+runs on the plain model's traces with :class:`~fmtlab.methods.gptq.FittedWeights` as its weight
+quantizer (:meth:`WeightFitHandler.replay_config`): the same recorded inputs as the RTN config's
+rows, no traces recorded behind the variant.
+
 Fitted weights are cached as safetensors under ``<fmtlab cache>/fitted-weights/`` keyed on (model,
 calibration data, variant), Hessians under ``<fmtlab cache>/hessians/``: a report with several
 configs, or a second run, fits once.

@@ -78,7 +78,7 @@ class SimLinear(_torch_module_base()):
         # without a transform the GEMM runs in torch (float32, one sequence at a time)
         self.wq_torch = None if ft is not None or gemm != "torch" else torch_from(np.ascontiguousarray(self.wq_fixed.T))
 
-    def _seq(self, xs: np.ndarray):
+    def _seq(self, xs: np.ndarray, out=None):
         """Layer output [S, N] of one sequence's rows xs [S, K] (GEMMs in torch without a transform
         and for the Hadamard rotation when ``gemm == "torch"``, else numpy)."""
         if self.ft is None and self.accumulator is not None:
@@ -88,7 +88,7 @@ class SimLinear(_torch_module_base()):
                                       self.accumulator, w_operand=self.w_op)
             return torch_from(y)
         if self.ft is None and self.gemm == "torch":
-            return torch_from(self.aq(xs)) @ self.wq_torch
+            return _mm(torch_from(self.aq(xs)), self.wq_torch, out)
         if self.ft is None:
             return self.aq(xs) @ self.wq_fixed.T
         if type(self.ft) is Hadamard:  # X R per sequence; W R (and its quantization) once per layer
@@ -100,7 +100,7 @@ class SimLinear(_torch_module_base()):
                     self.r_torch = torch_from(r)
                     self.wq_torch = torch_from(np.ascontiguousarray(self.wq_fixed.T))
                 xr = (torch_from(xs) @ self.r_torch).numpy()
-                return torch_from(self.aq(xr)) @ self.wq_torch
+                return _mm(torch_from(self.aq(xr)), self.wq_torch, out)
             xr = xs @ r
             return Decomposition(xr, self.w).output(xq=self.aq(xr), wq=self.wq_fixed, hp_dtype=self.hp_dtype)
         ctx = Context(positions=np.arange(xs.shape[0]), act_q=None if self.aq.identity else self.aq,
@@ -114,17 +114,36 @@ class SimLinear(_torch_module_base()):
             wq = self.wq_fixed
         return d.output(xq=self.aq(d.x), wq=wq, hp_dtype=self.hp_dtype)
 
+    @property
+    def writes_into_out(self) -> bool:
+        """Whether :meth:`_seq` can write a sequence's output into a given torch slice (the torch
+        GEMM paths: no transform, or the Hadamard rotation)."""
+        return self.gemm == "torch" and (self.ft is None and self.accumulator is None
+                                         or type(self.ft) is Hadamard)
+
     def forward(self, x):
         import torch
 
         shape = x.shape
         a = x.detach().to(torch.float32).cpu().numpy()
         a = a.reshape(1, *a.shape) if a.ndim == 2 else a.reshape(-1, shape[-2], shape[-1])
-        out = torch.stack([torch_from(y) if isinstance(y, np.ndarray) else y
-                           for y in (self._seq(np.ascontiguousarray(a[b])) for b in range(a.shape[0]))])
+        if self.writes_into_out:  # each sequence's GEMM writes its slice: no stacking copy (the head's
+            out = torch.empty(a.shape[0], a.shape[1], self.w.shape[0], dtype=torch.float32)  # 25 MB each)
+            for b in range(a.shape[0]):
+                self._seq(np.ascontiguousarray(a[b]), out=out[b])
+        else:
+            out = torch.stack([torch_from(y) if isinstance(y, np.ndarray) else y
+                               for y in (self._seq(np.ascontiguousarray(a[b])) for b in range(a.shape[0]))])
         if self.bias_t is not None:
             out = out + self.bias_t.to(torch.float32)
         return out.reshape(*shape[:-1], out.shape[-1]).to(x.device, x.dtype)
+
+
+def _mm(a, b, out=None):
+    """a @ b (float32 torch), written into ``out`` when given (same kernel, same bits)."""
+    import torch
+
+    return a @ b if out is None else torch.matmul(a, b, out=out)
 
 
 def torch_from(a: np.ndarray):

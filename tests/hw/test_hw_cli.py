@@ -41,6 +41,16 @@ def test_hw_synth_from_cache(capsys):
     assert "| int4 x int4 -> int32 |" in capsys.readouterr().out
 
 
+def test_hw_synth_script_variant(capsys, tmp_path, monkeypatch):
+    """--variant selects a documented Yosys script; the shipped cache holds the reference only."""
+    monkeypatch.setenv("FMTLAB_CACHE", str(tmp_path))
+    assert main(["hw", "synth", "--cache-only", "--variant", "dch"]) == 2
+    assert "no cached synthesis result for the baseline" in capsys.readouterr().err
+    assert main(["hw", "synth", "--variant", "map", "--write-cache", str(tmp_path / "c.json")]) == 2
+    assert "reference results only" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_hw_bad_input_exits_2(capsys):
     assert main(["hw", "--units", "int8,fp8_e4m3"]) == 2
     assert "mixed" in capsys.readouterr().err
