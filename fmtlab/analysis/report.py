@@ -255,6 +255,11 @@ def _load_model(run: _Run) -> None:
             run.model, run.tok = load_default_model() if opts.model is None else load_model(opts.model)
             run.mname = run.mname or model_name(run.model)
             run.encoder = not is_language_model(run.model)
+            if run.encoder and opts.configs == REPORT_CONFIGS:  # the default +gptq rows are a decoder study
+                run.step("encoder: the default replay configs without their +gptq rows")
+                run.opts = opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
+                parsed = [parse_variant_config(c) for c in opts.configs]
+                run.cfgs, run.variant_of = [c for c, _ in parsed], {c.name: v for c, v in parsed}
             if not opts.trace:  # a large model records a block subset (fmtlab.analysis.model_plan)
                 plan = record_plan(model_params(run.model), [b for b, _ in find_blocks(run.model)], opts.layers)
                 run.record_plan = plan.note
