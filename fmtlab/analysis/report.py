@@ -484,8 +484,9 @@ def _plots(run: _Run) -> None:
 def _write(run: _Run) -> dict[str, Any]:
     """Findings, report.md/html (with the explore section), report.json; returns the summary."""
     opts, out = run.opts, run.out
+    stored = sorted(set(((run.traces[0].manifest.get("source_grid") or {}).get("types") or {}).values()))
     findings = headline_findings(run.summary_rows, run.massive, run.budget, opts.area_budget, run.ppl_rows,
-                                 run.main_res)
+                                 run.main_res, stored_grid=", ".join(stored))
     variant_rows = run.variants.descriptions() if run.variants is not None else []
     for d in variant_rows:
         run.timings[f"{d['variant']} fit"] = d["fit_seconds"]

@@ -39,7 +39,9 @@ def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(float(v))
 
 
-def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) -> list[str]:
+def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None, stored_grid: str = "") -> list[str]:
+    """The report's headline bullets. ``stored_grid``: the stored GGUF types of the model's Linear
+    weights (e.g. "Q4_1"), empty for a full-precision checkpoint (no understated-weight caveat)."""
 
     out: list[str] = []
     priced = [r for r in rows if finite(r["area_ge"]) and finite(r.get("pooled_out_sqnr_db"))]
@@ -77,8 +79,9 @@ def headline_findings(rows, massive, budget, budget_name, ppl_rows, res=None) ->
         area = (b["area_ge"] / a["area_ge"]) if finite(a["area_ge"]) and finite(b["area_ge"]) else math.nan
         out.append(f"W4A8 dINT4 vs INT4 (per-channel weights): {da:+.2f} dB pooled layer-output SQNR for "
                    f"{100 * (area - 1):+.0f}% MAC area; weight underflow {a['w_underflow_rate']:.3f} -> "
-                   f"{b['w_underflow_rate']:.3f} (SmolLM2's weights were Q4_1 in the GGUF, so 4-bit weight "
-                   "error is understated: see the note below).")
+                   f"{b['w_underflow_rate']:.3f}" + (f" (the weights were stored as {stored_grid} in the GGUF, so "
+                                                     "4-bit weight error is understated: see the note below)."
+                                                     if stored_grid else "."))
     if ppl_rows:
         base = next((r["ppl"] for r in ppl_rows if r["config"] == "fp32"), None)
         worst = max(ppl_rows, key=lambda r: r["ppl"] if finite(r["ppl"]) else math.inf)

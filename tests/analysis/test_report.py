@@ -242,3 +242,20 @@ def test_perplexity_seq_len_beyond_context_is_refused_before_work(tmp_path):
     with pytest.raises(FmtlabError, match="context length"):
         run_report(opts)
     assert not (tmp_path / "r" / "traces").exists()
+
+
+def test_weight_grid_caveat_follows_the_model_stored_grid():
+    """The understated-4-bit-weights remark names the stored GGUF grid, and is absent for a
+    full-precision checkpoint (it used to name SmolLM2's Q4_1 in every model's report)."""
+    from types import SimpleNamespace
+
+    from fmtlab.analysis.report_text import headline_findings
+
+    rows = [{"config": c, "area_ge": 100.0, "area_um2": 10.0, "energy_pj": 0.1, "pooled_out_sqnr_db": s,
+             "w_underflow_rate": u, "transform": None}
+            for c, s, u in (("w4a8_int_channel", 20.0, 0.2), ("w4a8_dint_channel", 21.0, 0.1))]
+    budget = SimpleNamespace(area_ge_per_mac=1000.0, area_um2_per_mac=100.0)
+    gguf = [f for f in headline_findings(rows, [], budget, "int8 x int8", [], stored_grid="Q4_1") if "dINT4" in f]
+    full = [f for f in headline_findings(rows, [], budget, "int8 x int8", []) if "dINT4" in f]
+    assert len(gguf) == 1 and "stored as Q4_1" in gguf[0] and "understated" in gguf[0]
+    assert len(full) == 1 and "Q4_1" not in full[0] and "understated" not in full[0] and "SmolLM2" not in full[0]
