@@ -126,6 +126,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+#: block and tile quantizers that parse through the grammar beside the standard presets: the issue-26
+#: integer blocks, scale rules and 2-D tiles (any ``<block>_<R>x<C>`` / ``<format>_b<R>x<C>[_ue8m0]`` parses)
+GRAMMAR_EXAMPLES = ("mxint6", "mxint4", "nvint4", "mxfp4_e1m2", "mxfp4_midmax", "mxfp4_neuron", "nvfp4_16x16",
+                    "fp8_e4m3_b128x128", "fp8_e4m3_b128x128_ue8m0", "fp8_e4m3_g128")
+
+
+def cmd_quantizers(args: argparse.Namespace) -> int:
+    """The quantizer presets (element format, granularity, scale format and rule), then examples of
+    names the grammar parses; ``--json``: name, canonical name and description of each."""
+    from fmtlab.formats.presets import get_quantizer, list_quantizers
+
+    names = list(dict.fromkeys(args.names or (list_quantizers() + list(GRAMMAR_EXAMPLES))))
+    rows = [(n, get_quantizer(n)) for n in names]
+    if args.json:
+        _emit(json.dumps([{"name": n, "canonical": str(q), "describe": q.describe()} for n, q in rows], indent=1)
+              + "\n")
+        return 0
+    width = max(len(n) for n, _ in rows)
+    _emit("".join(f"{n.ljust(width)}  {q.describe().split(': ', 1)[-1]}\n" for n, q in rows))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``fmtlab formats`` (and its ``list`` / ``show`` subcommands) to the fmtlab command."""
     p = subparsers.add_parser("formats", help="list the element formats or show one format's code table",
@@ -134,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "fp8_e4m3, int4_sym, dint4, log4_b1.5, e3m4_ieee, ...")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list, names=[])
-    sub = p.add_subparsers(dest="formats_command", metavar="{list,show}")
+    sub = p.add_subparsers(dest="formats_command", metavar="{list,show,quantizers}")
     pl = sub.add_parser("list", help="name, bits, range and special values of each format (default)")
     pl.add_argument("names", nargs="*", metavar="NAME", help="formats to list (default: the standard set)")
     pl.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
@@ -143,5 +165,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ps.add_argument("name", metavar="NAME", help="a format name, e.g. fp8_e4m3, int4, log4, e3m4_ieee")
     ps.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     ps.set_defaults(func=cmd_show)
+    pq = sub.add_parser("quantizers", help="block, group and per-tensor quantizers by name (MX, NVFP4, MixFP4, "
+                        "MXINT, NVINT4, scale rules, 2-D tiles): elements, granularity, scales, rule")
+    pq.add_argument("names", nargs="*", metavar="NAME", help="quantizer names (default: presets and grammar examples)")
+    pq.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    pq.set_defaults(func=cmd_quantizers)
 
 

@@ -123,3 +123,26 @@ def test_python_m_fmtlab_formats():
     assert r.returncode == 2 and "unknown format 'nope'" in r.stderr
 
 
+
+
+def test_formats_quantizers_lists_presets_and_the_new_block_names(capsys):
+    from fmtlab.formats.cli import GRAMMAR_EXAMPLES
+    from fmtlab.formats.presets import get_quantizer, list_quantizers
+
+    assert main(["formats", "quantizers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [ln.split()[0] for ln in lines]
+    assert names == list(dict.fromkeys(list_quantizers() + list(GRAMMAR_EXAMPLES)))
+    for n in ("mixfp4", "nvfp4_4over6", "mxint4", "nvint4", "mxfp4_midmax", "nvfp4_16x16", "fp8_e4m3_b128x128_ue8m0"):
+        assert n in names
+    row = dict(zip(names, lines))
+    assert "tile=16x16" in row["nvfp4_16x16"] and "scale rule midmax" in row["mxfp4_midmax"]
+    assert main(["formats", "quantizers", "--json", "mixfp4"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["canonical"] == str(get_quantizer("mixfp4")) and "scale rule mixfp4" in entry["describe"]
+
+
+def test_formats_quantizers_refuses_an_unknown_name_in_one_line(capsys):
+    assert main(["formats", "quantizers", "no_such_quantizer"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_quantizer" in err[0]
