@@ -74,3 +74,30 @@ def llama():
                       num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return LlamaForCausalLM(cfg).eval()
+
+
+#: the attention architectures the KV-cache and attention tests cover
+ATTENTION_ARCHS = ("llama", "qwen2", "gemma3")
+
+
+def tiny_causal_lm(arch: str, *, vocab: int = 97, head_dim: int | None = None, gemma_head_dim: int = 16):
+    """A 2-layer random causal LM (hidden 64, 4 heads, 2 KV heads) of ``arch`` in ATTENTION_ARCHS,
+    seeded; Gemma 3 with one sliding (window 4) and one full attention layer. ``head_dim``: set for
+    every arch (default: the config's own, hidden / heads); ``gemma_head_dim``: Gemma 3's when
+    ``head_dim`` is None."""
+    import transformers as tf
+
+    common = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=64)
+    if head_dim is not None:
+        common["head_dim"] = head_dim
+    torch.manual_seed(0)
+    if arch == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common)).eval()
+    if arch == "qwen2":
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**common)).eval()
+    if arch != "gemma3":
+        raise ValueError(f"unknown arch {arch!r}; known: {ATTENTION_ARCHS}")
+    cfg = tf.Gemma3TextConfig(**{"head_dim": gemma_head_dim, **common}, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"])
+    return tf.Gemma3ForCausalLM(cfg).eval()

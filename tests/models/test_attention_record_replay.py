@@ -20,23 +20,14 @@ from fmtlab.pytorch.attention import quantize_pv as t_quantize_pv
 from fmtlab.pytorch.attention import quantize_qk as t_quantize_qk
 from fmtlab.sim import attention_replay as AR
 from fmtlab.sim.attention_specs import attention_preset, kv_quantizers
+from torch_helpers import ATTENTION_ARCHS, tiny_causal_lm
 
-_COMMON = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=256, max_position_embeddings=64, head_dim=32)
-ARCHS = ("llama", "qwen2", "gemma3")
+ARCHS = ATTENTION_ARCHS
 SEQ = 12
 
 
 def _model(arch: str):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if arch == "llama":
-        return tf.LlamaForCausalLM(tf.LlamaConfig(**_COMMON)).eval()
-    if arch == "qwen2":
-        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**_COMMON)).eval()
-    cfg = tf.Gemma3TextConfig(**_COMMON, sliding_window=4, layer_types=["sliding_attention", "full_attention"])
-    return tf.Gemma3ForCausalLM(cfg).eval()
+    return tiny_causal_lm(arch, vocab=256, head_dim=32)
 
 
 @pytest.fixture(scope="module")

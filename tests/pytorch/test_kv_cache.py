@@ -10,26 +10,14 @@ from fmtlab.errors import FmtlabError
 from fmtlab.pytorch import calibrate, quantize_model
 from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.kv_cache import KVCacheSpec, attach_kv_cache, install_on_cache, kv_cache_of, parse_kv_spec
+from torch_helpers import ATTENTION_ARCHS, tiny_causal_lm
 
 VOCAB = 97
-_COMMON = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)
+ARCHS = ATTENTION_ARCHS
 
 
 def _model(arch: str):
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if arch == "llama":
-        return tf.LlamaForCausalLM(tf.LlamaConfig(**_COMMON)).eval()
-    if arch == "qwen2":
-        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**_COMMON)).eval()
-    cfg = tf.Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=4,
-                              layer_types=["sliding_attention", "full_attention"])
-    return tf.Gemma3ForCausalLM(cfg).eval()
-
-
-ARCHS = ("llama", "qwen2", "gemma3")
+    return tiny_causal_lm(arch, vocab=VOCAB)
 
 
 @pytest.fixture(scope="module")
