@@ -178,8 +178,8 @@ class _Run:
     opts: ReportOptions
     out: Path  # the staging folder
     step: _Steps
-    cfgs: list[ReplayConfig]
-    variant_of: dict[str, ModelVariant | None]  # config name -> the variant it runs behind
+    cfgs: list[ReplayConfig] = dataclasses.field(default_factory=list)  # set by use_configs
+    variant_of: dict[str, ModelVariant | None] = dataclasses.field(default_factory=dict)  # config -> its variant
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     model: Any = None
@@ -217,6 +217,12 @@ class _Run:
     @property
     def ppl_specs(self) -> tuple[str, ...]:
         return tuple(self.opts.ppl_configs) if self.opts.perplexity else ()
+
+    def use_configs(self, configs: tuple[str, ...]) -> None:
+        """Replay ``configs``: the options, the parsed configs and the variant of each."""
+        self.opts = dataclasses.replace(self.opts, configs=tuple(configs))
+        parsed = [parse_variant_config(c) for c in self.opts.configs]
+        self.cfgs, self.variant_of = [c for c, _ in parsed], {c.name: v for c, v in parsed}
 
     def used_variants(self) -> list[ModelVariant]:
         """The variants the replay and perplexity configs run behind, in order of first appearance."""
@@ -257,9 +263,8 @@ def _load_model(run: _Run) -> None:
             run.encoder = not is_language_model(run.model)
             if run.encoder and opts.configs == REPORT_CONFIGS:  # the default +gptq rows are a decoder study
                 run.step("encoder: the default replay configs without their +gptq rows")
-                run.opts = opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
-                parsed = [parse_variant_config(c) for c in opts.configs]
-                run.cfgs, run.variant_of = [c for c, _ in parsed], {c.name: v for c, v in parsed}
+                run.use_configs(DEFAULT_CONFIGS)
+                opts = run.opts
             if not opts.trace:  # a large model records a block subset (fmtlab.analysis.model_plan)
                 plan = record_plan(model_params(run.model), [b for b, _ in find_blocks(run.model)], opts.layers)
                 run.record_plan = plan.note
@@ -543,13 +548,11 @@ def _run_report(opts: ReportOptions, out: Path) -> dict[str, Any]:
     """The pipeline, writing tables/plots/report files under ``out`` (the staging folder)."""
     (out / "plots").mkdir(exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    if opts.configs == REPORT_CONFIGS and opts.trace and not opts.perplexity and not opts.methods:
-        # a trace-only run needs no model: the default +gptq replay rows (weights fitted on the
-        # model) are left out rather than loading the model and fitting 210 layers for them
-        opts = dataclasses.replace(opts, configs=DEFAULT_CONFIGS)
-    parsed = [parse_variant_config(c) for c in opts.configs]
-    run = _Run(opts, out, _Steps(opts.progress), cfgs=[c for c, _ in parsed],
-               variant_of={c.name: v for c, v in parsed})
+    run = _Run(opts, out, _Steps(opts.progress))
+    # a trace-only run needs no model: the default +gptq replay rows (weights fitted on the model)
+    # are left out rather than loading the model and fitting 210 layers for them
+    trace_only = opts.configs == REPORT_CONFIGS and opts.trace and not opts.perplexity and not opts.methods
+    run.use_configs(DEFAULT_CONFIGS if trace_only else opts.configs)
     for step in (_load_model, _fit_variants, _record_traces, _replay, _price, _perplexity, _claims,
                  _accumulation, _plots):
         step(run)

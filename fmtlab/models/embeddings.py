@@ -127,6 +127,13 @@ def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, *, n_boot:
             "rank": S.bootstrap(rank_stat, np.arange(len(ref)), n_boot=n_boot, seed=seed)}
 
 
+def _agreement_row(name: str, ref: np.ndarray, emb: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """config, n_sentences and each agreement metric with its ``_lo`` / ``_hi`` interval bounds."""
+    agree = embedding_agreement(ref, emb, n_boot=n_boot, seed=seed)
+    return {"config": name, "n_sentences": len(ref), **{k: v.value for k, v in agree.items()},
+            **{f"{k}_lo": v.lo for k, v in agree.items()}, **{f"{k}_hi": v.hi for k, v in agree.items()}}
+
+
 def is_language_model(model: Any) -> bool:
     """True when ``model`` has an output head over the vocabulary (perplexity applies); False for a
     bare encoder (BERT / MPNet ``AutoModel``), whose end-to-end metric is embedding agreement."""
@@ -156,12 +163,7 @@ def replay_config_agreement(model: Any, tokenizer: Any, configs: Sequence[Any], 
         t0 = time.perf_counter()
         with sim_quantized(model, cfg, calib, per_sequence_head=False) as qmodel:
             emb = sentence_embeddings(qmodel, tokenizer, sents)
-        agree = embedding_agreement(ref, emb, n_boot=n_boot, seed=seed)
-        rows.append({"config": cfg.name, "n_sentences": len(sents),
-                     **{k: v.value for k, v in agree.items()},
-                     **{f"{k}_lo": v.lo for k, v in agree.items()},
-                     **{f"{k}_hi": v.hi for k, v in agree.items()},
-                     "seconds": time.perf_counter() - t0})
+        rows.append(dict(_agreement_row(cfg.name, ref, emb, n_boot, seed), seconds=time.perf_counter() - t0))
     return rows
 
 
@@ -180,9 +182,5 @@ def encoder_quality(model: Any, tokenizer: Any, configs: Sequence[tuple[str, Any
     rows = []
     for name, weights, activations in configs:
         qmodel, _ = quantize_model(model, weights, activations)
-        agree = embedding_agreement(ref, sentence_embeddings(qmodel, tokenizer, sents), n_boot=n_boot, seed=seed)
-        rows.append({"config": name, "n_sentences": len(sents),
-                     **{f"{k}": v.value for k, v in agree.items()},
-                     **{f"{k}_lo": v.lo for k, v in agree.items()},
-                     **{f"{k}_hi": v.hi for k, v in agree.items()}})
+        rows.append(_agreement_row(name, ref, sentence_embeddings(qmodel, tokenizer, sents), n_boot, seed))
     return rows

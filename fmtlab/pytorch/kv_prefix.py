@@ -28,7 +28,7 @@ import torch
 from fmtlab.errors import FmtlabError
 from fmtlab.pytorch.devices import model_device
 
-__all__ = ["KVPrefix", "attach_kv_prefix", "kv_prefix_attached", "kv_prefix_of", "cache_kwarg"]
+__all__ = ["KVPrefix", "attach_kv_prefix", "kv_prefix_attached", "kv_prefix_of", "cache_kwarg", "layer_kv"]
 
 _ATTR = "fmtlab_kv_prefix"
 
@@ -56,7 +56,9 @@ def _cache_of(out: Any):
     raise FmtlabError("the model returned no KV cache (use_cache=True gave none)")
 
 
-def _layer_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def layer_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) of a transformers cache: 5.x (``layers``), 4.x (``key_cache``) or a
+    legacy tuple of (key, value) pairs."""
     if hasattr(cache, "layers"):
         return [(lay.keys, lay.values) for lay in cache.layers]
     if hasattr(cache, "key_cache"):
@@ -107,7 +109,7 @@ class KVPrefix:
             out = model(input_ids=ids, use_cache=True)
         finally:
             model.train(was)
-        kv = _layer_kv(_cache_of(out))
+        kv = layer_kv(_cache_of(out))
         return cls(tokens, tuple(k.detach().clone() for k, _ in kv), tuple(v.detach().clone() for _, v in kv))
 
     def with_kv(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> "KVPrefix":

@@ -20,6 +20,7 @@ from fmtlab.pytorch.attention import quantize_pv as t_quantize_pv
 from fmtlab.pytorch.attention import quantize_qk as t_quantize_qk
 from fmtlab.sim import attention_replay as AR
 from fmtlab.sim.attention_specs import attention_preset, kv_quantizers
+from fmtlab.pytorch.kv_prefix import layer_kv
 from torch_helpers import ATTENTION_ARCHS, tiny_causal_lm
 
 ARCHS = ATTENTION_ARCHS
@@ -42,13 +43,7 @@ def traces(tmp_path_factory):
 
 
 def _cache_kv(cache, layer):
-    """(keys, values) of a cache layer: transformers 5 (``layers``), 4.x (``key_cache``), a legacy tuple."""
-    if isinstance(cache, tuple):
-        return cache[layer]
-    if hasattr(cache, "layers"):
-        lay = cache.layers[layer]
-        return lay.keys, lay.values
-    return cache.key_cache[layer], cache.value_cache[layer]
+    return layer_kv(cache)[layer]
 
 
 def _bits(a) -> np.ndarray:

@@ -10,6 +10,7 @@ from fmtlab.errors import FmtlabError
 from fmtlab.pytorch import calibrate, quantize_model
 from fmtlab.pytorch.kv_prefix import cache_kwarg
 from fmtlab.pytorch.kv_cache import KVCacheSpec, attach_kv_cache, install_on_cache, kv_cache_of, parse_kv_spec
+from fmtlab.pytorch.kv_prefix import layer_kv
 from torch_helpers import ATTENTION_ARCHS, tiny_causal_lm
 
 VOCAB = 97
@@ -31,13 +32,7 @@ def _ids(b=2, t=12, seed=1):
 
 
 def _cache_kv(cache, layer):
-    """(keys, values) of a cache layer: transformers 5 (``layers``), 4.x (``key_cache``), a legacy tuple."""
-    if isinstance(cache, tuple):
-        return cache[layer]
-    if hasattr(cache, "layers"):
-        lay = cache.layers[layer]
-        return lay.keys, lay.values
-    return cache.key_cache[layer], cache.value_cache[layer]
+    return layer_kv(cache)[layer]
 
 
 def _with_cache(model, cache) -> dict:
