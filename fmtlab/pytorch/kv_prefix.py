@@ -63,7 +63,10 @@ def layer_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(lay.keys, lay.values) for lay in cache.layers]
     if hasattr(cache, "key_cache"):
         return list(zip(cache.key_cache, cache.value_cache))
-    return [(k, v) for k, v in cache]  # legacy tuple of (key, value)
+    if isinstance(cache, (tuple, list)) and all(isinstance(p, (tuple, list)) and len(p) >= 2 for p in cache):
+        return [(p[0], p[1]) for p in cache]  # legacy tuple of (key, value) per layer
+    raise FmtlabError(f"not a transformers KV cache (no .layers / .key_cache, not a tuple of (key, value) "
+                      f"pairs): {type(cache).__name__}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

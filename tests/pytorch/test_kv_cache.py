@@ -276,3 +276,12 @@ def test_static_keys_only(models):
         ref = _cache(models["llama"](_ids(1, 6), use_cache=True))
     assert torch.equal(_cache_kv(cache, 0)[1], _cache_kv(ref, 0)[1])
     assert not torch.equal(_cache_kv(cache, 0)[0], _cache_kv(ref, 0)[0])
+
+
+def test_layer_kv_refuses_what_is_not_a_cache():
+    k, v = torch.zeros(1, 2, 3, 4), torch.ones(1, 2, 3, 4)
+    assert layer_kv(((k, v),))[0][1] is v
+    with pytest.raises(FmtlabError, match="not a transformers KV cache"):
+        layer_kv(object())
+    with pytest.raises(FmtlabError, match="not a transformers KV cache"):
+        layer_kv((k,))
